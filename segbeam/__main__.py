@@ -1,0 +1,5 @@
+import sys
+
+from segbeam import cli
+
+sys.exit(cli.main())

@@ -1,0 +1,215 @@
+"""The model-side subcommands: `model list`, `model summary`, `train`, `evaluate`, `export`.
+
+Each `add_*_parser` registers a subcommand on the CLI's subparsers and binds the function that
+runs it; `segbeam.cli` only assembles them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shlex
+import sys
+import warnings
+from typing import Optional, Sequence
+
+from segbeam.model import config as config_lib
+from segbeam.model import labels as labels_lib
+
+
+def _encoder_trainable(value: str) -> config_lib.EncoderTrainable:
+  return int(value) if value.isdigit() else value
+
+
+def _weights(value: str) -> Optional[str]:
+  return None if value.lower() in ("none", "random") else value
+
+
+def _add_architecture_options(parser: argparse.ArgumentParser) -> None:
+  group = parser.add_argument_group("architecture")
+  group.add_argument("--architecture", default="mobilenetv2", choices=sorted(config_lib.PRESETS),
+                     help="registered U-Net preset (default: %(default)s)")
+  group.add_argument("--input-size", type=int, default=128, help="model input side, multiple of 32")
+  group.add_argument("--channels", type=int, default=3, choices=(1, 3))
+  group.add_argument("--num-classes", type=int, default=None,
+                     help="output classes (default: the label map's, else 3)")
+  group.add_argument("--encoder-weights", type=_weights, default=None,
+                     help="'none' (random, default), 'imagenet' (Keras download) or a weights file")
+  group.add_argument("--encoder-trainable", type=_encoder_trainable, default="auto",
+                     help="'auto' (frozen if pretrained), 'frozen', 'all' or N top layers")
+  group.add_argument("--decoder-upsample", choices=(config_lib.UPSAMPLE_TRANSPOSE,
+                                                    config_lib.UPSAMPLE_UPSAMPLING), default=None,
+                     help="decoder block type (default: the preset's)")
+  group.add_argument("--decoder-dropout", type=float, default=None,
+                     help="dropout rate in decoder blocks (default: the preset's)")
+
+
+def _config_from_args(args: argparse.Namespace, num_classes: int) -> config_lib.UNetConfig:
+  changes = dict(input_size=args.input_size, channels=args.channels, num_classes=num_classes,
+                 encoder_weights=args.encoder_weights, encoder_trainable=args.encoder_trainable)
+  if args.decoder_upsample is not None:
+    changes["decoder_upsample"] = args.decoder_upsample
+  if args.decoder_dropout is not None:
+    changes["decoder_dropout_rate"] = args.decoder_dropout
+  return config_lib.preset(args.architecture, **changes)
+
+
+def _label_map(args: argparse.Namespace) -> labels_lib.LabelMap:
+  names = tuple(args.class_names.split(",")) if args.class_names else None
+  return labels_lib.parse_label_map(args.label_map, names)
+
+
+# --- model list / model summary ---------------------------------------------------------------
+
+def run_list(args: argparse.Namespace) -> int:
+  for name, preset in sorted(config_lib.PRESETS.items()):
+    d = preset.decoder
+    print(f"{name:12s} encoder={preset.encoder.name} decoder filters={list(d.filters)} "
+          f"upsample={d.upsample} convs/block={d.convs_per_block}")
+  return 0
+
+
+def run_summary(args: argparse.Namespace) -> int:
+  from segbeam.model import summary  # TensorFlow loads only for commands that need it.
+  if args.model:
+    report = summary.summarize_export(args.model)
+  else:
+    config = _config_from_args(args, args.num_classes or 3)
+    with warnings.catch_warnings(record=True) as caught:
+      warnings.simplefilter("always")
+      report = summary.summarize_config(config)
+    for warning in caught:
+      report.notes.append(str(warning.message))
+  print(report.to_json() if args.json else report.format_table())
+  return 0
+
+
+def add_model_parser(subparsers) -> None:
+  model = subparsers.add_parser("model", help="inspect architectures and exported models")
+  model_commands = model.add_subparsers(dest="model_command", required=True)
+  listing = model_commands.add_parser("list", help="registered architectures")
+  listing.set_defaults(func=run_list)
+  summary = model_commands.add_parser(
+      "summary", help="per part: output shape, shape change, trainable and frozen parameters")
+  _add_architecture_options(summary)
+  summary.add_argument("--model", help="an export directory instead of --architecture")
+  summary.add_argument("--json", action="store_true", help="machine-readable output")
+  summary.set_defaults(func=run_summary)
+
+
+# --- train ------------------------------------------------------------------------------------
+
+def _split(pairs, val_fraction: float):
+  """A stable split: a pair goes to validation by a hash of its name, not by chance."""
+  def bucket(name: str) -> float:
+    return int(hashlib.sha256(name.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+  val = [p for p in pairs if bucket(p.name) < val_fraction]
+  return [p for p in pairs if bucket(p.name) >= val_fraction], val
+
+
+def run_train(args: argparse.Namespace) -> int:
+  from segbeam.model import data as data_lib
+  from segbeam.model import training
+  label_map = _label_map(args)
+  config = _config_from_args(args, label_map.num_classes)
+  names = data_lib.read_names(args.names) if args.names else None
+  pairs = data_lib.match_pairs(args.images, args.masks, names)
+  if args.val_names:
+    val_pairs = data_lib.match_pairs(args.val_images or args.images, args.val_masks or args.masks,
+                                     data_lib.read_names(args.val_names))
+    train_pairs = pairs
+  else:
+    train_pairs, val_pairs = _split(pairs, args.val_fraction)
+  print(f"training {config.architecture} on {len(train_pairs)} pairs, validating on "
+        f"{len(val_pairs)}", flush=True)
+  training_config = config_lib.TrainingConfig(epochs=args.epochs, batch_size=args.batch_size,
+                                            learning_rate=args.learning_rate,
+                                            augment=not args.no_augment, seed=args.seed)
+  provenance = {"command": "segbeam " + shlex.join(sys.argv[1:]), "images": args.images,
+                "masks": args.masks, "names": args.names, "val_names": args.val_names,
+                "label_map": label_map.to_dict()}
+  training.train(config, label_map, train_pairs, val_pairs, args.output,
+                 training_config=training_config, name=args.name, provenance=provenance)
+  return 0
+
+
+def _add_label_options(parser: argparse.ArgumentParser, default: Optional[str]) -> None:
+  parser.add_argument("--label-map", default=default,
+                      help="preset (" + ", ".join(labels_lib.PRESETS) + ") or 'raw:class,...' "
+                      "such as '1:0,2:1,3:2'; unmapped values are ignored"
+                      + (" (default: %(default)s)" if default else
+                         " (default: the model's own)"))
+  parser.add_argument("--class-names", default=None, help="comma-separated, in class order")
+
+
+def add_train_parser(subparsers) -> None:
+  defaults = config_lib.TrainingConfig()
+  parser = subparsers.add_parser("train", help="train a U-Net on images + masks and export it")
+  parser.add_argument("--images", required=True, help="folder of images")
+  parser.add_argument("--masks", required=True, help="folder of masks, matched by file stem")
+  parser.add_argument("--names", help="list file of the names to train on (e.g. train.txt)")
+  parser.add_argument("--val-names", help="list file of validation names")
+  parser.add_argument("--val-images", help="validation images folder (default: --images)")
+  parser.add_argument("--val-masks", help="validation masks folder (default: --masks)")
+  parser.add_argument("--val-fraction", type=float, default=0.1,
+                      help="without --val-names: share of pairs held out, chosen by name hash")
+  _add_label_options(parser, default="oxford-pet-trimap")
+  _add_architecture_options(parser)
+  parser.add_argument("--epochs", type=int, default=defaults.epochs)
+  parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+  parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
+  parser.add_argument("--no-augment", action="store_true")
+  parser.add_argument("--seed", type=int, default=defaults.seed)
+  parser.add_argument("--name", default="segbeam-unet", help="model name recorded in outputs")
+  parser.add_argument("--output", required=True,
+                      help="folder for best.keras, history.csv and export/")
+  parser.set_defaults(func=run_train)
+
+
+# --- evaluate / export ------------------------------------------------------------------------
+
+def run_evaluate(args: argparse.Namespace) -> int:
+  from segbeam.model import data as data_lib
+  from segbeam.model import defaults
+  from segbeam.model import evaluation
+  from segbeam.model import export as export_lib
+  export = export_lib.LoadedExport(args.model or defaults.default_model_dir())
+  label_map = None
+  if args.label_map:
+    label_map = labels_lib.parse_label_map(args.label_map, export.metadata.class_names)
+  names = data_lib.read_names(args.names) if args.names else None
+  pairs = data_lib.match_pairs(args.images, args.masks, names)
+  result = evaluation.evaluate_export(export, pairs, label_map=label_map,
+                                      batch_size=args.batch_size)
+  if args.json:
+    print(json.dumps(result.to_dict(), indent=2))
+    return 0
+  m = result.metrics
+  print(f"model {export.metadata.name} {export.metadata.version} on {result.images} images "
+        f"({len(result.skipped)} skipped), at original resolution")
+  print(f"pixel accuracy {m.pixel_accuracy:.4f}   mean IoU {m.mean_iou:.4f}")
+  for name, iou in m.per_class_iou.items():
+    print(f"  IoU {name:20s} {iou:.4f}")
+  for skipped in result.skipped:
+    print(f"  skipped {skipped.name}: {skipped.reason}")
+  return 0
+
+
+def add_evaluate_parser(subparsers) -> None:
+  parser = subparsers.add_parser("evaluate", help="pixel accuracy and IoU of an export")
+  parser.add_argument("--model", help="export directory (default: the embedded model)")
+  parser.add_argument("--images", required=True)
+  parser.add_argument("--masks", required=True)
+  parser.add_argument("--names", help="list file of names to evaluate (e.g. val.txt)")
+  parser.add_argument("--label-map", default=None,
+                      help="how mask values map to classes (default: the model's own)")
+  parser.add_argument("--batch-size", type=int, default=16)
+  parser.add_argument("--json", action="store_true")
+  parser.set_defaults(func=run_evaluate)
+
+
+def add_parsers(subparsers) -> None:
+  add_model_parser(subparsers)
+  add_train_parser(subparsers)
+  add_evaluate_parser(subparsers)

@@ -1,0 +1,71 @@
+"""Evaluates an export on images + masks at each image's original resolution."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Optional, Sequence
+
+import tensorflow as tf
+
+from segbeam.model import data as data_lib
+from segbeam.model import export as export_lib
+from segbeam.model import labels as labels_lib
+from segbeam.model import metrics as metrics_lib
+from segbeam.model import postprocess
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationResult:
+  metrics: metrics_lib.SegmentationMetrics
+  images: int
+  skipped: tuple[data_lib.SkippedPair, ...]
+
+  def to_dict(self):
+    return {**self.metrics.to_dict(), "images": self.images,
+            "skipped": [dataclasses.asdict(s) for s in self.skipped]}
+
+
+def evaluate_export(export: export_lib.LoadedExport, pairs: Sequence[data_lib.ImageMaskPair], *,
+                    label_map: Optional[labels_lib.LabelMap] = None,
+                    batch_size: int = 16) -> EvaluationResult:
+  """Runs the export's own serving signature on the encoded files (as the pipeline does), makes
+  each mask at original size with `postprocess.class_mask`, and sums the confusion matrices.
+
+  `label_map` maps the ground-truth masks; by default the one the model was trained with.
+  Pairs that cannot be read are skipped and listed in the result, never silently.
+  """
+  label_map = label_map or export.metadata.labels
+  result = metrics_lib.SegmentationMetrics.empty(export.metadata.class_names)
+  skipped, evaluated = [], 0
+  for start in range(0, len(pairs), batch_size):
+    batch, encoded, truths = [], [], []
+    for pair in pairs[start:start + batch_size]:
+      try:
+        with tf.io.gfile.GFile(pair.image_path, "rb") as f:
+          image_bytes = f.read()
+        with tf.io.gfile.GFile(pair.mask_path, "rb") as f:
+          truth = data_lib.read_mask(f.read(), label_map)
+        # Decode here too, so one bad image is reported alone instead of failing its batch.
+        tf.io.decode_image(image_bytes, expand_animations=False)
+      except (ValueError, OSError, tf.errors.OpError) as error:
+        reason = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+        logging.warning("skipping %s: %s", pair.name, reason)
+        skipped.append(data_lib.SkippedPair(pair.name, reason))
+        continue
+      batch.append(pair)
+      encoded.append(image_bytes)
+      truths.append(truth)
+    if not batch:
+      continue
+    outputs = export.predict(encoded)
+    for i, (pair, truth) in enumerate(zip(batch, truths)):
+      height, width = int(outputs[export_lib.OUTPUT_HEIGHT][i]), int(outputs[export_lib.OUTPUT_WIDTH][i])
+      if truth.shape != (height, width):
+        skipped.append(data_lib.SkippedPair(
+            pair.name, f"mask is {truth.shape[1]}x{truth.shape[0]}, image {width}x{height}"))
+        continue
+      mask, _ = postprocess.class_mask(outputs[export_lib.OUTPUT_PROBABILITIES][i], height, width)
+      result = result.add(truth, mask)
+      evaluated += 1
+  return EvaluationResult(metrics=result, images=evaluated, skipped=tuple(skipped))

@@ -1,0 +1,191 @@
+"""The export contract between a trained U-Net and the pipeline.
+
+An export is a TensorFlow SavedModel directory written with Keras 3's `ExportArchive` (tfx-bsl's
+loader reads it; it cannot read a `tf.saved_model.save` of a `tf.Module` wrapping a Keras 3
+model). Its `serving_default` signature takes ONE input:
+
+  images: 1-D tf.string, any batch size, each element the encoded bytes of one image
+          (JPEG, PNG, GIF first frame, BMP; format read from the bytes)
+
+and does decoding, resizing to the model's input size and normalisation in the graph. Outputs,
+each with the batch as first dimension:
+
+  probabilities: float32 [B, input_size, input_size, num_classes], softmax class scores
+  height, width: int32 [B], the decoded image's original size
+
+The pipeline resizes the probabilities to (height, width) and takes the argmax
+(`segbeam.model.postprocess.class_mask`). Beside the SavedModel, `segbeam_model.json` holds the
+`ModelMetadata`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import os
+from typing import Any, Mapping, Optional, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import segbeam
+from segbeam.model import config as config_lib
+from segbeam.model import labels as labels_lib
+from segbeam.model import preprocessing
+
+METADATA_FILE = "segbeam_model.json"
+SIGNATURE_NAME = "serving_default"
+INPUT_KEY = "images"
+OUTPUT_PROBABILITIES = "probabilities"
+OUTPUT_HEIGHT = "height"
+OUTPUT_WIDTH = "width"
+METADATA_FORMAT = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelMetadata:
+  """What the pipeline and the reports need to know about an export.
+
+  Attributes:
+    name: model name, written into every output row.
+    version: content version, 'sha256:' + 16 hex digits over the architecture config and every
+      weight value: the same weights give the same version, whenever exported.
+    config: the `UNetConfig` as a dict (architecture, encoder, decoder, sizes, classes).
+    label_map: the `LabelMap` as a dict: raw mask values -> classes, and the class names.
+    training: how it was trained (data, split sizes, epochs, command), free-form.
+    validation: metrics on held-out data at original resolution, free-form.
+    created: UTC time of the export, ISO 8601.
+    software: versions of segbeam, TensorFlow and Keras that wrote it.
+  """
+
+  name: str
+  version: str
+  config: Mapping[str, Any]
+  label_map: Mapping[str, Any]
+  training: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  validation: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  created: str = ""
+  software: Mapping[str, str] = dataclasses.field(default_factory=dict)
+  format: int = METADATA_FORMAT
+
+  @property
+  def unet_config(self) -> config_lib.UNetConfig:
+    return config_lib.UNetConfig.from_dict(self.config)
+
+  @property
+  def labels(self) -> labels_lib.LabelMap:
+    return labels_lib.LabelMap.from_dict(self.label_map)
+
+  @property
+  def class_names(self) -> tuple[str, ...]:
+    return tuple(self.label_map["class_names"])
+
+  @property
+  def input_size(self) -> int:
+    return int(self.config["input_size"])
+
+  @property
+  def channels(self) -> int:
+    return int(self.config["channels"])
+
+  @property
+  def architecture(self) -> str:
+    return str(self.config["architecture"])
+
+  def to_json(self) -> str:
+    data = dataclasses.asdict(self)
+    data.update(class_names=list(self.class_names), input_size=self.input_size,
+                channels=self.channels, architecture=self.architecture,
+                signature=dict(name=SIGNATURE_NAME, input=INPUT_KEY,
+                               outputs=[OUTPUT_PROBABILITIES, OUTPUT_HEIGHT, OUTPUT_WIDTH]))
+    return json.dumps(data, indent=2, sort_keys=True)
+
+  @classmethod
+  def from_json(cls, text: str) -> "ModelMetadata":
+    data = json.loads(text)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in fields})
+
+
+def content_version(model: keras.Model, config: config_lib.UNetConfig) -> str:
+  digest = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode())
+  for weight in model.weights:
+    digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(weight)).tobytes())
+  return "sha256:" + digest.hexdigest()[:16]
+
+
+def serving_function(model: keras.Model, config: config_lib.UNetConfig):
+  """The serving signature: encoded image bytes in, probabilities and original sizes out."""
+
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=INPUT_KEY)])
+  def serve(images):
+    pixels, heights, widths = preprocessing.decode_and_resize_batch(
+        images, config.input_size, config.channels)
+    logits = model(pixels, training=False)
+    return {OUTPUT_PROBABILITIES: tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1),
+            OUTPUT_HEIGHT: heights, OUTPUT_WIDTH: widths}
+
+  return serve
+
+
+def export_model(model: keras.Model, config: config_lib.UNetConfig, export_dir: str, *,
+                 label_map: labels_lib.LabelMap, name: str = "segbeam-unet",
+                 training: Optional[Mapping[str, Any]] = None,
+                 validation: Optional[Mapping[str, Any]] = None) -> ModelMetadata:
+  """Writes the SavedModel and its metadata to `export_dir` (local or gs://)."""
+  if label_map.num_classes != config.num_classes:
+    raise ValueError(f"label map has {label_map.num_classes} classes, model {config.num_classes}")
+  archive = keras.export.ExportArchive()
+  archive.track(model)
+  archive.add_endpoint(SIGNATURE_NAME, serving_function(model, config))
+  archive.write_out(export_dir, verbose=False)
+  metadata = ModelMetadata(
+      name=name, version=content_version(model, config), config=_as_json(config.to_dict()),
+      label_map=_as_json(label_map.to_dict()), training=_as_json(training or {}),
+      validation=_as_json(validation or {}),
+      created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+      software={"segbeam": segbeam.__version__, "tensorflow": tf.__version__,
+                "keras": keras.__version__})
+  write_metadata(export_dir, metadata)
+  return metadata
+
+
+def _as_json(value: Mapping[str, Any]) -> dict[str, Any]:
+  """The value as it reads back from JSON (tuples become lists), so metadata compares equal
+  before and after a round trip."""
+  return json.loads(json.dumps(value))
+
+
+def write_metadata(export_dir: str, metadata: ModelMetadata) -> None:
+  with tf.io.gfile.GFile(os.path.join(export_dir, METADATA_FILE), "w") as f:
+    f.write(metadata.to_json())
+
+
+def read_metadata(export_dir: str) -> ModelMetadata:
+  path = os.path.join(export_dir, METADATA_FILE)
+  if not tf.io.gfile.exists(path):
+    raise FileNotFoundError(f"{export_dir} is not a segbeam export: {METADATA_FILE} is missing")
+  with tf.io.gfile.GFile(path) as f:
+    return ModelMetadata.from_json(f.read())
+
+
+class LoadedExport:
+  """An export loaded for inference: `predict(encoded_images)` -> dict of numpy arrays."""
+
+  def __init__(self, export_dir: str):
+    self.export_dir = export_dir
+    self.metadata = read_metadata(export_dir)
+    # Keep the loaded object: its signature functions only hold weak references to variables.
+    self._saved_model = tf.saved_model.load(export_dir)
+    self._serve = self._saved_model.signatures[SIGNATURE_NAME]
+
+  @property
+  def saved_model(self):
+    return self._saved_model
+
+  def predict(self, encoded_images: Sequence[bytes]) -> dict[str, np.ndarray]:
+    outputs = self._serve(**{INPUT_KEY: tf.constant(list(encoded_images), dtype=tf.string)})
+    return {key: value.numpy() for key, value in outputs.items()}

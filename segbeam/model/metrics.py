@@ -1,0 +1,75 @@
+"""Segmentation metrics from a confusion matrix accumulated over a whole set.
+
+IoU of a class is the sum of its intersections over the sum of its unions across all images,
+not the mean of per-image IoUs: small images do not weigh as much as large ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import numpy as np
+
+
+
+def confusion_matrix(true_mask: np.ndarray, predicted_mask: np.ndarray,
+                     num_classes: int) -> np.ndarray:
+  """int64 [num_classes, num_classes], rows = truth, columns = prediction; pixels whose truth is
+  IGNORE_INDEX (or any value >= num_classes) are left out."""
+  if true_mask.shape != predicted_mask.shape:
+    raise ValueError(f"truth {true_mask.shape} and prediction {predicted_mask.shape} differ")
+  truth = true_mask.reshape(-1).astype(np.int64)
+  predicted = predicted_mask.reshape(-1).astype(np.int64)
+  keep = truth < num_classes
+  counts = np.bincount(truth[keep] * num_classes + predicted[keep],
+                       minlength=num_classes * num_classes)
+  return counts.reshape(num_classes, num_classes)
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmentationMetrics:
+  """Pixel accuracy and IoU over a set, from its summed confusion matrix."""
+
+  confusion: np.ndarray
+  class_names: tuple[str, ...]
+
+  @classmethod
+  def empty(cls, class_names: Sequence[str]) -> "SegmentationMetrics":
+    n = len(class_names)
+    return cls(np.zeros((n, n), np.int64), tuple(class_names))
+
+  def add(self, true_mask: np.ndarray, predicted_mask: np.ndarray) -> "SegmentationMetrics":
+    return dataclasses.replace(self, confusion=self.confusion + confusion_matrix(
+        true_mask, predicted_mask, len(self.class_names)))
+
+  @property
+  def intersections(self) -> np.ndarray:
+    return np.diag(self.confusion)
+
+  @property
+  def unions(self) -> np.ndarray:
+    return self.confusion.sum(0) + self.confusion.sum(1) - self.intersections
+
+  @property
+  def pixel_accuracy(self) -> float:
+    total = self.confusion.sum()
+    return float(self.intersections.sum() / total) if total else float("nan")
+
+  @property
+  def per_class_iou(self) -> dict[str, float]:
+    unions = self.unions
+    return {name: (float(self.intersections[i] / unions[i]) if unions[i] else float("nan"))
+            for i, name in enumerate(self.class_names)}
+
+  @property
+  def mean_iou(self) -> float:
+    """Mean over classes that occur in truth or prediction."""
+    present = [v for v in self.per_class_iou.values() if not np.isnan(v)]
+    return float(np.mean(present)) if present else float("nan")
+
+  def to_dict(self) -> dict[str, Any]:
+    return {"pixel_accuracy": self.pixel_accuracy, "mean_iou": self.mean_iou,
+            "per_class_iou": self.per_class_iou, "pixels": int(self.confusion.sum())}
+
+

@@ -1,0 +1,132 @@
+"""Trains a U-Net on image + mask pairs, keeps the best checkpoint, exports and evaluates it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any, Optional, Sequence
+
+import keras
+import tensorflow as tf
+
+from segbeam.model import config as config_lib
+from segbeam.model import data as data_lib
+from segbeam.model import evaluation
+from segbeam.model import export as export_lib
+from segbeam.model import labels as labels_lib
+from segbeam.model import unet
+
+CHECKPOINT_FILE = "best.keras"
+HISTORY_FILE = "history.csv"
+EXPORT_DIR = "export"
+MONITOR = "val_mean_iou"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingResult:
+  checkpoint: str
+  export_dir: str
+  metadata: export_lib.ModelMetadata
+  skipped: tuple[data_lib.SkippedPair, ...]
+
+
+def compile_model(model: keras.Model, num_classes: int, learning_rate: float,
+                  decay_steps: int) -> None:
+  schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps, alpha=0.01)
+  model.compile(
+      optimizer=keras.optimizers.Adam(schedule),
+      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+      # Weighted, so pixels the label map ignores count in neither loss nor metrics.
+      weighted_metrics=[
+          keras.metrics.SparseCategoricalAccuracy(name="pixel_accuracy"),
+          keras.metrics.MeanIoU(num_classes, sparse_y_pred=False, name="mean_iou",
+                              dtype="float32"),
+      ])
+
+
+class _EpochProgress(keras.callbacks.Callback):
+  """One line per epoch, flushed at once (Keras' own line is buffered when piped)."""
+
+  def __init__(self, epochs: int):
+    super().__init__()
+    self._epochs = epochs
+    self._start = time.monotonic()
+
+  def on_epoch_end(self, epoch, logs=None):
+    items = " ".join(f"{k}={v:.4f}" for k, v in sorted((logs or {}).items())
+                     if isinstance(v, float))
+    elapsed = time.monotonic() - self._start
+    print(f"epoch {epoch + 1}/{self._epochs} {items} elapsed={elapsed:.0f}s", flush=True)
+
+
+def set_batchnorm_momentum(model: keras.Model, momentum: float) -> None:
+  """Sets the moving-statistics momentum of every BatchNorm, nested models included."""
+  stack = [model]
+  while stack:
+    layer = stack.pop()
+    stack.extend(getattr(layer, "layers", []))
+    if isinstance(layer, keras.layers.BatchNormalization):
+      layer.momentum = momentum
+
+
+def train(model_config: config_lib.UNetConfig, label_map: labels_lib.LabelMap,
+          train_pairs: Sequence[data_lib.ImageMaskPair],
+          val_pairs: Sequence[data_lib.ImageMaskPair], output_dir: str, *,
+          training_config: config_lib.TrainingConfig = config_lib.TrainingConfig(), name: str = "segbeam-unet",
+          provenance: Optional[dict[str, Any]] = None) -> TrainingResult:
+  """Trains, keeps the checkpoint with the best validation mean IoU, exports it to
+  `output_dir/export` and records its validation metrics at original resolution there."""
+  if label_map.num_classes != model_config.num_classes:
+    raise ValueError(f"label map has {label_map.num_classes} classes, "
+                     f"model config {model_config.num_classes}")
+  keras.utils.set_random_seed(training_config.seed)
+  tf.io.gfile.makedirs(output_dir)
+  train_loader = data_lib.PairLoader(train_pairs, channels=model_config.channels,
+                                     label_map=label_map)
+  val_loader = data_lib.PairLoader(val_pairs, channels=model_config.channels, label_map=label_map)
+  common = dict(input_size=model_config.input_size, channels=model_config.channels,
+                batch_size=training_config.batch_size, seed=training_config.seed)
+  train_data = data_lib.make_dataset(train_loader, training=training_config.augment, **common)
+  val_data = data_lib.make_dataset(val_loader, training=False, **common)
+
+  model = unet.build_unet(model_config)
+  if training_config.batchnorm_momentum is not None:
+    set_batchnorm_momentum(model, training_config.batchnorm_momentum)
+  steps = training_config.epochs * -(-len(train_pairs) // training_config.batch_size)
+  compile_model(model, model_config.num_classes, training_config.learning_rate, steps)
+  checkpoint = os.path.join(output_dir, CHECKPOINT_FILE)
+  model.fit(
+      train_data, validation_data=val_data, epochs=training_config.epochs, verbose=0,
+      shuffle=False,  # The dataset shuffles itself.
+      callbacks=[
+          keras.callbacks.ModelCheckpoint(checkpoint, monitor=MONITOR, mode="max",
+                                          save_best_only=True),
+          keras.callbacks.CSVLogger(os.path.join(output_dir, HISTORY_FILE)),
+          _EpochProgress(training_config.epochs),
+      ])
+  skipped = (*train_loader.skipped.values(), *val_loader.skipped.values())
+
+  best = keras.models.load_model(checkpoint)
+  export_dir = os.path.join(output_dir, EXPORT_DIR)
+  training_record = {
+      **(provenance or {}),
+      "train_images": len(train_pairs) - len(train_loader.skipped),
+      "val_images": len(val_pairs) - len(val_loader.skipped),
+      "skipped": [dataclasses.asdict(s) for s in skipped],
+      **dataclasses.asdict(training_config),
+  }
+  metadata = export_lib.export_model(best, model_config, export_dir, label_map=label_map,
+                                     name=name, training=training_record)
+  result = evaluation.evaluate_export(export_lib.LoadedExport(export_dir), val_pairs)
+  metadata = dataclasses.replace(metadata, validation={
+      **result.metrics.to_dict(), "images": result.images,
+      "resolution": "original image size"})
+  export_lib.write_metadata(export_dir, metadata)
+  print(json.dumps({"export": export_dir, "validation": metadata.validation}, indent=2),
+        file=sys.stdout, flush=True)
+  logging.info("exported %s (%s)", export_dir, metadata.version)
+  return TrainingResult(checkpoint, export_dir, metadata, tuple(skipped))

@@ -1,0 +1,45 @@
+"""segbeam: batch image segmentation with a Keras U-Net on Apache Beam.
+
+The versions below resolve together (checked with pip on Python 3.11). BEAM_VERSION is also the
+tag of the Beam SDK image the worker Dockerfile (deploy/) copies its boot entrypoint from: change
+both together.
+"""
+
+import setuptools
+
+BEAM_VERSION = "2.77.0"
+TENSORFLOW_VERSION = "2.21.0"
+
+INSTALL_REQUIRES = [
+    f"apache-beam[gcp]=={BEAM_VERSION}",
+    f"tensorflow=={TENSORFLOW_VERSION}",
+    "keras==3.15.1",
+    "tfx-bsl==1.21.0",
+    "pyarrow==25.0.1",
+    "duckdb==2.0.0",
+    "pillow==12.3.0",
+    "numpy==2.4.6",
+]
+
+EXTRAS_REQUIRE = {
+    "test": [
+        "pytest==9.2.0",
+        "hypothesis==6.170.15",
+        "gcp-storage-emulator==2026.7.19",
+        # Ships real photos (a cat among them) for the quickstart, so none are committed here.
+        "scikit-image==0.26.0",
+    ],
+}
+
+setuptools.setup(
+    name="segbeam",
+    version="0.1.0",
+    description="Batch image segmentation with a Keras U-Net on Apache Beam",
+    python_requires=">=3.10",
+    packages=setuptools.find_packages(include=["segbeam", "segbeam.*"]),
+    package_data={"segbeam.model": ["default_model/**/*", "default_model/*"]},
+    include_package_data=False,
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+    entry_points={"console_scripts": ["segbeam=segbeam.cli:main"]},
+)

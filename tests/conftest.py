@@ -1,0 +1,52 @@
+"""Shared fixtures: one tiny export per test session, generated data folders."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # pylint: disable=wrong-import-position
+
+from tests import synthetic  # pylint: disable=wrong-import-position
+
+SHARED_DATA = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "shared",
+                                           "data", "oxford-pets-sample"))
+TINY_INPUT_SIZE = 32
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+  from segbeam.model import config
+  return config.preset("mobilenetv2", input_size=TINY_INPUT_SIZE, num_classes=3)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_config):
+  import keras
+  from segbeam.model import unet
+  keras.utils.set_random_seed(1)
+  return unet.build_unet(tiny_config)
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory, tiny_model, tiny_config):
+  """An untrained 32x32 mobilenetv2 U-Net exported once per session: (export_dir, metadata)."""
+  from segbeam.model import export, labels
+  export_dir = str(tmp_path_factory.mktemp("tiny_export") / "export")
+  metadata = export.export_model(tiny_model, tiny_config, export_dir,
+                                 label_map=labels.OXFORD_PET_TRIMAP, name="tiny")
+  return export_dir, metadata
+
+
+@pytest.fixture(scope="session")
+def pet_folder(tmp_path_factory):
+  """Six generated image/trimap pairs of different sizes: (images_dir, masks_dir, names)."""
+  root = str(tmp_path_factory.mktemp("pets"))
+  return synthetic.write_dataset(root, [(48, 40), (64, 64), (33, 57), (80, 60), (40, 40),
+                                        (50, 70)])
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+  if not os.path.isdir(SHARED_DATA):
+    pytest.skip(f"{SHARED_DATA} is not beside the checkout")
+  return SHARED_DATA

@@ -1,0 +1,124 @@
+"""The export contract: raw encoded bytes in, probabilities and original sizes out."""
+
+import dataclasses
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from segbeam.model import export
+from segbeam.model import labels
+from segbeam.model import preprocessing
+from tests import synthetic
+
+
+def _scenes():
+  """Images of different sizes and encodings in one batch."""
+  jpeg = synthetic.encode(synthetic.pet_scene(50, 40, 0)[0], "JPEG")
+  png_rgba = synthetic.encode(synthetic.pet_scene(31, 64, 1)[0], "PNG", mode="RGBA")
+  gray = synthetic.encode(synthetic.pet_scene(70, 20, 2)[0], "PNG", mode="L")
+  gif = synthetic.encode(synthetic.pet_scene(33, 33, 3)[0], "GIF")
+  bmp = synthetic.encode(synthetic.pet_scene(16, 24, 4)[0], "BMP")
+  return [jpeg, png_rgba, gray, gif, bmp], [(40, 50), (64, 31), (20, 70), (33, 33), (24, 16)]
+
+
+def test_reloaded_export_matches_the_in_memory_model(tiny_export, tiny_model, tiny_config):
+  export_dir, _ = tiny_export
+  encoded, sizes = _scenes()
+  loaded = tf.saved_model.load(export_dir)
+  signature = loaded.signatures[export.SIGNATURE_NAME]
+  outputs = signature(**{export.INPUT_KEY: tf.constant(encoded)})
+  assert sorted(outputs) == sorted([export.OUTPUT_PROBABILITIES, export.OUTPUT_HEIGHT,
+                                    export.OUTPUT_WIDTH])
+  heights, widths = outputs[export.OUTPUT_HEIGHT].numpy(), outputs[export.OUTPUT_WIDTH].numpy()
+  assert list(zip(heights, widths)) == sizes
+  # The same preprocessing done eagerly, then the Keras model in memory.
+  pixels = tf.stack([preprocessing.resize_image(preprocessing.decode_image(e, 3),
+                                                tiny_config.input_size) for e in encoded])
+  expected = tf.nn.softmax(tiny_model(pixels, training=False), axis=-1).numpy()
+  probabilities = outputs[export.OUTPUT_PROBABILITIES].numpy()
+  assert probabilities.shape == (5, 32, 32, 3)
+  np.testing.assert_allclose(probabilities, expected, atol=1e-5)
+  np.testing.assert_allclose(probabilities.sum(-1), 1.0, atol=1e-5)
+
+
+def test_signature_is_one_string_vector_of_any_batch_size(tiny_export):
+  export_dir, _ = tiny_export
+  signature = tf.saved_model.load(export_dir).signatures[export.SIGNATURE_NAME]
+  (name, spec), = signature.structured_input_signature[1].items()
+  assert name == export.INPUT_KEY
+  assert spec.dtype == tf.string and spec.shape.as_list() == [None]
+  encoded, _ = _scenes()
+  for batch in (1, 3):
+    assert signature(images=tf.constant(encoded[:batch]))["height"].shape == (batch,)
+
+
+def test_metadata_is_written_beside_the_saved_model(tiny_export, tiny_config):
+  export_dir, metadata = tiny_export
+  assert os.path.exists(os.path.join(export_dir, "saved_model.pb"))
+  read = export.read_metadata(export_dir)
+  assert read == metadata
+  assert read.class_names == ("pet", "background", "border")
+  assert read.unet_config == tiny_config
+  assert read.labels == labels.OXFORD_PET_TRIMAP
+  assert read.version.startswith("sha256:")
+  assert read.software["tensorflow"] == tf.__version__
+
+
+def test_version_depends_on_weights_only(tmp_path, tiny_model, tiny_config, tiny_export):
+  _, first = tiny_export
+  again = export.export_model(tiny_model, tiny_config, str(tmp_path / "again"),
+                              label_map=labels.OXFORD_PET_TRIMAP, name="other name")
+  assert again.version == first.version
+  changed = keras.models.clone_model(tiny_model)
+  changed.set_weights([w * 0.5 for w in tiny_model.get_weights()])
+  assert export.content_version(changed, tiny_config) != first.version
+
+
+def test_label_map_must_match_the_classes(tmp_path, tiny_model, tiny_config):
+  with pytest.raises(ValueError, match="classes"):
+    export.export_model(tiny_model, tiny_config, str(tmp_path / "x"),
+                        label_map=labels.BINARY_0_255)
+
+
+def test_not_an_export_is_a_clear_error(tmp_path):
+  with pytest.raises(FileNotFoundError, match="not a segbeam export"):
+    export.read_metadata(str(tmp_path))
+
+
+def test_tfx_bsl_model_handler_runs_the_export_on_raw_bytes(tiny_export):
+  """The pipeline's loader: tfx-bsl's CreateModelHandler feeds raw bytes to the signature."""
+  from tfx_bsl.public.beam import run_inference
+  from tfx_bsl.public.proto import model_spec_pb2
+  export_dir, _ = tiny_export
+  handler = run_inference.CreateModelHandler(model_spec_pb2.InferenceSpecType(
+      saved_model_spec=model_spec_pb2.SavedModelSpec(
+          model_path=export_dir, signature_name=[export.SIGNATURE_NAME])))
+  model = handler.load_model()
+  encoded, sizes = _scenes()
+  logs = list(handler.run_inference(encoded, model))
+  assert len(logs) == len(encoded)
+  for log, (height, width) in zip(logs, sizes):
+    outputs = log.predict_log.response.outputs
+    assert tf.make_ndarray(outputs[export.OUTPUT_HEIGHT]).tolist() == [height]
+    assert tf.make_ndarray(outputs[export.OUTPUT_WIDTH]).tolist() == [width]
+    assert tf.make_ndarray(outputs[export.OUTPUT_PROBABILITIES]).shape == (1, 32, 32, 3)
+
+
+def test_loaded_export_predicts(tiny_export):
+  export_dir, metadata = tiny_export
+  loaded = export.LoadedExport(export_dir)
+  assert loaded.metadata == metadata
+  encoded, sizes = _scenes()
+  outputs = loaded.predict(encoded)
+  assert list(zip(outputs["height"], outputs["width"])) == sizes
+
+
+def test_metadata_json_round_trip():
+  metadata = export.ModelMetadata(name="m", version="sha256:0", config={"input_size": 32,
+                                  "channels": 3, "architecture": "x"},
+                                  label_map=labels.OXFORD_PET_TRIMAP.to_dict())
+  assert export.ModelMetadata.from_json(metadata.to_json()) == metadata
+  assert dataclasses.replace(metadata, name="n") != metadata

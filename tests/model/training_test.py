@@ -1,0 +1,51 @@
+"""A tiny end-to-end training run: checkpoint, export with metadata, validation metrics."""
+
+import os
+
+import keras
+import numpy as np
+
+from segbeam.model import config as config_lib
+from segbeam.model import data
+from segbeam.model import export
+from segbeam.model import labels
+from segbeam.model import training
+
+
+def test_train_exports_the_best_checkpoint_with_metrics(pet_folder, tmp_path):
+  images, masks, names = pet_folder
+  pairs = data.match_pairs(images, masks)
+  output = str(tmp_path / "run")
+  config = config_lib.preset("mobilenetv2", input_size=32)
+  result = training.train(
+      config, labels.OXFORD_PET_TRIMAP, pairs[:4], pairs[4:], output,
+      training_config=config_lib.TrainingConfig(epochs=2, batch_size=2),
+      provenance={"command": "test"})
+  assert os.path.exists(result.checkpoint)
+  assert sorted(os.listdir(output)) == ["best.keras", "export", "history.csv"]
+  metadata = export.read_metadata(result.export_dir)
+  assert metadata == result.metadata
+  assert metadata.training["train_images"] == 4 and metadata.training["val_images"] == 2
+  assert metadata.training["command"] == "test"
+  assert set(metadata.validation) >= {"pixel_accuracy", "mean_iou", "per_class_iou"}
+  assert 0.0 <= metadata.validation["pixel_accuracy"] <= 1.0
+  # The export carries the checkpoint's weights.
+  best = keras.models.load_model(result.checkpoint)
+  assert metadata.version == export.content_version(best, config)
+  with open(os.path.join(output, "history.csv")) as f:
+    assert len(f.read().strip().splitlines()) == 3  # header + two epochs
+
+
+def test_batchnorm_momentum_reaches_nested_layers():
+  model = keras.Sequential([keras.Input((4,)), keras.Sequential([
+      keras.layers.BatchNormalization()]), keras.layers.BatchNormalization()])
+  training.set_batchnorm_momentum(model, 0.5)
+  momenta = []
+  stack = [model]
+  while stack:
+    layer = stack.pop()
+    stack.extend(getattr(layer, "layers", []))
+    if isinstance(layer, keras.layers.BatchNormalization):
+      momenta.append(layer.momentum)
+  assert momenta == [0.5, 0.5]
+  assert np.isfinite(model(np.ones((2, 4), "float32"))).all()
