@@ -1,0 +1,162 @@
+"""Model handlers for Beam's RunInference over the export contract (`segbeam.model.export`).
+
+Both handlers take encoded image bytes; `create_handler` keys them (Beam's KeyedModelHandler,
+so elements are (key, bytes) -> (key, inference)):
+- `tfx_bsl_handler`: tfx-bsl's CreateModelHandler on the SavedModel; inference is a
+  PredictionLog proto.
+- `SavedModelHandler`: Beam's base.ModelHandler calling the signature directly; inference is a
+  dict of numpy arrays, with no proto round trip.
+`IsolatingModelHandler` wraps the keyed handler so a batch that fails is retried one element at
+a time: a bad image fails alone, with its error, and never takes its batch down.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+import numpy as np
+from apache_beam.ml.inference import base
+
+from segbeam.model import export as export_lib
+from segbeam.pipeline import records
+
+HANDLER_TFX_BSL = "tfx-bsl"
+HANDLER_SAVED_MODEL = "saved-model"
+HANDLERS = (HANDLER_TFX_BSL, HANDLER_SAVED_MODEL)
+METRICS_NAMESPACE = "segbeam"
+_LOG = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceFailure:
+  """Stands in for the inference of an element that failed on its own."""
+
+  stage: str
+  error_type: str
+  message: str
+
+
+def _batch_kwargs(min_batch_size: Optional[int], max_batch_size: int) -> dict[str, int]:
+  # Fixed-size batches by default: Beam's adaptive batching starts at 1 and a model is fastest
+  # at its full batch. A bundle's last batch may still be smaller.
+  return {"min_batch_size": min_batch_size or max_batch_size, "max_batch_size": max_batch_size}
+
+
+class SavedModelHandler(base.ModelHandler[bytes, Mapping[str, np.ndarray],
+                                          export_lib.LoadedExport]):
+  """Runs the export's serving signature on a batch of encoded images."""
+
+  def __init__(self, model_dir: str, *, min_batch_size: Optional[int] = None,
+               max_batch_size: int = 32):
+    super().__init__()
+    self._model_dir = model_dir
+    self._batch = _batch_kwargs(min_batch_size, max_batch_size)
+
+  def load_model(self) -> export_lib.LoadedExport:
+    return export_lib.LoadedExport(self._model_dir)
+
+  def run_inference(self, batch: Sequence[bytes], model: export_lib.LoadedExport,
+                    inference_args: Optional[dict[str, Any]] = None):
+    outputs = model.predict(batch)
+    return [{name: value[i] for name, value in outputs.items()} for i in range(len(batch))]
+
+  def get_num_bytes(self, batch: Sequence[bytes]) -> int:
+    return sum(len(data) for data in batch)
+
+  def batch_elements_kwargs(self) -> Mapping[str, Any]:
+    return self._batch
+
+  def get_metrics_namespace(self) -> str:
+    return METRICS_NAMESPACE
+
+
+def tfx_bsl_handler(model_dir: str, *, min_batch_size: Optional[int] = None,
+                    max_batch_size: int = 32) -> base.ModelHandler:
+  """tfx-bsl's handler for the export's serving_default signature, fed the raw bytes."""
+  from tfx_bsl.public.beam import run_inference
+  from tfx_bsl.public.proto import model_spec_pb2
+  spec = model_spec_pb2.InferenceSpecType(
+      saved_model_spec=model_spec_pb2.SavedModelSpec(
+          model_path=model_dir, signature_name=[export_lib.SIGNATURE_NAME]),
+      batch_parameters=model_spec_pb2.BatchParameters(
+          **_batch_kwargs(min_batch_size, max_batch_size)))
+  return run_inference.CreateModelHandler(spec)
+
+
+def create_handler(name: str, model_dir: str, *, max_batch_size: int) -> base.ModelHandler:
+  if name == HANDLER_TFX_BSL:
+    handler = tfx_bsl_handler(model_dir, max_batch_size=max_batch_size)
+  elif name == HANDLER_SAVED_MODEL:
+    handler = SavedModelHandler(model_dir, max_batch_size=max_batch_size)
+  else:
+    raise ValueError(f"unknown inference handler {name!r}; known: {', '.join(HANDLERS)}")
+  return IsolatingModelHandler(base.KeyedModelHandler(handler))
+
+
+def outputs_as_arrays(inference: Any) -> dict[str, np.ndarray]:
+  """Either handler's inference as {output name: array without the batch dimension}."""
+  if isinstance(inference, Mapping):
+    return dict(inference)
+  import tensorflow as tf  # A PredictionLog from tfx-bsl: its tensors are protos.
+  outputs = inference.predict_log.response.outputs
+  return {name: tf.make_ndarray(proto)[0] for name, proto in outputs.items()}
+
+
+def _failure_for(error: BaseException) -> InferenceFailure:
+  message = " ".join(str(error).split())[:1000]
+  # The serving graph decodes before it infers; its decode ops name themselves in the error.
+  stage = records.STAGE_DECODE if "Decode" in message or "decode" in message else (
+      records.STAGE_INFER)
+  return InferenceFailure(stage, type(error).__name__, message)
+
+
+class IsolatingModelHandler(base.ModelHandler):
+  """Delegates to `handler`; when a batch raises, runs its elements one by one and returns an
+  `InferenceFailure` as the inference of each element that still fails."""
+
+  def __init__(self, handler: base.ModelHandler):
+    super().__init__()
+    self._handler = handler
+
+  def load_model(self):
+    return self._handler.load_model()
+
+  def run_inference(self, batch: Sequence[tuple[Any, bytes]], model: Any,
+                    inference_args: Optional[dict[str, Any]] = None) -> Iterable:
+    try:
+      return list(self._handler.run_inference(batch, model, inference_args))
+    except Exception as batch_error:  # pylint: disable=broad-except  # isolate, then report
+      if len(batch) == 1:
+        return [(batch[0][0], _failure_for(batch_error))]
+      _LOG.warning("a batch of %d failed (%s); retrying its images one by one", len(batch),
+                      type(batch_error).__name__)
+    results = []
+    for element in batch:
+      try:
+        results.extend(self._handler.run_inference([element], model, inference_args))
+      except Exception as error:  # pylint: disable=broad-except  # this image alone is bad
+        results.append((element[0], _failure_for(error)))
+    return results
+
+  def get_num_bytes(self, batch) -> int:
+    return self._handler.get_num_bytes(batch)
+
+  def batch_elements_kwargs(self) -> Mapping[str, Any]:
+    return self._handler.batch_elements_kwargs()
+
+  def get_metrics_namespace(self) -> str:
+    return self._handler.get_metrics_namespace()
+
+  def get_resource_hints(self):
+    return self._handler.get_resource_hints()
+
+  def validate_inference_args(self, inference_args):
+    return self._handler.validate_inference_args(inference_args)
+
+  def share_model_across_processes(self) -> bool:
+    return self._handler.share_model_across_processes()
+
+  def model_copies(self) -> int:
+    return self._handler.model_copies()

@@ -1,0 +1,151 @@
+"""`segbeam run`: parses our options and Beam's, checks the invocation, builds and runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Optional, Sequence
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from segbeam.model import defaults
+from segbeam.model import export as export_lib
+from segbeam.pipeline import options as options_lib
+from segbeam.pipeline import segment_pipeline
+from segbeam.pipeline import sinks
+
+
+# Beam 2.77's DirectRunner first tries the Prism runner, whose binary it downloads (which fails
+# offline and adds a process); for a batch job it then runs the FnApiRunner anyway. Going to the
+# FnApiRunner directly is the same engine, and --runner still overrides it.
+DEFAULT_LOCAL_RUNNER = "FnApiRunner"
+
+
+def beam_pipeline_options(beam_args: Sequence[str]) -> PipelineOptions:
+  options = PipelineOptions(beam_args)
+  if options.get_all_options()["runner"] is None:
+    options = PipelineOptions([*beam_args, f"--runner={DEFAULT_LOCAL_RUNNER}"])
+  return options
+
+
+class InvocationError(Exception):
+  """A bad invocation: reported as one line, exit code 2, nothing run."""
+
+
+def _check_input(pattern: str) -> int:
+  try:
+    matched = FileSystems.match([pattern])[0].metadata_list
+  except Exception as error:  # pylint: disable=broad-except  # any failure to list
+    raise InvocationError(f"cannot list input {pattern!r}: {error}") from error
+  if not matched:
+    raise InvocationError(f"no input matched {pattern!r}")
+  return len(matched)
+
+
+def _read_model(model_dir: Optional[str]) -> tuple[str, export_lib.ModelMetadata]:
+  try:
+    model_dir = model_dir or defaults.default_model_dir()
+    return model_dir, export_lib.read_metadata(model_dir)
+  except Exception as error:  # pylint: disable=broad-except  # unreadable in any way
+    raise InvocationError(f"model unreadable: {error}") from error
+
+
+def _prepare_output(output: str, overwrite: bool) -> None:
+  """Refuses to mix runs in one folder unless --overwrite, then checks it is writable."""
+  previous = [entry for entry in sinks.OUTPUT_ENTRIES
+              if FileSystems.exists(FileSystems.join(output, entry))]
+  if previous and not overwrite:
+    raise InvocationError(f"{output} already holds a run ({', '.join(previous)}); pass "
+                          "--overwrite to replace it or choose another --output")
+  try:
+    if previous:
+      FileSystems.delete([FileSystems.join(output, entry) for entry in previous])
+    if not FileSystems.exists(output):
+      FileSystems.mkdirs(output)
+    probe = FileSystems.join(output, ".segbeam-write-check")
+    with FileSystems.create(probe) as f:
+      f.write(b"ok")
+    FileSystems.delete([probe])
+  except Exception as error:  # pylint: disable=broad-except  # any reason it is not writable
+    raise InvocationError(f"output not writable: {output}: {error}") from error
+
+
+def parse(argv: Optional[Sequence[str]]) -> tuple[options_lib.RunOptions, list[str]]:
+  parser = argparse.ArgumentParser(
+      prog="segbeam run", description="Segment images with a U-Net on Apache Beam. Options "
+      "not listed here are Beam pipeline options (--runner, --direct_num_workers, ...).")
+  options_lib.add_arguments(parser)
+  args, beam_args = parser.parse_known_args(argv)
+  return options_lib.from_args(args), beam_args
+
+
+def run(argv: Optional[Sequence[str]] = None,
+        test_pipeline: Optional[beam.Pipeline] = None) -> beam.PCollection:
+  """Builds the run into `test_pipeline` (the caller runs it), or into a new pipeline that is
+  run here to completion. Returns the manifest PCollection."""
+  options, beam_args = parse(argv)
+  model_dir, metadata = _read_model(options.model_dir)
+  _check_input(options.input)
+  _prepare_output(options.output, options.overwrite)
+  if test_pipeline is not None:
+    return segment_pipeline.build_pipeline(test_pipeline, options, metadata, model_dir)
+  pipeline = beam.Pipeline(options=beam_pipeline_options(beam_args))
+  manifest = segment_pipeline.build_pipeline(pipeline, options, metadata, model_dir)
+  pipeline.run().wait_until_finish()
+  return manifest
+
+
+def read_manifest(output: str) -> Optional[dict]:
+  path = FileSystems.join(output, sinks.MANIFEST_FILE)
+  if not FileSystems.exists(path):
+    return None
+  with FileSystems.open(path) as f:
+    return json.loads(f.read())
+
+
+def print_report(output: str, examples: int = 5) -> None:
+  """Where the output is, the counts, and a few coverage figures."""
+  import pyarrow.parquet as pq
+  manifest = read_manifest(output)
+  if manifest is None:
+    print(f"no manifest in {output}: the run did not complete", file=sys.stderr)
+    return
+  counts = manifest["counts"]
+  print(f"segbeam run {manifest['run_id']}: {counts['inputs_seen']} inputs, "
+        f"{counts['segmented']} segmented, {counts['failed']} failed")
+  for reason in counts["failed_by_reason"]:
+    print(f"  failed at {reason['stage']}: {reason['error_type']} x{reason['count']}")
+  print(f"output: {output}/segments/*.parquet, errors/*.parquet, manifest.json")
+  class_names = manifest["model"]["class_names"]
+  from segbeam.pipeline import schema
+  columns = ["image_id", "dominant_class"] + [
+      f"coverage_{s}" for s in schema.class_columns(class_names)]
+  shown = 0
+  for path in manifest["files"][sinks.SEGMENTS_DIR]:
+    with FileSystems.open(path) as f:
+      table = pq.read_table(f, columns=columns)
+    for row in table.to_pylist():
+      if shown == examples:
+        return
+      figures = " ".join(f"{name} {row[f'coverage_{s}']:.0%}"
+                         for name, s in zip(class_names, schema.class_columns(class_names)))
+      print(f"  {row['image_id']}: {row['dominant_class']:<10s} {figures}")
+      shown += 1
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  # segbeam's own progress lines, without Beam's and TensorFlow's INFO chatter.
+  logging.basicConfig(format="%(asctime)s %(name)s: %(message)s")
+  logging.getLogger("segbeam").setLevel(logging.INFO)
+  try:
+    options, _ = parse(argv)
+    run(argv)
+  except (InvocationError, ValueError) as error:
+    print(f"segbeam run: {error}", file=sys.stderr)
+    return 2
+  print_report(options.output)
+  return 0

@@ -1,0 +1,95 @@
+"""segbeam's own run options; everything else on the command line is a Beam pipeline option."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import uuid
+from typing import Any, Optional
+
+from segbeam.pipeline import inference
+from segbeam.pipeline import sources
+from segbeam.pipeline import validation
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+  """One `segbeam run`.
+
+  Attributes:
+    input: glob of image files or TFRecord shards (local or gs://).
+    output: output folder (local or gs://).
+    model_dir: export to run; None for the embedded default model.
+    batch_size: most images per inference batch; bounds memory per worker.
+    max_pixels: images whose header declares more pixels are refused before decoding.
+    max_file_bytes: larger files are refused before they are read.
+    mask_files: also write each mask as DIR/masks/<safe name>.png.
+    overwrite: replace a previous run's output in the folder instead of refusing.
+    input_format: 'auto' (TFRecord by file name, images otherwise), 'images' or 'tfrecord'.
+    example_keys: tf.Example feature keys.
+    handler: 'tfx-bsl' or 'saved-model' (see `inference`).
+    run_id: recorded in every row and the manifest.
+    started: UTC start time, ISO 8601.
+  """
+
+  input: str
+  output: str
+  model_dir: Optional[str] = None
+  batch_size: int = 32
+  max_pixels: int = validation.DEFAULT_MAX_PIXELS
+  max_file_bytes: int = 256 << 20
+  mask_files: bool = False
+  overwrite: bool = False
+  input_format: str = sources.FORMAT_AUTO
+  example_keys: sources.ExampleKeys = sources.ExampleKeys()
+  handler: str = inference.HANDLER_TFX_BSL
+  run_id: str = ""
+  started: str = ""
+
+  def __post_init__(self):
+    if self.batch_size < 1:
+      raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}")
+    if self.max_pixels < 1:
+      raise ValueError(f"--max-pixels must be at least 1, got {self.max_pixels}")
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--input", required=True,
+                      help="glob of images or TFRecord shards, local or gs://")
+  parser.add_argument("--output", required=True, help="output folder, local or gs://")
+  parser.add_argument("--model", dest="model_dir", default=None,
+                      help="export directory (default: the embedded default model)")
+  parser.add_argument("--batch-size", type=int, default=32, help="images per inference batch")
+  parser.add_argument("--max-pixels", type=int, default=validation.DEFAULT_MAX_PIXELS,
+                      help="refuse images declaring more pixels, before decoding "
+                      "(default: %(default)s)")
+  parser.add_argument("--max-file-bytes", type=int, default=256 << 20,
+                      help="refuse larger files before reading them")
+  parser.add_argument("--mask-files", action="store_true",
+                      help="also write masks as PNG files under OUTPUT/masks/")
+  parser.add_argument("--overwrite", action="store_true",
+                      help="replace a previous run's output in OUTPUT")
+  parser.add_argument("--input-format", choices=sources.INPUT_FORMATS, default=sources.FORMAT_AUTO)
+  defaults = sources.ExampleKeys()
+  parser.add_argument("--image-key", default=defaults.image, help="tf.Example image feature")
+  parser.add_argument("--filename-key", default=defaults.filename)
+  parser.add_argument("--label-key", default=defaults.label)
+  parser.add_argument("--inference-handler", dest="handler", choices=inference.HANDLERS,
+                      default=inference.HANDLER_TFX_BSL)
+  parser.add_argument("--run-id", default=None, help="default: time + random suffix")
+
+
+def from_args(args: argparse.Namespace) -> RunOptions:
+  now = datetime.datetime.now(datetime.timezone.utc)
+  return RunOptions(
+      input=args.input, output=args.output.rstrip("/"), model_dir=args.model_dir,
+      batch_size=args.batch_size, max_pixels=args.max_pixels, max_file_bytes=args.max_file_bytes,
+      mask_files=args.mask_files, overwrite=args.overwrite, input_format=args.input_format,
+      example_keys=sources.ExampleKeys(args.image_key, args.filename_key, args.label_key),
+      handler=args.handler,
+      run_id=args.run_id or f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}",
+      started=now.isoformat(timespec="seconds"))

@@ -1,0 +1,68 @@
+"""The values that flow through the pipeline, one stage to the next.
+
+read -> `ImageRecord` -> validate -> (`ImageInfo`, bytes) -> infer -> (`ImageInfo`, outputs)
+-> postprocess -> segments row; any stage may instead emit a `Failure`, which becomes an errors
+row. Every input ends as exactly one segments row or one errors row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+# Stages named in the errors table.
+STAGE_READ = "read"
+STAGE_VALIDATE = "validate"
+STAGE_DECODE = "decode"
+STAGE_INFER = "infer"
+STAGE_POSTPROCESS = "postprocess"
+STAGES = (STAGE_READ, STAGE_VALIDATE, STAGE_DECODE, STAGE_INFER, STAGE_POSTPROCESS)
+
+# The tag of the failures output of every DoFn that can fail an input.
+FAILURES = "failures"
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageRecord:
+  """One input image as read.
+
+  Attributes:
+    image_id: stable and unique within a run (see `sources`).
+    source: where it came from: a file URI, or a shard URI with '#<record index>'.
+    data: the encoded image bytes.
+    label: encoded ground-truth mask bytes, when the input carries them.
+  """
+
+  image_id: str
+  source: str
+  data: bytes
+  label: Optional[bytes] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageInfo:
+  """What later stages need to know about a validated image; travels as the inference key."""
+
+  image_id: str
+  source: str
+  format: str
+  width: int
+  height: int
+  label: Optional[bytes] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Failure:
+  """An input that produced no mask, and why."""
+
+  image_id: str
+  source: str
+  stage: str
+  error_type: str
+  message: str
+
+  @classmethod
+  def from_exception(cls, image_id: str, source: str, stage: str,
+                     error: BaseException) -> "Failure":
+    message = " ".join(str(error).split())  # One line, whatever the exception printed.
+    return cls(image_id, source, stage, type(error).__name__, message[:1000])

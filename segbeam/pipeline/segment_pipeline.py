@@ -1,0 +1,75 @@
+"""The pipeline graph: read -> validate -> infer -> postprocess -> write."""
+
+from __future__ import annotations
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.ml.inference.base import RunInference
+
+import segbeam
+from segbeam.model import export as export_lib
+from segbeam.pipeline import inference
+from segbeam.pipeline import options as options_lib
+from segbeam.pipeline import records
+from segbeam.pipeline import schema
+from segbeam.pipeline import segments
+from segbeam.pipeline import sinks
+from segbeam.pipeline import sources
+from segbeam.pipeline import validation
+
+
+def build_pipeline(pipeline: beam.Pipeline, options: options_lib.RunOptions,
+                   metadata: export_lib.ModelMetadata, model_dir: str) -> beam.PCollection:
+  """Adds the whole run to `pipeline`; returns the PCollection holding the manifest."""
+  context = segments.RunContext(metadata.name, metadata.version, metadata.class_names,
+                                options.run_id)
+  read = pipeline | "Read" >> sources.ReadImageShards(
+      options.input, input_format=options.input_format, example_keys=options.example_keys,
+      max_file_bytes=options.max_file_bytes)
+  validated = read.records | "Validate" >> beam.ParDo(
+      validation.ValidateImage(max_pixels=options.max_pixels)).with_outputs(
+          records.FAILURES, main="images")
+  predictions = validated.images | "RunInference" >> RunInference(
+      inference.create_handler(options.handler, model_dir, max_batch_size=options.batch_size))
+  segmented = predictions | "Segment" >> beam.ParDo(
+      segments.SegmentImage(context)).with_outputs(records.FAILURES, main="rows")
+
+  failures = ((read[records.FAILURES], validated[records.FAILURES],
+               segmented[records.FAILURES]) | "AllFailures" >> beam.Flatten())
+  segment_files = segmented.rows | "WriteSegments" >> beam.io.WriteToParquet(
+      FileSystems.join(options.output, sinks.SEGMENTS_DIR, "part"),
+      schema.segments_schema(metadata.class_names), codec="zstd",
+      file_name_suffix=".parquet")
+  error_files = (failures
+                 | "ErrorRows" >> beam.Map(segments.failure_row, options.run_id)
+                 | "WriteErrors" >> beam.io.WriteToParquet(
+                     FileSystems.join(options.output, sinks.ERRORS_DIR, "part"),
+                     schema.ERRORS_SCHEMA, codec="zstd", file_name_suffix=".parquet"))
+  if options.mask_files:
+    mask_files = segmented.rows | "WriteMaskFiles" >> beam.ParDo(
+        sinks.WriteMaskFile(options.output))
+  else:
+    mask_files = pipeline | "NoMaskFiles" >> beam.Create([])
+  masks_written = mask_files | "CountMaskFiles" >> beam.combiners.Count.Globally()
+
+  seen = ((read.records | "CountRecords" >> beam.combiners.Count.Globally(),
+           read[records.FAILURES] | "CountReadFailures" >> beam.combiners.Count.Globally())
+          | "SeenParts" >> beam.Flatten() | "Seen" >> beam.CombineGlobally(sum))
+  segmented_count = segmented.rows | "CountSegmented" >> beam.combiners.Count.Globally()
+  failure_counts = (failures | "FailureKey" >> beam.Map(sinks.failure_key)
+                    | "CountFailures" >> beam.combiners.Count.PerElement())
+  manifest_base = {
+      "run_id": options.run_id, "started": options.started, "input": options.input,
+      "output": options.output, "segbeam_version": segbeam.__version__,
+      "model": {"name": metadata.name, "version": metadata.version, "path": model_dir,
+                "architecture": metadata.architecture, "class_names": list(metadata.class_names)},
+      "options": {k: v for k, v in options.to_dict().items()
+                  if k not in ("input", "output", "run_id", "started")},
+  }
+  return (pipeline
+          | "ManifestTrigger" >> beam.Create([None])
+          | "WriteManifest" >> beam.ParDo(
+              sinks.WriteManifest(options.output, manifest_base),
+              beam.pvalue.AsSingleton(seen), beam.pvalue.AsSingleton(segmented_count),
+              beam.pvalue.AsList(failure_counts), beam.pvalue.AsList(segment_files),
+              beam.pvalue.AsList(error_files), beam.pvalue.AsSingleton(masks_written)))

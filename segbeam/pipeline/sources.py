@@ -1,0 +1,167 @@
+"""Reading image shards: image files by glob, or TFRecord files of tf.train.Example.
+
+Files are matched and opened through Beam's FileSystems (local paths, gs://, ...). Each image
+gets a stable, unique id:
+- an image file: its path relative to the pattern's root (the folder before the first glob
+  character), e.g. 'cats/felix.jpg' for '/data/**/*.jpg';
+- a tf.Example: its `image/filename` feature; when missing, or repeated within its shard,
+  '<shard id>#<record index>' (with the filename in front when there was one).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import posixpath
+import re
+from typing import Iterator, Optional
+
+import apache_beam as beam
+from apache_beam.io import fileio
+
+from segbeam.pipeline import records
+from segbeam.pipeline import tfrecord
+
+FORMAT_AUTO = "auto"
+FORMAT_IMAGES = "images"
+FORMAT_TFRECORD = "tfrecord"
+INPUT_FORMATS = (FORMAT_AUTO, FORMAT_IMAGES, FORMAT_TFRECORD)
+
+_TFRECORD_NAME = re.compile(r"\.(tfrecords?|tfr)(\.gz)?($|-\d+-of-\d+$)|\.tfrecord", re.I)
+_GLOB_CHARS = re.compile(r"[*?\[]")
+METRICS_NAMESPACE = "segbeam"
+
+
+@dataclasses.dataclass(frozen=True)
+class ExampleKeys:
+  """tf.train.Example feature keys (DeepLab / TF Object Detection convention by default)."""
+
+  image: str = "image/encoded"
+  filename: str = "image/filename"
+  label: str = "image/segmentation/class/encoded"
+
+
+def pattern_root(pattern: str) -> str:
+  """The folder part of `pattern` before its first glob character, ending in '/'."""
+  match = _GLOB_CHARS.search(pattern)
+  fixed = pattern[:match.start()] if match else pattern
+  cut = fixed.rfind("/")
+  return fixed[:cut + 1] if cut >= 0 else ""
+
+
+def relative_id(path: str, root: str) -> str:
+  path = path.replace(os.sep, "/")
+  if root and path.startswith(root):
+    return path[len(root):]
+  return posixpath.basename(path)
+
+
+def is_tfrecord(path: str, input_format: str) -> bool:
+  if input_format != FORMAT_AUTO:
+    return input_format == FORMAT_TFRECORD
+  return bool(_TFRECORD_NAME.search(posixpath.basename(path)))
+
+
+def _bytes_feature(example, key: str) -> Optional[bytes]:
+  feature = example.features.feature.get(key)
+  if feature is None or feature.WhichOneof("kind") != "bytes_list" or not feature.bytes_list.value:
+    return None
+  return feature.bytes_list.value[0]
+
+
+class ReadImages(beam.DoFn):
+  """ReadableFile -> ImageRecord per image (one per image file, one per shard record); what
+  cannot be read becomes a Failure on the FAILURES output."""
+
+  def __init__(self, *, root: str, input_format: str = FORMAT_AUTO,
+               example_keys: ExampleKeys = ExampleKeys(), max_file_bytes: int = 256 << 20):
+    self._root = root
+    self._input_format = input_format
+    self._keys = example_keys
+    self._max_file_bytes = max_file_bytes
+    self._seen = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "inputs_seen")
+
+  def process(self, readable: fileio.ReadableFile) -> Iterator:
+    path = readable.metadata.path
+    file_id = relative_id(path, self._root)
+    if is_tfrecord(path, self._input_format):
+      outputs = self._read_shard(readable, file_id)
+    else:
+      outputs = self._read_image(readable, file_id)
+    for output in outputs:
+      self._seen.inc()
+      yield output
+
+  def _read_image(self, readable: fileio.ReadableFile, image_id: str):
+    path = readable.metadata.path
+    size = readable.metadata.size_in_bytes
+    if size > self._max_file_bytes:
+      yield beam.pvalue.TaggedOutput(records.FAILURES, records.Failure(
+          image_id, path, records.STAGE_READ, "FileTooLarge",
+          f"{size} bytes is over the {self._max_file_bytes}-byte file limit"))
+      return
+    try:
+      data = readable.read()
+    except Exception as error:  # pylint: disable=broad-except  # any I/O error is one bad input
+      yield beam.pvalue.TaggedOutput(records.FAILURES, records.Failure.from_exception(
+          image_id, path, records.STAGE_READ, error))
+      return
+    yield records.ImageRecord(image_id, path, data)
+
+  def _read_shard(self, readable: fileio.ReadableFile, shard_id: str):
+    import tensorflow as tf  # Workers need it for inference anyway; imported where used.
+    path = readable.metadata.path
+    ids_in_shard = set()
+    try:
+      with readable.open() as stream:
+        for index, record in tfrecord.read_records(stream):
+          fallback_id = f"{shard_id}#{index}"
+          source = f"{path}#{index}"
+          if isinstance(record, tfrecord.RecordError):
+            yield beam.pvalue.TaggedOutput(records.FAILURES, records.Failure(
+                fallback_id, source, records.STAGE_READ, "CorruptRecord", record.reason))
+            continue
+          try:
+            example = tf.train.Example.FromString(record)
+          except Exception as error:  # pylint: disable=broad-except  # protobuf DecodeError
+            yield beam.pvalue.TaggedOutput(records.FAILURES, records.Failure(
+                fallback_id, source, records.STAGE_READ, "NotAnExample",
+                f"record {index} is not a tf.train.Example ({type(error).__name__})"))
+            continue
+          filename = (_bytes_feature(example, self._keys.filename) or b"").decode(
+              "utf-8", "replace")
+          image_id = filename or fallback_id
+          if image_id in ids_in_shard:
+            image_id = f"{filename}#{shard_id}#{index}"
+          ids_in_shard.add(image_id)
+          data = _bytes_feature(example, self._keys.image)
+          if data is None:
+            yield beam.pvalue.TaggedOutput(records.FAILURES, records.Failure(
+                image_id, source, records.STAGE_READ, "MissingImage",
+                f"the tf.Example has no bytes feature {self._keys.image!r}"))
+            continue
+          yield records.ImageRecord(image_id, source, data,
+                                    label=_bytes_feature(example, self._keys.label))
+    except Exception as error:  # pylint: disable=broad-except  # unreadable shard
+      yield beam.pvalue.TaggedOutput(records.FAILURES, records.Failure.from_exception(
+          shard_id, path, records.STAGE_READ, error))
+
+
+class ReadImageShards(beam.PTransform):
+  """Pattern -> (records, failures). Matches the files itself."""
+
+  def __init__(self, pattern: str, *, input_format: str = FORMAT_AUTO,
+               example_keys: ExampleKeys = ExampleKeys(), max_file_bytes: int = 256 << 20):
+    super().__init__()
+    self._pattern = pattern
+    self._read = ReadImages(root=pattern_root(pattern), input_format=input_format,
+                            example_keys=example_keys, max_file_bytes=max_file_bytes)
+
+  def expand(self, pbegin):
+    return (pbegin
+            | "MatchFiles" >> fileio.MatchFiles(self._pattern)
+            # Spread files over workers before reading: one shard can hold many images.
+            | "Reshuffle" >> beam.Reshuffle()
+            | "ReadMatches" >> fileio.ReadMatches()
+            | "ReadImages" >> beam.ParDo(self._read).with_outputs(records.FAILURES,
+                                                                   main="records"))

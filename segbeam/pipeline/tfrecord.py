@@ -1,0 +1,78 @@
+"""TFRecord framing, read record by record so a corrupt record costs only itself.
+
+Each record is: uint64 length, uint32 masked CRC32C of the length, the data, uint32 masked
+CRC32C of the data (little-endian). TensorFlow's reader stops a whole shard at the first bad
+record; this one reports it and goes on while the framing can still be trusted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+from typing import BinaryIO, Iterator, Union
+
+import google_crc32c
+
+_MASK_DELTA = 0xA282EAD8
+# A length this large is framing garbage, not a record (images are far smaller).
+MAX_RECORD_BYTES = 1 << 31
+
+
+def masked_crc(data: bytes) -> int:
+  crc = google_crc32c.value(data)
+  return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
+
+
+def encode_record(data: bytes) -> bytes:
+  length = struct.pack("<Q", len(data))
+  return b"".join((length, struct.pack("<I", masked_crc(length)), data,
+                   struct.pack("<I", masked_crc(data))))
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordError:
+  """A record that could not be read; `fatal` when the rest of the shard is unreadable too."""
+
+  index: int
+  reason: str
+  fatal: bool
+
+
+def read_records(stream: BinaryIO) -> Iterator[tuple[int, Union[bytes, RecordError]]]:
+  """Yields (record index, data or RecordError). A bad data CRC skips that record only; a bad
+  length CRC or a truncation ends the shard with a fatal RecordError."""
+  index = 0
+  while True:
+    header = stream.read(12)
+    if not header:
+      return
+    if len(header) < 12:
+      yield index, RecordError(index, f"shard truncated inside the header of record {index}",
+                               fatal=True)
+      return
+    length_bytes, length_crc = header[:8], struct.unpack("<I", header[8:])[0]
+    if masked_crc(length_bytes) != length_crc:
+      yield index, RecordError(index, f"length checksum mismatch at record {index}; the rest "
+                               "of the shard cannot be framed", fatal=True)
+      return
+    (length,) = struct.unpack("<Q", length_bytes)
+    if length > MAX_RECORD_BYTES:
+      yield index, RecordError(index, f"record {index} claims {length} bytes", fatal=True)
+      return
+    data = stream.read(length)
+    footer = stream.read(4)
+    if len(data) < length:
+      yield index, RecordError(index, f"shard truncated inside record {index} "
+                               f"({len(data)} of {length} bytes)", fatal=True)
+      return
+    if len(footer) < 4:
+      yield index, RecordError(index, f"shard truncated after the data of record {index} "
+                               "(its checksum is missing)", fatal=True)
+      return
+    if masked_crc(data) != struct.unpack("<I", footer)[0]:
+      yield index, RecordError(index, f"data checksum mismatch in record {index}", fatal=False)
+    else:
+      yield index, data
+    index += 1
+
+

@@ -1,0 +1,107 @@
+"""The whole pipeline on the real DirectRunner engine with a tiny real export."""
+
+import glob
+import io
+import json
+import os
+
+import apache_beam as beam
+import duckdb
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+from PIL import Image
+
+from segbeam.pipeline import launcher
+from segbeam.pipeline import pack
+from segbeam.pipeline import schema
+from tests import synthetic
+
+GOOD = {  # name -> (width, height, format, PIL mode)
+    "a.jpg": (40, 30, "JPEG", None), "b.png": (25, 50, "PNG", "RGBA"),
+    "c.gif": (33, 33, "GIF", None), "d.bmp": (64, 16, "BMP", None),
+    "e.png": (31, 29, "PNG", "L"), "gif_named.jpg": (20, 22, "GIF", None),
+}
+
+
+@pytest.fixture()
+def mixed_folder(tmp_path):
+  folder = tmp_path / "in"
+  folder.mkdir()
+  for i, (name, (width, height, fmt, mode)) in enumerate(GOOD.items()):
+    (folder / name).write_bytes(synthetic.encode(synthetic.pet_scene(width, height, i)[0], fmt,
+                                                 mode))
+  jpeg = synthetic.encode(synthetic.pet_scene(200, 150, 9)[0], "JPEG")
+  (folder / "truncated.jpg").write_bytes(jpeg[:len(jpeg) // 3])  # header fine, data cut
+  (folder / "notes.jpg").write_bytes(b"this is text, not a photo")
+  return str(folder)
+
+
+def _counts(manifest):
+  counts = manifest["counts"]
+  return (counts["inputs_seen"], counts["segmented"], counts["failed"],
+          tuple(sorted(counts["failed_by_stage"].items())), manifest["conservation"]["holds"])
+
+
+def test_a_corrupt_image_fails_alone_and_everything_is_accounted_for(
+    tiny_export, mixed_folder, tmp_path):
+  export_dir, metadata = tiny_export
+  output = str(tmp_path / "out")
+  p = TestPipeline()
+  manifest = launcher.run(["--input", mixed_folder + "/*", "--output", output, "--model",
+                           export_dir, "--batch-size", "16", "--mask-files"], test_pipeline=p)
+  assert_that(manifest | beam.Map(_counts),
+              equal_to([(8, 6, 2, (("decode", 1), ("validate", 1)), True)]))
+  result = p.run()
+  result.wait_until_finish()
+
+  counters = {m.key.metric.name: m.committed for m in
+              result.metrics().query(MetricsFilter().with_namespace("segbeam"))["counters"]}
+  assert counters["inputs_seen"] == 8 and counters["segmented"] == 6
+  assert counters["failed"] == 1 and counters["failed_validate"] == 1
+
+  segments = pq.read_table(glob.glob(f"{output}/segments/*.parquet"))
+  assert segments.schema.equals(schema.segments_schema(metadata.class_names))
+  rows = {r["image_id"]: r for r in segments.to_pylist()}
+  assert sorted(rows) == sorted(GOOD)
+  for name, (width, height, fmt, _) in GOOD.items():
+    row = rows[name]
+    assert (row["width"], row["height"]) == (width, height)
+    assert row["format"] == ("gif" if fmt == "GIF" else fmt.lower())
+    mask = np.asarray(Image.open(io.BytesIO(row["mask_png"])))
+    assert mask.shape == (height, width)
+    assert sum(row[f"coverage_{c}"] for c in ("pet", "background", "border")) == pytest.approx(1)
+    assert row["model_version"] == metadata.version
+  errors = {r["image_id"]: r for r in pq.read_table(
+      glob.glob(f"{output}/errors/*.parquet")).to_pylist()}
+  assert errors["truncated.jpg"]["stage"] == "decode"
+  assert "JPEG" in errors["truncated.jpg"]["message"]
+  assert errors["notes.jpg"]["stage"] == "validate"
+  assert len(os.listdir(f"{output}/masks")) == 6
+  with open(f"{output}/manifest.json") as f:
+    written = json.load(f)
+  assert written["files"]["masks"] == 6 and written["model"]["version"] == metadata.version
+
+
+def test_tfrecord_shards_end_to_end_and_duckdb_reads_the_output(tiny_export, pet_folder,
+                                                                tmp_path):
+  export_dir, _ = tiny_export
+  images, masks, names = pet_folder
+  prefix = str(tmp_path / "pets")
+  pack.pack(images, prefix, masks_dir=masks, num_shards=3)
+  output = str(tmp_path / "out")
+  p = TestPipeline()
+  manifest = launcher.run(["--input", prefix + "-*", "--output", output, "--model", export_dir,
+                           "--inference-handler", "saved-model"], test_pipeline=p)
+  assert_that(manifest | beam.Map(_counts), equal_to([(6, 6, 0, (), True)]))
+  p.run().wait_until_finish()
+  con = duckdb.connect()
+  ids, total = con.execute(
+      f"SELECT list(image_id ORDER BY image_id), sum(coverage_pet + coverage_background + "
+      f"coverage_border) FROM read_parquet('{output}/segments/*.parquet')").fetchone()
+  assert ids == sorted(n + ".jpg" for n in names) and total == pytest.approx(6)
+  assert con.execute(f"SELECT count(*) FROM read_parquet('{output}/errors/*.parquet')"
+                     ).fetchone() == (0,)

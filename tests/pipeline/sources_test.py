@@ -1,0 +1,104 @@
+"""Reading image files and TFRecord shards into records, with stable unique ids."""
+
+import os
+
+import apache_beam as beam
+import numpy as np
+import pytest
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from segbeam.pipeline import pack
+from segbeam.pipeline import records
+from segbeam.pipeline import sources
+from segbeam.pipeline import tfrecord
+from tests import synthetic
+
+JPEG = synthetic.encode(synthetic.pet_scene(20, 16, 0)[0], "JPEG")
+MASK = synthetic.encode(synthetic.pet_scene(20, 16, 0)[1], "PNG")
+
+
+@pytest.mark.parametrize("pattern,root", [("/data/imgs/*.jpg", "/data/imgs/"),
+                                          ("/data/**/a?.png", "/data/"),
+                                          ("gs://b/x/[ab]*.jpg", "gs://b/x/"),
+                                          ("/data/one.jpg", "/data/"), ("*.jpg", "")])
+def test_pattern_root(pattern, root):
+  assert sources.pattern_root(pattern) == root
+
+
+@pytest.mark.parametrize("name,expected", [("train.tfrecord", True), ("a.tfrecords", True),
+                                           ("x-00001-of-00010.tfrecord", True),
+                                           ("train.tfrecord-00001-of-00004", True),
+                                           ("a.tfr", True), ("cat.jpg", False),
+                                           ("tfrecord_cat.png", False)])
+def test_tfrecord_detection_by_name(name, expected):
+  assert sources.is_tfrecord(f"/d/{name}", sources.FORMAT_AUTO) is expected
+  assert sources.is_tfrecord(f"/d/{name}", sources.FORMAT_TFRECORD)
+  assert not sources.is_tfrecord(f"/d/{name}", sources.FORMAT_IMAGES)
+
+
+def _read(pattern, **kwargs):
+  p = TestPipeline()
+  out = p | sources.ReadImageShards(pattern, **kwargs)
+  return p, out
+
+
+def test_image_files_get_ids_relative_to_the_pattern_root(tmp_path):
+  (tmp_path / "cats").mkdir()
+  (tmp_path / "cats" / "felix.jpg").write_bytes(JPEG)
+  (tmp_path / "dog.jpg").write_bytes(JPEG)
+  (tmp_path / "huge.jpg").write_bytes(JPEG + b"\0" * 5000)
+  p, out = _read(str(tmp_path) + "/**", max_file_bytes=4000)
+  assert_that(out.records | beam.Map(lambda r: (r.image_id, r.data == JPEG)),
+              equal_to([("cats/felix.jpg", True), ("dog.jpg", True)]), label="records")
+  assert_that(out[records.FAILURES] | beam.Map(lambda f: (f.image_id, f.error_type)),
+              equal_to([("huge.jpg", "FileTooLarge")]), label="failures")
+  p.run().wait_until_finish()
+
+
+def _shard(path, examples):
+  with open(path, "wb") as f:
+    for example in examples:
+      f.write(tfrecord.encode_record(example))
+
+
+def test_tfrecord_ids_labels_and_bad_records(tmp_path):
+  import tensorflow as tf
+  no_image = tf.train.Example(features=tf.train.Features(feature={
+      "image/filename": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"lost.jpg"]))}))
+  _shard(tmp_path / "a.tfrecord", [
+      pack.make_example("x.jpg", JPEG, MASK),
+      pack.make_example("x.jpg", JPEG),          # repeated in the shard
+      pack.make_example("", JPEG),               # no filename
+      b"\x08\x96\x01garbage that is no Example",  # not an Example
+      no_image.SerializeToString(),
+  ])
+  with open(tmp_path / "a.tfrecord", "ab") as f:  # truncated last record
+    f.write(tfrecord.encode_record(pack.make_example("cut.jpg", JPEG))[:40])
+  p, out = _read(str(tmp_path / "*.tfrecord"))
+  assert_that(out.records | beam.Map(lambda r: (r.image_id, r.label == MASK, r.source[-2:])),
+              equal_to([("x.jpg", True, "#0"), ("x.jpg#a.tfrecord#1", False, "#1"),
+                        ("a.tfrecord#2", False, "#2")]), label="records")
+  assert_that(out[records.FAILURES] | beam.Map(lambda f: (f.image_id, f.error_type)),
+              equal_to([("a.tfrecord#3", "NotAnExample"), ("lost.jpg", "MissingImage"),
+                        ("a.tfrecord#5", "CorruptRecord")]), label="failures")
+  p.run().wait_until_finish()
+
+
+def test_pack_writes_shards_the_reader_reads(tmp_path, pet_folder):
+  images, masks, names = pet_folder
+  prefix = str(tmp_path / "shards" / "pets")
+  os.makedirs(os.path.dirname(prefix))
+  paths = pack.pack(images, prefix, masks_dir=masks, num_shards=2)
+  assert [os.path.basename(x) for x in paths] == ["pets-00000-of-00002.tfrecord",
+                                                  "pets-00001-of-00002.tfrecord"]
+  p, out = _read(prefix + "-*")
+  assert_that(out.records | beam.Map(lambda r: (r.image_id, r.label is not None)),
+              equal_to([(n + ".jpg", True) for n in names]))
+  p.run().wait_until_finish()
+  example = __import__("tensorflow").train.Example.FromString(
+      next(r for _, r in tfrecord.read_records(open(paths[0], "rb"))))
+  features = example.features.feature
+  assert features["image/format"].bytes_list.value == [b"jpeg"]
+  assert features["image/height"].int64_list.value == [40]
+  assert np.array_equal(features["image/width"].int64_list.value, [48])
