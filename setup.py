@@ -21,14 +21,19 @@ INSTALL_REQUIRES = [
     "numpy==2.4.6",
 ]
 
+# Ships real photos (a cat among them) for `segbeam demo`, so none are committed here.
+DEMO_REQUIRE = ["scikit-image==0.26.0"]
+
 EXTRAS_REQUIRE = {
+    "demo": DEMO_REQUIRE,
     "test": [
         "pytest==9.2.0",
         "hypothesis==6.170.15",
         "gcp-storage-emulator==2026.7.19",
-        # Ships real photos (a cat among them) for the quickstart, so none are committed here.
-        "scikit-image==0.26.0",
+        *DEMO_REQUIRE,
     ],
+    # bench/reference_pattern.py: Beam's TFModelHandlerTensor imports tensorflow_hub.
+    "bench": ["tensorflow-hub==0.16.1", "tf-keras==2.21.0"],
 }
 
 setuptools.setup(
@@ -41,5 +46,5 @@ setuptools.setup(
     include_package_data=False,
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
-    entry_points={"console_scripts": ["segbeam=segbeam.cli:main"]},
+    entry_points={"console_scripts": ["segbeam=segbeam.cli:entry_point"]},
 )

@@ -1,5 +1,3 @@
-import sys
-
 from segbeam import cli
 
-sys.exit(cli.main())
+cli.entry_point()

@@ -22,6 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
   subparsers.add_parser("run", add_help=False,
                         help="segment images: segbeam run --input GLOB --output DIR [--model DIR] "
                         "[Beam options]; see segbeam run --help")
+  subparsers.add_parser("demo", add_help=False,
+                        help="segbeam run on sample photos with the default model "
+                        "[--output DIR] [Beam options]")
   model_commands.add_parsers(subparsers)
   pack.add_parser(subparsers)
   return parser
@@ -29,9 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
-  if argv and argv[0] == "run":
+  if argv and argv[0] in ("run", "demo"):
     from segbeam.pipeline import launcher
-    return launcher.main(argv[1:])
+    return (launcher.main if argv[0] == "run" else launcher.demo_main)(argv[1:])
   parser = build_parser()
   args = parser.parse_args(argv)
   try:
@@ -41,5 +44,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 2
 
 
+def entry_point() -> None:
+  """The console script. After a run, TensorFlow's and gRPC's C++ threads can still be alive
+  when the interpreter tears down static objects, which now and then aborts the process
+  ('terminate called without an active exception', exit 134) after all work is done. The
+  result is decided and flushed by then, so leave without that teardown."""
+  code = main()
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(code)  # pylint: disable=protected-access
+
+
 if __name__ == "__main__":
-  sys.exit(main())
+  entry_point()

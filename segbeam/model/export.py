@@ -14,8 +14,10 @@ each with the batch as first dimension:
   height, width: int32 [B], the decoded image's original size
 
 The pipeline resizes the probabilities to (height, width) and takes the argmax
-(`segbeam.model.postprocess.class_mask`). Beside the SavedModel, `segbeam_model.json` holds the
-`ModelMetadata`.
+(`segbeam.model.postprocess.class_mask`). A second signature, `predict_pixels`, takes already
+decoded and resized float32 pixels [B, input_size, input_size, channels] in 0..255 and returns
+the probabilities: the forward pass alone, for callers with arrays and for benchmarks. Beside
+the SavedModel, `segbeam_model.json` holds the `ModelMetadata`.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from segbeam.model import preprocessing
 
 METADATA_FILE = "segbeam_model.json"
 SIGNATURE_NAME = "serving_default"
+PIXELS_SIGNATURE_NAME = "predict_pixels"
 INPUT_KEY = "images"
 OUTPUT_PROBABILITIES = "probabilities"
 OUTPUT_HEIGHT = "height"
@@ -131,6 +134,18 @@ def serving_function(model: keras.Model, config: config_lib.UNetConfig):
   return serve
 
 
+def pixels_function(model: keras.Model, config: config_lib.UNetConfig):
+  """The forward pass alone: decoded, resized pixels in, probabilities out."""
+
+  @tf.function(input_signature=[tf.TensorSpec(
+      [None, config.input_size, config.input_size, config.channels], tf.float32, name="pixels")])
+  def predict_pixels(pixels):
+    logits = model(pixels, training=False)
+    return {OUTPUT_PROBABILITIES: tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)}
+
+  return predict_pixels
+
+
 def export_model(model: keras.Model, config: config_lib.UNetConfig, export_dir: str, *,
                  label_map: labels_lib.LabelMap, name: str = "segbeam-unet",
                  training: Optional[Mapping[str, Any]] = None,
@@ -141,6 +156,7 @@ def export_model(model: keras.Model, config: config_lib.UNetConfig, export_dir: 
   archive = keras.export.ExportArchive()
   archive.track(model)
   archive.add_endpoint(SIGNATURE_NAME, serving_function(model, config))
+  archive.add_endpoint(PIXELS_SIGNATURE_NAME, pixels_function(model, config))
   archive.write_out(export_dir, verbose=False)
   metadata = ModelMetadata(
       name=name, version=content_version(model, config), config=_as_json(config.to_dict()),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import Optional, Sequence
 
@@ -108,7 +109,8 @@ def read_manifest(output: str) -> Optional[dict]:
 
 
 def print_report(output: str, examples: int = 5) -> None:
-  """Where the output is, the counts, and a few coverage figures."""
+  """Where the output is, the counts, and the coverage figures of the images where the model's
+  first class (the pet, for the default model) covers most."""
   import pyarrow.parquet as pq
   manifest = read_manifest(output)
   if manifest is None:
@@ -124,17 +126,47 @@ def print_report(output: str, examples: int = 5) -> None:
   from segbeam.pipeline import schema
   columns = ["image_id", "dominant_class"] + [
       f"coverage_{s}" for s in schema.class_columns(class_names)]
-  shown = 0
+  rows = []
   for path in manifest["files"][sinks.SEGMENTS_DIR]:
     with FileSystems.open(path) as f:
-      table = pq.read_table(f, columns=columns)
-    for row in table.to_pylist():
-      if shown == examples:
-        return
-      figures = " ".join(f"{name} {row[f'coverage_{s}']:.0%}"
-                         for name, s in zip(class_names, schema.class_columns(class_names)))
-      print(f"  {row['image_id']}: {row['dominant_class']:<10s} {figures}")
-      shown += 1
+      rows.extend(pq.read_table(f, columns=columns).to_pylist())
+  if not rows:
+    return
+  suffixes = schema.class_columns(class_names)
+  rows.sort(key=lambda row: -row[f"coverage_{suffixes[0]}"])
+  print(f"images with the most {class_names[0]}:")
+  for row in rows[:examples]:
+    figures = "  ".join(f"{name} {row[f'coverage_{s}']:6.1%}"
+                        for name, s in zip(class_names, suffixes))
+    print(f"  {row['image_id']:<28s} {figures}  (dominant: {row['dominant_class']})")
+
+
+DEMO_OUTPUT = "runs/demo"
+
+
+def demo_input() -> str:
+  """The photos scikit-image ships in its wheel (a cat among them): real images for a first run
+  without committing anyone's photos."""
+  try:
+    import skimage
+  except ImportError as error:
+    raise InvocationError("the demo reads scikit-image's sample photos: "
+                          "pip install 'segbeam[demo]'") from error
+  return os.path.join(os.path.dirname(skimage.__file__), "data", "*.[pj][pn]g")
+
+
+def demo_main(argv: Optional[Sequence[str]] = None) -> int:
+  """`segbeam demo`: the main job on the embedded default model and sample photos."""
+  argv = list(argv or [])
+  if "--output" not in argv:
+    argv += ["--output", DEMO_OUTPUT]
+  try:
+    pattern = demo_input()
+  except InvocationError as error:
+    print(f"segbeam demo: {error}", file=sys.stderr)
+    return 2
+  print(f"segmenting {pattern} with the embedded default model", flush=True)
+  return main(["--input", pattern, "--overwrite", *argv])
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

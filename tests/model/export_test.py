@@ -42,6 +42,8 @@ def test_reloaded_export_matches_the_in_memory_model(tiny_export, tiny_model, ti
   assert probabilities.shape == (5, 32, 32, 3)
   np.testing.assert_allclose(probabilities, expected, atol=1e-5)
   np.testing.assert_allclose(probabilities.sum(-1), 1.0, atol=1e-5)
+  forward = loaded.signatures[export.PIXELS_SIGNATURE_NAME](pixels=pixels)
+  np.testing.assert_allclose(forward[export.OUTPUT_PROBABILITIES].numpy(), expected, atol=1e-5)
 
 
 def test_signature_is_one_string_vector_of_any_batch_size(tiny_export):

@@ -1,0 +1,160 @@
+"""Throughput of segbeam against its own parts and Beam's reference pattern, in ONE run.
+
+On the same images (the 450 photos of ../shared/data/oxford-pets-sample, repeated to --images
+files by symbolic links), measures:
+  (a) the model's forward pass alone: the export's `predict_pixels` signature on pre-decoded
+      128x128 batches;
+  (b) a plain Python loop over the export's `serving_default` on the encoded files;
+  (c) `segbeam run` end to end with Parquet output (a subprocess, start-up included);
+  (d) Beam's reference pattern: PIL decode + resize per element, TFModelHandlerTensor on a
+      .keras file, numpy argmax and PNG per element, WriteToParquet (a subprocess too);
+and prints images/s, peak RSS of (c) and (d), and the ratios (c)/(a), (c)/(b), (c)/(d).
+
+  python bench/throughput.py [--images 4500] [--batch-size 32] [--skip d]
+
+(d) needs tensorflow_hub (pip install -e '.[bench]').
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+SHARED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data",
+                      "oxford-pets-sample", "images")
+
+
+def make_inputs(source_dir: str, count: int, target: str) -> list[str]:
+  photos = sorted(os.path.join(source_dir, f) for f in os.listdir(source_dir))
+  os.makedirs(target, exist_ok=True)
+  paths = []
+  for i in range(count):
+    photo = photos[i % len(photos)]
+    link = os.path.join(target, f"{i // len(photos):03d}_{os.path.basename(photo)}")
+    os.symlink(os.path.abspath(photo), link)
+    paths.append(link)
+  return paths
+
+
+def forward_alone(model_dir: str, paths: list[str], batch_size: int) -> float:
+  import numpy as np
+  import tensorflow as tf
+  from segbeam.model import export, preprocessing
+  metadata = export.read_metadata(model_dir)
+  forward = tf.saved_model.load(model_dir).signatures[export.PIXELS_SIGNATURE_NAME]
+  distinct = paths[:450]
+  pixels = np.stack([preprocessing.resize_image(
+      preprocessing.decode_image(open(p, "rb").read(), metadata.channels),
+      metadata.input_size).numpy() for p in distinct])
+  batches = [tf.constant(pixels[np.arange(i, i + batch_size) % len(pixels)])
+             for i in range(0, len(paths), batch_size)]
+  forward(pixels=batches[0])  # warm-up: graph tracing and thread pools
+  start = time.perf_counter()
+  done = 0
+  for i, batch in enumerate(batches):
+    n = min(batch_size, len(paths) - i * batch_size)
+    forward(pixels=batch[:n])["probabilities"].numpy()
+    done += n
+  return done / (time.perf_counter() - start)
+
+
+def plain_loop(model_dir: str, paths: list[str], batch_size: int) -> float:
+  from segbeam.model import export
+  loaded = export.LoadedExport(model_dir)
+  loaded.predict([open(paths[0], "rb").read()])  # warm-up
+  start = time.perf_counter()
+  for i in range(0, len(paths), batch_size):
+    encoded = [open(p, "rb").read() for p in paths[i:i + batch_size]]
+    loaded.predict(encoded)["probabilities"]
+  return len(paths) / (time.perf_counter() - start)
+
+
+def timed_subprocess(argv: list[str], log_path: str) -> tuple[float, float]:
+  """(seconds, peak RSS in MB) of a child process, start-up included."""
+  start = time.perf_counter()
+  with open(log_path, "w") as log:
+    process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    _, status, usage = os.wait4(process.pid, 0)
+  elapsed = time.perf_counter() - start
+  if os.waitstatus_to_exitcode(status) != 0:
+    raise RuntimeError(f"{argv[:3]} failed; see {log_path}")
+  return elapsed, usage.ru_maxrss / 1024
+
+
+def segbeam_run(model_dir: str, input_dir: str, output: str, batch_size: int, log: str,
+                extra: list[str]) -> tuple[float, float]:
+  segbeam = shutil.which("segbeam", path=os.path.dirname(sys.executable)) or "segbeam"
+  return timed_subprocess([segbeam, "run", "--input", os.path.join(input_dir, "*"), "--output",
+                           output, "--model", model_dir, "--batch-size", str(batch_size),
+                           *extra], log)
+
+
+def reference_pattern(model_dir: str, input_dir: str, output: str, batch_size: int,
+                      log: str) -> tuple[float, float]:
+  script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reference_pattern.py")
+  return timed_subprocess([sys.executable, script, "--model", model_dir, "--input",
+                           os.path.join(input_dir, "*"), "--output", output, "--batch-size",
+                           str(batch_size)], log)
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--images", type=int, default=4500)
+  parser.add_argument("--batch-size", type=int, default=32)
+  parser.add_argument("--model", default=None, help="export (default: the embedded model)")
+  parser.add_argument("--photos", default=SHARED)
+  parser.add_argument("--skip", default="", help="letters of variants to skip, e.g. 'd'")
+  parser.add_argument("--run-args", default="", help="extra arguments for segbeam run")
+  parser.add_argument("--logs", default=os.path.join(tempfile.gettempdir(), "segbeam-bench-logs"),
+                      help="where the subprocesses' logs are kept")
+  args = parser.parse_args(argv)
+  from segbeam.model import defaults
+  model_dir = args.model or defaults.default_model_dir()
+  work = tempfile.mkdtemp(prefix="segbeam-bench-")
+  os.makedirs(args.logs, exist_ok=True)
+  try:
+    paths = make_inputs(args.photos, args.images, os.path.join(work, "images"))
+    results = {"images": len(paths), "batch_size": args.batch_size, "cpus": os.cpu_count()}
+    if "a" not in args.skip:
+      results["a_forward_img_s"] = forward_alone(model_dir, paths, args.batch_size)
+      print(f"(a) forward alone     {results['a_forward_img_s']:8.1f} img/s", flush=True)
+    if "b" not in args.skip:
+      results["b_plain_loop_img_s"] = plain_loop(model_dir, paths, args.batch_size)
+      print(f"(b) plain loop        {results['b_plain_loop_img_s']:8.1f} img/s", flush=True)
+    if "c" not in args.skip:
+      seconds, rss = segbeam_run(model_dir, os.path.join(work, "images"),
+                                 os.path.join(work, "out_c"), args.batch_size,
+                                 os.path.join(args.logs, "c.log"), args.run_args.split())
+      with open(os.path.join(work, "out_c", "manifest.json")) as f:
+        counts = json.load(f)["counts"]
+      assert counts["segmented"] == len(paths), counts
+      results.update(c_segbeam_img_s=len(paths) / seconds, c_seconds=seconds, c_peak_rss_mb=rss)
+      print(f"(c) segbeam run       {results['c_segbeam_img_s']:8.1f} img/s  "
+            f"({seconds:.0f} s, peak RSS {rss:.0f} MB)", flush=True)
+    if "d" not in args.skip:
+      seconds, rss = reference_pattern(model_dir, os.path.join(work, "images"),
+                                       os.path.join(work, "out_d"), args.batch_size,
+                                       os.path.join(args.logs, "d.log"))
+      results.update(d_reference_img_s=len(paths) / seconds, d_seconds=seconds,
+                     d_peak_rss_mb=rss)
+      print(f"(d) reference pattern {results['d_reference_img_s']:8.1f} img/s  "
+            f"({seconds:.0f} s, peak RSS {rss:.0f} MB)", flush=True)
+    for other, key in (("a", "a_forward_img_s"), ("b", "b_plain_loop_img_s"),
+                       ("d", "d_reference_img_s")):
+      if "c_segbeam_img_s" in results and key in results:
+        results[f"c_over_{other}"] = results["c_segbeam_img_s"] / results[key]
+        print(f"(c)/({other}) = {results[f'c_over_{other}']:.2f}")
+    print(json.dumps(results))
+  finally:
+    shutil.rmtree(work, ignore_errors=True)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

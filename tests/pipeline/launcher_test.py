@@ -1,0 +1,70 @@
+"""`segbeam run` from the command line: exit codes, one-line reasons, the report."""
+
+import os
+
+import pytest
+
+from segbeam import cli
+from segbeam.pipeline import launcher
+from tests import synthetic
+
+
+@pytest.fixture()
+def one_image(tmp_path):
+  folder = tmp_path / "in"
+  folder.mkdir()
+  (folder / "cat.png").write_bytes(synthetic.encode(synthetic.pet_scene(30, 20, 0)[0], "PNG"))
+  return str(folder)
+
+
+def _run(capsys, *argv):
+  code = cli.main(["run", *argv])
+  captured = capsys.readouterr()
+  return code, captured.out, captured.err.strip()
+
+
+def test_runs_and_reports(tiny_export, one_image, tmp_path, capsys):
+  export_dir, _ = tiny_export
+  output = str(tmp_path / "out")
+  code, out, _ = _run(capsys, "--input", one_image + "/*.png", "--output", output, "--model",
+                      export_dir, "--direct_num_workers=1")  # a Beam option passes through
+  assert code == 0
+  assert "1 inputs, 1 segmented, 0 failed" in out and "cat.png" in out
+  assert os.path.exists(os.path.join(output, "manifest.json"))
+
+  code, _, err = _run(capsys, "--input", one_image + "/*.png", "--output", output, "--model",
+                      export_dir)
+  assert code == 2 and "already holds a run" in err and len(err.splitlines()) == 1
+  code, _, _ = _run(capsys, "--input", one_image + "/*.png", "--output", output, "--model",
+                    export_dir, "--overwrite")
+  assert code == 0
+
+
+@pytest.mark.parametrize("case,words", [("no_input", "no input matched"),
+                                        ("bad_model", "model unreadable"),
+                                        ("bad_output", "output not writable"),
+                                        ("bad_batch", "--batch-size must be at least 1")])
+def test_bad_invocations_exit_2_with_one_line(case, words, tiny_export, one_image, tmp_path,
+                                              capsys):
+  export_dir, _ = tiny_export
+  blocker = tmp_path / "file"
+  blocker.write_text("a file where a folder should be")
+  argv = {"input": one_image + "/*.png", "output": str(tmp_path / "out"), "model": export_dir,
+          "batch-size": "4"}
+  if case == "no_input":
+    argv["input"] = str(tmp_path / "nothing" / "*.jpg")
+  elif case == "bad_model":
+    argv["model"] = str(tmp_path)
+  elif case == "bad_output":
+    argv["output"] = str(blocker / "out")
+  else:
+    argv["batch-size"] = "0"
+  code, _, err = _run(capsys, *[x for k, v in argv.items() for x in (f"--{k}", v)])
+  assert code == 2
+  assert err.startswith("segbeam run:") and words in err and len(err.splitlines()) == 1
+
+
+def test_default_runner_avoids_prism_but_can_be_overridden():
+  assert launcher.beam_pipeline_options([]).get_all_options()["runner"] == "FnApiRunner"
+  chosen = launcher.beam_pipeline_options(["--runner=DirectRunner"])
+  assert chosen.get_all_options()["runner"] == "DirectRunner"
