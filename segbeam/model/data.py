@@ -85,25 +85,31 @@ def read_mask(data: bytes, label_map: labels_lib.LabelMap) -> np.ndarray:
 
 
 class PairLoader:
-  """Decodes pairs for tf.data and remembers the ones that could not be used, with why."""
+  """Decodes pairs for tf.data and remembers the ones that could not be used, with why.
 
-  def __init__(self, pairs: Sequence[ImageMaskPair], *, channels: int,
+  Images are decoded as the export decodes them (`preprocessing.decode_for_size`), so a JPEG
+  may come back at a DCT scale of its original size; masks always at full size.
+  """
+
+  def __init__(self, pairs: Sequence[ImageMaskPair], *, channels: int, input_size: int,
                label_map: labels_lib.LabelMap):
     self._pairs = list(pairs)
     self._channels = channels
+    self._input_size = input_size
     self._label_map = label_map
     self.skipped: dict[str, SkippedPair] = {}
 
   def load(self, pair: ImageMaskPair) -> tuple[np.ndarray, np.ndarray]:
-    """Decoded (uint8 image [H, W, C], uint8 mask [H, W]); raises ValueError if unusable."""
+    """Decoded (uint8 image [h, w, C], uint8 mask [H, W]); raises ValueError if unusable."""
     with tf.io.gfile.GFile(pair.image_path, "rb") as f:
-      image = preprocessing.decode_image(f.read(), self._channels).numpy()
+      image, height, width = preprocessing.decode_for_size(f.read(), self._channels,
+                                                           self._input_size)
     with tf.io.gfile.GFile(pair.mask_path, "rb") as f:
       mask = read_mask(f.read(), self._label_map)
-    if mask.shape != image.shape[:2]:
+    if mask.shape != (int(height), int(width)):
       raise ValueError(f"mask is {mask.shape[1]}x{mask.shape[0]} but image is "
-                       f"{image.shape[1]}x{image.shape[0]}")
-    return image, mask
+                       f"{int(width)}x{int(height)}")
+    return image.numpy(), mask
 
   def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     for pair in self._pairs:

@@ -20,6 +20,37 @@ def decode_image(encoded: tf.Tensor, channels: int) -> tf.Tensor:
   return image
 
 
+JPEG_SCALES = (1, 2, 4, 8)
+
+
+def decode_for_size(encoded: tf.Tensor, channels: int, size: int):
+  """Encoded bytes -> (uint8 image, original height, original width) for resizing to `size`.
+
+  A JPEG is decoded at the largest DCT scale (1/2, 1/4 or 1/8) that still leaves both sides at
+  least `size`: libjpeg then skips most of the work, and the scaled decode is itself a proper
+  low-pass, so the final resize loses nothing. Other formats decode fully. The original size is
+  always that of the full image.
+  """
+
+  def jpeg():
+    shape = tf.io.extract_jpeg_shape(encoded)
+    short_side = tf.minimum(shape[0], shape[1])
+    scale_index = tf.add_n([tf.cast(short_side >= scale * size, tf.int32)
+                            for scale in JPEG_SCALES[1:]])
+    image = tf.switch_case(scale_index, [
+        (lambda ratio=ratio: tf.io.decode_jpeg(encoded, channels=channels, ratio=ratio))
+        for ratio in JPEG_SCALES])
+    image.set_shape([None, None, channels])
+    return image, shape[0], shape[1]
+
+  def other():
+    image = decode_image(encoded, channels)
+    shape = tf.shape(image)
+    return image, shape[0], shape[1]
+
+  return tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
+
+
 def resize_image(image: tf.Tensor, size: int) -> tf.Tensor:
   """uint8 or float [H, W, C] -> float32 [size, size, C] in 0..255, bilinear with antialiasing."""
   resized = tf.image.resize(tf.cast(image, tf.float32), [size, size], method="bilinear",
@@ -39,9 +70,8 @@ def decode_and_resize_batch(encoded: tf.Tensor, size: int, channels: int):
   int32 widths [B]), the original sizes being those of the decoded images."""
 
   def one(data):
-    image = decode_image(data, channels)
-    shape = tf.shape(image)
-    return resize_image(image, size), shape[0], shape[1]
+    image, height, width = decode_for_size(data, channels, size)
+    return resize_image(image, size), height, width
 
   return tf.map_fn(
       one, encoded,

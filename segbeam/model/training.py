@@ -85,9 +85,10 @@ def train(model_config: config_lib.UNetConfig, label_map: labels_lib.LabelMap,
                      f"model config {model_config.num_classes}")
   keras.utils.set_random_seed(training_config.seed)
   tf.io.gfile.makedirs(output_dir)
-  train_loader = data_lib.PairLoader(train_pairs, channels=model_config.channels,
-                                     label_map=label_map)
-  val_loader = data_lib.PairLoader(val_pairs, channels=model_config.channels, label_map=label_map)
+  loader_options = dict(channels=model_config.channels, input_size=model_config.input_size,
+                        label_map=label_map)
+  train_loader = data_lib.PairLoader(train_pairs, **loader_options)
+  val_loader = data_lib.PairLoader(val_pairs, **loader_options)
   common = dict(input_size=model_config.input_size, channels=model_config.channels,
                 batch_size=training_config.batch_size, seed=training_config.seed)
   train_data = data_lib.make_dataset(train_loader, training=training_config.augment, **common)
