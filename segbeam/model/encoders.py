@@ -68,7 +68,7 @@ def _keras_application(constructor: Callable[..., keras.Model], name: str):
                          weights=weights)
     except (OSError, ValueError) as error:
       if weights == IMAGENET:
-        raise RuntimeError(
+        raise ValueError(
             f"could not get ImageNet weights for {name} ({error}); without network access "
             "pass a local weights file with --encoder-weights PATH") from error
       raise

@@ -199,8 +199,21 @@ def _title(config: config_lib.UNetConfig) -> str:
           f"encoder trainable {e.effective_trainable}")
 
 
+def _without_weights(config: config_lib.UNetConfig) -> config_lib.UNetConfig:
+  """Same architecture and trainability, but nothing to download or load: counting parameters
+  needs no weight values."""
+  return config.replace(encoder_weights=None,
+                        encoder_trainable=config.encoder.effective_trainable)
+
+
 def summarize_config(config: config_lib.UNetConfig) -> ModelReport:
-  return summarize_model(unet.build_unet(config), _title(config))
+  if config.encoder.pretrained:
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore")  # the frozen encoder is pretrained in `config`
+      model = unet.build_unet(_without_weights(config))
+  else:
+    model = unet.build_unet(config)
+  return summarize_model(model, _title(config))
 
 
 def summarize_export(export_dir: str) -> ModelReport:
@@ -211,12 +224,9 @@ def summarize_export(export_dir: str) -> ModelReport:
 
   metadata = export_lib.read_metadata(export_dir)
   config = metadata.unet_config
-  # Same trainability as trained, but no weights file or download is needed to count.
-  rebuilt = config.replace(encoder_weights=None,
-                           encoder_trainable=config.encoder.effective_trainable)
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")
-    model = unet.build_unet(rebuilt)
+    model = unet.build_unet(_without_weights(config))
   report = summarize_model(model, f"{metadata.name} {metadata.version}: {_title(config)}")
   saved = tf.saved_model.load(export_dir)
   stored = int(sum(np.prod(v.shape) for v in saved.variables))

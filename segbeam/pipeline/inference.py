@@ -104,12 +104,18 @@ def outputs_as_arrays(inference: Any) -> dict[str, np.ndarray]:
   return {name: tf.make_ndarray(proto)[0] for name, proto in outputs.items()}
 
 
+_DECODE_WORDS = ("Decode", "decode", "Jpeg", "JPEG", "image file format")
+
+
 def _failure_for(error: BaseException) -> InferenceFailure:
   message = " ".join(str(error).split())[:1000]
-  # The serving graph decodes before it infers; its decode ops name themselves in the error.
-  stage = records.STAGE_DECODE if "Decode" in message or "decode" in message else (
-      records.STAGE_INFER)
-  return InferenceFailure(stage, type(error).__name__, message)
+  # The serving graph decodes before it infers: on an image that passed validation, an invalid
+  # argument can only come from its decode ops (which also name themselves in the message); the
+  # forward pass on a decoded, resized tensor fails only for resources (memory) or bugs.
+  error_type = type(error).__name__
+  is_decode = error_type == "InvalidArgumentError" or any(w in message for w in _DECODE_WORDS)
+  return InferenceFailure(records.STAGE_DECODE if is_decode else records.STAGE_INFER, error_type,
+                          message)
 
 
 class IsolatingModelHandler(base.ModelHandler):

@@ -59,3 +59,10 @@ def test_summary_of_an_export_matches_its_variables(tiny_export):
   assert metadata.version in report.title
   assert any("matches the rebuilt architecture" in note for note in report.notes)
   assert report.total == report.keras_total
+
+
+def test_summary_of_a_pretrained_config_needs_no_download():
+  """ImageNet weights cannot be fetched here; counting parameters does not need them."""
+  report = summary.summarize_config(config_lib.preset("mobilenetv2", encoder_weights="imagenet"))
+  assert report.keras_trainable == 4_660_323
+  assert "encoder weights imagenet, encoder trainable frozen" in report.title
