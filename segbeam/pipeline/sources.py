@@ -4,8 +4,8 @@ Files are matched and opened through Beam's FileSystems (local paths, gs://, ...
 gets a stable, unique id:
 - an image file: its path relative to the pattern's root (the folder before the first glob
   character), e.g. 'cats/felix.jpg' for '/data/**/*.jpg';
-- a tf.Example: its `image/filename` feature; when missing, or repeated within its shard,
-  '<shard id>#<record index>' (with the filename in front when there was one).
+- a tf.Example: its `image/filename` feature; when missing, '<shard id>#<record index>'; when
+  repeated anywhere in the input, every occurrence becomes '<filename>#<shard id>#<index>'.
 """
 
 from __future__ import annotations
@@ -81,11 +81,11 @@ class ReadImages(beam.DoFn):
     self._max_file_bytes = max_file_bytes
     self._seen = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "inputs_seen")
 
-  def process(self, readable: fileio.ReadableFile) -> Iterator:
+  def process(self, readable: fileio.ReadableFile, renames=None) -> Iterator:
     path = readable.metadata.path
     file_id = relative_id(path, self._root)
     if is_tfrecord(path, self._input_format):
-      outputs = self._read_shard(readable, file_id)
+      outputs = self._read_shard(readable, file_id, renames or {})
     else:
       outputs = self._read_image(readable, file_id)
     for output in outputs:
@@ -108,60 +108,112 @@ class ReadImages(beam.DoFn):
       return
     yield records.ImageRecord(image_id, path, data)
 
-  def _read_shard(self, readable: fileio.ReadableFile, shard_id: str):
-    import tensorflow as tf  # Workers need it for inference anyway; imported where used.
+  def _read_shard(self, readable: fileio.ReadableFile, shard_id: str, renames):
     path = readable.metadata.path
-    ids_in_shard = set()
     try:
-      with readable.open() as stream:
-        for index, record in tfrecord.read_records(stream):
-          fallback_id = f"{shard_id}#{index}"
-          source = f"{path}#{index}"
-          if isinstance(record, tfrecord.RecordError):
-            yield beam.pvalue.TaggedOutput(records.FAILURES, records.Failure(
-                fallback_id, source, records.STAGE_READ, "CorruptRecord", record.reason))
-            continue
-          try:
-            example = tf.train.Example.FromString(record)
-          except Exception as error:  # pylint: disable=broad-except  # protobuf DecodeError
-            yield beam.pvalue.TaggedOutput(records.FAILURES, records.Failure(
-                fallback_id, source, records.STAGE_READ, "NotAnExample",
-                f"record {index} is not a tf.train.Example ({type(error).__name__})"))
-            continue
-          filename = (_bytes_feature(example, self._keys.filename) or b"").decode(
-              "utf-8", "replace")
-          image_id = filename or fallback_id
-          if image_id in ids_in_shard:
-            image_id = f"{filename}#{shard_id}#{index}"
-          ids_in_shard.add(image_id)
-          data = _bytes_feature(example, self._keys.image)
-          if data is None:
-            yield beam.pvalue.TaggedOutput(records.FAILURES, records.Failure(
-                image_id, source, records.STAGE_READ, "MissingImage",
-                f"the tf.Example has no bytes feature {self._keys.image!r}"))
-            continue
-          yield records.ImageRecord(image_id, source, data,
-                                    label=_bytes_feature(example, self._keys.label))
+      for index, filename, example in iter_shard(readable, shard_id, self._keys.filename):
+        source = f"{path}#{index}"
+        if isinstance(example, records.Failure):
+          yield beam.pvalue.TaggedOutput(records.FAILURES, example)
+          continue
+        image_id = renames.get((path, index)) or filename or f"{shard_id}#{index}"
+        data = _bytes_feature(example, self._keys.image)
+        if data is None:
+          yield beam.pvalue.TaggedOutput(records.FAILURES, records.Failure(
+              image_id, source, records.STAGE_READ, "MissingImage",
+              f"the tf.Example has no bytes feature {self._keys.image!r}"))
+          continue
+        yield records.ImageRecord(image_id, source, data,
+                                  label=_bytes_feature(example, self._keys.label))
     except Exception as error:  # pylint: disable=broad-except  # unreadable shard
       yield beam.pvalue.TaggedOutput(records.FAILURES, records.Failure.from_exception(
           shard_id, path, records.STAGE_READ, error))
 
 
+def iter_shard(readable: fileio.ReadableFile, shard_id: str, filename_key: str):
+  """(record index, filename or '', tf.train.Example or Failure) for each record of a shard."""
+  import tensorflow as tf  # Workers need it for inference anyway; imported where used.
+  path = readable.metadata.path
+  with readable.open() as stream:
+    for index, record in tfrecord.read_records(stream):
+      fallback_id, source = f"{shard_id}#{index}", f"{path}#{index}"
+      if isinstance(record, tfrecord.RecordError):
+        yield index, "", records.Failure(fallback_id, source, records.STAGE_READ,
+                                         "CorruptRecord", record.reason)
+        continue
+      try:
+        example = tf.train.Example.FromString(record)
+      except Exception as error:  # pylint: disable=broad-except  # protobuf DecodeError
+        yield index, "", records.Failure(
+            fallback_id, source, records.STAGE_READ, "NotAnExample",
+            f"record {index} is not a tf.train.Example ({type(error).__name__})")
+        continue
+      filename = (_bytes_feature(example, filename_key) or b"").decode("utf-8", "replace")
+      yield index, filename, example
+
+
+class ShardFilenames(beam.DoFn):
+  """ReadableFile -> (filename, (shard path, record index)) for each named tf.Example, so that
+  filenames repeated anywhere in the input can be told apart before the real read."""
+
+  def __init__(self, *, root: str, input_format: str, filename_key: str):
+    self._root = root
+    self._input_format = input_format
+    self._filename_key = filename_key
+
+  def process(self, readable: fileio.ReadableFile):
+    path = readable.metadata.path
+    if not is_tfrecord(path, self._input_format):
+      return
+    try:
+      for index, filename, _ in iter_shard(readable, relative_id(path, self._root),
+                                           self._filename_key):
+        if filename:
+          yield filename, (path, index)
+    except Exception:  # pylint: disable=broad-except  # the real read reports the shard
+      return
+
+
+def renames_for_repeats(element, root: str):
+  """(filename, [(shard path, index), ...]) -> ((shard path, index), unique id) for every
+  occurrence of a filename seen more than once: all of them, so no id depends on read order."""
+  filename, places = element
+  places = list(places)
+  if len(places) < 2:
+    return
+  for path, index in places:
+    yield (path, index), f"{filename}#{relative_id(path, root)}#{index}"
+
+
 class ReadImageShards(beam.PTransform):
-  """Pattern -> (records, failures). Matches the files itself."""
+  """Pattern -> (records, failures). Matches the files itself.
+
+  TFRecord shards are read twice: a first pass collects only filenames, to find the ones that
+  repeat across shards (an id must be unique in the run); image files need no such pass.
+  """
 
   def __init__(self, pattern: str, *, input_format: str = FORMAT_AUTO,
                example_keys: ExampleKeys = ExampleKeys(), max_file_bytes: int = 256 << 20):
     super().__init__()
     self._pattern = pattern
-    self._read = ReadImages(root=pattern_root(pattern), input_format=input_format,
+    self._root = pattern_root(pattern)
+    self._input_format = input_format
+    self._filename_key = example_keys.filename
+    self._read = ReadImages(root=self._root, input_format=input_format,
                             example_keys=example_keys, max_file_bytes=max_file_bytes)
 
   def expand(self, pbegin):
-    return (pbegin
-            | "MatchFiles" >> fileio.MatchFiles(self._pattern)
-            # Spread files over workers before reading: one shard can hold many images.
-            | "Reshuffle" >> beam.Reshuffle()
-            | "ReadMatches" >> fileio.ReadMatches()
-            | "ReadImages" >> beam.ParDo(self._read).with_outputs(records.FAILURES,
-                                                                   main="records"))
+    files = (pbegin
+             | "MatchFiles" >> fileio.MatchFiles(self._pattern)
+             # Spread files over workers before reading: one shard can hold many images.
+             | "Reshuffle" >> beam.Reshuffle()
+             | "ReadMatches" >> fileio.ReadMatches())
+    renames = (files
+               | "ShardFilenames" >> beam.ParDo(ShardFilenames(
+                   root=self._root, input_format=self._input_format,
+                   filename_key=self._filename_key))
+               | "GroupFilenames" >> beam.GroupByKey()
+               | "RenameRepeats" >> beam.FlatMap(renames_for_repeats, self._root))
+    return files | "ReadImages" >> beam.ParDo(
+        self._read, renames=beam.pvalue.AsDict(renames)).with_outputs(records.FAILURES,
+                                                                       main="records")

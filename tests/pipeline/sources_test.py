@@ -75,10 +75,13 @@ def test_tfrecord_ids_labels_and_bad_records(tmp_path):
   ])
   with open(tmp_path / "a.tfrecord", "ab") as f:  # truncated last record
     f.write(tfrecord.encode_record(pack.make_example("cut.jpg", JPEG))[:40])
+  _shard(tmp_path / "b.tfrecord", [pack.make_example("y.jpg", JPEG),
+                                    pack.make_example("x.jpg", JPEG)])  # repeated across shards
   p, out = _read(str(tmp_path / "*.tfrecord"))
   assert_that(out.records | beam.Map(lambda r: (r.image_id, r.label == MASK, r.source[-2:])),
-              equal_to([("x.jpg", True, "#0"), ("x.jpg#a.tfrecord#1", False, "#1"),
-                        ("a.tfrecord#2", False, "#2")]), label="records")
+              equal_to([("x.jpg#a.tfrecord#0", True, "#0"), ("x.jpg#a.tfrecord#1", False, "#1"),
+                        ("a.tfrecord#2", False, "#2"), ("y.jpg", False, "#0"),
+                        ("x.jpg#b.tfrecord#1", False, "#1")]), label="records")
   assert_that(out[records.FAILURES] | beam.Map(lambda f: (f.image_id, f.error_type)),
               equal_to([("a.tfrecord#3", "NotAnExample"), ("lost.jpg", "MissingImage"),
                         ("a.tfrecord#5", "CorruptRecord")]), label="failures")
