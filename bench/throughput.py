@@ -5,7 +5,8 @@ files by symbolic links), measures:
   (a) the model's forward pass alone: the export's `predict_pixels` signature on pre-decoded
       128x128 batches;
   (b) a plain Python loop over the export's `serving_default` on the encoded files;
-  (c) `segbeam run` end to end with Parquet output (a subprocess, start-up included);
+  (c) `segbeam run` end to end with Parquet output (a subprocess, start-up included), once per
+      inference handler (--handlers; the first is the one the ratios use);
   (d) Beam's reference pattern: PIL decode + resize per element, TFModelHandlerTensor on a
       .keras file, numpy argmax and PNG per element, WriteToParquet (a subprocess too);
 and prints images/s, peak RSS of (c) and (d), and the ratios (c)/(a), (c)/(b), (c)/(d).
@@ -111,6 +112,8 @@ def main(argv=None) -> int:
   parser.add_argument("--photos", default=SHARED)
   parser.add_argument("--skip", default="", help="letters of variants to skip, e.g. 'd'")
   parser.add_argument("--run-args", default="", help="extra arguments for segbeam run")
+  parser.add_argument("--handlers", default="saved-model,tfx-bsl",
+                      help="inference handlers to time in (c), comma-separated")
   parser.add_argument("--logs", default=os.path.join(tempfile.gettempdir(), "segbeam-bench-logs"),
                       help="where the subprocesses' logs are kept")
   args = parser.parse_args(argv)
@@ -128,15 +131,21 @@ def main(argv=None) -> int:
       results["b_plain_loop_img_s"] = plain_loop(model_dir, paths, args.batch_size)
       print(f"(b) plain loop        {results['b_plain_loop_img_s']:8.1f} img/s", flush=True)
     if "c" not in args.skip:
-      seconds, rss = segbeam_run(model_dir, os.path.join(work, "images"),
-                                 os.path.join(work, "out_c"), args.batch_size,
-                                 os.path.join(args.logs, "c.log"), args.run_args.split())
-      with open(os.path.join(work, "out_c", "manifest.json")) as f:
-        counts = json.load(f)["counts"]
-      assert counts["segmented"] == len(paths), counts
-      results.update(c_segbeam_img_s=len(paths) / seconds, c_seconds=seconds, c_peak_rss_mb=rss)
-      print(f"(c) segbeam run       {results['c_segbeam_img_s']:8.1f} img/s  "
-            f"({seconds:.0f} s, peak RSS {rss:.0f} MB)", flush=True)
+      for number, handler in enumerate(args.handlers.split(",")):
+        output = os.path.join(work, f"out_c_{handler}")
+        seconds, rss = segbeam_run(model_dir, os.path.join(work, "images"), output,
+                                   args.batch_size, os.path.join(args.logs, f"c_{handler}.log"),
+                                   ["--inference-handler", handler, *args.run_args.split()])
+        with open(os.path.join(output, "manifest.json")) as f:
+          counts = json.load(f)["counts"]
+        assert counts["segmented"] == len(paths), counts
+        shutil.rmtree(output, ignore_errors=True)
+        results[f"c_{handler}"] = {"img_s": len(paths) / seconds, "seconds": seconds,
+                                   "peak_rss_mb": rss}
+        if number == 0:
+          results.update(c_segbeam_img_s=len(paths) / seconds, c_handler=handler)
+        print(f"(c) segbeam run [{handler}] {len(paths) / seconds:8.1f} img/s  "
+              f"({seconds:.0f} s, peak RSS {rss:.0f} MB)", flush=True)
     if "d" not in args.skip:
       seconds, rss = reference_pattern(model_dir, os.path.join(work, "images"),
                                        os.path.join(work, "out_d"), args.batch_size,

@@ -7,11 +7,12 @@ import os
 import sys
 from typing import Optional, Sequence
 
-# TensorFlow's C++ start-up chatter is noise in a command-line tool.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from segbeam import quiet
+from segbeam.model import commands as model_commands
+from segbeam.pipeline import pack
 
-from segbeam.model import commands as model_commands  # pylint: disable=wrong-import-position
-from segbeam.pipeline import pack  # pylint: disable=wrong-import-position
+# Commands that do not need TensorFlow start faster without it.
+_WITHOUT_TENSORFLOW = {"model list", "--help", "-h"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
+  if argv and " ".join(argv[:2]) not in _WITHOUT_TENSORFLOW and argv[0] not in _WITHOUT_TENSORFLOW:
+    quiet.import_tensorflow()
   if argv and argv[0] in ("run", "demo"):
     from segbeam.pipeline import launcher
     return (launcher.main if argv[0] == "run" else launcher.demo_main)(argv[1:])

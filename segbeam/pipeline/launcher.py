@@ -173,6 +173,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   # segbeam's own progress lines, without Beam's and TensorFlow's INFO chatter.
   logging.basicConfig(format="%(asctime)s %(name)s: %(message)s")
   logging.getLogger("segbeam").setLevel(logging.INFO)
+  logging.getLogger("tensorflow").setLevel(logging.ERROR)  # tfx-bsl's deprecation notices
   try:
     options, _ = parse(argv)
     run(argv)

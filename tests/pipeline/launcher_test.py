@@ -68,3 +68,18 @@ def test_default_runner_avoids_prism_but_can_be_overridden():
   assert launcher.beam_pipeline_options([]).get_all_options()["runner"] == "FnApiRunner"
   chosen = launcher.beam_pipeline_options(["--runner=DirectRunner"])
   assert chosen.get_all_options()["runner"] == "DirectRunner"
+
+
+def test_demo_on_the_default_model(tmp_path, capsys):
+  """The README's first command: sample photos through the embedded model."""
+  import glob
+  import pyarrow.parquet as pq
+  output = str(tmp_path / "demo")
+  assert cli.main(["demo", "--output", output]) == 0
+  out = capsys.readouterr().out
+  assert "0 failed" in out and "images with the most pet:" in out
+  rows = {r["image_id"]: r for r in pq.read_table(
+      glob.glob(f"{output}/segments/*.parquet")).to_pylist()}
+  assert len(rows) >= 20
+  # The one cat among scikit-image's photos: the default model must see a pet there.
+  assert rows["chelsea.png"]["coverage_pet"] > 0.3
