@@ -26,6 +26,27 @@ class EvaluationResult:
             "skipped": [dataclasses.asdict(s) for s in self.skipped]}
 
 
+def _predict_each(export: export_lib.LoadedExport, encoded: Sequence[bytes]):
+  """Predictions for a batch, or one by one when the batch fails: (outputs or error) per image,
+  so one undecodable image is reported alone instead of failing its batch."""
+  try:
+    outputs = export.predict(encoded)
+    return [{k: v[i] for k, v in outputs.items()} for i in range(len(encoded))]
+  except tf.errors.OpError:
+    pass
+  results = []
+  for data in encoded:
+    try:
+      results.append({k: v[0] for k, v in export.predict([data]).items()})
+    except tf.errors.OpError as error:
+      results.append(error)
+  return results
+
+
+def _reason(error: BaseException) -> str:
+  return f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+
+
 def evaluate_export(export: export_lib.LoadedExport, pairs: Sequence[data_lib.ImageMaskPair], *,
                     label_map: Optional[labels_lib.LabelMap] = None,
                     batch_size: int = 16) -> EvaluationResult:
@@ -38,6 +59,11 @@ def evaluate_export(export: export_lib.LoadedExport, pairs: Sequence[data_lib.Im
   label_map = label_map or export.metadata.labels
   result = metrics_lib.SegmentationMetrics.empty(export.metadata.class_names)
   skipped, evaluated = [], 0
+
+  def skip(pair, reason):
+    logging.warning("skipping %s: %s", pair.name, reason)
+    skipped.append(data_lib.SkippedPair(pair.name, reason))
+
   for start in range(0, len(pairs), batch_size):
     batch, encoded, truths = [], [], []
     for pair in pairs[start:start + batch_size]:
@@ -46,26 +72,24 @@ def evaluate_export(export: export_lib.LoadedExport, pairs: Sequence[data_lib.Im
           image_bytes = f.read()
         with tf.io.gfile.GFile(pair.mask_path, "rb") as f:
           truth = data_lib.read_mask(f.read(), label_map)
-        # Decode here too, so one bad image is reported alone instead of failing its batch.
-        tf.io.decode_image(image_bytes, expand_animations=False)
       except (ValueError, OSError, tf.errors.OpError) as error:
-        reason = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
-        logging.warning("skipping %s: %s", pair.name, reason)
-        skipped.append(data_lib.SkippedPair(pair.name, reason))
+        skip(pair, _reason(error))
         continue
       batch.append(pair)
       encoded.append(image_bytes)
       truths.append(truth)
     if not batch:
       continue
-    outputs = export.predict(encoded)
-    for i, (pair, truth) in enumerate(zip(batch, truths)):
-      height, width = int(outputs[export_lib.OUTPUT_HEIGHT][i]), int(outputs[export_lib.OUTPUT_WIDTH][i])
-      if truth.shape != (height, width):
-        skipped.append(data_lib.SkippedPair(
-            pair.name, f"mask is {truth.shape[1]}x{truth.shape[0]}, image {width}x{height}"))
+    for pair, truth, outputs in zip(batch, truths, _predict_each(export, encoded)):
+      if isinstance(outputs, BaseException):
+        skip(pair, _reason(outputs))
         continue
-      mask, _ = postprocess.class_mask(outputs[export_lib.OUTPUT_PROBABILITIES][i], height, width)
+      height = int(outputs[export_lib.OUTPUT_HEIGHT])
+      width = int(outputs[export_lib.OUTPUT_WIDTH])
+      if truth.shape != (height, width):
+        skip(pair, f"mask is {truth.shape[1]}x{truth.shape[0]}, image {width}x{height}")
+        continue
+      mask, _ = postprocess.class_mask(outputs[export_lib.OUTPUT_PROBABILITIES], height, width)
       result = result.add(truth, mask)
       evaluated += 1
   return EvaluationResult(metrics=result, images=evaluated, skipped=tuple(skipped))
