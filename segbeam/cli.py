@@ -10,9 +10,12 @@ from typing import Optional, Sequence
 from segbeam import quiet
 from segbeam.model import commands as model_commands
 from segbeam.pipeline import pack
+from segbeam.results import output as results_output
+from segbeam.results import query as results_query
+from segbeam.results import summary as results_summary
 
 # Commands that do not need TensorFlow start faster without it.
-_WITHOUT_TENSORFLOW = {"model list", "--help", "-h"}
+_WITHOUT_TENSORFLOW = {"model list", "--help", "-h", "query", "summary"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "[--output DIR] [Beam options]")
   model_commands.add_parsers(subparsers)
   pack.add_parser(subparsers)
+  results_query.add_parser(subparsers)
+  results_summary.add_parser(subparsers)
   return parser
 
 
@@ -42,7 +47,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   args = parser.parse_args(argv)
   try:
     return args.func(args)
-  except (FileNotFoundError, ValueError) as error:
+  except (FileNotFoundError, ValueError, results_output.IncompleteOutputError) as error:
     print(f"segbeam {args.command}: {error}", file=sys.stderr)
     return 2
 

@@ -50,3 +50,23 @@ def shared_data():
   if not os.path.isdir(SHARED_DATA):
     pytest.skip(f"{SHARED_DATA} is not beside the checkout")
   return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory, tiny_export, pet_folder):
+  """A real completed run of the tiny export over the generated pets plus one text file:
+  the output folder."""
+  import shutil
+  from apache_beam.testing.test_pipeline import TestPipeline
+  from segbeam.pipeline import launcher
+  images, _, _ = pet_folder
+  inputs = tmp_path_factory.mktemp("run_inputs")
+  for name in os.listdir(images):
+    shutil.copy(os.path.join(images, name), inputs / name)
+  (inputs / "notes.jpg").write_bytes(b"not an image")
+  output = str(tmp_path_factory.mktemp("run") / "out")
+  pipeline = TestPipeline()
+  launcher.run(["--input", str(inputs / "*"), "--output", output, "--model", tiny_export[0]],
+               test_pipeline=pipeline)
+  pipeline.run().wait_until_finish()
+  return output

@@ -1,0 +1,1 @@
+"""Reading a finished run's output: DuckDB queries, summaries, the HTML report."""

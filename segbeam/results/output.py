@@ -1,0 +1,71 @@
+"""A completed run's output folder (local or gs://) as Arrow datasets and DuckDB views.
+
+Only a folder with a manifest is a completed run: `segments` and `errors` of an unfinished or
+killed run are partial, so every reader here refuses it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+from typing import Any, Optional
+
+import duckdb
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+
+MANIFEST_FILE = "manifest.json"
+TABLES = ("segments", "errors")
+
+
+class IncompleteOutputError(Exception):
+  """The folder holds no completed run."""
+
+
+def _filesystem(path: str) -> tuple[pafs.FileSystem, str]:
+  """pyarrow filesystem and the path inside it. gs:// honours STORAGE_EMULATOR_HOST, as the
+  Google Cloud clients do."""
+  if path.startswith("gs://"):
+    emulator = os.environ.get("STORAGE_EMULATOR_HOST")
+    if emulator:
+      scheme, _, host = emulator.rpartition("://")
+      fs = pafs.GcsFileSystem(endpoint_override=host, scheme=scheme or "http", anonymous=True)
+    else:
+      fs = pafs.GcsFileSystem()
+    return fs, path[len("gs://"):].rstrip("/")
+  return pafs.LocalFileSystem(), os.path.abspath(path)
+
+
+class RunOutput:
+  """The output of one completed `segbeam run`."""
+
+  def __init__(self, path: str):
+    self.path = path.rstrip("/")
+    self._fs, self._root = _filesystem(self.path)
+    manifest_path = posixpath.join(self._root, MANIFEST_FILE)
+    if self._fs.get_file_info(manifest_path).type == pafs.FileType.NotFound:
+      raise IncompleteOutputError(
+          f"{path} has no {MANIFEST_FILE}: the run did not complete (still running, killed, or "
+          "failed), so its tables would be partial")
+    with self._fs.open_input_stream(manifest_path) as f:
+      self.manifest: dict[str, Any] = json.loads(f.read())
+
+  @property
+  def class_names(self) -> list[str]:
+    return list(self.manifest["model"]["class_names"])
+
+  def dataset(self, table: str) -> ds.Dataset:
+    if table not in TABLES:
+      raise ValueError(f"unknown table {table!r}; known: {', '.join(TABLES)}")
+    return ds.dataset(posixpath.join(self._root, table), format="parquet", filesystem=self._fs,
+                      partitioning="hive", exclude_invalid_files=False,
+                      ignore_prefixes=[".", "_", "beam-temp"])
+
+  def connect(self, connection: Optional[duckdb.DuckDBPyConnection] = None
+              ) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with views `segments` and `errors` over this output."""
+    con = connection or duckdb.connect()
+    for table in TABLES:
+      con.register(table, self.dataset(table))
+    return con

@@ -1,0 +1,81 @@
+"""`segbeam summary OUTPUT`: counts, run and model info, per-class coverage statistics."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from segbeam.pipeline import schema
+from segbeam.results import output as output_lib
+
+
+def class_statistics(output: output_lib.RunOutput, threshold: float) -> list[dict[str, Any]]:
+  """Per class: mean and median coverage, share of images where it dominates, images above
+  `threshold` coverage. One SQL pass over the segments table."""
+  names = output.class_names
+  suffixes = schema.class_columns(names)
+  selects = []
+  for name, suffix in zip(names, suffixes):
+    quoted = name.replace("'", "''")
+    selects += [f"avg(coverage_{suffix})", f"median(coverage_{suffix})",
+                f"avg(CASE WHEN dominant_class = '{quoted}' THEN 1.0 ELSE 0.0 END)",
+                f"count_if(coverage_{suffix} > {float(threshold)})"]
+  values = output.connect().sql(f"SELECT {', '.join(selects)} FROM segments").fetchall()[0]
+  stats = []
+  for i, name in enumerate(names):
+    mean, median, dominant, above = values[4 * i:4 * i + 4]
+    stats.append({"class": name, "mean_coverage": mean, "median_coverage": median,
+                  "dominant_share": dominant, "images_above_threshold": int(above or 0)})
+  return stats
+
+
+def summarize(output: output_lib.RunOutput, threshold: float = 0.5) -> dict[str, Any]:
+  manifest = output.manifest
+  return {
+      "output": output.path, "run_id": manifest["run_id"], "status": manifest["status"],
+      "started": manifest["started"], "finished": manifest["finished"],
+      "input": manifest["input"], "model": manifest["model"], "counts": manifest["counts"],
+      "threshold": threshold, "classes": class_statistics(output, threshold),
+  }
+
+
+def _percent(value) -> str:
+  return "    -" if value is None else f"{value:6.1%}"
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+  counts, model = summary["counts"], summary["model"]
+  lines = [
+      f"run {summary['run_id']} ({summary['status']}), {summary['started']} -> "
+      f"{summary['finished']}",
+      f"input  {summary['input']}",
+      f"model  {model['name']} {model['version']} ({model['architecture']})",
+      f"images {counts['inputs_seen']} seen, {counts['segmented']} segmented, "
+      f"{counts['failed']} failed",
+  ]
+  lines += [f"  failed at {r['stage']}: {r['error_type']} x{r['count']}"
+            for r in counts["failed_by_reason"]]
+  header = (f"{'class':<16s} {'mean':>7s} {'median':>7s} {'dominant':>9s} "
+            f"{'> ' + format(summary['threshold'], '.0%'):>9s}")
+  lines += ["", "coverage per class (share of each image's pixels)", header, "-" * len(header)]
+  for c in summary["classes"]:
+    lines.append(f"{c['class']:<16s} {_percent(c['mean_coverage']):>7s} "
+                 f"{_percent(c['median_coverage']):>7s} {_percent(c['dominant_share']):>9s} "
+                 f"{c['images_above_threshold']:>9d}")
+  return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+  summary = summarize(output_lib.RunOutput(args.output_dir), args.threshold)
+  print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+  return 0
+
+
+def add_parser(subparsers) -> None:
+  parser = subparsers.add_parser("summary", help="counts and per-class coverage of a run")
+  parser.add_argument("output_dir", metavar="OUTPUT", help="a run's output folder, local or gs://")
+  parser.add_argument("--threshold", type=float, default=0.5,
+                      help="count images whose class coverage is above this (default 0.5)")
+  parser.add_argument("--json", action="store_true", help="machine-readable output")
+  parser.set_defaults(func=run)
