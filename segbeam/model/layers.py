@@ -55,3 +55,8 @@ class RepeatChannels(keras.layers.Layer):
 
   def get_config(self):
     return {**super().get_config(), "channels": self.channels}
+
+
+def load_keras_model(path: str) -> keras.Model:
+  """Loads a `.keras` checkpoint of a segbeam U-Net (this module registers its layers)."""
+  return keras.models.load_model(path)

@@ -18,6 +18,7 @@ from segbeam.model import data as data_lib
 from segbeam.model import evaluation
 from segbeam.model import export as export_lib
 from segbeam.model import labels as labels_lib
+from segbeam.model import layers
 from segbeam.model import unet
 
 CHECKPOINT_FILE = "best.keras"
@@ -111,7 +112,7 @@ def train(model_config: config_lib.UNetConfig, label_map: labels_lib.LabelMap,
       ])
   skipped = (*train_loader.skipped.values(), *val_loader.skipped.values())
 
-  best = keras.models.load_model(checkpoint)
+  best = layers.load_keras_model(checkpoint)
   export_dir = os.path.join(output_dir, EXPORT_DIR)
   training_record = {
       **(provenance or {}),

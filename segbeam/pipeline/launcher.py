@@ -37,13 +37,13 @@ class InvocationError(Exception):
   """A bad invocation: reported as one line, exit code 2, nothing run."""
 
 
-def _check_input(pattern: str) -> int:
+def _check_input(pattern: str, what: str = "input") -> int:
   try:
     matched = FileSystems.match([pattern])[0].metadata_list
   except Exception as error:  # pylint: disable=broad-except  # any failure to list
-    raise InvocationError(f"cannot list input {pattern!r}: {error}") from error
+    raise InvocationError(f"cannot list {what} {pattern!r}: {error}") from error
   if not matched:
-    raise InvocationError(f"no input matched {pattern!r}")
+    raise InvocationError(f"no {what} matched {pattern!r}")
   return len(matched)
 
 
@@ -91,6 +91,9 @@ def run(argv: Optional[Sequence[str]] = None,
   options, beam_args = parse(argv)
   model_dir, metadata = _read_model(options.model_dir)
   _check_input(options.input)
+  if options.labels:
+    _check_input(options.labels, what="label")
+  segment_pipeline.label_map_for(options, metadata)  # a bad --label-map fails here, not later
   _prepare_output(options.output, options.overwrite)
   if test_pipeline is not None:
     return segment_pipeline.build_pipeline(test_pipeline, options, metadata, model_dir)

@@ -29,6 +29,10 @@ class RunOptions:
     input_format: 'auto' (TFRecord by file name, images otherwise), 'images' or 'tfrecord'.
     example_keys: tf.Example feature keys.
     handler: 'tfx-bsl' or 'saved-model' (see `inference`).
+    labels: glob of ground-truth label images, matched to inputs by image id without extension;
+      TFRecord inputs may carry their own instead.
+    label_map: how label values map to classes ('1:0,2:1,3:2' or a preset); None for the
+      model's own.
     run_id: recorded in every row and the manifest.
     started: UTC start time, ISO 8601.
   """
@@ -44,6 +48,8 @@ class RunOptions:
   input_format: str = sources.FORMAT_AUTO
   example_keys: sources.ExampleKeys = sources.ExampleKeys()
   handler: str = inference.HANDLER_TFX_BSL
+  labels: Optional[str] = None
+  label_map: Optional[str] = None
   run_id: str = ""
   started: str = ""
 
@@ -80,6 +86,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--label-key", default=defaults.label)
   parser.add_argument("--inference-handler", dest="handler", choices=inference.HANDLERS,
                       default=inference.HANDLER_TFX_BSL)
+  parser.add_argument("--labels", default=None,
+                      help="glob of ground-truth label images, matched to inputs by id without "
+                      "extension; each row then carries IoU counts")
+  parser.add_argument("--label-map", default=None,
+                      help="label values -> classes, e.g. 1:0,2:1,3:2 (default: the model's)")
   parser.add_argument("--run-id", default=None, help="default: time + random suffix")
 
 
@@ -90,6 +101,6 @@ def from_args(args: argparse.Namespace) -> RunOptions:
       batch_size=args.batch_size, max_pixels=args.max_pixels, max_file_bytes=args.max_file_bytes,
       mask_files=args.mask_files, overwrite=args.overwrite, input_format=args.input_format,
       example_keys=sources.ExampleKeys(args.image_key, args.filename_key, args.label_key),
-      handler=args.handler,
+      handler=args.handler, labels=args.labels, label_map=args.label_map,
       run_id=args.run_id or f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}",
       started=now.isoformat(timespec="seconds"))

@@ -10,6 +10,12 @@ segments/*.parquet, one row per segmented image:
   pixels_<class>   int64    pixels in the class (they sum to width * height)
   dominant_class   string   the class with most pixels
   mean_confidence  float32  mean over pixels of the winning class probability
+  gt_pixels        int64    with ground truth: labelled pixels compared (ignored ones left out)
+  gt_correct       int64    ... of which the mask got right
+  gt_pixel_accuracy float64 gt_correct / gt_pixels
+  gt_intersection_<class>, gt_union_<class>   int64   per class, at the original resolution
+  gt_error         string   why a label given for the image could not be used
+  (the gt_ columns are null for an image without ground truth)
   model_name, model_version, run_id   string
 
 errors/*.parquet, one row per input that produced no mask:
@@ -46,6 +52,11 @@ def segments_schema(class_names: Sequence[str]) -> pa.Schema:
       + [(f"coverage_{s}", pa.float64()) for s in suffixes]
       + [(f"pixels_{s}", pa.int64()) for s in suffixes]
       + [("dominant_class", pa.string()), ("mean_confidence", pa.float32()),
+         ("gt_pixels", pa.int64()), ("gt_correct", pa.int64()),
+         ("gt_pixel_accuracy", pa.float64())]
+      + [(f"gt_intersection_{s}", pa.int64()) for s in suffixes]
+      + [(f"gt_union_{s}", pa.int64()) for s in suffixes]
+      + [("gt_error", pa.string()),
          ("model_name", pa.string()), ("model_version", pa.string()), ("run_id", pa.string())])
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import apache_beam as beam
+from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import RunInference
 
 import segbeam
 from segbeam.model import export as export_lib
+from segbeam.model import labels as labels_lib
 from segbeam.pipeline import inference
 from segbeam.pipeline import options as options_lib
 from segbeam.pipeline import records
@@ -18,11 +20,26 @@ from segbeam.pipeline import sources
 from segbeam.pipeline import validation
 
 
+def label_map_for(options: options_lib.RunOptions,
+                  metadata: export_lib.ModelMetadata) -> labels_lib.LabelMap:
+  if options.label_map is None:
+    return metadata.labels
+  label_map = labels_lib.parse_label_map(options.label_map, metadata.class_names)
+  if label_map.num_classes != len(metadata.class_names):
+    raise ValueError(f"--label-map gives {label_map.num_classes} classes, the model has "
+                     f"{len(metadata.class_names)}")
+  return label_map
+
+
+def _label_entry(metadata, root: str) -> tuple[str, str]:
+  return segments.label_key(sources.relative_id(metadata.path, root)), metadata.path
+
+
 def build_pipeline(pipeline: beam.Pipeline, options: options_lib.RunOptions,
                    metadata: export_lib.ModelMetadata, model_dir: str) -> beam.PCollection:
   """Adds the whole run to `pipeline`; returns the PCollection holding the manifest."""
   context = segments.RunContext(metadata.name, metadata.version, metadata.class_names,
-                                options.run_id)
+                                options.run_id, label_map_for(options, metadata))
   read = pipeline | "Read" >> sources.ReadImageShards(
       options.input, input_format=options.input_format, example_keys=options.example_keys,
       max_file_bytes=options.max_file_bytes)
@@ -31,8 +48,16 @@ def build_pipeline(pipeline: beam.Pipeline, options: options_lib.RunOptions,
           records.FAILURES, main="images")
   predictions = validated.images | "RunInference" >> RunInference(
       inference.create_handler(options.handler, model_dir, max_batch_size=options.batch_size))
+  label_paths = None
+  if options.labels:
+    root = sources.pattern_root(options.labels)
+    label_paths = beam.pvalue.AsDict(
+        pipeline
+        | "MatchLabels" >> fileio.MatchFiles(options.labels)
+        | "LabelKeys" >> beam.Map(_label_entry, root))
   segmented = predictions | "Segment" >> beam.ParDo(
-      segments.SegmentImage(context)).with_outputs(records.FAILURES, main="rows")
+      segments.SegmentImage(context), label_paths=label_paths).with_outputs(
+          records.FAILURES, main="rows")
 
   failures = ((read[records.FAILURES], validated[records.FAILURES],
                segmented[records.FAILURES]) | "AllFailures" >> beam.Flatten())

@@ -5,14 +5,19 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
+import posixpath
 import time
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import apache_beam as beam
 import numpy as np
+from apache_beam.io.filesystems import FileSystems
 from PIL import Image
 
+from segbeam.model import data as data_lib
 from segbeam.model import export as export_lib
+from segbeam.model import labels as labels_lib
+from segbeam.model import metrics as metrics_lib
 from segbeam.model import postprocess
 from segbeam.pipeline import inference
 from segbeam.pipeline import records
@@ -31,16 +36,57 @@ def encode_mask_png(mask: np.ndarray) -> bytes:
 
 @dataclasses.dataclass(frozen=True)
 class RunContext:
-  """What every row records about the run."""
+  """What every row records about the run; `label_map` maps ground-truth label values."""
 
   model_name: str
   model_version: str
   class_names: tuple[str, ...]
   run_id: str
+  label_map: Optional[labels_lib.LabelMap] = None
+
+
+def label_key(image_id: str) -> str:
+  """Labels match images by id without extension: 'cats/felix.jpg' <-> 'cats/felix.png'."""
+  return posixpath.splitext(image_id)[0]
+
+
+def ground_truth_columns(mask: np.ndarray, label: Optional[bytes], context: RunContext,
+                         label_error: Optional[str] = None) -> dict[str, Any]:
+  """Per-image intersections, unions and pixel accuracy against a label image, or nulls (with
+  `gt_error` saying why when a label was there but unusable)."""
+  suffixes = schema.class_columns(context.class_names)
+  columns: dict[str, Any] = {"gt_pixels": None, "gt_correct": None, "gt_pixel_accuracy": None,
+                             "gt_error": None}
+  columns.update({f"gt_intersection_{s}": None for s in suffixes})
+  columns.update({f"gt_union_{s}": None for s in suffixes})
+  if label_error:
+    columns["gt_error"] = label_error
+  if label is None or context.label_map is None:
+    return columns
+  try:
+    truth = data_lib.read_mask(label, context.label_map)
+  except Exception as error:  # pylint: disable=broad-except  # an unusable label, not image
+    columns["gt_error"] = f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
+    return columns
+  if truth.shape != mask.shape:
+    columns["gt_error"] = (f"label is {truth.shape[1]}x{truth.shape[0]}, image "
+                           f"{mask.shape[1]}x{mask.shape[0]}")
+    return columns
+  confusion = metrics_lib.confusion_matrix(truth, mask, len(context.class_names))
+  intersections = np.diag(confusion)
+  unions = confusion.sum(0) + confusion.sum(1) - intersections
+  pixels, correct = int(confusion.sum()), int(intersections.sum())
+  columns.update(gt_pixels=pixels, gt_correct=correct,
+                 gt_pixel_accuracy=(correct / pixels) if pixels else None)
+  for suffix, intersection, union in zip(suffixes, intersections, unions):
+    columns[f"gt_intersection_{suffix}"] = int(intersection)
+    columns[f"gt_union_{suffix}"] = int(union)
+  return columns
 
 
 def segment_row(info: records.ImageInfo, outputs: dict[str, np.ndarray],
-                context: RunContext) -> dict[str, Any]:
+                context: RunContext, label: Optional[bytes] = None,
+                label_error: Optional[str] = None) -> dict[str, Any]:
   height = int(outputs[export_lib.OUTPUT_HEIGHT])
   width = int(outputs[export_lib.OUTPUT_WIDTH])
   mask, confidence = postprocess.class_mask(outputs[export_lib.OUTPUT_PROBABILITIES], height,
@@ -54,8 +100,10 @@ def segment_row(info: records.ImageInfo, outputs: dict[str, np.ndarray],
   for suffix, count in zip(schema.class_columns(context.class_names), pixels):
     row[f"pixels_{suffix}"] = int(count)
   row.update(dominant_class=context.class_names[int(np.argmax(pixels))],
-             mean_confidence=confidence, model_name=context.model_name,
-             model_version=context.model_version, run_id=context.run_id)
+             mean_confidence=confidence)
+  row.update(ground_truth_columns(mask, label, context, label_error))
+  row.update(model_name=context.model_name, model_version=context.model_version,
+             run_id=context.run_id)
   return row
 
 
@@ -74,7 +122,7 @@ class SegmentImage(beam.DoFn):
     self._started = time.monotonic()
     self._last_report = self._started
 
-  def process(self, element: tuple[records.ImageInfo, Any]) -> Iterator:
+  def process(self, element: tuple[records.ImageInfo, Any], label_paths=None) -> Iterator:
     info, inference_result = element
     if isinstance(inference_result, inference.InferenceFailure):
       self._failed.inc()
@@ -82,8 +130,10 @@ class SegmentImage(beam.DoFn):
           info.image_id, info.source, inference_result.stage, inference_result.error_type,
           inference_result.message))
       return
+    label, label_error = self._label(info, label_paths)
     try:
-      row = segment_row(info, inference.outputs_as_arrays(inference_result), self._context)
+      row = segment_row(info, inference.outputs_as_arrays(inference_result), self._context,
+                        label, label_error)
     except Exception as error:  # pylint: disable=broad-except  # one bad output, one error row
       self._failed.inc()
       yield beam.pvalue.TaggedOutput(records.FAILURES, records.Failure.from_exception(
@@ -92,6 +142,21 @@ class SegmentImage(beam.DoFn):
     self._segmented.inc()
     self._report_progress()
     yield row
+
+  @staticmethod
+  def _label(info: records.ImageInfo, label_paths) -> tuple[Optional[bytes], Optional[str]]:
+    """(ground truth bytes or None, why an existing label could not be read or None): carried
+    in the image's tf.Example, else a label file matched by id."""
+    if info.label is not None or not label_paths:
+      return info.label, None
+    path = label_paths.get(label_key(info.image_id))
+    if path is None:
+      return None, None
+    try:
+      with FileSystems.open(path) as f:
+        return f.read(), None
+    except Exception as error:  # pylint: disable=broad-except  # the mask row still counts
+      return None, f"cannot read label {path}: {type(error).__name__}: {error}"[:300]
 
   def _report_progress(self):
     self._done += 1
