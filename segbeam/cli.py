@@ -12,10 +12,11 @@ from segbeam.model import commands as model_commands
 from segbeam.pipeline import pack
 from segbeam.results import output as results_output
 from segbeam.results import query as results_query
+from segbeam.results import report as results_report
 from segbeam.results import summary as results_summary
 
 # Commands that do not need TensorFlow start faster without it.
-_WITHOUT_TENSORFLOW = {"model list", "--help", "-h", "query", "summary"}
+_WITHOUT_TENSORFLOW = {"model list", "--help", "-h", "query", "summary", "report"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
   pack.add_parser(subparsers)
   results_query.add_parser(subparsers)
   results_summary.add_parser(subparsers)
+  results_report.add_parser(subparsers)
   return parser
 
 

@@ -1,0 +1,90 @@
+"""The HTML report: parses, every image inlined and decodable, nothing referenced outside."""
+
+import base64
+import html.parser
+import io
+import os
+
+import pytest
+from apache_beam.testing.test_pipeline import TestPipeline
+from PIL import Image
+
+from segbeam import cli
+from segbeam.pipeline import launcher
+from segbeam.pipeline import pack
+from segbeam.results import output as output_lib
+from segbeam.results import report
+
+
+class _Collector(html.parser.HTMLParser):
+  def __init__(self):
+    super().__init__()
+    self.tags, self.references, self.text = [], [], []
+
+  def handle_starttag(self, tag, attrs):
+    self.tags.append(tag)
+    self.references += [(tag, v) for k, v in attrs if k in ("src", "href") and v is not None]
+
+  def handle_data(self, data):
+    self.text.append(data)
+
+
+def _parse(page):
+  collector = _Collector()
+  collector.feed(page)
+  collector.close()
+  return collector
+
+
+def _check_self_contained(collector, expected_images):
+  images = [v for tag, v in collector.references if tag == "img"]
+  assert len(images) == expected_images
+  for src in images:
+    assert src.startswith("data:image/jpeg;base64,")
+    with Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))) as picture:
+      assert picture.format == "JPEG" and max(picture.size) <= report.THUMBNAIL
+  assert all(v.startswith(("data:", "#")) for _, v in collector.references)
+
+
+def test_report_of_a_run(small_run, tmp_path, capsys):
+  target = tmp_path / "report.html"
+  assert cli.main(["report", small_run, "--out", str(target)]) == 0
+  collector = _parse(target.read_text())
+  _check_self_contained(collector, expected_images=6)
+  assert collector.tags.count("svg") == 3  # one histogram per class
+  text = " ".join(collector.text)
+  assert "notes.jpg" in text and "UnsupportedFormat" in text
+  assert "Against ground truth" not in text
+  assert "source unreadable" not in text
+
+
+def test_report_with_ground_truth_reads_sources_back_from_shards(tiny_export, pet_folder,
+                                                                 tmp_path):
+  images, masks, _ = pet_folder
+  prefix = str(tmp_path / "shards")
+  pack.pack(images, prefix, masks_dir=masks, num_shards=2)
+  output = str(tmp_path / "out")
+  pipeline = TestPipeline()
+  launcher.run(["--input", prefix + "-*", "--output", output, "--model", tiny_export[0]],
+               test_pipeline=pipeline)
+  pipeline.run().wait_until_finish()
+  page = report.build_report(output_lib.RunOutput(output), samples=3)
+  collector = _parse(page)
+  _check_self_contained(collector, expected_images=3 + 3)  # samples + worst images
+  text = " ".join(collector.text)
+  assert "Against ground truth" in text and "source unreadable" not in text
+
+
+def test_report_refuses_an_unfinished_run(small_run, tmp_path, capsys):
+  import shutil
+  broken = tmp_path / "partial"
+  shutil.copytree(small_run, broken)
+  os.remove(broken / "manifest.json")
+  assert cli.main(["report", str(broken), "--out", str(tmp_path / "r.html")]) == 2
+  assert "did not complete" in capsys.readouterr().err
+  assert not (tmp_path / "r.html").exists()
+
+
+def test_read_source_of_a_missing_record(tmp_path):
+  with pytest.raises(FileNotFoundError):
+    report.read_source(str(tmp_path / "none.tfrecord") + "#3")
