@@ -70,3 +70,11 @@ def small_run(tmp_path_factory, tiny_export, pet_folder):
                test_pipeline=pipeline)
   pipeline.run().wait_until_finish()
   return output
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator():
+  """A running GCS emulator (bucket 'segbeam-test'); STORAGE_EMULATOR_HOST points at it."""
+  from tests import gcs_emulator as emulator
+  with emulator.running_emulator() as url:
+    yield url

@@ -1,0 +1,24 @@
+"""summary, query and report on an output in gs://, against a real GCS HTTP emulator."""
+
+import pytest
+
+from segbeam import cli
+from segbeam.results import output as output_lib
+from segbeam.results import query
+from tests import gcs_emulator as helper
+
+
+@pytest.mark.usefixtures("gcs_emulator")  # sets STORAGE_EMULATOR_HOST
+def test_results_read_gs_outputs(small_run, tmp_path, capsys):
+  helper.upload_folder(small_run, "segbeam-test", "runs/small")
+  uri = "gs://segbeam-test/runs/small"
+  table = query.run_query(output_lib.RunOutput(uri), "SELECT count(*) AS n FROM segments")
+  assert table.to_pylist() == [{"n": 6}]
+  assert cli.main(["summary", uri]) == 0
+  assert "6 segmented, 1 failed" in capsys.readouterr().out
+  target = tmp_path / "report.html"
+  assert cli.main(["report", uri, "--out", str(target)]) == 0
+  assert target.read_text().count("data:image/jpeg;base64,") == 6
+  helper.storage_client().bucket("segbeam-test").blob("runs/small/manifest.json").delete()
+  with pytest.raises(output_lib.IncompleteOutputError):
+    output_lib.RunOutput(uri)
