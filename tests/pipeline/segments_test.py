@@ -36,3 +36,25 @@ def test_column_names_are_sql_friendly_and_unique():
   assert schema.class_columns(["Pet (cat)", "back-ground"]) == ["pet_cat", "back_ground"]
   with pytest.raises(ValueError, match="collide"):
     schema.class_columns(["a b", "a-b"])
+
+
+def test_ground_truth_columns_on_a_hand_checked_example():
+  """Trimap values 1..3 map to classes 0..2; 255 is outside the map and ignored."""
+  from segbeam.model import labels
+  from tests import synthetic
+  context = segments.RunContext("m", "v", ("pet", "background", "border"), "r",
+                                labels.OXFORD_PET_TRIMAP)
+  mask = np.array([[0, 0, 1], [1, 1, 2]], np.uint8)
+  label = synthetic.encode(np.array([[1, 2, 2], [2, 255, 3]], np.uint8), "PNG")
+  columns = segments.ground_truth_columns(mask, label, context)
+  # Compared pixels: 5 (the 255 one is out). Truth: pet, bg, bg, bg, border;
+  # mask: pet, pet, bg, bg, border -> 4 correct.
+  assert (columns["gt_pixels"], columns["gt_correct"]) == (5, 4)
+  assert columns["gt_pixel_accuracy"] == pytest.approx(0.8)
+  # pet: I=1, U=2; background: I=2, U=3; border: I=1, U=1.
+  assert [columns[f"gt_intersection_{c}"] for c in ("pet", "background", "border")] == [1, 2, 1]
+  assert [columns[f"gt_union_{c}"] for c in ("pet", "background", "border")] == [2, 3, 1]
+  assert columns["gt_error"] is None
+  wrong_size = segments.ground_truth_columns(np.zeros((3, 3), np.uint8), label, context)
+  assert wrong_size["gt_pixels"] is None and "label is 3x2" in wrong_size["gt_error"]
+  assert segments.ground_truth_columns(mask, None, context)["gt_pixels"] is None
