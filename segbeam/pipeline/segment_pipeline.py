@@ -35,66 +35,105 @@ def _label_entry(metadata, root: str) -> tuple[str, str]:
   return segments.label_key(sources.relative_id(metadata.path, root)), metadata.path
 
 
+class SegmentImages(beam.PTransform):
+  """ImageRecords -> (rows, failures): validate, infer, postprocess."""
+
+  def __init__(self, options: options_lib.RunOptions, context: segments.RunContext,
+               model_dir: str):
+    super().__init__()
+    self._options = options
+    self._context = context
+    self._model_dir = model_dir
+
+  def expand(self, image_records):
+    options = self._options
+    validated = image_records | "Validate" >> beam.ParDo(
+        validation.ValidateImage(max_pixels=options.max_pixels)).with_outputs(
+            records.FAILURES, main="images")
+    predictions = validated.images | "RunInference" >> RunInference(
+        inference.create_handler(options.handler, self._model_dir,
+                                 max_batch_size=options.batch_size))
+    label_paths = None
+    if options.labels:
+      root = sources.pattern_root(options.labels)
+      label_paths = beam.pvalue.AsDict(
+          image_records.pipeline
+          | "MatchLabels" >> fileio.MatchFiles(options.labels)
+          | "LabelKeys" >> beam.Map(_label_entry, root))
+    segmented = predictions | "Segment" >> beam.ParDo(
+        segments.SegmentImage(self._context), label_paths=label_paths).with_outputs(
+            records.FAILURES, main="rows")
+    failures = ((validated[records.FAILURES], segmented[records.FAILURES])
+                | "Failures" >> beam.Flatten())
+    return segmented.rows, failures
+
+
+class WriteRunOutput(beam.PTransform):
+  """(inputs seen, rows, failures) -> the output folder; returns the manifest PCollection.
+
+  The manifest is written last, once both Parquet sinks have finalized and every count is in.
+  """
+
+  def __init__(self, options: options_lib.RunOptions, metadata: export_lib.ModelMetadata,
+               model_dir: str):
+    super().__init__()
+    self._options = options
+    self._metadata = metadata
+    self._model_dir = model_dir
+
+  def expand(self, inputs):
+    seen, rows, failures = inputs
+    options, metadata = self._options, self._metadata
+    pipeline = rows.pipeline
+    segment_files = rows | "WriteSegments" >> beam.io.WriteToParquet(
+        FileSystems.join(options.output, sinks.SEGMENTS_DIR, "part"),
+        schema.segments_schema(metadata.class_names), codec="zstd",
+        file_name_suffix=".parquet")
+    error_files = (failures
+                   | "ErrorRows" >> beam.Map(segments.failure_row, options.run_id)
+                   | "WriteErrors" >> beam.io.WriteToParquet(
+                       FileSystems.join(options.output, sinks.ERRORS_DIR, "part"),
+                       schema.ERRORS_SCHEMA, codec="zstd", file_name_suffix=".parquet"))
+    if options.mask_files:
+      mask_files = rows | "WriteMaskFiles" >> beam.ParDo(sinks.WriteMaskFile(options.output))
+    else:
+      mask_files = pipeline | "NoMaskFiles" >> beam.Create([])
+    masks_written = mask_files | "CountMaskFiles" >> beam.combiners.Count.Globally()
+    segmented_count = rows | "CountSegmented" >> beam.combiners.Count.Globally()
+    failure_counts = (failures | "FailureKey" >> beam.Map(sinks.failure_key)
+                      | "CountFailures" >> beam.combiners.Count.PerElement())
+    manifest_base = {
+        "run_id": options.run_id, "started": options.started, "input": options.input,
+        "output": options.output, "segbeam_version": segbeam.__version__,
+        "model": {"name": metadata.name, "version": metadata.version, "path": self._model_dir,
+                  "architecture": metadata.architecture,
+                  "class_names": list(metadata.class_names)},
+        "options": {k: v for k, v in options.to_dict().items()
+                    if k not in ("input", "output", "run_id", "started")},
+    }
+    return (pipeline
+            | "ManifestTrigger" >> beam.Create([None])
+            | "WriteManifest" >> beam.ParDo(
+                sinks.WriteManifest(options.output, manifest_base),
+                beam.pvalue.AsSingleton(seen), beam.pvalue.AsSingleton(segmented_count),
+                beam.pvalue.AsList(failure_counts), beam.pvalue.AsList(segment_files),
+                beam.pvalue.AsList(error_files), beam.pvalue.AsSingleton(masks_written)))
+
+
 def build_pipeline(pipeline: beam.Pipeline, options: options_lib.RunOptions,
                    metadata: export_lib.ModelMetadata, model_dir: str) -> beam.PCollection:
-  """Adds the whole run to `pipeline`; returns the PCollection holding the manifest."""
+  """Adds the whole run to `pipeline`: read -> validate/decode -> infer -> postprocess ->
+  write. Returns the PCollection holding the manifest."""
   context = segments.RunContext(metadata.name, metadata.version, metadata.class_names,
                                 options.run_id, label_map_for(options, metadata))
   read = pipeline | "Read" >> sources.ReadImageShards(
       options.input, input_format=options.input_format, example_keys=options.example_keys,
       max_file_bytes=options.max_file_bytes)
-  validated = read.records | "Validate" >> beam.ParDo(
-      validation.ValidateImage(max_pixels=options.max_pixels)).with_outputs(
-          records.FAILURES, main="images")
-  predictions = validated.images | "RunInference" >> RunInference(
-      inference.create_handler(options.handler, model_dir, max_batch_size=options.batch_size))
-  label_paths = None
-  if options.labels:
-    root = sources.pattern_root(options.labels)
-    label_paths = beam.pvalue.AsDict(
-        pipeline
-        | "MatchLabels" >> fileio.MatchFiles(options.labels)
-        | "LabelKeys" >> beam.Map(_label_entry, root))
-  segmented = predictions | "Segment" >> beam.ParDo(
-      segments.SegmentImage(context), label_paths=label_paths).with_outputs(
-          records.FAILURES, main="rows")
-
-  failures = ((read[records.FAILURES], validated[records.FAILURES],
-               segmented[records.FAILURES]) | "AllFailures" >> beam.Flatten())
-  segment_files = segmented.rows | "WriteSegments" >> beam.io.WriteToParquet(
-      FileSystems.join(options.output, sinks.SEGMENTS_DIR, "part"),
-      schema.segments_schema(metadata.class_names), codec="zstd",
-      file_name_suffix=".parquet")
-  error_files = (failures
-                 | "ErrorRows" >> beam.Map(segments.failure_row, options.run_id)
-                 | "WriteErrors" >> beam.io.WriteToParquet(
-                     FileSystems.join(options.output, sinks.ERRORS_DIR, "part"),
-                     schema.ERRORS_SCHEMA, codec="zstd", file_name_suffix=".parquet"))
-  if options.mask_files:
-    mask_files = segmented.rows | "WriteMaskFiles" >> beam.ParDo(
-        sinks.WriteMaskFile(options.output))
-  else:
-    mask_files = pipeline | "NoMaskFiles" >> beam.Create([])
-  masks_written = mask_files | "CountMaskFiles" >> beam.combiners.Count.Globally()
-
+  rows, segment_failures = read.records | "Segment" >> SegmentImages(options, context,
+                                                                     model_dir)
+  failures = ((read[records.FAILURES], segment_failures) | "AllFailures" >> beam.Flatten())
+  # Every input the reader produced, as a record or a read failure.
   seen = ((read.records | "CountRecords" >> beam.combiners.Count.Globally(),
            read[records.FAILURES] | "CountReadFailures" >> beam.combiners.Count.Globally())
           | "SeenParts" >> beam.Flatten() | "Seen" >> beam.CombineGlobally(sum))
-  segmented_count = segmented.rows | "CountSegmented" >> beam.combiners.Count.Globally()
-  failure_counts = (failures | "FailureKey" >> beam.Map(sinks.failure_key)
-                    | "CountFailures" >> beam.combiners.Count.PerElement())
-  manifest_base = {
-      "run_id": options.run_id, "started": options.started, "input": options.input,
-      "output": options.output, "segbeam_version": segbeam.__version__,
-      "model": {"name": metadata.name, "version": metadata.version, "path": model_dir,
-                "architecture": metadata.architecture, "class_names": list(metadata.class_names)},
-      "options": {k: v for k, v in options.to_dict().items()
-                  if k not in ("input", "output", "run_id", "started")},
-  }
-  return (pipeline
-          | "ManifestTrigger" >> beam.Create([None])
-          | "WriteManifest" >> beam.ParDo(
-              sinks.WriteManifest(options.output, manifest_base),
-              beam.pvalue.AsSingleton(seen), beam.pvalue.AsSingleton(segmented_count),
-              beam.pvalue.AsList(failure_counts), beam.pvalue.AsList(segment_files),
-              beam.pvalue.AsList(error_files), beam.pvalue.AsSingleton(masks_written)))
+  return (seen, rows, failures) | "Write" >> WriteRunOutput(options, metadata, model_dir)
