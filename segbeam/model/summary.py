@@ -15,7 +15,6 @@ import warnings
 from typing import Optional
 
 import keras
-import numpy as np
 
 from segbeam.model import config as config_lib
 from segbeam.model import unet
@@ -220,7 +219,6 @@ def summarize_export(export_dir: str) -> ModelReport:
   """Rebuilds the export's recorded architecture (without weights) and checks its parameter
   count against the variables the SavedModel holds."""
   from segbeam.model import export as export_lib
-  import tensorflow as tf
 
   metadata = export_lib.read_metadata(export_dir)
   config = metadata.unet_config
@@ -228,8 +226,7 @@ def summarize_export(export_dir: str) -> ModelReport:
     warnings.simplefilter("ignore")
     model = unet.build_unet(_without_weights(config))
   report = summarize_model(model, f"{metadata.name} {metadata.version}: {_title(config)}")
-  saved = tf.saved_model.load(export_dir)
-  stored = int(sum(np.prod(v.shape) for v in saved.variables))
+  stored = export_lib.stored_parameters(export_dir)
   agreement = "matches" if stored == report.keras_total else "DIFFERS from"
   report.notes.append(f"The SavedModel holds {stored:,} parameters: {agreement} the rebuilt "
                       "architecture.")
