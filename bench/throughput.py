@@ -76,16 +76,36 @@ def plain_loop(model_dir: str, paths: list[str], batch_size: int) -> float:
   return len(paths) / (time.perf_counter() - start)
 
 
+def _high_water_mb(pid: int) -> float:
+  """The process's own peak RSS (VmHWM), 0 once it is gone."""
+  try:
+    with open(f"/proc/{pid}/status") as f:
+      for line in f:
+        if line.startswith("VmHWM:"):
+          return int(line.split()[1]) / 1024
+  except OSError:
+    pass
+  return 0.0
+
+
 def timed_subprocess(argv: list[str], log_path: str) -> tuple[float, float]:
-  """(seconds, peak RSS in MB) of a child process, start-up included."""
+  """(seconds, peak RSS in MB) of a child process, start-up included.
+
+  The peak is read from /proc (VmHWM of the child's own address space), polled until it
+  exits: getrusage's ru_maxrss for a child also counts the parent's memory it was forked
+  with, which here includes TensorFlow and the model from (a) and (b).
+  """
   start = time.perf_counter()
+  peak = 0.0
   with open(log_path, "w") as log:
     process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-    _, status, usage = os.wait4(process.pid, 0)
+    while process.poll() is None:
+      peak = max(peak, _high_water_mb(process.pid))
+      time.sleep(0.5)
   elapsed = time.perf_counter() - start
-  if os.waitstatus_to_exitcode(status) != 0:
+  if process.returncode != 0:
     raise RuntimeError(f"{argv[:3]} failed; see {log_path}")
-  return elapsed, usage.ru_maxrss / 1024
+  return elapsed, peak
 
 
 def segbeam_run(model_dir: str, input_dir: str, output: str, batch_size: int, log: str,
