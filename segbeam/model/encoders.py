@@ -66,7 +66,7 @@ def _keras_application(constructor: Callable[..., keras.Model], name: str):
     try:
       return constructor(input_shape=(input_size, input_size, 3), include_top=False,
                          weights=weights)
-    except (OSError, ValueError) as error:
+    except Exception as error:  # pylint: disable=broad-except  # Keras' download raises Exception
       if weights == IMAGENET:
         raise ValueError(
             f"could not get ImageNet weights for {name} ({error}); without network access "

@@ -61,3 +61,18 @@ def test_resnet34_has_no_keras_imagenet_weights():
 def test_unknown_encoder():
   with pytest.raises(ValueError, match="unknown encoder"):
     encoders.encoder_spec("efficientnet")
+
+
+def test_imagenet_download_failure_is_a_clear_error(monkeypatch):
+  """The real download path, made to fail by an unreachable proxy (no network needed)."""
+  import os
+  cached = os.path.expanduser("~/.keras/models/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_"
+                              "1.0_96_no_top.h5")
+  if os.path.exists(cached):
+    pytest.skip("the ImageNet weights are cached here; nothing to download")
+  for variable in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
+    monkeypatch.setenv(variable, "http://127.0.0.1:9")
+  monkeypatch.delenv("no_proxy", raising=False)
+  monkeypatch.delenv("NO_PROXY", raising=False)
+  with pytest.raises(ValueError, match="could not get ImageNet weights for mobilenetv2"):
+    encoders.build_encoder(encoders.encoder_spec("mobilenetv2"), 96, encoders.IMAGENET)
