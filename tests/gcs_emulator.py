@@ -27,12 +27,14 @@ def running_emulator():
                               "--in-memory", "--default-bucket=segbeam-test"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   url = f"http://localhost:{port}"
+  # Its own opener: never a proxy from the environment, nor urllib's cached global opener.
+  opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
   previous = os.environ.get("STORAGE_EMULATOR_HOST")
   try:
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while True:
       try:
-        urllib.request.urlopen(f"{url}/storage/v1/b", timeout=1)
+        opener.open(f"{url}/storage/v1/b", timeout=1)
         break
       except OSError:
         if time.monotonic() > deadline or process.poll() is not None:

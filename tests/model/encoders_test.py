@@ -70,6 +70,9 @@ def test_imagenet_download_failure_is_a_clear_error(monkeypatch):
                               "1.0_96_no_top.h5")
   if os.path.exists(cached):
     pytest.skip("the ImageNet weights are cached here; nothing to download")
+  import urllib.request
+  # urlopen caches a global opener built from the proxy variables: keep it out of other tests.
+  monkeypatch.setattr(urllib.request, "_opener", None)
   for variable in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
     monkeypatch.setenv(variable, "http://127.0.0.1:9")
   monkeypatch.delenv("no_proxy", raising=False)
