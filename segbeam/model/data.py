@@ -84,6 +84,11 @@ def read_mask(data: bytes, label_map: labels_lib.LabelMap) -> np.ndarray:
   return label_map.apply(raw)
 
 
+def describe_error(error: BaseException) -> str:
+  """'Type: first line of the message', short enough for a log line or a report."""
+  return f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+
+
 class PairLoader:
   """Decodes pairs for tf.data and remembers the ones that could not be used, with why.
 
@@ -116,7 +121,7 @@ class PairLoader:
       try:
         yield self.load(pair)
       except (ValueError, OSError, tf.errors.OpError) as error:
-        reason = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+        reason = describe_error(error)
         if pair.name not in self.skipped:
           logging.warning("skipping %s: %s", pair.name, reason)
           self.skipped[pair.name] = SkippedPair(pair.name, reason)

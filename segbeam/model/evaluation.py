@@ -43,10 +43,6 @@ def _predict_each(export: export_lib.LoadedExport, encoded: Sequence[bytes]):
   return results
 
 
-def _reason(error: BaseException) -> str:
-  return f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
-
-
 def evaluate_export(export: export_lib.LoadedExport, pairs: Sequence[data_lib.ImageMaskPair], *,
                     label_map: Optional[labels_lib.LabelMap] = None,
                     batch_size: int = 16) -> EvaluationResult:
@@ -73,7 +69,7 @@ def evaluate_export(export: export_lib.LoadedExport, pairs: Sequence[data_lib.Im
         with tf.io.gfile.GFile(pair.mask_path, "rb") as f:
           truth = data_lib.read_mask(f.read(), label_map)
       except (ValueError, OSError, tf.errors.OpError) as error:
-        skip(pair, _reason(error))
+        skip(pair, data_lib.describe_error(error))
         continue
       batch.append(pair)
       encoded.append(image_bytes)
@@ -82,7 +78,7 @@ def evaluate_export(export: export_lib.LoadedExport, pairs: Sequence[data_lib.Im
       continue
     for pair, truth, outputs in zip(batch, truths, _predict_each(export, encoded)):
       if isinstance(outputs, BaseException):
-        skip(pair, _reason(outputs))
+        skip(pair, data_lib.describe_error(outputs))
         continue
       height = int(outputs[export_lib.OUTPUT_HEIGHT])
       width = int(outputs[export_lib.OUTPUT_WIDTH])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import logging
 import posixpath
@@ -44,6 +45,11 @@ class RunContext:
   run_id: str
   label_map: Optional[labels_lib.LabelMap] = None
 
+  @functools.cached_property
+  def column_suffixes(self) -> list[str]:
+    """Column suffix of each class, computed once per run instead of once per row."""
+    return schema.class_columns(self.class_names)
+
 
 def label_key(image_id: str) -> str:
   """Labels match images by id without extension: 'cats/felix.jpg' <-> 'cats/felix.png'."""
@@ -54,7 +60,7 @@ def ground_truth_columns(mask: np.ndarray, label: Optional[bytes], context: RunC
                          label_error: Optional[str] = None) -> dict[str, Any]:
   """Per-image intersections, unions and pixel accuracy against a label image, or nulls (with
   `gt_error` saying why when a label was there but unusable)."""
-  suffixes = schema.class_columns(context.class_names)
+  suffixes = context.column_suffixes
   columns: dict[str, Any] = {"gt_pixels": None, "gt_correct": None, "gt_pixel_accuracy": None,
                              "gt_error": None}
   columns.update({f"gt_intersection_{s}": None for s in suffixes})
@@ -95,9 +101,9 @@ def segment_row(info: records.ImageInfo, outputs: dict[str, np.ndarray],
   total = height * width
   row = {"image_id": info.image_id, "source": info.source, "format": info.format,
          "width": width, "height": height, "mask_png": encode_mask_png(mask)}
-  for suffix, count in zip(schema.class_columns(context.class_names), pixels):
+  for suffix, count in zip(context.column_suffixes, pixels):
     row[f"coverage_{suffix}"] = float(count) / total
-  for suffix, count in zip(schema.class_columns(context.class_names), pixels):
+  for suffix, count in zip(context.column_suffixes, pixels):
     row[f"pixels_{suffix}"] = int(count)
   row.update(dominant_class=context.class_names[int(np.argmax(pixels))],
              mean_confidence=confidence)
