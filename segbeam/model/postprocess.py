@@ -12,50 +12,111 @@ from PIL import Image
 def class_mask(probabilities: np.ndarray, height: int, width: int) -> tuple[np.ndarray, float]:
   """float32 [h, w, C] probabilities -> (uint8 [height, width] class indices, mean confidence).
 
-  The probability maps are resized bilinearly to the original size and the mask is the argmax
-  there: smoother edges than enlarging a small argmax mask. Confidence is the mean over pixels
-  of the winning probability.
-
-  Up to four classes travel as one 8-bit RGB(A) image through a single resize (the costly step,
-  about 4x faster than float planes); probabilities closer than 1/255 may then tie, which only
-  moves a boundary pixel. More classes take the float path.
+  The mask is the argmax of the probability maps resized bilinearly to the original size
+  (smoother edges than enlarging a small argmax mask); confidence is the mean over those pixels
+  of the winning probability. Enlarging, the usual case, takes an exact shortcut
+  (`_enlarged_class_mask`); shrinking interpolates every plane with Pillow's antialiasing filter.
   """
   if probabilities.ndim != 3:
     raise ValueError(f"expected [h, w, classes] probabilities, got shape {probabilities.shape}")
-  num_classes = probabilities.shape[-1]
-  size = (int(width), int(height))
-  if num_classes <= 4:
-    return _class_mask_8bit(probabilities, size)
-  return _class_mask_float(probabilities, size)
+  if probabilities.shape[-1] > 255:
+    raise ValueError(f"at most 255 classes fit an 8-bit mask, got {probabilities.shape[-1]}")
+  height, width = int(height), int(width)
+  if height >= probabilities.shape[0] and width >= probabilities.shape[1]:
+    return _enlarged_class_mask(probabilities, height, width)
+  return _shrunk_class_mask(probabilities, height, width)
 
 
-def _class_mask_8bit(probabilities: np.ndarray, size: tuple[int, int]):
-  num_classes = probabilities.shape[-1]
-  planes = np.zeros(probabilities.shape[:2] + (3 if num_classes <= 3 else 4,), np.uint8)
-  planes[..., :num_classes] = np.rint(np.clip(probabilities, 0.0, 1.0) * 255.0)
-  image = Image.fromarray(planes, "RGB" if planes.shape[-1] == 3 else "RGBA")
-  if image.size != size:
-    image = image.resize(size, Image.Resampling.BILINEAR)
-  return _argmax_planes([np.asarray(plane) for plane in image.split()[:num_classes]], 255.0)
+def class_pixel_counts(mask: np.ndarray, num_classes: int) -> np.ndarray:
+  """Pixels of each class in a uint8 mask, as int64 [num_classes]."""
+  if num_classes <= 16:
+    # One compare-and-count pass per class over the uint8 mask: for a few classes, several
+    # times faster than bincount, which first widens every pixel to a 64-bit index.
+    return np.array([np.count_nonzero(mask == index) for index in range(num_classes)], np.int64)
+  return np.bincount(mask.reshape(-1), minlength=num_classes)[:num_classes]
 
 
-def _argmax_planes(planes, scale: float):
-  """Argmax and mean maximum over separate contiguous planes: elementwise passes, cheaper than
-  an argmax along an interleaved last axis."""
-  best = planes[0].copy()
-  mask = np.zeros(best.shape, np.uint8)
-  for index, plane in enumerate(planes[1:], start=1):
-    better = plane > best
-    mask[better] = index
-    np.maximum(best, plane, out=best)
-  return mask, float(best.mean(dtype=np.float64)) / scale
+def _sample_positions(out_size: int, in_size: int):
+  """Bilinear sampling along one axis with half-pixel centres and clamped edges (as Pillow and
+  TensorFlow resize): for each output index, the two source indices and the weight of the
+  second."""
+  centres = np.clip((np.arange(out_size) + 0.5) * (in_size / out_size) - 0.5, 0, in_size - 1)
+  low = centres.astype(np.intp)
+  high = np.minimum(low + 1, in_size - 1)
+  return low, high, (centres - low).astype(np.float32)
 
 
-def _class_mask_float(probabilities: np.ndarray, size: tuple[int, int]):
+def _argmax_planes(planes) -> tuple[np.ndarray, np.ndarray]:
+  """(first index of the maximum, the maximum) over a sequence of equal-shaped planes;
+  elementwise passes, cheaper than an argmax along a short interleaved last axis."""
+  best = np.array(planes[0], copy=True)
+  winner = np.zeros(best.shape, np.uint8)
+  for index in range(1, len(planes)):
+    better = planes[index] > best
+    winner[better] = index
+    np.maximum(best, planes[index], out=best)
+  return winner, best
+
+
+def _enlarged_class_mask(probabilities: np.ndarray, height: int, width: int):
+  """Exactly the argmax of the bilinearly enlarged probabilities, computed only where needed.
+
+  A pixel of the enlarged image mixes the four source pixels around it with non-negative
+  weights. If one class wins at all four, it wins the mixture too (a convex combination keeps
+  the order), so only pixels whose four sources disagree are interpolated; that is the few
+  percent along class boundaries. The mean confidence is sum(bilinear(max probability)) over
+  all pixels, a separable sum, corrected at those boundary pixels.
+  """
+  source_height, source_width, num_classes = probabilities.shape
+  planes = np.ascontiguousarray(np.moveaxis(probabilities, -1, 0), np.float32).reshape(
+      num_classes, -1)
+  winner, top = _argmax_planes(planes)
+  winner = winner.reshape(source_height, source_width)
+  top = top.reshape(source_height, source_width)
+
+  # Class of each source cell (a pixel with its right, lower and diagonal neighbours, edges
+  # repeated), or 255 where they disagree.
+  padded = np.pad(winner, ((0, 1), (0, 1)), mode="edge")
+  corner = padded[:-1, :-1]
+  agree = (corner == padded[1:, :-1]) & (corner == padded[:-1, 1:]) & (corner == padded[1:, 1:])
+  cell_class = np.where(agree, winner, np.uint8(255))
+
+  rows_low, rows_high, rows_weight = _sample_positions(height, source_height)
+  cols_low, cols_high, cols_weight = _sample_positions(width, source_width)
+  mask = np.take(np.take(cell_class, rows_low, axis=0), cols_low, axis=1)
+
+  row_mass = (np.bincount(rows_low, 1 - rows_weight, source_height)
+              + np.bincount(rows_high, rows_weight, source_height))
+  col_mass = (np.bincount(cols_low, 1 - cols_weight, source_width)
+              + np.bincount(cols_high, cols_weight, source_width))
+  confidence_sum = float(row_mass @ top.astype(np.float64) @ col_mass)
+
+  flat_mask = mask.reshape(-1)
+  boundary = np.flatnonzero(flat_mask == 255)
+  if boundary.size:
+    rows, cols = np.divmod(boundary, width)
+    row_weight, col_weight = rows_weight[rows], cols_weight[cols]
+    top_row = rows_low[rows] * source_width
+    bottom_row = rows_high[rows] * source_width
+    left, right = cols_low[cols], cols_high[cols]
+    corners = (top_row + left, top_row + right, bottom_row + left, bottom_row + right)
+    weights = ((1 - row_weight) * (1 - col_weight), (1 - row_weight) * col_weight,
+               row_weight * (1 - col_weight), row_weight * col_weight)
+
+    def interpolate(plane: np.ndarray) -> np.ndarray:
+      return sum(w * plane[c] for w, c in zip(weights, corners))
+
+    boundary_class, boundary_top = _argmax_planes([interpolate(p) for p in planes])
+    flat_mask[boundary] = boundary_class
+    confidence_sum += float(boundary_top.sum(dtype=np.float64)
+                            - interpolate(top.reshape(-1)).sum(dtype=np.float64))
+  return mask, confidence_sum / (height * width)
+
+
+def _shrunk_class_mask(probabilities: np.ndarray, height: int, width: int):
   planes = []
   for index in range(probabilities.shape[-1]):
     channel = Image.fromarray(np.ascontiguousarray(probabilities[..., index], np.float32), "F")
-    if channel.size != size:
-      channel = channel.resize(size, Image.Resampling.BILINEAR)
-    planes.append(np.asarray(channel))
-  return _argmax_planes(planes, 1.0)
+    planes.append(np.asarray(channel.resize((width, height), Image.Resampling.BILINEAR)))
+  mask, top = _argmax_planes(planes)
+  return mask, float(top.mean(dtype=np.float64))

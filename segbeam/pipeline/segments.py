@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import io
 import logging
 import posixpath
 import time
@@ -13,7 +12,6 @@ from typing import Any, Iterator, Optional
 import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
-from PIL import Image
 
 from segbeam.model import data as data_lib
 from segbeam.model import export as export_lib
@@ -21,18 +19,12 @@ from segbeam.model import labels as labels_lib
 from segbeam.model import metrics as metrics_lib
 from segbeam.model import postprocess
 from segbeam.pipeline import inference
+from segbeam.pipeline import mask_png
 from segbeam.pipeline import records
 from segbeam.pipeline import schema
 from segbeam.pipeline import sources
 
 _LOG = logging.getLogger(__name__)
-
-
-def encode_mask_png(mask: np.ndarray) -> bytes:
-  buffer = io.BytesIO()
-  # Level 1: class masks are mostly runs, so fast compression is nearly as small as level 9.
-  Image.fromarray(mask, "L").save(buffer, format="PNG", compress_level=1)
-  return buffer.getvalue()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,10 +89,10 @@ def segment_row(info: records.ImageInfo, outputs: dict[str, np.ndarray],
   width = int(outputs[export_lib.OUTPUT_WIDTH])
   mask, confidence = postprocess.class_mask(outputs[export_lib.OUTPUT_PROBABILITIES], height,
                                             width)
-  pixels = np.bincount(mask.reshape(-1), minlength=len(context.class_names))
+  pixels = postprocess.class_pixel_counts(mask, len(context.class_names))
   total = height * width
   row = {"image_id": info.image_id, "source": info.source, "format": info.format,
-         "width": width, "height": height, "mask_png": encode_mask_png(mask)}
+         "width": width, "height": height, "mask_png": mask_png.encode(mask)}
   for suffix, count in zip(context.column_suffixes, pixels):
     row[f"coverage_{suffix}"] = float(count) / total
   for suffix, count in zip(context.column_suffixes, pixels):
