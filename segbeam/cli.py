@@ -27,6 +27,10 @@ def build_parser() -> argparse.ArgumentParser:
   subparsers.add_parser("run", add_help=False,
                         help="segment images: segbeam run --input GLOB --output DIR [--model DIR] "
                         "[Beam options]; see segbeam run --help")
+  subparsers.add_parser("submit", add_help=False,
+                        help="segbeam run on Google Cloud Dataflow with GPU workers: --project, "
+                        "--temp-location, --image, gs:// --input and --output [--dry-run]; see "
+                        "segbeam submit --help")
   subparsers.add_parser("demo", add_help=False,
                         help="segbeam run on sample photos with the default model "
                         "[--output DIR] [Beam options]")
@@ -45,6 +49,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if argv and argv[0] in ("run", "demo"):
     from segbeam.pipeline import launcher
     return (launcher.main if argv[0] == "run" else launcher.demo_main)(argv[1:])
+  if argv and argv[0] == "submit":  # like run: options it does not know go to Beam
+    from segbeam.pipeline import submit
+    return submit.main(argv[1:])
   parser = build_parser()
   args = parser.parse_args(argv)
   try:

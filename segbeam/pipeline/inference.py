@@ -2,10 +2,13 @@
 
 Both handlers take encoded image bytes; `create_handler` keys them (Beam's KeyedModelHandler,
 so elements are (key, bytes) -> (key, inference)):
-- `tfx_bsl_handler`: tfx-bsl's CreateModelHandler on the SavedModel; inference is a
+- `TfxBslHandler`: tfx-bsl's CreateModelHandler on the SavedModel; inference is a
   PredictionLog proto.
 - `SavedModelHandler`: Beam's base.ModelHandler calling the signature directly; inference is a
   dict of numpy arrays, with no proto round trip.
+Both load the model when Beam asks, on the worker, and read an export on a remote file system
+(gs://) from a local copy made through Beam's FileSystems (`model_files`): TensorFlow's own
+file systems know neither Beam's settings nor a storage emulator.
 `IsolatingModelHandler` wraps the keyed handler so a batch that fails is retried one element at
 a time: a bad image fails alone, with its error, and never takes its batch down.
 """
@@ -14,12 +17,16 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import threading
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 from apache_beam.ml.inference import base
 
 from segbeam.model import export as export_lib
+from segbeam.pipeline import devices
+from segbeam.pipeline import model_files
 from segbeam.pipeline import records
 
 HANDLER_TFX_BSL = "tfx-bsl"
@@ -36,6 +43,31 @@ class InferenceFailure:
   stage: str
   error_type: str
   message: str
+
+
+_loads_lock = threading.Lock()
+_loads_in_this_process = 0
+
+
+def loads_in_this_process() -> int:
+  """How many times this process has loaded a model. Beam loads it on the workers, so a process
+  that only builds and submits a pipeline stays at 0."""
+  return _loads_in_this_process
+
+
+def _prepare_load(model_dir: str) -> str:
+  """Before a handler loads: GPU memory on demand (several processes may share a GPU), and the
+  local directory to load `model_dir` from."""
+  devices.enable_memory_growth()
+  return model_files.local_model_dir(model_dir)
+
+
+def _log_load(model_dir: str, local_dir: str) -> None:
+  global _loads_in_this_process
+  with _loads_lock:
+    _loads_in_this_process += 1
+  copy = "" if local_dir == model_dir else f" (local copy {local_dir})"
+  _LOG.info("loaded model %s%s in process %d", model_dir, copy, os.getpid())
 
 
 def _batch_kwargs(min_batch_size: Optional[int], max_batch_size: int) -> dict[str, int]:
@@ -55,7 +87,10 @@ class SavedModelHandler(base.ModelHandler[bytes, Mapping[str, np.ndarray],
     self._batch = _batch_kwargs(min_batch_size, max_batch_size)
 
   def load_model(self) -> export_lib.LoadedExport:
-    return export_lib.LoadedExport(self._model_dir)
+    local_dir = _prepare_load(self._model_dir)
+    model = export_lib.LoadedExport(local_dir)
+    _log_load(self._model_dir, local_dir)
+    return model
 
   def run_inference(self, batch: Sequence[bytes], model: export_lib.LoadedExport,
                     inference_args: Optional[dict[str, Any]] = None):
@@ -72,22 +107,56 @@ class SavedModelHandler(base.ModelHandler[bytes, Mapping[str, np.ndarray],
     return METRICS_NAMESPACE
 
 
-def tfx_bsl_handler(model_dir: str, *, min_batch_size: Optional[int] = None,
-                    max_batch_size: int = 32) -> base.ModelHandler:
-  """tfx-bsl's handler for the export's serving_default signature, fed the raw bytes."""
-  from tfx_bsl.public.beam import run_inference
-  from tfx_bsl.public.proto import model_spec_pb2
-  spec = model_spec_pb2.InferenceSpecType(
-      saved_model_spec=model_spec_pb2.SavedModelSpec(
-          model_path=model_dir, signature_name=[export_lib.SIGNATURE_NAME]),
-      batch_parameters=model_spec_pb2.BatchParameters(
-          **_batch_kwargs(min_batch_size, max_batch_size)))
-  return run_inference.CreateModelHandler(spec)
+@dataclasses.dataclass(frozen=True)
+class TfxBslModel:
+  """A loaded tfx-bsl handler and its session (a class: Beam shares models by weak reference)."""
+
+  handler: base.ModelHandler
+  session: Any
+
+
+class TfxBslHandler(base.ModelHandler[bytes, Any, TfxBslModel]):
+  """tfx-bsl's handler for the export's serving_default signature, fed the raw bytes.
+
+  tfx-bsl reads the SavedModel as soon as its handler is created, so it is created in
+  `load_model`, on the worker, over the local copy, and Beam shares it between a worker's
+  threads with the session it loaded.
+  """
+
+  def __init__(self, model_dir: str, *, min_batch_size: Optional[int] = None,
+               max_batch_size: int = 32):
+    super().__init__()
+    self._model_dir = model_dir
+    self._batch = _batch_kwargs(min_batch_size, max_batch_size)
+
+  def load_model(self) -> TfxBslModel:
+    from tfx_bsl.public.beam import run_inference
+    from tfx_bsl.public.proto import model_spec_pb2
+    local_dir = _prepare_load(self._model_dir)
+    handler = run_inference.CreateModelHandler(model_spec_pb2.InferenceSpecType(
+        saved_model_spec=model_spec_pb2.SavedModelSpec(
+            model_path=local_dir, signature_name=[export_lib.SIGNATURE_NAME])))
+    model = TfxBslModel(handler, handler.load_model())
+    _log_load(self._model_dir, local_dir)
+    return model
+
+  def run_inference(self, batch: Sequence[bytes], model: TfxBslModel,
+                    inference_args: Optional[dict[str, Any]] = None):
+    return model.handler.run_inference(batch, model.session, inference_args)
+
+  def get_num_bytes(self, batch: Sequence[bytes]) -> int:
+    return sum(len(data) for data in batch)
+
+  def batch_elements_kwargs(self) -> Mapping[str, Any]:
+    return self._batch
+
+  def get_metrics_namespace(self) -> str:
+    return METRICS_NAMESPACE
 
 
 def create_handler(name: str, model_dir: str, *, max_batch_size: int) -> base.ModelHandler:
   if name == HANDLER_TFX_BSL:
-    handler = tfx_bsl_handler(model_dir, max_batch_size=max_batch_size)
+    handler = TfxBslHandler(model_dir, max_batch_size=max_batch_size)
   elif name == HANDLER_SAVED_MODEL:
     handler = SavedModelHandler(model_dir, max_batch_size=max_batch_size)
   else:

@@ -15,6 +15,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from segbeam.model import defaults
 from segbeam.model import export as export_lib
+from segbeam.pipeline import model_files
 from segbeam.pipeline import options as options_lib
 from segbeam.pipeline import segment_pipeline
 from segbeam.pipeline import sinks
@@ -50,7 +51,7 @@ def _check_input(pattern: str, what: str = "input") -> int:
 def _read_model(model_dir: Optional[str]) -> tuple[str, export_lib.ModelMetadata]:
   try:
     model_dir = model_dir or defaults.default_model_dir()
-    return model_dir, export_lib.read_metadata(model_dir)
+    return model_dir, model_files.read_metadata(model_dir)
   except Exception as error:  # pylint: disable=broad-except  # unreadable in any way
     raise InvocationError(f"model unreadable: {error}") from error
 
@@ -85,16 +86,29 @@ def parse(argv: Optional[Sequence[str]]) -> tuple[options_lib.RunOptions, list[s
 
 
 def run(argv: Optional[Sequence[str]] = None,
-        test_pipeline: Optional[beam.Pipeline] = None) -> beam.PCollection:
+        test_pipeline: Optional[beam.Pipeline] = None, *, check_paths: bool = True,
+        worker_model_dir: Optional[str] = None) -> beam.PCollection:
   """Builds the run into `test_pipeline` (the caller runs it), or into a new pipeline that is
-  run here to completion. Returns the manifest PCollection."""
+  run here to completion. Returns the manifest PCollection.
+
+  Args:
+    argv: `segbeam run`'s options; the rest are Beam's (ignored with `test_pipeline`).
+    test_pipeline: a pipeline to build into; the caller runs it (`segbeam submit` passes its
+      Dataflow pipeline here).
+    check_paths: list the input and labels and prepare the output folder first. Off for a
+      Dataflow dry run, which builds the job offline, where gs:// cannot be reached.
+    worker_model_dir: where the workers load the model, when not where its metadata is read
+      here (the worker image's copy of the embedded model on Dataflow).
+  """
   options, beam_args = parse(argv)
   model_dir, metadata = _read_model(options.model_dir)
-  _check_input(options.input)
-  if options.labels:
-    _check_input(options.labels, what="label")
   segment_pipeline.label_map_for(options, metadata)  # a bad --label-map fails here, not later
-  _prepare_output(options.output, options.overwrite)
+  if check_paths:
+    _check_input(options.input)
+    if options.labels:
+      _check_input(options.labels, what="label")
+    _prepare_output(options.output, options.overwrite)
+  model_dir = worker_model_dir or model_dir
   if test_pipeline is not None:
     return segment_pipeline.build_pipeline(test_pipeline, options, metadata, model_dir)
   pipeline = beam.Pipeline(options=beam_pipeline_options(beam_args))

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from apache_beam.internal import pickler
 from apache_beam.ml.inference import base
 
 from segbeam.pipeline import inference
@@ -62,8 +63,13 @@ def test_both_handlers_give_the_same_arrays(tiny_export):
            for i in range(3)] + [("broken", b"\xff\xd8\xff\xe0 not really a jpeg")]
   outputs = {}
   for name in inference.HANDLERS:
-    handler = inference.create_handler(name, export_dir, max_batch_size=8)
+    # Through Beam's pickler as a worker gets it; creating it reads nothing, loading counts.
+    loads_before = inference.loads_in_this_process()
+    handler = pickler.loads(pickler.dumps(
+        inference.create_handler(name, export_dir, max_batch_size=8)))
+    assert inference.loads_in_this_process() == loads_before
     results = dict(handler.run_inference(batch, handler.load_model()))
+    assert inference.loads_in_this_process() == loads_before + 1
     assert results["broken"].stage == records.STAGE_DECODE
     outputs[name] = {k: inference.outputs_as_arrays(v) for k, v in results.items()
                      if k != "broken"}
@@ -72,6 +78,13 @@ def test_both_handlers_give_the_same_arrays(tiny_export):
     assert int(direct[key]["width"]) == 20 + int(key[1]) and int(direct[key]["height"]) == 30
     for output in ("probabilities", "height", "width"):
       np.testing.assert_allclose(tfx[key][output], direct[key][output], atol=1e-6)
+
+
+def test_creating_a_handler_reads_no_model():
+  """The launcher builds handlers; only workers read the model (possibly from gs://)."""
+  for name in inference.HANDLERS:
+    handler = inference.create_handler(name, "gs://no-such-bucket/model", max_batch_size=4)
+    assert handler.get_metrics_namespace() == inference.METRICS_NAMESPACE
 
 
 def test_unknown_handler():

@@ -1,0 +1,106 @@
+"""A model directory on any Beam file system (gs://, ...) as a local directory TensorFlow loads.
+
+TensorFlow reads a SavedModel through its own file systems, which know neither Beam's
+configuration nor a storage emulator; Beam's FileSystems are what a pipeline uses for every
+other file. So a worker copies a remote export once per process, through FileSystems, into a
+local temporary directory, and loads that. Local paths are used where they are.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from segbeam.model import export as export_lib
+
+_LOG = logging.getLogger(__name__)
+_GLOB_CHARACTERS = frozenset("*?[")
+_COPY_CHUNK_BYTES = 8 << 20
+
+# One lock for all copies: a process copies one or two models in its life, and threads asking
+# for the model being copied must wait for it anyway.
+_LOCK = threading.Lock()
+_LOCAL_COPIES: dict[str, str] = {}
+_cache_root: str | None = None
+
+
+def is_local(path: str) -> bool:
+  """True for a path TensorFlow can read as it is: no scheme, or file://."""
+  return FileSystems.get_scheme(path) in (None, "file")
+
+
+def local_model_dir(model_dir: str) -> str:
+  """`model_dir` itself when local; otherwise a local copy, made on the first call in this
+  process and reused by every later call (and thread) asking for the same path."""
+  if is_local(model_dir):
+    return model_dir
+  model_dir = model_dir.rstrip("/")
+  with _LOCK:
+    local = _LOCAL_COPIES.get(model_dir)
+    if local is None:
+      local = _copy_to_local(model_dir)
+      _LOCAL_COPIES[model_dir] = local
+    return local
+
+
+def read_metadata(model_dir: str) -> export_lib.ModelMetadata:
+  """The export's `segbeam_model.json`, read through Beam's FileSystems (any scheme), without
+  copying the model."""
+  path = FileSystems.join(model_dir.rstrip("/"), export_lib.METADATA_FILE)
+  if not FileSystems.exists(path):
+    raise FileNotFoundError(
+        f"{model_dir} is not a segbeam export: {export_lib.METADATA_FILE} is missing")
+  with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+    return export_lib.ModelMetadata.from_json(f.read().decode("utf-8"))
+
+
+def _process_cache_root() -> str:
+  global _cache_root
+  if _cache_root is None:
+    _cache_root = tempfile.mkdtemp(prefix="segbeam-models-")
+    atexit.register(shutil.rmtree, _cache_root, ignore_errors=True)
+  return _cache_root
+
+
+def _copy_to_local(model_dir: str) -> str:
+  if _GLOB_CHARACTERS & set(model_dir):
+    # FileSystems.match has no way to quote them: the listing below would be a different set.
+    raise ValueError(f"model path {model_dir!r} contains glob characters (*, ?, [)")
+  started = time.monotonic()
+  prefix = model_dir + "/"
+  files = FileSystems.match([prefix + "**"])[0].metadata_list
+  if not files:
+    raise FileNotFoundError(f"no files under model path {model_dir}")
+  target = tempfile.mkdtemp(prefix="model-", dir=_process_cache_root())
+  try:
+    total_bytes = sum(_copy_file(metadata, prefix, target) for metadata in files)
+  except BaseException:
+    shutil.rmtree(target, ignore_errors=True)  # nothing half-copied stays behind
+    raise
+  _LOG.info("copied model %s to %s: %d files, %.1f MB in %.1f s", model_dir, target, len(files),
+            total_bytes / 1e6, time.monotonic() - started)
+  return target
+
+
+def _copy_file(metadata, prefix: str, target: str) -> int:
+  """Copies one listed object under `target`; returns its size."""
+  relative = metadata.path[len(prefix):]
+  destination = os.path.normpath(os.path.join(target, relative))
+  if destination != target and not destination.startswith(target + os.sep):
+    raise ValueError(f"refusing to copy {metadata.path!r}: it would land outside the copy")
+  if not relative or relative.endswith("/"):  # a folder placeholder object some tools create
+    os.makedirs(destination, exist_ok=True)
+    return 0
+  os.makedirs(os.path.dirname(destination), exist_ok=True)
+  with FileSystems.open(metadata.path, compression_type=CompressionTypes.UNCOMPRESSED) as src, \
+      open(destination, "wb") as dst:
+    shutil.copyfileobj(src, dst, _COPY_CHUNK_BYTES)
+  return metadata.size_in_bytes

@@ -1,0 +1,270 @@
+"""`segbeam submit`: `segbeam run` on Google Cloud Dataflow with GPU workers.
+
+The job is the same pipeline `segbeam run` builds (`launcher.run`), put into a pipeline whose
+options name the DataflowRunner, the worker image (deploy/Dockerfile), the GPU and the process
+model. `--dry-run` has Beam's DataflowRunner build the whole job without submitting it or
+touching Google Cloud, and prints what Dataflow would be sent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import re
+import sys
+from typing import Any, Optional, Sequence
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import GoogleCloudOptions
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.runners.dataflow.internal import apiclient
+from apache_beam.runners.runner import PipelineResult
+from apache_beam.runners.runner import PipelineState
+
+from segbeam.pipeline import launcher
+from segbeam.pipeline import options as options_lib
+
+GPU_L4 = "nvidia-l4"
+GPU_T4 = "nvidia-tesla-t4"
+GPU_TYPES = (GPU_L4, GPU_T4)
+# Compute Engine attaches L4s only to G2 machines, and T4s only to N1 machines.
+MACHINE_SERIES = {GPU_L4: "g2", GPU_T4: "n1"}
+DEFAULT_MACHINE_TYPES = {GPU_L4: "g2-standard-4", GPU_T4: "n1-standard-4"}
+# A G2 machine comes with a fixed number of L4s; an N1 machine takes 1, 2 or 4 T4s.
+G2_GPU_COUNTS = {"g2-standard-4": 1, "g2-standard-8": 1, "g2-standard-12": 1,
+                 "g2-standard-16": 1, "g2-standard-24": 2, "g2-standard-32": 1,
+                 "g2-standard-48": 4, "g2-standard-96": 8}
+T4_GPU_COUNTS = (1, 2, 4)
+# Runner v2 is what runs custom containers and GPUs; one SDK process per worker VM, so one
+# process (one model, one CUDA context) owns the GPU. README "Running on Dataflow" says why.
+EXPERIMENTS = ("use_runner_v2", "no_use_multiple_sdk_containers")
+# Where deploy/Dockerfile links the embedded default model inside the worker image: a path that
+# does not depend on where Python keeps its packages there (tests/deploy checks the link).
+IMAGE_DEFAULT_MODEL_DIR = "/opt/segbeam/default_model"
+
+_PROJECT_ID = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
+_REGION = re.compile(r"^[a-z]+-[a-z]+[0-9]+$")
+
+
+def _is_gcs(path: Optional[str]) -> bool:
+  return bool(path) and path.startswith("gs://") and len(path) > len("gs://")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataflowOptions:
+  """Where and on what a `segbeam submit` job runs.
+
+  Attributes:
+    project: Google Cloud project id.
+    region: Dataflow region, which must offer the GPU type.
+    temp_location: gs:// folder for Dataflow's temporary files.
+    image: the worker container image (deploy/Dockerfile), e.g. in Artifact Registry.
+    staging_location: gs:// folder for the job's staged files; None for temp_location.
+    gpu_type: Dataflow's name of the GPU, GPU_L4 or GPU_T4.
+    gpu_count: GPUs per worker VM.
+    machine_type: worker machine type; None for the GPU type's default.
+    max_workers: most worker VMs; None for Dataflow's default.
+    dry_run: build the job offline and describe it instead of submitting it.
+    wait: after submitting, wait for the job to end and print the run's counts.
+  """
+
+  project: str
+  region: str
+  temp_location: str
+  image: str
+  staging_location: Optional[str] = None
+  gpu_type: str = GPU_L4
+  gpu_count: int = 1
+  machine_type: Optional[str] = None
+  max_workers: Optional[int] = None
+  dry_run: bool = False
+  wait: bool = False
+
+  def __post_init__(self):
+    if not _PROJECT_ID.match(self.project or ""):
+      raise ValueError(f"--project {self.project!r} is not a Google Cloud project id")
+    if not _REGION.match(self.region or ""):
+      raise ValueError(f"--region {self.region!r} is not a region such as us-central1")
+    for flag, location in (("--temp-location", self.temp_location),
+                           ("--staging-location", self.staging_location)):
+      if location is not None and not _is_gcs(location):
+        raise ValueError(f"{flag} must be a gs:// folder, got {location!r}")
+    if not self.image:
+      raise ValueError("--image: the worker container image is required (deploy/Dockerfile)")
+    if self.gpu_type not in GPU_TYPES:
+      raise ValueError(f"--gpu-type must be one of {', '.join(GPU_TYPES)}, got {self.gpu_type!r}")
+    if self.gpu_count < 1:
+      raise ValueError(f"--gpu-count must be at least 1, got {self.gpu_count}")
+    if self.max_workers is not None and self.max_workers < 1:
+      raise ValueError(f"--max-workers must be at least 1, got {self.max_workers}")
+    machine = self.worker_machine_type
+    series = MACHINE_SERIES[self.gpu_type]
+    if not machine.startswith(series + "-"):
+      raise ValueError(f"{self.gpu_type} runs on {series} machines only, not {machine}")
+    if self.gpu_type == GPU_L4 and machine in G2_GPU_COUNTS:
+      if self.gpu_count != G2_GPU_COUNTS[machine]:
+        raise ValueError(f"{machine} comes with {G2_GPU_COUNTS[machine]} L4 GPU(s), not "
+                         f"--gpu-count {self.gpu_count}")
+    elif self.gpu_type == GPU_T4 and self.gpu_count not in T4_GPU_COUNTS:
+      raise ValueError(f"an N1 machine takes 1, 2 or 4 T4 GPUs, not --gpu-count {self.gpu_count}")
+
+  @property
+  def worker_machine_type(self) -> str:
+    return self.machine_type or DEFAULT_MACHINE_TYPES[self.gpu_type]
+
+  @property
+  def accelerator_service_option(self) -> str:
+    """Dataflow's service option that attaches the GPUs and installs their driver."""
+    return (f"worker_accelerator=type:{self.gpu_type};count:{self.gpu_count};"
+            "install-nvidia-driver")
+
+  def pipeline_args(self) -> list[str]:
+    """Beam pipeline options for this job."""
+    args = ["--runner=DataflowRunner", f"--project={self.project}", f"--region={self.region}",
+            f"--temp_location={self.temp_location}",
+            f"--sdk_container_image={self.image}",
+            # The image holds the SDK: nothing to stage (Beam 2.77 also reads it as 'default').
+            "--sdk_location=container",
+            f"--machine_type={self.worker_machine_type}",
+            f"--dataflow_service_options={self.accelerator_service_option}",
+            *(f"--experiments={experiment}" for experiment in EXPERIMENTS)]
+    if self.staging_location:
+      args.append(f"--staging_location={self.staging_location}")
+    if self.max_workers:
+      args.append(f"--max_num_workers={self.max_workers}")
+    if self.dry_run:
+      args += ["--dry_run=True", "--no_auth"]
+    return args
+
+
+def add_dataflow_arguments(parser: argparse.ArgumentParser) -> None:
+  # Beam's spelling of each option is accepted too, so it is never passed to Beam twice.
+  parser.add_argument("--project", required=True, help="Google Cloud project id")
+  parser.add_argument("--region", default="us-central1",
+                      help="Dataflow region with the GPU type (default: %(default)s)")
+  parser.add_argument("--temp-location", "--temp_location", dest="temp_location", required=True,
+                      help="gs:// folder for Dataflow's temporary files")
+  parser.add_argument("--staging-location", "--staging_location", dest="staging_location",
+                      default=None, help="gs:// folder for staged files (default: temp location)")
+  parser.add_argument("--image", "--sdk_container_image", dest="image", required=True,
+                      help="worker container image built from deploy/Dockerfile")
+  parser.add_argument("--gpu-type", choices=GPU_TYPES, default=GPU_L4,
+                      help="GPU per worker (default: %(default)s; L4 on g2, T4 on n1 machines)")
+  parser.add_argument("--gpu-count", type=int, default=1, help="GPUs per worker (default: 1)")
+  parser.add_argument("--machine-type", "--machine_type", dest="machine_type", default=None,
+                      help="worker machine type (default: g2-standard-4 for L4, n1-standard-4 "
+                      "for T4)")
+  parser.add_argument("--max-workers", "--max_num_workers", dest="max_workers", type=int,
+                      default=None, help="most worker VMs")
+  parser.add_argument("--dry-run", action="store_true",
+                      help="build the Dataflow job offline and print it; submit nothing")
+  parser.add_argument("--wait", action="store_true",
+                      help="wait for the job to end, then print its counts")
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog="segbeam submit", allow_abbrev=False,
+      description="Run `segbeam run` on Google Cloud Dataflow with GPU workers. Options not "
+      "listed here are Beam pipeline options (--job_name, --num_workers, --network, ...); "
+      "the ones segbeam submit sets itself win.")
+  add_dataflow_arguments(parser.add_argument_group("Dataflow"))
+  options_lib.add_arguments(parser.add_argument_group("segbeam run"))
+  return parser
+
+
+def dataflow_options_from_args(args: argparse.Namespace) -> DataflowOptions:
+  return DataflowOptions(
+      project=args.project, region=args.region, temp_location=args.temp_location,
+      staging_location=args.staging_location, image=args.image, gpu_type=args.gpu_type,
+      gpu_count=args.gpu_count, machine_type=args.machine_type, max_workers=args.max_workers,
+      dry_run=args.dry_run, wait=args.wait)
+
+
+def _check_cloud_paths(run_options: options_lib.RunOptions) -> None:
+  """Dataflow workers read and write Cloud Storage, never this machine's disk."""
+  for flag, path in (("--input", run_options.input), ("--output", run_options.output),
+                     ("--labels", run_options.labels), ("--model", run_options.model_dir)):
+    if path is not None and not _is_gcs(path):
+      extra = " (or leave --model out for the image's embedded model)" if flag == "--model" else ""
+      raise ValueError(f"{flag} must be a gs:// path on Dataflow, got {path!r}{extra}")
+
+
+def submit(argv: Sequence[str]) -> PipelineResult:
+  """Builds the job and submits it, or with --dry-run only builds it. Returns Beam's
+  PipelineResult; after a dry run its `job` is the job Dataflow would have been sent."""
+  argv = list(argv)
+  args, _ = build_parser().parse_known_args(argv)
+  dataflow = dataflow_options_from_args(args)
+  _check_cloud_paths(options_lib.from_args(args))
+  # What is not a Dataflow option here is `segbeam run`'s or Beam's, in the order given.
+  dataflow_only = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+  add_dataflow_arguments(dataflow_only)
+  _, run_argv = dataflow_only.parse_known_args(argv)
+  _, beam_args = launcher.parse(run_argv)
+  pipeline = beam.Pipeline(options=PipelineOptions([*beam_args, *dataflow.pipeline_args()]))
+  launcher.run(run_argv, test_pipeline=pipeline, check_paths=not dataflow.dry_run,
+               worker_model_dir=None if args.model_dir else IMAGE_DEFAULT_MODEL_DIR)
+  return pipeline.run()
+
+
+def describe_job(job) -> dict[str, Any]:
+  """What Dataflow would be sent for `job` (a dry run's `result.job`): the worker environment
+  as Beam's Dataflow client builds it at submission, and the pipeline's transforms."""
+  google = job.options.view_as(GoogleCloudOptions)
+  environment = apiclient.Environment(
+      packages=[], options=job.options,
+      # The client's own value (a module constant Beam keeps private); '8' in Beam 2.77.
+      environment_version=getattr(apiclient, "_FNAPI_ENVIRONMENT_MAJOR_VERSION", "8"),
+      proto_pipeline_staged_url=FileSystems.join(google.staging_location, "pipeline.pb"),
+      proto_pipeline=job.proto_pipeline).proto
+  pool = environment.worker_pools[0]
+  transforms = sorted(transform.unique_name
+                      for transform in job.proto_pipeline.components.transforms.values())
+  return {
+      "job_name": job.proto.name,
+      "project": google.project,
+      "region": google.region,
+      "temp_location": google.temp_location,
+      "worker_image": pool.worker_harness_container_image,
+      "machine_type": pool.machine_type,
+      "max_workers": pool.autoscaling_settings.max_num_workers or None,
+      "service_options": list(environment.service_options),
+      "experiments": sorted(environment.experiments),
+      "transforms": len(transforms),
+      "run_inference": [name for name in transforms if name.endswith("/RunInference")],
+  }
+
+
+def console_url(project: str, region: str, job_id: str) -> str:
+  return f"https://console.cloud.google.com/dataflow/jobs/{region}/{job_id}?project={project}"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  try:
+    args, _ = build_parser().parse_known_args(argv)
+    result = submit(argv)
+  except (launcher.InvocationError, ValueError) as error:
+    print(f"segbeam submit: {error}", file=sys.stderr)
+    return 2
+  if args.gpu_count > 1:
+    print(f"segbeam submit: note: one SDK process per worker uses one GPU; {args.gpu_count - 1} "
+          "of each worker's GPUs will idle", file=sys.stderr)
+  if args.dry_run:
+    print(json.dumps(describe_job(result.job), indent=2))
+    return 0
+  job_id = result.job_id()
+  print(f"submitted Dataflow job {job_id}\n  {console_url(args.project, args.region, job_id)}\n"
+        f"  gcloud dataflow jobs describe {job_id} --region {args.region}\n"
+        f"output: {args.output.rstrip('/')}/ (manifest.json is written last)")
+  if not args.wait:
+    return 0
+  state = result.wait_until_finish()
+  print(f"job {job_id} ended: {state}")
+  if state != PipelineState.DONE:
+    return 1
+  launcher.print_report(args.output.rstrip("/"))
+  return 0

@@ -1,0 +1,101 @@
+"""`segbeam submit`: the Dataflow job, built offline by Beam's DataflowRunner in dry-run mode."""
+
+import json
+
+import pytest
+from apache_beam.options.pipeline_options import DebugOptions
+from apache_beam.options.pipeline_options import GoogleCloudOptions
+from apache_beam.options.pipeline_options import StandardOptions
+from apache_beam.options.pipeline_options import WorkerOptions
+from apache_beam.internal import pickler
+from apache_beam.portability.api import beam_runner_api_pb2
+
+from segbeam import cli
+from segbeam.pipeline import submit
+
+IMAGE = "us-central1-docker.pkg.dev/my-project-123/segbeam/worker:2026-11-22"
+# Nothing here reaches Google Cloud: the dry run checks no path and contacts no service.
+CLOUD = ["--project", "my-project-123", "--temp-location", "gs://my-bucket/tmp",
+         "--image", IMAGE]
+RUN = ["--input", "gs://my-bucket/photos/**/*.jpg", "--output", "gs://my-bucket/runs/x"]
+
+
+def _manifest_base(proto_pipeline):
+  """What the job's manifest will record, read from the WriteManifest DoFn pickled into it."""
+  for transform in proto_pipeline.components.transforms.values():
+    if transform.unique_name == "Write/WriteManifest":
+      payload = beam_runner_api_pb2.ParDoPayload.FromString(transform.spec.payload)
+      do_fn = pickler.loads(payload.do_fn.payload)[0]
+      return do_fn._base  # pylint: disable=protected-access
+  raise AssertionError("no Write/WriteManifest in the job")
+
+
+def _container_images(proto_pipeline):
+  return {beam_runner_api_pb2.DockerPayload.FromString(env.payload).container_image
+          for env in proto_pipeline.components.environments.values()}
+
+
+def test_dry_run_builds_the_gpu_job_with_run_inference():
+  result = submit.submit(["--dry-run", *CLOUD, *RUN, "--batch-size", "64", "--max-workers", "8"])
+  job = result.job
+  options = job.options
+  assert options.view_as(StandardOptions).runner == "DataflowRunner"
+  google = options.view_as(GoogleCloudOptions)
+  assert google.project == "my-project-123" and google.region == "us-central1"
+  assert google.dataflow_service_options == [
+      "worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver"]
+  workers = options.view_as(WorkerOptions)
+  assert workers.sdk_container_image == IMAGE
+  assert workers.machine_type == "g2-standard-4" and workers.max_num_workers == 8
+  experiments = options.view_as(DebugOptions).experiments
+  assert "use_runner_v2" in experiments and "no_use_multiple_sdk_containers" in experiments
+  # The pipeline Dataflow would run: segbeam's, on the image, with RunInference in it.
+  names = {t.unique_name for t in job.proto_pipeline.components.transforms.values()}
+  assert "Segment/RunInference" in names
+  assert {"Read", "Write/WriteSegments", "Write/WriteManifest"} <= names
+  assert _container_images(job.proto_pipeline) == {IMAGE}
+  # segbeam's options travel in the job; without --model the workers load the image's copy
+  # of the embedded model, whose metadata was read here.
+  manifest = _manifest_base(job.proto_pipeline)
+  assert manifest["options"]["batch_size"] == 64
+  assert manifest["output"] == "gs://my-bucket/runs/x"
+  assert manifest["model"]["path"] == submit.IMAGE_DEFAULT_MODEL_DIR
+  assert manifest["model"]["class_names"] == ["pet", "background", "border"]
+
+  # What the Dataflow client would send: worker pool, service options, experiments.
+  described = submit.describe_job(job)
+  assert described["worker_image"] == IMAGE and described["machine_type"] == "g2-standard-4"
+  assert described["max_workers"] == 8
+  assert described["service_options"] == google.dataflow_service_options
+  assert {"use_runner_v2", "no_use_multiple_sdk_containers"} <= set(described["experiments"])
+  assert "use_multiple_sdk_containers" not in described["experiments"]
+  assert described["run_inference"] == ["Segment/RunInference"]
+
+
+def test_cli_dry_run_with_t4_and_beam_options(capsys):
+  code = cli.main(["submit", "--dry-run", *CLOUD, *RUN, "--gpu-type", "nvidia-tesla-t4",
+                   "--region", "europe-west4", "--job_name", "segbeam-pets"])
+  assert code == 0
+  described = json.loads(capsys.readouterr().out)
+  assert described["job_name"] == "segbeam-pets"  # a Beam option passed through
+  assert described["region"] == "europe-west4"
+  assert described["machine_type"] == "n1-standard-4"
+  assert described["service_options"] == [
+      "worker_accelerator=type:nvidia-tesla-t4;count:1;install-nvidia-driver"]
+
+
+@pytest.mark.parametrize("change,words", [
+    (["--gpu-type", "nvidia-l4", "--machine-type", "n1-standard-8"], "g2 machines only"),
+    (["--gpu-type", "nvidia-tesla-t4", "--machine-type", "g2-standard-8"], "n1 machines only"),
+    (["--gpu-count", "2"], "comes with 1 L4"),
+    (["--gpu-type", "nvidia-tesla-t4", "--gpu-count", "3"], "1, 2 or 4 T4"),
+    (["--temp-location", "/tmp/beam"], "--temp-location must be a gs://"),
+    (["--project", "My Project"], "not a Google Cloud project id"),
+    (["--input", "photos/*.jpg"], "--input must be a gs://"),
+    (["--model", "runs/export"], "leave --model out"),
+])
+def test_bad_invocations_exit_2_with_one_line(change, words, capsys):
+  # A later option replaces an earlier one.
+  assert cli.main(["submit", "--dry-run", *CLOUD, *RUN, *change]) == 2
+  err = capsys.readouterr().err.strip()
+  assert err.startswith("segbeam submit:") and words in err and len(err.splitlines()) == 1
