@@ -29,6 +29,8 @@ class RunOptions:
     input_format: 'auto' (TFRecord by file name, images otherwise), 'images' or 'tfrecord'.
     example_keys: tf.Example feature keys.
     handler: 'tfx-bsl' or 'saved-model' (see `inference`).
+    postprocess_threads: background threads per worker thread that turn inferences into rows
+      while the next batch is inferred; more pay off where inference is fast (a GPU).
     labels: glob of ground-truth label images, matched to inputs by image id without extension;
       TFRecord inputs may carry their own instead.
     label_map: how label values map to classes ('1:0,2:1,3:2' or a preset); None for the
@@ -48,6 +50,7 @@ class RunOptions:
   input_format: str = sources.FORMAT_AUTO
   example_keys: sources.ExampleKeys = sources.ExampleKeys()
   handler: str = inference.HANDLER_TFX_BSL
+  postprocess_threads: int = 1
   labels: Optional[str] = None
   label_map: Optional[str] = None
   run_id: str = ""
@@ -58,6 +61,9 @@ class RunOptions:
       raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}")
     if self.max_pixels < 1:
       raise ValueError(f"--max-pixels must be at least 1, got {self.max_pixels}")
+    if self.postprocess_threads < 1:
+      raise ValueError(f"--postprocess-threads must be at least 1, got "
+                       f"{self.postprocess_threads}")
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -86,6 +92,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--label-key", default=defaults.label)
   parser.add_argument("--inference-handler", dest="handler", choices=inference.HANDLERS,
                       default=inference.HANDLER_TFX_BSL)
+  parser.add_argument("--postprocess-threads", type=int, default=1,
+                      help="threads that postprocess one batch while the next is inferred "
+                      "(default: %(default)s; raise it on GPU workers)")
   parser.add_argument("--labels", default=None,
                       help="glob of ground-truth label images, matched to inputs by id without "
                       "extension; each row then carries IoU counts")
@@ -101,6 +110,7 @@ def from_args(args: argparse.Namespace) -> RunOptions:
       batch_size=args.batch_size, max_pixels=args.max_pixels, max_file_bytes=args.max_file_bytes,
       mask_files=args.mask_files, overwrite=args.overwrite, input_format=args.input_format,
       example_keys=sources.ExampleKeys(args.image_key, args.filename_key, args.label_key),
-      handler=args.handler, labels=args.labels, label_map=args.label_map,
+      handler=args.handler, postprocess_threads=args.postprocess_threads, labels=args.labels,
+      label_map=args.label_map,
       run_id=args.run_id or f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}",
       started=now.isoformat(timespec="seconds"))

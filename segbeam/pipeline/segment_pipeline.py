@@ -61,7 +61,10 @@ class SegmentImages(beam.PTransform):
           | "MatchLabels" >> fileio.MatchFiles(options.labels)
           | "LabelKeys" >> beam.Map(_label_entry, root))
     segmented = predictions | "Segment" >> beam.ParDo(
-        segments.SegmentImage(self._context), label_paths=label_paths).with_outputs(
+        segments.SegmentImage(self._context, threads=options.postprocess_threads,
+                              # two batches in flight: one inferred, one postprocessed
+                              max_pending=2 * options.batch_size),
+        label_paths=label_paths).with_outputs(
             records.FAILURES, main="rows")
     failures = ((validated[records.FAILURES], segmented[records.FAILURES])
                 | "Failures" >> beam.Flatten())

@@ -12,12 +12,14 @@ from typing import Any, Iterator, Optional
 import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.utils.windowed_value import WindowedValue
 
 from segbeam.model import data as data_lib
 from segbeam.model import export as export_lib
 from segbeam.model import labels as labels_lib
 from segbeam.model import metrics as metrics_lib
 from segbeam.model import postprocess
+from segbeam.pipeline import background
 from segbeam.pipeline import inference
 from segbeam.pipeline import mask_png
 from segbeam.pipeline import records
@@ -106,40 +108,71 @@ def segment_row(info: records.ImageInfo, outputs: dict[str, np.ndarray],
 
 
 class SegmentImage(beam.DoFn):
-  """(ImageInfo, inference) -> segments row, or a Failure on the FAILURES output."""
+  """(ImageInfo, inference) -> segments row, or a Failure on the FAILURES output.
+
+  The postprocessing runs on background threads (`background`), so that it overlaps the
+  inference of the next batch in the same fused stage; rows come out in input order, each in
+  its input's window. Counters and progress are kept on the bundle's thread, where Beam
+  collects metrics.
+  """
 
   PROGRESS_EVERY_SECONDS = 10.0
 
-  def __init__(self, context: RunContext):
+  def __init__(self, context: RunContext, *, threads: int = 1, max_pending: int = 64):
     self._context = context
+    self._threads = threads
+    self._max_pending = max_pending
     self._segmented = beam.metrics.Metrics.counter(sources.METRICS_NAMESPACE, "segmented")
     self._failed = beam.metrics.Metrics.counter(sources.METRICS_NAMESPACE, "failed")
 
   def setup(self):
+    self._queue = background.OrderedBackgroundQueue(threads=self._threads,
+                                                    max_pending=self._max_pending)
     self._done = 0
     self._started = time.monotonic()
     self._last_report = self._started
 
-  def process(self, element: tuple[records.ImageInfo, Any], label_paths=None) -> Iterator:
+  def start_bundle(self):
+    self._queue.discard()  # what a failed bundle left; Beam retries it from its start
+
+  def process(self, element: tuple[records.ImageInfo, Any], timestamp=beam.DoFn.TimestampParam,
+              window=beam.DoFn.WindowParam, label_paths=None) -> Iterator:
+    yield from self._emit(self._queue.submit(self._segment_in_window, element, label_paths,
+                                             timestamp, window))
+
+  def finish_bundle(self) -> Iterator:
+    yield from self._emit(self._queue.drain())
+
+  def teardown(self):
+    self._queue.close()
+
+  def _emit(self, results) -> Iterator:
+    for failed, output in results:
+      if failed:
+        self._failed.inc()
+        yield beam.pvalue.TaggedOutput(records.FAILURES, output)
+      else:
+        self._segmented.inc()
+        self._report_progress()
+        yield output
+
+  def _segment_in_window(self, element, label_paths, timestamp, window):
+    failed, value = self._segment(element, label_paths)
+    return failed, WindowedValue(value, timestamp, (window,))
+
+  def _segment(self, element: tuple[records.ImageInfo, Any], label_paths) -> tuple[bool, Any]:
+    """(failed?, a segments row or a Failure) for one image; runs on a background thread."""
     info, inference_result = element
     if isinstance(inference_result, inference.InferenceFailure):
-      self._failed.inc()
-      yield beam.pvalue.TaggedOutput(records.FAILURES, records.Failure(
-          info.image_id, info.source, inference_result.stage, inference_result.error_type,
-          inference_result.message))
-      return
+      return True, records.Failure(info.image_id, info.source, inference_result.stage,
+                                   inference_result.error_type, inference_result.message)
     label, label_error = self._label(info, label_paths)
     try:
-      row = segment_row(info, inference.outputs_as_arrays(inference_result), self._context,
-                        label, label_error)
+      return False, segment_row(info, inference.outputs_as_arrays(inference_result),
+                                self._context, label, label_error)
     except Exception as error:  # pylint: disable=broad-except  # one bad output, one error row
-      self._failed.inc()
-      yield beam.pvalue.TaggedOutput(records.FAILURES, records.Failure.from_exception(
-          info.image_id, info.source, records.STAGE_POSTPROCESS, error))
-      return
-    self._segmented.inc()
-    self._report_progress()
-    yield row
+      return True, records.Failure.from_exception(info.image_id, info.source,
+                                                  records.STAGE_POSTPROCESS, error)
 
   @staticmethod
   def _label(info: records.ImageInfo, label_paths) -> tuple[Optional[bytes], Optional[str]]:
