@@ -4,6 +4,11 @@ PIL decode + resize per element, TFModelHandlerTensor on a .keras file, numpy ar
 per element (resized back to the original size with nearest neighbour), WriteToParquet. The
 .keras model has the export's architecture; its weights do not matter for timing.
 
+Batching: `--batching beam-default` leaves it to RunInference, as Beam's examples do
+(apache_beam/examples/inference/tensorflow_imagenet_segmentation.py passes no batch sizes, so
+BatchElements grows batches adaptively); `--batching fixed` pins every batch to --batch-size,
+a tuning the examples do not show.
+
   python bench/reference_pattern.py --model EXPORT --input 'DIR/*' --output DIR
 """
 
@@ -50,7 +55,8 @@ def main(argv=None) -> int:
   parser.add_argument("--model", required=True)
   parser.add_argument("--input", required=True)
   parser.add_argument("--output", required=True)
-  parser.add_argument("--batch-size", type=int, default=32)
+  parser.add_argument("--batching", choices=("beam-default", "fixed"), default="beam-default")
+  parser.add_argument("--batch-size", type=int, default=32, help="with --batching fixed")
   args, beam_args = parser.parse_known_args(argv)
   import keras
   from segbeam.model import export, layers, unet  # layers: registers the custom layers
@@ -58,8 +64,11 @@ def main(argv=None) -> int:
   metadata = export.read_metadata(args.model)
   keras_path = os.path.join(tempfile.mkdtemp(), "model.keras")
   unet.build_unet(metadata.unet_config).save(keras_path)
-  handler = KeyedModelHandler(TFModelHandlerTensor(keras_path, max_batch_size=args.batch_size,
-                                                   min_batch_size=args.batch_size))
+  if args.batching == "fixed":
+    batch_sizes = {"min_batch_size": args.batch_size, "max_batch_size": args.batch_size}
+  else:
+    batch_sizes = {}
+  handler = KeyedModelHandler(TFModelHandlerTensor(keras_path, **batch_sizes))
   options = PipelineOptions([*beam_args, "--runner=FnApiRunner"])
   with beam.Pipeline(options=options) as p:
     _ = (p

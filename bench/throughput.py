@@ -8,7 +8,9 @@ files by symbolic links), measures:
   (c) `segbeam run` end to end with Parquet output (a subprocess, start-up included), once per
       inference handler (--handlers; the first is the one the ratios use);
   (d) Beam's reference pattern: PIL decode + resize per element, TFModelHandlerTensor on a
-      .keras file, numpy argmax and PNG per element, WriteToParquet (a subprocess too);
+      .keras file, numpy argmax and PNG per element, WriteToParquet (a subprocess too), once
+      per --reference-batching: 'beam-default' as Beam's examples write it (RunInference's
+      adaptive batching; the ratios use it), 'fixed' with every batch at --batch-size;
 and prints images/s, peak RSS of (c) and (d), and the ratios (c)/(a), (c)/(b), (c)/(d).
 
   python bench/throughput.py [--images 4500] [--batch-size 32] [--skip d]
@@ -116,12 +118,12 @@ def segbeam_run(model_dir: str, input_dir: str, output: str, batch_size: int, lo
                            *extra], log)
 
 
-def reference_pattern(model_dir: str, input_dir: str, output: str, batch_size: int,
-                      log: str) -> tuple[float, float]:
+def reference_pattern(model_dir: str, input_dir: str, output: str, batching: str,
+                      batch_size: int, log: str) -> tuple[float, float]:
   script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reference_pattern.py")
   return timed_subprocess([sys.executable, script, "--model", model_dir, "--input",
-                           os.path.join(input_dir, "*"), "--output", output, "--batch-size",
-                           str(batch_size)], log)
+                           os.path.join(input_dir, "*"), "--output", output, "--batching",
+                           batching, "--batch-size", str(batch_size)], log)
 
 
 def main(argv=None) -> int:
@@ -134,6 +136,9 @@ def main(argv=None) -> int:
   parser.add_argument("--run-args", default="", help="extra arguments for segbeam run")
   parser.add_argument("--handlers", default="saved-model,tfx-bsl",
                       help="inference handlers to time in (c), comma-separated")
+  parser.add_argument("--reference-batching", default="beam-default,fixed",
+                      help="batchings of (d), comma-separated; the first is the one the ratios "
+                      "use")
   parser.add_argument("--logs", default=os.path.join(tempfile.gettempdir(), "segbeam-bench-logs"),
                       help="where the subprocesses' logs are kept")
   args = parser.parse_args(argv)
@@ -167,13 +172,17 @@ def main(argv=None) -> int:
         print(f"(c) segbeam run [{handler}] {len(paths) / seconds:8.1f} img/s  "
               f"({seconds:.0f} s, peak RSS {rss:.0f} MB)", flush=True)
     if "d" not in args.skip:
-      seconds, rss = reference_pattern(model_dir, os.path.join(work, "images"),
-                                       os.path.join(work, "out_d"), args.batch_size,
-                                       os.path.join(args.logs, "d.log"))
-      results.update(d_reference_img_s=len(paths) / seconds, d_seconds=seconds,
-                     d_peak_rss_mb=rss)
-      print(f"(d) reference pattern {results['d_reference_img_s']:8.1f} img/s  "
-            f"({seconds:.0f} s, peak RSS {rss:.0f} MB)", flush=True)
+      for number, batching in enumerate(args.reference_batching.split(",")):
+        seconds, rss = reference_pattern(model_dir, os.path.join(work, "images"),
+                                         os.path.join(work, f"out_d_{batching}"), batching,
+                                         args.batch_size,
+                                         os.path.join(args.logs, f"d_{batching}.log"))
+        results[f"d_{batching}"] = {"img_s": len(paths) / seconds, "seconds": seconds,
+                                    "peak_rss_mb": rss}
+        if number == 0:
+          results.update(d_reference_img_s=len(paths) / seconds, d_batching=batching)
+        print(f"(d) reference pattern [{batching}] {len(paths) / seconds:8.1f} img/s  "
+              f"({seconds:.0f} s, peak RSS {rss:.0f} MB)", flush=True)
     for other, key in (("a", "a_forward_img_s"), ("b", "b_plain_loop_img_s"),
                        ("d", "d_reference_img_s")):
       if "c_segbeam_img_s" in results and key in results:
