@@ -6,6 +6,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest  # pylint: disable=wrong-import-position
 
+from tests import accounting  # pylint: disable=wrong-import-position
 from tests import synthetic  # pylint: disable=wrong-import-position
 
 SHARED_DATA = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "shared",
@@ -69,6 +70,7 @@ def small_run(tmp_path_factory, tiny_export, pet_folder):
   launcher.run(["--input", str(inputs / "*"), "--output", output, "--model", tiny_export[0]],
                test_pipeline=pipeline)
   pipeline.run().wait_until_finish()
+  accounting.assert_accounted_for(output, inputs_seen=7)
   return output
 
 

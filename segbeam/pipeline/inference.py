@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import threading
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
@@ -173,6 +174,7 @@ def outputs_as_arrays(inference: Any) -> dict[str, np.ndarray]:
   return {name: tf.make_ndarray(proto)[0] for name, proto in outputs.items()}
 
 
+_GRAPH_NODE = re.compile(r"\s*\[\[.*?\]\]")
 _DECODE_WORDS = ("Decode", "decode", "Jpeg", "JPEG", "image file format")
 
 
@@ -183,8 +185,11 @@ def _failure_for(error: BaseException) -> InferenceFailure:
   # forward pass on a decoded, resized tensor fails only for resources (memory) or bugs.
   error_type = type(error).__name__
   is_decode = error_type == "InvalidArgumentError" or any(w in message for w in _DECODE_WORDS)
+  # TensorFlow appends the failing graph node ("[[{{node map/while/.../DecodeJpeg}}]]"): noise
+  # in an error row, which should say what is wrong with the image.
+  shown = _GRAPH_NODE.sub("", message).strip() or message
   return InferenceFailure(records.STAGE_DECODE if is_decode else records.STAGE_INFER, error_type,
-                          message)
+                          shown)
 
 
 class IsolatingModelHandler(base.ModelHandler):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -17,6 +16,7 @@ from segbeam.model import defaults
 from segbeam.model import export as export_lib
 from segbeam.pipeline import model_files
 from segbeam.pipeline import options as options_lib
+from segbeam.pipeline import resume
 from segbeam.pipeline import segment_pipeline
 from segbeam.pipeline import sinks
 
@@ -76,6 +76,30 @@ def _prepare_output(output: str, overwrite: bool) -> None:
     raise InvocationError(f"output not writable: {output}: {error}") from error
 
 
+def _same_place(a: str, b: str) -> bool:
+  if FileSystems.get_scheme(a) is None and FileSystems.get_scheme(b) is None:
+    return os.path.abspath(a) == os.path.abspath(b)
+  return a.rstrip("/") == b.rstrip("/")
+
+
+def _check_skip_existing(previous_outputs: Sequence[str], output: str, *,
+                         check_paths: bool) -> None:
+  """Each --skip-existing folder must hold a completed run, and must not be --output (which
+  --overwrite would delete before it is read)."""
+  for previous in previous_outputs:
+    if _same_place(previous, output):
+      raise InvocationError(f"--skip-existing {previous} is the --output folder itself; write "
+                            "the resumed run to a new --output")
+    if check_paths:
+      try:
+        resume.segment_files(previous)
+      except resume.NotACompletedRunError as error:
+        raise InvocationError(str(error)) from error
+      except Exception as error:  # pylint: disable=broad-except  # unreadable in any way
+        raise InvocationError(f"--skip-existing {previous}: cannot read its manifest: "
+                              f"{error}") from error
+
+
 def parse(argv: Optional[Sequence[str]]) -> tuple[options_lib.RunOptions, list[str]]:
   parser = argparse.ArgumentParser(
       prog="segbeam run", description="Segment images with a U-Net on Apache Beam. Options "
@@ -100,9 +124,13 @@ def run(argv: Optional[Sequence[str]] = None,
     worker_model_dir: where the workers load the model, when not where its metadata is read
       here (the worker image's copy of the embedded model on Dataflow).
   """
-  options, beam_args = parse(argv)
-  model_dir, metadata = _read_model(options.model_dir)
-  segment_pipeline.label_map_for(options, metadata)  # a bad --label-map fails here, not later
+  try:
+    options, beam_args = parse(argv)
+    model_dir, metadata = _read_model(options.model_dir)
+    segment_pipeline.label_map_for(options, metadata)  # a bad --label-map fails here, not later
+  except ValueError as error:  # a bad option value
+    raise InvocationError(str(error)) from error
+  _check_skip_existing(options.skip_existing, options.output, check_paths=check_paths)
   if check_paths:
     _check_input(options.input)
     if options.labels:
@@ -117,12 +145,7 @@ def run(argv: Optional[Sequence[str]] = None,
   return manifest
 
 
-def read_manifest(output: str) -> Optional[dict]:
-  path = FileSystems.join(output, sinks.MANIFEST_FILE)
-  if not FileSystems.exists(path):
-    return None
-  with FileSystems.open(path) as f:
-    return json.loads(f.read())
+read_manifest = sinks.read_manifest
 
 
 def print_report(output: str, examples: int = 5) -> None:
@@ -134,8 +157,10 @@ def print_report(output: str, examples: int = 5) -> None:
     print(f"no manifest in {output}: the run did not complete", file=sys.stderr)
     return
   counts = manifest["counts"]
+  skipped = counts.get("skipped_existing", 0)
   print(f"segbeam run {manifest['run_id']}: {counts['inputs_seen']} inputs, "
-        f"{counts['segmented']} segmented, {counts['failed']} failed")
+        f"{counts['segmented']} segmented, {counts['failed']} failed"
+        + (f", {skipped} skipped (segmented before)" if skipped else ""))
   for reason in counts["failed_by_reason"]:
     print(f"  failed at {reason['stage']}: {reason['error_type']} x{reason['count']}")
   print(f"output: {output}/segments/*.parquet, errors/*.parquet, manifest.json")
@@ -193,9 +218,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   logging.getLogger("tensorflow").setLevel(logging.ERROR)  # tfx-bsl's deprecation notices
   try:
     options, _ = parse(argv)
-    run(argv)
-  except (InvocationError, ValueError) as error:
+  except ValueError as error:
     print(f"segbeam run: {error}", file=sys.stderr)
     return 2
+  try:
+    run(argv)
+  except InvocationError as error:
+    print(f"segbeam run: {error}", file=sys.stderr)
+    return 2
+  except Exception as error:  # pylint: disable=broad-except  # the job failed: say so, exit 1
+    logging.getLogger(__name__).exception("the run failed")
+    reason = " ".join(str(error).split())[:500]
+    print(f"segbeam run: the run failed, no manifest was written in {options.output}: "
+          f"{type(error).__name__}: {reason}", file=sys.stderr)
+    return 1
   print_report(options.output)
   return 0

@@ -35,6 +35,8 @@ class RunOptions:
       TFRecord inputs may carry their own instead.
     label_map: how label values map to classes ('1:0,2:1,3:2' or a preset); None for the
       model's own.
+    skip_existing: earlier runs' output folders: images they segmented with this model version
+      are skipped (see `resume`).
     run_id: recorded in every row and the manifest.
     started: UTC start time, ISO 8601.
   """
@@ -53,6 +55,7 @@ class RunOptions:
   postprocess_threads: int = 1
   labels: Optional[str] = None
   label_map: Optional[str] = None
+  skip_existing: tuple[str, ...] = ()
   run_id: str = ""
   started: str = ""
 
@@ -100,6 +103,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       "extension; each row then carries IoU counts")
   parser.add_argument("--label-map", default=None,
                       help="label values -> classes, e.g. 1:0,2:1,3:2 (default: the model's)")
+  parser.add_argument("--skip-existing", action="append", default=[], metavar="OUTPUT",
+                      help="a completed earlier run's output folder: skip the images it "
+                      "segmented with the same model version (failed ones are tried again); "
+                      "repeat it for several")
   parser.add_argument("--run-id", default=None, help="default: time + random suffix")
 
 
@@ -112,5 +119,6 @@ def from_args(args: argparse.Namespace) -> RunOptions:
       example_keys=sources.ExampleKeys(args.image_key, args.filename_key, args.label_key),
       handler=args.handler, postprocess_threads=args.postprocess_threads, labels=args.labels,
       label_map=args.label_map,
+      skip_existing=tuple(path.rstrip("/") for path in args.skip_existing),
       run_id=args.run_id or f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}",
       started=now.isoformat(timespec="seconds"))

@@ -41,7 +41,15 @@ class ImageRecord:
 
 @dataclasses.dataclass(frozen=True)
 class ImageInfo:
-  """What later stages need to know about a validated image; travels as the inference key."""
+  """What later stages need to know about a validated image; travels as the inference key.
+
+  Attributes:
+    image_id, source: as in `ImageRecord`.
+    format: 'jpeg', 'png', 'gif' or 'bmp', sniffed from the input's bytes.
+    width, height: the size of the image as shown (after its EXIF orientation).
+    label: as in `ImageRecord`.
+    exif_orientation: the EXIF orientation applied (1 to 8); 1 when there is none.
+  """
 
   image_id: str
   source: str
@@ -49,6 +57,7 @@ class ImageInfo:
   width: int
   height: int
   label: Optional[bytes] = None
+  exif_orientation: int = 1
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,7 +4,9 @@ segments/*.parquet, one row per segmented image:
   image_id         string   unique within the run (see `sources`)
   source           string   file URI, or shard URI + '#<record index>'
   format           string   jpeg, png, gif or bmp, from the bytes
-  width, height    int32    the image's original size, as decoded
+  width, height    int32    the image's original size, as shown (after its EXIF orientation)
+  exif_orientation int32    the EXIF orientation applied before segmenting (1 to 8; 1 when none),
+                            so the mask lines up with the image as viewers show it
   mask_png         binary   8-bit grayscale PNG of class indices at the original size
   coverage_<class> float64  share of the image's pixels in the class (they sum to 1)
   pixels_<class>   int64    pixels in the class (they sum to width * height)
@@ -48,7 +50,8 @@ def segments_schema(class_names: Sequence[str]) -> pa.Schema:
   suffixes = class_columns(class_names)
   return pa.schema(
       [("image_id", pa.string()), ("source", pa.string()), ("format", pa.string()),
-       ("width", pa.int32()), ("height", pa.int32()), ("mask_png", pa.binary())]
+       ("width", pa.int32()), ("height", pa.int32()), ("exif_orientation", pa.int32()),
+       ("mask_png", pa.binary())]
       + [(f"coverage_{s}", pa.float64()) for s in suffixes]
       + [(f"pixels_{s}", pa.int64()) for s in suffixes]
       + [("dominant_class", pa.string()), ("mean_confidence", pa.float32()),

@@ -1,4 +1,4 @@
-"""The pipeline graph: read -> validate -> infer -> postprocess -> write."""
+"""The pipeline graph: read -> [skip existing] -> validate -> infer -> postprocess -> write."""
 
 from __future__ import annotations
 
@@ -13,11 +13,15 @@ from segbeam.model import labels as labels_lib
 from segbeam.pipeline import inference
 from segbeam.pipeline import options as options_lib
 from segbeam.pipeline import records
+from segbeam.pipeline import resume
 from segbeam.pipeline import schema
 from segbeam.pipeline import segments
 from segbeam.pipeline import sinks
 from segbeam.pipeline import sources
 from segbeam.pipeline import validation
+
+
+SEGMENTS_ROW_GROUP_BYTES = 8 << 20
 
 
 def label_map_for(options: options_lib.RunOptions,
@@ -72,9 +76,11 @@ class SegmentImages(beam.PTransform):
 
 
 class WriteRunOutput(beam.PTransform):
-  """(inputs seen, rows, failures) -> the output folder; returns the manifest PCollection.
+  """(inputs seen, rows, failures, skipped ids) -> the output folder; returns the manifest
+  PCollection.
 
-  The manifest is written last, once both Parquet sinks have finalized and every count is in.
+  The manifest is written last, once both Parquet sinks have finalized, their files' rows are
+  counted and every count is in; it checks that they add up (`sinks.build_manifest`).
   """
 
   def __init__(self, options: options_lib.RunOptions, metadata: export_lib.ModelMetadata,
@@ -85,13 +91,16 @@ class WriteRunOutput(beam.PTransform):
     self._model_dir = model_dir
 
   def expand(self, inputs):
-    seen, rows, failures = inputs
+    seen, rows, failures, skipped = inputs
     options, metadata = self._options, self._metadata
     pipeline = rows.pipeline
     segment_files = rows | "WriteSegments" >> beam.io.WriteToParquet(
         FileSystems.join(options.output, sinks.SEGMENTS_DIR, "part"),
         schema.segments_schema(metadata.class_names), codec="zstd",
-        file_name_suffix=".parquet")
+        # Beam buffers a whole row group in memory before writing it; 64 MB (its default) is
+        # ~16,000 rows here and showed as worker RSS growing with the run's size. 8 MB is
+        # ~2,000 rows, still large row groups for DuckDB and BigQuery (BENCHMARKS.md).
+        row_group_buffer_size=SEGMENTS_ROW_GROUP_BYTES, file_name_suffix=".parquet")
     error_files = (failures
                    | "ErrorRows" >> beam.Map(segments.failure_row, options.run_id)
                    | "WriteErrors" >> beam.io.WriteToParquet(
@@ -103,6 +112,10 @@ class WriteRunOutput(beam.PTransform):
       mask_files = pipeline | "NoMaskFiles" >> beam.Create([])
     masks_written = mask_files | "CountMaskFiles" >> beam.combiners.Count.Globally()
     segmented_count = rows | "CountSegmented" >> beam.combiners.Count.Globally()
+    skipped_count = skipped | "CountSkipped" >> beam.combiners.Count.Globally()
+    # What readers will see: the rows the final Parquet files hold, not what was sent to them.
+    segments_rows = segment_files | "SegmentsRows" >> beam.Map(sinks.parquet_rows)
+    errors_rows = error_files | "ErrorsRows" >> beam.Map(sinks.parquet_rows)
     failure_counts = (failures | "FailureKey" >> beam.Map(sinks.failure_key)
                       | "CountFailures" >> beam.combiners.Count.PerElement())
     manifest_base = {
@@ -120,7 +133,9 @@ class WriteRunOutput(beam.PTransform):
                 sinks.WriteManifest(options.output, manifest_base),
                 beam.pvalue.AsSingleton(seen), beam.pvalue.AsSingleton(segmented_count),
                 beam.pvalue.AsList(failure_counts), beam.pvalue.AsList(segment_files),
-                beam.pvalue.AsList(error_files), beam.pvalue.AsSingleton(masks_written)))
+                beam.pvalue.AsList(error_files), beam.pvalue.AsList(segments_rows),
+                beam.pvalue.AsList(errors_rows), beam.pvalue.AsSingleton(skipped_count),
+                beam.pvalue.AsSingleton(masks_written)))
 
 
 def build_pipeline(pipeline: beam.Pipeline, options: options_lib.RunOptions,
@@ -132,11 +147,18 @@ def build_pipeline(pipeline: beam.Pipeline, options: options_lib.RunOptions,
   read = pipeline | "Read" >> sources.ReadImageShards(
       options.input, input_format=options.input_format, example_keys=options.example_keys,
       max_file_bytes=options.max_file_bytes)
-  rows, segment_failures = read.records | "Segment" >> SegmentImages(options, context,
-                                                                     model_dir)
+  if options.skip_existing:
+    # Before validation: an image segmented before is never decoded again.
+    kept = read.records | "SkipExisting" >> resume.SkipExisting(options.skip_existing,
+                                                                metadata.version)
+    to_segment, skipped = kept.records, kept[resume.SKIPPED]
+  else:
+    to_segment, skipped = read.records, pipeline | "NothingSkipped" >> beam.Create([])
+  rows, segment_failures = to_segment | "Segment" >> SegmentImages(options, context, model_dir)
   failures = ((read[records.FAILURES], segment_failures) | "AllFailures" >> beam.Flatten())
-  # Every input the reader produced, as a record or a read failure.
+  # Every input the reader produced, as a record or a read failure, skipped or not.
   seen = ((read.records | "CountRecords" >> beam.combiners.Count.Globally(),
            read[records.FAILURES] | "CountReadFailures" >> beam.combiners.Count.Globally())
           | "SeenParts" >> beam.Flatten() | "Seen" >> beam.CombineGlobally(sum))
-  return (seen, rows, failures) | "Write" >> WriteRunOutput(options, metadata, model_dir)
+  return (seen, rows, failures, skipped) | "Write" >> WriteRunOutput(options, metadata,
+                                                                     model_dir)

@@ -94,7 +94,8 @@ def segment_row(info: records.ImageInfo, outputs: dict[str, np.ndarray],
   pixels = postprocess.class_pixel_counts(mask, len(context.class_names))
   total = height * width
   row = {"image_id": info.image_id, "source": info.source, "format": info.format,
-         "width": width, "height": height, "mask_png": mask_png.encode(mask)}
+         "width": width, "height": height, "exif_orientation": info.exif_orientation,
+         "mask_png": mask_png.encode(mask)}
   for suffix, count in zip(context.column_suffixes, pixels):
     row[f"coverage_{suffix}"] = float(count) / total
   for suffix, count in zip(context.column_suffixes, pixels):

@@ -1,9 +1,13 @@
 """Writing a run's output: segments and errors Parquet, optional mask files, the manifest.
 
-Parquet goes through Beam's file sinks (temporary files, renamed on finalize), so a retried
-bundle never duplicates rows. Mask files have names derived only from the image id, so a retry
-rewrites the same file. The manifest is written last, from the sinks' final file names, and only
-when every input is accounted for.
+Nothing lost, nothing doubled, when a runner retries a failed bundle:
+- Parquet goes through Beam's file sinks: each bundle attempt writes its own temporary file, and
+  only the attempts the runner committed are renamed to final names on finalize.
+- A mask file's name derives only from the image id, so a retry rewrites the same file; on a
+  local or other non-object file system it is written under a temporary name and renamed, so
+  no reader ever sees half a PNG (an object store's upload is already all or nothing).
+- The manifest is written last, the same way, from the sinks' final file names, and only when
+  every input is accounted for, counting the rows the Parquet files really hold.
 """
 
 from __future__ import annotations
@@ -11,10 +15,12 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import logging
 import re
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from segbeam.pipeline import records
@@ -24,6 +30,13 @@ ERRORS_DIR = "errors"
 MASKS_DIR = "masks"
 MANIFEST_FILE = "manifest.json"
 OUTPUT_ENTRIES = (SEGMENTS_DIR, ERRORS_DIR, MASKS_DIR, MANIFEST_FILE)
+# Object stores make an object visible only once its upload completed: no temporary name needed.
+_ATOMIC_CREATE_SCHEMES = ("gs", "s3", "azfs")
+PARTIAL_SUFFIX = ".partial"
+CONSERVATION_RULE = ("inputs_seen == segmented + failed + skipped_existing, where segmented and "
+                     "failed are the rows the segments and errors Parquet files hold, equal to "
+                     "the pipeline's counts; with --mask-files, one mask per segmented image")
+_LOG = logging.getLogger(__name__)
 
 
 def mask_file_name(image_id: str) -> str:
@@ -37,17 +50,42 @@ def mask_file_name(image_id: str) -> str:
   return f"{readable}.{digest}.png"
 
 
+def write_file(path: str, data: bytes, mime_type: str = "application/octet-stream") -> None:
+  """Writes `data` to `path` all at once or not at all, replacing what is there.
+
+  Elsewhere than on an object store, it goes to a temporary name beside `path` first, then is
+  renamed over it. The temporary name is fixed ('.<name>.partial'), so an attempt that died
+  mid-write leaves nothing that a retry of the same element does not overwrite and rename.
+  """
+  if FileSystems.get_scheme(path) in _ATOMIC_CREATE_SCHEMES:
+    target = path
+  else:
+    folder, name = FileSystems.split(path)
+    target = FileSystems.join(folder, f".{name}{PARTIAL_SUFFIX}")
+  with FileSystems.create(target, mime_type=mime_type,
+                          compression_type=CompressionTypes.UNCOMPRESSED) as f:
+    f.write(data)
+  if target != path:
+    FileSystems.rename([target], [path])
+
+
 class WriteMaskFile(beam.DoFn):
-  """Writes a segments row's mask PNG to DIR/masks/<mask_file_name>; passes nothing on."""
+  """Writes a segments row's mask PNG to DIR/masks/<mask_file_name>; passes its path on."""
 
   def __init__(self, output_dir: str):
     self._masks_dir = FileSystems.join(output_dir, MASKS_DIR)
 
   def process(self, row: Mapping[str, Any]):
     path = FileSystems.join(self._masks_dir, mask_file_name(row["image_id"]))
-    with FileSystems.create(path, mime_type="image/png") as f:
-      f.write(row["mask_png"])
+    write_file(path, row["mask_png"], mime_type="image/png")
     yield path
+
+
+def parquet_rows(path: str) -> int:
+  """Rows in a Parquet file, from its footer alone."""
+  import pyarrow.parquet as pq
+  with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+    return pq.ParquetFile(f).metadata.num_rows
 
 
 def _now() -> str:
@@ -56,46 +94,82 @@ def _now() -> str:
 
 def build_manifest(base: Mapping[str, Any], *, seen: int, segmented: int,
                    failures: list[tuple[tuple[str, str], int]], segment_files: list[str],
-                   error_files: list[str], masks_written: int = 0) -> dict[str, Any]:
+                   error_files: list[str], segments_rows: int, errors_rows: int,
+                   skipped_existing: int = 0, masks_written: int = 0,
+                   mask_files: bool = False) -> dict[str, Any]:
+  """The manifest of a run. `segmented`, `failed` and `masks_written` are what the pipeline
+  counted; `segments_rows` and `errors_rows` what the written tables hold. The conservation
+  check holds when every input seen is in exactly one table or was skipped, and the tables,
+  the counts and the mask files agree."""
   failed = sum(count for _, count in failures)
   by_stage: dict[str, int] = {}
   for (stage, _), count in failures:
     by_stage[stage] = by_stage.get(stage, 0) + count
+  tables_match_counts = segments_rows == segmented and errors_rows == failed
+  masks_match = masks_written == (segmented if mask_files else 0)
   return {
       **base,
       "status": "complete",
       "finished": _now(),
       "counts": {
           "inputs_seen": seen, "segmented": segmented, "failed": failed,
+          "skipped_existing": skipped_existing,
           "failed_by_stage": dict(sorted(by_stage.items())),
           "failed_by_reason": [{"stage": stage, "error_type": error_type, "count": count}
                                for (stage, error_type), count in sorted(failures)],
       },
-      "conservation": {"holds": seen == segmented + failed,
-                       "rule": "inputs_seen == segmented + failed"},
+      "conservation": {
+          "inputs_seen": seen, "segmented": segments_rows, "failed": errors_rows,
+          "skipped_existing": skipped_existing, "masks_written": masks_written,
+          "holds": (seen == segments_rows + errors_rows + skipped_existing
+                    and tables_match_counts and masks_match),
+          "rule": CONSERVATION_RULE,
+      },
       "files": {SEGMENTS_DIR: sorted(segment_files), ERRORS_DIR: sorted(error_files),
                 MASKS_DIR: masks_written},
   }
 
 
+class UnbalancedRunError(RuntimeError):
+  """Inputs were lost or doubled: the run must fail, and leave no manifest."""
+
+
 class WriteManifest(beam.DoFn):
-  """Runs once, after both Parquet sinks finalized (their file names are its side inputs)."""
+  """Runs once, after both Parquet sinks finalized (their file names, and the rows of each
+  file, are among its side inputs). Raises instead of writing when the conservation check
+  does not hold."""
 
   def __init__(self, output_dir: str, base: Mapping[str, Any]):
     self._path = FileSystems.join(output_dir, MANIFEST_FILE)
     self._base = dict(base)
 
   def process(self, unused_element, seen, segmented, failures, segment_files, error_files,
-              masks_written):
-    manifest = build_manifest(self._base, seen=seen, segmented=segmented,
-                              failures=list(failures), segment_files=list(segment_files),
-                              error_files=list(error_files), masks_written=masks_written)
+              segments_rows, errors_rows, skipped_existing, masks_written):
+    manifest = build_manifest(
+        self._base, seen=seen, segmented=segmented, failures=list(failures),
+        segment_files=list(segment_files), error_files=list(error_files),
+        segments_rows=sum(segments_rows), errors_rows=sum(errors_rows),
+        skipped_existing=skipped_existing, masks_written=masks_written,
+        mask_files=bool(self._base.get("options", {}).get("mask_files")))
     if not manifest["conservation"]["holds"]:
-      # A lost or doubled input is a bug; without a manifest the output reads as incomplete.
-      raise RuntimeError(f"inputs not accounted for: {manifest['counts']}")
-    with FileSystems.create(self._path, mime_type="application/json") as f:
-      f.write(json.dumps(manifest, indent=2).encode())
+      # A lost or doubled input is a bug. Fail the job (non-zero exit, a failed Dataflow job)
+      # and write no manifest, so that every reader treats the output as incomplete.
+      message = (f"inputs not accounted for, no manifest written: "
+                 f"{json.dumps(manifest['conservation'])}")
+      _LOG.error(message)
+      raise UnbalancedRunError(message)
+    write_file(self._path, json.dumps(manifest, indent=2).encode(),
+               mime_type="application/json")
     yield manifest
+
+
+def read_manifest(output: str) -> Optional[dict[str, Any]]:
+  """The manifest of the run in `output`, or None when it has none (no completed run)."""
+  path = FileSystems.join(output, MANIFEST_FILE)
+  if not FileSystems.exists(path):
+    return None
+  with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+    return json.loads(f.read())
 
 
 def failure_key(failure: records.Failure) -> tuple[str, str]:

@@ -5,7 +5,13 @@ gets a stable, unique id:
 - an image file: its path relative to the pattern's root (the folder before the first glob
   character), e.g. 'cats/felix.jpg' for '/data/**/*.jpg';
 - a tf.Example: its `image/filename` feature; when missing, '<shard id>#<record index>'; when
-  repeated anywhere in the input, every occurrence becomes '<filename>#<shard id>#<index>'.
+  repeated anywhere in the input (as a filename or as such a fallback id), every occurrence
+  becomes '<id>#<shard id>#<index>'.
+
+Reads are bounded whatever a file claims: an image file is read up to --max-file-bytes and
+refused beyond, a shard record over that size is skipped unread, and a local path that is not a
+regular file (a FIFO, a device such as /dev/zero behind a symlink) is refused without opening it.
+Nothing read from an input names a file to read: ids from tf.Examples only label rows.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import dataclasses
 import os
 import posixpath
 import re
+import stat
 from typing import Iterator, Optional
 
 import apache_beam as beam
@@ -62,6 +69,20 @@ def is_tfrecord(path: str, input_format: str) -> bool:
   return bool(_TFRECORD_NAME.search(posixpath.basename(path)))
 
 
+def not_a_regular_file(path: str) -> Optional[str]:
+  """Why a matched local path must not be opened (it would never end, or block), or None.
+  Paths of remote file systems (gs://...) are always objects."""
+  if "://" in path:
+    return None
+  try:
+    mode = os.stat(path).st_mode
+  except OSError as error:
+    return f"cannot stat {path}: {error.strerror}"
+  if stat.S_ISREG(mode):
+    return None
+  return f"{path} is not a regular file (mode {stat.filemode(mode)})"
+
+
 def _bytes_feature(example, key: str) -> Optional[bytes]:
   feature = example.features.feature.get(key)
   if feature is None or feature.WhichOneof("kind") != "bytes_list" or not feature.bytes_list.value:
@@ -84,7 +105,11 @@ class ReadImages(beam.DoFn):
   def process(self, readable: fileio.ReadableFile, renames=None) -> Iterator:
     path = readable.metadata.path
     file_id = relative_id(path, self._root)
-    if is_tfrecord(path, self._input_format):
+    refusal = not_a_regular_file(path)
+    if refusal is not None:
+      outputs = [beam.pvalue.TaggedOutput(records.FAILURES, records.Failure(
+          file_id, path, records.STAGE_READ, "NotARegularFile", refusal))]
+    elif is_tfrecord(path, self._input_format):
       outputs = self._read_shard(readable, file_id, renames or {})
     else:
       outputs = self._read_image(readable, file_id)
@@ -101,22 +126,33 @@ class ReadImages(beam.DoFn):
           f"{size} bytes is over the {self._max_file_bytes}-byte file limit"))
       return
     try:
-      data = readable.read()
+      with readable.open() as stream:
+        # The size listed may be wrong (a symlink to a device lists 0; a .gz file is listed
+        # compressed and read decompressed): the read itself stops one byte past the limit.
+        data = tfrecord.read_up_to(stream, self._max_file_bytes + 1)
     except Exception as error:  # pylint: disable=broad-except  # any I/O error is one bad input
       yield beam.pvalue.TaggedOutput(records.FAILURES, records.Failure.from_exception(
           image_id, path, records.STAGE_READ, error))
+      return
+    if len(data) > self._max_file_bytes:
+      yield beam.pvalue.TaggedOutput(records.FAILURES, records.Failure(
+          image_id, path, records.STAGE_READ, "FileTooLarge",
+          f"more than {self._max_file_bytes} bytes read, over the file limit (listed as "
+          f"{size} bytes)"))
       return
     yield records.ImageRecord(image_id, path, data)
 
   def _read_shard(self, readable: fileio.ReadableFile, shard_id: str, renames):
     path = readable.metadata.path
     try:
-      for index, filename, example in iter_shard(readable, shard_id, self._keys.filename):
+      for index, filename, example in iter_shard(readable, shard_id, self._keys.filename,
+                                                 self._max_file_bytes):
         source = f"{path}#{index}"
-        if isinstance(example, records.Failure):
-          yield beam.pvalue.TaggedOutput(records.FAILURES, example)
-          continue
         image_id = renames.get((path, index)) or filename or f"{shard_id}#{index}"
+        if isinstance(example, records.Failure):
+          yield beam.pvalue.TaggedOutput(records.FAILURES,
+                                         dataclasses.replace(example, image_id=image_id))
+          continue
         data = _bytes_feature(example, self._keys.image)
         if data is None:
           yield beam.pvalue.TaggedOutput(records.FAILURES, records.Failure(
@@ -130,16 +166,17 @@ class ReadImages(beam.DoFn):
           shard_id, path, records.STAGE_READ, error))
 
 
-def iter_shard(readable: fileio.ReadableFile, shard_id: str, filename_key: str):
+def iter_shard(readable: fileio.ReadableFile, shard_id: str, filename_key: str,
+               max_record_bytes: int = tfrecord.MAX_RECORD_BYTES):
   """(record index, filename or '', tf.train.Example or Failure) for each record of a shard."""
   import tensorflow as tf  # Workers need it for inference anyway; imported where used.
   path = readable.metadata.path
   with readable.open() as stream:
-    for index, record in tfrecord.read_records(stream):
+    for index, record in tfrecord.read_records(stream, max_record_bytes):
       fallback_id, source = f"{shard_id}#{index}", f"{path}#{index}"
       if isinstance(record, tfrecord.RecordError):
         yield index, "", records.Failure(fallback_id, source, records.STAGE_READ,
-                                         "CorruptRecord", record.reason)
+                                         record.error_type, record.reason)
         continue
       try:
         example = tf.train.Example.FromString(record)
@@ -153,30 +190,34 @@ def iter_shard(readable: fileio.ReadableFile, shard_id: str, filename_key: str):
 
 
 class ShardFilenames(beam.DoFn):
-  """ReadableFile -> (filename, (shard path, record index)) for each named tf.Example, so that
-  filenames repeated anywhere in the input can be told apart before the real read."""
+  """ReadableFile -> (id, (shard path, record index)) for each record of a shard, the id being
+  its filename or, without one, its fallback id, so that ids repeated anywhere in the input
+  (a filename twice, or a filename equal to another record's fallback id) can be told apart
+  before the real read."""
 
-  def __init__(self, *, root: str, input_format: str, filename_key: str):
+  def __init__(self, *, root: str, input_format: str, filename_key: str,
+               max_record_bytes: int = tfrecord.MAX_RECORD_BYTES):
     self._root = root
     self._input_format = input_format
     self._filename_key = filename_key
+    self._max_record_bytes = max_record_bytes
 
   def process(self, readable: fileio.ReadableFile):
     path = readable.metadata.path
-    if not is_tfrecord(path, self._input_format):
+    if not is_tfrecord(path, self._input_format) or not_a_regular_file(path) is not None:
       return
+    shard_id = relative_id(path, self._root)
     try:
-      for index, filename, _ in iter_shard(readable, relative_id(path, self._root),
-                                           self._filename_key):
-        if filename:
-          yield filename, (path, index)
+      for index, filename, _ in iter_shard(readable, shard_id, self._filename_key,
+                                           self._max_record_bytes):
+        yield filename or f"{shard_id}#{index}", (path, index)
     except Exception:  # pylint: disable=broad-except  # the real read reports the shard
       return
 
 
 def renames_for_repeats(element, root: str):
-  """(filename, [(shard path, index), ...]) -> ((shard path, index), unique id) for every
-  occurrence of a filename seen more than once: all of them, so no id depends on read order."""
+  """(id, [(shard path, index), ...]) -> ((shard path, index), unique id) for every occurrence
+  of an id seen more than once: all of them, so no id depends on read order."""
   filename, places = element
   places = list(places)
   if len(places) < 2:
@@ -199,6 +240,7 @@ class ReadImageShards(beam.PTransform):
     self._root = pattern_root(pattern)
     self._input_format = input_format
     self._filename_key = example_keys.filename
+    self._max_file_bytes = max_file_bytes
     self._read = ReadImages(root=self._root, input_format=input_format,
                             example_keys=example_keys, max_file_bytes=max_file_bytes)
 
@@ -211,7 +253,7 @@ class ReadImageShards(beam.PTransform):
     renames = (files
                | "ShardFilenames" >> beam.ParDo(ShardFilenames(
                    root=self._root, input_format=self._input_format,
-                   filename_key=self._filename_key))
+                   filename_key=self._filename_key, max_record_bytes=self._max_file_bytes))
                | "GroupFilenames" >> beam.GroupByKey()
                | "RenameRepeats" >> beam.FlatMap(renames_for_repeats, self._root))
     return files | "ReadImages" >> beam.ParDo(

@@ -31,19 +31,54 @@ def encode_record(data: bytes) -> bytes:
 
 @dataclasses.dataclass(frozen=True)
 class RecordError:
-  """A record that could not be read; `fatal` when the rest of the shard is unreadable too."""
+  """A record that could not be read; `fatal` when the rest of the shard is unreadable too.
+
+  `error_type` names it in the errors table: CorruptRecord, or RecordTooLarge for a record
+  skipped unread for its size.
+  """
 
   index: int
   reason: str
   fatal: bool
+  error_type: str = "CorruptRecord"
 
 
-def read_records(stream: BinaryIO) -> Iterator[tuple[int, Union[bytes, RecordError]]]:
-  """Yields (record index, data or RecordError). A bad data CRC skips that record only; a bad
-  length CRC or a truncation ends the shard with a fatal RecordError."""
+# Reads go by chunks of at most this size, so a length field pays for no more memory than the
+# stream really holds.
+_CHUNK_BYTES = 16 << 20
+
+
+def read_up_to(stream: BinaryIO, count: int) -> bytes:
+  """Up to `count` bytes, fewer only at the end of the stream (short reads are retried)."""
+  chunks, remaining = [], count
+  while remaining > 0:
+    chunk = stream.read(min(remaining, _CHUNK_BYTES))
+    if not chunk:
+      break
+    chunks.append(chunk)
+    remaining -= len(chunk)
+  return b"".join(chunks)
+
+
+def _skip(stream: BinaryIO, count: int) -> int:
+  """Skips `count` bytes without keeping them; returns how many were there."""
+  skipped = 0
+  while skipped < count:
+    chunk = stream.read(min(count - skipped, _CHUNK_BYTES))
+    if not chunk:
+      break
+    skipped += len(chunk)
+  return skipped
+
+
+def read_records(stream: BinaryIO, max_record_bytes: int = MAX_RECORD_BYTES
+                 ) -> Iterator[tuple[int, Union[bytes, RecordError]]]:
+  """Yields (record index, data or RecordError). A bad data CRC skips that record only, as does
+  a record over `max_record_bytes` (skipped without being held in memory); a bad length CRC, a
+  length beyond any real record, or a truncation ends the shard with a fatal RecordError."""
   index = 0
   while True:
-    header = stream.read(12)
+    header = read_up_to(stream, 12)
     if not header:
       return
     if len(header) < 12:
@@ -59,8 +94,17 @@ def read_records(stream: BinaryIO) -> Iterator[tuple[int, Union[bytes, RecordErr
     if length > MAX_RECORD_BYTES:
       yield index, RecordError(index, f"record {index} claims {length} bytes", fatal=True)
       return
-    data = stream.read(length)
-    footer = stream.read(4)
+    if length > max_record_bytes:
+      if _skip(stream, length + 4) < length + 4:
+        yield index, RecordError(index, f"shard truncated inside record {index}", fatal=True)
+        return
+      yield index, RecordError(index, f"record {index} is {length} bytes, over the "
+                               f"{max_record_bytes}-byte limit", fatal=False,
+                               error_type="RecordTooLarge")
+      index += 1
+      continue
+    data = read_up_to(stream, length)
+    footer = read_up_to(stream, 4)
     if len(data) < length:
       yield index, RecordError(index, f"shard truncated inside record {index} "
                                f"({len(data)} of {length} bytes)", fatal=True)
@@ -74,5 +118,3 @@ def read_records(stream: BinaryIO) -> Iterator[tuple[int, Union[bytes, RecordErr
     else:
       yield index, data
     index += 1
-
-

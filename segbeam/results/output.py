@@ -62,6 +62,19 @@ class RunOutput:
                       partitioning="hive", exclude_invalid_files=False,
                       ignore_prefixes=[".", "_", "beam-temp"])
 
+  def files(self, folder: str) -> list[str]:
+    """Every file under `folder` of this output, recursively, as sorted paths relative to the
+    output: what a reader globbing the folder could pick up."""
+    selector = pafs.FileSelector(posixpath.join(self._root, folder), allow_not_found=True,
+                                 recursive=True)
+    return sorted(posixpath.relpath(info.path, self._root)
+                  for info in self._fs.get_file_info(selector)
+                  if info.type == pafs.FileType.File)
+
+  def read_bytes(self, relative_path: str) -> bytes:
+    with self._fs.open_input_stream(posixpath.join(self._root, relative_path)) as f:
+      return f.read()
+
   def connect(self, connection: Optional[duckdb.DuckDBPyConnection] = None
               ) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with views `segments` and `errors` over this output."""

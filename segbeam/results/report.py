@@ -19,6 +19,7 @@ from PIL import Image
 
 from segbeam.pipeline import schema
 from segbeam.pipeline import sources
+from segbeam.pipeline import validation
 from segbeam.results import examples
 from segbeam.results import output as output_lib
 from segbeam.results import summary as summary_lib
@@ -57,11 +58,12 @@ def read_source(source: str, image_key: str = sources.ExampleKeys().image) -> by
     return f.read()
 
 
-def overlay(image_bytes: bytes, mask_png: bytes) -> str:
-  """A JPEG data URI of the image with its class mask blended over it, at most 256 px."""
+def overlay(image_bytes: bytes, mask_png: bytes, exif_orientation: int = 1) -> str:
+  """A JPEG data URI of the image, turned upright as the run saw it, with its class mask
+  blended over it, at most 256 px."""
   with Image.open(io.BytesIO(image_bytes)) as image:
     image.seek(0)
-    rgb = image.convert("RGB")
+    rgb = validation.upright(image.convert("RGB"), exif_orientation)
   mask = np.asarray(Image.open(io.BytesIO(mask_png)))
   if mask.shape != (rgb.height, rgb.width):  # the decoder and PIL disagree on size: show mask
     rgb = Image.new("RGB", (mask.shape[1], mask.shape[0]), (0, 0, 0))
@@ -106,7 +108,8 @@ def _table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
 
 def _card(row: dict[str, Any], caption: str) -> str:
   try:
-    src = overlay(read_source(row["source"]), row["mask_png"])
+    src = overlay(read_source(row["source"]), row["mask_png"],
+                  row.get("exif_orientation") or 1)  # absent from runs before the column
     picture = f'<img src="{src}" alt="{html.escape(row["image_id"])} with its mask">'
   except Exception as error:  # pylint: disable=broad-except  # a missing source, not a crash
     picture = f"<p>source unreadable: {html.escape(type(error).__name__)}</p>"

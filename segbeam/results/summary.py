@@ -86,7 +86,9 @@ def format_summary(summary: dict[str, Any]) -> str:
       f"input  {summary['input']}",
       f"model  {model['name']} {model['version']} ({model['architecture']})",
       f"images {counts['inputs_seen']} seen, {counts['segmented']} segmented, "
-      f"{counts['failed']} failed",
+      f"{counts['failed']} failed"
+      + (f", {counts['skipped_existing']} skipped (segmented before)"
+         if counts.get("skipped_existing") else ""),
   ]
   lines += [f"  failed at {r['stage']}: {r['error_type']} x{r['count']}"
             for r in counts["failed_by_reason"]]

@@ -19,6 +19,7 @@ from segbeam.pipeline import inference
 from segbeam.pipeline import launcher
 from segbeam.pipeline import model_files
 from segbeam.results import output as output_lib
+from tests import accounting
 from tests import gcs_emulator as helper
 from tests import synthetic
 
@@ -48,6 +49,7 @@ def test_segbeam_run_reads_and_writes_gs(gcs_inputs, tiny_export, capsys):
   output = f"{ROOT}/out"
   assert launcher.main(["--input", f"{images}/*.png", "--output", output, "--model", model]) == 0
   assert "5 inputs, 4 segmented, 1 failed" in capsys.readouterr().out
+  accounting.assert_accounted_for(output, inputs_seen=5)
 
   run = output_lib.RunOutput(output)  # pyarrow's GCS file system, not Beam's
   counts = run.manifest["counts"]

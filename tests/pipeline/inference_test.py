@@ -90,3 +90,11 @@ def test_creating_a_handler_reads_no_model():
 def test_unknown_handler():
   with pytest.raises(ValueError, match="unknown inference handler"):
     inference.create_handler("onnx", "/nowhere", max_batch_size=1)
+
+
+def test_a_failure_names_the_problem_not_the_graph_node():
+  error = ValueError("Graph execution error: jpeg::Uncompress failed. Invalid JPEG data. "
+                     "[[{{node map/while/body/_1/DecodeJpeg}}]] [Op:__inference_serve_9]")
+  failure = inference._failure_for(error)  # pylint: disable=protected-access
+  assert failure.stage == "decode" and failure.error_type == "ValueError"
+  assert "jpeg::Uncompress failed" in failure.message and "node map" not in failure.message

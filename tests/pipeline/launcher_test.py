@@ -1,11 +1,14 @@
 """`segbeam run` from the command line: exit codes, one-line reasons, the report."""
 
+import glob
 import os
+import shutil
 
 import pytest
 
 from segbeam import cli
 from segbeam.pipeline import launcher
+from tests import accounting
 from tests import synthetic
 
 
@@ -31,6 +34,7 @@ def test_runs_and_reports(tiny_export, one_image, tmp_path, capsys):
   assert code == 0
   assert "1 inputs, 1 segmented, 0 failed" in out and "cat.png" in out
   assert os.path.exists(os.path.join(output, "manifest.json"))
+  accounting.assert_accounted_for(output, inputs_seen=1)
 
   code, _, err = _run(capsys, "--input", one_image + "/*.png", "--output", output, "--model",
                       export_dir)
@@ -78,8 +82,54 @@ def test_demo_on_the_default_model(tmp_path, capsys):
   assert cli.main(["demo", "--output", output]) == 0
   out = capsys.readouterr().out
   assert "0 failed" in out and "images with the most pet:" in out
+  accounting.assert_accounted_for(output)
   rows = {r["image_id"]: r for r in pq.read_table(
       glob.glob(f"{output}/segments/*.parquet")).to_pylist()}
   assert len(rows) >= 20
   # The one cat among scikit-image's photos: the default model must see a pet there.
   assert rows["chelsea.png"]["coverage_pet"] > 0.3
+
+
+@pytest.mark.parametrize("left_behind", ["killed_run", "segments_temp", "errors", "masks"])
+def test_an_unfinished_run_is_never_mixed_with_a_new_one(left_behind, small_run, tiny_export,
+                                                          one_image, tmp_path, capsys):
+  """What a run killed half way leaves (no manifest: it is written last) is refused like a
+  completed run, and left as it was."""
+  output = tmp_path / "out"
+  if left_behind == "killed_run":
+    shutil.copytree(small_run, output)
+    os.remove(output / "manifest.json")
+  elif left_behind == "segments_temp":  # WriteToParquet's temporary files, nothing final yet
+    (output / "segments" / "beam-temp-part-1234").mkdir(parents=True)
+    (output / "segments" / "beam-temp-part-1234" / "5678.parquet").write_bytes(b"PAR1")
+  else:
+    (output / left_behind).mkdir(parents=True)
+    (output / left_behind / "x").write_bytes(b"")
+  before = sorted(str(p.relative_to(output)) for p in output.rglob("*"))
+  code, _, err = _run(capsys, "--input", one_image + "/*.png", "--output", str(output),
+                      "--model", tiny_export[0])
+  assert code == 2 and "already holds a run" in err and len(err.splitlines()) == 1
+  assert sorted(str(p.relative_to(output)) for p in output.rglob("*")) == before
+
+
+def test_a_failed_run_exits_1_and_its_output_reads_as_incomplete(small_run, tiny_export,
+                                                                 one_image, tmp_path, capsys):
+  # A previous output whose segments file is damaged: the run fails while reading it.
+  damaged = tmp_path / "damaged"
+  shutil.copytree(small_run, damaged)
+  for path in glob.glob(str(damaged / "segments" / "*.parquet")):
+    with open(path, "wb") as f:
+      f.write(b"not parquet")
+  output = str(tmp_path / "out")
+  argv = ["--input", one_image + "/*.png", "--output", output, "--model", tiny_export[0],
+          "--skip-existing", str(damaged)]
+  code, out, err = _run(capsys, *argv)
+  assert code == 1 and "the run failed, no manifest was written" in err.splitlines()[-1]
+  assert "segmented" not in out
+  assert not os.path.exists(os.path.join(output, "manifest.json"))
+  for command in (["summary", output], ["query", output, "SELECT 1"],
+                  ["report", output, "--out", str(tmp_path / "r.html")]):
+    assert cli.main(command) == 2
+    assert "did not complete" in capsys.readouterr().err
+  code, _, err = _run(capsys, *argv)
+  assert code == 2 and "already holds a run" in err

@@ -1,7 +1,14 @@
+"""Output sinks: safe mask names, the manifest's conservation check, retried bundles."""
+
 import os
 import re
 
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import BeamAssertException, assert_that, equal_to
 
 from segbeam.pipeline import sinks
 
@@ -24,14 +31,134 @@ def test_similar_ids_get_different_names():
   assert sinks.mask_file_name("a/b.jpg") == sinks.mask_file_name("a/b.jpg")
 
 
+def _manifest(**changes):
+  counts = dict(seen=6, segmented=3, failures=[(("validate", "PixelCapExceeded"), 1),
+                                               (("read", "CorruptRecord"), 1)],
+                segment_files=["s2", "s1"], error_files=["e"], segments_rows=3, errors_rows=2,
+                skipped_existing=1, masks_written=3, mask_files=True)
+  counts.update(changes)
+  return sinks.build_manifest({"run_id": "r"}, **counts)
+
+
 def test_manifest_counts_and_conservation():
-  manifest = sinks.build_manifest(
-      {"run_id": "r"}, seen=5, segmented=3,
-      failures=[(("validate", "PixelCapExceeded"), 1), (("read", "CorruptRecord"), 1)],
-      segment_files=["s2", "s1"], error_files=["e"], masks_written=3)
-  assert manifest["counts"]["failed"] == 2
+  manifest = _manifest()
+  assert manifest["counts"]["failed"] == 2 and manifest["counts"]["skipped_existing"] == 1
   assert manifest["counts"]["failed_by_stage"] == {"read": 1, "validate": 1}
-  assert manifest["conservation"]["holds"]
+  assert manifest["conservation"] == {
+      "inputs_seen": 6, "segmented": 3, "failed": 2, "skipped_existing": 1, "masks_written": 3,
+      "holds": True, "rule": sinks.CONSERVATION_RULE}
   assert manifest["files"] == {"segments": ["s1", "s2"], "errors": ["e"], "masks": 3}
-  assert not sinks.build_manifest({}, seen=6, segmented=3, failures=[], segment_files=[],
-                                  error_files=[])["conservation"]["holds"]
+
+
+@pytest.mark.parametrize("changes", [
+    {"seen": 7},                                  # an input lost
+    {"skipped_existing": 0},                      # a skipped input not counted
+    {"segments_rows": 4, "seen": 7},              # a row doubled in the table, sums still add up
+    {"errors_rows": 1, "seen": 5},                # an error row lost from the table
+    {"masks_written": 4},                         # a mask written twice
+    {"masks_written": 3, "mask_files": False}])   # mask files nobody asked for
+def test_conservation_fails_when_anything_is_lost_or_doubled(changes):
+  assert not _manifest(**changes)["conservation"]["holds"]
+
+
+def test_an_unbalanced_run_fails_and_writes_no_manifest(tmp_path):
+  pipeline = TestPipeline()
+  sizes = {name: pipeline | f"Size{name}" >> beam.Create([value])
+           for name, value in [("seen", 5), ("segmented", 3), ("skipped", 0), ("masks", 0)]}
+  file_rows = {name: pipeline | f"Rows{name}" >> beam.Create(value)
+               for name, value in [("segments", [2, 1]), ("errors", [1])]}
+  failures = pipeline | "Failures" >> beam.Create([(("validate", "EmptyImage"), 1)])
+  files = pipeline | "Files" >> beam.Create(["part-0.parquet"])
+  side = beam.pvalue.AsSingleton
+  _ = (pipeline | beam.Create([None]) | beam.ParDo(
+      sinks.WriteManifest(str(tmp_path), {"options": {"mask_files": False}}),
+      side(sizes["seen"]), side(sizes["segmented"]), beam.pvalue.AsList(failures),
+      beam.pvalue.AsList(files), beam.pvalue.AsList(files),
+      beam.pvalue.AsList(file_rows["segments"]), beam.pvalue.AsList(file_rows["errors"]),
+      side(sizes["skipped"]), side(sizes["masks"])))
+  with pytest.raises(Exception, match="inputs not accounted for"):
+    pipeline.run().wait_until_finish()
+  assert not os.path.exists(tmp_path / sinks.MANIFEST_FILE)
+
+
+class _DiesOnceAfterWriting(sinks.WriteMaskFile):
+  """The real mask writer on a worker that is lost once, right after writing one image's mask
+  and before its bundle commits: the runner runs the whole bundle again."""
+
+  def __init__(self, output_dir: str, image_id: str, marker: str):
+    super().__init__(output_dir)
+    self._image_id = image_id
+    self._marker = marker
+
+  def process(self, row):
+    yield from super().process(row)
+    if row["image_id"] == self._image_id and not os.path.exists(self._marker):
+      open(self._marker, "w").close()
+      raise ConnectionError("worker lost after writing a mask")
+
+
+class _DiesOnce(beam.DoFn):
+  def __init__(self, image_id: str, marker: str):
+    self._image_id = image_id
+    self._marker = marker
+
+  def process(self, row):
+    if row["image_id"] == self._image_id and not os.path.exists(self._marker):
+      open(self._marker, "w").close()
+      raise ConnectionError("worker lost")
+    yield row
+
+
+def _sums_to(expected: int):
+  def check(actual):
+    if sum(actual) != expected:
+      raise BeamAssertException(f"{list(actual)} does not sum to {expected}")
+  return check
+
+
+def test_a_retried_bundle_leaves_one_mask_and_one_row_per_image(tmp_path):
+  """On Beam's BundleBasedDirectRunner, which retries a failed bundle (the FnApiRunner fails
+  the job instead): masks are rewritten in place, Parquet rows of the failed attempt dropped."""
+  output = str(tmp_path / "out")
+  rows = [{"image_id": image_id, "mask_png": f"mask of {image_id}".encode()}
+          for image_id in ("a.jpg", "b/../c.jpg", "d.jpg", "e.jpg")]
+  masks_marker, rows_marker = str(tmp_path / "masks_died"), str(tmp_path / "rows_died")
+  # A leftover of an attempt that died mid-write, which the retry must replace.
+  os.makedirs(os.path.join(output, sinks.MASKS_DIR))
+  partial = os.path.join(output, sinks.MASKS_DIR, f".{sinks.mask_file_name('d.jpg')}.partial")
+  with open(partial, "wb") as f:
+    f.write(b"\x89PNG half")
+
+  pipeline = TestPipeline(runner="BundleBasedDirectRunner")
+  created = pipeline | beam.Create(rows)
+  paths = created | "Masks" >> beam.ParDo(
+      _DiesOnceAfterWriting(output, "d.jpg", masks_marker))
+  table = (created
+           | "DiesOnce" >> beam.ParDo(_DiesOnce("b/../c.jpg", rows_marker))
+           | beam.io.WriteToParquet(os.path.join(output, sinks.SEGMENTS_DIR, "part"),
+                                    pa.schema([("image_id", pa.string()),
+                                               ("mask_png", pa.binary())]),
+                                    file_name_suffix=".parquet"))
+  masks_dir = os.path.join(output, sinks.MASKS_DIR)
+  assert_that(paths, equal_to([os.path.join(masks_dir, sinks.mask_file_name(r["image_id"]))
+                               for r in rows]), label="OnePathPerImage")
+  assert_that(table | beam.Map(sinks.parquet_rows), _sums_to(len(rows)), label="OneRowPerImage")
+  pipeline.run().wait_until_finish()
+
+  assert os.path.exists(masks_marker) and os.path.exists(rows_marker)  # both did die once
+  assert sorted(os.listdir(masks_dir)) == sorted(sinks.mask_file_name(r["image_id"])
+                                                 for r in rows)
+  for row in rows:
+    with open(os.path.join(masks_dir, sinks.mask_file_name(row["image_id"])), "rb") as f:
+      assert f.read() == row["mask_png"]
+  table_rows = pq.read_table(os.path.join(output, sinks.SEGMENTS_DIR)).to_pylist()
+  assert sorted(r["image_id"] for r in table_rows) == sorted(r["image_id"] for r in rows)
+
+
+def test_write_file_replaces_whole_files(tmp_path):
+  path = str(tmp_path / "m.png")
+  sinks.write_file(path, b"first")
+  sinks.write_file(path, b"second")
+  with open(path, "rb") as f:
+    assert f.read() == b"second"
+  assert os.listdir(tmp_path) == ["m.png"]

@@ -105,3 +105,21 @@ def test_pack_writes_shards_the_reader_reads(tmp_path, pet_folder):
   assert features["image/format"].bytes_list.value == [b"jpeg"]
   assert features["image/height"].int64_list.value == [40]
   assert np.array_equal(features["image/width"].int64_list.value, [48])
+
+
+def test_reads_stop_at_the_size_limit_whatever_size_a_file_is_listed_at(tmp_path):
+  import gzip
+  # Listed at a few hundred bytes, read (decompressed, as Beam reads .gz) at 300 KB.
+  (tmp_path / "bomb.jpg.gz").write_bytes(gzip.compress(JPEG + b"\0" * 300_000))
+  (tmp_path / "small.jpg.gz").write_bytes(gzip.compress(JPEG))
+  _shard(tmp_path / "s.tfrecord", [pack.make_example("big.jpg", JPEG + b"\0" * 200_000),
+                                    pack.make_example("next.jpg", JPEG)])
+  p, out = _read(str(tmp_path / "*"), max_file_bytes=100_000)
+  assert_that(out.records | beam.Map(lambda r: (r.image_id, r.data == JPEG)),
+              equal_to([("small.jpg.gz", True), ("next.jpg", True)]), label="records")
+  limit_named = ("more than 100000 bytes read", "over the 100000-byte limit")
+  assert_that(out[records.FAILURES] | beam.Map(
+      lambda f: (f.image_id, f.error_type, any(words in f.message for words in limit_named))),
+              equal_to([("bomb.jpg.gz", "FileTooLarge", True),
+                        ("s.tfrecord#0", "RecordTooLarge", True)]), label="failures")
+  p.run().wait_until_finish()

@@ -1,4 +1,5 @@
 import io
+import tracemalloc
 
 import tensorflow as tf
 
@@ -44,3 +45,27 @@ def test_truncation_inside_a_record_is_reported():
                      (len(tfrecord.encode_record(b"ok")) + 5, "inside the header")):
     out = _records(data[:cut])
     assert out[0] == b"ok" and out[1].fatal and words in out[1].reason
+
+
+def test_a_record_over_the_limit_is_skipped_unread_and_the_shard_goes_on():
+  data = b"".join(tfrecord.encode_record(p) for p in (b"small", b"L" * 5000, b"after"))
+  out = [r for _, r in tfrecord.read_records(io.BytesIO(data), max_record_bytes=100)]
+  assert out[0] == b"small" and out[2] == b"after"
+  assert out[1].error_type == "RecordTooLarge" and not out[1].fatal
+  assert "record 1 is 5000 bytes, over the 100-byte limit" in out[1].reason
+
+
+def test_a_length_claiming_more_than_the_shard_holds_costs_no_memory_for_it(tmp_path):
+  # A believable frame (its length checksum is right) claiming 1.5 GB, then the shard ends.
+  length = (1536 << 20).to_bytes(8, "little")
+  path = tmp_path / "claim.tfrecord"
+  path.write_bytes(length + tfrecord.masked_crc(length).to_bytes(4, "little") + b"only this")
+  tracemalloc.start()
+  try:
+    with open(path, "rb") as stream:  # a file's read(n) allocates n bytes before reading
+      out = [r for _, r in tfrecord.read_records(stream)]
+    peak = tracemalloc.get_traced_memory()[1]
+  finally:
+    tracemalloc.stop()
+  assert len(out) == 1 and out[0].fatal and "(9 of 1610612736 bytes)" in out[0].reason
+  assert peak < 64 << 20, f"{peak >> 20} MB"

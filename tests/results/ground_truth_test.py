@@ -15,12 +15,14 @@ from segbeam.pipeline import launcher
 from segbeam.pipeline import pack
 from segbeam.results import output as output_lib
 from segbeam.results import summary
+from tests import accounting
 
 
 def _run(argv):
   pipeline = TestPipeline()
   launcher.run(argv, test_pipeline=pipeline)
   pipeline.run().wait_until_finish()
+  accounting.assert_accounted_for(argv[argv.index("--output") + 1])
 
 
 @pytest.fixture(scope="module")

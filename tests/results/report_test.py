@@ -14,6 +14,7 @@ from segbeam.pipeline import launcher
 from segbeam.pipeline import pack
 from segbeam.results import output as output_lib
 from segbeam.results import report
+from tests import accounting
 
 
 class _Collector(html.parser.HTMLParser):
@@ -68,6 +69,7 @@ def test_report_with_ground_truth_reads_sources_back_from_shards(tiny_export, pe
   launcher.run(["--input", prefix + "-*", "--output", output, "--model", tiny_export[0]],
                test_pipeline=pipeline)
   pipeline.run().wait_until_finish()
+  accounting.assert_accounted_for(output, inputs_seen=6)
   page = report.build_report(output_lib.RunOutput(output), samples=3)
   collector = _parse(page)
   _check_self_contained(collector, expected_images=3 + 3)  # samples + worst images
@@ -88,3 +90,25 @@ def test_report_refuses_an_unfinished_run(small_run, tmp_path, capsys):
 def test_read_source_of_a_missing_record(tmp_path):
   with pytest.raises(FileNotFoundError):
     report.read_source(str(tmp_path / "none.tfrecord") + "#3")
+
+
+def test_overlay_turns_the_photo_upright_like_the_run_did():
+  import base64
+  import io
+
+  import numpy as np
+  from PIL import Image
+
+  from segbeam.results import report
+  photo = io.BytesIO()
+  Image.new("RGB", (40, 20), (250, 0, 0)).save(photo, format="PNG")  # landscape as stored
+  mask = io.BytesIO()
+  Image.fromarray(np.zeros((40, 20), np.uint8), "L").save(mask, format="PNG")  # portrait mask
+
+  def red_of(uri: str) -> float:
+    data = base64.b64decode(uri.split(",", 1)[1])
+    return float(np.asarray(Image.open(io.BytesIO(data)), np.float32)[..., 0].mean())
+
+  upright = red_of(report.overlay(photo.getvalue(), mask.getvalue(), exif_orientation=6))
+  unturned = red_of(report.overlay(photo.getvalue(), mask.getvalue()))  # sizes disagree
+  assert upright > unturned + 100  # the photo shows through only when turned to the mask

@@ -1,0 +1,89 @@
+"""Resuming: images that earlier completed runs segmented with this model are not done again.
+
+`--skip-existing OUTPUT` (repeatable) names earlier runs' output folders. The image ids in their
+segments tables whose `model_version` is this run's model's become a side input, and records
+with such an id are set aside right after reading, before validation: they are never decoded
+or inferred, and the manifest counts them as `skipped_existing`. Images that failed before are
+in the errors table, not the segments one, so they are tried again; another model version
+skips nothing.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from typing import Any, Iterator, Mapping, Sequence
+
+import apache_beam as beam
+from apache_beam.io import parquetio
+from apache_beam.io.filesystems import FileSystems
+
+from segbeam.pipeline import records
+from segbeam.pipeline import sinks
+from segbeam.pipeline import sources
+
+SKIPPED = "skipped"
+
+
+class NotACompletedRunError(Exception):
+  """The folder named by --skip-existing holds no completed run."""
+
+
+def segment_files(output: str) -> list[str]:
+  """The segments files of the completed run in `output`: the ones its manifest names, looked
+  up in `output` itself, so that a run folder that was moved or copied still works."""
+  manifest = sinks.read_manifest(output)
+  if manifest is None:
+    raise NotACompletedRunError(
+        f"--skip-existing {output}: no {sinks.MANIFEST_FILE} there, so it holds no completed "
+        "run")
+  return [FileSystems.join(output, sinks.SEGMENTS_DIR, posixpath.basename(path))
+          for path in manifest["files"][sinks.SEGMENTS_DIR]]
+
+
+def _same_model(row: Mapping[str, Any], model_version: str) -> bool:
+  return row["model_version"] == model_version
+
+
+def _id_key(row: Mapping[str, Any]) -> tuple[str, None]:
+  return row["image_id"], None
+
+
+class SkipSegmented(beam.DoFn):
+  """ImageRecord -> itself, or only its id on the SKIPPED output when `segmented` (a multimap
+  side input keyed by image id) holds it."""
+
+  def __init__(self):
+    self._skipped = beam.metrics.Metrics.counter(sources.METRICS_NAMESPACE, "skipped_existing")
+
+  def process(self, record: records.ImageRecord, segmented) -> Iterator:
+    for _ in segmented[record.image_id]:  # a lazy iterable on the Fn API runners
+      self._skipped.inc()
+      yield beam.pvalue.TaggedOutput(SKIPPED, record.image_id)
+      return
+    yield record
+
+
+class SkipExisting(beam.PTransform):
+  """ImageRecords -> (records to segment, ids of records skipped), tagged 'records' and
+  SKIPPED.
+
+  The ids already segmented are a multimap side input, looked up id by id: a worker fetches
+  and caches the keys it asks for instead of holding every earlier run's ids in memory.
+  """
+
+  def __init__(self, previous_outputs: Sequence[str], model_version: str):
+    super().__init__()
+    self._previous_outputs = list(previous_outputs)
+    self._model_version = model_version
+
+  def expand(self, image_records):
+    segmented = (image_records.pipeline
+                 | "PreviousOutputs" >> beam.Create(self._previous_outputs)
+                 | "SegmentsFiles" >> beam.FlatMap(segment_files)
+                 | "ReadIds" >> parquetio.ReadAllFromParquet(
+                     columns=["image_id", "model_version"])
+                 | "SameModel" >> beam.Filter(_same_model, self._model_version)
+                 | "ById" >> beam.Map(_id_key))
+    return image_records | "Skip" >> beam.ParDo(
+        SkipSegmented(), beam.pvalue.AsMultiMap(segmented)).with_outputs(SKIPPED,
+                                                                         main="records")
