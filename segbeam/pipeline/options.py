@@ -28,7 +28,7 @@ class RunOptions:
     overwrite: replace a previous run's output in the folder instead of refusing.
     input_format: 'auto' (TFRecord by file name, images otherwise), 'images' or 'tfrecord'.
     example_keys: tf.Example feature keys.
-    handler: 'tfx-bsl' or 'saved-model' (see `inference`).
+    handler: 'saved-model' or 'tfx-bsl' (see `inference`).
     postprocess_threads: background threads per worker thread that turn inferences into rows
       while the next batch is inferred; more pay off where inference is fast (a GPU).
     labels: glob of ground-truth label images, matched to inputs by image id without extension;
@@ -51,7 +51,7 @@ class RunOptions:
   overwrite: bool = False
   input_format: str = sources.FORMAT_AUTO
   example_keys: sources.ExampleKeys = sources.ExampleKeys()
-  handler: str = inference.HANDLER_TFX_BSL
+  handler: str = inference.HANDLER_SAVED_MODEL
   postprocess_threads: int = 1
   labels: Optional[str] = None
   label_map: Optional[str] = None
@@ -94,7 +94,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--filename-key", default=defaults.filename)
   parser.add_argument("--label-key", default=defaults.label)
   parser.add_argument("--inference-handler", dest="handler", choices=inference.HANDLERS,
-                      default=inference.HANDLER_TFX_BSL)
+                      default=inference.HANDLER_SAVED_MODEL,
+                      help="saved-model (default: the signature called directly, measured "
+                      "faster in BENCHMARKS.md) or tfx-bsl (tfx-bsl's CreateModelHandler)")
   parser.add_argument("--postprocess-threads", type=int, default=1,
                       help="threads that postprocess one batch while the next is inferred "
                       "(default: %(default)s; raise it on GPU workers)")
