@@ -189,11 +189,16 @@ def iter_shard(readable: fileio.ReadableFile, shard_id: str, filename_key: str,
       yield index, filename, example
 
 
+# Stands for "the whole file" where ShardFilenames lists an image file beside shard records.
+IMAGE_FILE_INDEX = -1
+
+
 class ShardFilenames(beam.DoFn):
   """ReadableFile -> (id, (shard path, record index)) for each record of a shard, the id being
-  its filename or, without one, its fallback id, so that ids repeated anywhere in the input
-  (a filename twice, or a filename equal to another record's fallback id) can be told apart
-  before the real read."""
+  its filename or, without one, its fallback id, and (path, (path, IMAGE_FILE_INDEX)) for an
+  image file, so that ids repeated anywhere in the input (a filename twice, a filename equal to
+  another record's fallback id or to an image file's path) can be told apart before the real
+  read."""
 
   def __init__(self, *, root: str, input_format: str, filename_key: str,
                max_record_bytes: int = tfrecord.MAX_RECORD_BYTES):
@@ -204,7 +209,12 @@ class ShardFilenames(beam.DoFn):
 
   def process(self, readable: fileio.ReadableFile):
     path = readable.metadata.path
-    if not is_tfrecord(path, self._input_format) or not_a_regular_file(path) is not None:
+    if not_a_regular_file(path) is not None:
+      return
+    if not is_tfrecord(path, self._input_format):
+      # An image file's id is its path, known without reading it; listed so that a record
+      # claiming the same filename is told apart from it.
+      yield relative_id(path, self._root), (path, IMAGE_FILE_INDEX)
       return
     shard_id = relative_id(path, self._root)
     try:
@@ -216,21 +226,24 @@ class ShardFilenames(beam.DoFn):
 
 
 def renames_for_repeats(element, root: str):
-  """(id, [(shard path, index), ...]) -> ((shard path, index), unique id) for every occurrence
-  of an id seen more than once: all of them, so no id depends on read order."""
+  """(id, [(shard path, index), ...]) -> ((shard path, index), unique id) for every record
+  whose id is seen more than once: all of them, so no id depends on read order. An image file
+  keeps its id (its path, unique among files) and the records claiming it are renamed."""
   filename, places = element
   places = list(places)
   if len(places) < 2:
     return
   for path, index in places:
-    yield (path, index), f"{filename}#{relative_id(path, root)}#{index}"
+    if index != IMAGE_FILE_INDEX:
+      yield (path, index), f"{filename}#{relative_id(path, root)}#{index}"
 
 
 class ReadImageShards(beam.PTransform):
   """Pattern -> (records, failures). Matches the files itself.
 
   TFRecord shards are read twice: a first pass collects only filenames, to find the ones that
-  repeat across shards (an id must be unique in the run); image files need no such pass.
+  repeat across shards or equal an image file's path (an id must be unique in the run); image
+  files are only listed in that pass, not read.
   """
 
   def __init__(self, pattern: str, *, input_format: str = FORMAT_AUTO,

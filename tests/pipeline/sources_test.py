@@ -88,6 +88,20 @@ def test_tfrecord_ids_labels_and_bad_records(tmp_path):
   p.run().wait_until_finish()
 
 
+def test_a_record_claiming_an_image_files_id_is_renamed_and_the_file_keeps_it(tmp_path):
+  (tmp_path / "pet.jpg").write_bytes(JPEG)
+  (tmp_path / "cats").mkdir()
+  (tmp_path / "cats" / "felix.jpg").write_bytes(JPEG)
+  _shard(tmp_path / "mixed.tfrecord", [pack.make_example("pet.jpg", JPEG),
+                                       pack.make_example("cats/felix.jpg", JPEG),
+                                       pack.make_example("own.jpg", JPEG)])
+  p, out = _read(str(tmp_path) + "/**")
+  assert_that(out.records | beam.Map(lambda r: r.image_id),
+              equal_to(["pet.jpg", "cats/felix.jpg", "pet.jpg#mixed.tfrecord#0",
+                        "cats/felix.jpg#mixed.tfrecord#1", "own.jpg"]), label="unique ids")
+  p.run().wait_until_finish()
+
+
 def test_pack_writes_shards_the_reader_reads(tmp_path, pet_folder):
   images, masks, names = pet_folder
   prefix = str(tmp_path / "shards" / "pets")
