@@ -126,6 +126,15 @@ def reference_pattern(model_dir: str, input_dir: str, output: str, batching: str
                            batching, "--batch-size", str(batch_size)], log)
 
 
+def _record(results: dict, key: str, label: str, images: int, seconds: float,
+            rss: float) -> float:
+  """Stores and prints one timed subprocess; returns its images per second."""
+  rate = images / seconds
+  results[key] = {"img_s": rate, "seconds": seconds, "peak_rss_mb": rss}
+  print(f"{label} {rate:8.1f} img/s  ({seconds:.0f} s, peak RSS {rss:.0f} MB)", flush=True)
+  return rate
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--images", type=int, default=4500)
@@ -165,24 +174,20 @@ def main(argv=None) -> int:
           counts = json.load(f)["counts"]
         assert counts["segmented"] == len(paths), counts
         shutil.rmtree(output, ignore_errors=True)
-        results[f"c_{handler}"] = {"img_s": len(paths) / seconds, "seconds": seconds,
-                                   "peak_rss_mb": rss}
+        rate = _record(results, f"c_{handler}", f"(c) segbeam run [{handler}]", len(paths),
+                       seconds, rss)
         if number == 0:
-          results.update(c_segbeam_img_s=len(paths) / seconds, c_handler=handler)
-        print(f"(c) segbeam run [{handler}] {len(paths) / seconds:8.1f} img/s  "
-              f"({seconds:.0f} s, peak RSS {rss:.0f} MB)", flush=True)
+          results.update(c_segbeam_img_s=rate, c_handler=handler)
     if "d" not in args.skip:
       for number, batching in enumerate(args.reference_batching.split(",")):
         seconds, rss = reference_pattern(model_dir, os.path.join(work, "images"),
                                          os.path.join(work, f"out_d_{batching}"), batching,
                                          args.batch_size,
                                          os.path.join(args.logs, f"d_{batching}.log"))
-        results[f"d_{batching}"] = {"img_s": len(paths) / seconds, "seconds": seconds,
-                                    "peak_rss_mb": rss}
+        rate = _record(results, f"d_{batching}", f"(d) reference pattern [{batching}]",
+                       len(paths), seconds, rss)
         if number == 0:
-          results.update(d_reference_img_s=len(paths) / seconds, d_batching=batching)
-        print(f"(d) reference pattern [{batching}] {len(paths) / seconds:8.1f} img/s  "
-              f"({seconds:.0f} s, peak RSS {rss:.0f} MB)", flush=True)
+          results.update(d_reference_img_s=rate, d_batching=batching)
     for other, key in (("a", "a_forward_img_s"), ("b", "b_plain_loop_img_s"),
                        ("d", "d_reference_img_s")):
       if "c_segbeam_img_s" in results and key in results:
