@@ -78,15 +78,29 @@ def _batch_kwargs(min_batch_size: Optional[int], max_batch_size: int) -> dict[st
   return {"min_batch_size": min_batch_size or max_batch_size, "max_batch_size": max_batch_size}
 
 
-class SavedModelHandler(base.ModelHandler[bytes, Mapping[str, np.ndarray],
-                                          export_lib.LoadedExport]):
-  """Runs the export's serving signature on a batch of encoded images."""
+class _ExportHandler(base.ModelHandler):
+  """What both handlers share: the export's directory, fixed batches of encoded images, and
+  segbeam's metrics namespace."""
 
   def __init__(self, model_dir: str, *, min_batch_size: Optional[int] = None,
                max_batch_size: int = 32):
     super().__init__()
     self._model_dir = model_dir
     self._batch = _batch_kwargs(min_batch_size, max_batch_size)
+
+  def get_num_bytes(self, batch: Sequence[bytes]) -> int:
+    return sum(len(data) for data in batch)
+
+  def batch_elements_kwargs(self) -> Mapping[str, Any]:
+    return self._batch
+
+  def get_metrics_namespace(self) -> str:
+    return METRICS_NAMESPACE
+
+
+class SavedModelHandler(_ExportHandler, base.ModelHandler[bytes, Mapping[str, np.ndarray],
+                                                          export_lib.LoadedExport]):
+  """Runs the export's serving signature on a batch of encoded images."""
 
   def load_model(self) -> export_lib.LoadedExport:
     local_dir = _prepare_load(self._model_dir)
@@ -99,15 +113,6 @@ class SavedModelHandler(base.ModelHandler[bytes, Mapping[str, np.ndarray],
     outputs = model.predict(batch)
     return [{name: value[i] for name, value in outputs.items()} for i in range(len(batch))]
 
-  def get_num_bytes(self, batch: Sequence[bytes]) -> int:
-    return sum(len(data) for data in batch)
-
-  def batch_elements_kwargs(self) -> Mapping[str, Any]:
-    return self._batch
-
-  def get_metrics_namespace(self) -> str:
-    return METRICS_NAMESPACE
-
 
 @dataclasses.dataclass(frozen=True)
 class TfxBslModel:
@@ -117,19 +122,13 @@ class TfxBslModel:
   session: Any
 
 
-class TfxBslHandler(base.ModelHandler[bytes, Any, TfxBslModel]):
+class TfxBslHandler(_ExportHandler, base.ModelHandler[bytes, Any, TfxBslModel]):
   """tfx-bsl's handler for the export's serving_default signature, fed the raw bytes.
 
   tfx-bsl reads the SavedModel as soon as its handler is created, so it is created in
   `load_model`, on the worker, over the local copy, and Beam shares it between a worker's
   threads with the session it loaded.
   """
-
-  def __init__(self, model_dir: str, *, min_batch_size: Optional[int] = None,
-               max_batch_size: int = 32):
-    super().__init__()
-    self._model_dir = model_dir
-    self._batch = _batch_kwargs(min_batch_size, max_batch_size)
 
   def load_model(self) -> TfxBslModel:
     from tfx_bsl.public.beam import run_inference
@@ -145,15 +144,6 @@ class TfxBslHandler(base.ModelHandler[bytes, Any, TfxBslModel]):
   def run_inference(self, batch: Sequence[bytes], model: TfxBslModel,
                     inference_args: Optional[dict[str, Any]] = None):
     return model.handler.run_inference(batch, model.session, inference_args)
-
-  def get_num_bytes(self, batch: Sequence[bytes]) -> int:
-    return sum(len(data) for data in batch)
-
-  def batch_elements_kwargs(self) -> Mapping[str, Any]:
-    return self._batch
-
-  def get_metrics_namespace(self) -> str:
-    return METRICS_NAMESPACE
 
 
 def create_handler(name: str, model_dir: str, *, max_batch_size: int) -> base.ModelHandler:
@@ -180,7 +170,7 @@ _DECODE_WORDS = ("Decode", "decode", "Jpeg", "JPEG", "image file format")
 
 
 def _failure_for(error: BaseException) -> InferenceFailure:
-  message = " ".join(str(error).split())[:1000]
+  message = records.one_line(error)
   # The serving graph decodes before it infers: on an image that passed validation, an invalid
   # argument can only come from its decode ops (which also name themselves in the message); the
   # forward pass on a decoded, resized tensor fails only for resources (memory) or bugs.

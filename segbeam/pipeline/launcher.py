@@ -16,6 +16,7 @@ from segbeam.model import defaults
 from segbeam.model import export as export_lib
 from segbeam.pipeline import model_files
 from segbeam.pipeline import options as options_lib
+from segbeam.pipeline import records
 from segbeam.pipeline import resume
 from segbeam.pipeline import segment_pipeline
 from segbeam.pipeline import sinks
@@ -145,14 +146,11 @@ def run(argv: Optional[Sequence[str]] = None,
   return manifest
 
 
-read_manifest = sinks.read_manifest
-
-
 def print_report(output: str, examples: int = 5) -> None:
   """Where the output is, the counts, and the coverage figures of the images where the model's
   first class (the pet, for the default model) covers most."""
   import pyarrow.parquet as pq
-  manifest = read_manifest(output)
+  manifest = sinks.read_manifest(output)
   if manifest is None:
     print(f"no manifest in {output}: the run did not complete", file=sys.stderr)
     return
@@ -236,7 +234,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 2
   except Exception as error:  # pylint: disable=broad-except  # the job failed: say so, exit 1
     logging.getLogger(__name__).exception("the run failed")
-    reason = " ".join(str(error).split())[:500]
+    reason = records.one_line(error, limit=500)
     print(f"segbeam run: the run failed, no manifest was written in {options.output}: "
           f"{type(error).__name__}: {reason}", file=sys.stderr)
     return 1

@@ -60,6 +60,11 @@ class ImageInfo:
   exif_orientation: int = 1
 
 
+def one_line(error: BaseException, limit: Optional[int] = 1000) -> str:
+  """An exception's message on one line, whatever it printed, at most `limit` characters."""
+  return " ".join(str(error).split())[:limit]
+
+
 @dataclasses.dataclass(frozen=True)
 class Failure:
   """An input that produced no mask, and why."""
@@ -73,5 +78,4 @@ class Failure:
   @classmethod
   def from_exception(cls, image_id: str, source: str, stage: str,
                      error: BaseException) -> "Failure":
-    message = " ".join(str(error).split())  # One line, whatever the exception printed.
-    return cls(image_id, source, stage, type(error).__name__, message[:1000])
+    return cls(image_id, source, stage, type(error).__name__, one_line(error))

@@ -66,7 +66,7 @@ def ground_truth_columns(mask: np.ndarray, label: Optional[bytes], context: RunC
   try:
     truth = data_lib.read_mask(label, context.label_map)
   except Exception as error:  # pylint: disable=broad-except  # an unusable label, not image
-    columns["gt_error"] = f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
+    columns["gt_error"] = f"{type(error).__name__}: {records.one_line(error, limit=300)}"
     return columns
   if truth.shape != mask.shape:
     columns["gt_error"] = (f"label is {truth.shape[1]}x{truth.shape[0]}, image "

@@ -209,12 +209,12 @@ class ShardFilenames(beam.DoFn):
 
   def process(self, readable: fileio.ReadableFile):
     path = readable.metadata.path
-    if not_a_regular_file(path) is not None:
-      return
     if not is_tfrecord(path, self._input_format):
-      # An image file's id is its path, known without reading it; listed so that a record
-      # claiming the same filename is told apart from it.
+      # An image file's id is its path, known without reading or even stat-ing it (a file
+      # refused later still takes its id); listed so that a record claiming it is renamed.
       yield relative_id(path, self._root), (path, IMAGE_FILE_INDEX)
+      return
+    if not_a_regular_file(path) is not None:
       return
     shard_id = relative_id(path, self._root)
     try:

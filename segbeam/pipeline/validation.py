@@ -130,7 +130,7 @@ def decode_upright_png(data: bytes, image_format: str, orientation: int) -> tupl
 
 def _explain(what: str, error: BaseException) -> str:
   """'<what>: <exception type>: <its message on one line>', at most 1,000 characters."""
-  reason = " ".join(str(error).split()) or "no message"
+  reason = records.one_line(error, limit=None) or "no message"
   return f"{what}: {type(error).__name__}: {reason}"[:1000]
 
 

@@ -23,6 +23,7 @@ from apache_beam.metrics.metric import MetricsFilter
 
 from segbeam.pipeline import inference
 from segbeam.pipeline import launcher
+from segbeam.pipeline import sinks
 from tests import accounting
 from tests import synthetic
 
@@ -127,7 +128,7 @@ def test_run_on_portable_runner_with_external_workers(portable_services, tiny_ex
   assert result.wait_until_finish() == beam.runners.runner.PipelineState.DONE
 
   accounting.assert_accounted_for(output, inputs_seen=6)
-  manifest = launcher.read_manifest(output)
+  manifest = sinks.read_manifest(output)
   counts = manifest["counts"]
   assert (counts["inputs_seen"], counts["segmented"], counts["failed"]) == (6, 5, 1)
   assert counts["failed_by_stage"] == {"validate": 1}
