@@ -3,7 +3,8 @@
 On the same images (the 450 photos of ../shared/data/oxford-pets-sample, repeated to --images
 files by symbolic links), measures:
   (a) the model's forward pass alone: the export's `predict_pixels` signature on pre-decoded
-      128x128 batches;
+      128x128 batches, one call per batch; and (a') the same with each batch cut into --slices
+      slices run at the same time, as (c) runs it (`segbeam run --inference-slices`);
   (b) a plain Python loop over the export's `serving_default` on the encoded files;
   (c) `segbeam run` end to end with Parquet output (a subprocess, start-up included), once per
       inference handler (--handlers; the first is the one the ratios use);
@@ -11,7 +12,8 @@ files by symbolic links), measures:
       .keras file, numpy argmax and PNG per element, WriteToParquet (a subprocess too), once
       per --reference-batching: 'beam-default' as Beam's examples write it (RunInference's
       adaptive batching; the ratios use it), 'fixed' with every batch at --batch-size;
-and prints images/s, peak RSS of (c) and (d), and the ratios (c)/(a), (c)/(b), (c)/(d).
+and prints images/s, peak RSS of (c) and (d), and the ratios (c)/(a), (c)/(a'), (c)/(b),
+(c)/(d).
 
   python bench/throughput.py [--images 4500] [--batch-size 32] [--skip d]
 
@@ -45,10 +47,14 @@ def make_inputs(source_dir: str, count: int, target: str) -> list[str]:
   return paths
 
 
-def forward_alone(model_dir: str, paths: list[str], batch_size: int) -> float:
+def forward_alone(model_dir: str, paths: list[str], batch_size: int, slices: int = 1) -> float:
+  """img/s of the export's forward pass on pre-decoded batches; with `slices` > 1 each batch is
+  cut into that many slices run at the same time, as `segbeam run --inference-slices` does."""
+  import concurrent.futures
   import numpy as np
   import tensorflow as tf
   from segbeam.model import export, preprocessing
+  from segbeam.pipeline import inference
   metadata = export.read_metadata(model_dir)
   forward = tf.saved_model.load(model_dir).signatures[export.PIXELS_SIGNATURE_NAME]
   distinct = paths[:450]
@@ -57,14 +63,21 @@ def forward_alone(model_dir: str, paths: list[str], batch_size: int) -> float:
       metadata.input_size).numpy() for p in distinct])
   batches = [tf.constant(pixels[np.arange(i, i + batch_size) % len(pixels)])
              for i in range(0, len(paths), batch_size)]
-  forward(pixels=batches[0])  # warm-up: graph tracing and thread pools
+
+  def infer(batch) -> None:
+    forward(pixels=batch)["probabilities"].numpy()
+
+  pool = concurrent.futures.ThreadPoolExecutor(slices)
+  infer(batches[0])  # warm-up: graph tracing and thread pools
   start = time.perf_counter()
   done = 0
   for i, batch in enumerate(batches):
     n = min(batch_size, len(paths) - i * batch_size)
-    forward(pixels=batch[:n])["probabilities"].numpy()
+    list(pool.map(infer, [batch[a:b] for a, b in inference.slice_bounds(n, slices)]))
     done += n
-  return done / (time.perf_counter() - start)
+  seconds = time.perf_counter() - start
+  pool.shutdown()
+  return done / seconds
 
 
 def plain_loop(model_dir: str, paths: list[str], batch_size: int) -> float:
@@ -143,7 +156,9 @@ def main(argv=None) -> int:
   parser.add_argument("--photos", default=SHARED)
   parser.add_argument("--skip", default="", help="letters of variants to skip, e.g. 'd'")
   parser.add_argument("--run-args", default="", help="extra arguments for segbeam run")
-  parser.add_argument("--handlers", default="saved-model,tfx-bsl",
+  parser.add_argument("--slices", type=int, default=2,
+                      help="--inference-slices of (c), and of (a') beside (a)")
+  parser.add_argument("--handlers", default="tfx-bsl,saved-model",
                       help="inference handlers to time in (c), comma-separated")
   parser.add_argument("--reference-batching", default="beam-default,fixed",
                       help="batchings of (d), comma-separated; the first is the one the ratios "
@@ -151,16 +166,24 @@ def main(argv=None) -> int:
   parser.add_argument("--logs", default=os.path.join(tempfile.gettempdir(), "segbeam-bench-logs"),
                       help="where the subprocesses' logs are kept")
   args = parser.parse_args(argv)
+  # Every variant, (d) included, under the TensorFlow settings segbeam runs with (oneDNN on,
+  # see segbeam/__init__.py): the subprocesses inherit this environment.
+  os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
   from segbeam.model import defaults
   model_dir = args.model or defaults.default_model_dir()
   work = tempfile.mkdtemp(prefix="segbeam-bench-")
   os.makedirs(args.logs, exist_ok=True)
   try:
     paths = make_inputs(args.photos, args.images, os.path.join(work, "images"))
-    results = {"images": len(paths), "batch_size": args.batch_size, "cpus": os.cpu_count()}
+    results = {"images": len(paths), "batch_size": args.batch_size, "cpus": os.cpu_count(),
+               "tf_enable_onednn_opts": os.environ["TF_ENABLE_ONEDNN_OPTS"]}
     if "a" not in args.skip:
       results["a_forward_img_s"] = forward_alone(model_dir, paths, args.batch_size)
       print(f"(a) forward alone     {results['a_forward_img_s']:8.1f} img/s", flush=True)
+      if args.slices > 1:
+        results["a_sliced_img_s"] = forward_alone(model_dir, paths, args.batch_size, args.slices)
+        print(f"(a') forward alone, batches cut in {args.slices} concurrent slices "
+              f"{results['a_sliced_img_s']:8.1f} img/s", flush=True)
     if "b" not in args.skip:
       results["b_plain_loop_img_s"] = plain_loop(model_dir, paths, args.batch_size)
       print(f"(b) plain loop        {results['b_plain_loop_img_s']:8.1f} img/s", flush=True)
@@ -169,7 +192,8 @@ def main(argv=None) -> int:
         output = os.path.join(work, f"out_c_{handler}")
         seconds, rss = segbeam_run(model_dir, os.path.join(work, "images"), output,
                                    args.batch_size, os.path.join(args.logs, f"c_{handler}.log"),
-                                   ["--inference-handler", handler, *args.run_args.split()])
+                                   ["--inference-handler", handler, "--inference-slices",
+                                    str(args.slices), *args.run_args.split()])
         with open(os.path.join(output, "manifest.json")) as f:
           counts = json.load(f)["counts"]
         assert counts["segmented"] == len(paths), counts
@@ -188,11 +212,13 @@ def main(argv=None) -> int:
                        len(paths), seconds, rss)
         if number == 0:
           results.update(d_reference_img_s=rate, d_batching=batching)
-    for other, key in (("a", "a_forward_img_s"), ("b", "b_plain_loop_img_s"),
-                       ("d", "d_reference_img_s")):
+    for label, key, ratio_key in (("a", "a_forward_img_s", "c_over_a"),
+                                  ("a'", "a_sliced_img_s", "c_over_a_sliced"),
+                                  ("b", "b_plain_loop_img_s", "c_over_b"),
+                                  ("d", "d_reference_img_s", "c_over_d")):
       if "c_segbeam_img_s" in results and key in results:
-        results[f"c_over_{other}"] = results["c_segbeam_img_s"] / results[key]
-        print(f"(c)/({other}) = {results[f'c_over_{other}']:.2f}")
+        results[ratio_key] = results["c_segbeam_img_s"] / results[key]
+        print(f"(c)/({label}) = {results[ratio_key]:.2f}")
     print(json.dumps(results))
   finally:
     shutil.rmtree(work, ignore_errors=True)

@@ -2,26 +2,31 @@
 
 Both handlers take encoded image bytes; `create_handler` keys them (Beam's KeyedModelHandler,
 so elements are (key, bytes) -> (key, inference)):
-- `SavedModelHandler` (the default): Beam's base.ModelHandler calling the signature directly;
-  inference is a dict of numpy arrays, with no proto round trip. Measured 5-14% faster end to
-  end than tfx-bsl's in three benchmark runs (BENCHMARKS.md).
-- `TfxBslHandler`: tfx-bsl's CreateModelHandler on the SavedModel; inference is a
-  PredictionLog proto.
+- `TfxBslHandler` (the default): tfx-bsl's CreateModelHandler on the SavedModel; inference is
+  a PredictionLog proto.
+- `SavedModelHandler`: Beam's base.ModelHandler calling the signature directly; inference is a
+  dict of numpy arrays, with no proto round trip. It was 5-14% faster end to end than tfx-bsl's
+  while batches ran as one call; with concurrent slices the two measure within 3% of each other,
+  tfx-bsl's ahead (BENCHMARKS.md), so tfx-bsl's is the default and this one is selectable.
 Both load the model when Beam asks, on the worker, and read an export on a remote file system
 (gs://) from a local copy made through Beam's FileSystems (`model_files`): TensorFlow's own
 file systems know neither Beam's settings nor a storage emulator.
 `IsolatingModelHandler` wraps the keyed handler so a batch that fails is retried one element at
-a time: a bad image fails alone, with its error, and never takes its batch down.
+a time: a bad image fails alone, with its error, and never takes its batch down. It can also cut
+each batch into slices inferred at the same time: one TensorFlow call leaves cores idle between
+and inside its ops, and concurrent calls fill them (measured in BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import dataclasses
 import logging
 import os
 import re
 import threading
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 from apache_beam.ml.inference import base
@@ -33,7 +38,7 @@ from segbeam.pipeline import records
 
 HANDLER_TFX_BSL = "tfx-bsl"
 HANDLER_SAVED_MODEL = "saved-model"
-HANDLERS = (HANDLER_SAVED_MODEL, HANDLER_TFX_BSL)  # the default first
+HANDLERS = (HANDLER_TFX_BSL, HANDLER_SAVED_MODEL)  # the default first
 METRICS_NAMESPACE = "segbeam"
 _LOG = logging.getLogger(__name__)
 
@@ -88,6 +93,24 @@ class _ExportHandler(base.ModelHandler):
     self._model_dir = model_dir
     self._batch = _batch_kwargs(min_batch_size, max_batch_size)
 
+  def load_model(self):
+    """The model preloaded in this process for this handler, if any (see `preloaded`), or a
+    fresh load."""
+    with _preloads_lock:
+      preload = _preloads.pop(self.preload_key(), None)
+    if preload is not None:
+      try:
+        return preload.result()
+      except Exception:  # pylint: disable=broad-except  # load again: Beam reports the error
+        _LOG.warning("preloading the model failed; loading it again", exc_info=True)
+    return self._load()
+
+  def _load(self):
+    raise NotImplementedError
+
+  def preload_key(self) -> tuple[str, str]:
+    return type(self).__name__, self._model_dir
+
   def get_num_bytes(self, batch: Sequence[bytes]) -> int:
     return sum(len(data) for data in batch)
 
@@ -102,7 +125,7 @@ class SavedModelHandler(_ExportHandler, base.ModelHandler[bytes, Mapping[str, np
                                                           export_lib.LoadedExport]):
   """Runs the export's serving signature on a batch of encoded images."""
 
-  def load_model(self) -> export_lib.LoadedExport:
+  def _load(self) -> export_lib.LoadedExport:
     local_dir = _prepare_load(self._model_dir)
     model = export_lib.LoadedExport(local_dir)
     _log_load(self._model_dir, local_dir)
@@ -130,7 +153,7 @@ class TfxBslHandler(_ExportHandler, base.ModelHandler[bytes, Any, TfxBslModel]):
   threads with the session it loaded.
   """
 
-  def load_model(self) -> TfxBslModel:
+  def _load(self) -> TfxBslModel:
     from tfx_bsl.public.beam import run_inference
     from tfx_bsl.public.proto import model_spec_pb2
     local_dir = _prepare_load(self._model_dir)
@@ -146,14 +169,66 @@ class TfxBslHandler(_ExportHandler, base.ModelHandler[bytes, Any, TfxBslModel]):
     return model.handler.run_inference(batch, model.session, inference_args)
 
 
-def create_handler(name: str, model_dir: str, *, max_batch_size: int) -> base.ModelHandler:
+def _export_handler(name: str, model_dir: str, *, max_batch_size: int = 32) -> _ExportHandler:
   if name == HANDLER_TFX_BSL:
-    handler = TfxBslHandler(model_dir, max_batch_size=max_batch_size)
-  elif name == HANDLER_SAVED_MODEL:
-    handler = SavedModelHandler(model_dir, max_batch_size=max_batch_size)
-  else:
-    raise ValueError(f"unknown inference handler {name!r}; known: {', '.join(HANDLERS)}")
-  return IsolatingModelHandler(base.KeyedModelHandler(handler))
+    return TfxBslHandler(model_dir, max_batch_size=max_batch_size)
+  if name == HANDLER_SAVED_MODEL:
+    return SavedModelHandler(model_dir, max_batch_size=max_batch_size)
+  raise ValueError(f"unknown inference handler {name!r}; known: {', '.join(HANDLERS)}")
+
+
+def create_handler(name: str, model_dir: str, *, max_batch_size: int,
+                   slices: int = 1) -> base.ModelHandler:
+  handler = _export_handler(name, model_dir, max_batch_size=max_batch_size)
+  return IsolatingModelHandler(base.KeyedModelHandler(handler), slices=slices)
+
+
+_preloads: dict[tuple[str, str], concurrent.futures.Future] = {}
+_preloads_lock = threading.Lock()
+
+
+def _warm_up_image(size: int) -> bytes:
+  """A small JPEG: the first call of a signature prepares its graph (a fraction of a second)."""
+  import io
+  from PIL import Image
+  buffer = io.BytesIO()
+  Image.new("RGB", (size, size), (128, 128, 128)).save(buffer, format="JPEG")
+  return buffer.getvalue()
+
+
+def _load_and_warm_up(handler: _ExportHandler, warm_up_size: int):
+  model = handler._load()  # pylint: disable=protected-access  # the preload is the load
+  handler.run_inference([_warm_up_image(warm_up_size)], model)
+  return model
+
+
+@contextlib.contextmanager
+def preloaded(name: str, model_dir: str, *, warm_up_size: int) -> Iterator[None]:
+  """Loads and warms up the model on a background thread while the body builds and runs a
+  pipeline in this same process (the local runners), whose handler then takes that model
+  instead of loading its own: start-up work overlapped with Beam's. A model no handler took is
+  dropped on exit, which waits for the load to end."""
+  handler = _export_handler(name, model_dir)
+  key = handler.preload_key()
+  future: concurrent.futures.Future = concurrent.futures.Future()
+  with _preloads_lock:
+    _preloads[key] = future
+
+  def load() -> None:
+    try:
+      future.set_result(_load_and_warm_up(handler, warm_up_size))
+    except BaseException as error:  # pylint: disable=broad-except  # the handler loads again
+      future.set_exception(error)
+
+  loader = threading.Thread(target=load, name="segbeam-preload", daemon=True)
+  loader.start()
+  try:
+    yield
+  finally:
+    with _preloads_lock:
+      if _preloads.get(key) is future:
+        del _preloads[key]
+    loader.join()  # long done after a run; no load outlives the block
 
 
 def outputs_as_arrays(inference: Any) -> dict[str, np.ndarray]:
@@ -183,19 +258,62 @@ def _failure_for(error: BaseException) -> InferenceFailure:
                           shown)
 
 
+_slice_pools = threading.local()
+
+
+def _slice_pool(slices: int) -> concurrent.futures.ThreadPoolExecutor:
+  """The calling thread's own pool for its other `slices - 1` slices: a worker runs several
+  harness threads (12 on Dataflow), and a pool shared by all of them would queue their slices
+  behind each other."""
+  if not hasattr(_slice_pools, "by_count"):
+    _slice_pools.by_count = {}
+  if slices not in _slice_pools.by_count:
+    _slice_pools.by_count[slices] = concurrent.futures.ThreadPoolExecutor(
+        slices - 1, thread_name_prefix="segbeam-slice")
+  return _slice_pools.by_count[slices]
+
+
+def slice_bounds(size: int, slices: int) -> list[tuple[int, int]]:
+  """[start, end) of at most `slices` contiguous, non-empty slices of a batch, as even as can be."""
+  slices = max(1, min(slices, size))
+  edges = [size * i // slices for i in range(slices + 1)]
+  return list(zip(edges[:-1], edges[1:]))
+
+
 class IsolatingModelHandler(base.ModelHandler):
   """Delegates to `handler`; when a batch raises, runs its elements one by one and returns an
-  `InferenceFailure` as the inference of each element that still fails."""
+  `InferenceFailure` as the inference of each element that still fails.
 
-  def __init__(self, handler: base.ModelHandler):
+  With `slices` > 1 a batch is cut into that many slices that are inferred at the same time
+  (the calling thread runs the first), each isolated on its own; results keep the batch's order.
+  """
+
+  def __init__(self, handler: base.ModelHandler, *, slices: int = 1):
     super().__init__()
+    if slices < 1:
+      raise ValueError(f"slices must be at least 1, got {slices}")
     self._handler = handler
+    self._slices = slices
 
   def load_model(self):
     return self._handler.load_model()
 
   def run_inference(self, batch: Sequence[tuple[Any, bytes]], model: Any,
                     inference_args: Optional[dict[str, Any]] = None) -> Iterable:
+    bounds = slice_bounds(len(batch), self._slices)
+    if len(bounds) == 1:
+      return self._run_isolated(batch, model, inference_args)
+    pool = _slice_pool(self._slices)
+    others = [pool.submit(self._run_isolated, batch[start:end], model, inference_args)
+              for start, end in bounds[1:]]
+    start, end = bounds[0]
+    results = self._run_isolated(batch[start:end], model, inference_args)
+    for future in others:
+      results.extend(future.result())
+    return results
+
+  def _run_isolated(self, batch: Sequence[tuple[Any, bytes]], model: Any,
+                    inference_args: Optional[dict[str, Any]]) -> list:
     try:
       return list(self._handler.run_inference(batch, model, inference_args))
     except Exception as batch_error:  # pylint: disable=broad-except  # isolate, then report

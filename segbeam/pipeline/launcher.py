@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -14,6 +15,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from segbeam.model import defaults
 from segbeam.model import export as export_lib
+from segbeam.pipeline import inference
 from segbeam.pipeline import model_files
 from segbeam.pipeline import options as options_lib
 from segbeam.pipeline import records
@@ -33,6 +35,20 @@ def beam_pipeline_options(beam_args: Sequence[str]) -> PipelineOptions:
   if options.get_all_options()["runner"] is None:
     options = PipelineOptions([*beam_args, f"--runner={DEFAULT_LOCAL_RUNNER}"])
   return options
+
+
+_IN_PROCESS_RUNNERS = ("directrunner", "direct", "fnapirunner", "switchingdirectrunner",
+                       "bundlebaseddirectrunner")
+
+
+def runs_in_this_process(options: PipelineOptions) -> bool:
+  """Whether the runner executes the pipeline's DoFns in this process (Beam's local runners,
+  unless told to start worker processes), so a model loaded here is the one they use."""
+  runner = options.get_all_options()["runner"]
+  name = runner if isinstance(runner, str) else type(runner).__name__
+  mode = options.get_all_options().get("direct_running_mode") or "in_memory"
+  return (name.rsplit(".", 1)[-1].lower() in _IN_PROCESS_RUNNERS
+          and mode != "multi_processing")
 
 
 class InvocationError(Exception):
@@ -140,9 +156,15 @@ def run(argv: Optional[Sequence[str]] = None,
   model_dir = worker_model_dir or model_dir
   if test_pipeline is not None:
     return segment_pipeline.build_pipeline(test_pipeline, options, metadata, model_dir)
-  pipeline = beam.Pipeline(options=beam_pipeline_options(beam_args))
-  manifest = segment_pipeline.build_pipeline(pipeline, options, metadata, model_dir)
-  pipeline.run().wait_until_finish()
+  pipeline_options = beam_pipeline_options(beam_args)
+  if runs_in_this_process(pipeline_options):
+    preload = inference.preloaded(options.handler, model_dir, warm_up_size=metadata.input_size)
+  else:
+    preload = contextlib.nullcontext()
+  with preload:
+    pipeline = beam.Pipeline(options=pipeline_options)
+    manifest = segment_pipeline.build_pipeline(pipeline, options, metadata, model_dir)
+    pipeline.run().wait_until_finish()
   return manifest
 
 

@@ -28,7 +28,9 @@ class RunOptions:
     overwrite: replace a previous run's output in the folder instead of refusing.
     input_format: 'auto' (TFRecord by file name, images otherwise), 'images' or 'tfrecord'.
     example_keys: tf.Example feature keys.
-    handler: 'saved-model' or 'tfx-bsl' (see `inference`).
+    handler: 'tfx-bsl' or 'saved-model' (see `inference`).
+    inference_slices: each batch is cut into this many slices inferred at the same time, which
+      keeps a worker's cores busy where one call alone leaves them idle between its ops.
     postprocess_threads: background threads per worker thread that turn inferences into rows
       while the next batch is inferred; more pay off where inference is fast (a GPU).
     labels: glob of ground-truth label images, matched to inputs by image id without extension;
@@ -51,7 +53,8 @@ class RunOptions:
   overwrite: bool = False
   input_format: str = sources.FORMAT_AUTO
   example_keys: sources.ExampleKeys = sources.ExampleKeys()
-  handler: str = inference.HANDLER_SAVED_MODEL
+  handler: str = inference.HANDLER_TFX_BSL
+  inference_slices: int = 2
   postprocess_threads: int = 1
   labels: Optional[str] = None
   label_map: Optional[str] = None
@@ -64,6 +67,8 @@ class RunOptions:
       raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}")
     if self.max_pixels < 1:
       raise ValueError(f"--max-pixels must be at least 1, got {self.max_pixels}")
+    if self.inference_slices < 1:
+      raise ValueError(f"--inference-slices must be at least 1, got {self.inference_slices}")
     if self.postprocess_threads < 1:
       raise ValueError(f"--postprocess-threads must be at least 1, got "
                        f"{self.postprocess_threads}")
@@ -94,9 +99,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--filename-key", default=defaults.filename)
   parser.add_argument("--label-key", default=defaults.label)
   parser.add_argument("--inference-handler", dest="handler", choices=inference.HANDLERS,
-                      default=inference.HANDLER_SAVED_MODEL,
-                      help="saved-model (default: the signature called directly, measured "
-                      "faster in BENCHMARKS.md) or tfx-bsl (tfx-bsl's CreateModelHandler)")
+                      default=inference.HANDLER_TFX_BSL,
+                      help="tfx-bsl (default: tfx-bsl's CreateModelHandler) or saved-model (the "
+                      "signature called directly; within 3%% of it in BENCHMARKS.md)")
+  parser.add_argument("--inference-slices", type=int, default=2,
+                      help="cut each batch into this many slices inferred at the same time "
+                      "(default: %(default)s; measured in BENCHMARKS.md)")
   parser.add_argument("--postprocess-threads", type=int, default=1,
                       help="threads that postprocess one batch while the next is inferred "
                       "(default: %(default)s; raise it on GPU workers)")
@@ -119,7 +127,8 @@ def from_args(args: argparse.Namespace) -> RunOptions:
       batch_size=args.batch_size, max_pixels=args.max_pixels, max_file_bytes=args.max_file_bytes,
       mask_files=args.mask_files, overwrite=args.overwrite, input_format=args.input_format,
       example_keys=sources.ExampleKeys(args.image_key, args.filename_key, args.label_key),
-      handler=args.handler, postprocess_threads=args.postprocess_threads, labels=args.labels,
+      handler=args.handler, inference_slices=args.inference_slices,
+      postprocess_threads=args.postprocess_threads, labels=args.labels,
       label_map=args.label_map,
       skip_existing=tuple(path.rstrip("/") for path in args.skip_existing),
       run_id=args.run_id or f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}",

@@ -56,7 +56,8 @@ class SegmentImages(beam.PTransform):
             records.FAILURES, main="images")
     predictions = validated.images | "RunInference" >> RunInference(
         inference.create_handler(options.handler, self._model_dir,
-                                 max_batch_size=options.batch_size))
+                                 max_batch_size=options.batch_size,
+                                 slices=options.inference_slices))
     label_paths = None
     if options.labels:
       root = sources.pattern_root(options.labels)

@@ -1,5 +1,10 @@
 """Model handlers: a fake to pin the isolation logic, the real export for both handlers."""
 
+import os
+import subprocess
+import sys
+import threading
+
 import numpy as np
 import pytest
 from apache_beam.internal import pickler
@@ -50,6 +55,95 @@ def test_a_good_batch_runs_once():
   assert len(fake.batches) == 1
 
 
+@pytest.mark.parametrize("size, slices, expected", [
+    (32, 2, [(0, 16), (16, 32)]),
+    (7, 2, [(0, 3), (3, 7)]),
+    (10, 4, [(0, 2), (2, 5), (5, 7), (7, 10)]),
+    (3, 4, [(0, 1), (1, 2), (2, 3)]),  # a small last batch: no empty slices
+    (5, 1, [(0, 5)]),
+])
+def test_slices_cover_the_batch_in_order(size, slices, expected):
+  assert inference.slice_bounds(size, slices) == expected
+
+
+class MeetingHandler(FakeHandler):
+  """Every call waits until `parties` calls are inside run_inference at once: a sliced batch
+  passes only if its slices really run at the same time."""
+
+  def __init__(self, parties: int):
+    super().__init__()
+    self.barrier = threading.Barrier(parties, timeout=10)
+    self.threads = set()
+
+  def run_inference(self, batch, model, inference_args=None):
+    self.threads.add(threading.get_ident())
+    self.barrier.wait()
+    return super().run_inference(batch, model, inference_args)
+
+
+def test_slices_run_at_the_same_time_and_keep_the_batch_order():
+  fake = MeetingHandler(parties=3)
+  handler = inference.IsolatingModelHandler(base.KeyedModelHandler(fake), slices=3)
+  batch = [(f"k{i}", str(i).encode()) for i in range(8)]
+  results = handler.run_inference(batch, handler.load_model())
+  assert results == [(f"k{i}", str(i).encode() * 2) for i in range(8)]
+  assert sorted(len(b) for b in fake.batches) == [2, 3, 3]
+  assert len(fake.threads) == 3
+
+
+def test_a_bad_image_fails_alone_inside_its_slice():
+  fake = FakeHandler()
+  handler = inference.IsolatingModelHandler(base.KeyedModelHandler(fake), slices=2)
+  batch = [("a", b"1"), ("b", b"2"), ("c", b"bad"), ("d", b"4")]
+  results = handler.run_inference(batch, handler.load_model())
+  assert [key for key, _ in results] == ["a", "b", "c", "d"]
+  assert dict(results)["c"].stage == records.STAGE_DECODE
+  assert [r for _, r in results if not isinstance(r, inference.InferenceFailure)] == [
+      b"11", b"22", b"44"]
+  # The good slice ran once; the bad one once whole, then one call per image.
+  assert sorted(len(b) for b in fake.batches) == [1, 1, 2, 2]
+
+
+def test_slices_must_be_positive():
+  with pytest.raises(ValueError, match="at least 1"):
+    inference.IsolatingModelHandler(base.KeyedModelHandler(FakeHandler()), slices=0)
+
+
+@pytest.mark.parametrize("name", inference.HANDLERS)
+def test_a_preloaded_model_is_the_one_the_handler_takes(name, tiny_export):
+  export_dir, config = tiny_export
+  handler = pickler.loads(pickler.dumps(
+      inference.create_handler(name, export_dir, max_batch_size=4)))
+  loads_before = inference.loads_in_this_process()
+  with inference.preloaded(name, export_dir, warm_up_size=config.input_size):
+    model = handler.load_model()  # waits for the preload rather than loading a second time
+    assert inference.loads_in_this_process() == loads_before + 1
+    handler.load_model()  # taken once: a later load is a load of its own
+    assert inference.loads_in_this_process() == loads_before + 2
+  image = synthetic.encode(synthetic.pet_scene(20, 30, 0)[0], "PNG")
+  ((key, inference_result),) = handler.run_inference([("k", image)], model)
+  assert key == "k" and int(inference.outputs_as_arrays(inference_result)["width"]) == 20
+
+
+def test_a_preload_nobody_takes_is_dropped(tiny_export):
+  export_dir, config = tiny_export
+  handler = inference.create_handler(inference.HANDLER_SAVED_MODEL, export_dir, max_batch_size=4)
+  with inference.preloaded(inference.HANDLER_SAVED_MODEL, export_dir,
+                           warm_up_size=config.input_size):
+    pass
+  loads_before = inference.loads_in_this_process()
+  handler.load_model()
+  assert inference.loads_in_this_process() == loads_before + 1
+
+
+def test_a_failed_preload_loads_again_and_fails_as_a_load_does(tmp_path):
+  missing = str(tmp_path / "no-model")
+  handler = inference.create_handler(inference.HANDLER_SAVED_MODEL, missing, max_batch_size=4)
+  with inference.preloaded(inference.HANDLER_SAVED_MODEL, missing, warm_up_size=8):
+    with pytest.raises(OSError):
+      handler.load_model()
+
+
 def test_batch_size_is_fixed_and_bounded(tiny_export):
   export_dir, _ = tiny_export
   for name in inference.HANDLERS:
@@ -98,3 +192,32 @@ def test_a_failure_names_the_problem_not_the_graph_node():
   failure = inference._failure_for(error)  # pylint: disable=protected-access
   assert failure.stage == "decode" and failure.error_type == "ValueError"
   assert "jpeg::Uncompress failed" in failure.message and "node map" not in failure.message
+
+
+def test_segbeam_turns_onednn_on_unless_told_otherwise():
+  script = "import os, segbeam; print(os.environ['TF_ENABLE_ONEDNN_OPTS'])"
+  environment = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+  assert subprocess.run([sys.executable, "-c", script], env=environment, capture_output=True,
+                        text=True, check=True).stdout.strip() == "1"
+  environment["TF_ENABLE_ONEDNN_OPTS"] = "0"
+  assert subprocess.run([sys.executable, "-c", script], env=environment, capture_output=True,
+                        text=True, check=True).stdout.strip() == "0"
+
+
+def test_each_calling_thread_has_its_own_slice_threads():
+  # Two harness threads with two slices each: all four slices meet at once, so the second
+  # slices of the two threads did not wait for one shared slice thread.
+  fake = MeetingHandler(parties=4)
+  handler = inference.IsolatingModelHandler(base.KeyedModelHandler(fake), slices=2)
+  results = {}
+
+  def harness_thread(name):
+    results[name] = handler.run_inference([(f"{name}{i}", b"1") for i in range(2)], "model")
+
+  threads = [threading.Thread(target=harness_thread, args=(name,)) for name in "ab"]
+  for thread in threads:
+    thread.start()
+  for thread in threads:
+    thread.join()
+  assert results == {name: [(f"{name}0", b"11"), (f"{name}1", b"11")] for name in "ab"}
+  assert len(fake.threads) == 4

@@ -74,6 +74,21 @@ def test_default_runner_avoids_prism_but_can_be_overridden():
   assert chosen.get_all_options()["runner"] == "DirectRunner"
 
 
+@pytest.mark.parametrize("beam_args, in_process", [
+    ([], True),  # segbeam's default, the FnApiRunner
+    (["--runner=DirectRunner"], True),
+    (["--runner=direct", "--direct_num_workers=2", "--direct_running_mode=multi_threading"],
+     True),
+    (["--runner=DirectRunner", "--direct_running_mode=multi_processing"], False),
+    (["--runner=PortableRunner", "--job_endpoint=localhost:1"], False),
+    (["--runner=DataflowRunner"], False),
+])
+def test_the_model_is_preloaded_only_where_the_runner_runs_in_this_process(beam_args,
+                                                                           in_process):
+  options = launcher.beam_pipeline_options(beam_args)
+  assert launcher.runs_in_this_process(options) is in_process
+
+
 def test_demo_on_the_default_model(tmp_path, capsys):
   """The README's first command: sample photos through the embedded model."""
   import glob
