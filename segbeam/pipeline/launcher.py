@@ -44,9 +44,10 @@ _IN_PROCESS_RUNNERS = ("directrunner", "direct", "fnapirunner", "switchingdirect
 def runs_in_this_process(options: PipelineOptions) -> bool:
   """Whether the runner executes the pipeline's DoFns in this process (Beam's local runners,
   unless told to start worker processes), so a model loaded here is the one they use."""
-  runner = options.get_all_options()["runner"]
+  all_options = options.get_all_options()  # one full parse of every Beam option; not twice
+  runner = all_options["runner"]
   name = runner if isinstance(runner, str) else type(runner).__name__
-  mode = options.get_all_options().get("direct_running_mode") or "in_memory"
+  mode = all_options.get("direct_running_mode") or "in_memory"
   return (name.rsplit(".", 1)[-1].lower() in _IN_PROCESS_RUNNERS
           and mode != "multi_processing")
 
