@@ -46,5 +46,5 @@ setuptools.setup(
     include_package_data=False,
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
-    entry_points={"console_scripts": ["segbeam=segbeam.cli:entry_point"]},
+    entry_points={"console_scripts": ["segbeam=segbeam.startup:main"]},
 )

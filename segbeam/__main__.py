@@ -1,3 +1,3 @@
-from segbeam import cli
+from segbeam import startup
 
-cli.entry_point()
+startup.main()

@@ -8,6 +8,7 @@ import sys
 from typing import Optional, Sequence
 
 from segbeam import quiet
+from segbeam import startup
 from segbeam.model import commands as model_commands
 from segbeam.pipeline import pack
 from segbeam.results import output as results_output
@@ -46,9 +47,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   if argv and " ".join(argv[:2]) not in _WITHOUT_TENSORFLOW and argv[0] not in _WITHOUT_TENSORFLOW:
     quiet.import_tensorflow()
-  if argv and argv[0] in ("run", "demo"):
+  if argv and argv[0] in ("run", "demo"):  # their start-up ends once the pipeline is built
     from segbeam.pipeline import launcher
     return (launcher.main if argv[0] == "run" else launcher.demo_main)(argv[1:])
+  startup.started()
   if argv and argv[0] == "submit":  # like run: options it does not know go to Beam
     from segbeam.pipeline import submit
     return submit.main(argv[1:])

@@ -14,7 +14,9 @@ file systems know neither Beam's settings nor a storage emulator.
 `IsolatingModelHandler` wraps the keyed handler so a batch that fails is retried one element at
 a time: a bad image fails alone, with its error, and never takes its batch down. It can also cut
 each batch into slices inferred at the same time: one TensorFlow call leaves cores idle between
-and inside its ops, and concurrent calls fill them (measured in BENCHMARKS.md).
+and inside its ops, and concurrent calls fill them (measured in BENCHMARKS.md). With `overlap`
+it returns at once, each inference a `PendingInference`, so the bundle thread reads and
+validates the next batch while TensorFlow infers this one; `SegmentImage` resolves them.
 """
 
 from __future__ import annotations
@@ -177,10 +179,12 @@ def _export_handler(name: str, model_dir: str, *, max_batch_size: int = 32) -> _
   raise ValueError(f"unknown inference handler {name!r}; known: {', '.join(HANDLERS)}")
 
 
-def create_handler(name: str, model_dir: str, *, max_batch_size: int,
-                   slices: int = 1) -> base.ModelHandler:
+def create_handler(name: str, model_dir: str, *, max_batch_size: int, slices: int = 1,
+                   overlap: bool = False) -> base.ModelHandler:
+  """The keyed, isolating handler `name` over the export in `model_dir` (see
+  `IsolatingModelHandler` for `slices` and `overlap`)."""
   handler = _export_handler(name, model_dir, max_batch_size=max_batch_size)
-  return IsolatingModelHandler(base.KeyedModelHandler(handler), slices=slices)
+  return IsolatingModelHandler(base.KeyedModelHandler(handler), slices=slices, overlap=overlap)
 
 
 _preloads: dict[tuple[str, str], concurrent.futures.Future] = {}
@@ -258,19 +262,53 @@ def _failure_for(error: BaseException) -> InferenceFailure:
                           shown)
 
 
+class PendingInference:
+  """The inference of one element whose slice is still being inferred on a slice thread.
+
+  `result()` waits for it: the element's inference, or its `InferenceFailure`. Whoever
+  consumes these bounds how many are pending (`SegmentImage` keeps at most two batches), since
+  each holds its slice's inputs and outputs. Pickled (should a runner ever encode one), it waits
+  and is written as its result.
+  """
+
+  __slots__ = ("_slice", "_index")
+
+  def __init__(self, slice_results: concurrent.futures.Future, index: int):
+    self._slice = slice_results
+    self._index = index
+
+  def result(self) -> Any:
+    _, inference = self._slice.result()[self._index]
+    return inference
+
+  def __reduce__(self):
+    return _unchanged, (self.result(),)
+
+
+def _unchanged(value: Any) -> Any:
+  return value
+
+
+def resolve(inference_result: Any) -> Any:
+  """An inference as the handler produced it, waiting for it if it is still pending."""
+  if isinstance(inference_result, PendingInference):
+    return inference_result.result()
+  return inference_result
+
+
 _slice_pools = threading.local()
 
 
-def _slice_pool(slices: int) -> concurrent.futures.ThreadPoolExecutor:
-  """The calling thread's own pool for its other `slices - 1` slices: a worker runs several
+def _slice_pool(workers: int) -> concurrent.futures.ThreadPoolExecutor:
+  """The calling thread's own pool of `workers` slice threads: a worker process runs several
   harness threads (12 on Dataflow), and a pool shared by all of them would queue their slices
   behind each other."""
   if not hasattr(_slice_pools, "by_count"):
     _slice_pools.by_count = {}
-  if slices not in _slice_pools.by_count:
-    _slice_pools.by_count[slices] = concurrent.futures.ThreadPoolExecutor(
-        slices - 1, thread_name_prefix="segbeam-slice")
-  return _slice_pools.by_count[slices]
+  if workers not in _slice_pools.by_count:
+    _slice_pools.by_count[workers] = concurrent.futures.ThreadPoolExecutor(
+        workers, thread_name_prefix="segbeam-slice")
+  return _slice_pools.by_count[workers]
 
 
 def slice_bounds(size: int, slices: int) -> list[tuple[int, int]]:
@@ -286,14 +324,18 @@ class IsolatingModelHandler(base.ModelHandler):
 
   With `slices` > 1 a batch is cut into that many slices that are inferred at the same time
   (the calling thread runs the first), each isolated on its own; results keep the batch's order.
+  With `overlap` every slice goes to the calling thread's slice threads and the call returns at
+  once, each result's inference a `PendingInference`: the caller prepares the next batch while
+  this one is inferred (the slice threads take batches in the order they came).
   """
 
-  def __init__(self, handler: base.ModelHandler, *, slices: int = 1):
+  def __init__(self, handler: base.ModelHandler, *, slices: int = 1, overlap: bool = False):
     super().__init__()
     if slices < 1:
       raise ValueError(f"slices must be at least 1, got {slices}")
     self._handler = handler
     self._slices = slices
+    self._overlap = overlap
 
   def load_model(self):
     return self._handler.load_model()
@@ -301,9 +343,11 @@ class IsolatingModelHandler(base.ModelHandler):
   def run_inference(self, batch: Sequence[tuple[Any, bytes]], model: Any,
                     inference_args: Optional[dict[str, Any]] = None) -> Iterable:
     bounds = slice_bounds(len(batch), self._slices)
+    if self._overlap:
+      return self._submit(batch, bounds, model, inference_args)
     if len(bounds) == 1:
       return self._run_isolated(batch, model, inference_args)
-    pool = _slice_pool(self._slices)
+    pool = _slice_pool(self._slices - 1)
     others = [pool.submit(self._run_isolated, batch[start:end], model, inference_args)
               for start, end in bounds[1:]]
     start, end = bounds[0]
@@ -311,6 +355,16 @@ class IsolatingModelHandler(base.ModelHandler):
     for future in others:
       results.extend(future.result())
     return results
+
+  def _submit(self, batch: Sequence[tuple[Any, bytes]], bounds: Sequence[tuple[int, int]],
+              model: Any, inference_args: Optional[dict[str, Any]]) -> list:
+    pool = _slice_pool(self._slices)
+    pending = []
+    for start, end in bounds:
+      slice_results = pool.submit(self._run_isolated, batch[start:end], model, inference_args)
+      pending.extend((batch[i][0], PendingInference(slice_results, i - start))
+                     for i in range(start, end))
+    return pending
 
   def _run_isolated(self, batch: Sequence[tuple[Any, bytes]], model: Any,
                     inference_args: Optional[dict[str, Any]]) -> list:

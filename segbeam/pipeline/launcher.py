@@ -13,6 +13,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from segbeam import startup
 from segbeam.model import defaults
 from segbeam.model import export as export_lib
 from segbeam.pipeline import inference
@@ -158,13 +159,16 @@ def run(argv: Optional[Sequence[str]] = None,
   if test_pipeline is not None:
     return segment_pipeline.build_pipeline(test_pipeline, options, metadata, model_dir)
   pipeline_options = beam_pipeline_options(beam_args)
-  if runs_in_this_process(pipeline_options):
+  in_this_process = runs_in_this_process(pipeline_options)
+  if in_this_process:
     preload = inference.preloaded(options.handler, model_dir, warm_up_size=metadata.input_size)
   else:
     preload = contextlib.nullcontext()
   with preload:
     pipeline = beam.Pipeline(options=pipeline_options)
-    manifest = segment_pipeline.build_pipeline(pipeline, options, metadata, model_dir)
+    manifest = segment_pipeline.build_pipeline(pipeline, options, metadata, model_dir,
+                                               spread_files=not in_this_process)
+    startup.started()
     pipeline.run().wait_until_finish()
   return manifest
 

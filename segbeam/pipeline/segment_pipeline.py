@@ -57,7 +57,10 @@ class SegmentImages(beam.PTransform):
     predictions = validated.images | "RunInference" >> RunInference(
         inference.create_handler(options.handler, self._model_dir,
                                  max_batch_size=options.batch_size,
-                                 slices=options.inference_slices))
+                                 slices=options.inference_slices,
+                                 # Segment resolves the pending inferences on its background
+                                 # threads and keeps at most two batches of them.
+                                 overlap=True))
     label_paths = None
     if options.labels:
       root = sources.pattern_root(options.labels)
@@ -140,14 +143,16 @@ class WriteRunOutput(beam.PTransform):
 
 
 def build_pipeline(pipeline: beam.Pipeline, options: options_lib.RunOptions,
-                   metadata: export_lib.ModelMetadata, model_dir: str) -> beam.PCollection:
+                   metadata: export_lib.ModelMetadata, model_dir: str, *,
+                   spread_files: bool = True) -> beam.PCollection:
   """Adds the whole run to `pipeline`: read -> validate/decode -> infer -> postprocess ->
-  write. Returns the PCollection holding the manifest."""
+  write. Returns the PCollection holding the manifest. `spread_files`: reshuffle the input
+  files over workers (not needed when one process runs everything, see `ReadImageShards`)."""
   context = segments.RunContext(metadata.name, metadata.version, metadata.class_names,
                                 options.run_id, label_map_for(options, metadata))
   read = pipeline | "Read" >> sources.ReadImageShards(
       options.input, input_format=options.input_format, example_keys=options.example_keys,
-      max_file_bytes=options.max_file_bytes)
+      max_file_bytes=options.max_file_bytes, spread_files=spread_files)
   if options.skip_existing:
     # Before validation: an image segmented before is never decoded again.
     kept = read.records | "SkipExisting" >> resume.SkipExisting(options.skip_existing,

@@ -113,8 +113,9 @@ class SegmentImage(beam.DoFn):
 
   The postprocessing runs on background threads (`background`), so that it overlaps the
   inference of the next batch in the same fused stage; rows come out in input order, each in
-  its input's window. Counters and progress are kept on the bundle's thread, where Beam
-  collects metrics.
+  its input's window. An inference still pending (`inference.PendingInference`) is awaited
+  there too, and at most `max_pending` of them are held. Counters and progress are kept on the
+  bundle's thread, where Beam collects metrics.
   """
 
   PROGRESS_EVERY_SECONDS = 10.0
@@ -164,6 +165,11 @@ class SegmentImage(beam.DoFn):
   def _segment(self, element: tuple[records.ImageInfo, Any], label_paths) -> tuple[bool, Any]:
     """(failed?, a segments row or a Failure) for one image; runs on a background thread."""
     info, inference_result = element
+    try:
+      inference_result = inference.resolve(inference_result)
+    except Exception as error:  # pylint: disable=broad-except  # the slice failed as a whole
+      return True, records.Failure.from_exception(info.image_id, info.source,
+                                                  records.STAGE_INFER, error)
     if isinstance(inference_result, inference.InferenceFailure):
       return True, records.Failure(info.image_id, info.source, inference_result.stage,
                                    inference_result.error_type, inference_result.message)

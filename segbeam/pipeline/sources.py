@@ -244,12 +244,18 @@ class ReadImageShards(beam.PTransform):
   TFRecord shards are read twice: a first pass collects only filenames, to find the ones that
   repeat across shards or equal an image file's path (an id must be unique in the run); image
   files are only listed in that pass, not read.
+
+  `spread_files` reshuffles the matched files before reading, so that a runner with several
+  workers spreads them (one shard can hold many images); a runner that reads them all in this
+  process has nothing to spread, and skips that shuffle (0.5 s of 4,500 files).
   """
 
   def __init__(self, pattern: str, *, input_format: str = FORMAT_AUTO,
-               example_keys: ExampleKeys = ExampleKeys(), max_file_bytes: int = 256 << 20):
+               example_keys: ExampleKeys = ExampleKeys(), max_file_bytes: int = 256 << 20,
+               spread_files: bool = True):
     super().__init__()
     self._pattern = pattern
+    self._spread_files = spread_files
     self._root = pattern_root(pattern)
     self._input_format = input_format
     self._filename_key = example_keys.filename
@@ -258,11 +264,10 @@ class ReadImageShards(beam.PTransform):
                             example_keys=example_keys, max_file_bytes=max_file_bytes)
 
   def expand(self, pbegin):
-    files = (pbegin
-             | "MatchFiles" >> fileio.MatchFiles(self._pattern)
-             # Spread files over workers before reading: one shard can hold many images.
-             | "Reshuffle" >> beam.Reshuffle()
-             | "ReadMatches" >> fileio.ReadMatches())
+    matched = pbegin | "MatchFiles" >> fileio.MatchFiles(self._pattern)
+    if self._spread_files:
+      matched = matched | "Reshuffle" >> beam.Reshuffle()
+    files = matched | "ReadMatches" >> fileio.ReadMatches()
     renames = (files
                | "ShardFilenames" >> beam.ParDo(ShardFilenames(
                    root=self._root, input_format=self._input_format,

@@ -221,3 +221,49 @@ def test_each_calling_thread_has_its_own_slice_threads():
     thread.join()
   assert results == {name: [(f"{name}0", b"11"), (f"{name}1", b"11")] for name in "ab"}
   assert len(fake.threads) == 4
+
+
+class GatedHandler(FakeHandler):
+  """Infers only once `gate` is set: shows whether the caller got its results before then."""
+
+  def __init__(self):
+    super().__init__()
+    self.gate = threading.Event()
+
+  def run_inference(self, batch, model, inference_args=None):
+    assert self.gate.wait(timeout=10)
+    return super().run_inference(batch, model, inference_args)
+
+
+def test_with_overlap_the_call_returns_before_the_batch_is_inferred():
+  fake = GatedHandler()
+  handler = inference.IsolatingModelHandler(base.KeyedModelHandler(fake), slices=2,
+                                            overlap=True)
+  batch = [("a", b"1"), ("b", b"bad"), ("c", b"3"), ("d", b"4"), ("e", b"5")]
+  results = handler.run_inference(batch, handler.load_model())
+  assert not fake.batches  # nothing inferred yet: the caller is free to read the next batch
+  assert [key for key, _ in results] == ["a", "b", "c", "d", "e"]
+  assert all(isinstance(r, inference.PendingInference) for _, r in results)
+  fake.gate.set()
+  resolved = {key: inference.resolve(r) for key, r in results}
+  assert resolved["b"].stage == records.STAGE_DECODE  # still isolated inside its slice
+  assert {k: v for k, v in resolved.items() if k != "b"} == {
+      "a": b"11", "c": b"33", "d": b"44", "e": b"55"}
+  assert sorted(len(b) for b in fake.batches) == [1, 1, 2, 3]  # (a, bad) retried one by one
+
+
+def test_overlapped_slices_run_at_the_same_time_off_the_calling_thread():
+  fake = MeetingHandler(parties=2)
+  handler = inference.IsolatingModelHandler(base.KeyedModelHandler(fake), slices=2,
+                                            overlap=True)
+  results = handler.run_inference([("a", b"1"), ("b", b"2")], "model")
+  assert [inference.resolve(r) for _, r in results] == [b"11", b"22"]
+  assert threading.get_ident() not in fake.threads and len(fake.threads) == 2
+
+
+def test_a_pending_inference_pickles_as_its_result():
+  handler = inference.IsolatingModelHandler(base.KeyedModelHandler(FakeHandler()),
+                                            overlap=True)
+  [(_, pending)] = handler.run_inference([("a", b"7")], "model")
+  assert pickler.loads(pickler.dumps(pending)) == b"77"
+  assert inference.resolve(b"already there") == b"already there"

@@ -58,3 +58,27 @@ def test_ground_truth_columns_on_a_hand_checked_example():
   wrong_size = segments.ground_truth_columns(np.zeros((3, 3), np.uint8), label, context)
   assert wrong_size["gt_pixels"] is None and "label is 3x2" in wrong_size["gt_error"]
   assert segments.ground_truth_columns(mask, None, context)["gt_pixels"] is None
+
+
+def test_an_inference_lost_with_its_slice_becomes_an_error_row():
+  import concurrent.futures
+  from segbeam.pipeline import inference
+  lost = concurrent.futures.Future()
+  lost.set_exception(RuntimeError("slice thread died"))
+  done = concurrent.futures.Future()
+  done.set_result([("b.jpg", _outputs(5, 6))])
+  segment = segments.SegmentImage(CONTEXT, max_pending=4)
+  segment.setup()
+  segment.start_bundle()
+  outputs = []
+  for name, pending in (("a.jpg", inference.PendingInference(lost, 0)),
+                        ("b.jpg", inference.PendingInference(done, 0))):
+    info = records.ImageInfo(name, f"/x/{name}", "png", 6, 5)
+    outputs += list(segment.process((info, pending), timestamp=0, window=None))
+  outputs += list(segment.finish_bundle())
+  segment.teardown()
+  failure, row = outputs  # a TaggedOutput, then a row; each a WindowedValue inside
+  assert failure.tag == records.FAILURES
+  assert (failure.value.value.image_id, failure.value.value.stage,
+          failure.value.value.error_type) == ("a.jpg", records.STAGE_INFER, "RuntimeError")
+  assert row.value["image_id"] == "b.jpg" and row.value["width"] == 6

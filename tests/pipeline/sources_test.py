@@ -62,7 +62,9 @@ def _shard(path, examples):
       f.write(tfrecord.encode_record(example))
 
 
-def test_tfrecord_ids_labels_and_bad_records(tmp_path):
+# Without the reshuffle (runs in one process) the ids and failures are the same.
+@pytest.mark.parametrize("spread_files", [True, False])
+def test_tfrecord_ids_labels_and_bad_records(tmp_path, spread_files):
   import tensorflow as tf
   no_image = tf.train.Example(features=tf.train.Features(feature={
       "image/filename": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"lost.jpg"]))}))
@@ -77,7 +79,7 @@ def test_tfrecord_ids_labels_and_bad_records(tmp_path):
     f.write(tfrecord.encode_record(pack.make_example("cut.jpg", JPEG))[:40])
   _shard(tmp_path / "b.tfrecord", [pack.make_example("y.jpg", JPEG),
                                     pack.make_example("x.jpg", JPEG)])  # repeated across shards
-  p, out = _read(str(tmp_path / "*.tfrecord"))
+  p, out = _read(str(tmp_path / "*.tfrecord"), spread_files=spread_files)
   assert_that(out.records | beam.Map(lambda r: (r.image_id, r.label == MASK, r.source[-2:])),
               equal_to([("x.jpg#a.tfrecord#0", True, "#0"), ("x.jpg#a.tfrecord#1", False, "#1"),
                         ("a.tfrecord#2", False, "#2"), ("y.jpg", False, "#0"),
@@ -88,14 +90,16 @@ def test_tfrecord_ids_labels_and_bad_records(tmp_path):
   p.run().wait_until_finish()
 
 
-def test_a_record_claiming_an_image_files_id_is_renamed_and_the_file_keeps_it(tmp_path):
+@pytest.mark.parametrize("spread_files", [True, False])
+def test_a_record_claiming_an_image_files_id_is_renamed_and_the_file_keeps_it(tmp_path,
+                                                                            spread_files):
   (tmp_path / "pet.jpg").write_bytes(JPEG)
   (tmp_path / "cats").mkdir()
   (tmp_path / "cats" / "felix.jpg").write_bytes(JPEG)
   _shard(tmp_path / "mixed.tfrecord", [pack.make_example("pet.jpg", JPEG),
                                        pack.make_example("cats/felix.jpg", JPEG),
                                        pack.make_example("own.jpg", JPEG)])
-  p, out = _read(str(tmp_path) + "/**")
+  p, out = _read(str(tmp_path) + "/**", spread_files=spread_files)
   assert_that(out.records | beam.Map(lambda r: r.image_id),
               equal_to(["pet.jpg", "cats/felix.jpg", "pet.jpg#mixed.tfrecord#0",
                         "cats/felix.jpg#mixed.tfrecord#1", "own.jpg"]), label="unique ids")
