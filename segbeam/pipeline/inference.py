@@ -322,11 +322,11 @@ class IsolatingModelHandler(base.ModelHandler):
   """Delegates to `handler`; when a batch raises, runs its elements one by one and returns an
   `InferenceFailure` as the inference of each element that still fails.
 
-  With `slices` > 1 a batch is cut into that many slices that are inferred at the same time
-  (the calling thread runs the first), each isolated on its own; results keep the batch's order.
-  With `overlap` every slice goes to the calling thread's slice threads and the call returns at
-  once, each result's inference a `PendingInference`: the caller prepares the next batch while
-  this one is inferred (the slice threads take batches in the order they came).
+  With `slices` > 1 a batch is cut into that many slices inferred at the same time on the
+  calling thread's slice threads, each isolated on its own; results keep the batch's order.
+  With `overlap` the call returns as soon as the slices are handed over, each result's
+  inference a `PendingInference`: the caller prepares the next batch while this one is
+  inferred (the slice threads take batches in the order they came).
   """
 
   def __init__(self, handler: base.ModelHandler, *, slices: int = 1, overlap: bool = False):
@@ -343,18 +343,12 @@ class IsolatingModelHandler(base.ModelHandler):
   def run_inference(self, batch: Sequence[tuple[Any, bytes]], model: Any,
                     inference_args: Optional[dict[str, Any]] = None) -> Iterable:
     bounds = slice_bounds(len(batch), self._slices)
-    if self._overlap:
-      return self._submit(batch, bounds, model, inference_args)
-    if len(bounds) == 1:
+    if len(bounds) == 1 and not self._overlap:
       return self._run_isolated(batch, model, inference_args)
-    pool = _slice_pool(self._slices - 1)
-    others = [pool.submit(self._run_isolated, batch[start:end], model, inference_args)
-              for start, end in bounds[1:]]
-    start, end = bounds[0]
-    results = self._run_isolated(batch[start:end], model, inference_args)
-    for future in others:
-      results.extend(future.result())
-    return results
+    pending = self._submit(batch, bounds, model, inference_args)
+    if self._overlap:
+      return pending
+    return [(key, pending_inference.result()) for key, pending_inference in pending]
 
   def _submit(self, batch: Sequence[tuple[Any, bytes]], bounds: Sequence[tuple[int, int]],
               model: Any, inference_args: Optional[dict[str, Any]]) -> list:
