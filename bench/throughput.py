@@ -13,7 +13,9 @@ files by symbolic links), measures:
       per --reference-batching: 'beam-default' as Beam's examples write it (RunInference's
       adaptive batching; the ratios use it), 'fixed' with every batch at --batch-size;
 and prints images/s, peak RSS of (c) and (d), and the ratios (c)/(a), (c)/(a'), (c)/(b),
-(c)/(d).
+(c)/(d). The variants compared run side by side, the machine's speed drifting over minutes: the
+default (c), then (a) once more (the ratio takes the mean of both (a)), then the default (d),
+then the other handlers and batchings.
 
   python bench/throughput.py [--images 4500] [--batch-size 32] [--skip d]
 
@@ -148,6 +150,22 @@ def _record(results: dict, key: str, label: str, images: int, seconds: float,
   return rate
 
 
+def time_segbeam_run(args, model_dir: str, work: str, paths: list[str], handler: str,
+                     results: dict) -> float:
+  """Runs and records (c) with `handler`; returns its images per second."""
+  output = os.path.join(work, f"out_c_{handler}")
+  seconds, rss = segbeam_run(model_dir, os.path.join(work, "images"), output, args.batch_size,
+                             os.path.join(args.logs, f"c_{handler}.log"),
+                             ["--inference-handler", handler, "--inference-slices",
+                              str(args.slices), *args.run_args.split()])
+  with open(os.path.join(output, "manifest.json")) as f:
+    counts = json.load(f)["counts"]
+  assert counts["segmented"] == len(paths), counts
+  shutil.rmtree(output, ignore_errors=True)
+  return _record(results, f"c_{handler}", f"(c) segbeam run [{handler}]", len(paths), seconds,
+                 rss)
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--images", type=int, default=4500)
@@ -187,31 +205,36 @@ def main(argv=None) -> int:
     if "b" not in args.skip:
       results["b_plain_loop_img_s"] = plain_loop(model_dir, paths, args.batch_size)
       print(f"(b) plain loop        {results['b_plain_loop_img_s']:8.1f} img/s", flush=True)
-    if "c" not in args.skip:
-      for number, handler in enumerate(args.handlers.split(",")):
-        output = os.path.join(work, f"out_c_{handler}")
-        seconds, rss = segbeam_run(model_dir, os.path.join(work, "images"), output,
-                                   args.batch_size, os.path.join(args.logs, f"c_{handler}.log"),
-                                   ["--inference-handler", handler, "--inference-slices",
-                                    str(args.slices), *args.run_args.split()])
-        with open(os.path.join(output, "manifest.json")) as f:
-          counts = json.load(f)["counts"]
-        assert counts["segmented"] == len(paths), counts
-        shutil.rmtree(output, ignore_errors=True)
-        rate = _record(results, f"c_{handler}", f"(c) segbeam run [{handler}]", len(paths),
-                       seconds, rss)
-        if number == 0:
-          results.update(c_segbeam_img_s=rate, c_handler=handler)
-    if "d" not in args.skip:
-      for number, batching in enumerate(args.reference_batching.split(",")):
-        seconds, rss = reference_pattern(model_dir, os.path.join(work, "images"),
-                                         os.path.join(work, f"out_d_{batching}"), batching,
-                                         args.batch_size,
-                                         os.path.join(args.logs, f"d_{batching}.log"))
-        rate = _record(results, f"d_{batching}", f"(d) reference pattern [{batching}]",
-                       len(paths), seconds, rss)
-        if number == 0:
-          results.update(d_reference_img_s=rate, d_batching=batching)
+    # The machine's speed drifts by 10-20% over minutes (BENCHMARKS.md), so the variants the
+    # ratios compare run next to each other: the default (c), (a) again, the default (d); then
+    # the other handlers and batchings. (c)/(a) uses the mean of the (a) before and after (c).
+    handlers = args.handlers.split(",") if "c" not in args.skip else []
+    batchings = args.reference_batching.split(",") if "d" not in args.skip else []
+    for handler in handlers[:1]:
+      results.update(c_segbeam_img_s=time_segbeam_run(args, model_dir, work, paths, handler,
+                                                       results), c_handler=handler)
+      if "a" not in args.skip:
+        results["a_after_c_img_s"] = forward_alone(model_dir, paths, args.batch_size)
+        print(f"(a) forward alone, again after (c) {results['a_after_c_img_s']:8.1f} img/s",
+              flush=True)
+        results["a_before_c_img_s"] = results["a_forward_img_s"]
+        results["a_forward_img_s"] = (results["a_before_c_img_s"]
+                                      + results["a_after_c_img_s"]) / 2
+        print(f"(a) mean of both      {results['a_forward_img_s']:8.1f} img/s", flush=True)
+    for number, batching in enumerate(batchings):
+      seconds, rss = reference_pattern(model_dir, os.path.join(work, "images"),
+                                       os.path.join(work, f"out_d_{batching}"), batching,
+                                       args.batch_size,
+                                       os.path.join(args.logs, f"d_{batching}.log"))
+      rate = _record(results, f"d_{batching}", f"(d) reference pattern [{batching}]",
+                     len(paths), seconds, rss)
+      if number == 0:
+        results.update(d_reference_img_s=rate, d_batching=batching)
+        for handler in handlers[1:]:
+          time_segbeam_run(args, model_dir, work, paths, handler, results)
+    if not batchings:
+      for handler in handlers[1:]:
+        time_segbeam_run(args, model_dir, work, paths, handler, results)
     for label, key, ratio_key in (("a", "a_forward_img_s", "c_over_a"),
                                   ("a'", "a_sliced_img_s", "c_over_a_sliced"),
                                   ("b", "b_plain_loop_img_s", "c_over_b"),

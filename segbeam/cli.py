@@ -9,18 +9,22 @@ from typing import Optional, Sequence
 
 from segbeam import quiet
 from segbeam import startup
-from segbeam.model import commands as model_commands
-from segbeam.pipeline import pack
-from segbeam.results import output as results_output
-from segbeam.results import query as results_query
-from segbeam.results import report as results_report
-from segbeam.results import summary as results_summary
+
+# The subcommands' modules are imported when their command runs: `segbeam run` is timed from
+# the moment it starts, and needs none of the model training, packing or querying code (nor
+# DuckDB).
 
 # Commands that do not need TensorFlow start faster without it.
 _WITHOUT_TENSORFLOW = {"model list", "--help", "-h", "query", "summary", "report"}
 
 
 def build_parser() -> argparse.ArgumentParser:
+  # pylint: disable=import-outside-toplevel  # see the imports above
+  from segbeam.model import commands as model_commands
+  from segbeam.pipeline import pack
+  from segbeam.results import query as results_query
+  from segbeam.results import report as results_report
+  from segbeam.results import summary as results_summary
   parser = argparse.ArgumentParser(
       prog="segbeam", description="Batch image segmentation with a Keras U-Net on Apache Beam.")
   subparsers = parser.add_subparsers(dest="command", required=True)
@@ -48,6 +52,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if argv and " ".join(argv[:2]) not in _WITHOUT_TENSORFLOW and argv[0] not in _WITHOUT_TENSORFLOW:
     quiet.import_tensorflow()
   if argv and argv[0] in ("run", "demo"):  # their start-up ends once the pipeline is built
+    # The model's session loads on a thread while Beam is imported and the pipeline built.
+    from segbeam.pipeline import sessions
+    sessions.load_early_for_run(argv[1:])
     from segbeam.pipeline import launcher
     return (launcher.main if argv[0] == "run" else launcher.demo_main)(argv[1:])
   startup.started()
@@ -56,6 +63,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return submit.main(argv[1:])
   parser = build_parser()
   args = parser.parse_args(argv)
+  from segbeam.results import output as results_output  # pylint: disable=import-outside-toplevel
   try:
     return args.func(args)
   except (FileNotFoundError, ValueError, results_output.IncompleteOutputError) as error:

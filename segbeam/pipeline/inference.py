@@ -37,8 +37,9 @@ from segbeam.model import export as export_lib
 from segbeam.pipeline import devices
 from segbeam.pipeline import model_files
 from segbeam.pipeline import records
+from segbeam.pipeline import sessions
 
-HANDLER_TFX_BSL = "tfx-bsl"
+HANDLER_TFX_BSL = sessions.HANDLER_TFX_BSL
 HANDLER_SAVED_MODEL = "saved-model"
 HANDLERS = (HANDLER_TFX_BSL, HANDLER_SAVED_MODEL)  # the default first
 METRICS_NAMESPACE = "segbeam"
@@ -162,7 +163,13 @@ class TfxBslHandler(_ExportHandler, base.ModelHandler[bytes, Any, TfxBslModel]):
     handler = run_inference.CreateModelHandler(model_spec_pb2.InferenceSpecType(
         saved_model_spec=model_spec_pb2.SavedModelSpec(
             model_path=local_dir, signature_name=[export_lib.SIGNATURE_NAME])))
-    model = TfxBslModel(handler, handler.load_model())
+    # The session tfx-bsl's handler runs in, loaded as its load_model loads it but with
+    # segbeam's session options (tfx-bsl's public API takes none), or loaded early by
+    # `segbeam run` while Beam was imported (`sessions`).
+    session = sessions.take_early(local_dir)
+    if session is None:
+      session, _ = sessions.load_session(local_dir)
+    model = TfxBslModel(handler, session)
     _log_load(self._model_dir, local_dir)
     return model
 
@@ -191,18 +198,9 @@ _preloads: dict[tuple[str, str], concurrent.futures.Future] = {}
 _preloads_lock = threading.Lock()
 
 
-def _warm_up_image(size: int) -> bytes:
-  """A small JPEG: the first call of a signature prepares its graph (a fraction of a second)."""
-  import io
-  from PIL import Image
-  buffer = io.BytesIO()
-  Image.new("RGB", (size, size), (128, 128, 128)).save(buffer, format="JPEG")
-  return buffer.getvalue()
-
-
 def _load_and_warm_up(handler: _ExportHandler, warm_up_size: int):
   model = handler._load()  # pylint: disable=protected-access  # the preload is the load
-  handler.run_inference([_warm_up_image(warm_up_size)], model)
+  handler.run_inference([sessions.warm_up_image(warm_up_size)], model)
   return model
 
 

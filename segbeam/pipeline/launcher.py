@@ -22,6 +22,7 @@ from segbeam.pipeline import options as options_lib
 from segbeam.pipeline import records
 from segbeam.pipeline import resume
 from segbeam.pipeline import segment_pipeline
+from segbeam.pipeline import sessions
 from segbeam.pipeline import sinks
 
 
@@ -57,14 +58,16 @@ class InvocationError(Exception):
   """A bad invocation: reported as one line, exit code 2, nothing run."""
 
 
-def _check_input(pattern: str, what: str = "input") -> int:
+def _check_input(pattern: str, what: str = "input") -> None:
   try:
-    matched = FileSystems.match([pattern])[0].metadata_list
+    # One match is enough to know the pattern matches anything; Beam's file systems list
+    # lazily, so the limit spares statting every file (0.6 s for 4,500 local files), which the
+    # pipeline's own match does again anyway.
+    matched = FileSystems.match([pattern], limits=[1])[0].metadata_list
   except Exception as error:  # pylint: disable=broad-except  # any failure to list
     raise InvocationError(f"cannot list {what} {pattern!r}: {error}") from error
   if not matched:
     raise InvocationError(f"no {what} matched {pattern!r}")
-  return len(matched)
 
 
 def _read_model(model_dir: Optional[str]) -> tuple[str, export_lib.ModelMetadata]:
@@ -163,6 +166,7 @@ def run(argv: Optional[Sequence[str]] = None,
   if in_this_process:
     preload = inference.preloaded(options.handler, model_dir, warm_up_size=metadata.input_size)
   else:
+    sessions.drop_early()  # loaded for nothing: the workers are other processes
     preload = contextlib.nullcontext()
   with preload:
     pipeline = beam.Pipeline(options=pipeline_options)

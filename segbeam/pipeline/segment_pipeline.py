@@ -80,11 +80,16 @@ class SegmentImages(beam.PTransform):
 
 
 class WriteRunOutput(beam.PTransform):
-  """(inputs seen, rows, failures, skipped ids) -> the output folder; returns the manifest
-  PCollection.
+  """A dict of the run's PCollections -> the output folder; returns the manifest PCollection.
 
-  The manifest is written last, once both Parquet sinks have finalized, their files' rows are
-  counted and every count is in; it checks that they add up (`sinks.build_manifest`).
+  Keys: 'records' and 'read_failures', what the reader made of every input (counted as the
+  inputs seen); 'rows', the segments rows; 'failures', every failure, the reader's included;
+  and, with --skip-existing, 'skipped', the records an earlier run segmented.
+
+  Every count comes from one combine over `sinks.CountKey`s (Beam expands each combine into a
+  handful of transforms, and each transform costs start-up time). The manifest is written
+  last, once both Parquet sinks have finalized, their files' rows are counted and every count
+  is in; it checks that they add up (`sinks.build_manifest`).
   """
 
   def __init__(self, options: options_lib.RunOptions, metadata: export_lib.ModelMetadata,
@@ -95,7 +100,7 @@ class WriteRunOutput(beam.PTransform):
     self._model_dir = model_dir
 
   def expand(self, inputs):
-    seen, rows, failures, skipped = inputs
+    rows, failures = inputs["rows"], inputs["failures"]
     options, metadata = self._options, self._metadata
     pipeline = rows.pipeline
     segment_files = rows | "WriteSegments" >> beam.io.WriteToParquet(
@@ -110,18 +115,22 @@ class WriteRunOutput(beam.PTransform):
                    | "WriteErrors" >> beam.io.WriteToParquet(
                        FileSystems.join(options.output, sinks.ERRORS_DIR, "part"),
                        schema.ERRORS_SCHEMA, codec="zstd", file_name_suffix=".parquet"))
+    counted = {sinks.COUNT_RECORDS: inputs["records"],
+               sinks.COUNT_READ_FAILURES: inputs["read_failures"],
+               sinks.COUNT_SEGMENTED: rows}
+    if "skipped" in inputs:
+      counted[sinks.COUNT_SKIPPED] = inputs["skipped"]
     if options.mask_files:
-      mask_files = rows | "WriteMaskFiles" >> beam.ParDo(sinks.WriteMaskFile(options.output))
-    else:
-      mask_files = pipeline | "NoMaskFiles" >> beam.Create([])
-    masks_written = mask_files | "CountMaskFiles" >> beam.combiners.Count.Globally()
-    segmented_count = rows | "CountSegmented" >> beam.combiners.Count.Globally()
-    skipped_count = skipped | "CountSkipped" >> beam.combiners.Count.Globally()
+      counted[sinks.COUNT_MASK_FILES] = rows | "WriteMaskFiles" >> beam.ParDo(
+          sinks.WriteMaskFile(options.output))
+    keyed = [pcoll | f"Key_{what}" >> beam.Map(sinks.count_key, what)
+             for what, pcoll in counted.items()]
+    keyed.append(failures | "Key_failed" >> beam.Map(sinks.failure_count_key))
+    counts = (keyed | "CountKeys" >> beam.Flatten()
+              | "Count" >> beam.combiners.Count.PerElement())
     # What readers will see: the rows the final Parquet files hold, not what was sent to them.
     segments_rows = segment_files | "SegmentsRows" >> beam.Map(sinks.parquet_rows)
     errors_rows = error_files | "ErrorsRows" >> beam.Map(sinks.parquet_rows)
-    failure_counts = (failures | "FailureKey" >> beam.Map(sinks.failure_key)
-                      | "CountFailures" >> beam.combiners.Count.PerElement())
     manifest_base = {
         "run_id": options.run_id, "started": options.started, "input": options.input,
         "output": options.output, "segbeam_version": segbeam.__version__,
@@ -135,11 +144,9 @@ class WriteRunOutput(beam.PTransform):
             | "ManifestTrigger" >> beam.Create([None])
             | "WriteManifest" >> beam.ParDo(
                 sinks.WriteManifest(options.output, manifest_base),
-                beam.pvalue.AsSingleton(seen), beam.pvalue.AsSingleton(segmented_count),
-                beam.pvalue.AsList(failure_counts), beam.pvalue.AsList(segment_files),
+                beam.pvalue.AsList(counts), beam.pvalue.AsList(segment_files),
                 beam.pvalue.AsList(error_files), beam.pvalue.AsList(segments_rows),
-                beam.pvalue.AsList(errors_rows), beam.pvalue.AsSingleton(skipped_count),
-                beam.pvalue.AsSingleton(masks_written)))
+                beam.pvalue.AsList(errors_rows)))
 
 
 def build_pipeline(pipeline: beam.Pipeline, options: options_lib.RunOptions,
@@ -153,18 +160,15 @@ def build_pipeline(pipeline: beam.Pipeline, options: options_lib.RunOptions,
   read = pipeline | "Read" >> sources.ReadImageShards(
       options.input, input_format=options.input_format, example_keys=options.example_keys,
       max_file_bytes=options.max_file_bytes, spread_files=spread_files)
+  outputs = {"records": read.records, "read_failures": read[records.FAILURES]}
+  to_segment = read.records
   if options.skip_existing:
     # Before validation: an image segmented before is never decoded again.
     kept = read.records | "SkipExisting" >> resume.SkipExisting(options.skip_existing,
                                                                 metadata.version)
-    to_segment, skipped = kept.records, kept[resume.SKIPPED]
-  else:
-    to_segment, skipped = read.records, pipeline | "NothingSkipped" >> beam.Create([])
-  rows, segment_failures = to_segment | "Segment" >> SegmentImages(options, context, model_dir)
-  failures = ((read[records.FAILURES], segment_failures) | "AllFailures" >> beam.Flatten())
-  # Every input the reader produced, as a record or a read failure, skipped or not.
-  seen = ((read.records | "CountRecords" >> beam.combiners.Count.Globally(),
-           read[records.FAILURES] | "CountReadFailures" >> beam.combiners.Count.Globally())
-          | "SeenParts" >> beam.Flatten() | "Seen" >> beam.CombineGlobally(sum))
-  return (seen, rows, failures, skipped) | "Write" >> WriteRunOutput(options, metadata,
-                                                                     model_dir)
+    to_segment, outputs["skipped"] = kept.records, kept[resume.SKIPPED]
+  outputs["rows"], segment_failures = to_segment | "Segment" >> SegmentImages(
+      options, context, model_dir)
+  outputs["failures"] = ((read[records.FAILURES], segment_failures)
+                         | "AllFailures" >> beam.Flatten())
+  return outputs | "Write" >> WriteRunOutput(options, metadata, model_dir)

@@ -134,22 +134,50 @@ class UnbalancedRunError(RuntimeError):
   """Inputs were lost or doubled: the run must fail, and leave no manifest."""
 
 
+# The run's counts come from one combine (`segment_pipeline.WriteRunOutput`): every counted
+# element becomes a key naming what it counts, (what, stage, error type), the last two set only
+# for failures. Nothing counted, no key: its count is 0.
+COUNT_RECORDS = "records"              # records the reader produced
+COUNT_READ_FAILURES = "read_failures"  # inputs the reader could not make a record of
+COUNT_SEGMENTED = "segmented"          # rows sent to the segments table
+COUNT_SKIPPED = "skipped_existing"     # records skipped as segmented by an earlier run
+COUNT_MASK_FILES = "mask_files"        # mask files written
+COUNT_FAILED = "failed"                # failures sent to the errors table, by stage and type
+CountKey = tuple[str, str, str]
+
+
+def count_key(unused_element: Any, what: str) -> CountKey:
+  return what, "", ""
+
+
+def failure_count_key(failure: records.Failure) -> CountKey:
+  return COUNT_FAILED, failure.stage, failure.error_type
+
+
 class WriteManifest(beam.DoFn):
   """Runs once, after both Parquet sinks finalized (their file names, and the rows of each
-  file, are among its side inputs). Raises instead of writing when the conservation check
-  does not hold."""
+  file, are among its side inputs) and the run's counts are in (`CountKey`s with their
+  counts). Raises instead of writing when the conservation check does not hold."""
 
   def __init__(self, output_dir: str, base: Mapping[str, Any]):
     self._path = FileSystems.join(output_dir, MANIFEST_FILE)
     self._base = dict(base)
 
-  def process(self, unused_element, seen, segmented, failures, segment_files, error_files,
-              segments_rows, errors_rows, skipped_existing, masks_written):
+  def process(self, unused_element, counts, segment_files, error_files, segments_rows,
+              errors_rows):
+    by_key = dict(counts)
+
+    def count(what: str) -> int:
+      return by_key.get((what, "", ""), 0)
+
+    failures = [((stage, error_type), n) for (what, stage, error_type), n in by_key.items()
+                if what == COUNT_FAILED]
     manifest = build_manifest(
-        self._base, seen=seen, segmented=segmented, failures=list(failures),
+        self._base, seen=count(COUNT_RECORDS) + count(COUNT_READ_FAILURES),
+        segmented=count(COUNT_SEGMENTED), failures=failures,
         segment_files=list(segment_files), error_files=list(error_files),
         segments_rows=sum(segments_rows), errors_rows=sum(errors_rows),
-        skipped_existing=skipped_existing, masks_written=masks_written,
+        skipped_existing=count(COUNT_SKIPPED), masks_written=count(COUNT_MASK_FILES),
         mask_files=bool(self._base.get("options", {}).get("mask_files")))
     if not manifest["conservation"]["holds"]:
       # A lost or doubled input is a bug. Fail the job (non-zero exit, a failed Dataflow job)
@@ -170,7 +198,3 @@ def read_manifest(output: str) -> Optional[dict[str, Any]]:
     return None
   with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
     return json.loads(f.read())
-
-
-def failure_key(failure: records.Failure) -> tuple[str, str]:
-  return failure.stage, failure.error_type

@@ -63,19 +63,17 @@ def test_conservation_fails_when_anything_is_lost_or_doubled(changes):
 
 def test_an_unbalanced_run_fails_and_writes_no_manifest(tmp_path):
   pipeline = TestPipeline()
-  sizes = {name: pipeline | f"Size{name}" >> beam.Create([value])
-           for name, value in [("seen", 5), ("segmented", 3), ("skipped", 0), ("masks", 0)]}
+  # 5 inputs seen, 3 segmented and 1 failed: one input is missing from both tables.
+  counts = pipeline | "Counts" >> beam.Create([
+      ((sinks.COUNT_RECORDS, "", ""), 4), ((sinks.COUNT_READ_FAILURES, "", ""), 1),
+      ((sinks.COUNT_SEGMENTED, "", ""), 3), ((sinks.COUNT_FAILED, "validate", "EmptyImage"), 1)])
   file_rows = {name: pipeline | f"Rows{name}" >> beam.Create(value)
                for name, value in [("segments", [2, 1]), ("errors", [1])]}
-  failures = pipeline | "Failures" >> beam.Create([(("validate", "EmptyImage"), 1)])
   files = pipeline | "Files" >> beam.Create(["part-0.parquet"])
-  side = beam.pvalue.AsSingleton
   _ = (pipeline | beam.Create([None]) | beam.ParDo(
       sinks.WriteManifest(str(tmp_path), {"options": {"mask_files": False}}),
-      side(sizes["seen"]), side(sizes["segmented"]), beam.pvalue.AsList(failures),
-      beam.pvalue.AsList(files), beam.pvalue.AsList(files),
-      beam.pvalue.AsList(file_rows["segments"]), beam.pvalue.AsList(file_rows["errors"]),
-      side(sizes["skipped"]), side(sizes["masks"])))
+      beam.pvalue.AsList(counts), beam.pvalue.AsList(files), beam.pvalue.AsList(files),
+      beam.pvalue.AsList(file_rows["segments"]), beam.pvalue.AsList(file_rows["errors"])))
   with pytest.raises(Exception, match="inputs not accounted for"):
     pipeline.run().wait_until_finish()
   assert not os.path.exists(tmp_path / sinks.MANIFEST_FILE)

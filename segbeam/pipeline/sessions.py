@@ -1,0 +1,137 @@
+"""The TensorFlow session tfx-bsl's handler runs in, and loading it before Beam is imported.
+
+Nothing here imports Beam: `segbeam run` starts loading the export's session on a background
+thread right after TensorFlow is imported (`load_early_for_run`), so that the load overlaps
+importing Beam and building the pipeline, and the tfx-bsl handler takes that session
+(`take_early`) instead of loading its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import io
+import json
+import logging
+import os
+import threading
+from typing import Any, Optional, Sequence
+
+HANDLER_TFX_BSL = "tfx-bsl"
+_LOG = logging.getLogger(__name__)
+
+
+def session_config(*, on_gpu: bool):
+  """The options of the session tfx-bsl's handler runs in.
+
+  On a CPU, without Grappler's graph rewrites: they ran at every load, once for the variables'
+  restore and once for the first inference, ~1 s of each run's start-up, and the rewritten graph
+  was no faster on the tutorial U-Net (BENCHMARKS.md). oneDNN's own graph rewrite is not
+  Grappler's and stays. On a GPU, TensorFlow's defaults (its layout and fusion rewrites are
+  for GPUs; not measured here).
+  """
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel  # only workers need it
+  config = tf.compat.v1.ConfigProto()
+  if not on_gpu:
+    config.graph_options.rewrite_options.disable_meta_optimizer = True
+  return config
+
+
+def load_session(local_dir: str):
+  """The export in `local_dir` loaded as tfx-bsl's handler loads it (the TF1 SavedModel loader,
+  the serving tag), in a session with `session_config`. Returns (session, meta graph)."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  on_gpu = bool(tf.config.list_physical_devices("GPU"))
+  session = tf.compat.v1.Session(graph=tf.compat.v1.Graph(),
+                                 config=session_config(on_gpu=on_gpu))
+  meta_graph = tf.compat.v1.saved_model.loader.load(session, [tf.saved_model.SERVING], local_dir)
+  return session, meta_graph
+
+
+def warm_up_image(size: int) -> bytes:
+  """A small JPEG: the first call of a signature prepares its graph (a fraction of a second)."""
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  buffer = io.BytesIO()
+  Image.new("RGB", (size, size), (128, 128, 128)).save(buffer, format="JPEG")
+  return buffer.getvalue()
+
+
+def warm_up(session, meta_graph, signature_name: str, image: bytes) -> None:
+  """Runs the signature once on `image`, so that the first real batch finds its graph ready."""
+  signature = meta_graph.signature_def[signature_name]
+  (image_input,) = signature.inputs.values()
+  session.run({name: output.name for name, output in signature.outputs.items()},
+              {image_input.name: [image]})
+
+
+_early: dict[str, concurrent.futures.Future] = {}
+_early_lock = threading.Lock()
+
+
+def _key(local_dir: str) -> str:
+  return os.path.realpath(local_dir)
+
+
+def load_early(local_dir: str, *, signature_name: str, warm_up_size: int) -> None:
+  """Starts loading and warming up the session of the local export `local_dir` on a
+  background thread, for `take_early`."""
+  from segbeam.pipeline import devices  # pylint: disable=import-outside-toplevel
+  future: concurrent.futures.Future = concurrent.futures.Future()
+  with _early_lock:
+    _early[_key(local_dir)] = future
+
+  def load() -> None:
+    try:
+      devices.enable_memory_growth()  # before anything touches a GPU, as every load does
+      session, meta_graph = load_session(local_dir)
+      warm_up(session, meta_graph, signature_name, warm_up_image(warm_up_size))
+      future.set_result(session)
+    except BaseException as error:  # pylint: disable=broad-except  # the handler loads again
+      future.set_exception(error)
+
+  threading.Thread(target=load, name="segbeam-early-session", daemon=True).start()
+
+
+def take_early(local_dir: str) -> Optional[Any]:
+  """The session loaded early for `local_dir` (waiting for its load), once; None if there is
+  none or its load failed (the caller then loads, and reports any error, itself)."""
+  with _early_lock:
+    future = _early.pop(_key(local_dir), None)
+  if future is None:
+    return None
+  try:
+    return future.result()
+  except Exception:  # pylint: disable=broad-except
+    _LOG.warning("loading the model's session early failed; loading it again", exc_info=True)
+    return None
+
+
+def drop_early() -> None:
+  """Forgets the sessions loaded early (a run whose workers are other processes): one that is
+  still loading is dropped when its load ends."""
+  with _early_lock:
+    _early.clear()
+
+
+def load_early_for_run(argv: Sequence[str]) -> bool:
+  """Starts `load_early` for a `segbeam run` with these arguments when they name the tfx-bsl
+  handler (the default) and a local export (the embedded default model when no --model);
+  returns whether it did. The launcher parses the arguments in full later: a session it does
+  not take (another runner, a path it reads differently) is dropped."""
+  # pylint: disable=import-outside-toplevel  # TensorFlow is imported by now; Beam is not
+  from segbeam.model import defaults
+  from segbeam.model import export as export_lib
+  parser = argparse.ArgumentParser(add_help=False)
+  parser.add_argument("--model", default=None)
+  parser.add_argument("--inference-handler", default=HANDLER_TFX_BSL)
+  known, _ = parser.parse_known_args(argv)
+  model_dir = known.model or defaults.default_model_dir()
+  if known.inference_handler != HANDLER_TFX_BSL or "://" in model_dir:
+    return False
+  try:
+    with open(os.path.join(model_dir, export_lib.METADATA_FILE)) as f:
+      input_size = int(json.load(f)["config"]["input_size"])
+  except (OSError, ValueError, KeyError, TypeError):
+    return False  # not an export: the launcher says so
+  load_early(model_dir, signature_name=export_lib.SIGNATURE_NAME, warm_up_size=input_size)
+  return True
