@@ -12,8 +12,10 @@ files by symbolic links), measures:
       .keras file, numpy argmax and PNG per element, WriteToParquet (a subprocess too), once
       per --reference-batching: 'beam-default' as Beam's examples write it (RunInference's
       adaptive batching; the ratios use it), 'fixed' with every batch at --batch-size;
-and prints images/s, peak RSS of (c) and (d), and the ratios (c)/(a), (c)/(a'), (c)/(b),
-(c)/(d). The variants compared run side by side, the machine's speed drifting over minutes: the
+and prints images/s, CPU time per image (all threads), peak RSS of (c) and (d), and the ratios
+(c)/(a), (c)/(a'), (c)/(b), (c)/(d). From (c)'s CPU time it also prints the most (c) could do
+with that work spread over every core without a moment idle, as a fraction of (a): a ceiling
+no scheduling can beat, only less work per image. The variants compared run side by side, the machine's speed drifting over minutes: the
 default (c), then (a) once more (the ratio takes the mean of both (a)), then the default (d),
 then the other handlers and batchings.
 
@@ -25,6 +27,7 @@ then the other handlers and batchings.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -32,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Optional
 
 SHARED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data",
                       "oxford-pets-sample", "images")
@@ -49,9 +53,50 @@ def make_inputs(source_dir: str, count: int, target: str) -> list[str]:
   return paths
 
 
-def forward_alone(model_dir: str, paths: list[str], batch_size: int, slices: int = 1) -> float:
-  """img/s of the export's forward pass on pre-decoded batches; with `slices` > 1 each batch is
-  cut into that many slices run at the same time, as `segbeam run --inference-slices` does."""
+@dataclasses.dataclass(frozen=True)
+class Timing:
+  """One timed variant: wall seconds, CPU seconds of all its threads (user + system), and for a
+  subprocess its peak RSS."""
+
+  images: int
+  seconds: float
+  cpu_seconds: float
+  peak_rss_mb: Optional[float] = None
+
+  @property
+  def img_s(self) -> float:
+    return self.images / self.seconds
+
+  @property
+  def cpu_ms_per_image(self) -> float:
+    return 1000 * self.cpu_seconds / self.images
+
+  @property
+  def cores(self) -> float:
+    """Cores kept busy on average."""
+    return self.cpu_seconds / self.seconds
+
+  def as_json(self) -> dict:
+    return {"img_s": self.img_s, "seconds": self.seconds, "cpu_seconds": self.cpu_seconds,
+            "cpu_ms_per_image": self.cpu_ms_per_image, "cores": self.cores,
+            "peak_rss_mb": self.peak_rss_mb}
+
+  def describe(self) -> str:
+    text = f"{self.img_s:8.1f} img/s  ({self.seconds:.0f} s, CPU {self.cpu_ms_per_image:.1f} ms/img"
+    text += f" on {self.cores:.2f} cores"
+    if self.peak_rss_mb is not None:
+      text += f", peak RSS {self.peak_rss_mb:.0f} MB"
+    return text + ")"
+
+
+def _cpu_seconds() -> float:
+  """CPU time of this process, every thread (TensorFlow's pools included)."""
+  return time.process_time()
+
+
+def forward_alone(model_dir: str, paths: list[str], batch_size: int, slices: int = 1) -> Timing:
+  """The export's forward pass on pre-decoded batches; with `slices` > 1 each batch is cut into
+  that many slices run at the same time, as `segbeam run --inference-slices` does."""
   import concurrent.futures
   import numpy as np
   import tensorflow as tf
@@ -71,26 +116,26 @@ def forward_alone(model_dir: str, paths: list[str], batch_size: int, slices: int
 
   pool = concurrent.futures.ThreadPoolExecutor(slices)
   infer(batches[0])  # warm-up: graph tracing and thread pools
-  start = time.perf_counter()
+  start, cpu_start = time.perf_counter(), _cpu_seconds()
   done = 0
   for i, batch in enumerate(batches):
     n = min(batch_size, len(paths) - i * batch_size)
     list(pool.map(infer, [batch[a:b] for a, b in inference.slice_bounds(n, slices)]))
     done += n
-  seconds = time.perf_counter() - start
+  timing = Timing(done, time.perf_counter() - start, _cpu_seconds() - cpu_start)
   pool.shutdown()
-  return done / seconds
+  return timing
 
 
-def plain_loop(model_dir: str, paths: list[str], batch_size: int) -> float:
+def plain_loop(model_dir: str, paths: list[str], batch_size: int) -> Timing:
   from segbeam.model import export
   loaded = export.LoadedExport(model_dir)
   loaded.predict([open(paths[0], "rb").read()])  # warm-up
-  start = time.perf_counter()
+  start, cpu_start = time.perf_counter(), _cpu_seconds()
   for i in range(0, len(paths), batch_size):
     encoded = [open(p, "rb").read() for p in paths[i:i + batch_size]]
     loaded.predict(encoded)["probabilities"]
-  return len(paths) / (time.perf_counter() - start)
+  return Timing(len(paths), time.perf_counter() - start, _cpu_seconds() - cpu_start)
 
 
 def _high_water_mb(pid: int) -> float:
@@ -105,65 +150,67 @@ def _high_water_mb(pid: int) -> float:
   return 0.0
 
 
-def timed_subprocess(argv: list[str], log_path: str) -> tuple[float, float]:
-  """(seconds, peak RSS in MB) of a child process, start-up included.
+def timed_subprocess(argv: list[str], log_path: str, images: int) -> Timing:
+  """A child process over `images` images, start-up included.
 
-  The peak is read from /proc (VmHWM of the child's own address space), polled until it
-  exits: getrusage's ru_maxrss for a child also counts the parent's memory it was forked
-  with, which here includes TensorFlow and the model from (a) and (b).
+  Its CPU time comes from wait4's rusage of that child alone. The peak is read from /proc
+  (VmHWM of the child's own address space), polled until it exits: the rusage's ru_maxrss
+  also counts the parent's memory it was forked with, which here includes TensorFlow and the
+  model from (a) and (b).
   """
   start = time.perf_counter()
   peak = 0.0
   with open(log_path, "w") as log:
     process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-    while process.poll() is None:
+    while True:
+      pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+      if pid:
+        break
       peak = max(peak, _high_water_mb(process.pid))
       time.sleep(0.5)
   elapsed = time.perf_counter() - start
+  process.returncode = os.waitstatus_to_exitcode(status)
   if process.returncode != 0:
     raise RuntimeError(f"{argv[:3]} failed; see {log_path}")
-  return elapsed, peak
+  return Timing(images, elapsed, usage.ru_utime + usage.ru_stime, peak)
 
 
-def segbeam_run(model_dir: str, input_dir: str, output: str, batch_size: int, log: str,
-                extra: list[str]) -> tuple[float, float]:
+def segbeam_run(model_dir: str, input_dir: str, output: str, images: int, batch_size: int,
+                log: str, extra: list[str]) -> Timing:
   segbeam = shutil.which("segbeam", path=os.path.dirname(sys.executable)) or "segbeam"
   return timed_subprocess([segbeam, "run", "--input", os.path.join(input_dir, "*"), "--output",
                            output, "--model", model_dir, "--batch-size", str(batch_size),
-                           *extra], log)
+                           *extra], log, images)
 
 
-def reference_pattern(model_dir: str, input_dir: str, output: str, batching: str,
-                      batch_size: int, log: str) -> tuple[float, float]:
+def reference_pattern(model_dir: str, input_dir: str, output: str, images: int, batching: str,
+                      batch_size: int, log: str) -> Timing:
   script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reference_pattern.py")
   return timed_subprocess([sys.executable, script, "--model", model_dir, "--input",
                            os.path.join(input_dir, "*"), "--output", output, "--batching",
-                           batching, "--batch-size", str(batch_size)], log)
+                           batching, "--batch-size", str(batch_size)], log, images)
 
 
-def _record(results: dict, key: str, label: str, images: int, seconds: float,
-            rss: float) -> float:
-  """Stores and prints one timed subprocess; returns its images per second."""
-  rate = images / seconds
-  results[key] = {"img_s": rate, "seconds": seconds, "peak_rss_mb": rss}
-  print(f"{label} {rate:8.1f} img/s  ({seconds:.0f} s, peak RSS {rss:.0f} MB)", flush=True)
-  return rate
+def _record(results: dict, key: str, label: str, timing: Timing) -> Timing:
+  """Stores and prints one timed variant."""
+  results[key] = timing.as_json()
+  print(f"{label:44s} {timing.describe()}", flush=True)
+  return timing
 
 
 def time_segbeam_run(args, model_dir: str, work: str, paths: list[str], handler: str,
-                     results: dict) -> float:
-  """Runs and records (c) with `handler`; returns its images per second."""
+                     results: dict) -> Timing:
+  """Runs and records (c) with `handler`."""
   output = os.path.join(work, f"out_c_{handler}")
-  seconds, rss = segbeam_run(model_dir, os.path.join(work, "images"), output, args.batch_size,
-                             os.path.join(args.logs, f"c_{handler}.log"),
-                             ["--inference-handler", handler, "--inference-slices",
-                              str(args.slices), *args.run_args.split()])
+  timing = segbeam_run(model_dir, os.path.join(work, "images"), output, len(paths),
+                       args.batch_size, os.path.join(args.logs, f"c_{handler}.log"),
+                       ["--inference-handler", handler, "--inference-slices", str(args.slices),
+                        *args.run_args.split()])
   with open(os.path.join(output, "manifest.json")) as f:
     counts = json.load(f)["counts"]
   assert counts["segmented"] == len(paths), counts
   shutil.rmtree(output, ignore_errors=True)
-  return _record(results, f"c_{handler}", f"(c) segbeam run [{handler}]", len(paths), seconds,
-                 rss)
+  return _record(results, f"c_{handler}", f"(c) segbeam run [{handler}]", timing)
 
 
 def main(argv=None) -> int:
@@ -195,41 +242,43 @@ def main(argv=None) -> int:
     paths = make_inputs(args.photos, args.images, os.path.join(work, "images"))
     results = {"images": len(paths), "batch_size": args.batch_size, "cpus": os.cpu_count(),
                "tf_enable_onednn_opts": os.environ["TF_ENABLE_ONEDNN_OPTS"]}
+    forward_runs = []
     if "a" not in args.skip:
-      results["a_forward_img_s"] = forward_alone(model_dir, paths, args.batch_size)
-      print(f"(a) forward alone     {results['a_forward_img_s']:8.1f} img/s", flush=True)
+      forward_runs.append(_record(results, "a_before_c", "(a) forward alone",
+                                  forward_alone(model_dir, paths, args.batch_size)))
       if args.slices > 1:
-        results["a_sliced_img_s"] = forward_alone(model_dir, paths, args.batch_size, args.slices)
-        print(f"(a') forward alone, batches cut in {args.slices} concurrent slices "
-              f"{results['a_sliced_img_s']:8.1f} img/s", flush=True)
+        sliced = _record(results, "a_sliced",
+                         f"(a') forward alone, batches cut in {args.slices} slices",
+                         forward_alone(model_dir, paths, args.batch_size, args.slices))
+        results["a_sliced_img_s"] = sliced.img_s
     if "b" not in args.skip:
-      results["b_plain_loop_img_s"] = plain_loop(model_dir, paths, args.batch_size)
-      print(f"(b) plain loop        {results['b_plain_loop_img_s']:8.1f} img/s", flush=True)
+      results["b_plain_loop_img_s"] = _record(results, "b_plain_loop", "(b) plain loop",
+                                              plain_loop(model_dir, paths, args.batch_size)).img_s
     # The machine's speed drifts by 10-20% over minutes (BENCHMARKS.md), so the variants the
     # ratios compare run next to each other: the default (c), (a) again, the default (d); then
     # the other handlers and batchings. (c)/(a) uses the mean of the (a) before and after (c).
     handlers = args.handlers.split(",") if "c" not in args.skip else []
     batchings = args.reference_batching.split(",") if "d" not in args.skip else []
+    segbeam_timing = None
     for handler in handlers[:1]:
-      results.update(c_segbeam_img_s=time_segbeam_run(args, model_dir, work, paths, handler,
-                                                       results), c_handler=handler)
+      segbeam_timing = time_segbeam_run(args, model_dir, work, paths, handler, results)
+      results.update(c_segbeam_img_s=segbeam_timing.img_s, c_handler=handler)
       if "a" not in args.skip:
-        results["a_after_c_img_s"] = forward_alone(model_dir, paths, args.batch_size)
-        print(f"(a) forward alone, again after (c) {results['a_after_c_img_s']:8.1f} img/s",
-              flush=True)
-        results["a_before_c_img_s"] = results["a_forward_img_s"]
-        results["a_forward_img_s"] = (results["a_before_c_img_s"]
-                                      + results["a_after_c_img_s"]) / 2
-        print(f"(a) mean of both      {results['a_forward_img_s']:8.1f} img/s", flush=True)
+        forward_runs.append(_record(results, "a_after_c", "(a) forward alone, again after (c)",
+                                    forward_alone(model_dir, paths, args.batch_size)))
+    if forward_runs:
+      results["a_forward_img_s"] = sum(t.img_s for t in forward_runs) / len(forward_runs)
+      results["a_cpu_ms_per_image"] = (sum(t.cpu_ms_per_image for t in forward_runs)
+                                       / len(forward_runs))
+      print(f"(a) mean of {len(forward_runs)}{'':30s} {results['a_forward_img_s']:8.1f} img/s  "
+            f"(CPU {results['a_cpu_ms_per_image']:.1f} ms/img)", flush=True)
     for number, batching in enumerate(batchings):
-      seconds, rss = reference_pattern(model_dir, os.path.join(work, "images"),
-                                       os.path.join(work, f"out_d_{batching}"), batching,
-                                       args.batch_size,
-                                       os.path.join(args.logs, f"d_{batching}.log"))
-      rate = _record(results, f"d_{batching}", f"(d) reference pattern [{batching}]",
-                     len(paths), seconds, rss)
+      timing = reference_pattern(model_dir, os.path.join(work, "images"),
+                                 os.path.join(work, f"out_d_{batching}"), len(paths), batching,
+                                 args.batch_size, os.path.join(args.logs, f"d_{batching}.log"))
+      _record(results, f"d_{batching}", f"(d) reference pattern [{batching}]", timing)
       if number == 0:
-        results.update(d_reference_img_s=rate, d_batching=batching)
+        results.update(d_reference_img_s=timing.img_s, d_batching=batching)
         for handler in handlers[1:]:
           time_segbeam_run(args, model_dir, work, paths, handler, results)
     if not batchings:
@@ -242,6 +291,21 @@ def main(argv=None) -> int:
       if "c_segbeam_img_s" in results and key in results:
         results[ratio_key] = results["c_segbeam_img_s"] / results[key]
         print(f"(c)/({label}) = {results[ratio_key]:.2f}")
+    if "b_plain_loop_img_s" in results and "a_forward_img_s" in results:
+      # (b) only reads, decodes and infers: what (c) does beyond (a) at the least.
+      results["b_over_a"] = results["b_plain_loop_img_s"] / results["a_forward_img_s"]
+      print(f"(b)/(a) = {results['b_over_a']:.2f}")
+    if segbeam_timing is not None and forward_runs:
+      # The most (c) could do with its CPU work on every core, never idle: its start-up,
+      # decoding, postprocessing, Beam and Parquet cost CPU that (a) does not spend.
+      ceiling = len(paths) * os.cpu_count() / segbeam_timing.cpu_seconds
+      results.update(c_ceiling_img_s=ceiling,
+                     c_ceiling_over_a=ceiling / results["a_forward_img_s"],
+                     c_cpu_over_a_cpu=(segbeam_timing.cpu_ms_per_image
+                                       / results["a_cpu_ms_per_image"]))
+      print(f"CPU per image, (c)/(a) = {results['c_cpu_over_a_cpu']:.2f}; (c) with that work on "
+            f"all {os.cpu_count()} cores, never idle: {ceiling:.1f} img/s = "
+            f"{results['c_ceiling_over_a']:.2f} of (a)")
     print(json.dumps(results))
   finally:
     shutil.rmtree(work, ignore_errors=True)
