@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import io
-import json
 import logging
 import os
 import threading
@@ -128,10 +127,10 @@ def load_early_for_run(argv: Sequence[str]) -> bool:
   model_dir = known.model or defaults.default_model_dir()
   if known.inference_handler != HANDLER_TFX_BSL or "://" in model_dir:
     return False
+  import tensorflow as tf
   try:
-    with open(os.path.join(model_dir, export_lib.METADATA_FILE)) as f:
-      input_size = int(json.load(f)["config"]["input_size"])
-  except (OSError, ValueError, KeyError, TypeError):
-    return False  # not an export: the launcher says so
+    input_size = export_lib.read_metadata(model_dir).input_size
+  except (OSError, ValueError, KeyError, TypeError, tf.errors.OpError):
+    return False  # not an export, or unreadable: the launcher says so
   load_early(model_dir, signature_name=export_lib.SIGNATURE_NAME, warm_up_size=input_size)
   return True
