@@ -15,9 +15,11 @@ files by symbolic links), measures:
 and prints images/s, CPU time per image (all threads), peak RSS of (c) and (d), and the ratios
 (c)/(a), (c)/(a'), (c)/(b), (c)/(d). From (c)'s CPU time it also prints the most (c) could do
 with that work spread over every core without a moment idle, as a fraction of (a): a ceiling
-no scheduling can beat, only less work per image. The variants compared run side by side, the machine's speed drifting over minutes: the
-default (c), then (a) once more (the ratio takes the mean of both (a)), then the default (d),
-then the other handlers and batchings.
+no scheduling can beat, only less work per image; and from (c)'s progress lines its rate once
+running (its steady state) and its fixed cost, the rest of its wall time. The variants compared
+run side by side, the machine's speed drifting over minutes: the default (c), then (a) once more
+(the ratio takes the mean of both (a)), then the default (d), then the other handlers and
+batchings.
 
   python bench/throughput.py [--images 4500] [--batch-size 32] [--skip d]
 
@@ -28,8 +30,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -87,6 +91,42 @@ class Timing:
     if self.peak_rss_mb is not None:
       text += f", peak RSS {self.peak_rss_mb:.0f} MB"
     return text + ")"
+
+
+_PROGRESS_LINE = re.compile(  # segments.SegmentImage's log line, every 10 s
+    r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \S+: segmented (\d+) images in this worker")
+
+
+@dataclasses.dataclass(frozen=True)
+class SteadyState:
+  """(c) between its first and last progress line (one every 10 s): its rate once running."""
+
+  images: int
+  seconds: float
+
+  @property
+  def img_s(self) -> float:
+    return self.images / self.seconds
+
+  def fixed_seconds(self, run: Timing) -> float:
+    """What the whole run took beyond its images at the steady rate: start-up (Python,
+    TensorFlow, Beam, the pipeline), the first batches and the end (Parquet, manifest)."""
+    return run.seconds - run.images / self.img_s
+
+
+def steady_state(log_path: str) -> Optional[SteadyState]:
+  """From `segbeam run`'s progress lines in its log; None with fewer than two."""
+  progress = []
+  with open(log_path, errors="replace") as log:
+    for line in log:
+      match = _PROGRESS_LINE.match(line)
+      if match:
+        progress.append((datetime.datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f"),
+                         int(match.group(2))))
+  if len(progress) < 2:
+    return None
+  (first_time, first_done), (last_time, last_done) = progress[0], progress[-1]
+  return SteadyState(last_done - first_done, (last_time - first_time).total_seconds())
 
 
 def _cpu_seconds() -> float:
@@ -202,21 +242,33 @@ def time_segbeam_run(args, model_dir: str, work: str, paths: list[str], handler:
                      results: dict) -> Timing:
   """Runs and records (c) with `handler`."""
   output = os.path.join(work, f"out_c_{handler}")
+  log = os.path.join(args.logs, f"c_{handler}.log")
   timing = segbeam_run(model_dir, os.path.join(work, "images"), output, len(paths),
-                       args.batch_size, os.path.join(args.logs, f"c_{handler}.log"),
+                       args.batch_size, log,
                        ["--inference-handler", handler, "--inference-slices", str(args.slices),
                         *args.run_args.split()])
   with open(os.path.join(output, "manifest.json")) as f:
     counts = json.load(f)["counts"]
   assert counts["segmented"] == len(paths), counts
   shutil.rmtree(output, ignore_errors=True)
-  return _record(results, f"c_{handler}", f"(c) segbeam run [{handler}]", timing)
+  _record(results, f"c_{handler}", f"(c) segbeam run [{handler}]", timing)
+  steady = steady_state(log)
+  if steady is not None:
+    results[f"c_{handler}"].update(steady_img_s=steady.img_s,
+                                   fixed_seconds=steady.fixed_seconds(timing))
+    print(f"{'':4s}steady state {steady.img_s:.1f} img/s ({steady.images} images in "
+          f"{steady.seconds:.1f} s between progress lines); fixed cost "
+          f"{steady.fixed_seconds(timing):.1f} s", flush=True)
+  return timing
 
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--images", type=int, default=4500)
   parser.add_argument("--batch-size", type=int, default=32)
+  parser.add_argument("--forward-images", type=int, default=4500,
+                      help="(a), (a') and (b) time at most this many of the images: a rate, "
+                      "and (a) holds its decoded batches in memory (45,000 would take 8.8 GB)")
   parser.add_argument("--model", default=None, help="export (default: the embedded model)")
   parser.add_argument("--photos", default=SHARED)
   parser.add_argument("--skip", default="", help="letters of variants to skip, e.g. 'd'")
@@ -242,18 +294,20 @@ def main(argv=None) -> int:
     paths = make_inputs(args.photos, args.images, os.path.join(work, "images"))
     results = {"images": len(paths), "batch_size": args.batch_size, "cpus": os.cpu_count(),
                "tf_enable_onednn_opts": os.environ["TF_ENABLE_ONEDNN_OPTS"]}
+    forward_paths = paths[:args.forward_images]
     forward_runs = []
     if "a" not in args.skip:
       forward_runs.append(_record(results, "a_before_c", "(a) forward alone",
-                                  forward_alone(model_dir, paths, args.batch_size)))
+                                  forward_alone(model_dir, forward_paths, args.batch_size)))
       if args.slices > 1:
         sliced = _record(results, "a_sliced",
                          f"(a') forward alone, batches cut in {args.slices} slices",
-                         forward_alone(model_dir, paths, args.batch_size, args.slices))
+                         forward_alone(model_dir, forward_paths, args.batch_size, args.slices))
         results["a_sliced_img_s"] = sliced.img_s
     if "b" not in args.skip:
+      plain = plain_loop(model_dir, forward_paths, args.batch_size)
       results["b_plain_loop_img_s"] = _record(results, "b_plain_loop", "(b) plain loop",
-                                              plain_loop(model_dir, paths, args.batch_size)).img_s
+                                              plain).img_s
     # The machine's speed drifts by 10-20% over minutes (BENCHMARKS.md), so the variants the
     # ratios compare run next to each other: the default (c), (a) again, the default (d); then
     # the other handlers and batchings. (c)/(a) uses the mean of the (a) before and after (c).
@@ -265,7 +319,7 @@ def main(argv=None) -> int:
       results.update(c_segbeam_img_s=segbeam_timing.img_s, c_handler=handler)
       if "a" not in args.skip:
         forward_runs.append(_record(results, "a_after_c", "(a) forward alone, again after (c)",
-                                    forward_alone(model_dir, paths, args.batch_size)))
+                                    forward_alone(model_dir, forward_paths, args.batch_size)))
     if forward_runs:
       results["a_forward_img_s"] = sum(t.img_s for t in forward_runs) / len(forward_runs)
       results["a_cpu_ms_per_image"] = (sum(t.cpu_ms_per_image for t in forward_runs)
@@ -291,6 +345,10 @@ def main(argv=None) -> int:
       if "c_segbeam_img_s" in results and key in results:
         results[ratio_key] = results["c_segbeam_img_s"] / results[key]
         print(f"(c)/({label}) = {results[ratio_key]:.2f}")
+    steady_img_s = results.get(f"c_{results.get('c_handler')}", {}).get("steady_img_s")
+    if steady_img_s and "a_forward_img_s" in results:
+      results["c_steady_over_a"] = steady_img_s / results["a_forward_img_s"]
+      print(f"(c) in its steady state / (a) = {results['c_steady_over_a']:.2f}")
     if "b_plain_loop_img_s" in results and "a_forward_img_s" in results:
       # (b) only reads, decodes and infers: what (c) does beyond (a) at the least.
       results["b_over_a"] = results["b_plain_loop_img_s"] / results["a_forward_img_s"]
