@@ -239,8 +239,9 @@ def _record(results: dict, key: str, label: str, timing: Timing) -> Timing:
 
 
 def time_segbeam_run(args, model_dir: str, work: str, paths: list[str], handler: str,
-                     results: dict) -> Timing:
-  """Runs and records (c) with `handler`."""
+                     results: dict) -> tuple[Timing, Optional[SteadyState]]:
+  """Runs and records (c) with `handler`; its timing and its steady state (None when its log
+  has fewer than two progress lines)."""
   output = os.path.join(work, f"out_c_{handler}")
   log = os.path.join(args.logs, f"c_{handler}.log")
   timing = segbeam_run(model_dir, os.path.join(work, "images"), output, len(paths),
@@ -254,12 +255,11 @@ def time_segbeam_run(args, model_dir: str, work: str, paths: list[str], handler:
   _record(results, f"c_{handler}", f"(c) segbeam run [{handler}]", timing)
   steady = steady_state(log)
   if steady is not None:
-    results[f"c_{handler}"].update(steady_img_s=steady.img_s,
-                                   fixed_seconds=steady.fixed_seconds(timing))
+    fixed = steady.fixed_seconds(timing)
+    results[f"c_{handler}"].update(steady_img_s=steady.img_s, fixed_seconds=fixed)
     print(f"{'':4s}steady state {steady.img_s:.1f} img/s ({steady.images} images in "
-          f"{steady.seconds:.1f} s between progress lines); fixed cost "
-          f"{steady.fixed_seconds(timing):.1f} s", flush=True)
-  return timing
+          f"{steady.seconds:.1f} s between progress lines); fixed cost {fixed:.1f} s", flush=True)
+  return timing, steady
 
 
 def main(argv=None) -> int:
@@ -313,9 +313,10 @@ def main(argv=None) -> int:
     # the other handlers and batchings. (c)/(a) uses the mean of the (a) before and after (c).
     handlers = args.handlers.split(",") if "c" not in args.skip else []
     batchings = args.reference_batching.split(",") if "d" not in args.skip else []
-    segbeam_timing = None
+    segbeam_timing = segbeam_steady = None
     for handler in handlers[:1]:
-      segbeam_timing = time_segbeam_run(args, model_dir, work, paths, handler, results)
+      segbeam_timing, segbeam_steady = time_segbeam_run(args, model_dir, work, paths, handler,
+                                                        results)
       results.update(c_segbeam_img_s=segbeam_timing.img_s, c_handler=handler)
       if "a" not in args.skip:
         forward_runs.append(_record(results, "a_after_c", "(a) forward alone, again after (c)",
@@ -345,9 +346,8 @@ def main(argv=None) -> int:
       if "c_segbeam_img_s" in results and key in results:
         results[ratio_key] = results["c_segbeam_img_s"] / results[key]
         print(f"(c)/({label}) = {results[ratio_key]:.2f}")
-    steady_img_s = results.get(f"c_{results.get('c_handler')}", {}).get("steady_img_s")
-    if steady_img_s and "a_forward_img_s" in results:
-      results["c_steady_over_a"] = steady_img_s / results["a_forward_img_s"]
+    if segbeam_steady is not None and "a_forward_img_s" in results:
+      results["c_steady_over_a"] = segbeam_steady.img_s / results["a_forward_img_s"]
       print(f"(c) in its steady state / (a) = {results['c_steady_over_a']:.2f}")
     if "b_plain_loop_img_s" in results and "a_forward_img_s" in results:
       # (b) only reads, decodes and infers: what (c) does beyond (a) at the least.
