@@ -33,7 +33,8 @@ EXTRAS_REQUIRE = {
         *DEMO_REQUIRE,
     ],
     # bench/reference_pattern.py: Beam's TFModelHandlerTensor imports tensorflow_hub.
-    "bench": ["tensorflow-hub==0.16.1", "tf-keras==2.21.0"],
+    # bench/gil_profile.py samples `segbeam run` with py-spy.
+    "bench": ["tensorflow-hub==0.16.1", "tf-keras==2.21.0", "py-spy==0.4.3"],
 }
 
 setuptools.setup(
