@@ -30,11 +30,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import throughput  # pylint: disable=wrong-import-position  # the bench's own inputs
 
 # (stage, a pattern of a frame in the stack), first match wins: nested stages before the ones
-# around them (class_mask runs inside segment_row, which runs inside SegmentImage).
-STAGES = (
+# around them (class_mask runs inside segment_row, which runs inside SegmentImage). The
+# start-up stages are paid once per run, the others per image.
+START_UP_STAGES = (
     ("importing modules", "_find_and_load"),
     ("building the pipeline", "build_pipeline"),
     ("loading the model", "sessions.py"),
+)
+STAGES = START_UP_STAGES + (
     ("reading files", "ReadImages"),
     ("validating headers", "ValidateImage"),
     ("tfx-bsl: outputs into PredictionLogs", "_post_process"),
@@ -70,17 +73,12 @@ def gil_seconds_by_stage(raw_profile: str, rate: int) -> collections.Counter:
   return seconds
 
 
-def _segbeam_argv(input_dir: str, output: str, batch_size: int) -> list[str]:
-  segbeam = shutil.which("segbeam", path=os.path.dirname(sys.executable)) or "segbeam"
-  return [segbeam, "run", "--input", os.path.join(input_dir, "*"), "--output", output,
-          "--batch-size", str(batch_size)]
-
-
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--images", type=int, default=1800)
   parser.add_argument("--batch-size", type=int, default=32)
   parser.add_argument("--rate", type=int, default=50, help="py-spy samples per second")
+  parser.add_argument("--model", default=None, help="export (default: the embedded model)")
   parser.add_argument("--photos", default=throughput.SHARED)
   parser.add_argument("--py-spy", default=shutil.which("py-spy",
                                                        path=os.path.dirname(sys.executable)),
@@ -88,21 +86,23 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   if not args.py_spy:
     parser.error("py-spy not found: pip install -e '.[bench]'")
+  from segbeam.model import defaults
+  model_dir = args.model or defaults.default_model_dir()
   work = tempfile.mkdtemp(prefix="segbeam-gil-")
   try:
     input_dir = os.path.join(work, "images")
     images = len(throughput.make_inputs(args.photos, args.images, input_dir))
-    plain = throughput.timed_subprocess(
-        _segbeam_argv(input_dir, os.path.join(work, "plain"), args.batch_size),
-        os.path.join(work, "plain.log"), images)
+    plain = throughput.segbeam_run(model_dir, input_dir, os.path.join(work, "plain"), images,
+                                   args.batch_size, os.path.join(work, "plain.log"), [])
     print(f"plain run: {plain.describe()}")
     raw = os.path.join(work, "profile.txt")
     start = time.perf_counter()
     with open(os.path.join(work, "profiled.log"), "w") as log:
       subprocess.run([args.py_spy, "record", "--gil", "--threads", "--rate", str(args.rate),
                       "--format", "raw", "-o", raw, "--",
-                      *_segbeam_argv(input_dir, os.path.join(work, "profiled"),
-                                     args.batch_size)],
+                      *throughput.segbeam_run_argv(model_dir, input_dir,
+                                                   os.path.join(work, "profiled"),
+                                                   args.batch_size)],
                      stdout=log, stderr=subprocess.STDOUT, check=True)
     profiled_wall = time.perf_counter() - start
     seconds = gil_seconds_by_stage(raw, args.rate)
@@ -112,11 +112,10 @@ def main(argv=None) -> int:
     print(f"{'stage':42s} {'GIL s':>7s} {'ms/image':>9s}")
     for stage, stage_seconds in seconds.most_common():
       print(f"{stage:42s} {stage_seconds:7.2f} {1000 * stage_seconds / images:9.2f}")
-    per_image = [s for stage, s in seconds.items()
-                 if stage not in ("importing modules", "building the pipeline",
-                                  "loading the model")]
-    print(f"{'all but importing, building and loading':42s} {sum(per_image):7.2f} "
-          f"{1000 * sum(per_image) / images:9.2f}")
+    start_up = {stage for stage, _ in START_UP_STAGES}
+    per_image = sum(s for stage, s in seconds.items() if stage not in start_up)
+    print(f"{'all but importing, building and loading':42s} {per_image:7.2f} "
+          f"{1000 * per_image / images:9.2f}")
   finally:
     shutil.rmtree(work, ignore_errors=True)
   return 0

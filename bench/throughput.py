@@ -39,7 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Optional
+from typing import Optional, Sequence
 
 SHARED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data",
                       "oxford-pets-sample", "images")
@@ -215,12 +215,18 @@ def timed_subprocess(argv: list[str], log_path: str, images: int) -> Timing:
   return Timing(images, elapsed, usage.ru_utime + usage.ru_stime, peak)
 
 
+def segbeam_run_argv(model_dir: str, input_dir: str, output: str, batch_size: int,
+                     extra: Sequence[str] = ()) -> list[str]:
+  """The `segbeam run` command over every file in `input_dir`, from this Python's venv."""
+  segbeam = shutil.which("segbeam", path=os.path.dirname(sys.executable)) or "segbeam"
+  return [segbeam, "run", "--input", os.path.join(input_dir, "*"), "--output", output,
+          "--model", model_dir, "--batch-size", str(batch_size), *extra]
+
+
 def segbeam_run(model_dir: str, input_dir: str, output: str, images: int, batch_size: int,
                 log: str, extra: list[str]) -> Timing:
-  segbeam = shutil.which("segbeam", path=os.path.dirname(sys.executable)) or "segbeam"
-  return timed_subprocess([segbeam, "run", "--input", os.path.join(input_dir, "*"), "--output",
-                           output, "--model", model_dir, "--batch-size", str(batch_size),
-                           *extra], log, images)
+  return timed_subprocess(segbeam_run_argv(model_dir, input_dir, output, batch_size, extra), log,
+                          images)
 
 
 def reference_pattern(model_dir: str, input_dir: str, output: str, images: int, batching: str,
