@@ -14,6 +14,18 @@ SHARED_DATA = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."
 TINY_INPUT_SIZE = 32
 
 
+def pytest_configure(config):  # pylint: disable=unused-argument
+  """Every TestPipeline that names no runner runs on the one `segbeam run` uses by default.
+
+  Beam's own default, the DirectRunner, first tries the Prism runner: offline it fails to
+  download Prism's binary, falls back and leaves an empty /tmp/beam-temp* folder per pipeline;
+  online it would download the binary and run the tests on Prism, an engine segbeam never runs.
+  """
+  from apache_beam.testing.test_pipeline import TestPipeline  # pylint: disable=import-outside-toplevel
+  from segbeam.pipeline import launcher  # pylint: disable=import-outside-toplevel
+  TestPipeline.pytest_test_pipeline_options = f"--runner={launcher.DEFAULT_LOCAL_RUNNER}"
+
+
 @pytest.fixture(scope="session")
 def tiny_config():
   from segbeam.model import config

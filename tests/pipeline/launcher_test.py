@@ -74,6 +74,13 @@ def test_default_runner_avoids_prism_but_can_be_overridden():
   assert chosen.get_all_options()["runner"] == "DirectRunner"
 
 
+def test_test_pipelines_run_on_segbeams_default_runner():
+  """conftest.py: what the tests' TestPipelines run on is what `segbeam run` runs on."""
+  from apache_beam.testing.test_pipeline import TestPipeline
+  assert TestPipeline().get_pipeline_options().get_all_options()["runner"] == (
+      launcher.DEFAULT_LOCAL_RUNNER)
+
+
 @pytest.mark.parametrize("beam_args, in_process", [
     ([], True),  # segbeam's default, the FnApiRunner
     (["--runner=DirectRunner"], True),
