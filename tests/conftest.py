@@ -20,10 +20,12 @@ def pytest_configure(config):  # pylint: disable=unused-argument
   Beam's own default, the DirectRunner, first tries the Prism runner: offline it fails to
   download Prism's binary, falls back and leaves an empty /tmp/beam-temp* folder per pipeline;
   online it would download the binary and run the tests on Prism, an engine segbeam never runs.
+  The runner is named here rather than read from `segbeam.pipeline.launcher`, whose import
+  (TensorFlow's) would add seconds to every pytest start;
+  launcher_test.test_test_pipelines_run_on_segbeams_default_runner ties the two.
   """
   from apache_beam.testing.test_pipeline import TestPipeline  # pylint: disable=import-outside-toplevel
-  from segbeam.pipeline import launcher  # pylint: disable=import-outside-toplevel
-  TestPipeline.pytest_test_pipeline_options = f"--runner={launcher.DEFAULT_LOCAL_RUNNER}"
+  TestPipeline.pytest_test_pipeline_options = "--runner=FnApiRunner"
 
 
 @pytest.fixture(scope="session")
