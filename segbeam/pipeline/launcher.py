@@ -192,7 +192,8 @@ def print_report(output: str, examples: int = 5) -> None:
         + (f", {skipped} skipped (segmented before)" if skipped else ""))
   for reason in counts["failed_by_reason"]:
     print(f"  failed at {reason['stage']}: {reason['error_type']} x{reason['count']}")
-  print(f"output: {output}/segments/*.parquet, errors/*.parquet, manifest.json")
+  mask_files = ", masks/*.png" if manifest["options"]["mask_files"] else ""
+  print(f"output: {output}/segments/*.parquet, errors/*.parquet{mask_files}, manifest.json")
   class_names = manifest["model"]["class_names"]
   from segbeam.pipeline import schema
   columns = ["image_id", "dominant_class"] + [

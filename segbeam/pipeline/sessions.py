@@ -41,9 +41,15 @@ def load_session(local_dir: str):
   the serving tag), in a session with `session_config`. Returns (session, meta graph)."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   on_gpu = bool(tf.config.list_physical_devices("GPU"))
+  # pylint: disable-next=import-outside-toplevel
+  from tensorflow.python.util import deprecation
   session = tf.compat.v1.Session(graph=tf.compat.v1.Graph(),
                                  config=session_config(on_gpu=on_gpu))
-  meta_graph = tf.compat.v1.saved_model.loader.load(session, [tf.saved_model.SERVING], local_dir)
+  # The TF1 loader is tfx-bsl's, on purpose; its deprecation notice (three lines before
+  # anything else `segbeam run` prints) tells a user nothing they can act on.
+  with deprecation.silence():
+    meta_graph = tf.compat.v1.saved_model.loader.load(session, [tf.saved_model.SERVING],
+                                                      local_dir)
   return session, meta_graph
 
 

@@ -33,15 +33,16 @@ def test_runs_and_reports(tiny_export, one_image, tmp_path, capsys):
                       export_dir, "--direct_num_workers=1")  # a Beam option passes through
   assert code == 0
   assert "1 inputs, 1 segmented, 0 failed" in out and "cat.png" in out
+  assert f"output: {output}/segments/*.parquet, errors/*.parquet, manifest.json" in out
   assert os.path.exists(os.path.join(output, "manifest.json"))
   accounting.assert_accounted_for(output, inputs_seen=1)
 
   code, _, err = _run(capsys, "--input", one_image + "/*.png", "--output", output, "--model",
                       export_dir)
   assert code == 2 and "already holds a run" in err and len(err.splitlines()) == 1
-  code, _, _ = _run(capsys, "--input", one_image + "/*.png", "--output", output, "--model",
-                    export_dir, "--overwrite")
-  assert code == 0
+  code, out, _ = _run(capsys, "--input", one_image + "/*.png", "--output", output, "--model",
+                      export_dir, "--overwrite", "--mask-files")
+  assert code == 0 and "errors/*.parquet, masks/*.png, manifest.json" in out
 
 
 @pytest.mark.parametrize("case,words", [("no_input", "no input matched"),

@@ -86,3 +86,5 @@ def test_the_early_load_starts_before_beam_is_imported(tiny_export):
           f"print(sessions.take_early({export_dir!r}) is not None)")
   out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
   assert out.stdout.split() == ["True", "False", "True"]
+  # The TF1 loader's deprecation notice was the first thing every `segbeam run` printed.
+  assert "deprecated" not in out.stderr, out.stderr
