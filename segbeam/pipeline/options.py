@@ -23,10 +23,11 @@ class RunOptions:
     model_dir: export to run; None for the embedded default model.
     batch_size: most images per inference batch; bounds memory per worker.
     max_pixels: images whose header declares more pixels are refused before decoding.
-    max_file_bytes: larger files are refused before they are read.
+    max_file_bytes: larger files, and larger TFRecord records, are refused before they are read.
     mask_files: also write each mask as DIR/masks/<safe name>.png.
     overwrite: replace a previous run's output in the folder instead of refusing.
-    input_format: 'auto' (TFRecord by file name, images otherwise), 'images' or 'tfrecord'.
+    input_format: 'auto' (a file's name says shard or image, or else its first bytes do: see
+      `sources.is_tfrecord`), 'images' or 'tfrecord'.
     example_keys: tf.Example feature keys.
     handler: 'tfx-bsl' or 'saved-model' (see `inference`).
     inference_slices: each batch is cut into this many slices inferred at the same time, which
@@ -65,6 +66,8 @@ class RunOptions:
   def __post_init__(self):
     if self.batch_size < 1:
       raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}")
+    if self.max_file_bytes < 1:
+      raise ValueError(f"--max-file-bytes must be at least 1, got {self.max_file_bytes}")
     if self.max_pixels < 1:
       raise ValueError(f"--max-pixels must be at least 1, got {self.max_pixels}")
     if self.inference_slices < 1:
@@ -83,21 +86,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--output", required=True, help="output folder, local or gs://")
   parser.add_argument("--model", dest="model_dir", default=None,
                       help="export directory (default: the embedded default model)")
-  parser.add_argument("--batch-size", type=int, default=32, help="images per inference batch")
+  parser.add_argument("--batch-size", type=int, default=32,
+                      help="images per inference batch (default: %(default)s)")
   parser.add_argument("--max-pixels", type=int, default=validation.DEFAULT_MAX_PIXELS,
                       help="refuse images declaring more pixels, before decoding "
                       "(default: %(default)s)")
   parser.add_argument("--max-file-bytes", type=int, default=256 << 20,
-                      help="refuse larger files before reading them")
+                      help="refuse larger files (and larger TFRecord records) before reading "
+                      "them (default: %(default)s)")
   parser.add_argument("--mask-files", action="store_true",
                       help="also write masks as PNG files under OUTPUT/masks/")
   parser.add_argument("--overwrite", action="store_true",
                       help="replace a previous run's output in OUTPUT")
-  parser.add_argument("--input-format", choices=sources.INPUT_FORMATS, default=sources.FORMAT_AUTO)
+  parser.add_argument("--input-format", choices=sources.INPUT_FORMATS,
+                      default=sources.FORMAT_AUTO,
+                      help="auto (default): .tfrecord/.tfr names are shards, image extensions "
+                      "images, any other file by its first bytes")
   defaults = sources.ExampleKeys()
   parser.add_argument("--image-key", default=defaults.image, help="tf.Example image feature")
-  parser.add_argument("--filename-key", default=defaults.filename)
-  parser.add_argument("--label-key", default=defaults.label)
+  parser.add_argument("--filename-key", default=defaults.filename,
+                      help="tf.Example feature naming the image, its id")
+  parser.add_argument("--label-key", default=defaults.label,
+                      help="tf.Example feature holding a ground-truth label image (optional)")
   parser.add_argument("--inference-handler", dest="handler", choices=inference.HANDLERS,
                       default=inference.HANDLER_TFX_BSL,
                       help="tfx-bsl (default: tfx-bsl's CreateModelHandler) or saved-model (the "

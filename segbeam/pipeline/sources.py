@@ -8,7 +8,8 @@ gets a stable, unique id:
   repeated anywhere in the input (as a filename or as such a fallback id), every occurrence
   becomes '<id>#<shard id>#<index>'.
 
-Reads are bounded whatever a file claims: an image file is read up to --max-file-bytes and
+Which files are shards: `is_tfrecord` (by name, or by the first bytes where the name does not
+say). Reads are bounded whatever a file claims: an image file is read up to --max-file-bytes and
 refused beyond, a shard record over that size is skipped unread, and a local path that is not a
 regular file (a FIFO, a device such as /dev/zero behind a symlink) is refused without opening it.
 Nothing read from an input names a file to read: ids from tf.Examples only label rows.
@@ -21,7 +22,7 @@ import os
 import posixpath
 import re
 import stat
-from typing import Iterator, Optional
+from typing import BinaryIO, Callable, Iterator, Optional
 
 import apache_beam as beam
 from apache_beam.io import fileio
@@ -35,6 +36,10 @@ FORMAT_TFRECORD = "tfrecord"
 INPUT_FORMATS = (FORMAT_AUTO, FORMAT_IMAGES, FORMAT_TFRECORD)
 
 _TFRECORD_NAME = re.compile(r"\.(tfrecords?|tfr)(\.gz)?($|-\d+-of-\d+$)|\.tfrecord", re.I)
+# Names routed to the image reader without opening them: the supported formats' extensions and
+# those of formats refused with a clear reason (validation.UNSUPPORTED and HEIF/AVIF).
+_IMAGE_NAME = re.compile(r"\.(jpe?g|jfif|png|gif|bmp|dib|tiff?|webp|jp2|j2k|heic|heif|avif)$",
+                         re.I)
 _GLOB_CHARS = re.compile(r"[*?\[]")
 METRICS_NAMESPACE = "segbeam"
 
@@ -63,10 +68,29 @@ def relative_id(path: str, root: str) -> str:
   return posixpath.basename(path)
 
 
-def is_tfrecord(path: str, input_format: str) -> bool:
+def is_tfrecord(path: str, input_format: str, *,
+                open_file: Optional[Callable[[], BinaryIO]] = None) -> bool:
+  """Whether `path` is read as a TFRecord shard rather than as an image file.
+
+  With --input-format auto, a name that says which it is decides ('.tfrecord', '.tfr', ... or an
+  image extension; an image's format is still read from its bytes), so that the common case
+  opens nothing extra. Any other name (TensorFlow's usual 'train-00000-of-01024', say) is
+  decided by the file's first bytes, read through `open_file`: a shard begins with a record
+  length and its checksum. Without `open_file`, or when it fails, such a file is an image (its
+  real read then reports what is wrong with it).
+  """
   if input_format != FORMAT_AUTO:
     return input_format == FORMAT_TFRECORD
-  return bool(_TFRECORD_NAME.search(posixpath.basename(path)))
+  name = posixpath.basename(path)
+  if _TFRECORD_NAME.search(name):
+    return True
+  if _IMAGE_NAME.search(name) or open_file is None:
+    return False
+  try:
+    with open_file() as stream:
+      return tfrecord.starts_with_a_record(stream)
+  except Exception:  # pylint: disable=broad-except  # unreadable: the image read says why
+    return False
 
 
 def not_a_regular_file(path: str) -> Optional[str]:
@@ -81,6 +105,14 @@ def not_a_regular_file(path: str) -> Optional[str]:
   if stat.S_ISREG(mode):
     return None
   return f"{path} is not a regular file (mode {stat.filemode(mode)})"
+
+
+def _open_if_regular(readable: fileio.ReadableFile) -> BinaryIO:
+  """Opens the file, unless `not_a_regular_file` refuses it (then raises OSError)."""
+  refusal = not_a_regular_file(readable.metadata.path)
+  if refusal is not None:
+    raise OSError(refusal)
+  return readable.open()
 
 
 def _bytes_feature(example, key: str) -> Optional[bytes]:
@@ -109,7 +141,7 @@ class ReadImages(beam.DoFn):
     if refusal is not None:
       outputs = [beam.pvalue.TaggedOutput(records.FAILURES, records.Failure(
           file_id, path, records.STAGE_READ, "NotARegularFile", refusal))]
-    elif is_tfrecord(path, self._input_format):
+    elif is_tfrecord(path, self._input_format, open_file=readable.open):
       outputs = self._read_shard(readable, file_id, renames or {})
     else:
       outputs = self._read_image(readable, file_id)
@@ -209,9 +241,10 @@ class ShardFilenames(beam.DoFn):
 
   def process(self, readable: fileio.ReadableFile):
     path = readable.metadata.path
-    if not is_tfrecord(path, self._input_format):
-      # An image file's id is its path, known without reading or even stat-ing it (a file
-      # refused later still takes its id); listed so that a record claiming it is renamed.
+    if not is_tfrecord(path, self._input_format,
+                       open_file=lambda: _open_if_regular(readable)):
+      # An image file's id is its path, known without reading it (a file refused later still
+      # takes its id); listed so that a record claiming it is renamed.
       yield relative_id(path, self._root), (path, IMAGE_FILE_INDEX)
       return
     if not_a_regular_file(path) is not None:

@@ -60,6 +60,14 @@ def read_up_to(stream: BinaryIO, count: int) -> bytes:
   return b"".join(chunks)
 
 
+def starts_with_a_record(stream: BinaryIO) -> bool:
+  """Whether the stream begins as a TFRecord file does: a record length and its checksum.
+  Other data passes by chance once in 2**32 (no image format's header does)."""
+  header = read_up_to(stream, 12)
+  return (len(header) == 12
+          and masked_crc(header[:8]) == struct.unpack("<I", header[8:])[0])
+
+
 def _skip(stream: BinaryIO, count: int) -> int:
   """Skips `count` bytes without keeping them; returns how many were there."""
   skipped = 0

@@ -29,6 +29,7 @@ from PIL import PngImagePlugin
 
 from segbeam.pipeline import records
 from segbeam.pipeline import sources
+from segbeam.pipeline import tfrecord
 
 DEFAULT_MAX_PIXELS = 50_000_000
 
@@ -73,6 +74,9 @@ def describe_unsupported(data: bytes) -> str:
       return f"{name} is not a supported format (JPEG, PNG, GIF, BMP)"
   if data[4:12] in (b"ftypheic", b"ftypheix", b"ftypmif1", b"ftypavif"):
     return "HEIF/AVIF is not a supported format (JPEG, PNG, GIF, BMP)"
+  if tfrecord.starts_with_a_record(io.BytesIO(data)):
+    return ("a TFRecord file, not an image (read as one for its name or --input-format): "
+            "--input-format tfrecord reads such files as shards")
   return f"not an image: the first bytes {data[:8]!r} match no JPEG, PNG, GIF or BMP header"
 
 

@@ -45,7 +45,8 @@ def read_source(source: str, image_key: str = sources.ExampleKeys().image) -> by
   """The encoded image behind a row's `source`: a file, or '<shard>#<record index>'."""
   from apache_beam.io.filesystems import FileSystems
   path, sep, index = source.rpartition("#")
-  if sep and index.isdigit() and sources.is_tfrecord(path, sources.FORMAT_AUTO):
+  if sep and index.isdigit() and sources.is_tfrecord(
+      path, sources.FORMAT_AUTO, open_file=lambda: FileSystems.open(path)):
     import tensorflow as tf
     from segbeam.pipeline import tfrecord
     with FileSystems.open(path) as stream:

@@ -12,12 +12,19 @@ import logging
 import os
 import threading
 
+import apache_beam as beam
 import pytest
 from apache_beam.internal import pickler
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
 
 from segbeam.pipeline import inference
 from segbeam.pipeline import launcher
 from segbeam.pipeline import model_files
+from segbeam.pipeline import pack
+from segbeam.pipeline import records
+from segbeam.pipeline import sources
+from segbeam.pipeline import tfrecord
 from segbeam.results import output as output_lib
 from tests import accounting
 from tests import gcs_emulator as helper
@@ -64,6 +71,22 @@ def test_segbeam_run_reads_and_writes_gs(gcs_inputs, tiny_export, capsys):
       (f"pet_{i}.png", w, h, f"{images}/pet_{i}.png") for i, (w, h) in enumerate(SIZES))
   errors = run.dataset("errors").to_table().to_pylist()
   assert [(e["image_id"], e["stage"]) for e in errors] == [("notes.png", "validate")]
+
+
+def test_a_gs_shard_named_without_extension_is_read_as_a_shard(tmp_path):
+  shards = tmp_path / "shards"
+  shards.mkdir()
+  image = synthetic.encode(synthetic.pet_scene(20, 16, seed=3)[0], "PNG")
+  (shards / "train-00000-of-00001").write_bytes(
+      tfrecord.encode_record(pack.make_example("a.png", image)) +
+      tfrecord.encode_record(pack.make_example("b.png", image)))
+  helper.upload_folder(str(shards), BUCKET, "e2e/shards")
+  pipeline = TestPipeline()
+  out = pipeline | sources.ReadImageShards(f"{ROOT}/shards/*")
+  assert_that(out.records | beam.Map(lambda r: (r.image_id, r.data == image)),
+              equal_to([("a.png", True), ("b.png", True)]), label="records")
+  assert_that(out[records.FAILURES], equal_to([]), label="no failures")
+  pipeline.run().wait_until_finish()
 
 
 def test_model_metadata_is_read_from_gs_through_beam(gcs_inputs, tiny_export):

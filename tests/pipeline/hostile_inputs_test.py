@@ -48,6 +48,8 @@ def write_image_files(folder, expected: dict[str, tuple]) -> None:
   case("empty.jpg", b"", ("failed", "validate", "UnsupportedFormat", "the file is empty"))
   case("text.jpg", b"Dear diary, today I renamed a letter to .jpg",
        ("failed", "validate", "UnsupportedFormat", "not an image"))
+  case("shard.jpg", corpus.shard([corpus.example("inside.jpg", jpeg)]),
+       ("failed", "validate", "UnsupportedFormat", "--input-format tfrecord reads such files as shards"))
   case("gif_inside.jpg", corpus.encode(_image(corpus.scene(20, 22), "P"), "GIF"),
        ("segmented", "gif", 20, 22, 1))
   case("png_inside.jpg", corpus.encode(_image(corpus.scene(24, 18)), "PNG"),

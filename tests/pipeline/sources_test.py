@@ -1,5 +1,6 @@
 """Reading image files and TFRecord shards into records, with stable unique ids."""
 
+import io
 import os
 
 import apache_beam as beam
@@ -32,9 +33,26 @@ def test_pattern_root(pattern, root):
                                            ("a.tfr", True), ("cat.jpg", False),
                                            ("tfrecord_cat.png", False)])
 def test_tfrecord_detection_by_name(name, expected):
-  assert sources.is_tfrecord(f"/d/{name}", sources.FORMAT_AUTO) is expected
+  def never_opened():
+    raise AssertionError("a name that says what the file is decides without opening it")
+  assert sources.is_tfrecord(f"/d/{name}", sources.FORMAT_AUTO,
+                             open_file=never_opened) is expected
   assert sources.is_tfrecord(f"/d/{name}", sources.FORMAT_TFRECORD)
   assert not sources.is_tfrecord(f"/d/{name}", sources.FORMAT_IMAGES)
+
+
+@pytest.mark.parametrize("contents,expected", [(tfrecord.encode_record(b"x"), True),
+                                               (JPEG, False), (b"", False)])
+def test_a_name_that_does_not_say_is_decided_by_the_first_bytes(contents, expected):
+  assert sources.is_tfrecord("/d/train-00000-of-01024", sources.FORMAT_AUTO,
+                             open_file=lambda: io.BytesIO(contents)) is expected
+  assert not sources.is_tfrecord("/d/train-00000-of-01024", sources.FORMAT_AUTO)
+
+
+def test_a_file_that_cannot_be_opened_to_tell_is_read_as_an_image():
+  def unreadable():
+    raise OSError("permission denied")
+  assert not sources.is_tfrecord("/d/data-1", sources.FORMAT_AUTO, open_file=unreadable)
 
 
 def _read(pattern, **kwargs):
@@ -103,6 +121,23 @@ def test_a_record_claiming_an_image_files_id_is_renamed_and_the_file_keeps_it(tm
   assert_that(out.records | beam.Map(lambda r: r.image_id),
               equal_to(["pet.jpg", "cats/felix.jpg", "pet.jpg#mixed.tfrecord#0",
                         "cats/felix.jpg#mixed.tfrecord#1", "own.jpg"]), label="unique ids")
+  p.run().wait_until_finish()
+
+
+@pytest.mark.parametrize("spread_files", [True, False])
+def test_files_whose_names_do_not_say_are_read_by_what_they_hold(tmp_path, spread_files):
+  """TensorFlow's usual shard names ('train-00000-of-01024') have no extension; nor may photos."""
+  _shard(tmp_path / "train-00000-of-00002", [pack.make_example("x.jpg", JPEG),
+                                              pack.make_example("y.jpg", JPEG)])
+  _shard(tmp_path / "train-00001-of-00002", [pack.make_example("x.jpg", JPEG)])  # x repeated
+  (tmp_path / "photo").write_bytes(JPEG)
+  # Named as an image, so read as one, whole: validation then says what it is.
+  (tmp_path / "shard.jpg").write_bytes(tfrecord.encode_record(pack.make_example("z.jpg", JPEG)))
+  p, out = _read(str(tmp_path / "*"), spread_files=spread_files)
+  assert_that(out.records | beam.Map(lambda r: (r.image_id, r.data == JPEG)),
+              equal_to([("x.jpg#train-00000-of-00002#0", True), ("y.jpg", True),
+                        ("x.jpg#train-00001-of-00002#0", True), ("photo", True),
+                        ("shard.jpg", False)]), label="records")
   p.run().wait_until_finish()
 
 

@@ -22,6 +22,19 @@ def test_framing_matches_tensorflows_writer(tmp_path):
   assert _records(written) == payloads
 
 
+def test_a_shard_is_told_by_its_first_record_header(tmp_path):
+  path = str(tmp_path / "train-00000-of-00001")
+  with tf.io.TFRecordWriter(path) as writer:
+    writer.write(b"payload")
+  with open(path, "rb") as f:
+    assert tfrecord.starts_with_a_record(f)
+  header = bytearray(tfrecord.encode_record(b"payload")[:12])
+  header[8] ^= 0x01  # the length's checksum no longer matches
+  for other in (b"", b"\xff\xd8\xff\xe0" + b"\0" * 20, b"\x89PNG\r\n\x1a\n" + b"\0" * 20,
+                tfrecord.encode_record(b"payload")[:11], bytes(header)):
+    assert not tfrecord.starts_with_a_record(io.BytesIO(other)), other
+
+
 def test_bad_data_checksum_costs_only_that_record():
   good, bad = tfrecord.encode_record(b"good"), bytearray(tfrecord.encode_record(b"flip"))
   bad[13] ^= 0xFF

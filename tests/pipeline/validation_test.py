@@ -8,6 +8,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
 from segbeam.pipeline import records
+from segbeam.pipeline import tfrecord
 from segbeam.pipeline import validation
 from tests import synthetic
 from tests.pipeline import hostile_corpus as corpus
@@ -23,7 +24,9 @@ def test_format_comes_from_the_bytes(fmt, expected):
 
 @pytest.mark.parametrize("data,words", [(b"", "empty"), (b"hello world", "not an image"),
                                         (synthetic.encode(PIXELS, "WEBP"), "webp"),
-                                        (synthetic.encode(PIXELS, "TIFF"), "tiff")])
+                                        (synthetic.encode(PIXELS, "TIFF"), "tiff"),
+                                        (tfrecord.encode_record(b"an Example"),
+                                         "--input-format tfrecord reads such files as shards")])
 def test_unsupported_bytes_are_named(data, words):
   assert words in validation.describe_unsupported(data)
 

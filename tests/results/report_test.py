@@ -12,6 +12,7 @@ from PIL import Image
 from segbeam import cli
 from segbeam.pipeline import launcher
 from segbeam.pipeline import pack
+from segbeam.pipeline import tfrecord
 from segbeam.results import output as output_lib
 from segbeam.results import report
 from tests import accounting
@@ -85,6 +86,15 @@ def test_report_refuses_an_unfinished_run(small_run, tmp_path, capsys):
   assert cli.main(["report", str(broken), "--out", str(tmp_path / "r.html")]) == 2
   assert "did not complete" in capsys.readouterr().err
   assert not (tmp_path / "r.html").exists()
+
+
+def test_read_source_of_a_record_in_a_shard_named_without_extension(tmp_path):
+  shard = tmp_path / "train-00000-of-00001"
+  shard.write_bytes(tfrecord.encode_record(pack.make_example("a.jpg", b"first")) +
+                    tfrecord.encode_record(pack.make_example("b.jpg", b"second")))
+  assert report.read_source(f"{shard}#1") == b"second"
+  (tmp_path / "photo#2").write_bytes(b"a file named so")  # not a shard: the file itself
+  assert report.read_source(str(tmp_path / "photo#2")) == b"a file named so"
 
 
 def test_read_source_of_a_missing_record(tmp_path):
