@@ -24,6 +24,7 @@ from segbeam.pipeline import resume
 from segbeam.pipeline import segment_pipeline
 from segbeam.pipeline import sessions
 from segbeam.pipeline import sinks
+from segbeam.pipeline import sources
 
 
 # Beam 2.77's DirectRunner first tries the Prism runner, whose binary it downloads (which fails
@@ -58,15 +59,33 @@ class InvocationError(Exception):
   """A bad invocation: reported as one line, exit code 2, nothing run."""
 
 
-def _check_input(pattern: str, what: str = "input") -> None:
+def _matches_anything(pattern: str, what: str) -> bool:
   try:
     # One match is enough to know the pattern matches anything; Beam's file systems list
     # lazily, so the limit spares statting every file (0.6 s for 4,500 local files), which the
     # pipeline's own match does again anyway.
-    matched = FileSystems.match([pattern], limits=[1])[0].metadata_list
+    return bool(FileSystems.match([pattern], limits=[1])[0].metadata_list)
   except Exception as error:  # pylint: disable=broad-except  # any failure to list
     raise InvocationError(f"cannot list {what} {pattern!r}: {error}") from error
-  if not matched:
+
+
+def _check_input(pattern: str, what: str = "input") -> None:
+  # A folder named without a glob would be one input (a local folder, refused as not a regular
+  # file) or none (an object-store prefix). Which of its files are meant is the user's to say:
+  # a dataset folder often holds labels or notes beside the images.
+  # ('folder/', with its slash, Beam itself lists as the folder's files.)
+  folder = pattern.rstrip("/")
+  if sources.has_glob(pattern) or pattern.endswith("/"):
+    names_a_folder = False
+  elif "://" not in pattern:
+    names_a_folder = os.path.isdir(pattern)
+  else:
+    names_a_folder = (not _matches_anything(pattern, what)
+                      and _matches_anything(folder + "/*", what))
+  if names_a_folder:
+    raise InvocationError(f"{what} {pattern!r} is a folder: give a glob of the files to read, "
+                          f"such as {folder + '/*'!r} or {folder + '/**'!r}")
+  if not _matches_anything(pattern, what):
     raise InvocationError(f"no {what} matched {pattern!r}")
 
 

@@ -53,6 +53,10 @@ class ExampleKeys:
   label: str = "image/segmentation/class/encoded"
 
 
+def has_glob(pattern: str) -> bool:
+  return bool(_GLOB_CHARS.search(pattern))
+
+
 def pattern_root(pattern: str) -> str:
   """The folder part of `pattern` before its first glob character, ending in '/'."""
   match = _GLOB_CHARS.search(pattern)

@@ -73,6 +73,13 @@ def test_segbeam_run_reads_and_writes_gs(gcs_inputs, tiny_export, capsys):
   assert [(e["image_id"], e["stage"]) for e in errors] == [("notes.png", "validate")]
 
 
+def test_a_gs_folder_named_without_a_glob_is_a_bad_invocation(gcs_inputs, capsys):
+  images, model = gcs_inputs
+  assert launcher.main(["--input", images, "--output", f"{ROOT}/folder-out",
+                        "--model", model]) == 2
+  assert f"input '{images}' is a folder: give a glob" in capsys.readouterr().err
+
+
 def test_a_gs_shard_named_without_extension_is_read_as_a_shard(tmp_path):
   shards = tmp_path / "shards"
   shards.mkdir()

@@ -48,7 +48,8 @@ def test_runs_and_reports(tiny_export, one_image, tmp_path, capsys):
 @pytest.mark.parametrize("case,words", [("no_input", "no input matched"),
                                         ("bad_model", "model unreadable"),
                                         ("bad_output", "output not writable"),
-                                        ("bad_batch", "--batch-size must be at least 1")])
+                                        ("bad_batch", "--batch-size must be at least 1"),
+                                        ("folder_input", "is a folder: give a glob")])
 def test_bad_invocations_exit_2_with_one_line(case, words, tiny_export, one_image, tmp_path,
                                               capsys):
   export_dir, _ = tiny_export
@@ -62,6 +63,8 @@ def test_bad_invocations_exit_2_with_one_line(case, words, tiny_export, one_imag
     argv["model"] = str(tmp_path)
   elif case == "bad_output":
     argv["output"] = str(blocker / "out")
+  elif case == "folder_input":
+    argv["input"] = one_image  # the folder, not its files
   else:
     argv["batch-size"] = "0"
   code, _, err = _run(capsys, *[x for k, v in argv.items() for x in (f"--{k}", v)])
