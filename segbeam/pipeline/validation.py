@@ -74,6 +74,9 @@ def describe_unsupported(data: bytes) -> str:
       return f"{name} is not a supported format (JPEG, PNG, GIF, BMP)"
   if data[4:12] in (b"ftypheic", b"ftypheix", b"ftypmif1", b"ftypavif"):
     return "HEIF/AVIF is not a supported format (JPEG, PNG, GIF, BMP)"
+  if data.startswith(b"\x1f\x8b"):  # Beam decompresses by name only
+    return ("gzip-compressed data, read as it is: a name ending in .gz has it decompressed "
+            "first")
   if tfrecord.starts_with_a_record(io.BytesIO(data)):
     return ("a TFRecord file, not an image (read as one for its name or --input-format): "
             "--input-format tfrecord reads such files as shards")

@@ -1,3 +1,4 @@
+import gzip
 import io
 
 import apache_beam as beam
@@ -25,6 +26,7 @@ def test_format_comes_from_the_bytes(fmt, expected):
 @pytest.mark.parametrize("data,words", [(b"", "empty"), (b"hello world", "not an image"),
                                         (synthetic.encode(PIXELS, "WEBP"), "webp"),
                                         (synthetic.encode(PIXELS, "TIFF"), "tiff"),
+                                        (gzip.compress(b"an image"), "a name ending in .gz"),
                                         (tfrecord.encode_record(b"an Example"),
                                          "--input-format tfrecord reads such files as shards")])
 def test_unsupported_bytes_are_named(data, words):
