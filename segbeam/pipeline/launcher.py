@@ -74,18 +74,15 @@ def _check_input(pattern: str, what: str = "input") -> None:
   # file) or none (an object-store prefix). Which of its files are meant is the user's to say:
   # a dataset folder often holds labels or notes beside the images.
   # ('folder/', with its slash, Beam itself lists as the folder's files.)
-  folder = pattern.rstrip("/")
-  if sources.has_glob(pattern) or pattern.endswith("/"):
-    names_a_folder = False
-  elif "://" not in pattern:
-    names_a_folder = os.path.isdir(pattern)
-  else:
-    names_a_folder = (not _matches_anything(pattern, what)
-                      and _matches_anything(folder + "/*", what))
-  if names_a_folder:
-    raise InvocationError(f"{what} {pattern!r} is a folder: give a glob of the files to read, "
-                          f"such as {folder + '/*'!r} or {folder + '/**'!r}")
+  plain_name = not sources.has_glob(pattern) and not pattern.endswith("/")
+  names_a_folder = InvocationError(
+      f"{what} {pattern!r} is a folder: give a glob of the files to read, such as "
+      f"{pattern + '/*'!r} or {pattern + '/**'!r}")
+  if plain_name and "://" not in pattern and os.path.isdir(pattern):
+    raise names_a_folder
   if not _matches_anything(pattern, what):
+    if plain_name and _matches_anything(pattern + "/*", what):  # an object-store prefix
+      raise names_a_folder
     raise InvocationError(f"no {what} matched {pattern!r}")
 
 

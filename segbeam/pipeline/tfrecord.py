@@ -60,12 +60,16 @@ def read_up_to(stream: BinaryIO, count: int) -> bytes:
   return b"".join(chunks)
 
 
+def _length_checksum_holds(header: bytes) -> bool:
+  """Whether a record's 12-byte header (length, masked CRC32C of the length) is consistent."""
+  return masked_crc(header[:8]) == struct.unpack("<I", header[8:12])[0]
+
+
 def starts_with_a_record(stream: BinaryIO) -> bool:
   """Whether the stream begins as a TFRecord file does: a record length and its checksum.
   Other data passes by chance once in 2**32 (no image format's header does)."""
   header = read_up_to(stream, 12)
-  return (len(header) == 12
-          and masked_crc(header[:8]) == struct.unpack("<I", header[8:])[0])
+  return len(header) == 12 and _length_checksum_holds(header)
 
 
 def _skip(stream: BinaryIO, count: int) -> int:
@@ -93,12 +97,11 @@ def read_records(stream: BinaryIO, max_record_bytes: int = MAX_RECORD_BYTES
       yield index, RecordError(index, f"shard truncated inside the header of record {index}",
                                fatal=True)
       return
-    length_bytes, length_crc = header[:8], struct.unpack("<I", header[8:])[0]
-    if masked_crc(length_bytes) != length_crc:
+    if not _length_checksum_holds(header):
       yield index, RecordError(index, f"length checksum mismatch at record {index}; the rest "
                                "of the shard cannot be framed", fatal=True)
       return
-    (length,) = struct.unpack("<Q", length_bytes)
+    (length,) = struct.unpack("<Q", header[:8])
     if length > MAX_RECORD_BYTES:
       yield index, RecordError(index, f"record {index} claims {length} bytes", fatal=True)
       return
