@@ -49,6 +49,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
+  try:
+    return _run_command(argv)
+  except KeyboardInterrupt:  # Ctrl-C outside what a command reports itself: no traceback
+    command = f"segbeam {argv[0]}" if argv and not argv[0].startswith("-") else "segbeam"
+    print(f"{command}: interrupted", file=sys.stderr)
+    return startup.INTERRUPTED_EXIT
+
+
+def _run_command(argv: list[str]) -> int:
   if argv and " ".join(argv[:2]) not in _WITHOUT_TENSORFLOW and argv[0] not in _WITHOUT_TENSORFLOW:
     quiet.import_tensorflow()
   if argv and argv[0] in ("run", "demo"):  # their start-up ends once the pipeline is built

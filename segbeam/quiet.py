@@ -2,8 +2,9 @@
 
 TensorFlow's native libraries print several INFO lines (oneDNN, CUDA stubs) before its own
 logging is configured, so TF_CPP_MIN_LOG_LEVEL cannot silence them. The import runs with
-stderr captured; if it fails, what was captured is printed with the error. On a machine with
-no NVIDIA driver the device probe, whose failed cuInit prints an error line, runs captured too.
+stderr captured; if it fails, what was captured is printed with the error (not when Ctrl-C
+ends it). On a machine with no NVIDIA driver the device probe, whose failed cuInit prints an
+error line, runs captured too.
 """
 
 import os
@@ -24,7 +25,7 @@ def import_tensorflow() -> None:
       import tensorflow  # pylint: disable=import-outside-toplevel
       if no_gpu_driver:  # the device probe's failed cuInit is the expected answer here
         tensorflow.config.list_physical_devices()
-    except BaseException:
+    except Exception:  # a failed import, not Ctrl-C: what TensorFlow printed may say why
       os.dup2(saved, 2)
       captured.seek(0)
       sys.stderr.write(captured.read().decode("utf-8", "replace"))

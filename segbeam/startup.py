@@ -13,6 +13,10 @@ import gc
 
 _paused = False
 
+# The console script's exit status after Ctrl-C: the shell's own for a command it ended (128 +
+# SIGINT), so scripts tell an interrupted run from a failed one (1) and a bad invocation (2).
+INTERRUPTED_EXIT = 130
+
 
 def main() -> None:
   """The console script: `segbeam.cli.entry_point` with the collector paused for start-up."""

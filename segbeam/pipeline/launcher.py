@@ -264,12 +264,50 @@ def _not_beams_false_resource_warning(record: logging.LogRecord) -> bool:
   return not record.getMessage().startswith("Resource module is not available")
 
 
+def interrupted(error: BaseException) -> bool:
+  """Whether `error` is, or was raised while handling, a KeyboardInterrupt: Beam re-raises one
+  that reaches a DoFn as a RuntimeError naming the step."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    if isinstance(error, KeyboardInterrupt):
+      return True
+    seen.add(id(error))
+    error = error.__cause__ or error.__context__
+  return False
+
+
+def _not_an_interrupt(record: logging.LogRecord) -> bool:
+  # Beam logs the traceback of an exception leaving a DoFn before re-raising it; for Ctrl-C
+  # that is a page of stack frames where one line says what happened.
+  return not (record.exc_info and record.exc_info[1] is not None
+              and interrupted(record.exc_info[1]))
+
+
+def interruption_message(output: str) -> str:
+  """What Ctrl-C left in `output`: as it was, an unfinished run, or nothing."""
+  written = [entry for entry in sinks.OUTPUT_ENTRIES
+             if FileSystems.exists(FileSystems.join(output, entry))]
+  if sinks.MANIFEST_FILE in written:  # before this run prepared the folder: it is untouched
+    return f"interrupted; {output} is as it was"
+  if written:
+    return (f"interrupted; {output} holds an unfinished run (no manifest.json): run again with "
+            "--overwrite")
+  return "interrupted before anything was written"
+
+
+def _interrupted_exit(output: str) -> int:
+  print(f"segbeam run: {interruption_message(output)}", file=sys.stderr)
+  return startup.INTERRUPTED_EXIT
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
   # segbeam's own progress lines, without Beam's and TensorFlow's INFO chatter.
   logging.basicConfig(format="%(asctime)s %(name)s: %(message)s")
   logging.getLogger("segbeam").setLevel(logging.INFO)
   logging.getLogger("tensorflow").setLevel(logging.ERROR)  # tfx-bsl's deprecation notices
   logging.getLogger().addFilter(_not_beams_false_resource_warning)
+  for handler in logging.getLogger().handlers:  # records from every logger pass these
+    handler.addFilter(_not_an_interrupt)
   try:
     options, _ = parse(argv)
   except ValueError as error:
@@ -280,7 +318,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   except InvocationError as error:
     print(f"segbeam run: {error}", file=sys.stderr)
     return 2
+  except KeyboardInterrupt:
+    return _interrupted_exit(options.output)
   except Exception as error:  # pylint: disable=broad-except  # the job failed: say so, exit 1
+    if interrupted(error):
+      return _interrupted_exit(options.output)
     logging.getLogger(__name__).exception("the run failed")
     reason = records.one_line(error, limit=500)
     print(f"segbeam run: the run failed, no manifest was written in {options.output}: "

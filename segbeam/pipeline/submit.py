@@ -23,6 +23,7 @@ from apache_beam.runners.dataflow.internal import apiclient
 from apache_beam.runners.runner import PipelineResult
 from apache_beam.runners.runner import PipelineState
 
+from segbeam import startup
 from segbeam.pipeline import launcher
 from segbeam.pipeline import options as options_lib
 
@@ -262,7 +263,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         f"output: {args.output.rstrip('/')}/ (manifest.json is written last)")
   if not args.wait:
     return 0
-  state = result.wait_until_finish()
+  try:
+    state = result.wait_until_finish()
+  except KeyboardInterrupt:  # Ctrl-C stops the waiting, not the job: say how to stop that
+    print(f"segbeam submit: stopped waiting; job {job_id} is still running on Dataflow (stop "
+          f"it with: gcloud dataflow jobs cancel {job_id} --region {args.region})",
+          file=sys.stderr)
+    return startup.INTERRUPTED_EXIT
   print(f"job {job_id} ended: {state}")
   if state != PipelineState.DONE:
     return 1

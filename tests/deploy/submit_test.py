@@ -99,3 +99,25 @@ def test_bad_invocations_exit_2_with_one_line(change, words, capsys):
   assert cli.main(["submit", "--dry-run", *CLOUD, *RUN, *change]) == 2
   err = capsys.readouterr().err.strip()
   assert err.startswith("segbeam submit:") and words in err and len(err.splitlines()) == 1
+
+
+class _JobStillRunning:
+  """What `submit` returns for a launched job (launching needs Google Cloud), interrupted by
+  Ctrl-C while `--wait` waits for it."""
+
+  def job_id(self) -> str:
+    return "2026-11-29_04_05_06-123"
+
+  def wait_until_finish(self):
+    raise KeyboardInterrupt
+
+
+def test_ctrl_c_while_waiting_says_the_job_runs_on_and_how_to_cancel_it(monkeypatch, capsys):
+  monkeypatch.setattr(submit, "submit", lambda argv: _JobStillRunning())
+  assert cli.main(["submit", "--wait", *CLOUD, *RUN, "--region", "europe-west4"]) == 130
+  captured = capsys.readouterr()
+  assert "submitted Dataflow job 2026-11-29_04_05_06-123" in captured.out
+  assert captured.err == (
+      "segbeam submit: stopped waiting; job 2026-11-29_04_05_06-123 is still running on "
+      "Dataflow (stop it with: gcloud dataflow jobs cancel 2026-11-29_04_05_06-123 --region "
+      "europe-west4)\n")

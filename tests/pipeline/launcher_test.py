@@ -159,3 +159,84 @@ def test_a_failed_run_exits_1_and_its_output_reads_as_incomplete(small_run, tiny
     assert "did not complete" in capsys.readouterr().err
   code, _, err = _run(capsys, *argv)
   assert code == 2 and "already holds a run" in err
+
+
+# Ctrl-C: a real SIGINT to a real run, sent by the run itself at its third inference batch so
+# that it lands mid-run on every machine.
+_INTERRUPTED_RUN = """
+import os, signal, sys
+from segbeam.pipeline import inference
+batches = []
+run_inference = inference.IsolatingModelHandler.run_inference
+def interrupting(handler, batch, model, inference_args=None):
+  batches.append(len(batch))
+  if len(batches) == 3:
+    os.kill(os.getpid(), signal.SIGINT)
+  return run_inference(handler, batch, model, inference_args)
+inference.IsolatingModelHandler.run_inference = interrupting
+from segbeam import cli
+code = cli.main(["run"] + sys.argv[1:])
+sys.stdout.flush(); sys.stderr.flush()
+os._exit(code)
+"""
+
+
+def test_ctrl_c_mid_run_exits_130_with_one_line_and_no_traceback(tiny_export, tmp_path):
+  import subprocess
+  import sys
+  folder = tmp_path / "in"
+  folder.mkdir()
+  for i in range(12):
+    (folder / f"pet{i}.png").write_bytes(
+        synthetic.encode(synthetic.pet_scene(30 + i, 20, i)[0], "PNG"))
+  output = tmp_path / "out"
+  run = subprocess.run(
+      [sys.executable, "-c", _INTERRUPTED_RUN, "--input", str(folder / "*.png"), "--output",
+       str(output), "--model", tiny_export[0], "--batch-size", "2"],
+      capture_output=True, text=True, timeout=300)
+  assert run.returncode == 130, run.stderr[-3000:]
+  assert run.stderr.strip().splitlines()[-1] == (
+      f"segbeam run: interrupted; {output} holds an unfinished run (no manifest.json): run "
+      "again with --overwrite")
+  assert "Traceback" not in run.stderr and "KeyboardInterrupt" not in run.stderr
+  assert run.stdout == ""  # no report of a run that did not finish
+  assert not (output / "manifest.json").exists()
+
+
+def test_what_an_interruption_message_says_of_the_output(small_run, tmp_path):
+  assert launcher.interruption_message(small_run) == f"interrupted; {small_run} is as it was"
+  unfinished = tmp_path / "unfinished"
+  (unfinished / "segments").mkdir(parents=True)
+  assert "holds an unfinished run (no manifest.json): run again with --overwrite" in (
+      launcher.interruption_message(str(unfinished)))
+  assert launcher.interruption_message(str(tmp_path / "not_yet")) == (
+      "interrupted before anything was written")
+
+
+def test_an_interrupt_is_told_from_a_failure_through_beams_re_raise():
+  def raised_while_handling(first: BaseException, then: Exception) -> Exception:
+    try:
+      try:
+        raise first
+      except BaseException:  # pylint: disable=broad-except
+        raise then  # pylint: disable=raise-missing-from  # as Beam's _reraise_augmented does
+    except Exception as error:  # pylint: disable=broad-except
+      return error
+
+  beam_wrapped = raised_while_handling(KeyboardInterrupt(),
+                                       RuntimeError("KeyboardInterrupt [while running 'x']"))
+  assert launcher.interrupted(beam_wrapped)
+  assert launcher.interrupted(KeyboardInterrupt())
+  assert not launcher.interrupted(raised_while_handling(ValueError("bad"), RuntimeError("x")))
+  looped = RuntimeError("loop")
+  looped.__context__ = RuntimeError("back")
+  looped.__context__.__context__ = looped
+  assert not launcher.interrupted(looped)
+
+
+def test_ctrl_c_outside_a_run_is_one_line_too(monkeypatch, capsys):
+  def interrupted_parser():
+    raise KeyboardInterrupt
+  monkeypatch.setattr(cli, "build_parser", interrupted_parser)
+  assert cli.main(["model", "list"]) == 130
+  assert capsys.readouterr().err == "segbeam model: interrupted\n"
