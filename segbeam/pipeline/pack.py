@@ -9,12 +9,14 @@ are in the files, never re-encoded. Writes through Beam's FileSystems (local or 
 from __future__ import annotations
 
 import argparse
-import io
+import contextlib
+import dataclasses
 import posixpath
+import sys
 from typing import Optional
 
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
-from PIL import Image
 
 from segbeam.pipeline import sources
 from segbeam.pipeline import tfrecord
@@ -23,32 +25,90 @@ from segbeam.pipeline import validation
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 
 
-def _list(folder: str) -> dict[str, str]:
-  """stem -> path of the images directly in `folder`."""
+@dataclasses.dataclass(frozen=True)
+class Packed:
+  """What `pack` wrote, and what of the folders it left out.
+
+  Attributes:
+    shards: the shard paths, in order.
+    images: images packed, one tf.Example each.
+    with_mask: how many of them carry their mask.
+    not_images: files of the images folder left out: neither named as an image nor starting
+      with an image header (the run would only have made each an error row), or not regular
+      files.
+    masks_without_image: masks whose stem no packed image has.
+  """
+
+  shards: list[str]
+  images: int
+  with_mask: int
+  not_images: list[str]
+  masks_without_image: list[str]
+
+
+def _files(folder: str) -> list[str]:
+  """The paths directly in `folder`, sorted."""
   matched = FileSystems.match([FileSystems.join(folder, "*")])[0].metadata_list
-  files = {}
-  for metadata in sorted(matched, key=lambda m: m.path):
-    name = posixpath.basename(metadata.path.replace("\\", "/"))
-    stem, ext = posixpath.splitext(name)
-    if ext.lower() in IMAGE_EXTENSIONS:
-      files.setdefault(stem, metadata.path)
-  return files
+  return sorted(metadata.path for metadata in matched)
+
+
+def _name(path: str) -> str:
+  return posixpath.basename(path.replace("\\", "/"))
+
+
+def _stem(path: str) -> str:
+  return posixpath.splitext(_name(path))[0]
+
+
+def _is_image(path: str) -> bool:
+  """A regular file named as an image (packed even when its bytes are damaged: the run reports
+  those), or, whatever its name, starting with an image header. A FIFO or device would block
+  or never end."""
+  if sources.not_a_regular_file(path) is not None:
+    return False
+  if posixpath.splitext(path)[1].lower() in IMAGE_EXTENSIONS:
+    return True
+  with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+    return validation.sniff_format(f.read(16)) is not None
+
+
+def _masks_by_stem(folder: str) -> dict[str, str]:
+  """stem -> path of the masks directly in `folder` (images by name or first bytes, as in the
+  images folder); two masks of one stem are refused, since either could be the image's."""
+  masks: dict[str, str] = {}
+  for path in filter(_is_image, _files(folder)):
+    stem = _stem(path)
+    if stem in masks:
+      raise ValueError(f"two masks for the images named {stem!r}: {_name(masks[stem])} and "
+                       f"{_name(path)} in {folder}; keep one")
+    masks[stem] = path
+  return masks
 
 
 def _read(path: str) -> bytes:
-  with FileSystems.open(path) as f:
-    return f.read()
+  """The file's bytes as stored (a .gz file is not decompressed: the run says what it is)."""
+  try:
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+      return f.read()
+  except OSError as error:
+    raise OSError(f"cannot read {path}: {error.strerror or error}") from error
+
+
+def _partial_path(shard: str) -> str:
+  """Where a shard is written until every shard is whole: a hidden name that a glob for the
+  shards (PREFIX-*) does not match."""
+  folder, name = FileSystems.split(shard)
+  return FileSystems.join(folder, f".{name}.partial")
 
 
 def make_example(filename: str, image: bytes, mask: Optional[bytes] = None,
                  keys: sources.ExampleKeys = sources.ExampleKeys()) -> bytes:
-  """A serialized tf.train.Example for one image (and mask)."""
+  """A serialized tf.train.Example for one image (and mask). Bytes that are no image, or whose
+  header is unreadable, are stored all the same with size 0x0: the run makes each an error row
+  that says what is wrong, as it does for such a file."""
   import tensorflow as tf
   image_format = validation.sniff_format(image) or "unknown"
-  width = height = 0
-  if image_format != "unknown":
-    with Image.open(io.BytesIO(image)) as decoded:
-      width, height = decoded.size
+  width, height = validation.header_size(image) or (0, 0)
 
   def bytes_feature(value: bytes):
     return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
@@ -70,26 +130,49 @@ def shard_path(prefix: str, index: int, num_shards: int) -> str:
 
 
 def pack(images_dir: str, output_prefix: str, *, masks_dir: Optional[str] = None,
-         num_shards: int = 1) -> list[str]:
-  """Writes every image of `images_dir` (with its same-stem mask when `masks_dir` is given)
-  round-robin into `num_shards` shards; returns their paths."""
+         num_shards: int = 1) -> Packed:
+  """Writes every image of `images_dir` (with its same-stem mask from `masks_dir`)
+  round-robin into `num_shards` shards.
+
+  The shards appear whole or not at all: each is written under a hidden partial name, and all
+  are renamed once the last image is in; on any error or Ctrl-C the partial files are removed.
+  A shard cut short would read as a complete one with fewer images.
+  """
   if num_shards < 1:
     raise ValueError(f"--num-shards must be at least 1, got {num_shards}")
-  images = _list(images_dir)
+  files = _files(images_dir)
+  images = [path for path in files if _is_image(path)]
   if not images:
     raise FileNotFoundError(f"no images in {images_dir}")
-  masks = _list(masks_dir) if masks_dir else {}
-  paths = [shard_path(output_prefix, i, num_shards) for i in range(num_shards)]
-  writers = [FileSystems.create(path) for path in paths]
+  masks = _masks_by_stem(masks_dir) if masks_dir else {}
+  shards = [shard_path(output_prefix, i, num_shards) for i in range(num_shards)]
+  partial = [_partial_path(shard) for shard in shards]
+  writers = []
+  with_mask = 0
   try:
-    for index, (stem, path) in enumerate(images.items()):
-      mask = _read(masks[stem]) if stem in masks else None
-      example = make_example(posixpath.basename(path.replace("\\", "/")), _read(path), mask)
+    writers.extend(FileSystems.create(path) for path in partial)
+    for index, path in enumerate(images):
+      mask_path = masks.get(_stem(path))
+      mask = _read(mask_path) if mask_path else None
+      with_mask += mask is not None
+      example = make_example(_name(path), _read(path), mask)
       writers[index % num_shards].write(tfrecord.encode_record(example))
-  finally:
     for writer in writers:
       writer.close()
-  return paths
+  except BaseException:  # Ctrl-C too: leave no partial shard behind
+    for writer in writers:
+      with contextlib.suppress(Exception):
+        writer.close()
+    with contextlib.suppress(Exception):
+      FileSystems.delete([path for path in partial if FileSystems.exists(path)])
+    raise
+  FileSystems.rename(partial, shards)
+  image_stems = {_stem(path) for path in images}
+  packed = set(images)
+  return Packed(shards=shards, images=len(images), with_mask=with_mask,
+                not_images=[_name(path) for path in files if path not in packed],
+                masks_without_image=sorted(_name(path) for stem, path in masks.items()
+                                           if stem not in image_stems))
 
 
 def add_parser(subparsers) -> None:
@@ -102,9 +185,31 @@ def add_parser(subparsers) -> None:
   parser.set_defaults(func=run_pack)
 
 
+def _some(names: list[str], shown: int = 5) -> str:
+  return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown
+                                     else "")
+
+
+def _count(number: int, noun: str) -> str:
+  return f"{number} {noun}" + ("" if number == 1 else "s")
+
+
 def run_pack(args: argparse.Namespace) -> int:
-  paths = pack(args.images, args.output, masks_dir=args.masks, num_shards=args.num_shards)
-  print(f"wrote {len(paths)} shard(s): {paths[0]}" + (" ..." if len(paths) > 1 else ""))
+  try:
+    packed = pack(args.images, args.output, masks_dir=args.masks, num_shards=args.num_shards)
+  except (FileNotFoundError, ValueError):
+    raise  # a bad invocation: the command prints it, exit 2
+  except OSError as error:  # a file that cannot be read half way, a shard that cannot be written
+    print(f"segbeam pack: {error}; no shard was written", file=sys.stderr)
+    return 1
+  masked = f" ({packed.with_mask} with a mask)" if args.masks else ""
+  last = f" ... {_name(packed.shards[-1])}" if len(packed.shards) > 1 else ""
+  print(f"packed {_count(packed.images, 'image')}{masked} into "
+        f"{_count(len(packed.shards), 'shard')}: {packed.shards[0]}{last}")
+  if packed.not_images:
+    print(f"left out {_count(len(packed.not_images), 'file')} of {args.images}, not images by "
+          f"name or first bytes, or not regular files: {_some(packed.not_images)}")
+  if packed.masks_without_image:
+    print(f"no image for {_count(len(packed.masks_without_image), 'mask')} of {args.masks}: "
+          f"{_some(packed.masks_without_image)}")
   return 0
-
-

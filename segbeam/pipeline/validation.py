@@ -88,6 +88,19 @@ def _open(data: bytes, image_format: str) -> Image.Image:
   return _OPENERS[image_format](io.BytesIO(data))
 
 
+def header_size(data: bytes) -> Optional[tuple[int, int]]:
+  """(width, height) as the header of an image in a supported format declares them, read
+  without decoding; None when `data` is no such image or its header is unreadable."""
+  image_format = sniff_format(data)
+  if image_format is None:
+    return None
+  try:
+    with _open(data, image_format) as image:
+      return image.size
+  except Exception:  # pylint: disable=broad-except  # any unreadable header: `validate` says why
+    return None
+
+
 def exif_orientation(image: Image.Image) -> int:
   """The EXIF orientation (1 to 8) of an opened image; 1 without one, or with an unreadable or
   out-of-range one, which viewers ignore too.

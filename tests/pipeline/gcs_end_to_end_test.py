@@ -15,6 +15,7 @@ import threading
 import apache_beam as beam
 import pytest
 from apache_beam.internal import pickler
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
@@ -93,6 +94,21 @@ def test_a_gs_shard_named_without_extension_is_read_as_a_shard(tmp_path):
   assert_that(out.records | beam.Map(lambda r: (r.image_id, r.data == image)),
               equal_to([("a.png", True), ("b.png", True)]), label="records")
   assert_that(out[records.FAILURES], equal_to([]), label="no failures")
+  pipeline.run().wait_until_finish()
+
+
+def test_pack_reads_and_writes_gs_and_leaves_only_whole_shards(gcs_inputs):
+  images, _ = gcs_inputs
+  packed = pack.pack(images, f"{ROOT}/packed/pets", num_shards=2)
+  assert (packed.images, packed.not_images) == (5, [])  # notes.png is packed: named an image
+  listed = sorted(m.path for m in FileSystems.match([f"{ROOT}/packed/*"])[0].metadata_list)
+  assert listed == packed.shards == [f"{ROOT}/packed/pets-00000-of-00002.tfrecord",
+                                     f"{ROOT}/packed/pets-00001-of-00002.tfrecord"]
+  pipeline = TestPipeline()
+  out = pipeline | sources.ReadImageShards(f"{ROOT}/packed/pets-*")
+  assert_that(out.records | beam.Map(lambda r: r.image_id),
+              equal_to(["notes.png"] + [f"pet_{i}.png" for i in range(len(SIZES))]),
+              label="records")
   pipeline.run().wait_until_finish()
 
 

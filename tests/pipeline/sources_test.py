@@ -145,7 +145,7 @@ def test_pack_writes_shards_the_reader_reads(tmp_path, pet_folder):
   images, masks, names = pet_folder
   prefix = str(tmp_path / "shards" / "pets")
   os.makedirs(os.path.dirname(prefix))
-  paths = pack.pack(images, prefix, masks_dir=masks, num_shards=2)
+  paths = pack.pack(images, prefix, masks_dir=masks, num_shards=2).shards
   assert [os.path.basename(x) for x in paths] == ["pets-00000-of-00002.tfrecord",
                                                   "pets-00001-of-00002.tfrecord"]
   p, out = _read(prefix + "-*")

@@ -183,3 +183,15 @@ def test_unreadable_images_fail_with_a_stage_a_type_and_a_repeatable_reason(data
   failure = _failure(data)
   assert (failure.stage, failure.error_type) == (stage, error_type)
   assert words in failure.message and "0x" not in failure.message  # no object addresses
+
+
+@pytest.mark.parametrize("data,size", [
+    (synthetic.encode(synthetic.pet_scene(31, 24, 1)[0], "JPEG"), (31, 24)),
+    (synthetic.encode(synthetic.pet_scene(20, 30, 2)[0], "BMP"), (20, 30)),
+    (corpus.png_bomb(40_000, 40_000), (40_000, 40_000)),  # declared, never decoded
+    (b"\xff\xd8\xff\xe0" + b"garbage" * 4, None),  # a JPEG marker, no readable header
+    (b"a note saved under an image name", None),
+    (b"", None),
+])
+def test_header_size_reads_only_the_header(data, size):
+  assert validation.header_size(data) == size
