@@ -28,6 +28,7 @@ import apache_beam as beam
 from apache_beam.io import fileio
 
 from segbeam.pipeline import records
+from segbeam.pipeline import sinks
 from segbeam.pipeline import tfrecord
 
 FORMAT_AUTO = "auto"
@@ -126,6 +127,49 @@ def _bytes_feature(example, key: str) -> Optional[bytes]:
   return feature.bytes_list.value[0]
 
 
+_OUTPUT_FOLDERS = frozenset({sinks.SEGMENTS_DIR, sinks.ERRORS_DIR, sinks.MASKS_DIR})
+
+
+def output_folder_candidate(path: str) -> Optional[str]:
+  """The folder X that would hold `path` as part of a segbeam run's output: X/manifest.json,
+  X/masks/<file>, X/segments/<file> or X/errors/<file>; None for any other path."""
+  parts = path.replace(os.sep, "/").split("/")
+  if len(parts) > 1 and parts[-1] == sinks.MANIFEST_FILE:
+    return "/".join(parts[:-1])
+  if len(parts) > 2 and parts[-2] in _OUTPUT_FOLDERS:
+    return "/".join(parts[:-2])
+  return None
+
+
+def holds_a_segbeam_run(folder: str) -> bool:
+  """Whether `folder` holds a completed segbeam run: a manifest.json that is segbeam's (a
+  dataset's own manifest.json is not)."""
+  try:
+    manifest = sinks.read_manifest(folder)
+  except Exception:  # pylint: disable=broad-except  # unreadable or not JSON: not segbeam's
+    return False
+  return isinstance(manifest, dict) and {"run_id", "counts", "conservation"} <= manifest.keys()
+
+
+class PreviousOutputs:
+  """Tells the files of completed segbeam runs that a glob reaches into (its masks are PNGs, and
+  would be segmented as photos). Each candidate folder is checked once."""
+
+  def __init__(self, root: str):
+    self._root = root
+    self._checked: dict[str, bool] = {}
+
+  def holding(self, path: str) -> Optional[str]:
+    """The folder of the completed run `path` belongs to, below the pattern's root; or None.
+    A pattern rooted inside such a folder ('out/masks/*.png') asks for its files: None."""
+    folder = output_folder_candidate(path)
+    if folder is None or not (folder + "/").startswith(self._root):
+      return None
+    if folder not in self._checked:
+      self._checked[folder] = holds_a_segbeam_run(folder)
+    return folder if self._checked[folder] else None
+
+
 class ReadImages(beam.DoFn):
   """ReadableFile -> ImageRecord per image (one per image file, one per shard record); what
   cannot be read becomes a Failure on the FAILURES output."""
@@ -138,11 +182,20 @@ class ReadImages(beam.DoFn):
     self._max_file_bytes = max_file_bytes
     self._seen = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "inputs_seen")
 
+  def setup(self):
+    self._previous_outputs = PreviousOutputs(self._root)
+
   def process(self, readable: fileio.ReadableFile, renames=None) -> Iterator:
     path = readable.metadata.path
     file_id = relative_id(path, self._root)
     refusal = not_a_regular_file(path)
-    if refusal is not None:
+    previous_output = self._previous_outputs.holding(path)
+    if previous_output is not None:
+      outputs = [beam.pvalue.TaggedOutput(records.FAILURES, records.Failure(
+          file_id, path, records.STAGE_READ, "SegbeamOutput",
+          f"a file of the segbeam run in {previous_output}, not an input: narrow --input (say, "
+          "to the photos' extension) or keep outputs outside the input folder"))]
+    elif refusal is not None:
       outputs = [beam.pvalue.TaggedOutput(records.FAILURES, records.Failure(
           file_id, path, records.STAGE_READ, "NotARegularFile", refusal))]
     elif is_tfrecord(path, self._input_format, open_file=readable.open):

@@ -176,3 +176,54 @@ def test_reads_stop_at_the_size_limit_whatever_size_a_file_is_listed_at(tmp_path
               equal_to([("bomb.jpg.gz", "FileTooLarge", True),
                         ("s.tfrecord#0", "RecordTooLarge", True)]), label="failures")
   p.run().wait_until_finish()
+
+
+@pytest.mark.parametrize("path,folder", [
+    ("/photos/out/manifest.json", "/photos/out"),
+    ("/photos/out/masks/cat.jpg.1a2b3c4d5e6f.png", "/photos/out"),
+    ("/photos/out/segments/part-00000-of-00001.parquet", "/photos/out"),
+    ("gs://bucket/runs/a/errors/part-00000-of-00001.parquet", "gs://bucket/runs/a"),
+    ("/photos/cat.jpg", None),
+    ("/photos/masks_old/cat.png", None),
+    ("manifest.json", None),
+])
+def test_where_a_file_would_belong_to_a_segbeam_output(path, folder):
+  assert sources.output_folder_candidate(path) == folder
+
+
+def test_a_previous_runs_files_under_the_glob_are_error_rows_not_photos(small_run, tmp_path):
+  """Its mask PNGs would be segmented as photos; a dataset's own manifest.json and masks
+  folder are inputs like any other file."""
+  import shutil
+  photos = tmp_path / "photos"
+  photos.mkdir()
+  (photos / "cat.jpg").write_bytes(JPEG)
+  shutil.copytree(small_run, photos / "run1")
+  (photos / "run1" / "masks").mkdir()
+  (photos / "run1" / "masks" / "cat.jpg.0123456789ab.png").write_bytes(JPEG)
+  (photos / "manifest.json").write_text('{"dataset": "my pets"}')
+  (photos / "masks").mkdir()
+  (photos / "masks" / "cat.png").write_bytes(JPEG)
+  run_files = sorted(str(p.relative_to(photos)) for p in (photos / "run1").rglob("*")
+                     if p.is_file())
+  assert "run1/manifest.json" in run_files and len(run_files) >= 4
+  p, out = _read(str(photos) + "/**")
+  assert_that(out.records | beam.Map(lambda r: r.image_id),
+              equal_to(["cat.jpg", "manifest.json", "masks/cat.png"]), label="records")
+  assert_that(out[records.FAILURES] | beam.Map(lambda f: (f.image_id, f.stage, f.error_type,
+                                                          str(photos / "run1") in f.message)),
+              equal_to([(name, "read", "SegbeamOutput", True) for name in run_files]),
+              label="failures")
+  p.run().wait_until_finish()
+
+
+def test_a_glob_rooted_inside_a_previous_output_asks_for_its_files(small_run, tmp_path):
+  import shutil
+  shutil.copytree(small_run, tmp_path / "run1")
+  (tmp_path / "run1" / "masks").mkdir()
+  (tmp_path / "run1" / "masks" / "cat.jpg.0123456789ab.png").write_bytes(JPEG)
+  p, out = _read(str(tmp_path / "run1" / "masks") + "/*.png")
+  assert_that(out.records | beam.Map(lambda r: r.image_id),
+              equal_to(["cat.jpg.0123456789ab.png"]), label="records")
+  assert_that(out[records.FAILURES], equal_to([]), label="no failures")
+  p.run().wait_until_finish()
