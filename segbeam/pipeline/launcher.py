@@ -143,6 +143,7 @@ def parse(argv: Optional[Sequence[str]]) -> tuple[options_lib.RunOptions, list[s
       prog="segbeam run", description="Segment images with a U-Net on Apache Beam. Options "
       "not listed here are Beam pipeline options (--runner, --direct_num_workers, ...).")
   options_lib.add_arguments(parser)
+  options_lib.check_patterns_given_once(sys.argv[1:] if argv is None else argv)
   args, beam_args = parser.parse_known_args(argv)
   return options_lib.from_args(args), beam_args
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import itertools
+import os
 import uuid
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from segbeam.pipeline import inference
 from segbeam.pipeline import sources
@@ -130,15 +132,51 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--run-id", default=None, help="default: time + random suffix")
 
 
+# The patterns segbeam expands itself; each is given once, as one word.
+_PATTERN_FLAGS = ("--input", "--labels")
+
+
+def check_patterns_given_once(argv: Sequence[str]) -> None:
+  """Raises ValueError when --input or --labels is repeated, or followed by more than one
+  path: an unquoted glob that the shell expanded into its files (`--input photos/*.jpg`)
+  would otherwise run on the first file alone, the rest passed on to Beam, which drops them."""
+  argv = list(argv)
+  for flag in _PATTERN_FLAGS:
+    given = [i for i, word in enumerate(argv) if word == flag or word.startswith(flag + "=")]
+    if len(given) > 1:
+      values = [argv[i].split("=", 1)[1] if "=" in argv[i] else
+                (argv[i + 1] if i + 1 < len(argv) else "") for i in given]
+      raise ValueError(f"{flag} given {len(given)} times ({', '.join(values)}): one pattern "
+                       "per run")
+    if not given or "=" in argv[given[0]]:
+      continue
+    after = argv[given[0] + 1:]
+    paths = [word for word in itertools.takewhile(lambda word: not word.startswith("-"),
+                                                  after)]
+    if len(paths) > 1:
+      shown = ", ".join(paths[:3]) + (", ..." if len(paths) > 3 else "")
+      raise ValueError(f"{flag} is followed by {len(paths)} paths ({shown}): the shell expanded "
+                       f"an unquoted glob into its files; quote the pattern so that segbeam "
+                       f"expands it, e.g. {flag} 'photos/*.jpg'")
+
+
+def in_a_folder(pattern: Optional[str]) -> Optional[str]:
+  """A local pattern with no folder part ('*.jpg') as './*.jpg': Beam's local file system
+  matches nothing for the former, even in a folder full of JPEGs."""
+  if pattern is None or "://" in pattern or "/" in pattern or os.sep in pattern:
+    return pattern
+  return "./" + pattern
+
+
 def from_args(args: argparse.Namespace) -> RunOptions:
   now = datetime.datetime.now(datetime.timezone.utc)
   return RunOptions(
-      input=args.input, output=args.output.rstrip("/"), model_dir=args.model_dir,
+      input=in_a_folder(args.input), output=args.output.rstrip("/"), model_dir=args.model_dir,
       batch_size=args.batch_size, max_pixels=args.max_pixels, max_file_bytes=args.max_file_bytes,
       mask_files=args.mask_files, overwrite=args.overwrite, input_format=args.input_format,
       example_keys=sources.ExampleKeys(args.image_key, args.filename_key, args.label_key),
       handler=args.handler, inference_slices=args.inference_slices,
-      postprocess_threads=args.postprocess_threads, labels=args.labels,
+      postprocess_threads=args.postprocess_threads, labels=in_a_folder(args.labels),
       label_map=args.label_map,
       skip_existing=tuple(path.rstrip("/") for path in args.skip_existing),
       run_id=args.run_id or f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}",

@@ -72,6 +72,32 @@ def test_bad_invocations_exit_2_with_one_line(case, words, tiny_export, one_imag
   assert err.startswith("segbeam run:") and words in err and len(err.splitlines()) == 1
 
 
+def test_an_unquoted_glob_the_shell_expanded_is_refused_not_run_on_its_first_file(
+    tiny_export, tmp_path, capsys):
+  folder = tmp_path / "in"
+  folder.mkdir()
+  for name in ("a.png", "b.png", "c.png"):
+    (folder / name).write_bytes(synthetic.encode(synthetic.pet_scene(20, 16, 0)[0], "PNG"))
+  expanded = sorted(str(path) for path in folder.iterdir())  # what bash makes of in/*.png
+  output = tmp_path / "out"
+  code, out, err = _run(capsys, "--input", *expanded, "--output", str(output), "--model",
+                        tiny_export[0])
+  assert code == 2 and out == ""
+  assert err == (f"segbeam run: --input is followed by 3 paths ({', '.join(expanded)}): the "
+                 "shell expanded an unquoted glob into its files; quote the pattern so that "
+                 "segbeam expands it, e.g. --input 'photos/*.jpg'")
+  assert not output.exists()
+
+
+def test_a_pattern_without_a_folder_matches_in_the_current_one(tiny_export, one_image,
+                                                               tmp_path, capsys, monkeypatch):
+  monkeypatch.chdir(one_image)
+  output = str(tmp_path / "out")
+  code, out, _ = _run(capsys, "--input", "*.png", "--output", output, "--model", tiny_export[0])
+  assert code == 0 and "1 inputs, 1 segmented, 0 failed" in out
+  accounting.assert_accounted_for(output, inputs_seen=1)
+
+
 def test_default_runner_avoids_prism_but_can_be_overridden():
   assert launcher.beam_pipeline_options([]).get_all_options()["runner"] == "FnApiRunner"
   chosen = launcher.beam_pipeline_options(["--runner=DirectRunner"])

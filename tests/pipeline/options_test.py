@@ -1,6 +1,7 @@
 """segbeam's run options: parsed from the command line, checked before a pipeline is built."""
 
 import argparse
+import re
 
 import pytest
 
@@ -29,3 +30,32 @@ def test_counts_below_one_are_refused_by_name(flag):
   assert _parse(flag, "1")  # the smallest allowed
   with pytest.raises(ValueError, match=f"^{flag} must be at least 1, got 0$"):
     _parse(flag, "0")
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["--input", "in/a.jpg", "in/b.jpg", "--output", "out"],
+     "--input is followed by 2 paths (in/a.jpg, in/b.jpg): the shell expanded an unquoted glob"),
+    (["--output", "out", "--labels", "t/1.png", "t/2.png", "t/3.png", "t/4.png", "--input", "x"],
+     "--labels is followed by 4 paths (t/1.png, t/2.png, t/3.png, ...)"),
+    (["--input", "a/*", "--output", "out", "--input=b/*"],
+     "--input given 2 times (a/*, b/*): one pattern per run"),
+])
+def test_a_pattern_is_given_once_as_one_word(argv, words):
+  with pytest.raises(ValueError, match="^" + re.escape(words)):
+    options_lib.check_patterns_given_once(argv)
+
+
+@pytest.mark.parametrize("argv", [
+    ["--input", "in/*.jpg", "--output", "out", "--runner", "DirectRunner"],  # Beam's own values
+    ["--input=in/*.jpg", "--labels=t/*.png", "--output", "out"],
+    ["--output", "out", "--input", "in/*.jpg"],
+])
+def test_one_pattern_each_passes(argv):
+  options_lib.check_patterns_given_once(argv)
+
+
+@pytest.mark.parametrize("pattern,matched_as", [("*.jpg", "./*.jpg"), ("a/*.jpg", "a/*.jpg"),
+                                                ("/data/*.jpg", "/data/*.jpg"),
+                                                ("gs://b/*.jpg", "gs://b/*.jpg"), (None, None)])
+def test_a_local_pattern_without_a_folder_is_matched_in_the_current_one(pattern, matched_as):
+  assert options_lib.in_a_folder(pattern) == matched_as
