@@ -52,3 +52,15 @@ def assert_accounted_for(output: str, *, inputs_seen: Optional[int] = None) -> d
   else:
     assert masks == []
   return manifest
+
+
+def run_and_account(argv: list[str], *, inputs_seen: Optional[int] = None) -> dict[str, Any]:
+  """`segbeam run`'s pipeline for `argv` (its --output included) built into a TestPipeline and
+  run here; then `assert_accounted_for` on that output. Returns the manifest."""
+  # pylint: disable=import-outside-toplevel  # Beam and the launcher only for the tests using it
+  from apache_beam.testing.test_pipeline import TestPipeline
+  from segbeam.pipeline import launcher
+  pipeline = TestPipeline()
+  launcher.run(argv, test_pipeline=pipeline)
+  pipeline.run().wait_until_finish()
+  return assert_accounted_for(argv[argv.index("--output") + 1], inputs_seen=inputs_seen)

@@ -5,10 +5,8 @@ import os
 
 import pyarrow.parquet as pq
 import pytest
-from apache_beam.testing.test_pipeline import TestPipeline
 
 from segbeam import cli
-from segbeam.pipeline import launcher
 from segbeam.pipeline import pack
 from segbeam.pipeline import tfrecord
 from tests import accounting
@@ -80,11 +78,8 @@ def test_the_run_over_packed_shards_reports_what_pack_stored_as_it_was(awkward_f
   prefix = str(tmp_path / "pets")
   pack.pack(images, prefix, masks_dir=masks, num_shards=2)
   output = str(tmp_path / "out")
-  pipeline = TestPipeline()
-  launcher.run(["--input", prefix + "-*", "--output", output, "--model", tiny_export[0]],
-               test_pipeline=pipeline)
-  pipeline.run().wait_until_finish()
-  accounting.assert_accounted_for(output, inputs_seen=7)
+  accounting.run_and_account(["--input", prefix + "-*", "--output", output, "--model",
+                              tiny_export[0]], inputs_seen=7)
   errors = {row["image_id"]: (row["stage"], row["error_type"]) for row in pq.read_table(
       glob.glob(f"{output}/errors/*.parquet")).to_pylist()}
   assert errors == {"bad_header.jpg": ("validate", "CorruptHeader"),

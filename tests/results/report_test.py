@@ -6,11 +6,9 @@ import io
 import os
 
 import pytest
-from apache_beam.testing.test_pipeline import TestPipeline
 from PIL import Image
 
 from segbeam import cli
-from segbeam.pipeline import launcher
 from segbeam.pipeline import pack
 from segbeam.pipeline import tfrecord
 from segbeam.results import output as output_lib
@@ -66,11 +64,8 @@ def test_report_with_ground_truth_reads_sources_back_from_shards(tiny_export, pe
   prefix = str(tmp_path / "shards")
   pack.pack(images, prefix, masks_dir=masks, num_shards=2)
   output = str(tmp_path / "out")
-  pipeline = TestPipeline()
-  launcher.run(["--input", prefix + "-*", "--output", output, "--model", tiny_export[0]],
-               test_pipeline=pipeline)
-  pipeline.run().wait_until_finish()
-  accounting.assert_accounted_for(output, inputs_seen=6)
+  accounting.run_and_account(["--input", prefix + "-*", "--output", output, "--model",
+                              tiny_export[0]], inputs_seen=6)
   page = report.build_report(output_lib.RunOutput(output), samples=3)
   collector = _parse(page)
   _check_self_contained(collector, expected_images=3 + 3)  # samples + worst images
