@@ -96,8 +96,7 @@ def _read_model(model_dir: Optional[str]) -> tuple[str, export_lib.ModelMetadata
 
 def _prepare_output(output: str, overwrite: bool) -> None:
   """Refuses to mix runs in one folder unless --overwrite, then checks it is writable."""
-  previous = [entry for entry in sinks.OUTPUT_ENTRIES
-              if FileSystems.exists(FileSystems.join(output, entry))]
+  previous = sinks.entries_present(output)
   if previous and not overwrite:
     raise InvocationError(f"{output} already holds a run ({', '.join(previous)}); pass "
                           "--overwrite to replace it or choose another --output")
@@ -286,8 +285,7 @@ def _not_an_interrupt(record: logging.LogRecord) -> bool:
 
 def interruption_message(output: str) -> str:
   """What Ctrl-C left in `output`: as it was, an unfinished run, or nothing."""
-  written = [entry for entry in sinks.OUTPUT_ENTRIES
-             if FileSystems.exists(FileSystems.join(output, entry))]
+  written = sinks.entries_present(output)
   if sinks.MANIFEST_FILE in written:  # before this run prepared the folder: it is untouched
     return f"interrupted; {output} is as it was"
   if written:

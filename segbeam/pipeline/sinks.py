@@ -191,6 +191,13 @@ class WriteManifest(beam.DoFn):
     yield manifest
 
 
+def entries_present(output: str) -> list[str]:
+  """Which of a run's entries (OUTPUT_ENTRIES) exist in `output`: any of them means a run,
+  finished (with the manifest) or not."""
+  return [entry for entry in OUTPUT_ENTRIES
+          if FileSystems.exists(FileSystems.join(output, entry))]
+
+
 def read_manifest(output: str) -> Optional[dict[str, Any]]:
   """The manifest of the run in `output`, or None when it has none (no completed run)."""
   path = FileSystems.join(output, MANIFEST_FILE)
