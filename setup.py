@@ -30,6 +30,8 @@ EXTRAS_REQUIRE = {
         "pytest==9.2.0",
         "hypothesis==6.170.15",
         "gcp-storage-emulator==2026.7.19",
+        # tests/model/conversion_test.py saves a Keras 2 .h5 as its users do, with tf.keras.
+        "tf-keras==2.21.0",
         *DEMO_REQUIRE,
     ],
     # bench/reference_pattern.py: Beam's TFModelHandlerTensor imports tensorflow_hub.

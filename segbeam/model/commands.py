@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shlex
 import sys
 import warnings
@@ -189,8 +190,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
   print(f"model {export.metadata.name} {export.metadata.version} on {result.images} images "
         f"({len(result.skipped)} skipped), at original resolution")
   print(f"pixel accuracy {m.pixel_accuracy:.4f}   mean IoU {m.mean_iou:.4f}")
+  print(labels_lib.coverage_line(m.class_names, m.ground_truth_classes))
   for name, iou in m.per_class_iou.items():
-    print(f"  IoU {name:20s} {iou:.4f}")
+    print(f"  IoU {name:20s} " + ("-  (no ground truth)" if iou is None else f"{iou:.4f}"))
   for skipped in result.skipped:
     print(f"  skipped {skipped.name}: {skipped.reason}")
   return 0
@@ -209,7 +211,92 @@ def add_evaluate_parser(subparsers) -> None:
   parser.set_defaults(func=run_evaluate)
 
 
+def run_export(args: argparse.Namespace) -> int:
+  from segbeam.model import conversion  # TensorFlow and Keras load only for this command
+  conversion.check_new_output(args.output)
+  source = conversion.load_source(
+      args.source, allow_custom_code=args.allow_custom_code,
+      custom_objects_module=args.custom_objects, signature=args.signature,
+      trust_model=args.trust_model)
+  serving = conversion.serving_config_for(
+      source, preprocess=args.preprocess, resize=args.resize, output=args.scores,
+      threshold=args.threshold,
+      input_size=conversion.parse_size(args.input_size) if args.input_size else None)
+  class_names = args.class_names.split(",") if args.class_names else None
+  label_map = conversion.label_map_for(serving, class_names, args.label_map)
+  name = args.name or os.path.splitext(os.path.basename(os.path.normpath(args.source)))[0]
+  metadata = conversion.export_source(
+      source, args.output, serving, label_map=label_map, name=name,
+      trust_model=args.trust_model,
+      provenance={"command": "segbeam " + shlex.join(sys.argv[1:])})
+  print(f"exported {args.source} ({source.format}"
+        + (f", signature {source.signature}" if source.signature else "")
+        + f") to {args.output}: {metadata.name} {metadata.version}")
+  print(f"  input {serving.input_height}x{serving.input_width}x{serving.channels}, "
+        f"preprocess {serving.preprocess}, resize {serving.resize}, scores {serving.output}"
+        + (f" (threshold {serving.threshold})" if serving.binary_sigmoid else "")
+        + f", classes {', '.join(metadata.class_names)}")
+  print(f"run it: segbeam run --model {shlex.quote(args.output)} --input 'IMAGES/*.jpg' "
+        "--output OUT")
+  return 0
+
+
+def add_export_parser(subparsers) -> None:
+  parser = subparsers.add_parser(
+      "export", help="make a segbeam export of your own model (.keras, Keras 2 .h5, SavedModel)",
+      description="Converts a trained segmentation model into a segbeam export: decoding, "
+      "resizing and normalisation in the graph, class probabilities out. What the model file "
+      "says (input size, channels, classes, last activation) is read from it; how its "
+      "pipeline prepared pixels must be said here.")
+  parser.add_argument("source", help="a .keras file, a Keras 2 / tf.keras .h5 file, or a "
+                      "SavedModel folder")
+  parser.add_argument("--output", required=True, help="the export folder to create (must not "
+                      "exist)")
+  parser.add_argument("--preprocess", required=True, choices=config_lib.PREPROCESS_CONVENTIONS,
+                      help="how the model's training pipeline normalised 0..255 RGB pixels: "
+                      "unit (x/255, the TensorFlow tutorial), symmetric (x/127.5-1, MobileNet), "
+                      "caffe (BGR minus the ImageNet mean: Keras VGG16, ResNet50), torch "
+                      "(x/255, ImageNet mean and std), none (0..255)")
+  parser.add_argument("--resize", choices=config_lib.RESIZE_METHODS,
+                      default=config_lib.RESIZE_BILINEAR,
+                      help="how it resized images to its input, as tf.image.resize does: "
+                      "bilinear (its default and OpenCV's: no antialiasing), antialias "
+                      "(bilinear, antialias=True), area, nearest; or dct-antialias (segbeam "
+                      "train's: JPEGs decoded at a reduced scale) (default: %(default)s)")
+  parser.add_argument("--scores", choices=config_lib.OUTPUT_KINDS, default=config_lib.OUTPUT_AUTO,
+                      help="what the model outputs: softmax, logits or sigmoid; auto reads its "
+                      "last activation (default: %(default)s)")
+  parser.add_argument("--threshold", type=float, default=0.5,
+                      help="foreground threshold of a model with one sigmoid channel "
+                      "(default: %(default)s)")
+  parser.add_argument("--input-size", default=None,
+                      help="N or HEIGHTxWIDTH, for a model that takes any size (default: the "
+                      "model's own)")
+  parser.add_argument("--class-names", default=None,
+                      help="comma-separated, in class order (default: class_0, class_1, ...; "
+                      "background, foreground for one sigmoid channel)")
+  parser.add_argument("--label-map", default=None,
+                      help="how ground-truth mask values map to classes, for evaluate and "
+                      "--labels (default: value i is class i)")
+  parser.add_argument("--name", default=None, help="model name recorded in outputs "
+                      "(default: the source's name)")
+  parser.add_argument("--signature", default=None,
+                      help="the SavedModel signature to serve (default: the one that maps an "
+                      "image batch to per-pixel scores)")
+  parser.add_argument("--allow-custom-code", action="store_true",
+                      help="load a .keras/.h5 with Lambda layers or custom objects (runs code "
+                      "from the file)")
+  parser.add_argument("--custom-objects", default=None, metavar="MODULE",
+                      help="with --allow-custom-code: the Python module (a name importable "
+                      "from here, or a .py file) that defines the model's custom layers")
+  parser.add_argument("--trust-model", action="store_true",
+                      help="export a model whose graph holds ops that touch files, the network "
+                      "or processes (recorded in the export)")
+  parser.set_defaults(func=run_export)
+
+
 def add_parsers(subparsers) -> None:
   add_model_parser(subparsers)
   add_train_parser(subparsers)
   add_evaluate_parser(subparsers)
+  add_export_parser(subparsers)

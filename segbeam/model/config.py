@@ -209,3 +209,98 @@ def preset(name: str, **changes: Any) -> UNetConfig:
   except KeyError:
     raise ValueError(f"unknown architecture {name!r}; known: {', '.join(sorted(PRESETS))}") from None
   return config.replace(**changes)
+
+
+# How an imported model's own pipeline prepared its pixels and what its output is
+# (`segbeam export`). The names are the conventions users' training code follows.
+PREPROCESS_UNIT = "unit"            # x / 255: the TensorFlow segmentation tutorial
+PREPROCESS_SYMMETRIC = "symmetric"  # x / 127.5 - 1: Keras' MobileNet family
+PREPROCESS_CAFFE = "caffe"          # RGB -> BGR, ImageNet mean subtracted: Keras' VGG16, ResNet50
+PREPROCESS_TORCH = "torch"          # x / 255, ImageNet mean and std: most PyTorch-style encoders
+PREPROCESS_NONE = "none"            # 0..255 as decoded (the model normalises itself)
+PREPROCESS_CONVENTIONS = (PREPROCESS_UNIT, PREPROCESS_SYMMETRIC, PREPROCESS_CAFFE,
+                          PREPROCESS_TORCH, PREPROCESS_NONE)
+
+# Resizing to the model's input. All but the last decode in full and resize as
+# `tf.image.resize` does with that method ('antialias': bilinear with antialiasing), so the
+# pixels equal those of the model's own tf.data pipeline. 'dct-antialias' is what `segbeam
+# train` trains and serves with: a JPEG decoded at a reduced DCT scale (far less work on large
+# photos), then 'antialias'; it gives other pixels than a full decode, so only segbeam's own
+# models are served with it by default.
+RESIZE_BILINEAR = "bilinear"
+RESIZE_ANTIALIAS = "antialias"
+RESIZE_AREA = "area"
+RESIZE_NEAREST = "nearest"
+RESIZE_DCT_ANTIALIAS = "dct-antialias"
+RESIZE_METHODS = (RESIZE_BILINEAR, RESIZE_ANTIALIAS, RESIZE_AREA, RESIZE_NEAREST,
+                  RESIZE_DCT_ANTIALIAS)
+
+OUTPUT_AUTO = "auto"
+OUTPUT_SOFTMAX = "softmax"
+OUTPUT_LOGITS = "logits"
+OUTPUT_SIGMOID = "sigmoid"
+OUTPUT_KINDS = (OUTPUT_AUTO, OUTPUT_SOFTMAX, OUTPUT_LOGITS, OUTPUT_SIGMOID)
+
+
+@dataclasses.dataclass(frozen=True)
+class ServingConfig:
+  """How an export's serving graph turns encoded images into class probabilities.
+
+  Attributes:
+    input_height, input_width, channels: the model's input.
+    num_classes: classes of the probabilities (2 for a single sigmoid channel).
+    preprocess: one of PREPROCESS_CONVENTIONS, applied to 0..255 pixels after resizing.
+    resize: one of RESIZE_METHODS.
+    output: what the model outputs: 'softmax', 'logits' (softmax applied in the graph) or
+      'sigmoid' (independent scores; one channel becomes background, foreground).
+    threshold: foreground threshold of a single sigmoid channel; other outputs take the argmax.
+    model_channels: the model's output channels (1 for a single sigmoid channel).
+  """
+
+  input_height: int
+  input_width: int
+  channels: int
+  num_classes: int
+  preprocess: str = PREPROCESS_NONE
+  resize: str = RESIZE_DCT_ANTIALIAS
+  output: str = OUTPUT_LOGITS
+  threshold: float = 0.5
+  model_channels: Optional[int] = None
+
+  def __post_init__(self):
+    if self.input_height <= 0 or self.input_width <= 0:
+      raise ValueError(f"input size must be positive, got {self.input_height}x{self.input_width}")
+    if self.channels not in (1, 3):
+      raise ValueError(f"the model's input must have 1 or 3 channels, got {self.channels}")
+    if self.preprocess not in PREPROCESS_CONVENTIONS:
+      raise ValueError(f"unknown preprocessing {self.preprocess!r}; known: "
+                       f"{', '.join(PREPROCESS_CONVENTIONS)}")
+    if self.preprocess in (PREPROCESS_CAFFE, PREPROCESS_TORCH) and self.channels != 3:
+      raise ValueError(f"preprocessing {self.preprocess!r} is for RGB input; the model takes "
+                       f"{self.channels} channel(s)")
+    if self.resize not in RESIZE_METHODS:
+      raise ValueError(f"unknown resize {self.resize!r}; known: {', '.join(RESIZE_METHODS)}")
+    if self.output not in OUTPUT_KINDS or self.output == OUTPUT_AUTO:
+      raise ValueError(f"output must be softmax, logits or sigmoid, got {self.output!r}")
+    if not 0.0 < self.threshold < 1.0:
+      raise ValueError(f"threshold must be between 0 and 1, got {self.threshold}")
+    if self.num_classes < 2:
+      raise ValueError(f"a segmentation needs at least 2 classes, got {self.num_classes}")
+
+  @property
+  def binary_sigmoid(self) -> bool:
+    """One sigmoid channel, served as two classes (background, foreground)."""
+    return self.model_channels == 1
+
+  @property
+  def mask_threshold(self) -> Optional[float]:
+    """The foreground threshold the mask takes when it is not the argmax's (0.5)."""
+    return self.threshold if self.binary_sigmoid and self.threshold != 0.5 else None
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, data: Mapping[str, Any]) -> "ServingConfig":
+    fields = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in fields})

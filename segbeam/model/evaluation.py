@@ -49,11 +49,18 @@ def evaluate_export(export: export_lib.LoadedExport, pairs: Sequence[data_lib.Im
   """Runs the export's own serving signature on the encoded files (as the pipeline does), makes
   each mask at original size with `postprocess.class_mask`, and sums the confusion matrices.
 
-  `label_map` maps the ground-truth masks; by default the one the model was trained with.
+  `label_map` maps the ground-truth masks; by default the one the model was trained with. It
+  may cover only some of the model's classes: the others get no IoU (`metrics`).
   Pairs that cannot be read are skipped and listed in the result, never silently.
   """
   label_map = label_map or export.metadata.labels
-  result = metrics_lib.SegmentationMetrics.empty(export.metadata.class_names)
+  class_names = export.metadata.class_names
+  beyond = [c for c in label_map.covered_classes if c >= len(class_names)]
+  if beyond:
+    raise ValueError(f"the label map's classes {beyond} are beyond the model's "
+                     f"{len(class_names)} classes {list(class_names)}")
+  result = metrics_lib.SegmentationMetrics.empty(
+      class_names, [class_names[c] for c in label_map.covered_classes])
   skipped, evaluated = [], 0
 
   def skip(pair, reason):
@@ -85,7 +92,8 @@ def evaluate_export(export: export_lib.LoadedExport, pairs: Sequence[data_lib.Im
       if truth.shape != (height, width):
         skip(pair, f"mask is {truth.shape[1]}x{truth.shape[0]}, image {width}x{height}")
         continue
-      mask, _ = postprocess.class_mask(outputs[export_lib.OUTPUT_PROBABILITIES], height, width)
+      mask, _ = postprocess.class_mask(outputs[export_lib.OUTPUT_PROBABILITIES], height, width,
+                                       threshold=export.metadata.mask_threshold)
       result = result.add(truth, mask)
       evaluated += 1
   return EvaluationResult(metrics=result, images=evaluated, skipped=tuple(skipped))

@@ -27,7 +27,7 @@ import datetime
 import hashlib
 import json
 import os
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import keras
 import numpy as np
@@ -46,6 +46,8 @@ OUTPUT_PROBABILITIES = "probabilities"
 OUTPUT_HEIGHT = "height"
 OUTPUT_WIDTH = "width"
 METADATA_FORMAT = 1
+# `config["architecture"]` of an export `segbeam export` made from a user's own model.
+IMPORTED_ARCHITECTURE = "imported"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +64,9 @@ class ModelMetadata:
     validation: metrics on held-out data at original resolution, free-form.
     created: UTC time of the export, ISO 8601.
     software: versions of segbeam, TensorFlow and Keras that wrote it.
+    serving: the `ServingConfig` as a dict: input size, preprocessing, resize and output of the
+      serving graph. Empty in exports written before it was recorded (segbeam's own U-Nets,
+      served as `unet_serving_config` gives).
   """
 
   name: str
@@ -72,11 +77,31 @@ class ModelMetadata:
   validation: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   created: str = ""
   software: Mapping[str, str] = dataclasses.field(default_factory=dict)
+  serving: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   format: int = METADATA_FORMAT
 
   @property
+  def imported(self) -> bool:
+    """Made by `segbeam export` from a user's model, not trained by segbeam."""
+    return self.architecture == IMPORTED_ARCHITECTURE
+
+  @property
   def unet_config(self) -> config_lib.UNetConfig:
+    if self.imported:
+      raise ValueError(f"{self.name} was imported from {self.config.get('source_format')}: it "
+                       "has no segbeam U-Net configuration")
     return config_lib.UNetConfig.from_dict(self.config)
+
+  @property
+  def serving_config(self) -> config_lib.ServingConfig:
+    if self.serving:
+      return config_lib.ServingConfig.from_dict(self.serving)
+    return unet_serving_config(self.unet_config)
+
+  @property
+  def mask_threshold(self) -> Optional[float]:
+    """The foreground threshold of a single-sigmoid model's mask, when not the argmax's."""
+    return self.serving_config.mask_threshold if self.serving else None
 
   @property
   def labels(self) -> labels_lib.LabelMap:
@@ -113,37 +138,75 @@ class ModelMetadata:
     return cls(**{k: v for k, v in data.items() if k in fields})
 
 
-def content_version(model: keras.Model, config: config_lib.UNetConfig) -> str:
-  digest = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode())
-  for weight in model.weights:
+def content_version(weights: Sequence[Any], config: Mapping[str, Any]) -> str:
+  """'sha256:' + 16 hex digits over the config and every weight value."""
+  digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
+  for weight in weights:
     digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(weight)).tobytes())
   return "sha256:" + digest.hexdigest()[:16]
 
 
-def serving_function(model: keras.Model, config: config_lib.UNetConfig):
-  """The serving signature: encoded image bytes in, probabilities and original sizes out."""
+ProbabilitiesFn = Callable[[tf.Tensor], tf.Tensor]
+
+
+def serving_function(probabilities: ProbabilitiesFn, serving: config_lib.ServingConfig):
+  """The serving signature: encoded image bytes in, probabilities and original sizes out.
+
+  Args:
+    probabilities: float32 [B, height, width, channels] pixels in 0..255 -> float32 class
+      probabilities [B, height, width, classes].
+    serving: the input size, channels and resize method.
+  """
 
   @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=INPUT_KEY)])
   def serve(images):
     pixels, heights, widths = preprocessing.decode_and_resize_batch(
-        images, config.input_size, config.channels)
-    logits = model(pixels, training=False)
-    return {OUTPUT_PROBABILITIES: tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1),
-            OUTPUT_HEIGHT: heights, OUTPUT_WIDTH: widths}
+        images, (serving.input_height, serving.input_width), serving.channels, serving.resize)
+    return {OUTPUT_PROBABILITIES: probabilities(pixels), OUTPUT_HEIGHT: heights,
+            OUTPUT_WIDTH: widths}
 
   return serve
 
 
-def pixels_function(model: keras.Model, config: config_lib.UNetConfig):
-  """The forward pass alone: decoded, resized pixels in, probabilities out."""
+def pixels_function(probabilities: ProbabilitiesFn, serving: config_lib.ServingConfig):
+  """The forward pass alone: decoded, resized pixels in 0..255 in, probabilities out."""
 
   @tf.function(input_signature=[tf.TensorSpec(
-      [None, config.input_size, config.input_size, config.channels], tf.float32, name="pixels")])
+      [None, serving.input_height, serving.input_width, serving.channels], tf.float32,
+      name="pixels")])
   def predict_pixels(pixels):
-    logits = model(pixels, training=False)
-    return {OUTPUT_PROBABILITIES: tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)}
+    return {OUTPUT_PROBABILITIES: probabilities(pixels)}
 
   return predict_pixels
+
+
+def write_archive(export_dir: str, probabilities: ProbabilitiesFn,
+                  serving: config_lib.ServingConfig, track: Sequence[Any] = ()) -> None:
+  """Writes the SavedModel with segbeam's two signatures over `probabilities`.
+
+  Args:
+    track: resources the functions use that are not Keras variables (a reloaded SavedModel's
+      layer); Keras models' variables are tracked by the endpoints themselves.
+  """
+  archive = keras.export.ExportArchive()
+  # No archive.track(model): the endpoints track the variables they use, and Keras 3.15 would
+  # save tracked variables a second time (as KerasVariables beside the captured tf.Variables),
+  # doubling the export to 52 MB for the tutorial model.
+  for resource in track:
+    archive.track(resource)
+  archive.add_endpoint(SIGNATURE_NAME, serving_function(probabilities, serving))
+  archive.add_endpoint(PIXELS_SIGNATURE_NAME, pixels_function(probabilities, serving))
+  archive.write_out(export_dir, verbose=False)
+
+
+def unet_serving_config(config: config_lib.UNetConfig) -> config_lib.ServingConfig:
+  """What segbeam's own U-Nets are served with: 0..255 pixels (the model normalises them),
+  the DCT-scaled decode and antialiased resize they were trained with, logits."""
+  return config_lib.ServingConfig(
+      input_height=config.input_size, input_width=config.input_size, channels=config.channels,
+      num_classes=config.num_classes, preprocess=config_lib.PREPROCESS_NONE,
+      resize=config_lib.RESIZE_DCT_ANTIALIAS, output=config_lib.OUTPUT_LOGITS,
+      model_channels=config.num_classes)
 
 
 def export_model(model: keras.Model, config: config_lib.UNetConfig, export_dir: str, *,
@@ -153,25 +216,31 @@ def export_model(model: keras.Model, config: config_lib.UNetConfig, export_dir: 
   """Writes the SavedModel and its metadata to `export_dir` (local or gs://)."""
   if label_map.num_classes != config.num_classes:
     raise ValueError(f"label map has {label_map.num_classes} classes, model {config.num_classes}")
-  archive = keras.export.ExportArchive()
-  # No archive.track(model): the endpoints track the variables they use, and Keras 3.15 would
-  # save tracked variables a second time (as KerasVariables beside the captured tf.Variables),
-  # doubling the export to 52 MB for the tutorial model.
-  archive.add_endpoint(SIGNATURE_NAME, serving_function(model, config))
-  archive.add_endpoint(PIXELS_SIGNATURE_NAME, pixels_function(model, config))
-  archive.write_out(export_dir, verbose=False)
+
+  def probabilities(pixels):
+    return tf.nn.softmax(tf.cast(model(pixels, training=False), tf.float32), axis=-1)
+
+  serving = unet_serving_config(config)
+  write_archive(export_dir, probabilities, serving)
   metadata = ModelMetadata(
-      name=name, version=content_version(model, config), config=_as_json(config.to_dict()),
-      label_map=_as_json(label_map.to_dict()), training=_as_json(training or {}),
-      validation=_as_json(validation or {}),
-      created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-      software={"segbeam": segbeam.__version__, "tensorflow": tf.__version__,
-                "keras": keras.__version__})
+      name=name, version=content_version(model.weights, config.to_dict()),
+      config=as_json(config.to_dict()), label_map=as_json(label_map.to_dict()),
+      training=as_json(training or {}), validation=as_json(validation or {}),
+      created=utc_now(), software=software_versions(), serving=as_json(serving.to_dict()))
   write_metadata(export_dir, metadata)
   return metadata
 
 
-def _as_json(value: Mapping[str, Any]) -> dict[str, Any]:
+def utc_now() -> str:
+  return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def software_versions() -> dict[str, str]:
+  return {"segbeam": segbeam.__version__, "tensorflow": tf.__version__,
+          "keras": keras.__version__}
+
+
+def as_json(value: Mapping[str, Any]) -> dict[str, Any]:
   """The value as it reads back from JSON (tuples become lists), so metadata compares equal
   before and after a round trip."""
   return json.loads(json.dumps(value))

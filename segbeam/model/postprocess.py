@@ -5,23 +5,32 @@ Shared by `segbeam evaluate` and the pipeline, so their masks (and so their metr
 
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 from PIL import Image
 
 
-def class_mask(probabilities: np.ndarray, height: int, width: int) -> tuple[np.ndarray, float]:
+def class_mask(probabilities: np.ndarray, height: int, width: int,
+               threshold: Optional[float] = None) -> tuple[np.ndarray, float]:
   """float32 [h, w, C] probabilities -> (uint8 [height, width] class indices, mean confidence).
 
   The mask is the argmax of the probability maps resized bilinearly to the original size
   (smoother edges than enlarging a small argmax mask); confidence is the mean over those pixels
   of the winning probability. Enlarging, the usual case, takes an exact shortcut
   (`_enlarged_class_mask`); shrinking interpolates every plane with Pillow's antialiasing filter.
+
+  Args:
+    threshold: for two classes (a single sigmoid channel served as background, foreground):
+      class 1 where its resized probability exceeds it, instead of the argmax (0.5).
   """
   if probabilities.ndim != 3:
     raise ValueError(f"expected [h, w, classes] probabilities, got shape {probabilities.shape}")
   if probabilities.shape[-1] > 255:
     raise ValueError(f"at most 255 classes fit an 8-bit mask, got {probabilities.shape[-1]}")
   height, width = int(height), int(width)
+  if threshold is not None:
+    return _thresholded_class_mask(probabilities, height, width, threshold)
   if height >= probabilities.shape[0] and width >= probabilities.shape[1]:
     return _enlarged_class_mask(probabilities, height, width)
   return _shrunk_class_mask(probabilities, height, width)
@@ -114,9 +123,22 @@ def _enlarged_class_mask(probabilities: np.ndarray, height: int, width: int):
 
 
 def _shrunk_class_mask(probabilities: np.ndarray, height: int, width: int):
-  planes = []
-  for index in range(probabilities.shape[-1]):
-    channel = Image.fromarray(np.ascontiguousarray(probabilities[..., index], np.float32), "F")
-    planes.append(np.asarray(channel.resize((width, height), Image.Resampling.BILINEAR)))
+  planes = [_resized_plane(probabilities[..., index], height, width)
+            for index in range(probabilities.shape[-1])]
   mask, top = _argmax_planes(planes)
   return mask, float(top.mean(dtype=np.float64))
+
+
+def _resized_plane(plane: np.ndarray, height: int, width: int) -> np.ndarray:
+  image = Image.fromarray(np.ascontiguousarray(plane, np.float32), "F")
+  return np.asarray(image.resize((width, height), Image.Resampling.BILINEAR))
+
+
+def _thresholded_class_mask(probabilities: np.ndarray, height: int, width: int,
+                            threshold: float):
+  if probabilities.shape[-1] != 2:
+    raise ValueError(f"a threshold needs two classes, got {probabilities.shape[-1]}")
+  foreground = _resized_plane(probabilities[..., 1], height, width)
+  mask = foreground > threshold
+  confidence = np.where(mask, foreground, 1.0 - foreground)
+  return mask.astype(np.uint8), float(confidence.mean(dtype=np.float64))

@@ -215,12 +215,62 @@ def summarize_config(config: config_lib.UNetConfig) -> ModelReport:
   return summarize_model(model, _title(config))
 
 
-def summarize_export(export_dir: str) -> ModelReport:
+@dataclasses.dataclass
+class ImportedReport:
+  """What `model summary --model` says of an export made from a user's own model: there is
+  no segbeam architecture to rebuild, so it lists how the export serves the model."""
+
+  title: str
+  facts: dict[str, object]
+  notes: list[str] = dataclasses.field(default_factory=list)
+
+  def to_json(self) -> str:
+    return json.dumps({"title": self.title, **self.facts, "notes": self.notes}, indent=2)
+
+  def format_table(self) -> str:
+    width = max(len(key) for key in self.facts)
+    lines = [self.title, "-" * len(self.title)]
+    lines += [f"{key.ljust(width)}  {value}" for key, value in self.facts.items()]
+    return "\n".join([*lines, *self.notes])
+
+
+def serving_description(serving: config_lib.ServingConfig) -> str:
+  threshold = f", foreground above {serving.threshold}" if serving.binary_sigmoid else ""
+  return (f"preprocess {serving.preprocess}, resize {serving.resize}, scores {serving.output}"
+          f"{threshold}")
+
+
+def summarize_imported_export(export_dir: str, metadata) -> ImportedReport:
+  from segbeam.model import export as export_lib  # pylint: disable=import-outside-toplevel
+  serving = metadata.serving_config
+  source = metadata.training
+  facts = {
+      "source": f"{source.get('source')} ({metadata.config.get('source_format')}"
+                + (f", signature {source['signature']}" if source.get("signature") else "")
+                + ")",
+      "source sha256": source.get("source_sha256"),
+      "input": f"{serving.input_height}x{serving.input_width}x{serving.channels}",
+      "classes": ", ".join(metadata.class_names),
+      "preprocess": serving.preprocess,
+      "resize": serving.resize,
+      "scores": serving.output + (f" (one channel, foreground above {serving.threshold})"
+                                  if serving.binary_sigmoid else ""),
+      "parameters": f"{export_lib.stored_parameters(export_dir):,}",
+      "trusted": "yes (exported with --trust-model)" if source.get("trusted") else "no",
+      "created": metadata.created,
+  }
+  return ImportedReport(f"{metadata.name} {metadata.version}: imported model", facts)
+
+
+def summarize_export(export_dir: str):
   """Rebuilds the export's recorded architecture (without weights) and checks its parameter
-  count against the variables the SavedModel holds."""
+  count against the variables the SavedModel holds; for an export of a user's own model, the
+  way it is served (`ImportedReport`)."""
   from segbeam.model import export as export_lib
 
   metadata = export_lib.read_metadata(export_dir)
+  if metadata.imported:
+    return summarize_imported_export(export_dir, metadata)
   config = metadata.unet_config
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -230,9 +280,9 @@ def summarize_export(export_dir: str) -> ModelReport:
   agreement = "matches" if stored == report.keras_total else "DIFFERS from"
   report.notes.append(f"The SavedModel holds {stored:,} parameters: {agreement} the rebuilt "
                       "architecture.")
+  report.notes.append(f"Served with {serving_description(metadata.serving_config)}.")
   if metadata.validation:
     v = metadata.validation
     report.notes.append(f"Validation: pixel accuracy {v.get('pixel_accuracy', float('nan')):.4f}, "
                         f"mean IoU {v.get('mean_iou', float('nan')):.4f}.")
   return report
-

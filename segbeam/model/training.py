@@ -84,6 +84,13 @@ def train(model_config: config_lib.UNetConfig, label_map: labels_lib.LabelMap,
   if label_map.num_classes != model_config.num_classes:
     raise ValueError(f"label map has {label_map.num_classes} classes, "
                      f"model config {model_config.num_classes}")
+  if label_map.uncovered_class_names:
+    # Evaluation accepts partial ground truth; training would learn never to predict a class
+    # that no pixel is labelled with.
+    raise ValueError(
+        f"training needs every class in the label map: no raw value maps to "
+        f"{', '.join(label_map.uncovered_class_names)} (classes "
+        f"{list(label_map.class_names)}); map them, or leave them out of --class-names")
   keras.utils.set_random_seed(training_config.seed)
   tf.io.gfile.makedirs(output_dir)
   loader_options = dict(channels=model_config.channels, input_size=model_config.input_size,

@@ -34,6 +34,7 @@ import numpy as np
 from apache_beam.ml.inference import base
 
 from segbeam.model import export as export_lib
+from segbeam.model import model_safety
 from segbeam.pipeline import devices
 from segbeam.pipeline import model_files
 from segbeam.pipeline import records
@@ -65,11 +66,17 @@ def loads_in_this_process() -> int:
   return _loads_in_this_process
 
 
-def _prepare_load(model_dir: str) -> str:
+def _prepare_load(model_dir: str, *, trust_model: bool = False) -> str:
   """Before a handler loads: GPU memory on demand (several processes may share a GPU), and the
-  local directory to load `model_dir` from."""
+  local directory to load `model_dir` from, its graph checked again (`model_safety`): a worker
+  may load an export the launcher never saw (a dry run's, or one replaced since)."""
   devices.enable_memory_growth()
-  return model_files.local_model_dir(model_dir)
+  local_dir = model_files.local_model_dir(model_dir)
+  try:
+    model_safety.check_saved_model(local_dir, trust=trust_model)
+  except model_safety.DamagedExportError:
+    pass  # the load says so itself, as it always has
+  return local_dir
 
 
 def _log_load(model_dir: str, local_dir: str) -> None:
@@ -91,10 +98,11 @@ class _ExportHandler(base.ModelHandler):
   segbeam's metrics namespace."""
 
   def __init__(self, model_dir: str, *, min_batch_size: Optional[int] = None,
-               max_batch_size: int = 32):
+               max_batch_size: int = 32, trust_model: bool = False):
     super().__init__()
     self._model_dir = model_dir
     self._batch = _batch_kwargs(min_batch_size, max_batch_size)
+    self._trust_model = trust_model
 
   def load_model(self):
     """The model preloaded in this process for this handler, if any (see `preloaded`), or a
@@ -129,7 +137,7 @@ class SavedModelHandler(_ExportHandler, base.ModelHandler[bytes, Mapping[str, np
   """Runs the export's serving signature on a batch of encoded images."""
 
   def _load(self) -> export_lib.LoadedExport:
-    local_dir = _prepare_load(self._model_dir)
+    local_dir = _prepare_load(self._model_dir, trust_model=self._trust_model)
     model = export_lib.LoadedExport(local_dir)
     _log_load(self._model_dir, local_dir)
     return model
@@ -159,7 +167,7 @@ class TfxBslHandler(_ExportHandler, base.ModelHandler[bytes, Any, TfxBslModel]):
   def _load(self) -> TfxBslModel:
     from tfx_bsl.public.beam import run_inference
     from tfx_bsl.public.proto import model_spec_pb2
-    local_dir = _prepare_load(self._model_dir)
+    local_dir = _prepare_load(self._model_dir, trust_model=self._trust_model)
     handler = run_inference.CreateModelHandler(model_spec_pb2.InferenceSpecType(
         saved_model_spec=model_spec_pb2.SavedModelSpec(
             model_path=local_dir, signature_name=[export_lib.SIGNATURE_NAME])))
@@ -178,19 +186,22 @@ class TfxBslHandler(_ExportHandler, base.ModelHandler[bytes, Any, TfxBslModel]):
     return model.handler.run_inference(batch, model.session, inference_args)
 
 
-def _export_handler(name: str, model_dir: str, *, max_batch_size: int = 32) -> _ExportHandler:
+def _export_handler(name: str, model_dir: str, *, max_batch_size: int = 32,
+                    trust_model: bool = False) -> _ExportHandler:
   if name == HANDLER_TFX_BSL:
-    return TfxBslHandler(model_dir, max_batch_size=max_batch_size)
+    return TfxBslHandler(model_dir, max_batch_size=max_batch_size, trust_model=trust_model)
   if name == HANDLER_SAVED_MODEL:
-    return SavedModelHandler(model_dir, max_batch_size=max_batch_size)
+    return SavedModelHandler(model_dir, max_batch_size=max_batch_size, trust_model=trust_model)
   raise ValueError(f"unknown inference handler {name!r}; known: {', '.join(HANDLERS)}")
 
 
 def create_handler(name: str, model_dir: str, *, max_batch_size: int, slices: int = 1,
-                   overlap: bool = False) -> base.ModelHandler:
+                   overlap: bool = False, trust_model: bool = False) -> base.ModelHandler:
   """The keyed, isolating handler `name` over the export in `model_dir` (see
-  `IsolatingModelHandler` for `slices` and `overlap`)."""
-  handler = _export_handler(name, model_dir, max_batch_size=max_batch_size)
+  `IsolatingModelHandler` for `slices` and `overlap`; `trust_model`: load it whatever ops its
+  graph holds)."""
+  handler = _export_handler(name, model_dir, max_batch_size=max_batch_size,
+                            trust_model=trust_model)
   return IsolatingModelHandler(base.KeyedModelHandler(handler), slices=slices, overlap=overlap)
 
 
@@ -205,12 +216,13 @@ def _load_and_warm_up(handler: _ExportHandler, warm_up_size: int):
 
 
 @contextlib.contextmanager
-def preloaded(name: str, model_dir: str, *, warm_up_size: int) -> Iterator[None]:
+def preloaded(name: str, model_dir: str, *, warm_up_size: int,
+              trust_model: bool = False) -> Iterator[None]:
   """Loads and warms up the model on a background thread while the body builds and runs a
   pipeline in this same process (the local runners), whose handler then takes that model
   instead of loading its own: start-up work overlapped with Beam's. A model no handler took is
   dropped on exit, which waits for the load to end."""
-  handler = _export_handler(name, model_dir)
+  handler = _export_handler(name, model_dir, trust_model=trust_model)
   key = handler.preload_key()
   future: concurrent.futures.Future = concurrent.futures.Future()
   with _preloads_lock:

@@ -16,6 +16,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from segbeam import startup
 from segbeam.model import defaults
 from segbeam.model import export as export_lib
+from segbeam.model import model_safety
 from segbeam.pipeline import inference
 from segbeam.pipeline import model_files
 from segbeam.pipeline import options as options_lib
@@ -94,6 +95,21 @@ def _read_model(model_dir: Optional[str]) -> tuple[str, export_lib.ModelMetadata
     raise InvocationError(f"model unreadable: {error}") from error
 
 
+def _check_model(model_dir: str, *, trust: bool) -> None:
+  """Refuses an export whose graph reaches outside the model (unless trusted) or whose files
+  are not whole, before anything is written. A remote export is checked in the local copy the
+  workers of this process then load."""
+  try:
+    local_dir = model_files.local_model_dir(model_dir)
+  except Exception as error:  # pylint: disable=broad-except  # unreadable in any way
+    raise InvocationError(f"model unreadable: {error}") from error
+  try:
+    model_safety.check_saved_model(local_dir, trust=trust)
+    model_safety.check_export_readable(local_dir)
+  except ValueError as error:  # UnsafeModelError, DamagedExportError
+    raise InvocationError(str(error).replace(local_dir, model_dir.rstrip("/"))) from error
+
+
 def _prepare_output(output: str, overwrite: bool) -> None:
   """Refuses to mix runs in one folder unless --overwrite, then checks it is writable."""
   previous = sinks.entries_present(output)
@@ -157,8 +173,9 @@ def run(argv: Optional[Sequence[str]] = None,
     argv: `segbeam run`'s options; the rest are Beam's (ignored with `test_pipeline`).
     test_pipeline: a pipeline to build into; the caller runs it (`segbeam submit` passes its
       Dataflow pipeline here).
-    check_paths: list the input and labels and prepare the output folder first. Off for a
-      Dataflow dry run, which builds the job offline, where gs:// cannot be reached.
+    check_paths: list the input and labels, check a remote model's files (a local one's are
+      always checked) and prepare the output folder first. Off for a Dataflow dry run, which
+      builds the job offline, where gs:// cannot be reached.
     worker_model_dir: where the workers load the model, when not where its metadata is read
       here (the worker image's copy of the embedded model on Dataflow).
   """
@@ -168,6 +185,8 @@ def run(argv: Optional[Sequence[str]] = None,
     segment_pipeline.label_map_for(options, metadata)  # a bad --label-map fails here, not later
   except ValueError as error:  # a bad option value
     raise InvocationError(str(error)) from error
+  if check_paths or model_files.is_local(model_dir):  # a dry run reaches no gs:// path
+    _check_model(model_dir, trust=options.trust_model)
   _check_skip_existing(options.skip_existing, options.output, check_paths=check_paths)
   if check_paths:
     _check_input(options.input)
@@ -180,7 +199,8 @@ def run(argv: Optional[Sequence[str]] = None,
   pipeline_options = beam_pipeline_options(beam_args)
   in_this_process = runs_in_this_process(pipeline_options)
   if in_this_process:
-    preload = inference.preloaded(options.handler, model_dir, warm_up_size=metadata.input_size)
+    preload = inference.preloaded(options.handler, model_dir, warm_up_size=metadata.input_size,
+                                  trust_model=options.trust_model)
   else:
     sessions.drop_early()  # loaded for nothing: the workers are other processes
     preload = contextlib.nullcontext()

@@ -11,6 +11,8 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import posixpath
+import shlex
 import shutil
 import tempfile
 import threading
@@ -19,11 +21,13 @@ import time
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from segbeam.model import config as config_lib
 from segbeam.model import export as export_lib
 
 _LOG = logging.getLogger(__name__)
 _GLOB_CHARACTERS = frozenset("*?[")
 _COPY_CHUNK_BYTES = 8 << 20
+KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 
 # One lock for all copies: a process copies one or two models in its life, and threads asking
 # for the model being copied must wait for it anyway.
@@ -56,10 +60,31 @@ def read_metadata(model_dir: str) -> export_lib.ModelMetadata:
   copying the model."""
   path = FileSystems.join(model_dir.rstrip("/"), export_lib.METADATA_FILE)
   if not FileSystems.exists(path):
-    raise FileNotFoundError(
-        f"{model_dir} is not a segbeam export: {export_lib.METADATA_FILE} is missing")
+    raise FileNotFoundError(_not_an_export(model_dir.rstrip("/")))
   with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
     return export_lib.ModelMetadata.from_json(f.read().decode("utf-8"))
+
+
+def _not_an_export(model_dir: str) -> str:
+  """Why `model_dir` is no export; for a Keras file or a plain SavedModel, with the
+  `segbeam export` command that makes one of it."""
+  if model_dir.lower().endswith(KERAS_SUFFIXES):
+    what = "a Keras model file"
+    output = os.path.splitext(model_dir)[0] + "-export"
+  elif FileSystems.exists(FileSystems.join(model_dir, "saved_model.pb")):
+    what = f"a SavedModel without {export_lib.METADATA_FILE}"
+    output = model_dir + "-export"
+  else:
+    return f"{model_dir} is not a segbeam export: {export_lib.METADATA_FILE} is missing"
+  source, copy = model_dir, ""
+  if not is_local(model_dir):  # `segbeam export` reads local files
+    source, output = posixpath.basename(source), posixpath.basename(output)
+    copy = "copy it here and "
+  conventions = config_lib.PREPROCESS_CONVENTIONS
+  how = ", ".join(conventions[:-1]) + " or " + conventions[-1]
+  return (f"{model_dir} is {what}, not a segbeam export; {copy}make one with: segbeam export "
+          f"{shlex.quote(source)} --output {shlex.quote(output)} --preprocess "
+          f"<how it was trained: {how}>")
 
 
 def _process_cache_root() -> str:

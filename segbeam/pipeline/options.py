@@ -42,6 +42,8 @@ class RunOptions:
       model's own.
     skip_existing: earlier runs' output folders: images they segmented with this model version
       are skipped (see `resume`).
+    trust_model: run a model whose graph holds ops that touch files, the network or processes
+      (`segbeam.model.model_safety`); a damaged export is refused all the same.
     run_id: recorded in every row and the manifest.
     started: UTC start time, ISO 8601.
   """
@@ -62,6 +64,7 @@ class RunOptions:
   labels: Optional[str] = None
   label_map: Optional[str] = None
   skip_existing: tuple[str, ...] = ()
+  trust_model: bool = False
   run_id: str = ""
   started: str = ""
 
@@ -129,6 +132,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="a completed earlier run's output folder: skip the images it "
                       "segmented with the same model version (failed ones are tried again); "
                       "repeat it for several")
+  parser.add_argument("--trust-model", action="store_true",
+                      help="run a model whose graph holds ops that touch files, the network or "
+                      "processes (refused otherwise: a model is code); recorded in the manifest")
   parser.add_argument("--run-id", default=None, help="default: time + random suffix")
 
 
@@ -179,5 +185,6 @@ def from_args(args: argparse.Namespace) -> RunOptions:
       postprocess_threads=args.postprocess_threads, labels=in_a_folder(args.labels),
       label_map=args.label_map,
       skip_existing=tuple(path.rstrip("/") for path in args.skip_existing),
+      trust_model=args.trust_model,
       run_id=args.run_id or f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}",
       started=now.isoformat(timespec="seconds"))

@@ -15,7 +15,8 @@ segments/*.parquet, one row per segmented image:
   gt_pixels        int64    with ground truth: labelled pixels compared (ignored ones left out)
   gt_correct       int64    ... of which the mask got right
   gt_pixel_accuracy float64 gt_correct / gt_pixels
-  gt_intersection_<class>, gt_union_<class>   int64   per class, at the original resolution
+  gt_intersection_<class>, gt_union_<class>   int64   per class, at the original resolution;
+                            null for a class the label map does not cover
   gt_error         string   why a label given for the image could not be used
   (the gt_ columns are null for an image without ground truth)
   model_name, model_version, run_id   string

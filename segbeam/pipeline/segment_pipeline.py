@@ -60,7 +60,7 @@ class SegmentImages(beam.PTransform):
                                  slices=options.inference_slices,
                                  # Segment resolves the pending inferences on its background
                                  # threads and keeps at most two batches of them.
-                                 overlap=True))
+                                 overlap=True, trust_model=options.trust_model))
     label_paths = None
     if options.labels:
       root = sources.pattern_root(options.labels)
@@ -131,6 +131,7 @@ class WriteRunOutput(beam.PTransform):
     # What readers will see: the rows the final Parquet files hold, not what was sent to them.
     segments_rows = segment_files | "SegmentsRows" >> beam.Map(sinks.parquet_rows)
     errors_rows = error_files | "ErrorsRows" >> beam.Map(sinks.parquet_rows)
+    label_map = label_map_for(options, metadata)
     manifest_base = {
         "run_id": options.run_id, "started": options.started, "input": options.input,
         "output": options.output, "segbeam_version": segbeam.__version__,
@@ -139,6 +140,10 @@ class WriteRunOutput(beam.PTransform):
                   "class_names": list(metadata.class_names)},
         "options": {k: v for k, v in options.to_dict().items()
                     if k not in ("input", "output", "run_id", "started")},
+        # What labels, where there are any, are scored on: the classes the label map covers.
+        "ground_truth": {"classes": [metadata.class_names[c] for c in label_map.covered_classes
+                                     if c < len(metadata.class_names)],
+                         "mapping": label_map.to_dict()["mapping"]},
     }
     return (pipeline
             | "ManifestTrigger" >> beam.Create([None])
@@ -156,7 +161,8 @@ def build_pipeline(pipeline: beam.Pipeline, options: options_lib.RunOptions,
   write. Returns the PCollection holding the manifest. `spread_files`: reshuffle the input
   files over workers (not needed when one process runs everything, see `ReadImageShards`)."""
   context = segments.RunContext(metadata.name, metadata.version, metadata.class_names,
-                                options.run_id, label_map_for(options, metadata))
+                                options.run_id, label_map_for(options, metadata),
+                                mask_threshold=metadata.mask_threshold)
   read = pipeline | "Read" >> sources.ReadImageShards(
       options.input, input_format=options.input_format, example_keys=options.example_keys,
       max_file_bytes=options.max_file_bytes, spread_files=spread_files)

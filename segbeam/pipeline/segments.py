@@ -38,6 +38,7 @@ class RunContext:
   class_names: tuple[str, ...]
   run_id: str
   label_map: Optional[labels_lib.LabelMap] = None
+  mask_threshold: Optional[float] = None  # a single-sigmoid model's, when not 0.5
 
   @functools.cached_property
   def column_suffixes(self) -> list[str]:
@@ -53,7 +54,8 @@ def label_key(image_id: str) -> str:
 def ground_truth_columns(mask: np.ndarray, label: Optional[bytes], context: RunContext,
                          label_error: Optional[str] = None) -> dict[str, Any]:
   """Per-image intersections, unions and pixel accuracy against a label image, or nulls (with
-  `gt_error` saying why when a label was there but unusable)."""
+  `gt_error` saying why when a label was there but unusable). A class the label map does not
+  cover has null counts; a labelled pixel masked as such a class is still counted wrong."""
   suffixes = context.column_suffixes
   columns: dict[str, Any] = {"gt_pixels": None, "gt_correct": None, "gt_pixel_accuracy": None,
                              "gt_error": None}
@@ -78,9 +80,11 @@ def ground_truth_columns(mask: np.ndarray, label: Optional[bytes], context: RunC
   pixels, correct = int(confusion.sum()), int(intersections.sum())
   columns.update(gt_pixels=pixels, gt_correct=correct,
                  gt_pixel_accuracy=(correct / pixels) if pixels else None)
-  for suffix, intersection, union in zip(suffixes, intersections, unions):
-    columns[f"gt_intersection_{suffix}"] = int(intersection)
-    columns[f"gt_union_{suffix}"] = int(union)
+  # Classes the label map does not cover stay null: their true extent is unknown.
+  for c in context.label_map.covered_classes:
+    if c < len(suffixes):
+      columns[f"gt_intersection_{suffixes[c]}"] = int(intersections[c])
+      columns[f"gt_union_{suffixes[c]}"] = int(unions[c])
   return columns
 
 
@@ -90,7 +94,7 @@ def segment_row(info: records.ImageInfo, outputs: dict[str, np.ndarray],
   height = int(outputs[export_lib.OUTPUT_HEIGHT])
   width = int(outputs[export_lib.OUTPUT_WIDTH])
   mask, confidence = postprocess.class_mask(outputs[export_lib.OUTPUT_PROBABILITIES], height,
-                                            width)
+                                            width, threshold=context.mask_threshold)
   pixels = postprocess.class_pixel_counts(mask, len(context.class_names))
   total = height * width
   row = {"image_id": info.image_id, "source": info.source, "format": info.format,

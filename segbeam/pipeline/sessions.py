@@ -77,9 +77,12 @@ def _key(local_dir: str) -> str:
   return os.path.realpath(local_dir)
 
 
-def load_early(local_dir: str, *, signature_name: str, warm_up_size: int) -> None:
+def load_early(local_dir: str, *, signature_name: str, warm_up_size: int,
+               trust_model: bool = False) -> None:
   """Starts loading and warming up the session of the local export `local_dir` on a
-  background thread, for `take_early`."""
+  background thread, for `take_early`. An export whose graph `model_safety` refuses (unless
+  `trust_model`) is never loaded: the launcher refuses it before it would take the session."""
+  from segbeam.model import model_safety  # pylint: disable=import-outside-toplevel
   from segbeam.pipeline import devices  # pylint: disable=import-outside-toplevel
   future: concurrent.futures.Future = concurrent.futures.Future()
   with _early_lock:
@@ -87,6 +90,7 @@ def load_early(local_dir: str, *, signature_name: str, warm_up_size: int) -> Non
 
   def load() -> None:
     try:
+      model_safety.check_saved_model(local_dir, trust=trust_model)
       devices.enable_memory_growth()  # before anything touches a GPU, as every load does
       session, meta_graph = load_session(local_dir)
       warm_up(session, meta_graph, signature_name, warm_up_image(warm_up_size))
@@ -129,6 +133,7 @@ def load_early_for_run(argv: Sequence[str]) -> bool:
   parser = argparse.ArgumentParser(add_help=False)
   parser.add_argument("--model", default=None)
   parser.add_argument("--inference-handler", default=HANDLER_TFX_BSL)
+  parser.add_argument("--trust-model", action="store_true")
   known, _ = parser.parse_known_args(argv)
   model_dir = known.model or defaults.default_model_dir()
   if known.inference_handler != HANDLER_TFX_BSL or "://" in model_dir:
@@ -138,5 +143,6 @@ def load_early_for_run(argv: Sequence[str]) -> bool:
     input_size = export_lib.read_metadata(model_dir).input_size
   except (OSError, ValueError, KeyError, TypeError, tf.errors.OpError):
     return False  # not an export, or unreadable: the launcher says so
-  load_early(model_dir, signature_name=export_lib.SIGNATURE_NAME, warm_up_size=input_size)
+  load_early(model_dir, signature_name=export_lib.SIGNATURE_NAME, warm_up_size=input_size,
+             trust_model=known.trust_model)
   return True

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
+from segbeam.model import labels as labels_lib
 from segbeam.pipeline import schema
 from segbeam.pipeline import sources
 from segbeam.pipeline import validation
@@ -163,10 +164,13 @@ def build_report(output: output_lib.RunOutput, samples: int = 12) -> str:
 
   truth = summary.get("ground_truth")
   if truth:
+    covered = truth["ground_truth_classes"]
     parts.append("<h2>Against ground truth</h2>")
+    parts.append(f"<p>{html.escape(labels_lib.coverage_line(names, covered))}</p>")
     parts.append(_table([{"images": truth["images"], "pixel_accuracy": truth["pixel_accuracy"],
                           "mean_iou": truth["mean_iou"],
-                          **{f"IoU {k}": v for k, v in truth["per_class_iou"].items()}}],
+                          **{f"IoU {k}": v if k in covered else "no ground truth"
+                             for k, v in truth["per_class_iou"].items()}}],
                         ["images", "pixel_accuracy", "mean_iou",
                          *[f"IoU {k}" for k in truth["per_class_iou"]]]))
     worst_ids = [w["image_id"] for w in truth["worst_images"][:samples]]

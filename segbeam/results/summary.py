@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import Any, Optional
 
+from segbeam.model import labels as labels_lib
 from segbeam.pipeline import schema
 from segbeam.results import output as output_lib
 
@@ -32,32 +33,40 @@ def class_statistics(output: output_lib.RunOutput, threshold: float) -> list[dic
 
 def ground_truth(output: output_lib.RunOutput, worst: int = 10) -> Optional[dict[str, Any]]:
   """Dataset metrics from the per-image counts (sums of intersections over sums of unions),
-  and the images with the lowest mean IoU; None when no image had ground truth."""
+  and the images with the lowest mean IoU; None when no image had ground truth.
+
+  A class the label map did not cover has null counts in every row: it gets no IoU, is left
+  out of the means, and is missing from `ground_truth_classes`.
+  """
   names = output.class_names
   suffixes = schema.class_columns(names)
   con = output.connect()
-  sums = ", ".join([f"sum(gt_intersection_{s}), sum(gt_union_{s})" for s in suffixes])
+  sums = ", ".join([f"sum(gt_intersection_{s}), sum(gt_union_{s}), count(gt_union_{s})"
+                    for s in suffixes])
   row = con.sql(f"SELECT count(gt_pixels), sum(gt_pixels), sum(gt_correct), {sums} "
                 "FROM segments").fetchall()[0]
   images, pixels, correct = row[0], row[1], row[2]
   if not images:
     return None
-  per_class = {}
+  per_class, covered = {}, []
   for i, name in enumerate(names):
-    intersection, union = row[3 + 2 * i], row[4 + 2 * i]
+    intersection, union, labelled = row[3 + 3 * i:6 + 3 * i]
     per_class[name] = (intersection / union) if union else None
+    if labelled:
+      covered.append(name)
   present = [v for v in per_class.values() if v is not None]
-  # An image's mean IoU over the classes present in its truth or its mask.
+  # An image's mean IoU over the covered classes present in its truth or its mask.
   image_iou = " + ".join(
       f"coalesce(gt_intersection_{s} / nullif(gt_union_{s}, 0), 0)" for s in suffixes)
-  present_count = " + ".join(f"(gt_union_{s} > 0)::int" for s in suffixes)
+  present_count = " + ".join(f"coalesce((gt_union_{s} > 0)::int, 0)" for s in suffixes)
   worst_rows = con.sql(
       f"SELECT image_id, ({image_iou}) / nullif({present_count}, 0) AS mean_iou, "
       f"gt_pixel_accuracy FROM segments WHERE gt_pixels IS NOT NULL "
       f"ORDER BY mean_iou ASC NULLS FIRST, image_id LIMIT {int(worst)}").fetchall()
   unusable = con.sql("SELECT count(*) FROM segments WHERE gt_error IS NOT NULL").fetchall()[0][0]
   return {"images": images, "pixel_accuracy": correct / pixels if pixels else None,
-          "per_class_iou": per_class, "mean_iou": sum(present) / len(present) if present else None,
+          "ground_truth_classes": covered, "per_class_iou": per_class,
+          "mean_iou": sum(present) / len(present) if present else None,
           "worst_images": [{"image_id": r[0], "mean_iou": r[1], "pixel_accuracy": r[2]}
                            for r in worst_rows],
           "unusable_labels": unusable}
@@ -103,8 +112,11 @@ def format_summary(summary: dict[str, Any]) -> str:
   if truth:
     lines += ["", f"against ground truth ({truth['images']} images, original resolution)",
               f"pixel accuracy {_number(truth['pixel_accuracy'])}   "
-              f"mean IoU {_number(truth['mean_iou'])}"]
-    lines += [f"  IoU {name:<16s} {_number(iou)}" for name, iou in truth["per_class_iou"].items()]
+              f"mean IoU {_number(truth['mean_iou'])}",
+              labels_lib.coverage_line(truth["per_class_iou"], truth["ground_truth_classes"])]
+    lines += [f"  IoU {name:<16s} {_number(iou)}"
+              + ("" if name in truth["ground_truth_classes"] else "  (no ground truth)")
+              for name, iou in truth["per_class_iou"].items()]
     if truth["unusable_labels"]:
       lines.append(f"  {truth['unusable_labels']} labels unusable (see gt_error)")
     lines.append("worst images by mean IoU:")

@@ -1,5 +1,9 @@
 """Evaluation at original resolution, checked against an independent computation."""
 
+import json
+import os
+import re
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -58,3 +62,76 @@ def test_bad_pairs_are_listed_not_fatal(tiny_export, pet_folder, tmp_path):
   result = evaluation.evaluate_export(export.LoadedExport(export_dir), pairs, batch_size=3)
   assert result.images == len(pairs) - 1
   assert [s.name for s in result.skipped] == ["bad"]
+
+
+def _binary_masks(masks_dir, target):
+  """Pet/background masks from the trimaps: 1 where the trimap says pet, else 0."""
+  target.mkdir()
+  for name in os.listdir(masks_dir):
+    trimap = np.asarray(Image.open(os.path.join(masks_dir, name)))
+    Image.fromarray((trimap == 1).astype(np.uint8)).save(target / name)
+  return str(target)
+
+
+def test_binary_ground_truth_scores_the_classes_it_covers(tiny_export, pet_folder, tmp_path):
+  export_dir, _ = tiny_export
+  images, masks, _ = pet_folder
+  binary = _binary_masks(masks, tmp_path / "binary")
+  pairs = data.match_pairs(images, binary)
+  loaded = export.LoadedExport(export_dir)
+  label_map = labels.parse_label_map("1:0,0:1", loaded.metadata.class_names)
+  result = evaluation.evaluate_export(loaded, pairs, label_map=label_map, batch_size=4)
+  assert result.images == len(pairs)
+
+  correct = counted = predicted_border = 0
+  intersections, unions = np.zeros(2), np.zeros(2)
+  for pair in pairs:
+    outputs = loaded.predict([open(pair.image_path, "rb").read()])
+    truth = 1 - np.asarray(Image.open(pair.mask_path)).astype(int)  # 1 pet -> 0, 0 bg -> 1
+    predicted, _ = postprocess.class_mask(outputs["probabilities"][0], *truth.shape)
+    correct += int((predicted == truth).sum())  # a pixel masked border is never right
+    counted += truth.size
+    predicted_border += int((predicted == 2).sum())
+    for c in range(2):
+      intersections[c] += np.logical_and(predicted == c, truth == c).sum()
+      unions[c] += np.logical_or(predicted == c, truth == c).sum()
+  assert predicted_border > 0  # the untrained model masks some border: errors to count
+  m = result.metrics
+  assert m.pixel_accuracy == pytest.approx(correct / counted)
+  assert m.per_class_iou["pet"] == pytest.approx(intersections[0] / unions[0])
+  assert m.per_class_iou["background"] == pytest.approx(intersections[1] / unions[1])
+  assert m.per_class_iou["border"] is None
+  assert m.mean_iou == pytest.approx(np.mean(intersections / unions))
+  assert m.ground_truth_classes == ("pet", "background")
+
+
+def test_segbeam_evaluate_says_what_the_ground_truth_covers(tiny_export, pet_folder, tmp_path,
+                                                            capsys):
+  from segbeam import cli
+  images, masks, _ = pet_folder
+  binary = _binary_masks(masks, tmp_path / "binary")
+  argv = ["evaluate", "--model", tiny_export[0], "--images", images, "--masks", binary,
+          "--label-map", "1:0,0:1"]
+  assert cli.main(argv + ["--json"]) == 0
+  result = json.loads(capsys.readouterr().out)
+  assert result["ground_truth_classes"] == ["pet", "background"]
+  assert result["per_class_iou"]["border"] is None
+  assert result["mean_iou"] == pytest.approx(
+      (result["per_class_iou"]["pet"] + result["per_class_iou"]["background"]) / 2)
+  assert cli.main(argv) == 0
+  out = capsys.readouterr().out
+  assert "ground truth covers: pet, background (not: border)" in out
+  assert re.search(r"IoU border +-  \(no ground truth\)", out)
+  assert f"IoU pet                  {result['per_class_iou']['pet']:.4f}" in out
+  # A class beyond the model's is refused: exit 2, one line.
+  assert cli.main(argv[:-1] + ["1:0,0:3"]) == 2
+  err = capsys.readouterr().err.strip()
+  assert "within 0..2" in err and len(err.splitlines()) == 1
+
+
+def test_a_label_map_beyond_the_models_classes_is_refused(tiny_export, pet_folder):
+  images, masks, _ = pet_folder
+  four = labels.LabelMap(((1, 0), (2, 3)), ("pet", "background", "border", "toy"))
+  with pytest.raises(ValueError, match=r"classes \[3\] are beyond the model's 3"):
+    evaluation.evaluate_export(export.LoadedExport(tiny_export[0]),
+                               data.match_pairs(images, masks), label_map=four)

@@ -31,10 +31,38 @@ def test_parse_presets_names_and_errors():
     labels.parse_label_map("pets")
   with pytest.raises(ValueError, match="not 'int:int'"):
     labels.parse_label_map("1:a")
-  with pytest.raises(ValueError, match="exactly 0..1"):
-    labels.parse_label_map("1:0,2:2")
+  with pytest.raises(ValueError, match="within 0..1"):
+    labels.parse_label_map("1:0,2:2", ("a", "b"))
   with pytest.raises(ValueError, match="mapped twice"):
     labels.parse_label_map("1:0,1:1")
+  with pytest.raises(ValueError, match=r"in 0..254, not \[-1, 255\]"):
+    labels.parse_label_map("1:-1,2:255,3:0")
+  with pytest.raises(ValueError, match="0..65535"):
+    labels.parse_label_map("65536:0")
+  with pytest.raises(ValueError, match="at least one"):
+    labels.LabelMap((), ("a",))
+
+
+def test_a_label_map_may_cover_some_classes_only():
+  """Binary pet/background masks (1 pet, 0 background) against pet/background/border."""
+  label_map = labels.parse_label_map("1:0,0:1", ("pet", "background", "border"))
+  assert label_map.num_classes == 3 and label_map.covered_classes == (0, 1)
+  assert label_map.uncovered_class_names == ("border",)
+  np.testing.assert_array_equal(label_map.apply(np.array([0, 1, 255], np.uint8)),
+                                [1, 0, labels.IGNORE_INDEX])
+  assert labels.OXFORD_PET_TRIMAP.uncovered_class_names == ()
+  # Without names, classes run up to the highest one named; the gap is uncovered.
+  gap = labels.parse_label_map("0:0,9:2")
+  assert gap.class_names == ("class_0", "class_1", "class_2")
+  assert gap.uncovered_class_names == ("class_1",)
+  assert labels.LabelMap.from_dict(label_map.to_dict()) == label_map
+
+
+def test_coverage_line():
+  names = ("pet", "background", "border")
+  assert (labels.coverage_line(names, ["pet", "background"])
+          == "ground truth covers: pet, background (not: border)")
+  assert labels.coverage_line(names, names) == "ground truth covers: pet, background, border"
 
 
 def test_round_trip_through_dict():

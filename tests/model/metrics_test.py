@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 
@@ -37,3 +39,32 @@ def test_absent_class_is_nan_and_left_out_of_the_mean():
 def test_shape_mismatch_is_an_error():
   with pytest.raises(ValueError):
     metrics.confusion_matrix(np.zeros((2, 2)), np.zeros((2, 3)), 2)
+
+
+def test_classes_without_ground_truth_get_no_iou_and_count_as_errors():
+  """Ground truth for a and b only; the model also predicts c."""
+  truth = np.array([[0, 0, 1], [1, 1, labels.IGNORE_INDEX]], np.uint8)
+  predicted = np.array([[0, 2, 1], [2, 1, 2]], np.uint8)
+  result = metrics.SegmentationMetrics.empty(("a", "b", "c"), ("a", "b")).add(truth, predicted)
+  # Counted: 5 (the ignored one is out). Truth a a b b b, prediction a c b c b: 3 correct, the
+  # two pixels masked c are errors.
+  assert result.pixel_accuracy == pytest.approx(3 / 5)
+  # a: I=1, U = 2 (truth) + 1 (pred) - 1 = 2; b: I=2, U = 3 + 2 - 2 = 3; c: no ground truth.
+  assert result.per_class_iou == {"a": pytest.approx(1 / 2), "b": pytest.approx(2 / 3),
+                                  "c": None}
+  assert result.mean_iou == pytest.approx((1 / 2 + 2 / 3) / 2)
+  as_json = json.loads(json.dumps(result.to_dict()))
+  assert as_json["per_class_iou"]["c"] is None
+  assert as_json["ground_truth_classes"] == ["a", "b"]
+  # With c covered, its IoU would be 0 (predicted twice, never true) and lower the mean.
+  full = metrics.SegmentationMetrics.empty(("a", "b", "c")).add(truth, predicted)
+  assert full.per_class_iou["c"] == 0.0 and full.ground_truth_classes == ("a", "b", "c")
+  assert full.mean_iou == pytest.approx((1 / 2 + 2 / 3 + 0) / 3)
+
+
+def test_ground_truth_classes_must_be_class_names():
+  with pytest.raises(ValueError, match=r"\['d'\] are not among"):
+    metrics.SegmentationMetrics.empty(("a", "b"), ("a", "d"))
+  # Kept in class order, whatever order they come in.
+  assert metrics.SegmentationMetrics.empty(("a", "b", "c"), ("c", "a")).ground_truth_classes == (
+      "a", "c")

@@ -4,6 +4,7 @@ import os
 
 import keras
 import numpy as np
+import pytest
 
 from segbeam.model import config as config_lib
 from segbeam.model import data
@@ -31,7 +32,7 @@ def test_train_exports_the_best_checkpoint_with_metrics(pet_folder, tmp_path):
   assert 0.0 <= metadata.validation["pixel_accuracy"] <= 1.0
   # The export carries the checkpoint's weights.
   best = keras.models.load_model(result.checkpoint)
-  assert metadata.version == export.content_version(best, config)
+  assert metadata.version == export.content_version(best.weights, config.to_dict())
   with open(os.path.join(output, "history.csv")) as f:
     assert len(f.read().strip().splitlines()) == 3  # header + two epochs
 
@@ -49,3 +50,30 @@ def test_batchnorm_momentum_reaches_nested_layers():
       momenta.append(layer.momentum)
   assert momenta == [0.5, 0.5]
   assert np.isfinite(model(np.ones((2, 4), "float32"))).all()
+
+
+def test_training_refuses_a_label_map_that_leaves_a_class_unlabelled(pet_folder, tmp_path):
+  """Evaluation accepts binary ground truth for a 3-class model; training on it would teach
+  the model never to predict the border, so it stops before anything is built or written."""
+  images, masks, _ = pet_folder
+  pairs = data.match_pairs(images, masks)
+  output = tmp_path / "run"
+  partial = labels.parse_label_map("1:0,2:1", ("pet", "background", "border"))
+  with pytest.raises(ValueError, match="no raw value maps to border"):
+    training.train(config_lib.preset("mobilenetv2", input_size=32), partial, pairs[:4],
+                   pairs[4:], str(output))
+  assert not output.exists()
+
+
+def test_segbeam_train_with_a_partial_label_map_is_a_bad_invocation(pet_folder, tmp_path,
+                                                                      capsys):
+  from segbeam import cli
+  images, masks, _ = pet_folder
+  output = tmp_path / "run"
+  assert cli.main(["train", "--images", images, "--masks", masks, "--input-size", "32",
+                   "--label-map", "1:0,2:1", "--class-names", "pet,background,border",
+                   "--output", str(output)]) == 2
+  err = capsys.readouterr().err.strip()
+  assert len(err.splitlines()) == 1 and err.startswith("segbeam train:")
+  assert "no raw value maps to border" in err
+  assert not output.exists()

@@ -60,6 +60,25 @@ def test_ground_truth_columns_on_a_hand_checked_example():
   assert segments.ground_truth_columns(mask, None, context)["gt_pixels"] is None
 
 
+def test_ground_truth_columns_with_binary_labels_leave_the_border_null():
+  """Binary labels (1 pet, 0 background) against a pet/background/border mask."""
+  from segbeam.model import labels
+  from tests import synthetic
+  names = ("pet", "background", "border")
+  context = segments.RunContext("m", "v", names, "r", labels.parse_label_map("1:0,0:1", names))
+  mask = np.array([[0, 0, 2], [1, 2, 1]], np.uint8)
+  label = synthetic.encode(np.array([[1, 1, 1], [0, 0, 7]], np.uint8), "PNG")
+  columns = segments.ground_truth_columns(mask, label, context)
+  # Compared: 5 (7 is outside the map). Truth: pet, pet, pet, bg, bg; mask: pet, pet, border,
+  # bg, border -> 3 correct; the two masked border are wrong.
+  assert (columns["gt_pixels"], columns["gt_correct"]) == (5, 3)
+  assert columns["gt_pixel_accuracy"] == pytest.approx(3 / 5)
+  # pet: I=2, U=3; background: I=1, U=2; border: null, not 0.
+  assert [columns[f"gt_intersection_{c}"] for c in names] == [2, 1, None]
+  assert [columns[f"gt_union_{c}"] for c in names] == [3, 2, None]
+  assert columns["gt_error"] is None
+
+
 def test_an_inference_lost_with_its_slice_becomes_an_error_row():
   import concurrent.futures
   from segbeam.pipeline import inference

@@ -2,18 +2,26 @@
 `segbeam evaluate` on the same images and model."""
 
 import glob
+import io
+import json
 import os
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
+from PIL import Image
+
+from segbeam import cli
 
 from segbeam.model import data
 from segbeam.model import evaluation
 from segbeam.model import export
+from segbeam.model import labels
 from segbeam.pipeline import launcher
 from segbeam.pipeline import pack
 from segbeam.results import output as output_lib
+from segbeam.results import report
 from segbeam.results import summary
 from tests import accounting
 
@@ -54,6 +62,7 @@ def test_in_run_metrics_equal_segbeam_evaluate(source, tiny_export, pet_folder, 
   for name, iou in reference.per_class_iou.items():
     assert truth["per_class_iou"][name] == pytest.approx(iou, abs=1e-12)
   assert len(truth["worst_images"]) == len(names)
+  assert truth["ground_truth_classes"] == ["pet", "background", "border"]
 
 
 def test_rows_without_a_label_have_null_ground_truth(tiny_export, pet_folder, tmp_path):
@@ -75,3 +84,87 @@ def test_rows_without_a_label_have_null_ground_truth(tiny_export, pet_folder, tm
   assert row["gt_correct"] == sum(row[f"gt_intersection_{c}"] for c in ("pet", "background",
                                                                           "border"))
   assert row["gt_pixel_accuracy"] == pytest.approx(row["gt_correct"] / row["gt_pixels"])
+
+
+@pytest.fixture(scope="module")
+def binary_run(tiny_export, pet_folder, tmp_path_factory):
+  """A run with binary pet/background labels (1 pet, 0 background) made from the trimaps, one
+  of them unusable (RGB): (output folder, labels folder)."""
+  images, masks, names = pet_folder
+  binary = tmp_path_factory.mktemp("binary_labels")
+  for name in names:
+    trimap = np.asarray(Image.open(os.path.join(masks, name + ".png")))
+    Image.fromarray((trimap == 1).astype(np.uint8)).save(binary / (name + ".png"))
+  Image.new("RGB", (8, 8)).save(binary / (names[1] + ".png"))
+  output = str(tmp_path_factory.mktemp("binary_run") / "out")
+  _run(["--input", images + "/*.jpg", "--labels", str(binary / "*.png"), "--label-map",
+        "1:0,0:1", "--output", output, "--model", tiny_export[0]])
+  return output, str(binary)
+
+
+def test_binary_labels_score_pet_and_background_only(binary_run, tiny_export, pet_folder):
+  output, binary = binary_run
+  images, _, names = pet_folder
+  loaded = export.LoadedExport(tiny_export[0])
+  expected = evaluation.evaluate_export(
+      loaded, data.match_pairs(images, binary),
+      label_map=labels.parse_label_map("1:0,0:1", loaded.metadata.class_names))
+  assert [s.name for s in expected.skipped] == [names[1]]  # the RGB label, there and here
+  truth = summary.ground_truth(output_lib.RunOutput(output))
+  assert truth["images"] == len(names) - 1 and truth["unusable_labels"] == 1
+  assert truth["ground_truth_classes"] == ["pet", "background"]
+  assert truth["per_class_iou"]["border"] is None
+  m = expected.metrics
+  assert truth["pixel_accuracy"] == pytest.approx(m.pixel_accuracy, abs=1e-12)
+  assert truth["mean_iou"] == pytest.approx(m.mean_iou, abs=1e-12)
+  for name in ("pet", "background"):
+    assert truth["per_class_iou"][name] == pytest.approx(m.per_class_iou[name], abs=1e-12)
+
+  rows = {r["image_id"]: r for r in pq.read_table(
+      glob.glob(f"{output}/segments/*.parquet")).to_pylist()}
+  assert all(r["gt_intersection_border"] is None and r["gt_union_border"] is None
+             for r in rows.values())
+  assert "mask has mode RGB" in rows[names[1] + ".jpg"]["gt_error"]
+  # One image by hand: its mask from the row against its binary label.
+  row = rows[names[0] + ".jpg"]
+  mask = np.asarray(Image.open(io.BytesIO(row["mask_png"])))
+  label = 1 - np.asarray(Image.open(os.path.join(binary, names[0] + ".png"))).astype(int)
+  assert row["gt_pixels"] == label.size and row["gt_correct"] == int((mask == label).sum())
+  ious = []
+  for c, name in enumerate(("pet", "background")):
+    intersection = int(np.logical_and(mask == c, label == c).sum())
+    union = int(np.logical_or(mask == c, label == c).sum())
+    assert (row[f"gt_intersection_{name}"], row[f"gt_union_{name}"]) == (intersection, union)
+    ious.append(intersection / union)
+  worst = {w["image_id"]: w["mean_iou"] for w in truth["worst_images"]}
+  assert worst[row["image_id"]] == pytest.approx(np.mean(ious))
+  assert len(worst) == len(names) - 1 and None not in worst.values()
+
+
+def test_the_manifest_summary_and_report_say_what_the_labels_cover(binary_run, capsys):
+  output, _ = binary_run
+  run = output_lib.RunOutput(output)
+  assert run.manifest["ground_truth"] == {"classes": ["pet", "background"],
+                                          "mapping": {"0": 1, "1": 0}}
+  assert cli.main(["summary", output, "--json"]) == 0
+  truth = json.loads(capsys.readouterr().out)["ground_truth"]
+  assert truth["ground_truth_classes"] == ["pet", "background"]
+  assert truth["per_class_iou"]["border"] is None
+  assert cli.main(["summary", output]) == 0
+  text = capsys.readouterr().out
+  assert "ground truth covers: pet, background (not: border)" in text
+  assert "  IoU border           -  (no ground truth)" in text.splitlines()
+  page = report.build_report(run, samples=2)
+  assert "ground truth covers: pet, background (not: border)" in page
+  assert "<td>no ground truth</td>" in page
+
+
+def test_a_label_map_beyond_the_models_classes_is_a_bad_invocation(tiny_export, pet_folder,
+                                                                     tmp_path):
+  images, masks, _ = pet_folder
+  output = tmp_path / "out"
+  with pytest.raises(launcher.InvocationError, match=r"classes \[0, 3\] must be within 0..2"):
+    launcher.run(["--input", images + "/*.jpg", "--labels", masks + "/*.png", "--label-map",
+                  "1:0,0:3", "--output", str(output), "--model", tiny_export[0]],
+                 test_pipeline=TestPipeline())
+  assert not output.exists()

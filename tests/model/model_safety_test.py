@@ -1,0 +1,228 @@
+"""`model_safety`: the op check on real exports (the embedded model, one whose serving function
+writes a file, a TF1 SavedModel, graphs edited to misuse the saver's ops) and the damage check."""
+
+import os
+import re
+import shutil
+import time
+
+import pytest
+
+from segbeam.model import defaults
+from segbeam.model import model_safety
+from tests import unsafe_exports
+
+
+@pytest.fixture(scope="module")
+def writing_export(tmp_path_factory):
+  """(export_dir, the file its serving function writes when called)."""
+  root = tmp_path_factory.mktemp("writing_export")
+  written = str(root / "written.txt")
+  return unsafe_exports.write_export(str(root / "export"), writes_to=written), written
+
+
+@pytest.fixture(scope="module")
+def harmless_export(tmp_path_factory):
+  return unsafe_exports.write_export(str(tmp_path_factory.mktemp("harmless") / "export"))
+
+
+def _ops(saved_model):
+  graph = saved_model.meta_graphs[0].graph_def
+  return ({node.op for node in graph.node}
+          | {node.op for f in graph.library.function for node in f.node_def})
+
+
+def test_denied_ops_are_tensorflows_own_op_names():
+  from tensorflow.python.framework import op_def_registry
+  assert [name for name in sorted(model_safety.DENIED_OPS) if op_def_registry.get(name) is None
+          ] == []
+  assert {"ReadFile", "WriteFile", "PyFunc", "EagerPyFunc", "SaveV2", "RestoreV2",
+          "MergeV2Checkpoints", "TFRecordDataset", "WriteSummary", "RpcCall"} <= (
+              model_safety.DENIED_OPS)
+
+
+def test_the_embedded_default_model_passes_both_checks_quickly():
+  model_dir = defaults.default_model_dir()
+  saved_model = model_safety.read_saved_model(model_dir)
+  # Its checkpoint functions hold the saver's ops: they must not make it refused.
+  assert {"SaveV2", "RestoreV2", "MergeV2Checkpoints"} <= _ops(saved_model)
+  started = time.perf_counter()
+  assert model_safety.denied_ops(model_dir) == []
+  model_safety.check_saved_model(model_dir)
+  model_safety.check_export_readable(model_dir)  # reads every variable, 26 MB
+  assert time.perf_counter() - started < 1.0
+
+
+def test_an_export_whose_serving_function_writes_a_file_is_refused(writing_export):
+  export_dir, written = writing_export
+  findings = model_safety.denied_ops(export_dir)
+  assert {f.op for f in findings} == {"WriteFile"}
+  assert all(re.fullmatch(r"function __inference_serve_\d+", f.where) for f in findings)
+  with pytest.raises(model_safety.UnsafeModelError) as refused:
+    model_safety.check_saved_model(export_dir)
+  assert isinstance(refused.value, ValueError)
+  assert str(refused.value) == (
+      "model refused: its graph holds ops that touch files, the network or processes "
+      f"(WriteFile in {findings[0].where}); pass --trust-model if you trust it")
+  model_safety.check_saved_model(export_dir, trust=True)  # trusted: no refusal
+  model_safety.check_export_readable(export_dir)  # and it is whole
+  assert not os.path.exists(written)  # the checks read the proto, they load nothing
+
+
+def test_the_refused_export_really_writes_its_file_when_run(writing_export, tmp_path):
+  """What the check stands between: loading and calling it writes the file."""
+  import tensorflow as tf
+  from segbeam.pipeline import sessions
+  export_dir = str(tmp_path / "export")
+  shutil.copytree(writing_export[0], export_dir)
+  written = writing_export[1]
+  loaded = tf.saved_model.load(export_dir)
+  assert not os.path.exists(written)
+  loaded.signatures["serving_default"](images=tf.constant([sessions.warm_up_image(16)]))
+  with open(written, "rb") as f:
+    assert f.read() == unsafe_exports.WRITTEN
+  os.remove(written)
+
+
+def test_a_harmless_export_written_the_same_way_passes(harmless_export):
+  assert {"SaveV2", "RestoreV2"} <= _ops(model_safety.read_saved_model(harmless_export))
+  assert model_safety.denied_ops(harmless_export) == []
+
+
+def _edited_default_model(tmp_path, edit):
+  """A copy of the default model's saved_model.pb changed by `edit(meta_graph, functions)`."""
+  saved_model = model_safety.read_saved_model(defaults.default_model_dir())
+  meta_graph = saved_model.meta_graphs[0]
+  functions = {f.signature.name: f for f in meta_graph.graph_def.library.function}
+  edit(meta_graph, functions)
+  (tmp_path / model_safety.SAVED_MODEL_FILE).write_bytes(saved_model.SerializeToString())
+  return str(tmp_path)
+
+
+def _saver_functions(meta_graph):
+  nodes = {node.name: node for node in meta_graph.graph_def.node}
+  saver = meta_graph.saver_def
+  return (nodes[saver.save_tensor_name.split(":")[0]].attr["f"].func.name,
+          nodes[saver.restore_op_name].attr["f"].func.name)
+
+
+def _serve_function(functions):
+  return next(f for name, f in functions.items() if name.startswith("__inference_serve_"))
+
+
+def test_the_save_function_called_from_serving_is_refused(tmp_path):
+  names = {}
+
+  def call_save(meta_graph, functions):
+    names["save"], _ = _saver_functions(meta_graph)
+    call = _serve_function(functions).node_def.add(name="save_now", op="StatefulPartitionedCall")
+    call.attr["f"].func.name = names["save"]
+
+  model_dir = _edited_default_model(tmp_path, call_save)
+  assert [(f.op, f.where) for f in model_safety.denied_ops(model_dir)] == [
+      ("SaveV2", f"function {names['save']}"),
+      ("MergeV2Checkpoints", f"function {names['save']}")]
+
+
+def test_a_write_in_the_restore_function_is_refused(tmp_path):
+  """The restore function runs at every load: it is exempt for RestoreV2 alone."""
+  names = {}
+
+  def write_on_restore(meta_graph, functions):
+    _, names["restore"] = _saver_functions(meta_graph)
+    functions[names["restore"]].node_def.add(name="exfiltrate", op="WriteFile")
+
+  model_dir = _edited_default_model(tmp_path, write_on_restore)
+  assert [(f.op, f.where) for f in model_safety.denied_ops(model_dir)] == [
+      ("WriteFile", f"function {names['restore']}")]
+
+
+def test_saver_ops_outside_the_saver_are_refused(tmp_path):
+  def restore_elsewhere(meta_graph, functions):
+    meta_graph.graph_def.node.add(name="read_some_checkpoint", op="RestoreV2")
+    _serve_function(functions).node_def.add(name="write_some_checkpoint", op="SaveV2")
+
+  model_dir = _edited_default_model(tmp_path, restore_elsewhere)
+  findings = [(f.op, f.where) for f in model_safety.denied_ops(model_dir)]
+  assert findings[0] == ("RestoreV2", "node read_some_checkpoint")
+  assert findings[1][0] == "SaveV2" and findings[1][1].startswith("function __inference_serve_")
+
+
+def _tf1_saved_model(export_dir):
+  import tensorflow as tf
+  graph = tf.Graph()
+  with graph.as_default(), tf.compat.v1.Session(graph=graph) as session:
+    x = tf.compat.v1.placeholder(tf.float32, [None, 2], name="x")
+    y = tf.matmul(x, tf.compat.v1.get_variable("w", [2, 2]), name="y")
+    session.run(tf.compat.v1.global_variables_initializer())
+    builder = tf.compat.v1.saved_model.Builder(export_dir)
+    builder.add_meta_graph_and_variables(session, ["serve"], signature_def_map={
+        "serving_default": tf.compat.v1.saved_model.predict_signature_def({"x": x}, {"y": y})})
+    builder.save()
+  return export_dir
+
+
+def test_a_tf1_saver_in_the_graph_itself_is_the_savers_own(tmp_path):
+  export_dir = _tf1_saved_model(str(tmp_path / "tf1"))
+  saved_model = model_safety.read_saved_model(export_dir)
+  nodes = {node.name: node.op for node in saved_model.meta_graphs[0].graph_def.node}
+  assert nodes["save/SaveV2"] == "SaveV2" and nodes["save/RestoreV2"] == "RestoreV2"
+  assert model_safety.denied_ops(export_dir) == []
+  model_safety.check_export_readable(export_dir)
+
+  # The signature's output made to save first: the save op is no longer the saver's alone.
+  for node in saved_model.meta_graphs[0].graph_def.node:
+    if node.name == "y":
+      node.input.append("^save/SaveV2")
+  with open(os.path.join(export_dir, model_safety.SAVED_MODEL_FILE), "wb") as f:
+    f.write(saved_model.SerializeToString())
+  assert [(f.op, f.where) for f in model_safety.denied_ops(export_dir)] == [
+      ("SaveV2", "node save/SaveV2")]
+
+
+def _damage(export_dir, how):
+  data = os.path.join(export_dir, "variables", "variables.data-00000-of-00001")
+  index = os.path.join(export_dir, "variables", "variables.index")
+  saved_model = os.path.join(export_dir, model_safety.SAVED_MODEL_FILE)
+  if how == "truncated_variables":
+    with open(data, "r+b") as f:
+      f.truncate(os.path.getsize(data) // 2)
+    return data, "cannot be read: "
+  if how == "missing_variables":
+    os.remove(data)
+    return data, "is missing"
+  if how == "missing_index":
+    os.remove(index)
+    return index, "is missing"
+  if how == "missing_saved_model":
+    os.remove(saved_model)
+    return saved_model, "is missing"
+  with open(saved_model, "wb") as f:  # not a proto
+    f.write(b"\xff" * 64)
+  return saved_model, "is not a SavedModel"
+
+
+@pytest.mark.parametrize("how", ["truncated_variables", "missing_variables", "missing_index",
+                                 "missing_saved_model", "garbled_saved_model"])
+def test_a_damaged_export_is_refused_naming_the_file(how, harmless_export, tmp_path):
+  export_dir = str(tmp_path / "export")
+  shutil.copytree(harmless_export, export_dir)
+  path, words = _damage(export_dir, how)
+  with pytest.raises(model_safety.DamagedExportError) as refused:
+    model_safety.check_export_readable(export_dir)
+  message = str(refused.value)
+  assert message.startswith(f"model damaged: {path}") and words in message
+  assert len(message.splitlines()) == 1
+
+
+def test_a_truncated_default_model_is_refused_at_the_read(tmp_path):
+  """The file a user truncates by hand: TensorFlow's own words for it, after the file name."""
+  export_dir = str(tmp_path / "default_model")
+  shutil.copytree(defaults.default_model_dir(), export_dir)
+  data = os.path.join(export_dir, "variables", "variables.data-00000-of-00001")
+  with open(data, "r+b") as f:
+    f.truncate(os.path.getsize(data) - 1000)
+  with pytest.raises(model_safety.DamagedExportError, match=re.escape(
+      f"model damaged: {data}: checkpoint entry ")) as refused:
+    model_safety.check_export_readable(export_dir)
+  assert "Read less bytes than requested" in str(refused.value)

@@ -1,0 +1,188 @@
+"""`segbeam run` and `segbeam submit` check the export before anything is written: a graph that
+reaches outside the model is refused unless --trust-model, a damaged export always, and a
+model file that is not an export gets the command that makes one."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from segbeam import cli
+from segbeam.model import export as export_lib
+from segbeam.model import model_safety
+from segbeam.pipeline import inference
+from segbeam.pipeline import sessions
+from tests import accounting
+from tests import synthetic
+from tests import unsafe_exports
+
+SEGBEAM = os.path.join(os.path.dirname(sys.executable), "segbeam")
+PREPROCESS = "<how it was trained: unit, symmetric, caffe, torch or none>"
+
+
+@pytest.fixture(autouse=True)
+def _no_early_sessions_left():
+  yield
+  sessions.drop_early()
+
+
+@pytest.fixture()
+def writing_export(tmp_path):
+  """(export_dir, the file its serving function writes when called), fresh for each test."""
+  written = tmp_path / "written.txt"
+  return unsafe_exports.write_export(str(tmp_path / "export"), writes_to=str(written)), written
+
+
+@pytest.fixture()
+def images(tmp_path):
+  folder = tmp_path / "in"
+  folder.mkdir()
+  (folder / "cat.png").write_bytes(synthetic.encode(synthetic.pet_scene(30, 20, 0)[0], "PNG"))
+  return str(folder / "*.png")
+
+
+def _refusal(export_dir):
+  where = model_safety.denied_ops(export_dir)[0].where
+  return ("model refused: its graph holds ops that touch files, the network or processes "
+          f"(WriteFile in {where}); pass --trust-model if you trust it")
+
+
+def test_segbeam_run_refuses_a_model_whose_graph_writes_files(writing_export, images, tmp_path):
+  """The real command, with its early session load: the refused model is never loaded."""
+  export_dir, written = writing_export
+  output = tmp_path / "out"
+  run = subprocess.run([SEGBEAM, "run", "--input", images, "--output", str(output), "--model",
+                        export_dir], capture_output=True, text=True, timeout=300)
+  assert run.returncode == 2, run.stderr[-3000:]
+  assert run.stderr.strip().splitlines()[-1] == f"segbeam run: {_refusal(export_dir)}"
+  assert "Traceback" not in run.stderr and run.stdout == ""
+  assert not output.exists()
+  assert not written.exists()
+
+
+def test_trust_model_runs_it_and_the_manifest_records_it(writing_export, images, tmp_path,
+                                                         capsys):
+  export_dir, written = writing_export
+  output = str(tmp_path / "out")
+  assert cli.main(["run", "--input", images, "--output", output, "--model", export_dir,
+                   "--trust-model"]) == 0
+  assert "1 inputs, 1 segmented, 0 failed" in capsys.readouterr().out
+  manifest = accounting.assert_accounted_for(output, inputs_seen=1)
+  assert manifest["options"]["trust_model"] is True
+  assert manifest["model"]["name"] == "writes-files"
+  assert written.read_bytes() == unsafe_exports.WRITTEN  # trusted, so it ran as it was written
+
+
+def test_an_untrusted_run_records_it(small_run):
+  with open(os.path.join(small_run, "manifest.json")) as f:
+    assert json.load(f)["options"]["trust_model"] is False
+
+
+def test_the_early_session_load_never_loads_a_refused_model(writing_export):
+  """`segbeam run` starts loading the session before it parses its options in full; that load
+  runs the serving function once (its warm-up), so it checks the graph first."""
+  export_dir, written = writing_export
+  for trust in (False, True):
+    sessions.load_early(export_dir, signature_name=export_lib.SIGNATURE_NAME,
+                        warm_up_size=unsafe_exports.INPUT_SIZE, trust_model=trust)
+    session = sessions.take_early(export_dir)
+    assert (session is not None) is trust
+    assert written.exists() is trust  # what an unchecked early load would have done
+
+
+@pytest.mark.parametrize("name", inference.HANDLERS)
+def test_a_workers_handler_checks_the_graph_again(name, writing_export):
+  export_dir, written = writing_export
+  handler = inference.create_handler(name, export_dir, max_batch_size=2)
+  with pytest.raises(model_safety.UnsafeModelError, match="model refused"):
+    handler.load_model()
+  trusting = inference.create_handler(name, export_dir, max_batch_size=2, trust_model=True)
+  image = synthetic.encode(synthetic.pet_scene(20, 30, 0)[0], "PNG")
+  [(_, result)] = trusting.run_inference([("k", image)], trusting.load_model())
+  assert int(inference.outputs_as_arrays(result)["width"]) == 20
+  assert written.exists()
+
+
+def _damaged_copy(tiny_export, tmp_path, how):
+  export_dir = str(tmp_path / "damaged")
+  shutil.copytree(tiny_export[0], export_dir)
+  if how == "truncated":
+    data = os.path.join(export_dir, "variables", "variables.data-00000-of-00001")
+    with open(data, "r+b") as f:
+      f.truncate(os.path.getsize(data) // 2)
+    return export_dir, f"segbeam run: model damaged: {data}: checkpoint entry "
+  path = os.path.join(export_dir, model_safety.SAVED_MODEL_FILE)
+  os.remove(path)
+  return export_dir, f"segbeam run: model damaged: {path} is missing"
+
+
+@pytest.mark.parametrize("trust", [False, True])
+@pytest.mark.parametrize("how", ["truncated", "missing_saved_model"])
+def test_a_damaged_export_exits_2_and_writes_nothing(how, trust, tiny_export, images, tmp_path,
+                                                     capsys):
+  export_dir, expected = _damaged_copy(tiny_export, tmp_path, how)
+  output = tmp_path / "out"
+  code = cli.main(["run", "--input", images, "--output", str(output), "--model", export_dir,
+                   *(["--trust-model"] if trust else [])])
+  err = capsys.readouterr().err.strip()
+  assert code == 2 and len(err.splitlines()) == 1 and err.startswith(expected), err
+  if how == "truncated":
+    assert "Read less bytes than requested" in err
+  assert not output.exists()
+
+
+@pytest.mark.parametrize("name", ["unet.keras", "unet.h5", "unet.hdf5"])
+def test_a_keras_file_gets_the_export_command(name, images, tmp_path, capsys, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / name).write_bytes(b"a Keras model file")
+  code = cli.main(["run", "--input", images, "--output", "out", "--model", name])
+  assert code == 2
+  assert capsys.readouterr().err == (
+      f"segbeam run: model unreadable: {name} is a Keras model file, not a segbeam export; "
+      f"make one with: segbeam export {name} --output unet-export --preprocess {PREPROCESS}\n")
+  assert not (tmp_path / "out").exists()
+
+
+def test_a_plain_saved_model_gets_the_export_command(tiny_export, images, tmp_path, capsys):
+  saved_model = tmp_path / "my model"
+  shutil.copytree(tiny_export[0], saved_model)
+  (saved_model / export_lib.METADATA_FILE).unlink()
+  code = cli.main(["run", "--input", images, "--output", str(tmp_path / "out"), "--model",
+                   str(saved_model)])
+  assert code == 2
+  assert capsys.readouterr().err == (
+      f"segbeam run: model unreadable: {saved_model} is a SavedModel without "
+      f"segbeam_model.json, not a segbeam export; make one with: segbeam export "
+      f"'{saved_model}' --output '{saved_model}-export' --preprocess {PREPROCESS}\n")
+
+
+def test_gs_models_are_checked_in_their_local_copy_by_run_and_submit(
+    gcs_emulator, writing_export, tiny_export, tmp_path, capsys):
+  """A gs:// export is copied once and checked there; what is said names the gs:// files."""
+  del gcs_emulator
+  from tests import gcs_emulator as helper
+  export_dir, written = writing_export
+  helper.upload_folder(export_dir, "segbeam-test", "checks/writing")
+  damaged, _ = _damaged_copy(tiny_export, tmp_path, "truncated")
+  helper.upload_folder(damaged, "segbeam-test", "checks/damaged")
+  root = "gs://segbeam-test/checks"
+
+  run = ["--input", f"{root}/in/*.png", "--output", f"{root}/out"]
+  assert cli.main(["run", *run, "--model", f"{root}/damaged"]) == 2
+  assert capsys.readouterr().err.startswith(
+      f"segbeam run: model damaged: {root}/damaged/variables/variables.data-00000-of-00001: "
+      "checkpoint entry ")
+
+  assert cli.main(["run", *run, "--model", f"{root}/unet.keras"]) == 2
+  assert capsys.readouterr().err == (
+      f"segbeam run: model unreadable: {root}/unet.keras is a Keras model file, not a segbeam "
+      "export; copy it here and make one with: segbeam export unet.keras --output unet-export "
+      f"--preprocess {PREPROCESS}\n")
+
+  cloud = ["--project", "my-project-123", "--temp-location", f"{root}/tmp", "--image", "img:1"]
+  assert cli.main(["submit", *cloud, *run, "--model", f"{root}/writing"]) == 2
+  assert capsys.readouterr().err == f"segbeam submit: {_refusal(export_dir)}\n"
+  assert not written.exists()
