@@ -305,6 +305,8 @@ def saved_model_source(path: str, *, signature: Optional[str] = None,
     raise ConversionError(f"{path} could not be loaded as a SavedModel: {_one_line(error)}") \
         from error
   candidates = _image_signatures(loaded)
+  if signature is None and "serving_default" in candidates:
+    signature = "serving_default"  # what a SavedModel's users call when they name none
   if signature is None:
     if len(candidates) != 1:
       listing = ", ".join(sorted(loaded.signatures)) or "none"

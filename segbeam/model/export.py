@@ -2,22 +2,24 @@
 
 An export is a TensorFlow SavedModel directory written with Keras 3's `ExportArchive` (tfx-bsl's
 loader reads it; it cannot read a `tf.saved_model.save` of a `tf.Module` wrapping a Keras 3
-model). Its `serving_default` signature takes ONE input:
+model). `segbeam train` writes one (`export_model`), and so does `segbeam export` from a user's
+own model (`conversion`). Its `serving_default` signature takes ONE input:
 
   images: 1-D tf.string, any batch size, each element the encoded bytes of one image
           (JPEG, PNG, GIF first frame, BMP; format read from the bytes)
 
-and does decoding, resizing to the model's input size and normalisation in the graph. Outputs,
-each with the batch as first dimension:
+and does decoding, resizing to the model's input size and normalisation in the graph, as its
+`ServingConfig` says. Outputs, each with the batch as first dimension:
 
-  probabilities: float32 [B, input_size, input_size, num_classes], softmax class scores
+  probabilities: float32 [B, height, width, num_classes], class probabilities at the model's
+                 input size
   height, width: int32 [B], the decoded image's original size
 
-The pipeline resizes the probabilities to (height, width) and takes the argmax
-(`segbeam.model.postprocess.class_mask`). A second signature, `predict_pixels`, takes already
-decoded and resized float32 pixels [B, input_size, input_size, channels] in 0..255 and returns
-the probabilities: the forward pass alone, for callers with arrays and for benchmarks. Beside
-the SavedModel, `segbeam_model.json` holds the `ModelMetadata`.
+The pipeline resizes the probabilities to (height, width) and takes the argmax, or a single
+sigmoid's threshold (`segbeam.model.postprocess.class_mask`). A second signature,
+`predict_pixels`, takes already decoded and resized float32 pixels [B, height, width, channels]
+in 0..255 and returns the probabilities: the forward pass alone, for callers with arrays and for
+benchmarks. Beside the SavedModel, `segbeam_model.json` holds the `ModelMetadata`.
 """
 
 from __future__ import annotations

@@ -422,13 +422,45 @@ def test_a_saved_model_that_writes_files_is_refused_and_never_run(tmp_path, caps
 def test_a_saved_model_with_several_image_signatures_asks_which(tmp_path, capsys):
   module = _OtherTeamsModel()
   source = str(tmp_path / "two")
-  tf.saved_model.save(module, source, signatures={"serving_default": module.segment,
-                                                  "also": module.segment})
+  tf.saved_model.save(module, source, signatures={"segment": module.segment,
+                                                  "also": module.segment,
+                                                  "lengths": module.lengths})
   err = _refused(capsys, [source, "--preprocess", "unit"], str(tmp_path / "export"))
-  assert "--signature" in err and "also, serving_default" in err
+  assert "--signature" in err and "(also, lengths, segment)" in err
   assert cli.main(["export", source, "--preprocess", "unit", "--signature", "also",
                    "--output", str(tmp_path / "export")]) == 0
   assert "signature also" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("saved_by", ["tf.keras model.save(dir)", "keras model.export(dir)"])
+def test_keras_saved_model_folders_serve_their_default_signature(saved_by, tmp_path, capsys,
+                                                                 photos):
+  source = str(tmp_path / "folder")
+  if saved_by.startswith("tf.keras"):  # Keras 2's SavedModel format
+    tf_keras = pytest.importorskip("tf_keras")
+    tf_keras.utils.set_random_seed(5)
+    inputs = tf_keras.Input((32, 32, 3))
+    hidden = tf_keras.layers.Conv2D(4, 3, padding="same", activation="relu")(inputs)
+    model = tf_keras.Model(inputs, tf_keras.layers.Conv2D(3, 1, activation="softmax")(hidden))
+    model.save(source)
+    expected_scores = "softmax"
+  else:  # Keras 3's export: 'serve' and 'serving_default', the same function
+    keras.utils.set_random_seed(5)
+    inputs = keras.Input((32, 32, 3))
+    model = keras.Model(inputs, keras.layers.Conv2D(3, 1)(inputs))
+    model.export(source, verbose=False)
+    expected_scores = "logits"
+  export_dir = str(tmp_path / "export")
+  assert cli.main(["export", source, "--preprocess", "unit", "--output", export_dir]) == 0
+  assert "signature serving_default" in capsys.readouterr().out
+  export = export_lib.LoadedExport(export_dir)
+  assert export.metadata.serving["output"] == expected_scores
+  _, data = photos[0]
+  scores = model(_resized(data, 32)[np.newaxis] / 255.0, training=False)
+  expected = scores.numpy()[0] if expected_scores == "softmax" else \
+      tf.nn.softmax(scores, axis=-1).numpy()[0]
+  got = export.predict([data])[export_lib.OUTPUT_PROBABILITIES][0]
+  np.testing.assert_allclose(got, expected, atol=TOLERANCE, rtol=0)
 
 
 def test_what_the_model_cannot_say_is_asked_for(tmp_path, capsys):
