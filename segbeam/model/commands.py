@@ -277,7 +277,7 @@ def add_export_parser(subparsers) -> None:
                       "background, foreground for one sigmoid channel)")
   parser.add_argument("--label-map", default=None,
                       help="how ground-truth mask values map to classes, for evaluate and "
-                      "--labels (default: value i is class i)")
+                      "--ground-truth (default: value i is class i)")
   parser.add_argument("--name", default=None, help="model name recorded in outputs "
                       "(default: the source's name)")
   parser.add_argument("--signature", default=None,

@@ -57,7 +57,8 @@ def launch(argv: Optional[Sequence[str]] = None):
   """Builds the job and hands it to Dataflow without waiting for it: a Flex Template's launcher
   ends once the job is submitted. Returns Beam's PipelineResult."""
   argv = template_argv(sys.argv[1:] if argv is None else argv)
-  _, beam_args = launcher.parse(argv)
+  # Dataflow's launcher hands over its own arguments too: what Beam does not know it drops.
+  _, beam_args = launcher.parse(argv, check_beam=False)
   if PipelineOptions(beam_args).get_all_options()["runner"] is None:
     beam_args.append("--runner=DataflowRunner")
   options = PipelineOptions(beam_args)
@@ -65,5 +66,5 @@ def launch(argv: Optional[Sequence[str]] = None):
   # In the image the embedded model's path is the same for the launcher and the workers. A
   # dry run (Beam's --dry_run) builds offline, where gs:// paths cannot be checked.
   launcher.run(argv, test_pipeline=pipeline,
-               check_paths=not options.view_as(TestOptions).dry_run)
+               check_paths=not options.view_as(TestOptions).dry_run, check_beam=False)
   return pipeline.run()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import logging
 import os
 import sys
@@ -153,19 +154,83 @@ def _check_skip_existing(previous_outputs: Sequence[str], output: str, *,
                               f"{error}") from error
 
 
-def parse(argv: Optional[Sequence[str]]) -> tuple[options_lib.RunOptions, list[str]]:
+def run_parser() -> argparse.ArgumentParser:
+  # No prefix matching: '--label team=a' (Beam's Dataflow job label) would be taken for one of
+  # segbeam's --label-* options, and '--mask-file' quietly for '--mask-files'.
   parser = argparse.ArgumentParser(
-      prog="segbeam run", description="Segment images with a U-Net on Apache Beam. Options "
-      "not listed here are Beam pipeline options (--runner, --direct_num_workers, ...).")
+      prog="segbeam run", allow_abbrev=False,
+      description="Segment images with a U-Net on Apache Beam. Options not listed here are "
+      "Beam pipeline options (--runner, --direct_num_workers, ...).")
   options_lib.add_arguments(parser)
+  return parser
+
+
+def beam_parser() -> argparse.ArgumentParser:
+  """The parser Beam's PipelineOptions reads its options with: every option of every
+  PipelineOptions class imported (Beam's and any the user's code defines)."""
+  parsers = []
+  PipelineOptions([]).get_all_options(add_extra_args_fn=parsers.append)
+  return parsers[0]
+
+
+def option_strings(parser: argparse.ArgumentParser) -> list[str]:
+  return [option for action in parser._actions  # pylint: disable=protected-access
+          for option in action.option_strings]
+
+
+def check_beam_args(beam_args: Sequence[str], ours: Sequence[str] = ()) -> None:
+  """Raises ValueError for an argument neither segbeam (`ours`: its option strings) nor Beam
+  knows: Beam would drop it with a warning, and the run go on without what was asked."""
+  parser = beam_parser()
+  _, unknown = parser.parse_known_args(list(beam_args))
+  if not unknown:
+    return
+  word = next((w for w in unknown if w.startswith("-")), unknown[0])
+  if not word.startswith("-"):
+    raise ValueError(f"unexpected argument {word!r}: every value follows its --option")
+  name = word.split("=", 1)[0]
+  known = [*ours, *(o for o in option_strings(parser) if o.startswith("--"))]
+  close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+  raise ValueError(f"unknown option {name}: neither segbeam's nor a Beam pipeline option"
+                   + (f"; did you mean {close[0]}?" if close else ""))
+
+
+def _check_job_labels(beam_args: Sequence[str]) -> None:
+  """Beam's --labels sets Dataflow job labels; before segbeam's ground truth became
+  --ground-truth, `--labels 'trimaps/*.png'` meant label images, which must not pass silently
+  as a job label."""
+  for i, word in enumerate(beam_args):
+    name, has_value, value = word.partition("=")
+    if name not in ("--labels", "--label"):
+      continue
+    value = value if has_value else (beam_args[i + 1] if i + 1 < len(beam_args) else "")
+    if "=" not in value and not value.lstrip().startswith("{"):
+      raise ValueError(f"{name} {value!r}: {name} is Beam's, Dataflow job labels as KEY=VALUE "
+                       "or JSON; ground-truth label images are --ground-truth GLOB")
+
+
+def parse(argv: Optional[Sequence[str]], *, check_beam: bool = True,
+          other_options: Sequence[str] = ()) -> tuple[options_lib.RunOptions, list[str]]:
+  """`segbeam run`'s options, and the rest, for Beam.
+
+  Args:
+    check_beam: refuse what Beam does not know either (off for the Flex Template's launcher,
+      which is handed Dataflow's own arguments).
+    other_options: the caller's own options (`segbeam submit`'s), for suggestions.
+  """
+  parser = run_parser()
   options_lib.check_patterns_given_once(sys.argv[1:] if argv is None else argv)
   args, beam_args = parser.parse_known_args(argv)
+  _check_job_labels(beam_args)
+  if check_beam:
+    check_beam_args(beam_args, [*other_options,
+                                *(o for o in option_strings(parser) if o.startswith("--"))])
   return options_lib.from_args(args), beam_args
 
 
 def run(argv: Optional[Sequence[str]] = None,
         test_pipeline: Optional[beam.Pipeline] = None, *, check_paths: bool = True,
-        worker_model_dir: Optional[str] = None) -> beam.PCollection:
+        worker_model_dir: Optional[str] = None, check_beam: bool = True) -> beam.PCollection:
   """Builds the run into `test_pipeline` (the caller runs it), or into a new pipeline that is
   run here to completion. Returns the manifest PCollection.
 
@@ -178,9 +243,10 @@ def run(argv: Optional[Sequence[str]] = None,
       builds the job offline, where gs:// cannot be reached.
     worker_model_dir: where the workers load the model, when not where its metadata is read
       here (the worker image's copy of the embedded model on Dataflow).
+    check_beam: refuse options neither segbeam nor Beam knows (see `parse`).
   """
   try:
-    options, beam_args = parse(argv)
+    options, beam_args = parse(argv, check_beam=check_beam)
     model_dir, metadata = _read_model(options.model_dir)
     segment_pipeline.label_map_for(options, metadata)  # a bad --label-map fails here, not later
   except ValueError as error:  # a bad option value

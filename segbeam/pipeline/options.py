@@ -123,7 +123,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--postprocess-threads", type=int, default=1,
                       help="threads that postprocess one batch while the next is inferred "
                       "(default: %(default)s; raise it on GPU workers)")
-  parser.add_argument("--labels", default=None,
+  # Not --labels: that is Beam's (Dataflow job labels), which must reach Beam untouched.
+  parser.add_argument("--ground-truth", dest="labels", default=None, metavar="GLOB",
                       help="glob of ground-truth label images, matched to inputs by id without "
                       "extension; each row then carries IoU counts")
   parser.add_argument("--label-map", default=None,
@@ -139,11 +140,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 # The patterns segbeam expands itself; each is given once, as one word.
-_PATTERN_FLAGS = ("--input", "--labels")
+_PATTERN_FLAGS = ("--input", "--ground-truth")
 
 
 def check_patterns_given_once(argv: Sequence[str]) -> None:
-  """Raises ValueError when --input or --labels is repeated, or followed by more than one
+  """Raises ValueError when --input or --ground-truth is repeated, or followed by more than one
   path: an unquoted glob that the shell expanded into its files (`--input photos/*.jpg`)
   would otherwise run on the first file alone, the rest passed on to Beam, which drops them."""
   argv = list(argv)

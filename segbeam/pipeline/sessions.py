@@ -130,7 +130,7 @@ def load_early_for_run(argv: Sequence[str]) -> bool:
   # pylint: disable=import-outside-toplevel  # TensorFlow is imported by now; Beam is not
   from segbeam.model import defaults
   from segbeam.model import export as export_lib
-  parser = argparse.ArgumentParser(add_help=False)
+  parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
   parser.add_argument("--model", default=None)
   parser.add_argument("--inference-handler", default=HANDLER_TFX_BSL)
   parser.add_argument("--trust-model", action="store_true")

@@ -187,7 +187,7 @@ def dataflow_options_from_args(args: argparse.Namespace) -> DataflowOptions:
 def _check_cloud_paths(run_options: options_lib.RunOptions) -> None:
   """Dataflow workers read and write Cloud Storage, never this machine's disk."""
   for flag, path in (("--input", run_options.input), ("--output", run_options.output),
-                     ("--labels", run_options.labels), ("--model", run_options.model_dir)):
+                     ("--ground-truth", run_options.labels), ("--model", run_options.model_dir)):
     if path is not None and not _is_gcs(path):
       extra = " (or leave --model out for the image's embedded model)" if flag == "--model" else ""
       raise ValueError(f"{flag} must be a gs:// path on Dataflow, got {path!r}{extra}")
@@ -204,7 +204,7 @@ def submit(argv: Sequence[str]) -> PipelineResult:
   dataflow_only = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
   add_dataflow_arguments(dataflow_only)
   _, run_argv = dataflow_only.parse_known_args(argv)
-  _, beam_args = launcher.parse(run_argv)
+  _, beam_args = launcher.parse(run_argv, other_options=launcher.option_strings(dataflow_only))
   pipeline = beam.Pipeline(options=PipelineOptions([*beam_args, *dataflow.pipeline_args()]))
   launcher.run(run_argv, test_pipeline=pipeline, check_paths=not dataflow.dry_run,
                worker_model_dir=None if args.model_dir else IMAGE_DEFAULT_MODEL_DIR)
@@ -232,6 +232,7 @@ def describe_job(job) -> dict[str, Any]:
       "worker_image": pool.worker_harness_container_image,
       "machine_type": pool.machine_type,
       "max_workers": pool.autoscaling_settings.max_num_workers or None,
+      "labels": dict(job.proto.labels),  # Dataflow job labels (Beam's --label, --labels)
       "service_options": list(environment.service_options),
       "experiments": sorted(environment.experiments),
       "transforms": len(transforms),

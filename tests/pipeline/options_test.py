@@ -35,8 +35,8 @@ def test_counts_below_one_are_refused_by_name(flag):
 @pytest.mark.parametrize("argv,words", [
     (["--input", "in/a.jpg", "in/b.jpg", "--output", "out"],
      "--input is followed by 2 paths (in/a.jpg, in/b.jpg): the shell expanded an unquoted glob"),
-    (["--output", "out", "--labels", "t/1.png", "t/2.png", "t/3.png", "t/4.png", "--input", "x"],
-     "--labels is followed by 4 paths (t/1.png, t/2.png, t/3.png, ...)"),
+    (["--output", "out", "--ground-truth", "t/1.png", "t/2.png", "t/3.png", "t/4.png", "--input", "x"],
+     "--ground-truth is followed by 4 paths (t/1.png, t/2.png, t/3.png, ...)"),
     (["--input", "a/*", "--output", "out", "--input=b/*"],
      "--input given 2 times (a/*, b/*): one pattern per run"),
 ])
@@ -47,7 +47,7 @@ def test_a_pattern_is_given_once_as_one_word(argv, words):
 
 @pytest.mark.parametrize("argv", [
     ["--input", "in/*.jpg", "--output", "out", "--runner", "DirectRunner"],  # Beam's own values
-    ["--input=in/*.jpg", "--labels=t/*.png", "--output", "out"],
+    ["--input=in/*.jpg", "--ground-truth=t/*.png", "--output", "out"],
     ["--output", "out", "--input", "in/*.jpg"],
 ])
 def test_one_pattern_each_passes(argv):

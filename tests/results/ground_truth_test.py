@@ -51,7 +51,7 @@ def test_in_run_metrics_equal_segbeam_evaluate(source, tiny_export, pet_folder, 
     pack.pack(images, prefix, masks_dir=masks, num_shards=2)
     argv += ["--input", prefix + "-*"]
   else:
-    argv += ["--input", images + "/*.jpg", "--labels", masks + "/*.png"]
+    argv += ["--input", images + "/*.jpg", "--ground-truth", masks + "/*.png"]
     if source == "label-map":
       argv += ["--label-map", "1:0,2:1,3:2"]
   _run(argv)
@@ -72,7 +72,7 @@ def test_rows_without_a_label_have_null_ground_truth(tiny_export, pet_folder, tm
   os.symlink(os.path.join(masks, "pet_000.png"), partial / "pet_000.png")
   (partial / "pet_001.png").write_bytes(b"broken label")
   output = str(tmp_path / "out")
-  _run(["--input", images + "/*.jpg", "--labels", str(partial / "*.png"), "--output", output,
+  _run(["--input", images + "/*.jpg", "--ground-truth", str(partial / "*.png"), "--output", output,
         "--model", tiny_export[0]])
   rows = {r["image_id"]: r for r in pq.read_table(
       glob.glob(f"{output}/segments/*.parquet")).to_pylist()}
@@ -97,7 +97,7 @@ def binary_run(tiny_export, pet_folder, tmp_path_factory):
     Image.fromarray((trimap == 1).astype(np.uint8)).save(binary / (name + ".png"))
   Image.new("RGB", (8, 8)).save(binary / (names[1] + ".png"))
   output = str(tmp_path_factory.mktemp("binary_run") / "out")
-  _run(["--input", images + "/*.jpg", "--labels", str(binary / "*.png"), "--label-map",
+  _run(["--input", images + "/*.jpg", "--ground-truth", str(binary / "*.png"), "--label-map",
         "1:0,0:1", "--output", output, "--model", tiny_export[0]])
   return output, str(binary)
 
@@ -164,7 +164,7 @@ def test_a_label_map_beyond_the_models_classes_is_a_bad_invocation(tiny_export, 
   images, masks, _ = pet_folder
   output = tmp_path / "out"
   with pytest.raises(launcher.InvocationError, match=r"classes \[0, 3\] must be within 0..2"):
-    launcher.run(["--input", images + "/*.jpg", "--labels", masks + "/*.png", "--label-map",
+    launcher.run(["--input", images + "/*.jpg", "--ground-truth", masks + "/*.png", "--label-map",
                   "1:0,0:3", "--output", str(output), "--model", tiny_export[0]],
                  test_pipeline=TestPipeline())
   assert not output.exists()
