@@ -1,14 +1,19 @@
 """segbeam: batch image segmentation with a Keras U-Net on Apache Beam.
 
-The versions below resolve together (checked with pip on Python 3.11). BEAM_VERSION is also the
-tag of the Beam SDK image the worker Dockerfile (deploy/) copies its boot entrypoint from: change
-both together.
+The versions below resolve together (checked with pip on Python 3.11). Beam's and TensorFlow's
+are those of the worker image, kept in segbeam/versions.py with the image's Python: the worker
+Dockerfile (deploy/) and `segbeam submit` read them there.
 """
+
+import os
+import runpy
 
 import setuptools
 
-BEAM_VERSION = "2.77.0"
-TENSORFLOW_VERSION = "2.21.0"
+_VERSIONS = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), "segbeam",
+                                        "versions.py"))
+BEAM_VERSION = _VERSIONS["BEAM_VERSION"]
+TENSORFLOW_VERSION = _VERSIONS["TENSORFLOW_VERSION"]
 
 INSTALL_REQUIRES = [
     f"apache-beam[gcp]=={BEAM_VERSION}",

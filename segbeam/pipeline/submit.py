@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.metadata
 import json
 import re
 import sys
@@ -24,6 +25,7 @@ from apache_beam.runners.runner import PipelineResult
 from apache_beam.runners.runner import PipelineState
 
 from segbeam import startup
+from segbeam import versions
 from segbeam.pipeline import launcher
 from segbeam.pipeline import options as options_lib
 
@@ -193,12 +195,39 @@ def _check_cloud_paths(run_options: options_lib.RunOptions) -> None:
       raise ValueError(f"{flag} must be a gs:// path on Dataflow, got {path!r}{extra}")
 
 
+def local_versions() -> dict[str, str]:
+  """Python (major.minor), Beam and TensorFlow as this process has them."""
+  return {"Python": f"{sys.version_info.major}.{sys.version_info.minor}",
+          "Beam": beam.__version__, "TensorFlow": importlib.metadata.version("tensorflow")}
+
+
+def image_versions() -> dict[str, str]:
+  return {"Python": versions.PYTHON_VERSION, "Beam": versions.BEAM_VERSION,
+          "TensorFlow": versions.TENSORFLOW_VERSION}
+
+
+def check_versions(image: str) -> None:
+  """Raises ValueError when this machine's Python, Beam or TensorFlow differ from the worker
+  image's: the job is pickled here and unpickled there, and Dataflow fails it soon after it is
+  submitted (and billed)."""
+  local, pinned = local_versions(), image_versions()
+  differ = [f"{name} {local[name]} here, {pinned[name]} in the image"
+            for name in pinned if local[name] != pinned[name]]
+  if differ:
+    raise ValueError(
+        f"this machine's versions differ from the worker image's ({'; '.join(differ)}), and a "
+        "job submitted so fails on Dataflow; submit from the image itself: docker run --rm "
+        f"--entrypoint segbeam -v ~/.config/gcloud:/root/.config/gcloud {image} submit ... "
+        "(or launch the Flex Template; README, Running on Dataflow)")
+
+
 def submit(argv: Sequence[str]) -> PipelineResult:
   """Builds the job and submits it, or with --dry-run only builds it. Returns Beam's
   PipelineResult; after a dry run its `job` is the job Dataflow would have been sent."""
   argv = list(argv)
   args, _ = build_parser().parse_known_args(argv)
   dataflow = dataflow_options_from_args(args)
+  check_versions(dataflow.image)
   _check_cloud_paths(options_lib.from_args(args))
   # What is not a Dataflow option here is `segbeam run`'s or Beam's, in the order given.
   dataflow_only = argparse.ArgumentParser(add_help=False, allow_abbrev=False)

@@ -1,4 +1,4 @@
-"""deploy/: the worker image's versions agree with setup.py's, the Flex Template spec with
+"""deploy/: the worker image's versions agree with segbeam/versions.py, the Flex Template spec with
 `segbeam run`'s options. Docker is not available here, so the Dockerfile is read, not built."""
 
 import argparse
@@ -10,6 +10,7 @@ import re
 import pytest
 from packaging.specifiers import SpecifierSet
 
+from segbeam import versions
 from segbeam.pipeline import flex_template
 from segbeam.pipeline import launcher
 from segbeam.pipeline import options as options_lib
@@ -27,15 +28,10 @@ def _read(path):
 
 
 def setup_pins(setup_text):
-  """setup.py's module-level string constants (BEAM_VERSION, ...) and python_requires."""
+  """The image's versions (segbeam/versions.py, which setup.py reads) and setup.py's
+  python_requires."""
+  pins = {name: value for name, value in vars(versions).items() if name.endswith("_VERSION")}
   tree = ast.parse(setup_text)
-  pins = {}
-  for node in tree.body:
-    if (isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
-        and isinstance(node.value.value, str)):
-      for target in node.targets:
-        if isinstance(target, ast.Name):
-          pins[target.id] = node.value.value
   for node in ast.walk(tree):
     if isinstance(node, ast.keyword) and node.arg == "python_requires":
       pins["python_requires"] = node.value.value
@@ -74,9 +70,12 @@ def version_mismatches(setup_text, dockerfile_text):
   args = dockerfile_args(instructions)
   python = args.get("PYTHON_VERSION", "")
   problems = []
+  if python != pins.get("PYTHON_VERSION"):
+    problems.append(f"ARG PYTHON_VERSION={python} but segbeam/versions.py has "
+                    f"{pins.get('PYTHON_VERSION')}")
   for name in ("BEAM_VERSION", "TENSORFLOW_VERSION"):
     if args.get(name) != pins.get(name):
-      problems.append(f"ARG {name}={args.get(name)} but setup.py has {pins.get(name)}")
+      problems.append(f"ARG {name}={args.get(name)} but segbeam/versions.py has {pins.get(name)}")
   if not python or python + ".0" not in SpecifierSet(pins.get("python_requires", "")):
     problems.append(f"ARG PYTHON_VERSION={python} outside python_requires "
                     f"{pins.get('python_requires')}")
@@ -87,7 +86,7 @@ def version_mismatches(setup_text, dockerfile_text):
     problems.append("no apache/beam_python*_sdk image")
   for sdk_python, tag in sdk_images:
     if tag != pins.get("BEAM_VERSION") or sdk_python != python:
-      problems.append(f"Beam SDK image for Python {sdk_python}, Beam {tag}; setup.py pins Beam "
+      problems.append(f"Beam SDK image for Python {sdk_python}, Beam {tag}; segbeam/versions.py pins Beam "
                       f"{pins.get('BEAM_VERSION')}, the image Python {python}")
   for launcher_python in re.findall(r"python(\d)(\d+)-template-launcher-base", dockerfile_text):
     if ".".join(launcher_python) != python:
@@ -99,8 +98,15 @@ def version_mismatches(setup_text, dockerfile_text):
   for package, pin in (("tensorflow", "TENSORFLOW_VERSION"), ("apache-beam", "BEAM_VERSION")):
     for version in re.findall(rf"\b{package}(?:\[[\w,-]+\])?==([\w.]+)", "\n".join(resolved)):
       if version != pins.get(pin):
-        problems.append(f"pip installs {package}=={version}, setup.py pins {pins.get(pin)}")
+        problems.append(f"pip installs {package}=={version}, segbeam/versions.py pins {pins.get(pin)}")
   return problems
+
+
+def test_setup_py_installs_the_image_versions():
+  text = _read(SETUP_PY)
+  assert 'f"apache-beam[gcp]=={BEAM_VERSION}"' in text
+  assert 'f"tensorflow=={TENSORFLOW_VERSION}"' in text
+  assert '_VERSIONS["BEAM_VERSION"]' in text and '_VERSIONS["TENSORFLOW_VERSION"]' in text
 
 
 def test_dockerfile_versions_agree_with_setup_py():
@@ -110,6 +116,7 @@ def test_dockerfile_versions_agree_with_setup_py():
 @pytest.mark.parametrize("change", [
     ("ARG BEAM_VERSION=", "ARG BEAM_VERSION=9"),
     ("ARG TENSORFLOW_VERSION=", "ARG TENSORFLOW_VERSION=9"),
+    ("ARG PYTHON_VERSION=3.11", "ARG PYTHON_VERSION=3.12"),
     ("_sdk:${BEAM_VERSION}", "_sdk:2.0.0"),
     ("apache/beam_python${PYTHON_VERSION}_sdk", "apache/beam_python3.12_sdk"),
     ("python311-template-launcher-base", "python312-template-launcher-base"),

@@ -121,3 +121,20 @@ def test_ctrl_c_while_waiting_says_the_job_runs_on_and_how_to_cancel_it(monkeypa
       "segbeam submit: stopped waiting; job 2026-11-29_04_05_06-123 is still running on "
       "Dataflow (stop it with: gcloud dataflow jobs cancel 2026-11-29_04_05_06-123 --region "
       "europe-west4)\n")
+
+
+@pytest.mark.parametrize("name,local", [("Python", "3.12"), ("Beam", "2.76.0"),
+                                        ("TensorFlow", "2.20.0")])
+def test_submit_refuses_versions_other_than_the_images(name, local, monkeypatch, capsys):
+  here = dict(submit.image_versions(), **{name: local})
+  monkeypatch.setattr(submit, "local_versions", lambda: here)
+  assert cli.main(["submit", "--dry-run", *CLOUD, *RUN]) == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1
+  assert f"({name} {local} here, {submit.image_versions()[name]} in the image)" in err
+  assert f"--entrypoint segbeam -v ~/.config/gcloud:/root/.config/gcloud {IMAGE} submit" in err
+
+
+def test_this_machine_has_the_images_versions():
+  """CI submits dry runs from the versions the image pins: the check above passes here."""
+  assert submit.local_versions() == submit.image_versions()
