@@ -35,14 +35,25 @@ GPU_TYPES = (GPU_L4, GPU_T4)
 # Compute Engine attaches L4s only to G2 machines, and T4s only to N1 machines.
 MACHINE_SERIES = {GPU_L4: "g2", GPU_T4: "n1"}
 DEFAULT_MACHINE_TYPES = {GPU_L4: "g2-standard-4", GPU_T4: "n1-standard-4"}
-# A G2 machine comes with a fixed number of L4s; an N1 machine takes 1, 2 or 4 T4s.
+# A G2 machine comes with a fixed number of L4s (an N1 machine takes 1, 2 or 4 T4s).
 G2_GPU_COUNTS = {"g2-standard-4": 1, "g2-standard-8": 1, "g2-standard-12": 1,
                  "g2-standard-16": 1, "g2-standard-24": 2, "g2-standard-32": 1,
                  "g2-standard-48": 4, "g2-standard-96": 8}
-T4_GPU_COUNTS = (1, 2, 4)
 # Runner v2 is what runs custom containers and GPUs; one SDK process per worker VM, so one
 # process (one model, one CUDA context) owns the GPU. README "Running on Dataflow" says why.
 EXPERIMENTS = ("use_runner_v2", "no_use_multiple_sdk_containers")
+# How the worker's processes use its GPU: one process owns it, or (MPS) Dataflow's one process
+# per vCPU share it through NVIDIA's Multi-Process Service.
+GPU_SHARING_ONE = "one-process"
+GPU_SHARING_MPS = "mps"
+GPU_SHARING = (GPU_SHARING_ONE, GPU_SHARING_MPS)
+# Defaults a first GPU job should not have to know: the image (TensorFlow and its CUDA wheels)
+# does not fit Dataflow's default 25 GB boot disk beside the SDK's own, every Google GPU sample
+# sets 50; a handful of workers caps the spend of a mistaken job; a few bundles per process at
+# a time bound the decoded batches in host memory (Dataflow's default is 12 threads).
+DEFAULT_DISK_SIZE_GB = 50
+DEFAULT_MAX_WORKERS = 4
+DEFAULT_HARNESS_THREADS = {GPU_SHARING_ONE: 4, GPU_SHARING_MPS: 1}
 # Where deploy/Dockerfile links the embedded default model inside the worker image: a path that
 # does not depend on where Python keeps its packages there (tests/deploy checks the link).
 IMAGE_DEFAULT_MODEL_DIR = "/opt/segbeam/default_model"
@@ -68,7 +79,11 @@ class DataflowOptions:
     gpu_type: Dataflow's name of the GPU, GPU_L4 or GPU_T4.
     gpu_count: GPUs per worker VM.
     machine_type: worker machine type; None for the GPU type's default.
-    max_workers: most worker VMs; None for Dataflow's default.
+    max_workers: most worker VMs.
+    disk_size_gb: each worker's boot disk.
+    gpu_sharing: GPU_SHARING_ONE (one SDK process owns the GPU) or GPU_SHARING_MPS.
+    harness_threads: bundles each SDK process works on at once; None for the sharing mode's
+      default.
     dry_run: build the job offline and describe it instead of submitting it.
     wait: after submitting, wait for the job to end and print the run's counts.
   """
@@ -81,7 +96,10 @@ class DataflowOptions:
   gpu_type: str = GPU_L4
   gpu_count: int = 1
   machine_type: Optional[str] = None
-  max_workers: Optional[int] = None
+  max_workers: int = DEFAULT_MAX_WORKERS
+  disk_size_gb: int = DEFAULT_DISK_SIZE_GB
+  gpu_sharing: str = GPU_SHARING_ONE
+  harness_threads: Optional[int] = None
   dry_run: bool = False
   wait: bool = False
 
@@ -100,28 +118,50 @@ class DataflowOptions:
       raise ValueError(f"--gpu-type must be one of {', '.join(GPU_TYPES)}, got {self.gpu_type!r}")
     if self.gpu_count < 1:
       raise ValueError(f"--gpu-count must be at least 1, got {self.gpu_count}")
-    if self.max_workers is not None and self.max_workers < 1:
+    if self.gpu_count > 1:
+      raise ValueError(
+          f"--gpu-count {self.gpu_count}: a segbeam worker's processes use one GPU, so "
+          f"{self.gpu_count - 1} of each worker's would idle while billed; use one GPU per "
+          "worker and more workers (--max-workers)")
+    if self.max_workers < 1:
       raise ValueError(f"--max-workers must be at least 1, got {self.max_workers}")
+    if self.disk_size_gb < DEFAULT_DISK_SIZE_GB:
+      raise ValueError(f"--disk-size-gb {self.disk_size_gb}: the worker image needs at least "
+                       f"{DEFAULT_DISK_SIZE_GB} GB")
+    if self.gpu_sharing not in GPU_SHARING:
+      raise ValueError(f"--gpu-sharing must be one of {', '.join(GPU_SHARING)}, got "
+                       f"{self.gpu_sharing!r}")
+    if self.harness_threads is not None and self.harness_threads < 1:
+      raise ValueError(f"--harness-threads must be at least 1, got {self.harness_threads}")
     machine = self.worker_machine_type
     series = MACHINE_SERIES[self.gpu_type]
     if not machine.startswith(series + "-"):
       raise ValueError(f"{self.gpu_type} runs on {series} machines only, not {machine}")
-    if self.gpu_type == GPU_L4 and machine in G2_GPU_COUNTS:
-      if self.gpu_count != G2_GPU_COUNTS[machine]:
-        raise ValueError(f"{machine} comes with {G2_GPU_COUNTS[machine]} L4 GPU(s), not "
-                         f"--gpu-count {self.gpu_count}")
-    elif self.gpu_type == GPU_T4 and self.gpu_count not in T4_GPU_COUNTS:
-      raise ValueError(f"an N1 machine takes 1, 2 or 4 T4 GPUs, not --gpu-count {self.gpu_count}")
+    if self.gpu_type == GPU_L4 and G2_GPU_COUNTS.get(machine, 1) != 1:
+      single = ", ".join(m for m, count in G2_GPU_COUNTS.items() if count == 1)
+      raise ValueError(f"{machine} comes with {G2_GPU_COUNTS[machine]} L4 GPUs and a segbeam "
+                       f"worker uses one; choose a G2 machine with one: {single}")
 
   @property
   def worker_machine_type(self) -> str:
     return self.machine_type or DEFAULT_MACHINE_TYPES[self.gpu_type]
 
   @property
+  def threads_per_process(self) -> int:
+    return self.harness_threads or DEFAULT_HARNESS_THREADS[self.gpu_sharing]
+
+  @property
   def accelerator_service_option(self) -> str:
     """Dataflow's service option that attaches the GPUs and installs their driver."""
+    mps = ";use_nvidia_mps" if self.gpu_sharing == GPU_SHARING_MPS else ""
     return (f"worker_accelerator=type:{self.gpu_type};count:{self.gpu_count};"
-            "install-nvidia-driver")
+            f"install-nvidia-driver{mps}")
+
+  @property
+  def experiments(self) -> tuple[str, ...]:
+    if self.gpu_sharing == GPU_SHARING_MPS:  # one process per vCPU, sharing the GPU
+      return tuple(e for e in EXPERIMENTS if e != "no_use_multiple_sdk_containers")
+    return EXPERIMENTS
 
   def pipeline_args(self) -> list[str]:
     """Beam pipeline options for this job."""
@@ -132,11 +172,11 @@ class DataflowOptions:
             "--sdk_location=container",
             f"--machine_type={self.worker_machine_type}",
             f"--dataflow_service_options={self.accelerator_service_option}",
-            *(f"--experiments={experiment}" for experiment in EXPERIMENTS)]
+            *(f"--experiments={experiment}" for experiment in self.experiments),
+            f"--max_num_workers={self.max_workers}", f"--disk_size_gb={self.disk_size_gb}",
+            f"--number_of_worker_harness_threads={self.threads_per_process}"]
     if self.staging_location:
       args.append(f"--staging_location={self.staging_location}")
-    if self.max_workers:
-      args.append(f"--max_num_workers={self.max_workers}")
     if self.dry_run:
       args += ["--dry_run=True", "--no_auth"]
     return args
@@ -155,12 +195,25 @@ def add_dataflow_arguments(parser: argparse.ArgumentParser) -> None:
                       help="worker container image built from deploy/Dockerfile")
   parser.add_argument("--gpu-type", choices=GPU_TYPES, default=GPU_L4,
                       help="GPU per worker (default: %(default)s; L4 on g2, T4 on n1 machines)")
-  parser.add_argument("--gpu-count", type=int, default=1, help="GPUs per worker (default: 1)")
+  parser.add_argument("--gpu-count", type=int, default=1,
+                      help="GPUs per worker: 1 (a worker's processes use one GPU)")
   parser.add_argument("--machine-type", "--machine_type", dest="machine_type", default=None,
                       help="worker machine type (default: g2-standard-4 for L4, n1-standard-4 "
                       "for T4)")
   parser.add_argument("--max-workers", "--max_num_workers", dest="max_workers", type=int,
-                      default=None, help="most worker VMs")
+                      default=DEFAULT_MAX_WORKERS,
+                      help="most worker VMs, which caps the spend rate (default: %(default)s)")
+  parser.add_argument("--disk-size-gb", "--disk_size_gb", dest="disk_size_gb", type=int,
+                      default=DEFAULT_DISK_SIZE_GB,
+                      help="each worker's boot disk, at least the default: the image holds "
+                      "TensorFlow and CUDA (default: %(default)s)")
+  parser.add_argument("--gpu-sharing", choices=GPU_SHARING, default=GPU_SHARING_ONE,
+                      help="one-process: one SDK process owns the GPU (default); mps: one "
+                      "process per vCPU sharing it through NVIDIA MPS")
+  parser.add_argument("--harness-threads", "--number_of_worker_harness_threads",
+                      dest="harness_threads", type=int, default=None,
+                      help="bundles each SDK process works on at once, which bounds the "
+                      "decoded batches in memory (default: 4 with one-process, 1 with mps)")
   parser.add_argument("--dry-run", action="store_true",
                       help="build the Dataflow job offline and print it; submit nothing")
   parser.add_argument("--wait", action="store_true",
@@ -183,7 +236,8 @@ def dataflow_options_from_args(args: argparse.Namespace) -> DataflowOptions:
       project=args.project, region=args.region, temp_location=args.temp_location,
       staging_location=args.staging_location, image=args.image, gpu_type=args.gpu_type,
       gpu_count=args.gpu_count, machine_type=args.machine_type, max_workers=args.max_workers,
-      dry_run=args.dry_run, wait=args.wait)
+      disk_size_gb=args.disk_size_gb, gpu_sharing=args.gpu_sharing,
+      harness_threads=args.harness_threads, dry_run=args.dry_run, wait=args.wait)
 
 
 def _check_cloud_paths(run_options: options_lib.RunOptions) -> None:
@@ -261,6 +315,8 @@ def describe_job(job) -> dict[str, Any]:
       "worker_image": pool.worker_harness_container_image,
       "machine_type": pool.machine_type,
       "max_workers": pool.autoscaling_settings.max_num_workers or None,
+      "disk_size_gb": pool.disk_size_gb or None,
+      "harness_threads_per_process": pool.num_threads_per_worker or None,
       "labels": dict(job.proto.labels),  # Dataflow job labels (Beam's --label, --labels)
       "service_options": list(environment.service_options),
       "experiments": sorted(environment.experiments),
@@ -281,9 +337,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   except (launcher.InvocationError, ValueError) as error:
     print(f"segbeam submit: {error}", file=sys.stderr)
     return 2
-  if args.gpu_count > 1:
-    print(f"segbeam submit: note: one SDK process per worker uses one GPU; {args.gpu_count - 1} "
-          "of each worker's GPUs will idle", file=sys.stderr)
   if args.dry_run:
     print(json.dumps(describe_job(result.job), indent=2))
     return 0

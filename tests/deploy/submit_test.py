@@ -87,8 +87,11 @@ def test_cli_dry_run_with_t4_and_beam_options(capsys):
 @pytest.mark.parametrize("change,words", [
     (["--gpu-type", "nvidia-l4", "--machine-type", "n1-standard-8"], "g2 machines only"),
     (["--gpu-type", "nvidia-tesla-t4", "--machine-type", "g2-standard-8"], "n1 machines only"),
-    (["--gpu-count", "2"], "comes with 1 L4"),
-    (["--gpu-type", "nvidia-tesla-t4", "--gpu-count", "3"], "1, 2 or 4 T4"),
+    (["--gpu-count", "2"], "1 of each worker's would idle while billed"),
+    (["--gpu-type", "nvidia-tesla-t4", "--gpu-count", "4"], "3 of each worker's would idle"),
+    (["--machine-type", "g2-standard-24"], "comes with 2 L4 GPUs and a segbeam worker uses one"),
+    (["--disk-size-gb", "25"], "needs at least 50 GB"),
+    (["--max-workers", "0"], "--max-workers must be at least 1"),
     (["--temp-location", "/tmp/beam"], "--temp-location must be a gs://"),
     (["--project", "My Project"], "not a Google Cloud project id"),
     (["--input", "photos/*.jpg"], "--input must be a gs://"),
@@ -138,3 +141,24 @@ def test_submit_refuses_versions_other_than_the_images(name, local, monkeypatch,
 def test_this_machine_has_the_images_versions():
   """CI submits dry runs from the versions the image pins: the check above passes here."""
   assert submit.local_versions() == submit.image_versions()
+
+
+def test_a_gpu_job_gets_safe_defaults_shown_in_the_dry_run(capsys):
+  assert cli.main(["submit", "--dry-run", *CLOUD, *RUN]) == 0
+  job = json.loads(capsys.readouterr().out)
+  assert job["disk_size_gb"] == 50 and job["max_workers"] == 4
+  assert job["harness_threads_per_process"] == 4
+  assert job["service_options"] == [
+      "worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver"]
+  assert "no_use_multiple_sdk_containers" in job["experiments"]
+
+
+def test_mps_is_opted_into_and_overrides_are_kept(capsys):
+  assert cli.main(["submit", "--dry-run", *CLOUD, *RUN, "--gpu-sharing", "mps",
+                   "--max-workers", "20", "--disk-size-gb", "100"]) == 0
+  job = json.loads(capsys.readouterr().out)
+  assert job["service_options"] == [
+      "worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver;use_nvidia_mps"]
+  assert "no_use_multiple_sdk_containers" not in job["experiments"]
+  assert job["harness_threads_per_process"] == 1
+  assert (job["max_workers"], job["disk_size_gb"]) == (20, 100)

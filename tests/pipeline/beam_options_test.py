@@ -12,7 +12,8 @@ from segbeam.pipeline import submit
 # segbeam submit takes these Beam options over under Beam's own spelling (with its dashed
 # twin), so they reach Beam once, from the values segbeam submit checked.
 SUBMIT_TAKES_OVER = {"--project", "--region", "--temp_location", "--staging_location",
-                     "--sdk_container_image", "--machine_type", "--max_num_workers"}
+                     "--sdk_container_image", "--machine_type", "--max_num_workers",
+                     "--disk_size_gb", "--number_of_worker_harness_threads"}
 
 
 def _normal(option: str) -> str:
