@@ -14,11 +14,15 @@ import sys
 from typing import Optional, Sequence
 
 import apache_beam as beam
+from apache_beam.options.pipeline_options import DebugOptions
+from apache_beam.options.pipeline_options import GoogleCloudOptions
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.options.pipeline_options import TestOptions
+from apache_beam.options.pipeline_options import WorkerOptions
 
 from segbeam.pipeline import launcher
 from segbeam.pipeline import options as options_lib
+from segbeam.pipeline import submit
 
 _TRUE = ("true", "1", "yes")
 _FALSE = ("false", "0", "no", "")
@@ -53,6 +57,57 @@ def template_argv(argv: Sequence[str]) -> list[str]:
   return translated
 
 
+def _gpu_parser() -> argparse.ArgumentParser:
+  """The template's own GPU parameters (deploy/metadata.json), as `segbeam submit` has them."""
+  parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+  parser.add_argument("--gpu_type", choices=submit.GPU_TYPES, default=submit.GPU_L4)
+  parser.add_argument("--gpu_sharing", choices=submit.GPU_SHARING,
+                      default=submit.GPU_SHARING_ONE)
+  return parser
+
+
+# The template's parameters that are neither segbeam run's options nor Beam's.
+GPU_PARAMETERS = ("gpu_type", "gpu_sharing")
+
+
+def _option_name(arg: str) -> str:
+  return arg.split("=", 1)[0]
+
+
+def with_gpu_defaults(beam_args: Sequence[str]) -> list[str]:
+  """Beam's options completed as `segbeam submit` completes them (the GPU service option, its
+  machine type, experiments, disk, worker cap, harness threads), so a job launched from the
+  console, which passes none of them, is the same GPU job; what the launch gives wins."""
+  gpu, beam_args = _gpu_parser().parse_known_args(list(beam_args))
+  options = PipelineOptions(beam_args)
+  google = options.view_as(GoogleCloudOptions)
+  workers = options.view_as(WorkerOptions)
+  debug = options.view_as(DebugOptions)
+  dataflow = submit.DataflowOptions(
+      project=google.project, region=google.region, temp_location=google.temp_location,
+      image=workers.sdk_container_image, gpu_type=gpu.gpu_type,
+      machine_type=workers.machine_type,
+      max_workers=workers.max_num_workers or submit.DEFAULT_MAX_WORKERS,
+      disk_size_gb=workers.disk_size_gb or submit.DEFAULT_DISK_SIZE_GB,
+      gpu_sharing=gpu.gpu_sharing, harness_threads=debug.number_of_worker_harness_threads)
+  given = {_option_name(arg) for arg in beam_args}
+  accelerator_given = any(option.startswith("worker_accelerator")
+                          for option in google.dataflow_service_options or [])
+  experiments = set(debug.experiments or [])
+  added = []
+  for arg in dataflow.pipeline_args():
+    name = _option_name(arg)
+    if name == "--experiments":
+      if arg.split("=", 1)[1] not in experiments:
+        added.append(arg)
+    elif name == "--dataflow_service_options":
+      if not accelerator_given:
+        added.append(arg)
+    elif name not in given and name not in ("--dry_run", "--no_auth"):
+      added.append(arg)
+  return [*beam_args, *added]
+
+
 def launch(argv: Optional[Sequence[str]] = None):
   """Builds the job and hands it to Dataflow without waiting for it: a Flex Template's launcher
   ends once the job is submitted. Returns Beam's PipelineResult."""
@@ -61,6 +116,9 @@ def launch(argv: Optional[Sequence[str]] = None):
   _, beam_args = launcher.parse(argv, check_beam=False)
   if PipelineOptions(beam_args).get_all_options()["runner"] is None:
     beam_args.append("--runner=DataflowRunner")
+  runner = str(PipelineOptions(beam_args).get_all_options()["runner"])
+  if runner.rsplit(".", 1)[-1].lower() in ("dataflowrunner", "dataflow"):
+    beam_args = with_gpu_defaults(beam_args)
   options = PipelineOptions(beam_args)
   pipeline = beam.Pipeline(options=options)
   # In the image the embedded model's path is the same for the launcher and the workers. A

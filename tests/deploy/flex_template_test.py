@@ -1,12 +1,16 @@
 """The Flex Template entry: template parameters become `segbeam run` options, and the launch
 builds the Dataflow job (dry run here) without waiting for it."""
 
+import json
+
 import pytest
 from apache_beam.options.pipeline_options import GoogleCloudOptions
 from apache_beam.options.pipeline_options import WorkerOptions
 
+from segbeam import cli
 from segbeam.pipeline import flex_template
 from segbeam.pipeline import launcher
+from segbeam.pipeline import submit
 
 
 def test_parameters_become_run_options_and_beam_options_pass():
@@ -42,3 +46,41 @@ def test_launch_builds_the_job_as_the_template_launcher_would():
   assert job.options.view_as(WorkerOptions).sdk_container_image == "img:1"
   names = {t.unique_name for t in job.proto_pipeline.components.transforms.values()}
   assert "Segment/RunInference" in names
+
+
+def test_the_template_makes_the_same_gpu_job_as_segbeam_submit(capsys):
+  """Launched with only what the console asks for, the template's job has segbeam submit's
+  GPU, disk, worker and thread defaults."""
+  cloud = {"project": "my-project-123", "region": "us-central1",
+           "temp_location": "gs://my-bucket/tmp"}
+  run = {"input": "gs://my-bucket/photos/*.jpg", "output": "gs://my-bucket/runs/x"}
+  for gpu in ([], ["nvidia-tesla-t4", "mps"]):
+    template = [f"--{k}={v}" for k, v in {**cloud, **run}.items()]
+    submitted = ["submit", "--dry-run", "--image", "img:1", "--job_name", "same",
+                 *(f"--{k.replace('_', '-')}={v}" for k, v in {**cloud, **run}.items())]
+    if gpu:
+      template += [f"--gpu_type={gpu[0]}", f"--gpu_sharing={gpu[1]}"]
+      submitted += ["--gpu-type", gpu[0], "--gpu-sharing", gpu[1]]
+    result = flex_template.launch([*template, "--sdk_container_image=img:1", "--job_name=same",
+                                   "--dry_run=True", "--no_auth"])
+    assert cli.main(submitted) == 0
+    template_job = submit.describe_job(result.job)
+    submitted_job = json.loads(capsys.readouterr().out)
+    for job in (template_job, submitted_job):  # Beam appends the job's name and start time
+      assert job.pop("temp_location").startswith("gs://my-bucket/tmp/same.")
+    assert template_job == submitted_job
+
+
+def test_what_the_launch_gives_wins_over_the_defaults():
+  args = flex_template.with_gpu_defaults([
+      "--project=my-project-123", "--region=us-central1", "--temp_location=gs://my-bucket/tmp",
+      "--sdk_container_image=img", "--max_num_workers=30", "--disk_size_gb=200",
+      "--dataflow_service_options=worker_accelerator=type:nvidia-l4;count:1;"
+      "install-nvidia-driver;use_nvidia_mps", "--experiments=use_runner_v2"])
+  assert args.count("--experiments=use_runner_v2") == 1
+  assert "--max_num_workers=30" in args and "--max_num_workers=4" not in args
+  assert "--disk_size_gb=200" in args and "--disk_size_gb=50" not in args
+  assert [a for a in args if a.startswith("--dataflow_service_options")] == [
+      "--dataflow_service_options=worker_accelerator=type:nvidia-l4;count:1;"
+      "install-nvidia-driver;use_nvidia_mps"]
+  assert "--machine_type=g2-standard-4" in args
