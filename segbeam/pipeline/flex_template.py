@@ -119,6 +119,7 @@ def launch(argv: Optional[Sequence[str]] = None):
   runner = str(PipelineOptions(beam_args).get_all_options()["runner"])
   if runner.rsplit(".", 1)[-1].lower() in ("dataflowrunner", "dataflow"):
     beam_args = with_gpu_defaults(beam_args)
+    argv.append("--require-gpu")  # the job attaches a GPU: never run it on the CPU
   options = PipelineOptions(beam_args)
   pipeline = beam.Pipeline(options=options)
   # In the image the embedded model's path is the same for the launcher and the workers. A

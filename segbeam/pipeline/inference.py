@@ -98,15 +98,22 @@ class _ExportHandler(base.ModelHandler):
   segbeam's metrics namespace."""
 
   def __init__(self, model_dir: str, *, min_batch_size: Optional[int] = None,
-               max_batch_size: int = 32, trust_model: bool = False):
+               max_batch_size: int = 32, trust_model: bool = False, require_gpu: bool = False):
     super().__init__()
     self._model_dir = model_dir
     self._batch = _batch_kwargs(min_batch_size, max_batch_size)
     self._trust_model = trust_model
+    self._require_gpu = require_gpu
+
+  def _prepare_load(self) -> str:
+    return _prepare_load(self._model_dir, trust_model=self._trust_model)
 
   def load_model(self):
     """The model preloaded in this process for this handler, if any (see `preloaded`), or a
-    fresh load."""
+    fresh load; first the devices logged once, and a GPU required when the job attached one."""
+    devices.describe_once()
+    if self._require_gpu:
+      devices.require_gpu()
     with _preloads_lock:
       preload = _preloads.pop(self.preload_key(), None)
     if preload is not None:
@@ -137,7 +144,7 @@ class SavedModelHandler(_ExportHandler, base.ModelHandler[bytes, Mapping[str, np
   """Runs the export's serving signature on a batch of encoded images."""
 
   def _load(self) -> export_lib.LoadedExport:
-    local_dir = _prepare_load(self._model_dir, trust_model=self._trust_model)
+    local_dir = self._prepare_load()
     model = export_lib.LoadedExport(local_dir)
     _log_load(self._model_dir, local_dir)
     return model
@@ -167,7 +174,7 @@ class TfxBslHandler(_ExportHandler, base.ModelHandler[bytes, Any, TfxBslModel]):
   def _load(self) -> TfxBslModel:
     from tfx_bsl.public.beam import run_inference
     from tfx_bsl.public.proto import model_spec_pb2
-    local_dir = _prepare_load(self._model_dir, trust_model=self._trust_model)
+    local_dir = self._prepare_load()
     handler = run_inference.CreateModelHandler(model_spec_pb2.InferenceSpecType(
         saved_model_spec=model_spec_pb2.SavedModelSpec(
             model_path=local_dir, signature_name=[export_lib.SIGNATURE_NAME])))
@@ -187,21 +194,24 @@ class TfxBslHandler(_ExportHandler, base.ModelHandler[bytes, Any, TfxBslModel]):
 
 
 def _export_handler(name: str, model_dir: str, *, max_batch_size: int = 32,
-                    trust_model: bool = False) -> _ExportHandler:
+                    trust_model: bool = False, require_gpu: bool = False) -> _ExportHandler:
+  options = dict(max_batch_size=max_batch_size, trust_model=trust_model,
+                 require_gpu=require_gpu)
   if name == HANDLER_TFX_BSL:
-    return TfxBslHandler(model_dir, max_batch_size=max_batch_size, trust_model=trust_model)
+    return TfxBslHandler(model_dir, **options)
   if name == HANDLER_SAVED_MODEL:
-    return SavedModelHandler(model_dir, max_batch_size=max_batch_size, trust_model=trust_model)
+    return SavedModelHandler(model_dir, **options)
   raise ValueError(f"unknown inference handler {name!r}; known: {', '.join(HANDLERS)}")
 
 
 def create_handler(name: str, model_dir: str, *, max_batch_size: int, slices: int = 1,
-                   overlap: bool = False, trust_model: bool = False) -> base.ModelHandler:
+                   overlap: bool = False, trust_model: bool = False,
+                   require_gpu: bool = False) -> base.ModelHandler:
   """The keyed, isolating handler `name` over the export in `model_dir` (see
   `IsolatingModelHandler` for `slices` and `overlap`; `trust_model`: load it whatever ops its
-  graph holds)."""
+  graph holds; `require_gpu`: fail the load where TensorFlow sees no GPU)."""
   handler = _export_handler(name, model_dir, max_batch_size=max_batch_size,
-                            trust_model=trust_model)
+                            trust_model=trust_model, require_gpu=require_gpu)
   return IsolatingModelHandler(base.KeyedModelHandler(handler), slices=slices, overlap=overlap)
 
 

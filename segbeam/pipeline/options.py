@@ -44,6 +44,8 @@ class RunOptions:
       are skipped (see `resume`).
     trust_model: run a model whose graph holds ops that touch files, the network or processes
       (`segbeam.model.model_safety`); a damaged export is refused all the same.
+    require_gpu: fail the model's load where TensorFlow sees no GPU (set by `segbeam submit`
+      and the Flex Template: a GPU job must not run on the CPU while its GPUs are billed).
     run_id: recorded in every row and the manifest.
     started: UTC start time, ISO 8601.
   """
@@ -65,6 +67,7 @@ class RunOptions:
   label_map: Optional[str] = None
   skip_existing: tuple[str, ...] = ()
   trust_model: bool = False
+  require_gpu: bool = False
   run_id: str = ""
   started: str = ""
 
@@ -136,6 +139,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--trust-model", action="store_true",
                       help="run a model whose graph holds ops that touch files, the network or "
                       "processes (refused otherwise: a model is code); recorded in the manifest")
+  parser.add_argument("--require-gpu", action="store_true",
+                      help="fail the model's load where TensorFlow sees no GPU, naming what is "
+                      "missing (segbeam submit and the Flex Template set it)")
   parser.add_argument("--run-id", default=None, help="default: time + random suffix")
 
 
@@ -186,6 +192,6 @@ def from_args(args: argparse.Namespace) -> RunOptions:
       postprocess_threads=args.postprocess_threads, labels=in_a_folder(args.labels),
       label_map=args.label_map,
       skip_existing=tuple(path.rstrip("/") for path in args.skip_existing),
-      trust_model=args.trust_model,
+      trust_model=args.trust_model, require_gpu=args.require_gpu,
       run_id=args.run_id or f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}",
       started=now.isoformat(timespec="seconds"))

@@ -60,7 +60,8 @@ class SegmentImages(beam.PTransform):
                                  slices=options.inference_slices,
                                  # Segment resolves the pending inferences on its background
                                  # threads and keeps at most two batches of them.
-                                 overlap=True, trust_model=options.trust_model))
+                                 overlap=True, trust_model=options.trust_model,
+                                 require_gpu=options.require_gpu))
     label_paths = None
     if options.labels:
       root = sources.pattern_root(options.labels)

@@ -287,6 +287,7 @@ def submit(argv: Sequence[str]) -> PipelineResult:
   dataflow_only = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
   add_dataflow_arguments(dataflow_only)
   _, run_argv = dataflow_only.parse_known_args(argv)
+  run_argv.append("--require-gpu")  # the job attaches a GPU: never run it on the CPU
   _, beam_args = launcher.parse(run_argv, other_options=launcher.option_strings(dataflow_only))
   pipeline = beam.Pipeline(options=PipelineOptions([*beam_args, *dataflow.pipeline_args()]))
   launcher.run(run_argv, test_pipeline=pipeline, check_paths=not dataflow.dry_run,

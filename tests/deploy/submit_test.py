@@ -58,6 +58,7 @@ def test_dry_run_builds_the_gpu_job_with_run_inference():
   # of the embedded model, whose metadata was read here.
   manifest = _manifest_base(job.proto_pipeline)
   assert manifest["options"]["batch_size"] == 64
+  assert manifest["options"]["require_gpu"]  # the workers fail fast without a GPU
   assert manifest["output"] == "gs://my-bucket/runs/x"
   assert manifest["model"]["path"] == submit.IMAGE_DEFAULT_MODEL_DIR
   assert manifest["model"]["class_names"] == ["pet", "background", "border"]
