@@ -201,3 +201,34 @@ def test_regexes_refuse_what_dataflow_cannot_use():
              "inference_handler": "onnx", "gpu_type": "nvidia-a100", "gpu_sharing": "two"}
   for name, value in refused.items():
     assert not any(re.fullmatch(regex, value) for regex in by_name[name]), (name, value)
+
+
+CUDA_WHEELS = os.path.join(ROOT, "deploy", "cuda-wheels.txt")
+
+
+def test_cuda_wheels_are_pinned_to_what_tensorflow_was_built_with():
+  """deploy/cuda-wheels.txt pins every wheel of TensorFlow's `and-cuda` extra at the lower
+  bound TensorFlow's own metadata gives it (its build's versions), and nothing else."""
+  from importlib import metadata
+  from packaging.requirements import Requirement
+  assert metadata.version("tensorflow") == versions.TENSORFLOW_VERSION
+  tested = {}
+  for text in metadata.requires("tensorflow"):
+    requirement = Requirement(text)
+    if requirement.marker and requirement.marker.evaluate({"extra": "and-cuda"}):
+      lower = [spec.version for spec in requirement.specifier if spec.operator == ">="]
+      assert len(lower) == 1, text
+      tested[requirement.name] = lower[0]
+  pinned = dict(line.split("==") for line in _read(CUDA_WHEELS).splitlines()
+                if line.strip() and not line.startswith("#"))
+  assert tested and pinned == tested
+
+
+def test_the_image_installs_the_pinned_wheels_from_a_dated_launcher():
+  instructions = dockerfile_instructions(_read(DOCKERFILE))
+  runs = [value for name, value in instructions if name == "RUN"]
+  assert any("tensorflow[and-cuda]==" in run and "-c /tmp/segbeam/cuda-wheels.txt" in run
+             for run in runs)
+  assert ("COPY", "deploy/cuda-wheels.txt /tmp/segbeam/cuda-wheels.txt") in instructions
+  assert re.fullmatch(r"\d{8}[_-][Rr][Cc]\d\d",
+                      dockerfile_args(instructions)["TEMPLATE_LAUNCHER_TAG"])
