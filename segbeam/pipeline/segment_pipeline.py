@@ -129,9 +129,6 @@ class WriteRunOutput(beam.PTransform):
     keyed.append(failures | "Key_failed" >> beam.Map(sinks.failure_count_key))
     counts = (keyed | "CountKeys" >> beam.Flatten()
               | "Count" >> beam.combiners.Count.PerElement())
-    # What readers will see: the rows the final Parquet files hold, not what was sent to them.
-    segments_rows = segment_files | "SegmentsRows" >> beam.Map(sinks.parquet_rows)
-    errors_rows = error_files | "ErrorsRows" >> beam.Map(sinks.parquet_rows)
     label_map = label_map_for(options, metadata)
     manifest_base = {
         "run_id": options.run_id, "started": options.started, "input": options.input,
@@ -151,8 +148,7 @@ class WriteRunOutput(beam.PTransform):
             | "WriteManifest" >> beam.ParDo(
                 sinks.WriteManifest(options.output, manifest_base),
                 beam.pvalue.AsList(counts), beam.pvalue.AsList(segment_files),
-                beam.pvalue.AsList(error_files), beam.pvalue.AsList(segments_rows),
-                beam.pvalue.AsList(errors_rows)))
+                beam.pvalue.AsList(error_files)))
 
 
 def build_pipeline(pipeline: beam.Pipeline, options: options_lib.RunOptions,

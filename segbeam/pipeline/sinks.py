@@ -155,17 +155,23 @@ def failure_count_key(failure: records.Failure) -> CountKey:
 
 
 class WriteManifest(beam.DoFn):
-  """Runs once, after both Parquet sinks finalized (their file names, and the rows of each
-  file, are among its side inputs) and the run's counts are in (`CountKey`s with their
-  counts). Raises instead of writing when the conservation check does not hold."""
+  """Runs once, after both Parquet sinks finalized (their file names are among its side
+  inputs) and the run's counts are in (`CountKey`s with their counts). Raises instead of
+  writing when the conservation check does not hold.
+
+  The rows each final file holds, what readers will see, are read here from the files'
+  footers, not taken from a step over the file names: as another side input such a step's
+  output depended on the runner's scheduling (Beam's BundleBasedDirectRunner ran this DoFn
+  with the file names but before the rows step, and the check failed a complete run).
+  """
 
   def __init__(self, output_dir: str, base: Mapping[str, Any]):
     self._path = FileSystems.join(output_dir, MANIFEST_FILE)
     self._base = dict(base)
 
-  def process(self, unused_element, counts, segment_files, error_files, segments_rows,
-              errors_rows):
+  def process(self, unused_element, counts, segment_files, error_files):
     by_key = dict(counts)
+    segment_files, error_files = list(segment_files), list(error_files)
 
     def count(what: str) -> int:
       return by_key.get((what, "", ""), 0)
@@ -175,8 +181,9 @@ class WriteManifest(beam.DoFn):
     manifest = build_manifest(
         self._base, seen=count(COUNT_RECORDS) + count(COUNT_READ_FAILURES),
         segmented=count(COUNT_SEGMENTED), failures=failures,
-        segment_files=list(segment_files), error_files=list(error_files),
-        segments_rows=sum(segments_rows), errors_rows=sum(errors_rows),
+        segment_files=segment_files, error_files=error_files,
+        segments_rows=sum(map(parquet_rows, segment_files)),
+        errors_rows=sum(map(parquet_rows, error_files)),
         skipped_existing=count(COUNT_SKIPPED), masks_written=count(COUNT_MASK_FILES),
         mask_files=bool(self._base.get("options", {}).get("mask_files")))
     if not manifest["conservation"]["holds"]:

@@ -67,13 +67,19 @@ def test_an_unbalanced_run_fails_and_writes_no_manifest(tmp_path):
   counts = pipeline | "Counts" >> beam.Create([
       ((sinks.COUNT_RECORDS, "", ""), 4), ((sinks.COUNT_READ_FAILURES, "", ""), 1),
       ((sinks.COUNT_SEGMENTED, "", ""), 3), ((sinks.COUNT_FAILED, "validate", "EmptyImage"), 1)])
-  file_rows = {name: pipeline | f"Rows{name}" >> beam.Create(value)
-               for name, value in [("segments", [2, 1]), ("errors", [1])]}
-  files = pipeline | "Files" >> beam.Create(["part-0.parquet"])
+  # The tables as written: 2 + 1 segments rows, 1 error row; the manifest reads their footers.
+  paths = {}
+  for name, sizes in [("segments", [2, 1]), ("errors", [1])]:
+    paths[name] = []
+    for index, rows in enumerate(sizes):
+      path = str(tmp_path / f"{name}-{index}.parquet")
+      pq.write_table(pa.table({"image_id": [f"img{i}" for i in range(rows)]}), path)
+      paths[name].append(path)
+  files = {name: pipeline | f"Files{name}" >> beam.Create(value) for name, value in paths.items()}
   _ = (pipeline | beam.Create([None]) | beam.ParDo(
       sinks.WriteManifest(str(tmp_path), {"options": {"mask_files": False}}),
-      beam.pvalue.AsList(counts), beam.pvalue.AsList(files), beam.pvalue.AsList(files),
-      beam.pvalue.AsList(file_rows["segments"]), beam.pvalue.AsList(file_rows["errors"])))
+      beam.pvalue.AsList(counts), beam.pvalue.AsList(files["segments"]),
+      beam.pvalue.AsList(files["errors"])))
   with pytest.raises(Exception, match="inputs not accounted for"):
     pipeline.run().wait_until_finish()
   assert not os.path.exists(tmp_path / sinks.MANIFEST_FILE)
