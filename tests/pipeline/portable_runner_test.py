@@ -104,7 +104,9 @@ def portable_services(tmp_path_factory):
       _stop(process, first_signal)
 
 
-def test_run_on_portable_runner_with_external_workers(portable_services, tiny_export, tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_run_on_portable_runner_with_external_workers(workers, portable_services, tiny_export,
+                                                      tmp_path):
   job_endpoint, pool_address, _, _ = portable_services
   export_dir, metadata = tiny_export
   images = tmp_path / "images"
@@ -117,7 +119,8 @@ def test_run_on_portable_runner_with_external_workers(portable_services, tiny_ex
   argv = ["--input", str(images / "*.png"), "--output", output, "--model", export_dir,
           "--batch-size", "4",
           "--runner=PortableRunner", f"--job_endpoint={job_endpoint}",
-          "--environment_type=EXTERNAL", f"--environment_config={pool_address}"]
+          "--environment_type=EXTERNAL", f"--environment_config={pool_address}",
+          f"--sdk_worker_parallelism={workers}"]
 
   # What `segbeam run` does, keeping the result to read the job's metrics.
   _, beam_args = launcher.parse(argv)
