@@ -58,7 +58,8 @@ DEFAULT_HARNESS_THREADS = {GPU_SHARING_ONE: 4, GPU_SHARING_MPS: 1}
 # does not depend on where Python keeps its packages there (tests/deploy checks the link).
 IMAGE_DEFAULT_MODEL_DIR = "/opt/segbeam/default_model"
 
-_PROJECT_ID = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
+# A project id, optionally scoped by its organisation's domain ('example.com:my-project').
+_PROJECT_ID = re.compile(r"^(?:[a-z0-9][a-z0-9.-]*[a-z0-9]:)?[a-z][a-z0-9-]{4,28}[a-z0-9]$")
 _REGION = re.compile(r"^[a-z]+-[a-z]+[0-9]+$")
 
 

@@ -163,3 +163,9 @@ def test_mps_is_opted_into_and_overrides_are_kept(capsys):
   assert "no_use_multiple_sdk_containers" not in job["experiments"]
   assert job["harness_threads_per_process"] == 1
   assert (job["max_workers"], job["disk_size_gb"]) == (20, 100)
+
+
+def test_a_domain_scoped_project_id_is_accepted(capsys):
+  cloud = ["--project", "example.com:my-project", *CLOUD[2:]]
+  assert cli.main(["submit", "--dry-run", *cloud, *RUN]) == 0
+  assert json.loads(capsys.readouterr().out)["project"] == "example.com:my-project"
