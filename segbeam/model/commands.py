@@ -233,9 +233,7 @@ def run_export(args: argparse.Namespace) -> int:
         + (f", signature {source.signature}" if source.signature else "")
         + f") to {args.output}: {metadata.name} {metadata.version}")
   print(f"  input {serving.input_height}x{serving.input_width}x{serving.channels}, "
-        f"preprocess {serving.preprocess}, resize {serving.resize}, scores {serving.output}"
-        + (f" (threshold {serving.threshold})" if serving.binary_sigmoid else "")
-        + f", classes {', '.join(metadata.class_names)}")
+        f"{serving.description}, classes {', '.join(metadata.class_names)}")
   print(f"run it: segbeam run --model {shlex.quote(args.output)} --input 'IMAGES/*.jpg' "
         "--output OUT")
   return 0

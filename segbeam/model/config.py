@@ -297,6 +297,13 @@ class ServingConfig:
     """The foreground threshold the mask takes when it is not the argmax's (0.5)."""
     return self.threshold if self.binary_sigmoid and self.threshold != 0.5 else None
 
+  @property
+  def description(self) -> str:
+    """'preprocess unit, resize bilinear, scores sigmoid, foreground above 0.5'."""
+    threshold = f", foreground above {self.threshold}" if self.binary_sigmoid else ""
+    return (f"preprocess {self.preprocess}, resize {self.resize}, scores {self.output}"
+            f"{threshold}")
+
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
 

@@ -39,7 +39,6 @@ from segbeam.model import preprocessing
 FORMAT_KERAS = "keras"
 FORMAT_H5 = "h5"
 FORMAT_SAVED_MODEL = "saved_model"
-H5_SUFFIXES = (".h5", ".hdf5")
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
 
@@ -438,10 +437,8 @@ def label_map_for(serving: config_lib.ServingConfig, class_names: Optional[Seque
     raise ConversionError(f"--class-names gives {len(names)} names for the model's "
                           f"{serving.num_classes} classes")
   if spec:
-    label_map = labels_lib.parse_label_map(spec, names)
-  else:
-    label_map = labels_lib.LabelMap(tuple((i, i) for i in range(len(names))), names)
-  return label_map
+    return labels_lib.parse_label_map(spec, names)
+  return labels_lib.LabelMap(tuple((i, i) for i in range(len(names))), names)
 
 
 def _source_digest(path: str) -> str:
@@ -489,9 +486,9 @@ def export_source(source: Source, export_dir: str, serving: config_lib.ServingCo
                                                       {**config, **serving.to_dict()}),
         config=config, label_map=export_lib.as_json(label_map.to_dict()),
         training=export_lib.as_json({"source": os.path.abspath(source.path),
-                             "source_sha256": _source_digest(source.path),
-                             "signature": source.signature, "trusted": trust_model,
-                             **(provenance or {})}),
+                                     "source_sha256": _source_digest(source.path),
+                                     "signature": source.signature, "trusted": trust_model,
+                                     **(provenance or {})}),
         created=export_lib.utc_now(), software=export_lib.software_versions(),
         serving=serving.to_dict())
     export_lib.write_metadata(partial, metadata)

@@ -234,12 +234,6 @@ class ImportedReport:
     return "\n".join([*lines, *self.notes])
 
 
-def serving_description(serving: config_lib.ServingConfig) -> str:
-  threshold = f", foreground above {serving.threshold}" if serving.binary_sigmoid else ""
-  return (f"preprocess {serving.preprocess}, resize {serving.resize}, scores {serving.output}"
-          f"{threshold}")
-
-
 def summarize_imported_export(export_dir: str, metadata) -> ImportedReport:
   from segbeam.model import export as export_lib  # pylint: disable=import-outside-toplevel
   serving = metadata.serving_config
@@ -280,7 +274,7 @@ def summarize_export(export_dir: str):
   agreement = "matches" if stored == report.keras_total else "DIFFERS from"
   report.notes.append(f"The SavedModel holds {stored:,} parameters: {agreement} the rebuilt "
                       "architecture.")
-  report.notes.append(f"Served with {serving_description(metadata.serving_config)}.")
+  report.notes.append(f"Served with {metadata.serving_config.description}.")
   if metadata.validation:
     v = metadata.validation
     report.notes.append(f"Validation: pixel accuracy {v.get('pixel_accuracy', float('nan')):.4f}, "
