@@ -30,7 +30,7 @@ import dataclasses
 import glob
 import os
 import re
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Optional
 
 import tensorflow as tf
 from google.protobuf import message
@@ -217,10 +217,27 @@ def denied_ops(saved_model_dir: str) -> list[Finding]:
   return findings
 
 
+# saved_model.pb files found safe in this process, as (real path, size, modification time): a
+# local run checks one export from three places (the early session load, the launcher, the
+# handler's load), and a file changed since is checked again.
+_found_safe: set[tuple[str, int, int]] = set()
+
+
+def _identity(saved_model_dir: str) -> Optional[tuple[str, int, int]]:
+  try:
+    stat = os.stat(os.path.join(saved_model_dir, SAVED_MODEL_FILE))
+  except OSError:
+    return None  # read_saved_model says why
+  return os.path.realpath(saved_model_dir), stat.st_size, stat.st_mtime_ns
+
+
 def check_saved_model(saved_model_dir: str, *, trust: bool = False) -> None:
   """Raises UnsafeModelError when the SavedModel holds denied ops, unless `trust`;
   DamagedExportError when its `saved_model.pb` is missing or does not parse."""
   if trust:
+    return
+  identity = _identity(saved_model_dir)
+  if identity is not None and identity in _found_safe:
     return
   first: dict[str, Finding] = {}
   for finding in denied_ops(saved_model_dir):
@@ -230,6 +247,8 @@ def check_saved_model(saved_model_dir: str, *, trust: bool = False) -> None:
     more = f" and {len(first) - 3} more ops" if len(first) > 3 else ""
     raise UnsafeModelError(f"model refused: its graph holds ops that touch files, the network "
                            f"or processes ({shown}{more}); pass --trust-model if you trust it")
+  if identity is not None:
+    _found_safe.add(identity)
 
 
 _SHARD = re.compile(r"\.data-(\d+)-of-(\d+)$")

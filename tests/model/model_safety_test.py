@@ -89,6 +89,21 @@ def test_a_harmless_export_written_the_same_way_passes(harmless_export):
   assert model_safety.denied_ops(harmless_export) == []
 
 
+def test_an_export_found_safe_is_checked_again_once_its_graph_changes(harmless_export,
+                                                                    writing_export, tmp_path):
+  """The process remembers an export found safe (a local run checks it from three places),
+  by its graph file's size and modification time: an edited graph is read again."""
+  export_dir = str(tmp_path / "export")
+  shutil.copytree(harmless_export, export_dir)
+  model_safety.check_saved_model(export_dir)
+  model_safety.check_saved_model(export_dir)  # remembered
+  graph_file = os.path.join(export_dir, model_safety.SAVED_MODEL_FILE)
+  shutil.copyfile(os.path.join(writing_export[0], model_safety.SAVED_MODEL_FILE), graph_file)
+  os.utime(graph_file, ns=(time.time_ns(), time.time_ns()))
+  with pytest.raises(model_safety.UnsafeModelError, match="WriteFile"):
+    model_safety.check_saved_model(export_dir)
+
+
 def _edited_default_model(tmp_path, edit):
   """A copy of the default model's saved_model.pb changed by `edit(meta_graph, functions)`."""
   saved_model = model_safety.read_saved_model(defaults.default_model_dir())
