@@ -39,16 +39,21 @@ def main(argv=None) -> int:
   import keras
   import numpy as np
   import tensorflow as tf
+
   from segbeam.model import config as config_lib
   from segbeam.model import unet
+
   gpus = tf.config.list_physical_devices("GPU")
   for gpu in gpus:
     tf.config.experimental.set_memory_growth(gpu, True)
   mixed_policy = "mixed_float16" if gpus else "mixed_bfloat16"
   config = config_lib.preset(args.architecture)
   results = []
-  print(f"device: {'GPU ' + gpus[0].name if gpus else 'CPU'}; model {args.architecture} at "
-        f"{config.input_size}x{config.input_size}", flush=True)
+  print(
+    f"device: {'GPU ' + gpus[0].name if gpus else 'CPU'}; model {args.architecture} at "
+    f"{config.input_size}x{config.input_size}",
+    flush=True,
+  )
   for precision, xla in itertools.product(args.precision.split(","), args.xla.split(",")):
     keras.mixed_precision.set_global_policy(mixed_policy if precision == "mixed" else "float32")
     model = unet.build_unet(config)
@@ -58,14 +63,24 @@ def main(argv=None) -> int:
 
     compiled = tf.function(forward, jit_compile=(xla == "on"))
     for batch_size in (int(b) for b in args.batch_sizes.split(",")):
-      pixels = tf.constant(np.random.default_rng(0).uniform(
-          0, 255, (batch_size, config.input_size, config.input_size, config.channels)).astype(
-              np.float32))
+      pixels = tf.constant(
+        np.random.default_rng(0)
+        .uniform(0, 255, (batch_size, config.input_size, config.input_size, config.channels))
+        .astype(np.float32)
+      )
       rate = images_per_second(compiled, pixels, args.seconds)
-      results.append({"precision": keras.mixed_precision.global_policy().name, "xla": xla,
-                      "batch_size": batch_size, "img_s": rate})
-      print(f"{results[-1]['precision']:15s} xla {xla:3s} batch {batch_size:4d} "
-            f"{rate:9.1f} img/s", flush=True)
+      results.append(
+        {
+          "precision": keras.mixed_precision.global_policy().name,
+          "xla": xla,
+          "batch_size": batch_size,
+          "img_s": rate,
+        }
+      )
+      print(
+        f"{results[-1]['precision']:15s} xla {xla:3s} batch {batch_size:4d} {rate:9.1f} img/s",
+        flush=True,
+      )
   keras.mixed_precision.set_global_policy("float32")
   print(json.dumps(results))
   return 0

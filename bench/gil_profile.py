@@ -33,24 +33,24 @@ import throughput  # pylint: disable=wrong-import-position  # the bench's own in
 # around them (class_mask runs inside segment_row, which runs inside SegmentImage). The
 # start-up stages are paid once per run, the others per image.
 START_UP_STAGES = (
-    ("importing modules", "_find_and_load"),
-    ("building the pipeline", "build_pipeline"),
-    ("loading the model", "sessions.py"),
+  ("importing modules", "_find_and_load"),
+  ("building the pipeline", "build_pipeline"),
+  ("loading the model", "sessions.py"),
 )
 STAGES = START_UP_STAGES + (
-    ("reading files", "ReadImages"),
-    ("validating headers", "ValidateImage"),
-    ("tfx-bsl: outputs into PredictionLogs", "_post_process"),
-    ("outputs back out of PredictionLogs", "outputs_as_arrays"),
-    ("session.run, Python side", "BaseSession"),
-    ("the mask at original size (class_mask)", "class_mask"),
-    ("the mask's PNG", "mask_png.py"),
-    ("the rest of the row (counts, columns)", "segment_row"),
-    ("SegmentImage's queueing", "SegmentImage"),
-    ("writing Parquet", "parquetio"),
-    ("batching", "BatchElements"),
-    ("Beam's bundle machinery", "process_bundle"),
-    ("Beam, elsewhere", "apache_beam"),
+  ("reading files", "ReadImages"),
+  ("validating headers", "ValidateImage"),
+  ("tfx-bsl: outputs into PredictionLogs", "_post_process"),
+  ("outputs back out of PredictionLogs", "outputs_as_arrays"),
+  ("session.run, Python side", "BaseSession"),
+  ("the mask at original size (class_mask)", "class_mask"),
+  ("the mask's PNG", "mask_png.py"),
+  ("the rest of the row (counts, columns)", "segment_row"),
+  ("SegmentImage's queueing", "SegmentImage"),
+  ("writing Parquet", "parquetio"),
+  ("batching", "BatchElements"),
+  ("Beam's bundle machinery", "process_bundle"),
+  ("Beam, elsewhere", "apache_beam"),
 )
 OTHER = "other"
 
@@ -80,42 +80,71 @@ def main(argv=None) -> int:
   parser.add_argument("--rate", type=int, default=50, help="py-spy samples per second")
   parser.add_argument("--model", default=None, help="export (default: the embedded model)")
   parser.add_argument("--photos", default=throughput.SHARED)
-  parser.add_argument("--py-spy", default=shutil.which("py-spy",
-                                                       path=os.path.dirname(sys.executable)),
-                      help="the py-spy executable (default: beside this Python)")
+  parser.add_argument(
+    "--py-spy",
+    default=shutil.which("py-spy", path=os.path.dirname(sys.executable)),
+    help="the py-spy executable (default: beside this Python)",
+  )
   args = parser.parse_args(argv)
   if not args.py_spy:
     parser.error("py-spy not found: pip install -e '.[bench]'")
   from segbeam.model import defaults
+
   model_dir = args.model or defaults.default_model_dir()
   work = tempfile.mkdtemp(prefix="segbeam-gil-")
   try:
     input_dir = os.path.join(work, "images")
     images = len(throughput.make_inputs(args.photos, args.images, input_dir))
-    plain = throughput.segbeam_run(model_dir, input_dir, os.path.join(work, "plain"), images,
-                                   args.batch_size, os.path.join(work, "plain.log"), [])
+    plain = throughput.segbeam_run(
+      model_dir,
+      input_dir,
+      os.path.join(work, "plain"),
+      images,
+      args.batch_size,
+      os.path.join(work, "plain.log"),
+      [],
+    )
     print(f"plain run: {plain.describe()}")
     raw = os.path.join(work, "profile.txt")
     start = time.perf_counter()
     with open(os.path.join(work, "profiled.log"), "w") as log:
-      subprocess.run([args.py_spy, "record", "--gil", "--threads", "--rate", str(args.rate),
-                      "--format", "raw", "-o", raw, "--",
-                      *throughput.segbeam_run_argv(model_dir, input_dir,
-                                                   os.path.join(work, "profiled"),
-                                                   args.batch_size)],
-                     stdout=log, stderr=subprocess.STDOUT, check=True)
+      subprocess.run(
+        [
+          args.py_spy,
+          "record",
+          "--gil",
+          "--threads",
+          "--rate",
+          str(args.rate),
+          "--format",
+          "raw",
+          "-o",
+          raw,
+          "--",
+          *throughput.segbeam_run_argv(
+            model_dir, input_dir, os.path.join(work, "profiled"), args.batch_size
+          ),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        check=True,
+      )
     profiled_wall = time.perf_counter() - start
     seconds = gil_seconds_by_stage(raw, args.rate)
     held = sum(seconds.values())
-    print(f"profiled run: {profiled_wall:.1f} s wall, the GIL held {held:.1f} s of it "
-          f"({held / profiled_wall:.0%})")
+    print(
+      f"profiled run: {profiled_wall:.1f} s wall, the GIL held {held:.1f} s of it "
+      f"({held / profiled_wall:.0%})"
+    )
     print(f"{'stage':42s} {'GIL s':>7s} {'ms/image':>9s}")
     for stage, stage_seconds in seconds.most_common():
       print(f"{stage:42s} {stage_seconds:7.2f} {1000 * stage_seconds / images:9.2f}")
     start_up = {stage for stage, _ in START_UP_STAGES}
     per_image = sum(s for stage, s in seconds.items() if stage not in start_up)
-    print(f"{'all but importing, building and loading':42s} {per_image:7.2f} "
-          f"{1000 * per_image / images:9.2f}")
+    print(
+      f"{'all but importing, building and loading':42s} {per_image:7.2f} "
+      f"{1000 * per_image / images:9.2f}"
+    )
   finally:
     shutil.rmtree(work, ignore_errors=True)
   return 0

@@ -24,17 +24,25 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 from apache_beam.io import fileio
-from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+from apache_beam.ml.inference.base import KeyedModelHandler
+from apache_beam.ml.inference.base import RunInference
 from apache_beam.ml.inference.tensorflow_inference import TFModelHandlerTensor
 from apache_beam.options.pipeline_options import PipelineOptions
 from PIL import Image
 
-SCHEMA = pa.schema([("image_id", pa.string()), ("width", pa.int32()), ("height", pa.int32()),
-                    ("mask_png", pa.binary())])
+SCHEMA = pa.schema(
+  [
+    ("image_id", pa.string()),
+    ("width", pa.int32()),
+    ("height", pa.int32()),
+    ("mask_png", pa.binary()),
+  ]
+)
 
 
 def read_and_resize(readable, size: int):
   import tensorflow as tf
+
   image = Image.open(io.BytesIO(readable.read())).convert("RGB")
   resized = np.asarray(image.resize((size, size), Image.Resampling.BILINEAR), np.float32)
   return (readable.metadata.path, image.width, image.height), tf.convert_to_tensor(resized)
@@ -46,8 +54,12 @@ def to_row(element):
   mask_image = Image.fromarray(mask, "L").resize((width, height), Image.Resampling.NEAREST)
   buffer = io.BytesIO()
   mask_image.save(buffer, format="PNG")
-  return {"image_id": os.path.basename(path), "width": width, "height": height,
-          "mask_png": buffer.getvalue()}
+  return {
+    "image_id": os.path.basename(path),
+    "width": width,
+    "height": height,
+    "mask_png": buffer.getvalue(),
+  }
 
 
 def main(argv=None) -> int:
@@ -59,7 +71,11 @@ def main(argv=None) -> int:
   parser.add_argument("--batch-size", type=int, default=32, help="with --batching fixed")
   args, beam_args = parser.parse_known_args(argv)
   import keras
-  from segbeam.model import export, layers, unet  # layers: registers the custom layers
+
+  from segbeam.model import export  # layers: registers the custom layers
+  from segbeam.model import layers  # layers: registers the custom layers
+  from segbeam.model import unet  # layers: registers the custom layers
+
   del layers
   metadata = export.read_metadata(args.model)
   keras_path = os.path.join(tempfile.mkdtemp(), "model.keras")
@@ -71,14 +87,17 @@ def main(argv=None) -> int:
   handler = KeyedModelHandler(TFModelHandlerTensor(keras_path, **batch_sizes))
   options = PipelineOptions([*beam_args, "--runner=FnApiRunner"])
   with beam.Pipeline(options=options) as p:
-    _ = (p
-         | fileio.MatchFiles(args.input)
-         | fileio.ReadMatches()
-         | beam.Map(read_and_resize, metadata.input_size)
-         | RunInference(handler)
-         | beam.Map(to_row)
-         | beam.io.WriteToParquet(os.path.join(args.output, "part"), SCHEMA,
-                                  file_name_suffix=".parquet"))
+    _ = (
+      p
+      | fileio.MatchFiles(args.input)
+      | fileio.ReadMatches()
+      | beam.Map(read_and_resize, metadata.input_size)
+      | RunInference(handler)
+      | beam.Map(to_row)
+      | beam.io.WriteToParquet(
+        os.path.join(args.output, "part"), SCHEMA, file_name_suffix=".parquet"
+      )
+    )
   del keras
   return 0
 

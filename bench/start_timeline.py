@@ -46,7 +46,9 @@ def timed_child(events_path: str, run_argv: list[str]) -> None:
   def patch() -> None:
     # pylint: disable=import-outside-toplevel  # only once the run has imported them itself
     import apache_beam as beam
+
     from segbeam.pipeline import inference
+
     run_isolated = inference.IsolatingModelHandler._run_isolated  # pylint: disable=protected-access
 
     def timed_run_isolated(handler, batch, model, inference_args):
@@ -79,8 +81,10 @@ def timed_child(events_path: str, run_argv: list[str]) -> None:
   sys.addaudithook(on_audit_event)
   # pylint: disable=import-outside-toplevel,protected-access
   from segbeam import startup
+
   startup._paused = True
   from segbeam import cli
+
   code = cli.main(["run", *run_argv])
   marks["exit"] = now()
   with open(events_path, "w") as f:
@@ -89,8 +93,9 @@ def timed_child(events_path: str, run_argv: list[str]) -> None:
   os._exit(0)  # as the console script leaves: no interpreter teardown
 
 
-def occupancy(slices: list[tuple[float, float, int]], since: float, until: float,
-              step: float = 0.005) -> tuple[float, float]:
+def occupancy(
+  slices: list[tuple[float, float, int]], since: float, until: float, step: float = 0.005
+) -> tuple[float, float]:
   """Fractions of [since, until) with at least one slice being inferred, and with two."""
   samples = one = two = 0
   moment = since
@@ -113,32 +118,41 @@ def report(events: dict, images: int, forward_img_s: float | None) -> None:
   print(f"  {first_in:6.2f}  first slice handed to the model")
   phase = last_out - first_in
   rate = images / phase
-  print(f"inference phase: {images} images in {len(slices)} slices, {phase:.1f} s, "
-        f"{rate:.1f} img/s")
+  print(
+    f"inference phase: {images} images in {len(slices)} slices, {phase:.1f} s, {rate:.1f} img/s"
+  )
   window = 2.0
   moment = first_in
   while moment < last_out:
     until = min(moment + window, last_out)
     one, two = occupancy(slices, moment, until)
     done = sum(n for _, ended, n in slices if moment <= ended < until)
-    print(f"  {moment:6.1f}-{until:5.1f} s  slices in flight: >=1 {one:4.0%}, 2 {two:4.0%};"
-          f"  {done:3d} images back")
+    print(
+      f"  {moment:6.1f}-{until:5.1f} s  slices in flight: >=1 {one:4.0%}, 2 {two:4.0%};"
+      f"  {done:3d} images back"
+    )
     moment = until
   one, two = occupancy(slices, first_in, last_out)
   print(f"  whole phase: >=1 in flight {one:.1%}, 2 in flight {two:.1%}")
   end = marks["exit"] - last_out
   fixed = first_in + end
   print(f"end: {end:.2f} s from the last slice back to the exit")
-  print(f"whole run {marks['exit']:.1f} s = start {first_in:.1f} + inference {phase:.1f} + end "
-        f"{end:.2f}; {images / marks['exit']:.1f} img/s")
+  print(
+    f"whole run {marks['exit']:.1f} s = start {first_in:.1f} + inference {phase:.1f} + end "
+    f"{end:.2f}; {images / marks['exit']:.1f} img/s"
+  )
   if forward_img_s:
     s = rate / forward_img_s
-    print(f"(a) forward alone {forward_img_s:.1f} img/s: inference phase s = {s:.2f} of (a); "
-          f"F = {fixed:.1f} s; (c)/(a) = 1 / (1/s + F R / N) = "
-          f"{1 / (1 / s + fixed * forward_img_s / images):.2f}")
+    print(
+      f"(a) forward alone {forward_img_s:.1f} img/s: inference phase s = {s:.2f} of (a); "
+      f"F = {fixed:.1f} s; (c)/(a) = 1 / (1/s + F R / N) = "
+      f"{1 / (1 / s + fixed * forward_img_s / images):.2f}"
+    )
     for target_n in (4_500, 45_000):
-      print(f"  the same s and F at N = {target_n}: (c)/(a) = "
-            f"{1 / (1 / s + fixed * forward_img_s / target_n):.2f}")
+      print(
+        f"  the same s and F at N = {target_n}: (c)/(a) = "
+        f"{1 / (1 / s + fixed * forward_img_s / target_n):.2f}"
+      )
 
 
 def main(argv=None) -> int:
@@ -149,27 +163,35 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--images", type=int, default=1800)
   parser.add_argument("--batch-size", type=int, default=32)
-  parser.add_argument("--skip-forward", action="store_true",
-                      help="do not measure (a) before and after")
+  parser.add_argument(
+    "--skip-forward", action="store_true", help="do not measure (a) before and after"
+  )
   parser.add_argument("--photos", default=None, help="default: the shared sample's images")
   args = parser.parse_args(argv)
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   import throughput  # pylint: disable=import-outside-toplevel  # bench/ is not a package
+
   from segbeam.model import defaults  # pylint: disable=import-outside-toplevel
+
   model_dir = defaults.default_model_dir()
   with tempfile.TemporaryDirectory(prefix="segbeam-timeline-") as work:
-    paths = throughput.make_inputs(args.photos or throughput.SHARED, args.images,
-                                   os.path.join(work, "images"))
+    paths = throughput.make_inputs(
+      args.photos or throughput.SHARED, args.images, os.path.join(work, "images")
+    )
     forward = []
     if not args.skip_forward:
       forward.append(throughput.forward_alone(model_dir, paths, args.batch_size, 1).img_s)
     events_path = os.path.join(work, "events.json")
-    run_argv = throughput.segbeam_run_argv(model_dir, os.path.join(work, "images"),
-                                           os.path.join(work, "out"), args.batch_size)[2:]
+    run_argv = throughput.segbeam_run_argv(
+      model_dir, os.path.join(work, "images"), os.path.join(work, "out"), args.batch_size
+    )[2:]
     log_path = os.path.join(work, "run.log")
     with open(log_path, "w") as log:
-      child = subprocess.run([sys.executable, os.path.abspath(__file__), _CHILD_FLAG,
-                              events_path, *run_argv], stdout=log, stderr=subprocess.STDOUT)
+      child = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), _CHILD_FLAG, events_path, *run_argv],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+      )
     if child.returncode != 0 or not os.path.exists(events_path):
       with open(log_path) as log:
         sys.stderr.write(log.read()[-3000:])

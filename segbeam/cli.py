@@ -25,20 +25,30 @@ def build_parser() -> argparse.ArgumentParser:
   from segbeam.results import query as results_query
   from segbeam.results import report as results_report
   from segbeam.results import summary as results_summary
+
   parser = argparse.ArgumentParser(
-      prog="segbeam", description="Batch image segmentation with a Keras U-Net on Apache Beam.")
+    prog="segbeam", description="Batch image segmentation with a Keras U-Net on Apache Beam."
+  )
   subparsers = parser.add_subparsers(dest="command", required=True)
   # `run` parses its own arguments and hands the rest to Beam; listed here for --help only.
-  subparsers.add_parser("run", add_help=False,
-                        help="segment images: segbeam run --input GLOB --output DIR [--model DIR] "
-                        "[Beam options]; see segbeam run --help")
-  subparsers.add_parser("submit", add_help=False,
-                        help="segbeam run on Google Cloud Dataflow with GPU workers: --project, "
-                        "--temp-location, --image, gs:// --input and --output [--dry-run]; see "
-                        "segbeam submit --help")
-  subparsers.add_parser("demo", add_help=False,
-                        help="segbeam run on sample photos with the default model "
-                        "[--output DIR] [Beam options]")
+  subparsers.add_parser(
+    "run",
+    add_help=False,
+    help="segment images: segbeam run --input GLOB --output DIR [--model DIR] "
+    "[Beam options]; see segbeam run --help",
+  )
+  subparsers.add_parser(
+    "submit",
+    add_help=False,
+    help="segbeam run on Google Cloud Dataflow with GPU workers: --project, "
+    "--temp-location, --image, gs:// --input and --output [--dry-run]; see "
+    "segbeam submit --help",
+  )
+  subparsers.add_parser(
+    "demo",
+    add_help=False,
+    help="segbeam run on sample photos with the default model [--output DIR] [Beam options]",
+  )
   model_commands.add_parsers(subparsers)
   pack.add_parser(subparsers)
   results_query.add_parser(subparsers)
@@ -63,16 +73,20 @@ def _run_command(argv: list[str]) -> int:
   if argv and argv[0] in ("run", "demo"):  # their start-up ends once the pipeline is built
     # The model's session loads on a thread while Beam is imported and the pipeline built.
     from segbeam.pipeline import sessions
+
     sessions.load_early_for_run(argv[1:])
     from segbeam.pipeline import launcher
+
     return (launcher.main if argv[0] == "run" else launcher.demo_main)(argv[1:])
   startup.started()
   if argv and argv[0] == "submit":  # like run: options it does not know go to Beam
     from segbeam.pipeline import submit
+
     return submit.main(argv[1:])
   parser = build_parser()
   args = parser.parse_args(argv)
   from segbeam.results import output as results_output  # pylint: disable=import-outside-toplevel
+
   try:
     return args.func(args)
   except (FileNotFoundError, ValueError, results_output.IncompleteOutputError) as error:

@@ -23,6 +23,7 @@ def import_tensorflow() -> None:
     os.dup2(captured.fileno(), 2)
     try:
       import tensorflow  # pylint: disable=import-outside-toplevel
+
       if no_gpu_driver:  # the device probe's failed cuInit is the expected answer here
         tensorflow.config.list_physical_devices()
     except Exception:  # a failed import, not Ctrl-C: what TensorFlow printed may say why

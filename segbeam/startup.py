@@ -25,6 +25,7 @@ def main() -> None:
     gc.disable()
     _paused = True
   from segbeam import cli  # pylint: disable=import-outside-toplevel  # imported while paused
+
   cli.entry_point()
 
 

@@ -44,8 +44,10 @@ def assert_accounted_for(output: str, *, inputs_seen: Optional[int] = None) -> d
   assert not doubled, f"image ids in more than one row: {doubled[:10]}"
   masks = run.files(sinks.MASKS_DIR)
   if manifest["options"].get("mask_files"):
-    expected = {f"{sinks.MASKS_DIR}/{sinks.mask_file_name(row['image_id'])}": row["mask_png"]
-                for row in segments}
+    expected = {
+      f"{sinks.MASKS_DIR}/{sinks.mask_file_name(row['image_id'])}": row["mask_png"]
+      for row in segments
+    }
     assert masks == sorted(expected) and manifest["files"][sinks.MASKS_DIR] == len(expected)
     for path, mask in expected.items():
       assert run.read_bytes(path) == mask, path
@@ -59,7 +61,9 @@ def run_and_account(argv: list[str], *, inputs_seen: Optional[int] = None) -> di
   run here; then `assert_accounted_for` on that output. Returns the manifest."""
   # pylint: disable=import-outside-toplevel  # Beam and the launcher only for the tests using it
   from apache_beam.testing.test_pipeline import TestPipeline
+
   from segbeam.pipeline import launcher
+
   pipeline = TestPipeline()
   launcher.run(argv, test_pipeline=pipeline)
   pipeline.run().wait_until_finish()

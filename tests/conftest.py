@@ -9,8 +9,9 @@ import pytest  # pylint: disable=wrong-import-position
 from tests import accounting  # pylint: disable=wrong-import-position
 from tests import synthetic  # pylint: disable=wrong-import-position
 
-SHARED_DATA = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "shared",
-                                           "data", "oxford-pets-sample"))
+SHARED_DATA = os.path.abspath(
+  os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "oxford-pets-sample")
+)
 TINY_INPUT_SIZE = 32
 
 
@@ -25,19 +26,23 @@ def pytest_configure(config):  # pylint: disable=unused-argument
   launcher_test.test_test_pipelines_run_on_segbeams_default_runner ties the two.
   """
   from apache_beam.testing.test_pipeline import TestPipeline  # pylint: disable=import-outside-toplevel
+
   TestPipeline.pytest_test_pipeline_options = "--runner=FnApiRunner"
 
 
 @pytest.fixture(scope="session")
 def tiny_config():
   from segbeam.model import config
+
   return config.preset("mobilenetv2", input_size=TINY_INPUT_SIZE, num_classes=3)
 
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_config):
   import keras
+
   from segbeam.model import unet
+
   keras.utils.set_random_seed(1)
   return unet.build_unet(tiny_config)
 
@@ -45,10 +50,13 @@ def tiny_model(tiny_config):
 @pytest.fixture(scope="session")
 def tiny_export(tmp_path_factory, tiny_model, tiny_config):
   """An untrained 32x32 mobilenetv2 U-Net exported once per session: (export_dir, metadata)."""
-  from segbeam.model import export, labels
+  from segbeam.model import export
+  from segbeam.model import labels
+
   export_dir = str(tmp_path_factory.mktemp("tiny_export") / "export")
-  metadata = export.export_model(tiny_model, tiny_config, export_dir,
-                                 label_map=labels.OXFORD_PET_TRIMAP, name="tiny")
+  metadata = export.export_model(
+    tiny_model, tiny_config, export_dir, label_map=labels.OXFORD_PET_TRIMAP, name="tiny"
+  )
   return export_dir, metadata
 
 
@@ -56,8 +64,7 @@ def tiny_export(tmp_path_factory, tiny_model, tiny_config):
 def pet_folder(tmp_path_factory):
   """Six generated image/trimap pairs of different sizes: (images_dir, masks_dir, names)."""
   root = str(tmp_path_factory.mktemp("pets"))
-  return synthetic.write_dataset(root, [(48, 40), (64, 64), (33, 57), (80, 60), (40, 40),
-                                        (50, 70)])
+  return synthetic.write_dataset(root, [(48, 40), (64, 64), (33, 57), (80, 60), (40, 40), (50, 70)])
 
 
 @pytest.fixture(scope="session")
@@ -72,8 +79,11 @@ def small_run(tmp_path_factory, tiny_export, pet_folder):
   """A real completed run of the tiny export over the generated pets plus one text file:
   the output folder."""
   import shutil
+
   from apache_beam.testing.test_pipeline import TestPipeline
+
   from segbeam.pipeline import launcher
+
   images, _, _ = pet_folder
   inputs = tmp_path_factory.mktemp("run_inputs")
   for name in os.listdir(images):
@@ -81,8 +91,10 @@ def small_run(tmp_path_factory, tiny_export, pet_folder):
   (inputs / "notes.jpg").write_bytes(b"not an image")
   output = str(tmp_path_factory.mktemp("run") / "out")
   pipeline = TestPipeline()
-  launcher.run(["--input", str(inputs / "*"), "--output", output, "--model", tiny_export[0]],
-               test_pipeline=pipeline)
+  launcher.run(
+    ["--input", str(inputs / "*"), "--output", output, "--model", tiny_export[0]],
+    test_pipeline=pipeline,
+  )
   pipeline.run().wait_until_finish()
   accounting.assert_accounted_for(output, inputs_seen=7)
   return output
@@ -92,5 +104,6 @@ def small_run(tmp_path_factory, tiny_export, pet_folder):
 def gcs_emulator():
   """A running GCS emulator (bucket 'segbeam-test'); STORAGE_EMULATOR_HOST points at it."""
   from tests import gcs_emulator as emulator
+
   with emulator.running_emulator() as url:
     yield url

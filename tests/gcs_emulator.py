@@ -23,9 +23,18 @@ def running_emulator():
   """Starts the emulator, points STORAGE_EMULATOR_HOST at it, yields its URL."""
   port = _free_port()
   executable = shutil.which("gcp-storage-emulator", path=os.path.dirname(sys.executable))
-  process = subprocess.Popen([executable, "start", "--host=localhost", f"--port={port}",
-                              "--in-memory", "--default-bucket=segbeam-test"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  process = subprocess.Popen(
+    [
+      executable,
+      "start",
+      "--host=localhost",
+      f"--port={port}",
+      "--in-memory",
+      "--default-bucket=segbeam-test",
+    ],
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+  )
   url = f"http://localhost:{port}"
   # Its own opener: never a proxy from the environment, nor urllib's cached global opener.
   opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -54,6 +63,7 @@ def running_emulator():
 def storage_client():
   from google.auth.credentials import AnonymousCredentials
   from google.cloud import storage
+
   return storage.Client(credentials=AnonymousCredentials(), project="segbeam-test")
 
 

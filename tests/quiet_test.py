@@ -21,8 +21,13 @@ except BaseException as stopped:
 
 
 def _stopped_import(stop: str) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, "-c", _STOPPED_IMPORT.format(stop=stop)],
-                        capture_output=True, text=True, timeout=300, check=True)
+  return subprocess.run(
+    [sys.executable, "-c", _STOPPED_IMPORT.format(stop=stop)],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    check=True,
+  )
 
 
 def test_a_failed_import_shows_what_tensorflow_printed():
@@ -39,6 +44,7 @@ def test_ctrl_c_during_the_import_prints_nothing_of_it():
 
 def test_a_successful_import_prints_nothing():
   code = "from segbeam import quiet; quiet.import_tensorflow(); import tensorflow; print('ok')"
-  done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                        timeout=300, check=True)
+  done = subprocess.run(
+    [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True
+  )
   assert done.stdout == "ok\n" and done.stderr == ""

@@ -21,8 +21,12 @@ startup.main()
 
 
 def _states(before: str = "") -> str:
-  return subprocess.run([sys.executable, "-c", _SCRIPT.format(before=before)],
-                        capture_output=True, text=True, check=True).stdout.strip()
+  return subprocess.run(
+    [sys.executable, "-c", _SCRIPT.format(before=before)],
+    capture_output=True,
+    text=True,
+    check=True,
+  ).stdout.strip()
 
 
 def test_the_collector_is_paused_until_start_up_ends_then_frozen_and_resumed():

@@ -37,8 +37,9 @@ def encode(array: np.ndarray, fmt: str, mode: str | None = None) -> bytes:
   return buffer.getvalue()
 
 
-def write_dataset(root: str, sizes: Sequence[tuple[int, int]], image_format: str = "JPEG",
-                  extension: str = ".jpg") -> tuple[str, str, list[str]]:
+def write_dataset(
+  root: str, sizes: Sequence[tuple[int, int]], image_format: str = "JPEG", extension: str = ".jpg"
+) -> tuple[str, str, list[str]]:
   """Writes root/images/NAME.jpg and root/masks/NAME.png; returns (images, masks, names)."""
   images_dir, masks_dir = os.path.join(root, "images"), os.path.join(root, "masks")
   os.makedirs(images_dir, exist_ok=True)

@@ -18,6 +18,7 @@ def write_export(export_dir: str, *, writes_to: Optional[str] = None) -> str:
   # pylint: disable=import-outside-toplevel  # TensorFlow and Keras only where tests need them
   import keras
   import tensorflow as tf
+
   from segbeam.model import defaults
   from segbeam.model import export as export_lib
 
@@ -33,20 +34,31 @@ def write_export(export_dir: str, *, writes_to: Optional[str] = None) -> str:
 
   @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=export_lib.INPUT_KEY)])
   def serve(images):
-    pixels, heights, widths = tf.map_fn(decode, images, fn_output_signature=(
-        tf.TensorSpec([size, size, 3], tf.float32), tf.int32, tf.int32))
+    pixels, heights, widths = tf.map_fn(
+      decode,
+      images,
+      fn_output_signature=(tf.TensorSpec([size, size, 3], tf.float32), tf.int32, tf.int32),
+    )
     probabilities = tf.nn.softmax(layer(pixels / 255.0), axis=-1)
     if writes_to is not None:
       with tf.control_dependencies([tf.io.write_file(writes_to, WRITTEN)]):
         probabilities = tf.identity(probabilities)
-    return {export_lib.OUTPUT_PROBABILITIES: probabilities, export_lib.OUTPUT_HEIGHT: heights,
-            export_lib.OUTPUT_WIDTH: widths}
+    return {
+      export_lib.OUTPUT_PROBABILITIES: probabilities,
+      export_lib.OUTPUT_HEIGHT: heights,
+      export_lib.OUTPUT_WIDTH: widths,
+    }
 
   archive = keras.export.ExportArchive()
   archive.add_endpoint(export_lib.SIGNATURE_NAME, serve)
   archive.write_out(export_dir, verbose=False)
   base = export_lib.read_metadata(defaults.default_model_dir())
-  export_lib.write_metadata(export_dir, dataclasses.replace(
-      base, name="writes-files" if writes_to else "harmless",
-      config={**base.config, "input_size": size}))
+  export_lib.write_metadata(
+    export_dir,
+    dataclasses.replace(
+      base,
+      name="writes-files" if writes_to else "harmless",
+      config={**base.config, "input_size": size},
+    ),
+  )
   return export_dir

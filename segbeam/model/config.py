@@ -40,11 +40,13 @@ class EncoderConfig:
 
   def __post_init__(self):
     if isinstance(self.trainable, bool) or not (
-        self.trainable in (TRAINABLE_AUTO, TRAINABLE_FROZEN, TRAINABLE_ALL)
-        or (isinstance(self.trainable, int) and self.trainable >= 0)):
+      self.trainable in (TRAINABLE_AUTO, TRAINABLE_FROZEN, TRAINABLE_ALL)
+      or (isinstance(self.trainable, int) and self.trainable >= 0)
+    ):
       raise ValueError(
-          f"encoder trainable must be 'auto', 'frozen', 'all' or a layer count >= 0, "
-          f"got {self.trainable!r}")
+        f"encoder trainable must be 'auto', 'frozen', 'all' or a layer count >= 0, "
+        f"got {self.trainable!r}"
+      )
 
   @property
   def pretrained(self) -> bool:
@@ -84,10 +86,13 @@ class DecoderConfig:
       raise ValueError(f"decoder filters must be positive, got {self.filters}")
     if len(self.filters) not in (4, 5):
       raise ValueError(
-          "a decoder needs 4 blocks (the head then upsamples x2) or 5 (full resolution), "
-          f"got {len(self.filters)}")
+        "a decoder needs 4 blocks (the head then upsamples x2) or 5 (full resolution), "
+        f"got {len(self.filters)}"
+      )
     if self.upsample not in (UPSAMPLE_TRANSPOSE, UPSAMPLE_UPSAMPLING):
-      raise ValueError(f"decoder upsample must be 'transpose' or 'upsampling', got {self.upsample!r}")
+      raise ValueError(
+        f"decoder upsample must be 'transpose' or 'upsampling', got {self.upsample!r}"
+      )
     if self.upsample == UPSAMPLE_UPSAMPLING and self.convs_per_block < 1:
       raise ValueError("an 'upsampling' decoder block needs at least one convolution")
     if not 0.0 <= self.dropout_rate < 1.0:
@@ -95,7 +100,7 @@ class DecoderConfig:
 
   @property
   def output_stride(self) -> int:
-    return BOTTLENECK_STRIDE // 2**len(self.filters)
+    return BOTTLENECK_STRIDE // 2 ** len(self.filters)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,28 +182,31 @@ class TrainingConfig:
 
 # The named presets. Only the architecture is fixed here; sizes, classes and weights are options.
 PRESETS: Mapping[str, UNetConfig] = {
-    # The TensorFlow segmentation tutorial's U-Net: pix2pix upsample blocks, no convs after the
-    # concatenation, and a Conv2DTranspose head that doubles 64x64 to 128x128.
-    "mobilenetv2": UNetConfig(
-        architecture="mobilenetv2",
-        encoder=EncoderConfig(name="mobilenetv2"),
-        decoder=DecoderConfig(filters=(512, 256, 128, 64), upsample=UPSAMPLE_TRANSPOSE,
-                              upsample_kernel=3, convs_per_block=0),
+  # The TensorFlow segmentation tutorial's U-Net: pix2pix upsample blocks, no convs after the
+  # concatenation, and a Conv2DTranspose head that doubles 64x64 to 128x128.
+  "mobilenetv2": UNetConfig(
+    architecture="mobilenetv2",
+    encoder=EncoderConfig(name="mobilenetv2"),
+    decoder=DecoderConfig(
+      filters=(512, 256, 128, 64), upsample=UPSAMPLE_TRANSPOSE, upsample_kernel=3, convs_per_block=0
     ),
-    # ResNet34-UNet as in segmentation_models: five blocks, the last without a skip.
-    "resnet34": UNetConfig(
-        architecture="resnet34",
-        encoder=EncoderConfig(name="resnet34"),
-        decoder=DecoderConfig(filters=(256, 128, 64, 32, 16), upsample=UPSAMPLE_UPSAMPLING,
-                              convs_per_block=2),
+  ),
+  # ResNet34-UNet as in segmentation_models: five blocks, the last without a skip.
+  "resnet34": UNetConfig(
+    architecture="resnet34",
+    encoder=EncoderConfig(name="resnet34"),
+    decoder=DecoderConfig(
+      filters=(256, 128, 64, 32, 16), upsample=UPSAMPLE_UPSAMPLING, convs_per_block=2
     ),
-    # VGG16 with a mirrored decoder: UpSampling2D undoes each of the five poolings.
-    "vgg16": UNetConfig(
-        architecture="vgg16",
-        encoder=EncoderConfig(name="vgg16"),
-        decoder=DecoderConfig(filters=(512, 512, 256, 128, 64), upsample=UPSAMPLE_UPSAMPLING,
-                              convs_per_block=2),
+  ),
+  # VGG16 with a mirrored decoder: UpSampling2D undoes each of the five poolings.
+  "vgg16": UNetConfig(
+    architecture="vgg16",
+    encoder=EncoderConfig(name="vgg16"),
+    decoder=DecoderConfig(
+      filters=(512, 512, 256, 128, 64), upsample=UPSAMPLE_UPSAMPLING, convs_per_block=2
     ),
+  ),
 }
 
 
@@ -207,19 +215,26 @@ def preset(name: str, **changes: Any) -> UNetConfig:
   try:
     config = PRESETS[name]
   except KeyError:
-    raise ValueError(f"unknown architecture {name!r}; known: {', '.join(sorted(PRESETS))}") from None
+    raise ValueError(
+      f"unknown architecture {name!r}; known: {', '.join(sorted(PRESETS))}"
+    ) from None
   return config.replace(**changes)
 
 
 # How an imported model's own pipeline prepared its pixels and what its output is
 # (`segbeam export`). The names are the conventions users' training code follows.
-PREPROCESS_UNIT = "unit"            # x / 255: the TensorFlow segmentation tutorial
+PREPROCESS_UNIT = "unit"  # x / 255: the TensorFlow segmentation tutorial
 PREPROCESS_SYMMETRIC = "symmetric"  # x / 127.5 - 1: Keras' MobileNet family
-PREPROCESS_CAFFE = "caffe"          # RGB -> BGR, ImageNet mean subtracted: Keras' VGG16, ResNet50
-PREPROCESS_TORCH = "torch"          # x / 255, ImageNet mean and std: most PyTorch-style encoders
-PREPROCESS_NONE = "none"            # 0..255 as decoded (the model normalises itself)
-PREPROCESS_CONVENTIONS = (PREPROCESS_UNIT, PREPROCESS_SYMMETRIC, PREPROCESS_CAFFE,
-                          PREPROCESS_TORCH, PREPROCESS_NONE)
+PREPROCESS_CAFFE = "caffe"  # RGB -> BGR, ImageNet mean subtracted: Keras' VGG16, ResNet50
+PREPROCESS_TORCH = "torch"  # x / 255, ImageNet mean and std: most PyTorch-style encoders
+PREPROCESS_NONE = "none"  # 0..255 as decoded (the model normalises itself)
+PREPROCESS_CONVENTIONS = (
+  PREPROCESS_UNIT,
+  PREPROCESS_SYMMETRIC,
+  PREPROCESS_CAFFE,
+  PREPROCESS_TORCH,
+  PREPROCESS_NONE,
+)
 
 # Resizing to the model's input. All but the last decode in full and resize as
 # `tf.image.resize` does with that method ('antialias': bilinear with antialiasing), so the
@@ -232,8 +247,13 @@ RESIZE_ANTIALIAS = "antialias"
 RESIZE_AREA = "area"
 RESIZE_NEAREST = "nearest"
 RESIZE_DCT_ANTIALIAS = "dct-antialias"
-RESIZE_METHODS = (RESIZE_BILINEAR, RESIZE_ANTIALIAS, RESIZE_AREA, RESIZE_NEAREST,
-                  RESIZE_DCT_ANTIALIAS)
+RESIZE_METHODS = (
+  RESIZE_BILINEAR,
+  RESIZE_ANTIALIAS,
+  RESIZE_AREA,
+  RESIZE_NEAREST,
+  RESIZE_DCT_ANTIALIAS,
+)
 
 OUTPUT_AUTO = "auto"
 OUTPUT_SOFTMAX = "softmax"
@@ -273,11 +293,14 @@ class ServingConfig:
     if self.channels not in (1, 3):
       raise ValueError(f"the model's input must have 1 or 3 channels, got {self.channels}")
     if self.preprocess not in PREPROCESS_CONVENTIONS:
-      raise ValueError(f"unknown preprocessing {self.preprocess!r}; known: "
-                       f"{', '.join(PREPROCESS_CONVENTIONS)}")
+      raise ValueError(
+        f"unknown preprocessing {self.preprocess!r}; known: {', '.join(PREPROCESS_CONVENTIONS)}"
+      )
     if self.preprocess in (PREPROCESS_CAFFE, PREPROCESS_TORCH) and self.channels != 3:
-      raise ValueError(f"preprocessing {self.preprocess!r} is for RGB input; the model takes "
-                       f"{self.channels} channel(s)")
+      raise ValueError(
+        f"preprocessing {self.preprocess!r} is for RGB input; the model takes "
+        f"{self.channels} channel(s)"
+      )
     if self.resize not in RESIZE_METHODS:
       raise ValueError(f"unknown resize {self.resize!r}; known: {', '.join(RESIZE_METHODS)}")
     if self.output not in OUTPUT_KINDS or self.output == OUTPUT_AUTO:
@@ -301,8 +324,7 @@ class ServingConfig:
   def description(self) -> str:
     """'preprocess unit, resize bilinear, scores sigmoid, foreground above 0.5'."""
     threshold = f", foreground above {self.threshold}" if self.binary_sigmoid else ""
-    return (f"preprocess {self.preprocess}, resize {self.resize}, scores {self.output}"
-            f"{threshold}")
+    return f"preprocess {self.preprocess}, resize {self.resize}, scores {self.output}{threshold}"
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)

@@ -77,13 +77,16 @@ class Source:
 def source_format(path: str) -> str:
   """The format of `path` from what it is (a folder, the first bytes), not only its name."""
   if "://" in path:
-    raise ConversionError(f"{path}: segbeam export reads a local model; copy it here first "
-                          "(gcloud storage cp -r SOURCE .)")
+    raise ConversionError(
+      f"{path}: segbeam export reads a local model; copy it here first "
+      "(gcloud storage cp -r SOURCE .)"
+    )
   if os.path.isdir(path):
     if os.path.exists(os.path.join(path, export_lib.METADATA_FILE)):
       raise ConversionError(f"{path} is already a segbeam export: run it with --model")
-    if not any(os.path.exists(os.path.join(path, name))
-               for name in ("saved_model.pb", "saved_model.pbtxt")):
+    if not any(
+      os.path.exists(os.path.join(path, name)) for name in ("saved_model.pb", "saved_model.pbtxt")
+    ):
       raise ConversionError(f"{path} is a folder without saved_model.pb: not a SavedModel")
     return FORMAT_SAVED_MODEL
   if not os.path.exists(path):
@@ -94,8 +97,9 @@ def source_format(path: str) -> str:
     return FORMAT_H5
   if head.startswith(b"PK"):
     return FORMAT_KERAS
-  raise ConversionError(f"{path} is not a model: neither a .keras archive, an HDF5 .h5 file "
-                        "nor a SavedModel folder")
+  raise ConversionError(
+    f"{path} is not a model: neither a .keras archive, an HDF5 .h5 file nor a SavedModel folder"
+  )
 
 
 def _custom_objects(module_name: Optional[str]) -> dict[str, Any]:
@@ -106,7 +110,8 @@ def _custom_objects(module_name: Optional[str]) -> dict[str, Any]:
   try:
     if module_name.endswith(".py"):  # a file, wherever it is
       spec = importlib.util.spec_from_file_location(
-          os.path.splitext(os.path.basename(module_name))[0], module_name)
+        os.path.splitext(os.path.basename(module_name))[0], module_name
+      )
       if spec is None or not os.path.isfile(module_name):
         raise ImportError(f"no such file {module_name}")
       module = importlib.util.module_from_spec(spec)
@@ -118,8 +123,9 @@ def _custom_objects(module_name: Optional[str]) -> dict[str, Any]:
       finally:
         sys.path.remove(os.getcwd())
   except Exception as error:  # pylint: disable=broad-except  # any failure of the user's code
-    raise ConversionError(f"cannot import --custom-objects {module_name!r}: "
-                          f"{_one_line(error)}") from error
+    raise ConversionError(
+      f"cannot import --custom-objects {module_name!r}: {_one_line(error)}"
+    ) from error
   objects = {}
   for name, value in vars(module).items():
     if inspect.isclass(value) or inspect.isfunction(value):
@@ -144,19 +150,21 @@ def _check_keras_archive(path: str) -> None:
 
 def _check_h5(path: str) -> None:
   import h5py  # pylint: disable=import-outside-toplevel  # Keras' own dependency
+
   try:
     with h5py.File(path, "r") as f:
       if "model_config" not in f.attrs:
         raise ConversionError(
-            f"{path} holds weights only (no model_config): save the whole model with "
-            "model.save('model.h5'), or build the model in Python and save it as .keras")
+          f"{path} holds weights only (no model_config): save the whole model with "
+          "model.save('model.h5'), or build the model in Python and save it as .keras"
+        )
   except (OSError, KeyError) as error:
     raise ConversionError(f"{path} is a damaged HDF5 file: {_one_line(error)}") from error
 
 
 def _one_line(error: BaseException, limit: int = 300) -> str:
   text = " ".join(str(error).split()) or type(error).__name__
-  return text if len(text) <= limit else text[:limit - 3] + "..."
+  return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 _UNKNOWN_OBJECT = re.compile(r"(?:Could not locate (?:class|function) |Unknown layer: )'?([\w.]+)")
@@ -171,21 +179,29 @@ def _custom_code_refusal(path: str, message: str) -> Optional[str]:
     if unknown is None:
       return None
     what = f"an unknown custom object {unknown.group(1)!r}"
-  return (f"{path} holds {what}: refused, a model file is code. If you trust it, pass "
-          "--allow-custom-code (with --custom-objects MODULE naming the module that defines "
-          "its custom layers)")
+  return (
+    f"{path} holds {what}: refused, a model file is code. If you trust it, pass "
+    "--allow-custom-code (with --custom-objects MODULE naming the module that defines "
+    "its custom layers)"
+  )
 
 
-def load_keras(path: str, fmt: str, *, allow_custom_code: bool = False,
-               custom_objects_module: Optional[str] = None) -> keras.Model:
+def load_keras(
+  path: str,
+  fmt: str,
+  *,
+  allow_custom_code: bool = False,
+  custom_objects_module: Optional[str] = None,
+) -> keras.Model:
   """A `.keras` or `.h5` model, in Keras' safe mode unless `allow_custom_code`."""
   if custom_objects_module and not allow_custom_code:
     raise ConversionError("--custom-objects runs the module's code: pass --allow-custom-code too")
   (_check_keras_archive if fmt == FORMAT_KERAS else _check_h5)(path)
   custom_objects = _custom_objects(custom_objects_module)
   try:
-    return keras.saving.load_model(path, custom_objects=custom_objects or None, compile=False,
-                                   safe_mode=not allow_custom_code)
+    return keras.saving.load_model(
+      path, custom_objects=custom_objects or None, compile=False, safe_mode=not allow_custom_code
+    )
   except Exception as error:  # pylint: disable=broad-except  # Keras raises many kinds
     message = _one_line(error, limit=2000)
     refusal = _custom_code_refusal(path, message)
@@ -214,8 +230,10 @@ def _keras_activation(model: keras.Model) -> Optional[str]:
 def keras_source(path: str, fmt: str, **load_options: Any) -> Source:
   model = load_keras(path, fmt, **load_options)
   if len(model.inputs) != 1 or len(model.outputs) != 1:
-    raise ConversionError(f"{path} has {len(model.inputs)} inputs and {len(model.outputs)} "
-                          "outputs; segbeam serves a model with one image input and one output")
+    raise ConversionError(
+      f"{path} has {len(model.inputs)} inputs and {len(model.outputs)} "
+      "outputs; segbeam serves a model with one image input and one output"
+    )
   input_shape = tuple(model.inputs[0].shape)
   output_shape = tuple(model.outputs[0].shape)
   _check_ranks(path, input_shape, output_shape)
@@ -223,18 +241,28 @@ def keras_source(path: str, fmt: str, **load_options: Any) -> Source:
   def forward(pixels):
     return model(pixels, training=False)
 
-  return Source(path=path, format=fmt, forward=forward, input_shape=input_shape[1:],
-                output_channels=int(output_shape[-1]), activation=_keras_activation(model),
-                weights=model.weights)
+  return Source(
+    path=path,
+    format=fmt,
+    forward=forward,
+    input_shape=input_shape[1:],
+    output_channels=int(output_shape[-1]),
+    activation=_keras_activation(model),
+    weights=model.weights,
+  )
 
 
 def _check_ranks(path: str, input_shape: Sequence, output_shape: Sequence) -> None:
   if len(input_shape) != 4:
-    raise ConversionError(f"{path}: the model's input has shape {input_shape}; segbeam serves "
-                          "image batches [batch, height, width, channels]")
+    raise ConversionError(
+      f"{path}: the model's input has shape {input_shape}; segbeam serves "
+      "image batches [batch, height, width, channels]"
+    )
   if len(output_shape) != 4 or output_shape[-1] is None:
-    raise ConversionError(f"{path}: the model's output has shape {output_shape}; segbeam needs "
-                          "per-pixel scores [batch, height, width, classes]")
+    raise ConversionError(
+      f"{path}: the model's output has shape {output_shape}; segbeam needs "
+      "per-pixel scores [batch, height, width, classes]"
+    )
 
 
 def _image_signatures(loaded) -> dict[str, tuple[Any, str]]:
@@ -249,8 +277,9 @@ def _image_signatures(loaded) -> dict[str, tuple[Any, str]]:
     (spec,) = inputs.values()
     if not spec.dtype.is_floating or spec.shape.rank != 4:
       continue
-    pixel_outputs = [key for key, out in outputs.items()
-                     if out.dtype.is_floating and out.shape.rank == 4]
+    pixel_outputs = [
+      key for key, out in outputs.items() if out.dtype.is_floating and out.shape.rank == 4
+    ]
     if len(pixel_outputs) == 1:
       found[name] = (spec, pixel_outputs[0])
   return found
@@ -260,8 +289,9 @@ def _graph_activation(function, output_key: str) -> Optional[str]:
   """Softmax, sigmoid or logits from the op that produces the output in the signature's
   graph, followed through Identity ops and function calls; None when it is something else."""
   graph = function.graph
-  tensor = graph.get_tensor_by_name(function.outputs[
-      list(function.structured_outputs).index(output_key)].name)
+  tensor = graph.get_tensor_by_name(
+    function.outputs[list(function.structured_outputs).index(output_key)].name
+  )
   for _ in range(64):  # a bounded walk: graphs nest calls a few levels deep
     op = tensor.op
     if op.type == "Softmax":
@@ -275,8 +305,16 @@ def _graph_activation(function, output_key: str) -> Optional[str]:
       if inner is None:
         return None
       graph, tensor = inner, inner.outputs[tensor.value_index]
-    elif op.type in ("BiasAdd", "Conv2D", "Conv2DBackpropInput", "AddV2", "Add", "MatMul",
-                     "ResizeBilinear", "ResizeNearestNeighbor"):
+    elif op.type in (
+      "BiasAdd",
+      "Conv2D",
+      "Conv2DBackpropInput",
+      "AddV2",
+      "Add",
+      "MatMul",
+      "ResizeBilinear",
+      "ResizeNearestNeighbor",
+    ):
       return config_lib.OUTPUT_LOGITS
     else:
       return None
@@ -294,15 +332,17 @@ def _called_graph(graph, op):
   return None
 
 
-def saved_model_source(path: str, *, signature: Optional[str] = None,
-                       trust_model: bool = False) -> Source:
+def saved_model_source(
+  path: str, *, signature: Optional[str] = None, trust_model: bool = False
+) -> Source:
   """A SavedModel directory's image signature, checked before it is loaded."""
   model_safety.check_saved_model(path, trust=trust_model)
   try:
     loaded = tf.saved_model.load(path)
   except Exception as error:  # pylint: disable=broad-except  # any unreadable SavedModel
-    raise ConversionError(f"{path} could not be loaded as a SavedModel: {_one_line(error)}") \
-        from error
+    raise ConversionError(
+      f"{path} could not be loaded as a SavedModel: {_one_line(error)}"
+    ) from error
   candidates = _image_signatures(loaded)
   if signature is None and "serving_default" in candidates:
     signature = "serving_default"  # what a SavedModel's users call when they name none
@@ -311,15 +351,20 @@ def saved_model_source(path: str, *, signature: Optional[str] = None,
       listing = ", ".join(sorted(loaded.signatures)) or "none"
       which = "none of" if not candidates else "several of"
       raise ConversionError(
-          f"{path}: {which} its signatures ({listing}) map one image batch to per-pixel "
-          "scores; name the one to serve with --signature")
+        f"{path}: {which} its signatures ({listing}) map one image batch to per-pixel "
+        "scores; name the one to serve with --signature"
+      )
     (signature,) = candidates
   elif signature not in loaded.signatures:
-    raise ConversionError(f"{path} has no signature {signature!r}; it has "
-                          f"{', '.join(sorted(loaded.signatures)) or 'none'}")
+    raise ConversionError(
+      f"{path} has no signature {signature!r}; it has "
+      f"{', '.join(sorted(loaded.signatures)) or 'none'}"
+    )
   elif signature not in candidates:
-    raise ConversionError(f"{path}: signature {signature!r} does not map one float image batch "
-                          "[batch, height, width, channels] to one per-pixel output")
+    raise ConversionError(
+      f"{path}: signature {signature!r} does not map one float image batch "
+      "[batch, height, width, channels] to one per-pixel output"
+    )
   spec, output_key = candidates[signature]
   function = loaded.signatures[signature]
   output_shape = tuple(function.structured_outputs[output_key].shape)
@@ -332,22 +377,35 @@ def saved_model_source(path: str, *, signature: Optional[str] = None,
     outputs = layer(tf.cast(pixels, input_dtype))
     return outputs[output_key] if isinstance(outputs, Mapping) else outputs
 
-  return Source(path=path, format=FORMAT_SAVED_MODEL, forward=forward,
-                input_shape=input_shape[1:], output_channels=int(output_shape[-1]),
-                activation=_graph_activation(function, output_key), weights=layer.weights,
-                track=(layer,), signature=signature)
+  return Source(
+    path=path,
+    format=FORMAT_SAVED_MODEL,
+    forward=forward,
+    input_shape=input_shape[1:],
+    output_channels=int(output_shape[-1]),
+    activation=_graph_activation(function, output_key),
+    weights=layer.weights,
+    track=(layer,),
+    signature=signature,
+  )
 
 
-def load_source(path: str, *, allow_custom_code: bool = False,
-                custom_objects_module: Optional[str] = None, signature: Optional[str] = None,
-                trust_model: bool = False) -> Source:
+def load_source(
+  path: str,
+  *,
+  allow_custom_code: bool = False,
+  custom_objects_module: Optional[str] = None,
+  signature: Optional[str] = None,
+  trust_model: bool = False,
+) -> Source:
   fmt = source_format(path)
   if fmt == FORMAT_SAVED_MODEL:
     return saved_model_source(path, signature=signature, trust_model=trust_model)
   if signature:
     raise ConversionError("--signature is for SavedModel folders")
-  return keras_source(path, fmt, allow_custom_code=allow_custom_code,
-                      custom_objects_module=custom_objects_module)
+  return keras_source(
+    path, fmt, allow_custom_code=allow_custom_code, custom_objects_module=custom_objects_module
+  )
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -364,40 +422,64 @@ def parse_size(text: str) -> tuple[int, int]:
   return sizes[0], sizes[1]
 
 
-def serving_config_for(source: Source, *, preprocess: str, resize: str, output: str,
-                       threshold: float = 0.5,
-                       input_size: Optional[tuple[int, int]] = None) -> config_lib.ServingConfig:
+def serving_config_for(
+  source: Source,
+  *,
+  preprocess: str,
+  resize: str,
+  output: str,
+  threshold: float = 0.5,
+  input_size: Optional[tuple[int, int]] = None,
+) -> config_lib.ServingConfig:
   """What the source says, completed and checked against what the caller says."""
   height, width, channels = source.input_shape
   if input_size is not None:
     for side, given in zip((height, width), input_size):
       if side is not None and side != given:
-        raise ConversionError(f"--input-size {input_size[0]}x{input_size[1]} differs from the "
-                              f"model's own input {height}x{width}")
+        raise ConversionError(
+          f"--input-size {input_size[0]}x{input_size[1]} differs from the "
+          f"model's own input {height}x{width}"
+        )
     height, width = input_size
   if height is None or width is None:
-    raise ConversionError(f"{source.path}: the model takes any input size; say which its "
-                          "pipeline resized to with --input-size N or HEIGHTxWIDTH")
+    raise ConversionError(
+      f"{source.path}: the model takes any input size; say which its "
+      "pipeline resized to with --input-size N or HEIGHTxWIDTH"
+    )
   if channels not in (1, 3):
-    raise ConversionError(f"{source.path}: the model's input has {channels} channels; segbeam "
-                          "decodes images to 1 (grayscale) or 3 (RGB)")
+    raise ConversionError(
+      f"{source.path}: the model's input has {channels} channels; segbeam "
+      "decodes images to 1 (grayscale) or 3 (RGB)"
+    )
   if output == config_lib.OUTPUT_AUTO:
     if source.activation is None:
-      raise ConversionError(f"{source.path}: cannot tell what its output is from its last "
-                            "operation; say it with --scores softmax, logits or sigmoid")
+      raise ConversionError(
+        f"{source.path}: cannot tell what its output is from its last "
+        "operation; say it with --scores softmax, logits or sigmoid"
+      )
     output = source.activation
   channels_out = source.output_channels
   if channels_out == 1 and output == config_lib.OUTPUT_SOFTMAX:
-    raise ConversionError(f"{source.path}: a softmax over one channel is always 1; say "
-                          "--scores sigmoid or logits")
+    raise ConversionError(
+      f"{source.path}: a softmax over one channel is always 1; say --scores sigmoid or logits"
+    )
   if threshold != 0.5 and channels_out != 1:
-    raise ConversionError("--threshold is for a model with one sigmoid channel; this one has "
-                          f"{channels_out} channels (its mask is the argmax)")
+    raise ConversionError(
+      "--threshold is for a model with one sigmoid channel; this one has "
+      f"{channels_out} channels (its mask is the argmax)"
+    )
   try:
     return config_lib.ServingConfig(
-        input_height=int(height), input_width=int(width), channels=int(channels),
-        num_classes=2 if channels_out == 1 else channels_out, preprocess=preprocess,
-        resize=resize, output=output, threshold=threshold, model_channels=channels_out)
+      input_height=int(height),
+      input_width=int(width),
+      channels=int(channels),
+      num_classes=2 if channels_out == 1 else channels_out,
+      preprocess=preprocess,
+      resize=resize,
+      output=output,
+      threshold=threshold,
+      model_channels=channels_out,
+    )
   except ValueError as error:
     raise ConversionError(str(error)) from error
 
@@ -406,16 +488,17 @@ def probabilities_function(source: Source, serving: config_lib.ServingConfig):
   """0..255 pixels at the input size -> float32 class probabilities at the input size."""
 
   def probabilities(pixels):
-    scores = tf.cast(source.forward(preprocessing.normalize(pixels, serving.preprocess)),
-                     tf.float32)
+    scores = tf.cast(
+      source.forward(preprocessing.normalize(pixels, serving.preprocess)), tf.float32
+    )
     # A head at 1/4 or 1/8 of the input (DeepLab-style) is enlarged as the model outputs it.
     if (scores.shape[1], scores.shape[2]) != (serving.input_height, serving.input_width):
-      scores = tf.image.resize(scores, [serving.input_height, serving.input_width],
-                               method="bilinear")
+      scores = tf.image.resize(
+        scores, [serving.input_height, serving.input_width], method="bilinear"
+      )
     if serving.output == config_lib.OUTPUT_LOGITS:
       # One logit channel is a binary logit: its sigmoid is the foreground's probability.
-      scores = (tf.math.sigmoid(scores) if serving.binary_sigmoid
-                else tf.nn.softmax(scores, axis=-1))
+      scores = tf.math.sigmoid(scores) if serving.binary_sigmoid else tf.nn.softmax(scores, axis=-1)
     if serving.binary_sigmoid:
       scores = tf.concat([1.0 - scores, scores], axis=-1)
     return scores
@@ -429,13 +512,15 @@ def default_class_names(serving: config_lib.ServingConfig) -> tuple[str, ...]:
   return tuple(f"class_{i}" for i in range(serving.num_classes))
 
 
-def label_map_for(serving: config_lib.ServingConfig, class_names: Optional[Sequence[str]],
-                  spec: Optional[str]) -> labels_lib.LabelMap:
+def label_map_for(
+  serving: config_lib.ServingConfig, class_names: Optional[Sequence[str]], spec: Optional[str]
+) -> labels_lib.LabelMap:
   """The export's label map: `spec` if given, else raw value i -> class i."""
   names = tuple(class_names) if class_names else default_class_names(serving)
   if len(names) != serving.num_classes:
-    raise ConversionError(f"--class-names gives {len(names)} names for the model's "
-                          f"{serving.num_classes} classes")
+    raise ConversionError(
+      f"--class-names gives {len(names)} names for the model's {serving.num_classes} classes"
+    )
   if spec:
     return labels_lib.parse_label_map(spec, names)
   return labels_lib.LabelMap(tuple((i, i) for i in range(len(names))), names)
@@ -444,8 +529,11 @@ def label_map_for(serving: config_lib.ServingConfig, class_names: Optional[Seque
 def _source_digest(path: str) -> str:
   """sha256 of the source's bytes (every file of a folder, in name order)."""
   digest = hashlib.sha256()
-  files = [path] if os.path.isfile(path) else sorted(
-      os.path.join(root, name) for root, _, names in os.walk(path) for name in names)
+  files = (
+    [path]
+    if os.path.isfile(path)
+    else sorted(os.path.join(root, name) for root, _, names in os.walk(path) for name in names)
+  )
   for file_path in files:
     digest.update(os.path.relpath(file_path, path).encode() if file_path != path else b"")
     with open(file_path, "rb") as f:
@@ -457,15 +545,24 @@ def _source_digest(path: str) -> str:
 def check_new_output(export_dir: str) -> None:
   """Refuses an --output that exists or is not local, before anything is loaded."""
   if "://" in export_dir:
-    raise ConversionError(f"{export_dir}: segbeam export writes a local folder; copy it to the "
-                          "bucket afterwards (gcloud storage cp -r EXPORT gs://...)")
+    raise ConversionError(
+      f"{export_dir}: segbeam export writes a local folder; copy it to the "
+      "bucket afterwards (gcloud storage cp -r EXPORT gs://...)"
+    )
   if os.path.lexists(export_dir):
     raise ConversionError(f"{export_dir} already exists; choose a new --output")
 
 
-def export_source(source: Source, export_dir: str, serving: config_lib.ServingConfig, *,
-                  label_map: labels_lib.LabelMap, name: str, trust_model: bool = False,
-                  provenance: Optional[Mapping[str, Any]] = None) -> export_lib.ModelMetadata:
+def export_source(
+  source: Source,
+  export_dir: str,
+  serving: config_lib.ServingConfig,
+  *,
+  label_map: labels_lib.LabelMap,
+  name: str,
+  trust_model: bool = False,
+  provenance: Optional[Mapping[str, Any]] = None,
+) -> export_lib.ModelMetadata:
   """Writes the export of `source` to `export_dir`, which must not exist yet. It appears whole
   or not at all: written beside it under a temporary name, checked, then renamed."""
   check_new_output(export_dir)
@@ -473,28 +570,41 @@ def export_source(source: Source, export_dir: str, serving: config_lib.ServingCo
   os.makedirs(parent, exist_ok=True)
   partial = tempfile.mkdtemp(prefix="." + os.path.basename(export_dir) + ".partial-", dir=parent)
   try:
-    export_lib.write_archive(partial, probabilities_function(source, serving), serving,
-                             track=source.track)
+    export_lib.write_archive(
+      partial, probabilities_function(source, serving), serving, track=source.track
+    )
     # What the export would run, whatever the source was: a Keras layer can hold ops too.
     model_safety.check_saved_model(partial, trust=trust_model)
-    config = {"architecture": export_lib.IMPORTED_ARCHITECTURE, "source_format": source.format,
-              "input_size": max(serving.input_height, serving.input_width),
-              "input_height": serving.input_height, "input_width": serving.input_width,
-              "channels": serving.channels, "num_classes": serving.num_classes}
+    config = {
+      "architecture": export_lib.IMPORTED_ARCHITECTURE,
+      "source_format": source.format,
+      "input_size": max(serving.input_height, serving.input_width),
+      "input_height": serving.input_height,
+      "input_width": serving.input_width,
+      "channels": serving.channels,
+      "num_classes": serving.num_classes,
+    }
     metadata = export_lib.ModelMetadata(
-        name=name, version=export_lib.content_version(source.weights,
-                                                      {**config, **serving.to_dict()}),
-        config=config, label_map=export_lib.as_json(label_map.to_dict()),
-        training=export_lib.as_json({"source": os.path.abspath(source.path),
-                                     "source_sha256": _source_digest(source.path),
-                                     "signature": source.signature, "trusted": trust_model,
-                                     **(provenance or {})}),
-        created=export_lib.utc_now(), software=export_lib.software_versions(),
-        serving=serving.to_dict())
+      name=name,
+      version=export_lib.content_version(source.weights, {**config, **serving.to_dict()}),
+      config=config,
+      label_map=export_lib.as_json(label_map.to_dict()),
+      training=export_lib.as_json(
+        {
+          "source": os.path.abspath(source.path),
+          "source_sha256": _source_digest(source.path),
+          "signature": source.signature,
+          "trusted": trust_model,
+          **(provenance or {}),
+        }
+      ),
+      created=export_lib.utc_now(),
+      software=export_lib.software_versions(),
+      serving=serving.to_dict(),
+    )
     export_lib.write_metadata(partial, metadata)
     os.rename(partial, export_dir)
   except BaseException:
     shutil.rmtree(partial, ignore_errors=True)
     raise
   return metadata
-

@@ -47,8 +47,9 @@ def _by_stem(directory: str) -> dict[str, str]:
   return files
 
 
-def match_pairs(images_dir: str, masks_dir: str,
-                names: Optional[Sequence[str]] = None) -> list[ImageMaskPair]:
+def match_pairs(
+  images_dir: str, masks_dir: str, names: Optional[Sequence[str]] = None
+) -> list[ImageMaskPair]:
   """Pairs each image with the mask of the same stem (Abyssinian_1.jpg <-> Abyssinian_1.png).
 
   With `names`, exactly those pairs, and a missing image or mask is an error; without, every
@@ -59,7 +60,8 @@ def match_pairs(images_dir: str, masks_dir: str,
     missing = [n for n in names if n not in images or n not in masks]
     if missing:
       raise FileNotFoundError(
-          f"{len(missing)} listed names have no image or no mask, e.g. {missing[:5]}")
+        f"{len(missing)} listed names have no image or no mask, e.g. {missing[:5]}"
+      )
     stems = list(names)
   else:
     stems = [s for s in images if s in masks]
@@ -96,8 +98,14 @@ class PairLoader:
   may come back at a DCT scale of its original size; masks always at full size.
   """
 
-  def __init__(self, pairs: Sequence[ImageMaskPair], *, channels: int, input_size: int,
-               label_map: labels_lib.LabelMap):
+  def __init__(
+    self,
+    pairs: Sequence[ImageMaskPair],
+    *,
+    channels: int,
+    input_size: int,
+    label_map: labels_lib.LabelMap,
+  ):
     self._pairs = list(pairs)
     self._channels = channels
     self._input_size = input_size
@@ -107,13 +115,15 @@ class PairLoader:
   def load(self, pair: ImageMaskPair) -> tuple[np.ndarray, np.ndarray]:
     """Decoded (uint8 image [h, w, C], uint8 mask [H, W]); raises ValueError if unusable."""
     with tf.io.gfile.GFile(pair.image_path, "rb") as f:
-      image, height, width = preprocessing.decode_for_size(f.read(), self._channels,
-                                                           self._input_size)
+      image, height, width = preprocessing.decode_for_size(
+        f.read(), self._channels, self._input_size
+      )
     with tf.io.gfile.GFile(pair.mask_path, "rb") as f:
       mask = read_mask(f.read(), self._label_map)
     if mask.shape != (int(height), int(width)):
-      raise ValueError(f"mask is {mask.shape[1]}x{mask.shape[0]} but image is "
-                       f"{int(width)}x{int(height)}")
+      raise ValueError(
+        f"mask is {mask.shape[1]}x{mask.shape[0]} but image is {int(width)}x{int(height)}"
+      )
     return image.numpy(), mask
 
   def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -136,8 +146,8 @@ def _augment(image: tf.Tensor, mask: tf.Tensor, size: int):
   image = tf.image.resize(image, [scaled, scaled], method="bilinear")
   mask = preprocessing.resize_mask(mask, scaled)
   offset = tf.random.uniform([2], 0, scaled - size + 1, dtype=tf.int32)
-  image = image[offset[0]:offset[0] + size, offset[1]:offset[1] + size]
-  mask = mask[offset[0]:offset[0] + size, offset[1]:offset[1] + size]
+  image = image[offset[0] : offset[0] + size, offset[1] : offset[1] + size]
+  mask = mask[offset[0] : offset[0] + size, offset[1] : offset[1] + size]
   image = image * tf.random.uniform([], 0.8, 1.2) + tf.random.uniform([], -20.0, 20.0)
   return tf.clip_by_value(image, 0.0, 255.0), mask
 
@@ -148,23 +158,37 @@ def _with_weights(image, mask):
   return image, tf.where(valid, tf.cast(mask, tf.int32), 0), tf.cast(valid, tf.float32)
 
 
-def make_dataset(loader: PairLoader, *, input_size: int, channels: int, batch_size: int,
-                 training: bool, seed: int = 0) -> tf.data.Dataset:
+def make_dataset(
+  loader: PairLoader,
+  *,
+  input_size: int,
+  channels: int,
+  batch_size: int,
+  training: bool,
+  seed: int = 0,
+) -> tf.data.Dataset:
   """Batches of (float32 images 0..255, int32 masks, float32 pixel weights) at input_size.
 
   Decoding and resizing run once; the resized pairs are cached in memory, so each later epoch
   only shuffles, augments (when training) and batches.
   """
   dataset = tf.data.Dataset.from_generator(
-      loader.__iter__,
-      output_signature=(tf.TensorSpec([None, None, channels], tf.uint8),
-                        tf.TensorSpec([None, None], tf.uint8)))
+    loader.__iter__,
+    output_signature=(
+      tf.TensorSpec([None, None, channels], tf.uint8),
+      tf.TensorSpec([None, None], tf.uint8),
+    ),
+  )
   dataset = dataset.map(
-      lambda image, mask: (preprocessing.resize_image(image, input_size),
-                           preprocessing.resize_mask(mask, input_size)),
-      num_parallel_calls=tf.data.AUTOTUNE).cache()
+    lambda image, mask: (
+      preprocessing.resize_image(image, input_size),
+      preprocessing.resize_mask(mask, input_size),
+    ),
+    num_parallel_calls=tf.data.AUTOTUNE,
+  ).cache()
   if training:
     dataset = dataset.shuffle(1024, seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.map(lambda i, m: _augment(i, m, input_size),
-                          num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.map(
+      lambda i, m: _augment(i, m, input_size), num_parallel_calls=tf.data.AUTOTUNE
+    )
   return dataset.map(_with_weights).batch(batch_size).prefetch(tf.data.AUTOTUNE)

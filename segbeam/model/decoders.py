@@ -16,8 +16,9 @@ from segbeam.model import config as config_lib
 _PIX2PIX_INITIALIZER = dict(class_name="RandomNormal", config=dict(mean=0.0, stddev=0.02))
 
 
-def build_decoder_block(decoder: config_lib.DecoderConfig, index: int, input_shape: tuple,
-                        skip_shape: Optional[tuple]) -> keras.Model:
+def build_decoder_block(
+  decoder: config_lib.DecoderConfig, index: int, input_shape: tuple, skip_shape: Optional[tuple]
+) -> keras.Model:
   """Decoder block `index` (0 = coarsest): upsample x2, concatenate the skip, then convs.
 
   With `convs_per_block=0` and 'transpose' this is exactly the TensorFlow tutorial's
@@ -30,9 +31,14 @@ def build_decoder_block(decoder: config_lib.DecoderConfig, index: int, input_sha
   inputs = [x_in]
   if decoder.upsample == config_lib.UPSAMPLE_TRANSPOSE:
     x = keras.layers.Conv2DTranspose(
-        filters, decoder.upsample_kernel, strides=2, padding="same", use_bias=False,
-        kernel_initializer=keras.initializers.get(_PIX2PIX_INITIALIZER),
-        name=f"{name}_transpose")(x_in)
+      filters,
+      decoder.upsample_kernel,
+      strides=2,
+      padding="same",
+      use_bias=False,
+      kernel_initializer=keras.initializers.get(_PIX2PIX_INITIALIZER),
+      name=f"{name}_transpose",
+    )(x_in)
     x = keras.layers.BatchNormalization(name=f"{name}_transpose_bn")(x)
     if decoder.dropout_rate:
       x = keras.layers.Dropout(decoder.dropout_rate, name=f"{name}_dropout")(x)
@@ -44,8 +50,9 @@ def build_decoder_block(decoder: config_lib.DecoderConfig, index: int, input_sha
     inputs.append(skip_in)
     x = keras.layers.Concatenate(name=f"{name}_concat")([x, skip_in])
   for conv in range(1, decoder.convs_per_block + 1):
-    x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False,
-                            name=f"{name}_conv{conv}")(x)
+    x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv{conv}")(
+      x
+    )
     x = keras.layers.BatchNormalization(name=f"{name}_conv{conv}_bn")(x)
     x = keras.layers.ReLU(name=f"{name}_conv{conv}_relu")(x)
     if decoder.dropout_rate and decoder.upsample != config_lib.UPSAMPLE_TRANSPOSE:
@@ -61,8 +68,9 @@ def build_head(num_classes: int, decoder_output_stride: int, input_shape: tuple)
   """
   x_in = keras.Input(input_shape[1:], name="head_input")
   if decoder_output_stride == 2:
-    logits = keras.layers.Conv2DTranspose(num_classes, 3, strides=2, padding="same",
-                                          name="head_transpose")(x_in)
+    logits = keras.layers.Conv2DTranspose(
+      num_classes, 3, strides=2, padding="same", name="head_transpose"
+    )(x_in)
   elif decoder_output_stride == 1:
     logits = keras.layers.Conv2D(num_classes, 3, padding="same", name="head_conv")(x_in)
   else:

@@ -51,8 +51,9 @@ def _check_weights(name: str, weights: Optional[str], imagenet_available: bool) 
   if weights == IMAGENET:
     if not imagenet_available:
       raise ValueError(
-          f"Keras distributes no ImageNet weights for {name}; pass a weights file instead "
-          "(--encoder-weights PATH)")
+        f"Keras distributes no ImageNet weights for {name}; pass a weights file instead "
+        "(--encoder-weights PATH)"
+      )
     return
   if not os.path.exists(weights):
     raise FileNotFoundError(f"encoder weights file not found: {weights}")
@@ -64,21 +65,24 @@ def _keras_application(constructor: Callable[..., keras.Model], name: str):
   def build(input_size: int, weights: Optional[str]) -> keras.Model:
     _check_weights(name, weights, imagenet_available=True)
     try:
-      return constructor(input_shape=(input_size, input_size, 3), include_top=False,
-                         weights=weights)
+      return constructor(
+        input_shape=(input_size, input_size, 3), include_top=False, weights=weights
+      )
     except Exception as error:  # pylint: disable=broad-except  # Keras' download raises Exception
       if weights == IMAGENET:
         raise ValueError(
-            f"could not get ImageNet weights for {name} ({error}); without network access "
-            "pass a local weights file with --encoder-weights PATH") from error
+          f"could not get ImageNet weights for {name} ({error}); without network access "
+          "pass a local weights file with --encoder-weights PATH"
+        ) from error
       raise
 
   return build
 
 
 def _conv_bn_relu(x, filters: int, kernel: int, stride: int, name: str):
-  x = keras.layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False,
-                          name=f"{name}_conv")(x)
+  x = keras.layers.Conv2D(
+    filters, kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_conv"
+  )(x)
   x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
   return keras.layers.ReLU(name=f"{name}_relu")(x)
 
@@ -87,8 +91,9 @@ def _basic_block(x, filters: int, stride: int, name: str):
   """ResNet basic block: two 3x3 convs, projection shortcut when the shape changes."""
   shortcut = x
   if stride != 1 or x.shape[-1] != filters:
-    shortcut = keras.layers.Conv2D(filters, 1, strides=stride, use_bias=False,
-                                   name=f"{name}_shortcut_conv")(x)
+    shortcut = keras.layers.Conv2D(
+      filters, 1, strides=stride, use_bias=False, name=f"{name}_shortcut_conv"
+    )(x)
     shortcut = keras.layers.BatchNormalization(name=f"{name}_shortcut_bn")(shortcut)
   y = _conv_bn_relu(x, filters, 3, stride, name=f"{name}_1")
   y = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_2_conv")(y)
@@ -118,33 +123,36 @@ def build_resnet34(input_size: int, weights: Optional[str]) -> keras.Model:
 
 
 ENCODERS: Mapping[str, EncoderSpec] = {
-    "mobilenetv2": EncoderSpec(
-        name="mobilenetv2",
-        build_base=_keras_application(keras.applications.MobileNetV2, "mobilenetv2"),
-        skip_layers=("block_1_expand_relu", "block_3_expand_relu", "block_6_expand_relu",
-                     "block_13_expand_relu"),
-        bottleneck_layer="block_16_project",
-        skip_strides=(2, 4, 8, 16),
-        normalization=_TF_MODE,
+  "mobilenetv2": EncoderSpec(
+    name="mobilenetv2",
+    build_base=_keras_application(keras.applications.MobileNetV2, "mobilenetv2"),
+    skip_layers=(
+      "block_1_expand_relu",
+      "block_3_expand_relu",
+      "block_6_expand_relu",
+      "block_13_expand_relu",
     ),
-    "resnet34": EncoderSpec(
-        name="resnet34",
-        build_base=build_resnet34,
-        skip_layers=("stem_relu", "stage1_block3_out", "stage2_block4_out", "stage3_block6_out"),
-        bottleneck_layer="stage4_block3_out",
-        skip_strides=(2, 4, 8, 16),
-        normalization=_TORCH_MODE,
-        imagenet_available=False,
-    ),
-    "vgg16": EncoderSpec(
-        name="vgg16",
-        build_base=_keras_application(keras.applications.VGG16, "vgg16"),
-        skip_layers=("block1_conv2", "block2_conv2", "block3_conv3", "block4_conv3",
-                     "block5_conv3"),
-        bottleneck_layer="block5_pool",
-        skip_strides=(1, 2, 4, 8, 16),
-        normalization=_CAFFE_MODE,
-    ),
+    bottleneck_layer="block_16_project",
+    skip_strides=(2, 4, 8, 16),
+    normalization=_TF_MODE,
+  ),
+  "resnet34": EncoderSpec(
+    name="resnet34",
+    build_base=build_resnet34,
+    skip_layers=("stem_relu", "stage1_block3_out", "stage2_block4_out", "stage3_block6_out"),
+    bottleneck_layer="stage4_block3_out",
+    skip_strides=(2, 4, 8, 16),
+    normalization=_TORCH_MODE,
+    imagenet_available=False,
+  ),
+  "vgg16": EncoderSpec(
+    name="vgg16",
+    build_base=_keras_application(keras.applications.VGG16, "vgg16"),
+    skip_layers=("block1_conv2", "block2_conv2", "block3_conv3", "block4_conv3", "block5_conv3"),
+    bottleneck_layer="block5_pool",
+    skip_strides=(1, 2, 4, 8, 16),
+    normalization=_CAFFE_MODE,
+  ),
 }
 
 

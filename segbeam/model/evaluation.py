@@ -22,8 +22,11 @@ class EvaluationResult:
   skipped: tuple[data_lib.SkippedPair, ...]
 
   def to_dict(self):
-    return {**self.metrics.to_dict(), "images": self.images,
-            "skipped": [dataclasses.asdict(s) for s in self.skipped]}
+    return {
+      **self.metrics.to_dict(),
+      "images": self.images,
+      "skipped": [dataclasses.asdict(s) for s in self.skipped],
+    }
 
 
 def _predict_each(export: export_lib.LoadedExport, encoded: Sequence[bytes]):
@@ -43,9 +46,13 @@ def _predict_each(export: export_lib.LoadedExport, encoded: Sequence[bytes]):
   return results
 
 
-def evaluate_export(export: export_lib.LoadedExport, pairs: Sequence[data_lib.ImageMaskPair], *,
-                    label_map: Optional[labels_lib.LabelMap] = None,
-                    batch_size: int = 16) -> EvaluationResult:
+def evaluate_export(
+  export: export_lib.LoadedExport,
+  pairs: Sequence[data_lib.ImageMaskPair],
+  *,
+  label_map: Optional[labels_lib.LabelMap] = None,
+  batch_size: int = 16,
+) -> EvaluationResult:
   """Runs the export's own serving signature on the encoded files (as the pipeline does), makes
   each mask at original size with `postprocess.class_mask`, and sums the confusion matrices.
 
@@ -57,10 +64,13 @@ def evaluate_export(export: export_lib.LoadedExport, pairs: Sequence[data_lib.Im
   class_names = export.metadata.class_names
   beyond = [c for c in label_map.covered_classes if c >= len(class_names)]
   if beyond:
-    raise ValueError(f"the label map's classes {beyond} are beyond the model's "
-                     f"{len(class_names)} classes {list(class_names)}")
+    raise ValueError(
+      f"the label map's classes {beyond} are beyond the model's "
+      f"{len(class_names)} classes {list(class_names)}"
+    )
   result = metrics_lib.SegmentationMetrics.empty(
-      class_names, [class_names[c] for c in label_map.covered_classes])
+    class_names, [class_names[c] for c in label_map.covered_classes]
+  )
   skipped, evaluated = [], 0
 
   def skip(pair, reason):
@@ -69,7 +79,7 @@ def evaluate_export(export: export_lib.LoadedExport, pairs: Sequence[data_lib.Im
 
   for start in range(0, len(pairs), batch_size):
     batch, encoded, truths = [], [], []
-    for pair in pairs[start:start + batch_size]:
+    for pair in pairs[start : start + batch_size]:
       try:
         with tf.io.gfile.GFile(pair.image_path, "rb") as f:
           image_bytes = f.read()
@@ -92,8 +102,12 @@ def evaluate_export(export: export_lib.LoadedExport, pairs: Sequence[data_lib.Im
       if truth.shape != (height, width):
         skip(pair, f"mask is {truth.shape[1]}x{truth.shape[0]}, image {width}x{height}")
         continue
-      mask, _ = postprocess.class_mask(outputs[export_lib.OUTPUT_PROBABILITIES], height, width,
-                                       threshold=export.metadata.mask_threshold)
+      mask, _ = postprocess.class_mask(
+        outputs[export_lib.OUTPUT_PROBABILITIES],
+        height,
+        width,
+        threshold=export.metadata.mask_threshold,
+      )
       result = result.add(truth, mask)
       evaluated += 1
   return EvaluationResult(metrics=result, images=evaluated, skipped=tuple(skipped))

@@ -90,8 +90,10 @@ class ModelMetadata:
   @property
   def unet_config(self) -> config_lib.UNetConfig:
     if self.imported:
-      raise ValueError(f"{self.name} was imported from {self.config.get('source_format')}: it "
-                       "has no segbeam U-Net configuration")
+      raise ValueError(
+        f"{self.name} was imported from {self.config.get('source_format')}: it "
+        "has no segbeam U-Net configuration"
+      )
     return config_lib.UNetConfig.from_dict(self.config)
 
   @property
@@ -127,10 +129,17 @@ class ModelMetadata:
 
   def to_json(self) -> str:
     data = dataclasses.asdict(self)
-    data.update(class_names=list(self.class_names), input_size=self.input_size,
-                channels=self.channels, architecture=self.architecture,
-                signature=dict(name=SIGNATURE_NAME, input=INPUT_KEY,
-                               outputs=[OUTPUT_PROBABILITIES, OUTPUT_HEIGHT, OUTPUT_WIDTH]))
+    data.update(
+      class_names=list(self.class_names),
+      input_size=self.input_size,
+      channels=self.channels,
+      architecture=self.architecture,
+      signature=dict(
+        name=SIGNATURE_NAME,
+        input=INPUT_KEY,
+        outputs=[OUTPUT_PROBABILITIES, OUTPUT_HEIGHT, OUTPUT_WIDTH],
+      ),
+    )
     return json.dumps(data, indent=2, sort_keys=True)
 
   @classmethod
@@ -163,9 +172,13 @@ def serving_function(probabilities: ProbabilitiesFn, serving: config_lib.Serving
   @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=INPUT_KEY)])
   def serve(images):
     pixels, heights, widths = preprocessing.decode_and_resize_batch(
-        images, (serving.input_height, serving.input_width), serving.channels, serving.resize)
-    return {OUTPUT_PROBABILITIES: probabilities(pixels), OUTPUT_HEIGHT: heights,
-            OUTPUT_WIDTH: widths}
+      images, (serving.input_height, serving.input_width), serving.channels, serving.resize
+    )
+    return {
+      OUTPUT_PROBABILITIES: probabilities(pixels),
+      OUTPUT_HEIGHT: heights,
+      OUTPUT_WIDTH: widths,
+    }
 
   return serve
 
@@ -173,17 +186,27 @@ def serving_function(probabilities: ProbabilitiesFn, serving: config_lib.Serving
 def pixels_function(probabilities: ProbabilitiesFn, serving: config_lib.ServingConfig):
   """The forward pass alone: decoded, resized pixels in 0..255 in, probabilities out."""
 
-  @tf.function(input_signature=[tf.TensorSpec(
-      [None, serving.input_height, serving.input_width, serving.channels], tf.float32,
-      name="pixels")])
+  @tf.function(
+    input_signature=[
+      tf.TensorSpec(
+        [None, serving.input_height, serving.input_width, serving.channels],
+        tf.float32,
+        name="pixels",
+      )
+    ]
+  )
   def predict_pixels(pixels):
     return {OUTPUT_PROBABILITIES: probabilities(pixels)}
 
   return predict_pixels
 
 
-def write_archive(export_dir: str, probabilities: ProbabilitiesFn,
-                  serving: config_lib.ServingConfig, track: Sequence[Any] = ()) -> None:
+def write_archive(
+  export_dir: str,
+  probabilities: ProbabilitiesFn,
+  serving: config_lib.ServingConfig,
+  track: Sequence[Any] = (),
+) -> None:
   """Writes the SavedModel with segbeam's two signatures over `probabilities`.
 
   Args:
@@ -205,16 +228,27 @@ def unet_serving_config(config: config_lib.UNetConfig) -> config_lib.ServingConf
   """What segbeam's own U-Nets are served with: 0..255 pixels (the model normalises them),
   the DCT-scaled decode and antialiased resize they were trained with, logits."""
   return config_lib.ServingConfig(
-      input_height=config.input_size, input_width=config.input_size, channels=config.channels,
-      num_classes=config.num_classes, preprocess=config_lib.PREPROCESS_NONE,
-      resize=config_lib.RESIZE_DCT_ANTIALIAS, output=config_lib.OUTPUT_LOGITS,
-      model_channels=config.num_classes)
+    input_height=config.input_size,
+    input_width=config.input_size,
+    channels=config.channels,
+    num_classes=config.num_classes,
+    preprocess=config_lib.PREPROCESS_NONE,
+    resize=config_lib.RESIZE_DCT_ANTIALIAS,
+    output=config_lib.OUTPUT_LOGITS,
+    model_channels=config.num_classes,
+  )
 
 
-def export_model(model: keras.Model, config: config_lib.UNetConfig, export_dir: str, *,
-                 label_map: labels_lib.LabelMap, name: str = "segbeam-unet",
-                 training: Optional[Mapping[str, Any]] = None,
-                 validation: Optional[Mapping[str, Any]] = None) -> ModelMetadata:
+def export_model(
+  model: keras.Model,
+  config: config_lib.UNetConfig,
+  export_dir: str,
+  *,
+  label_map: labels_lib.LabelMap,
+  name: str = "segbeam-unet",
+  training: Optional[Mapping[str, Any]] = None,
+  validation: Optional[Mapping[str, Any]] = None,
+) -> ModelMetadata:
   """Writes the SavedModel and its metadata to `export_dir` (local or gs://)."""
   if label_map.num_classes != config.num_classes:
     raise ValueError(f"label map has {label_map.num_classes} classes, model {config.num_classes}")
@@ -225,10 +259,16 @@ def export_model(model: keras.Model, config: config_lib.UNetConfig, export_dir: 
   serving = unet_serving_config(config)
   write_archive(export_dir, probabilities, serving)
   metadata = ModelMetadata(
-      name=name, version=content_version(model.weights, config.to_dict()),
-      config=as_json(config.to_dict()), label_map=as_json(label_map.to_dict()),
-      training=as_json(training or {}), validation=as_json(validation or {}),
-      created=utc_now(), software=software_versions(), serving=as_json(serving.to_dict()))
+    name=name,
+    version=content_version(model.weights, config.to_dict()),
+    config=as_json(config.to_dict()),
+    label_map=as_json(label_map.to_dict()),
+    training=as_json(training or {}),
+    validation=as_json(validation or {}),
+    created=utc_now(),
+    software=software_versions(),
+    serving=as_json(serving.to_dict()),
+  )
   write_metadata(export_dir, metadata)
   return metadata
 
@@ -238,8 +278,7 @@ def utc_now() -> str:
 
 
 def software_versions() -> dict[str, str]:
-  return {"segbeam": segbeam.__version__, "tensorflow": tf.__version__,
-          "keras": keras.__version__}
+  return {"segbeam": segbeam.__version__, "tensorflow": tf.__version__, "keras": keras.__version__}
 
 
 def as_json(value: Mapping[str, Any]) -> dict[str, Any]:
@@ -250,8 +289,13 @@ def as_json(value: Mapping[str, Any]) -> dict[str, Any]:
 
 def stored_parameters(export_dir: str) -> int:
   """Number of parameter values in the export's variables checkpoint."""
-  return int(sum(np.prod(shape) for name, shape in tf.train.list_variables(
-      os.path.join(export_dir, "variables", "variables")) if name != "_CHECKPOINTABLE_OBJECT_GRAPH"))
+  return int(
+    sum(
+      np.prod(shape)
+      for name, shape in tf.train.list_variables(os.path.join(export_dir, "variables", "variables"))
+      if name != "_CHECKPOINTABLE_OBJECT_GRAPH"
+    )
+  )
 
 
 def write_metadata(export_dir: str, metadata: ModelMetadata) -> None:

@@ -37,8 +37,9 @@ class LabelMap:
     classes = {c for _, c in self.mapping}
     if not classes <= set(range(len(self.class_names))):
       raise ValueError(
-          f"the mapping's classes {sorted(classes)} must be within 0..{len(self.class_names) - 1}"
-          f" (one per class name {list(self.class_names)})")
+        f"the mapping's classes {sorted(classes)} must be within 0..{len(self.class_names) - 1}"
+        f" (one per class name {list(self.class_names)})"
+      )
     if any(not 0 <= raw < 65536 for raw in raws):
       raise ValueError("raw mask values must be in 0..65535")
 
@@ -69,27 +70,31 @@ class LabelMap:
 
   @classmethod
   def from_dict(cls, data: Mapping[str, Any]) -> "LabelMap":
-    return cls(mapping=tuple((int(r), int(c)) for r, c in data["mapping"].items()),
-               class_names=tuple(data["class_names"]))
+    return cls(
+      mapping=tuple((int(r), int(c)) for r, c in data["mapping"].items()),
+      class_names=tuple(data["class_names"]),
+    )
 
 
 def coverage_line(class_names: Sequence[str], covered: Sequence[str]) -> str:
   """'ground truth covers: pet, background (not: border)', as evaluate, summary and report say
   it."""
   missing = [name for name in class_names if name not in set(covered)]
-  return (f"ground truth covers: {', '.join(covered) or 'no class'}"
-          + (f" (not: {', '.join(missing)})" if missing else ""))
+  return f"ground truth covers: {', '.join(covered) or 'no class'}" + (
+    f" (not: {', '.join(missing)})" if missing else ""
+  )
 
 
 # Oxford-IIIT Pet trimaps: 1 pet, 2 background, 3 border; the TensorFlow tutorial subtracts 1.
-OXFORD_PET_TRIMAP = LabelMap(mapping=((1, 0), (2, 1), (3, 2)),
-                             class_names=("pet", "background", "border"))
+OXFORD_PET_TRIMAP = LabelMap(
+  mapping=((1, 0), (2, 1), (3, 2)), class_names=("pet", "background", "border")
+)
 # Binary masks saved as 0/255 images.
 BINARY_0_255 = LabelMap(mapping=((0, 0), (255, 1)), class_names=("background", "foreground"))
 
 PRESETS: Mapping[str, LabelMap] = {
-    "oxford-pet-trimap": OXFORD_PET_TRIMAP,
-    "binary-0-255": BINARY_0_255,
+  "oxford-pet-trimap": OXFORD_PET_TRIMAP,
+  "binary-0-255": BINARY_0_255,
 }
 
 
@@ -106,7 +111,8 @@ def parse_label_map(spec: str, class_names: tuple[str, ...] | None = None) -> La
     raw, sep, cls = item.strip().partition(":")
     if not sep:
       raise ValueError(
-          f"label map {spec!r}: expected a preset ({', '.join(PRESETS)}) or 'raw:class,...'")
+        f"label map {spec!r}: expected a preset ({', '.join(PRESETS)}) or 'raw:class,...'"
+      )
     try:
       pairs.append((int(raw), int(cls)))
     except ValueError:

@@ -15,8 +15,9 @@ class PixelNormalization(keras.layers.Layer):
   all feed raw pixels and cannot disagree about the normalisation. It has no weights.
   """
 
-  def __init__(self, mean: Sequence[float], std: Sequence[float], reverse_channels: bool = False,
-               **kwargs):
+  def __init__(
+    self, mean: Sequence[float], std: Sequence[float], reverse_channels: bool = False, **kwargs
+  ):
     super().__init__(**kwargs)
     self.mean = [float(m) for m in mean]
     self.std = [float(s) for s in std]
@@ -34,8 +35,12 @@ class PixelNormalization(keras.layers.Layer):
     return input_shape
 
   def get_config(self):
-    return {**super().get_config(), "mean": self.mean, "std": self.std,
-            "reverse_channels": self.reverse_channels}
+    return {
+      **super().get_config(),
+      "mean": self.mean,
+      "std": self.std,
+      "reverse_channels": self.reverse_channels,
+    }
 
 
 @keras.saving.register_keras_serializable(package="segbeam")

@@ -16,8 +16,9 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 
-def confusion_matrix(true_mask: np.ndarray, predicted_mask: np.ndarray,
-                     num_classes: int) -> np.ndarray:
+def confusion_matrix(
+  true_mask: np.ndarray, predicted_mask: np.ndarray, num_classes: int
+) -> np.ndarray:
   """int64 [num_classes, num_classes], rows = truth, columns = prediction; pixels whose truth is
   IGNORE_INDEX (or any value >= num_classes) are left out."""
   if true_mask.shape != predicted_mask.shape:
@@ -25,8 +26,9 @@ def confusion_matrix(true_mask: np.ndarray, predicted_mask: np.ndarray,
   truth = true_mask.reshape(-1).astype(np.int64)
   predicted = predicted_mask.reshape(-1).astype(np.int64)
   keep = truth < num_classes
-  counts = np.bincount(truth[keep] * num_classes + predicted[keep],
-                       minlength=num_classes * num_classes)
+  counts = np.bincount(
+    truth[keep] * num_classes + predicted[keep], minlength=num_classes * num_classes
+  )
   return counts.reshape(num_classes, num_classes)
 
 
@@ -43,25 +45,33 @@ class SegmentationMetrics:
 
   def __post_init__(self):
     object.__setattr__(self, "class_names", tuple(self.class_names))
-    covered = (self.class_names if self.ground_truth_classes is None
-               else tuple(self.ground_truth_classes))
+    covered = (
+      self.class_names if self.ground_truth_classes is None else tuple(self.ground_truth_classes)
+    )
     unknown = [name for name in covered if name not in self.class_names]
     if unknown:
       raise ValueError(f"ground truth classes {unknown} are not among {list(self.class_names)}")
     # In class order, whatever order they were given in.
-    object.__setattr__(self, "ground_truth_classes",
-                       tuple(name for name in self.class_names if name in covered))
+    object.__setattr__(
+      self, "ground_truth_classes", tuple(name for name in self.class_names if name in covered)
+    )
 
   @classmethod
-  def empty(cls, class_names: Sequence[str],
-            ground_truth_classes: Optional[Sequence[str]] = None) -> "SegmentationMetrics":
+  def empty(
+    cls, class_names: Sequence[str], ground_truth_classes: Optional[Sequence[str]] = None
+  ) -> "SegmentationMetrics":
     n = len(class_names)
-    return cls(np.zeros((n, n), np.int64), tuple(class_names),
-               None if ground_truth_classes is None else tuple(ground_truth_classes))
+    return cls(
+      np.zeros((n, n), np.int64),
+      tuple(class_names),
+      None if ground_truth_classes is None else tuple(ground_truth_classes),
+    )
 
   def add(self, true_mask: np.ndarray, predicted_mask: np.ndarray) -> "SegmentationMetrics":
-    return dataclasses.replace(self, confusion=self.confusion + confusion_matrix(
-        true_mask, predicted_mask, len(self.class_names)))
+    return dataclasses.replace(
+      self,
+      confusion=self.confusion + confusion_matrix(true_mask, predicted_mask, len(self.class_names)),
+    )
 
   @property
   def intersections(self) -> np.ndarray:
@@ -80,9 +90,16 @@ class SegmentationMetrics:
   def per_class_iou(self) -> dict[str, Optional[float]]:
     """None for a class without ground truth; NaN for one absent from truth and prediction."""
     unions = self.unions
-    return {name: (None if name not in self.ground_truth_classes
-                   else float(self.intersections[i] / unions[i]) if unions[i] else float("nan"))
-            for i, name in enumerate(self.class_names)}
+    return {
+      name: (
+        None
+        if name not in self.ground_truth_classes
+        else float(self.intersections[i] / unions[i])
+        if unions[i]
+        else float("nan")
+      )
+      for i, name in enumerate(self.class_names)
+    }
 
   @property
   def mean_iou(self) -> float:
@@ -91,8 +108,10 @@ class SegmentationMetrics:
     return float(np.mean(present)) if present else float("nan")
 
   def to_dict(self) -> dict[str, Any]:
-    return {"pixel_accuracy": self.pixel_accuracy, "mean_iou": self.mean_iou,
-            "per_class_iou": self.per_class_iou, "pixels": int(self.confusion.sum()),
-            "ground_truth_classes": list(self.ground_truth_classes)}
-
-
+    return {
+      "pixel_accuracy": self.pixel_accuracy,
+      "mean_iou": self.mean_iou,
+      "per_class_iou": self.per_class_iou,
+      "pixels": int(self.confusion.sum()),
+      "ground_truth_classes": list(self.ground_truth_classes),
+    }

@@ -39,52 +39,140 @@ from tensorflow.core.protobuf import saved_model_pb2
 SAVED_MODEL_FILE = "saved_model.pb"
 VARIABLES_PREFIX = os.path.join("variables", "variables")
 
-DENIED_OPS = frozenset({
+DENIED_OPS = frozenset(
+  {
     # Files named by a tensor or an attribute: read, written, listed, memory-mapped, or read
     # as a vocabulary, a checkpoint to remap, a proto descriptor (`descriptor_source`).
-    "ReadFile", "WriteFile", "MatchingFiles", "ImmutableConst", "LoadAndRemapMatrix",
-    "GenerateVocabRemapping", "InitializeTableFromTextFile", "InitializeTableFromTextFileV2",
-    "RecordInput", "DecodeProtoV2", "EncodeProto", "DumpTensor", "CalibrationStatisticsSaver",
+    "ReadFile",
+    "WriteFile",
+    "MatchingFiles",
+    "ImmutableConst",
+    "LoadAndRemapMatrix",
+    "GenerateVocabRemapping",
+    "InitializeTableFromTextFile",
+    "InitializeTableFromTextFileV2",
+    "RecordInput",
+    "DecodeProtoV2",
+    "EncodeProto",
+    "DumpTensor",
+    "CalibrationStatisticsSaver",
     "FileSystemSetConfiguration",
     # Checkpoints: write, read, merge (which deletes the merged files). Allowed only in the
     # saver's own subgraph (module docstring).
-    "Save", "SaveSlices", "SaveV2", "Restore", "RestoreSlice", "RestoreV2",
-    "MergeV2Checkpoints", "DTensorRestoreV2",
+    "Save",
+    "SaveSlices",
+    "SaveV2",
+    "Restore",
+    "RestoreSlice",
+    "RestoreV2",
+    "MergeV2Checkpoints",
+    "DTensorRestoreV2",
     # TF1 readers: each reads the files it is given.
-    "WholeFileReader", "WholeFileReaderV2", "TextLineReader", "TextLineReaderV2",
-    "TFRecordReader", "TFRecordReaderV2", "FixedLengthRecordReader",
-    "FixedLengthRecordReaderV2", "LMDBReader",
+    "WholeFileReader",
+    "WholeFileReaderV2",
+    "TextLineReader",
+    "TextLineReaderV2",
+    "TFRecordReader",
+    "TFRecordReaderV2",
+    "FixedLengthRecordReader",
+    "FixedLengthRecordReaderV2",
+    "LMDBReader",
     # tf.data sources and sinks on files (a cache with a filename is one), and the tf.data
     # service, which is reached over the network.
-    "TFRecordDataset", "TFRecordDatasetV2", "FixedLengthRecordDataset",
-    "FixedLengthRecordDatasetV2", "TextLineDataset", "CSVDataset", "CSVDatasetV2",
-    "ExperimentalCSVDataset", "LMDBDataset", "ExperimentalLMDBDataset", "SqlDataset",
-    "ExperimentalSqlDataset", "MatchingFilesDataset", "ExperimentalMatchingFilesDataset",
-    "LoadDataset", "SaveDataset", "SaveDatasetV2", "DistributedSave", "SnapshotDataset",
-    "SnapshotDatasetV2", "SnapshotDatasetReader", "SnapshotNestedDatasetReader",
-    "SnapshotChunkDataset", "ListSnapshotChunksDataset", "CacheDataset", "CacheDatasetV2",
-    "DatasetToTFRecord", "ExperimentalDatasetToTFRecord", "DataServiceDataset",
-    "DataServiceDatasetV2", "DataServiceDatasetV3", "DataServiceDatasetV4", "RegisterDataset",
+    "TFRecordDataset",
+    "TFRecordDatasetV2",
+    "FixedLengthRecordDataset",
+    "FixedLengthRecordDatasetV2",
+    "TextLineDataset",
+    "CSVDataset",
+    "CSVDatasetV2",
+    "ExperimentalCSVDataset",
+    "LMDBDataset",
+    "ExperimentalLMDBDataset",
+    "SqlDataset",
+    "ExperimentalSqlDataset",
+    "MatchingFilesDataset",
+    "ExperimentalMatchingFilesDataset",
+    "LoadDataset",
+    "SaveDataset",
+    "SaveDatasetV2",
+    "DistributedSave",
+    "SnapshotDataset",
+    "SnapshotDatasetV2",
+    "SnapshotDatasetReader",
+    "SnapshotNestedDatasetReader",
+    "SnapshotChunkDataset",
+    "ListSnapshotChunksDataset",
+    "CacheDataset",
+    "CacheDatasetV2",
+    "DatasetToTFRecord",
+    "ExperimentalDatasetToTFRecord",
+    "DataServiceDataset",
+    "DataServiceDatasetV2",
+    "DataServiceDatasetV3",
+    "DataServiceDatasetV4",
+    "RegisterDataset",
     "RegisterDatasetV2",
     # Summaries and debugging: event files, a database, a debugger's file:// or grpc:// URL
     # (`debug_urls`, `debug_ops_spec`), tf.print to a file:// stream.
-    "SummaryWriter", "CreateSummaryFileWriter", "CreateSummaryDbWriter", "WriteSummary",
-    "WriteScalarSummary", "WriteHistogramSummary", "WriteImageSummary", "WriteAudioSummary",
-    "WriteGraphSummary", "WriteRawProtoSummary", "ImportEvent", "FlushSummaryWriter",
-    "CloseSummaryWriter", "StatsAggregatorSetSummaryWriter", "DebugIdentity",
-    "DebugIdentityV2", "DebugIdentityV3", "DebugNanCount", "DebugNumericSummary",
-    "DebugNumericSummaryV2", "Copy", "CopyHost", "PrintV2",
+    "SummaryWriter",
+    "CreateSummaryFileWriter",
+    "CreateSummaryDbWriter",
+    "WriteSummary",
+    "WriteScalarSummary",
+    "WriteHistogramSummary",
+    "WriteImageSummary",
+    "WriteAudioSummary",
+    "WriteGraphSummary",
+    "WriteRawProtoSummary",
+    "ImportEvent",
+    "FlushSummaryWriter",
+    "CloseSummaryWriter",
+    "StatsAggregatorSetSummaryWriter",
+    "DebugIdentity",
+    "DebugIdentityV2",
+    "DebugIdentityV3",
+    "DebugNanCount",
+    "DebugNumericSummary",
+    "DebugNumericSummaryV2",
+    "Copy",
+    "CopyHost",
+    "PrintV2",
     # Python: runs whatever function the loading process has registered under the token.
-    "PyFunc", "PyFuncStateless", "EagerPyFunc",
+    "PyFunc",
+    "PyFuncStateless",
+    "EagerPyFunc",
     # The network: RPC clients and servers, collectives and send/receive between tasks.
-    "RpcServer", "RpcServerRegister", "RpcServerStart", "RpcClient", "RpcCall",
-    "RpcCheckStatus", "RpcGetValue", "DeleteRpcFutureResource", "CollectiveReduce",
-    "CollectiveReduceV2", "CollectiveReduceV3", "CollectiveGather", "CollectiveGatherV2",
-    "CollectiveBcastSend", "CollectiveBcastSendV2", "CollectiveBcastRecv",
-    "CollectiveBcastRecvV2", "CollectiveAllToAllV2", "CollectiveAllToAllV3",
-    "CollectiveReduceScatterV2", "CollectiveInitializeCommunicator", "CollectiveAssignGroupV2",
-    "Send", "Recv", "_Send", "_Recv", "_HostSend", "_HostRecv",
-})
+    "RpcServer",
+    "RpcServerRegister",
+    "RpcServerStart",
+    "RpcClient",
+    "RpcCall",
+    "RpcCheckStatus",
+    "RpcGetValue",
+    "DeleteRpcFutureResource",
+    "CollectiveReduce",
+    "CollectiveReduceV2",
+    "CollectiveReduceV3",
+    "CollectiveGather",
+    "CollectiveGatherV2",
+    "CollectiveBcastSend",
+    "CollectiveBcastSendV2",
+    "CollectiveBcastRecv",
+    "CollectiveBcastRecvV2",
+    "CollectiveAllToAllV2",
+    "CollectiveAllToAllV3",
+    "CollectiveReduceScatterV2",
+    "CollectiveInitializeCommunicator",
+    "CollectiveAssignGroupV2",
+    "Send",
+    "Recv",
+    "_Send",
+    "_Recv",
+    "_HostSend",
+    "_HostRecv",
+  }
+)
 _SAVE_OPS = frozenset({"SaveV2", "MergeV2Checkpoints"})
 _RESTORE_OPS = frozenset({"RestoreV2"})
 
@@ -117,14 +205,14 @@ def read_saved_model(saved_model_dir: str) -> saved_model_pb2.SavedModel:
   except FileNotFoundError:
     raise DamagedExportError(f"model damaged: {path} is missing") from None
   except OSError as error:
-    raise DamagedExportError(f"model damaged: {path} cannot be read: "
-                             f"{_one_line(error)}") from error
+    raise DamagedExportError(f"model damaged: {path} cannot be read: {_one_line(error)}") from error
   proto = saved_model_pb2.SavedModel()
   try:
     proto.ParseFromString(data)
   except message.DecodeError as error:
-    raise DamagedExportError(f"model damaged: {path} is not a SavedModel: "
-                             f"{_one_line(error)}") from error
+    raise DamagedExportError(
+      f"model damaged: {path} is not a SavedModel: {_one_line(error)}"
+    ) from error
   if not proto.meta_graphs:
     raise DamagedExportError(f"model damaged: {path} holds no graph")
   return proto
@@ -182,8 +270,10 @@ def _meta_graph_findings(meta_graph) -> list[Finding]:
   # graph's functions), is not the saver's alone.
   other_nodes = _ancestors([n for n in nodes if n not in save_nodes | restore_nodes], inputs)
   other_functions = _function_closure(
-      (nodes[n] for n in other_nodes), library,
-      extra=meta_graph.object_graph_def.concrete_functions.keys())
+    (nodes[n] for n in other_nodes),
+    library,
+    extra=meta_graph.object_graph_def.concrete_functions.keys(),
+  )
   save_functions = _function_closure((nodes[n] for n in save_nodes), library)
   restore_functions = _function_closure((nodes[n] for n in restore_nodes), library)
 
@@ -197,7 +287,8 @@ def _meta_graph_findings(meta_graph) -> list[Finding]:
   findings = []
   for name, node in nodes.items():
     if node.op in DENIED_OPS and not the_savers_own(
-        node.op, name in save_nodes, name in restore_nodes, name in other_nodes):
+      node.op, name in save_nodes, name in restore_nodes, name in other_nodes
+    ):
       findings.append(Finding(node.op, f"node {name}"))
   for name, function in library.items():
     in_save, in_restore = name in save_functions, name in restore_functions
@@ -245,8 +336,10 @@ def check_saved_model(saved_model_dir: str, *, trust: bool = False) -> None:
   if first:
     shown = ", ".join(map(str, list(first.values())[:3]))
     more = f" and {len(first) - 3} more ops" if len(first) > 3 else ""
-    raise UnsafeModelError(f"model refused: its graph holds ops that touch files, the network "
-                           f"or processes ({shown}{more}); pass --trust-model if you trust it")
+    raise UnsafeModelError(
+      f"model refused: its graph holds ops that touch files, the network "
+      f"or processes ({shown}{more}); pass --trust-model if you trust it"
+    )
   if identity is not None:
     _found_safe.add(identity)
 
@@ -280,15 +373,17 @@ def check_export_readable(export_dir: str) -> None:
   try:
     reader = tf.train.load_checkpoint(prefix)
   except Exception as error:  # pylint: disable=broad-except  # any unreadable index
-    raise DamagedExportError(f"model damaged: {index} cannot be read: "
-                             f"{_one_line(error)}") from error
+    raise DamagedExportError(
+      f"model damaged: {index} cannot be read: {_one_line(error)}"
+    ) from error
   for name in sorted(reader.get_variable_to_dtype_map()):
     try:
       reader.get_tensor(name)
     except Exception as error:  # pylint: disable=broad-except  # truncated, corrupt, ...
       where = data[0] if len(data) == 1 else f"{prefix}.data-*"
-      raise DamagedExportError(f"model damaged: {where}: checkpoint entry {name} cannot be "
-                               f"read: {_one_line(error)}") from error
+      raise DamagedExportError(
+        f"model damaged: {where}: checkpoint entry {name} cannot be read: {_one_line(error)}"
+      ) from error
 
 
 def _one_line(error: BaseException) -> str:

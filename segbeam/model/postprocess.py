@@ -11,8 +11,9 @@ import numpy as np
 from PIL import Image
 
 
-def class_mask(probabilities: np.ndarray, height: int, width: int,
-               threshold: Optional[float] = None) -> tuple[np.ndarray, float]:
+def class_mask(
+  probabilities: np.ndarray, height: int, width: int, threshold: Optional[float] = None
+) -> tuple[np.ndarray, float]:
   """float32 [h, w, C] probabilities -> (uint8 [height, width] class indices, mean confidence).
 
   The mask is the argmax of the probability maps resized bilinearly to the original size
@@ -78,7 +79,8 @@ def _enlarged_class_mask(probabilities: np.ndarray, height: int, width: int):
   """
   source_height, source_width, num_classes = probabilities.shape
   planes = np.ascontiguousarray(np.moveaxis(probabilities, -1, 0), np.float32).reshape(
-      num_classes, -1)
+    num_classes, -1
+  )
   winner, top = _argmax_planes(planes)
   winner = winner.reshape(source_height, source_width)
   top = top.reshape(source_height, source_width)
@@ -94,10 +96,12 @@ def _enlarged_class_mask(probabilities: np.ndarray, height: int, width: int):
   cols_low, cols_high, cols_weight = _sample_positions(width, source_width)
   mask = np.take(np.take(cell_class, rows_low, axis=0), cols_low, axis=1)
 
-  row_mass = (np.bincount(rows_low, 1 - rows_weight, source_height)
-              + np.bincount(rows_high, rows_weight, source_height))
-  col_mass = (np.bincount(cols_low, 1 - cols_weight, source_width)
-              + np.bincount(cols_high, cols_weight, source_width))
+  row_mass = np.bincount(rows_low, 1 - rows_weight, source_height) + np.bincount(
+    rows_high, rows_weight, source_height
+  )
+  col_mass = np.bincount(cols_low, 1 - cols_weight, source_width) + np.bincount(
+    cols_high, cols_weight, source_width
+  )
   confidence_sum = float(row_mass @ top.astype(np.float64) @ col_mass)
 
   flat_mask = mask.reshape(-1)
@@ -109,22 +113,29 @@ def _enlarged_class_mask(probabilities: np.ndarray, height: int, width: int):
     bottom_row = rows_high[rows] * source_width
     left, right = cols_low[cols], cols_high[cols]
     corners = (top_row + left, top_row + right, bottom_row + left, bottom_row + right)
-    weights = ((1 - row_weight) * (1 - col_weight), (1 - row_weight) * col_weight,
-               row_weight * (1 - col_weight), row_weight * col_weight)
+    weights = (
+      (1 - row_weight) * (1 - col_weight),
+      (1 - row_weight) * col_weight,
+      row_weight * (1 - col_weight),
+      row_weight * col_weight,
+    )
 
     def interpolate(plane: np.ndarray) -> np.ndarray:
       return sum(w * plane[c] for w, c in zip(weights, corners))
 
     boundary_class, boundary_top = _argmax_planes([interpolate(p) for p in planes])
     flat_mask[boundary] = boundary_class
-    confidence_sum += float(boundary_top.sum(dtype=np.float64)
-                            - interpolate(top.reshape(-1)).sum(dtype=np.float64))
+    confidence_sum += float(
+      boundary_top.sum(dtype=np.float64) - interpolate(top.reshape(-1)).sum(dtype=np.float64)
+    )
   return mask, confidence_sum / (height * width)
 
 
 def _shrunk_class_mask(probabilities: np.ndarray, height: int, width: int):
-  planes = [_resized_plane(probabilities[..., index], height, width)
-            for index in range(probabilities.shape[-1])]
+  planes = [
+    _resized_plane(probabilities[..., index], height, width)
+    for index in range(probabilities.shape[-1])
+  ]
   mask, top = _argmax_planes(planes)
   return mask, float(top.mean(dtype=np.float64))
 
@@ -134,8 +145,7 @@ def _resized_plane(plane: np.ndarray, height: int, width: int) -> np.ndarray:
   return np.asarray(image.resize((width, height), Image.Resampling.BILINEAR))
 
 
-def _thresholded_class_mask(probabilities: np.ndarray, height: int, width: int,
-                            threshold: float):
+def _thresholded_class_mask(probabilities: np.ndarray, height: int, width: int, threshold: float):
   if probabilities.shape[-1] != 2:
     raise ValueError(f"a threshold needs two classes, got {probabilities.shape[-1]}")
   foreground = _resized_plane(probabilities[..., 1], height, width)

@@ -41,11 +41,16 @@ def decode_for_size(encoded: tf.Tensor, channels: int, size: int):
   def jpeg():
     shape = tf.io.extract_jpeg_shape(encoded)
     short_side = tf.minimum(shape[0], shape[1])
-    scale_index = tf.add_n([tf.cast(short_side >= scale * size, tf.int32)
-                            for scale in JPEG_SCALES[1:]])
-    image = tf.switch_case(scale_index, [
+    scale_index = tf.add_n(
+      [tf.cast(short_side >= scale * size, tf.int32) for scale in JPEG_SCALES[1:]]
+    )
+    image = tf.switch_case(
+      scale_index,
+      [
         (lambda ratio=ratio: tf.io.decode_jpeg(encoded, channels=channels, ratio=ratio))
-        for ratio in JPEG_SCALES])
+        for ratio in JPEG_SCALES
+      ],
+    )
     image.set_shape([None, None, channels])
     return image, shape[0], shape[1]
 
@@ -59,8 +64,9 @@ def decode_for_size(encoded: tf.Tensor, channels: int, size: int):
 
 def resize_image(image: tf.Tensor, size: int) -> tf.Tensor:
   """uint8 or float [H, W, C] -> float32 [size, size, C] in 0..255, bilinear with antialiasing."""
-  resized = tf.image.resize(tf.cast(image, tf.float32), [size, size], method="bilinear",
-                            antialias=True)
+  resized = tf.image.resize(
+    tf.cast(image, tf.float32), [size, size], method="bilinear", antialias=True
+  )
   return tf.clip_by_value(resized, 0.0, 255.0)
 
 
@@ -79,12 +85,17 @@ def resize_full_image(image: tf.Tensor, size: Size, method: str) -> tf.Tensor:
   """uint8 [H, W, C] -> float32 [height, width, C], as `tf.image.resize` gives it with `method`
   ('antialias': bilinear with antialiasing): what a model's own tf.data pipeline usually did."""
   antialias = method == config_lib.RESIZE_ANTIALIAS
-  return tf.image.resize(tf.cast(image, tf.float32), _height_width(size),
-                         method="bilinear" if antialias else method, antialias=antialias)
+  return tf.image.resize(
+    tf.cast(image, tf.float32),
+    _height_width(size),
+    method="bilinear" if antialias else method,
+    antialias=antialias,
+  )
 
 
-def decode_and_resize_batch(encoded: tf.Tensor, size: Size, channels: int,
-                            resize: str = config_lib.RESIZE_DCT_ANTIALIAS):
+def decode_and_resize_batch(
+  encoded: tf.Tensor, size: Size, channels: int, resize: str = config_lib.RESIZE_DCT_ANTIALIAS
+):
   """1-D string tensor of encoded images -> (float32 [B, height, width, C] in 0..255, int32
   heights [B], int32 widths [B]), the original sizes being those of the decoded images.
 
@@ -105,9 +116,14 @@ def decode_and_resize_batch(encoded: tf.Tensor, size: Size, channels: int,
     return resize_full_image(image, (height, width), resize), shape[0], shape[1]
 
   return tf.map_fn(
-      one, encoded,
-      fn_output_signature=(tf.TensorSpec([height, width, channels], tf.float32),
-                           tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.int32)))
+    one,
+    encoded,
+    fn_output_signature=(
+      tf.TensorSpec([height, width, channels], tf.float32),
+      tf.TensorSpec([], tf.int32),
+      tf.TensorSpec([], tf.int32),
+    ),
+  )
 
 
 # ImageNet statistics as `keras.applications.imagenet_utils.preprocess_input` applies them.
@@ -129,7 +145,9 @@ def normalize(pixels: tf.Tensor, convention: str) -> tf.Tensor:
   if convention == config_lib.PREPROCESS_CAFFE:
     return pixels[..., ::-1] - tf.constant(_CAFFE_BGR_MEAN, tf.float32)
   if convention == config_lib.PREPROCESS_TORCH:
-    return ((pixels / 255.0 - tf.constant(_TORCH_MEAN, tf.float32))
-            / tf.constant(_TORCH_STD, tf.float32))
-  raise ValueError(f"unknown preprocessing {convention!r}; known: "
-                   f"{', '.join(config_lib.PREPROCESS_CONVENTIONS)}")
+    return (pixels / 255.0 - tf.constant(_TORCH_MEAN, tf.float32)) / tf.constant(
+      _TORCH_STD, tf.float32
+    )
+  raise ValueError(
+    f"unknown preprocessing {convention!r}; known: {', '.join(config_lib.PREPROCESS_CONVENTIONS)}"
+  )

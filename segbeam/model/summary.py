@@ -19,9 +19,11 @@ import keras
 from segbeam.model import config as config_lib
 from segbeam.model import unet
 
-TRANSPOSE_RULE = ("Conv2DTranspose output side = input * stride with padding 'same', "
-                  "(input - 1) * stride + kernel with 'valid': 7 -> 14 (k3 s2 same), "
-                  "7 -> 8 (k2 s1 valid), 4 -> 9 (k3 s2 valid).")
+TRANSPOSE_RULE = (
+  "Conv2DTranspose output side = input * stride with padding 'same', "
+  "(input - 1) * stride + kernel with 'valid': 7 -> 14 (k3 s2 same), "
+  "7 -> 8 (k2 s1 valid), 4 -> 9 (k3 s2 valid)."
+)
 
 
 def transpose_output_side(side: int, kernel: int, stride: int, padding: str) -> int:
@@ -76,34 +78,70 @@ class ModelReport:
     return sum(r.trainable for r in self.rows)
 
   def to_json(self) -> str:
-    return json.dumps({
-        "title": self.title, "parts": [dict(dataclasses.asdict(r), total=r.total)
-                                       for r in self.rows],
-        "total": self.total, "trainable": self.trainable,
-        "keras": {"total": self.keras_total, "trainable": self.keras_trainable,
-                  "non_trainable": self.keras_non_trainable},
-        "notes": self.notes}, indent=2)
+    return json.dumps(
+      {
+        "title": self.title,
+        "parts": [dict(dataclasses.asdict(r), total=r.total) for r in self.rows],
+        "total": self.total,
+        "trainable": self.trainable,
+        "keras": {
+          "total": self.keras_total,
+          "trainable": self.keras_trainable,
+          "non_trainable": self.keras_non_trainable,
+        },
+        "notes": self.notes,
+      },
+      indent=2,
+    )
 
   def format_table(self) -> str:
     headers = ("part", "input", "output", "resampling", "trainable", "frozen", "bn stats")
-    body = [(r.name, r.input_shape, r.output_shape, r.resample, f"{r.trainable:,}",
-             f"{r.frozen:,}", f"{r.statistics:,}") for r in self.rows]
-    body.append(("total", "", "", "", f"{self.trainable:,}",
-                 f"{sum(r.frozen for r in self.rows):,}",
-                 f"{sum(r.statistics for r in self.rows):,}"))
+    body = [
+      (
+        r.name,
+        r.input_shape,
+        r.output_shape,
+        r.resample,
+        f"{r.trainable:,}",
+        f"{r.frozen:,}",
+        f"{r.statistics:,}",
+      )
+      for r in self.rows
+    ]
+    body.append(
+      (
+        "total",
+        "",
+        "",
+        "",
+        f"{self.trainable:,}",
+        f"{sum(r.frozen for r in self.rows):,}",
+        f"{sum(r.statistics for r in self.rows):,}",
+      )
+    )
     widths = [max(len(row[i]) for row in (headers, *body)) for i in range(len(headers))]
     numeric = {4, 5, 6}
 
     def line(row):
-      return "  ".join(cell.rjust(w) if i in numeric else cell.ljust(w)
-                       for i, (cell, w) in enumerate(zip(row, widths))).rstrip()
+      return "  ".join(
+        cell.rjust(w) if i in numeric else cell.ljust(w)
+        for i, (cell, w) in enumerate(zip(row, widths))
+      ).rstrip()
 
     rule = "-" * len(line(headers))
-    out = [self.title, rule, line(headers), rule, *map(line, body[:-1]), rule, line(body[-1]),
-           "",
-           f"Keras: {self.keras_total:,} parameters, {self.keras_trainable:,} trainable, "
-           f"{self.keras_non_trainable:,} non-trainable (= frozen + bn stats).",
-           f"{self.trainable / self.keras_total:.1%} of the parameters train."]
+    out = [
+      self.title,
+      rule,
+      line(headers),
+      rule,
+      *map(line, body[:-1]),
+      rule,
+      line(body[-1]),
+      "",
+      f"Keras: {self.keras_total:,} parameters, {self.keras_trainable:,} trainable, "
+      f"{self.keras_non_trainable:,} non-trainable (= frozen + bn stats).",
+      f"{self.trainable / self.keras_total:.1%} of the parameters train.",
+    ]
     out += self.notes
     return "\n".join(out)
 
@@ -143,11 +181,15 @@ def _resample(layer: keras.layers.Layer) -> str:
       k, s = leaf.kernel_size[0], leaf.strides[0]
       side_in = leaf.input.shape[1]
       side_out = transpose_output_side(side_in, k, s, leaf.padding)
-      return (f"Conv2DTranspose k{k} s{s} {leaf.padding}: "
-              f"{side_in}x{leaf.input.shape[2]} -> {side_out}x{leaf.output.shape[2]}")
+      return (
+        f"Conv2DTranspose k{k} s{s} {leaf.padding}: "
+        f"{side_in}x{leaf.input.shape[2]} -> {side_out}x{leaf.output.shape[2]}"
+      )
     if isinstance(leaf, keras.layers.UpSampling2D):
-      return (f"UpSampling2D x{leaf.size[0]}: {leaf.input.shape[1]}x{leaf.input.shape[2]} -> "
-              f"{leaf.output.shape[1]}x{leaf.output.shape[2]}")
+      return (
+        f"UpSampling2D x{leaf.size[0]}: {leaf.input.shape[1]}x{leaf.input.shape[2]} -> "
+        f"{leaf.output.shape[1]}x{leaf.output.shape[2]}"
+      )
   return ""
 
 
@@ -170,22 +212,31 @@ def summarize_model(model: keras.Model, title: Optional[str] = None) -> ModelRep
     outputs = layer.output if isinstance(layer.output, (list, tuple)) else [layer.output]
     role = _role(layer)
     if role == "encoder":
-      output_shape = (f"{_shape(outputs[-1].shape)} (bottleneck); skips "
-                      + ", ".join(_shape(o.shape) for o in outputs[:-1]))
+      output_shape = f"{_shape(outputs[-1].shape)} (bottleneck); skips " + ", ".join(
+        _shape(o.shape) for o in outputs[:-1]
+      )
     else:
       output_shape = _shape(outputs[0].shape)
     input_shape = " + ".join(_shape(t.shape) for t in inputs)
     trainable, frozen, statistics = _parameters(layer)
-    rows.append(PartRow(layer.name, role, input_shape, output_shape, _resample(layer), trainable,
-                        frozen, statistics))
+    rows.append(
+      PartRow(
+        layer.name, role, input_shape, output_shape, _resample(layer), trainable, frozen, statistics
+      )
+    )
   keras_trainable = _count(model.trainable_weights)
   report = ModelReport(
-      title=title or model.name, rows=rows, keras_total=int(model.count_params()),
-      keras_trainable=keras_trainable,
-      keras_non_trainable=_count(model.non_trainable_weights))
+    title=title or model.name,
+    rows=rows,
+    keras_total=int(model.count_params()),
+    keras_trainable=keras_trainable,
+    keras_non_trainable=_count(model.non_trainable_weights),
+  )
   if report.total != report.keras_total or report.trainable != report.keras_trainable:
-    raise AssertionError(f"summary totals {report.total}/{report.trainable} differ from Keras "
-                         f"{report.keras_total}/{report.keras_trainable}")
+    raise AssertionError(
+      f"summary totals {report.total}/{report.trainable} differ from Keras "
+      f"{report.keras_total}/{report.keras_trainable}"
+    )
   report.notes.append(TRANSPOSE_RULE)
   return report
 
@@ -193,16 +244,17 @@ def summarize_model(model: keras.Model, title: Optional[str] = None) -> ModelRep
 def _title(config: config_lib.UNetConfig) -> str:
   e = config.encoder
   weights = e.weights or "random"
-  return (f"{config.architecture} U-Net, input {config.input_size}x{config.input_size}x"
-          f"{config.channels}, {config.num_classes} classes, encoder weights {weights}, "
-          f"encoder trainable {e.effective_trainable}")
+  return (
+    f"{config.architecture} U-Net, input {config.input_size}x{config.input_size}x"
+    f"{config.channels}, {config.num_classes} classes, encoder weights {weights}, "
+    f"encoder trainable {e.effective_trainable}"
+  )
 
 
 def _without_weights(config: config_lib.UNetConfig) -> config_lib.UNetConfig:
   """Same architecture and trainability, but nothing to download or load: counting parameters
   needs no weight values."""
-  return config.replace(encoder_weights=None,
-                        encoder_trainable=config.encoder.effective_trainable)
+  return config.replace(encoder_weights=None, encoder_trainable=config.encoder.effective_trainable)
 
 
 def summarize_config(config: config_lib.UNetConfig) -> ModelReport:
@@ -236,22 +288,23 @@ class ImportedReport:
 
 def summarize_imported_export(export_dir: str, metadata) -> ImportedReport:
   from segbeam.model import export as export_lib  # pylint: disable=import-outside-toplevel
+
   serving = metadata.serving_config
   source = metadata.training
   facts = {
-      "source": f"{source.get('source')} ({metadata.config.get('source_format')}"
-                + (f", signature {source['signature']}" if source.get("signature") else "")
-                + ")",
-      "source sha256": source.get("source_sha256"),
-      "input": f"{serving.input_height}x{serving.input_width}x{serving.channels}",
-      "classes": ", ".join(metadata.class_names),
-      "preprocess": serving.preprocess,
-      "resize": serving.resize,
-      "scores": serving.output + (f" (one channel, foreground above {serving.threshold})"
-                                  if serving.binary_sigmoid else ""),
-      "parameters": f"{export_lib.stored_parameters(export_dir):,}",
-      "trusted": "yes (exported with --trust-model)" if source.get("trusted") else "no",
-      "created": metadata.created,
+    "source": f"{source.get('source')} ({metadata.config.get('source_format')}"
+    + (f", signature {source['signature']}" if source.get("signature") else "")
+    + ")",
+    "source sha256": source.get("source_sha256"),
+    "input": f"{serving.input_height}x{serving.input_width}x{serving.channels}",
+    "classes": ", ".join(metadata.class_names),
+    "preprocess": serving.preprocess,
+    "resize": serving.resize,
+    "scores": serving.output
+    + (f" (one channel, foreground above {serving.threshold})" if serving.binary_sigmoid else ""),
+    "parameters": f"{export_lib.stored_parameters(export_dir):,}",
+    "trusted": "yes (exported with --trust-model)" if source.get("trusted") else "no",
+    "created": metadata.created,
   }
   return ImportedReport(f"{metadata.name} {metadata.version}: imported model", facts)
 
@@ -272,11 +325,14 @@ def summarize_export(export_dir: str):
   report = summarize_model(model, f"{metadata.name} {metadata.version}: {_title(config)}")
   stored = export_lib.stored_parameters(export_dir)
   agreement = "matches" if stored == report.keras_total else "DIFFERS from"
-  report.notes.append(f"The SavedModel holds {stored:,} parameters: {agreement} the rebuilt "
-                      "architecture.")
+  report.notes.append(
+    f"The SavedModel holds {stored:,} parameters: {agreement} the rebuilt architecture."
+  )
   report.notes.append(f"Served with {metadata.serving_config.description}.")
   if metadata.validation:
     v = metadata.validation
-    report.notes.append(f"Validation: pixel accuracy {v.get('pixel_accuracy', float('nan')):.4f}, "
-                        f"mean IoU {v.get('mean_iou', float('nan')):.4f}.")
+    report.notes.append(
+      f"Validation: pixel accuracy {v.get('pixel_accuracy', float('nan')):.4f}, "
+      f"mean IoU {v.get('mean_iou', float('nan')):.4f}."
+    )
   return report

@@ -35,18 +35,19 @@ class TrainingResult:
   skipped: tuple[data_lib.SkippedPair, ...]
 
 
-def compile_model(model: keras.Model, num_classes: int, learning_rate: float,
-                  decay_steps: int) -> None:
+def compile_model(
+  model: keras.Model, num_classes: int, learning_rate: float, decay_steps: int
+) -> None:
   schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps, alpha=0.01)
   model.compile(
-      optimizer=keras.optimizers.Adam(schedule),
-      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-      # Weighted, so pixels the label map ignores count in neither loss nor metrics.
-      weighted_metrics=[
-          keras.metrics.SparseCategoricalAccuracy(name="pixel_accuracy"),
-          keras.metrics.MeanIoU(num_classes, sparse_y_pred=False, name="mean_iou",
-                              dtype="float32"),
-      ])
+    optimizer=keras.optimizers.Adam(schedule),
+    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    # Weighted, so pixels the label map ignores count in neither loss nor metrics.
+    weighted_metrics=[
+      keras.metrics.SparseCategoricalAccuracy(name="pixel_accuracy"),
+      keras.metrics.MeanIoU(num_classes, sparse_y_pred=False, name="mean_iou", dtype="float32"),
+    ],
+  )
 
 
 class _EpochProgress(keras.callbacks.Callback):
@@ -58,8 +59,9 @@ class _EpochProgress(keras.callbacks.Callback):
     self._start = time.monotonic()
 
   def on_epoch_end(self, epoch, logs=None):
-    items = " ".join(f"{k}={v:.4f}" for k, v in sorted((logs or {}).items())
-                     if isinstance(v, float))
+    items = " ".join(
+      f"{k}={v:.4f}" for k, v in sorted((logs or {}).items()) if isinstance(v, float)
+    )
     elapsed = time.monotonic() - self._start
     print(f"epoch {epoch + 1}/{self._epochs} {items} elapsed={elapsed:.0f}s", flush=True)
 
@@ -74,31 +76,44 @@ def set_batchnorm_momentum(model: keras.Model, momentum: float) -> None:
       layer.momentum = momentum
 
 
-def train(model_config: config_lib.UNetConfig, label_map: labels_lib.LabelMap,
-          train_pairs: Sequence[data_lib.ImageMaskPair],
-          val_pairs: Sequence[data_lib.ImageMaskPair], output_dir: str, *,
-          training_config: config_lib.TrainingConfig = config_lib.TrainingConfig(), name: str = "segbeam-unet",
-          provenance: Optional[dict[str, Any]] = None) -> TrainingResult:
+def train(
+  model_config: config_lib.UNetConfig,
+  label_map: labels_lib.LabelMap,
+  train_pairs: Sequence[data_lib.ImageMaskPair],
+  val_pairs: Sequence[data_lib.ImageMaskPair],
+  output_dir: str,
+  *,
+  training_config: config_lib.TrainingConfig = config_lib.TrainingConfig(),
+  name: str = "segbeam-unet",
+  provenance: Optional[dict[str, Any]] = None,
+) -> TrainingResult:
   """Trains, keeps the checkpoint with the best validation mean IoU, exports it to
   `output_dir/export` and records its validation metrics at original resolution there."""
   if label_map.num_classes != model_config.num_classes:
-    raise ValueError(f"label map has {label_map.num_classes} classes, "
-                     f"model config {model_config.num_classes}")
+    raise ValueError(
+      f"label map has {label_map.num_classes} classes, model config {model_config.num_classes}"
+    )
   if label_map.uncovered_class_names:
     # Evaluation accepts partial ground truth; training would learn never to predict a class
     # that no pixel is labelled with.
     raise ValueError(
-        f"training needs every class in the label map: no raw value maps to "
-        f"{', '.join(label_map.uncovered_class_names)} (classes "
-        f"{list(label_map.class_names)}); map them, or leave them out of --class-names")
+      f"training needs every class in the label map: no raw value maps to "
+      f"{', '.join(label_map.uncovered_class_names)} (classes "
+      f"{list(label_map.class_names)}); map them, or leave them out of --class-names"
+    )
   keras.utils.set_random_seed(training_config.seed)
   tf.io.gfile.makedirs(output_dir)
-  loader_options = dict(channels=model_config.channels, input_size=model_config.input_size,
-                        label_map=label_map)
+  loader_options = dict(
+    channels=model_config.channels, input_size=model_config.input_size, label_map=label_map
+  )
   train_loader = data_lib.PairLoader(train_pairs, **loader_options)
   val_loader = data_lib.PairLoader(val_pairs, **loader_options)
-  common = dict(input_size=model_config.input_size, channels=model_config.channels,
-                batch_size=training_config.batch_size, seed=training_config.seed)
+  common = dict(
+    input_size=model_config.input_size,
+    channels=model_config.channels,
+    batch_size=training_config.batch_size,
+    seed=training_config.seed,
+  )
   train_data = data_lib.make_dataset(train_loader, training=training_config.augment, **common)
   val_data = data_lib.make_dataset(val_loader, training=False, **common)
 
@@ -109,33 +124,45 @@ def train(model_config: config_lib.UNetConfig, label_map: labels_lib.LabelMap,
   compile_model(model, model_config.num_classes, training_config.learning_rate, steps)
   checkpoint = os.path.join(output_dir, CHECKPOINT_FILE)
   model.fit(
-      train_data, validation_data=val_data, epochs=training_config.epochs, verbose=0,
-      shuffle=False,  # The dataset shuffles itself.
-      callbacks=[
-          keras.callbacks.ModelCheckpoint(checkpoint, monitor=MONITOR, mode="max",
-                                          save_best_only=True),
-          keras.callbacks.CSVLogger(os.path.join(output_dir, HISTORY_FILE)),
-          _EpochProgress(training_config.epochs),
-      ])
+    train_data,
+    validation_data=val_data,
+    epochs=training_config.epochs,
+    verbose=0,
+    shuffle=False,  # The dataset shuffles itself.
+    callbacks=[
+      keras.callbacks.ModelCheckpoint(checkpoint, monitor=MONITOR, mode="max", save_best_only=True),
+      keras.callbacks.CSVLogger(os.path.join(output_dir, HISTORY_FILE)),
+      _EpochProgress(training_config.epochs),
+    ],
+  )
   skipped = (*train_loader.skipped.values(), *val_loader.skipped.values())
 
   best = layers.load_keras_model(checkpoint)
   export_dir = os.path.join(output_dir, EXPORT_DIR)
   training_record = {
-      **(provenance or {}),
-      "train_images": len(train_pairs) - len(train_loader.skipped),
-      "val_images": len(val_pairs) - len(val_loader.skipped),
-      "skipped": [dataclasses.asdict(s) for s in skipped],
-      **dataclasses.asdict(training_config),
+    **(provenance or {}),
+    "train_images": len(train_pairs) - len(train_loader.skipped),
+    "val_images": len(val_pairs) - len(val_loader.skipped),
+    "skipped": [dataclasses.asdict(s) for s in skipped],
+    **dataclasses.asdict(training_config),
   }
-  metadata = export_lib.export_model(best, model_config, export_dir, label_map=label_map,
-                                     name=name, training=training_record)
+  metadata = export_lib.export_model(
+    best, model_config, export_dir, label_map=label_map, name=name, training=training_record
+  )
   result = evaluation.evaluate_export(export_lib.LoadedExport(export_dir), val_pairs)
-  metadata = dataclasses.replace(metadata, validation={
-      **result.metrics.to_dict(), "images": result.images,
-      "resolution": "original image size"})
+  metadata = dataclasses.replace(
+    metadata,
+    validation={
+      **result.metrics.to_dict(),
+      "images": result.images,
+      "resolution": "original image size",
+    },
+  )
   export_lib.write_metadata(export_dir, metadata)
-  print(json.dumps({"export": export_dir, "validation": metadata.validation}, indent=2),
-        file=sys.stdout, flush=True)
+  print(
+    json.dumps({"export": export_dir, "validation": metadata.validation}, indent=2),
+    file=sys.stdout,
+    flush=True,
+  )
   logging.info("exported %s (%s)", export_dir, metadata.version)
   return TrainingResult(checkpoint, export_dir, metadata, tuple(skipped))

@@ -14,8 +14,9 @@ from segbeam.model import layers
 ENCODER_LAYER = "encoder"
 
 RANDOM_ENCODER_FROZEN_WARNING = (
-    "freezing a randomly initialised encoder makes it a fixed random feature extractor: only "
-    "the decoder and head will learn. Use encoder trainable 'all' (or 'auto') without weights.")
+  "freezing a randomly initialised encoder makes it a fixed random feature extractor: only "
+  "the decoder and head will learn. Use encoder trainable 'all' (or 'auto') without weights."
+)
 
 
 def build_unet(config: config_lib.UNetConfig) -> keras.Model:
@@ -35,8 +36,9 @@ def build_unet(config: config_lib.UNetConfig) -> keras.Model:
   for index in range(len(config.decoder.filters)):
     stride //= 2
     skip = skip_by_stride.get(stride)
-    block = decoders.build_decoder_block(config.decoder, index, tuple(x.shape),
-                                         None if skip is None else tuple(skip.shape))
+    block = decoders.build_decoder_block(
+      config.decoder, index, tuple(x.shape), None if skip is None else tuple(skip.shape)
+    )
     x = block([x, skip] if skip is not None else x)
 
   head = decoders.build_head(config.num_classes, config.decoder.output_stride, tuple(x.shape))
@@ -61,5 +63,5 @@ def set_encoder_trainable(model: keras.Model, encoder_config: config_lib.Encoder
   # Fine-tuning: only the top N layers that hold weights train.
   encoder.trainable = True
   weighted = [layer for layer in encoder.layers if layer.weights]
-  for layer in weighted[:max(len(weighted) - policy, 0)]:
+  for layer in weighted[: max(len(weighted) - policy, 0)]:
     layer.trainable = False

@@ -21,10 +21,10 @@ class OrderedBackgroundQueue:
 
   def __init__(self, *, threads: int, max_pending: int):
     if threads < 1 or max_pending < 1:
-      raise ValueError(f"threads and max_pending must be at least 1, got {threads}, "
-                       f"{max_pending}")
+      raise ValueError(f"threads and max_pending must be at least 1, got {threads}, {max_pending}")
     self._executor = concurrent.futures.ThreadPoolExecutor(
-        max_workers=threads, thread_name_prefix="segbeam-background")
+      max_workers=threads, thread_name_prefix="segbeam-background"
+    )
     self._max_pending = max_pending
     self._pending: collections.deque[concurrent.futures.Future] = collections.deque()
 

@@ -20,6 +20,7 @@ def enable_memory_growth() -> int:
     and is not counted; calling again is harmless.
   """
   import tensorflow as tf  # pylint: disable=import-outside-toplevel  # only workers need it
+
   configured = 0
   for gpu in tf.config.list_physical_devices("GPU"):
     if tf.config.experimental.get_memory_growth(gpu):  # set by an earlier call
@@ -48,14 +49,21 @@ def describe_once() -> None:
     return
   _described = True
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
   build = tf.sysconfig.get_build_info()
-  _LOGGER.info("TensorFlow %s, CUDA build %s (CUDA %s, cuDNN %s); devices: %s", tf.__version__,
-               build.get("is_cuda_build"), build.get("cuda_version"), build.get("cudnn_version"),
-               ", ".join(d.name for d in tf.config.list_physical_devices()) or "none")
+  _LOGGER.info(
+    "TensorFlow %s, CUDA build %s (CUDA %s, cuDNN %s); devices: %s",
+    tf.__version__,
+    build.get("is_cuda_build"),
+    build.get("cuda_version"),
+    build.get("cudnn_version"),
+    ", ".join(d.name for d in tf.config.list_physical_devices()) or "none",
+  )
 
 
 def _loads(library: str) -> bool:
   import ctypes  # pylint: disable=import-outside-toplevel
+
   try:
     ctypes.CDLL(library)
     return True
@@ -67,20 +75,25 @@ def missing_gpu_reason() -> str:
   """Why TensorFlow sees no GPU, as far as this process can tell: the driver, a CUDA library
   of TensorFlow's build, or the device itself."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
   build = tf.sysconfig.get_build_info()
   if not build.get("is_cuda_build"):
     return f"this TensorFlow {tf.__version__} is not built with CUDA"
   if not _loads("libcuda.so.1"):
-    return ("the NVIDIA driver is missing (libcuda.so.1 not found): the job needs the "
-            "'install-nvidia-driver' accelerator service option, and the image "
-            "LD_LIBRARY_PATH=/usr/local/nvidia/lib64")
+    return (
+      "the NVIDIA driver is missing (libcuda.so.1 not found): the job needs the "
+      "'install-nvidia-driver' accelerator service option, and the image "
+      "LD_LIBRARY_PATH=/usr/local/nvidia/lib64"
+    )
   cuda_major = str(build.get("cuda_version", "")).split(".")[0]
   cudnn_major = str(build.get("cudnn_version", "")).split(".")[0]
   for library in (f"libcudart.so.{cuda_major}", f"libcudnn.so.{cudnn_major}"):
     if cuda_major and cudnn_major and not _loads(library):
-      return (f"{library} of CUDA {build.get('cuda_version')} / cuDNN "
-              f"{build.get('cudnn_version')} cannot be loaded: install "
-              "tensorflow[and-cuda] in the image")
+      return (
+        f"{library} of CUDA {build.get('cuda_version')} / cuDNN "
+        f"{build.get('cudnn_version')} cannot be loaded: install "
+        "tensorflow[and-cuda] in the image"
+      )
   return "the driver and CUDA libraries load, but no GPU device is visible to this process"
 
 
@@ -88,6 +101,8 @@ def require_gpu() -> None:
   """Raises NoGpuError, naming what is missing, when TensorFlow sees no GPU: a GPU job must
   not run on the CPU while its GPUs are billed."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
   if not tf.config.list_physical_devices("GPU"):
-    raise NoGpuError(f"the job was submitted with a GPU but TensorFlow sees none: "
-                     f"{missing_gpu_reason()}")
+    raise NoGpuError(
+      f"the job was submitted with a GPU but TensorFlow sees none: {missing_gpu_reason()}"
+    )

@@ -32,9 +32,11 @@ def run_options() -> dict[str, bool]:
   """`segbeam run`'s option strings (`--batch-size`, ...), each with whether it is a flag."""
   parser = argparse.ArgumentParser(add_help=False)
   options_lib.add_arguments(parser)
-  return {option: action.nargs == 0
-          for action in parser._actions  # pylint: disable=protected-access  # argparse's list
-          for option in action.option_strings}
+  return {
+    option: action.nargs == 0
+    for action in parser._actions  # pylint: disable=protected-access  # argparse's list
+    for option in action.option_strings
+  }
 
 
 def template_argv(argv: Sequence[str]) -> list[str]:
@@ -61,8 +63,7 @@ def _gpu_parser() -> argparse.ArgumentParser:
   """The template's own GPU parameters (deploy/metadata.json), as `segbeam submit` has them."""
   parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
   parser.add_argument("--gpu_type", choices=submit.GPU_TYPES, default=submit.GPU_L4)
-  parser.add_argument("--gpu_sharing", choices=submit.GPU_SHARING,
-                      default=submit.GPU_SHARING_ONE)
+  parser.add_argument("--gpu_sharing", choices=submit.GPU_SHARING, default=submit.GPU_SHARING_ONE)
   return parser
 
 
@@ -84,15 +85,21 @@ def with_gpu_defaults(beam_args: Sequence[str]) -> list[str]:
   workers = options.view_as(WorkerOptions)
   debug = options.view_as(DebugOptions)
   dataflow = submit.DataflowOptions(
-      project=google.project, region=google.region, temp_location=google.temp_location,
-      image=workers.sdk_container_image, gpu_type=gpu.gpu_type,
-      machine_type=workers.machine_type,
-      max_workers=workers.max_num_workers or submit.DEFAULT_MAX_WORKERS,
-      disk_size_gb=workers.disk_size_gb or submit.DEFAULT_DISK_SIZE_GB,
-      gpu_sharing=gpu.gpu_sharing, harness_threads=debug.number_of_worker_harness_threads)
+    project=google.project,
+    region=google.region,
+    temp_location=google.temp_location,
+    image=workers.sdk_container_image,
+    gpu_type=gpu.gpu_type,
+    machine_type=workers.machine_type,
+    max_workers=workers.max_num_workers or submit.DEFAULT_MAX_WORKERS,
+    disk_size_gb=workers.disk_size_gb or submit.DEFAULT_DISK_SIZE_GB,
+    gpu_sharing=gpu.gpu_sharing,
+    harness_threads=debug.number_of_worker_harness_threads,
+  )
   given = {_option_name(arg) for arg in beam_args}
-  accelerator_given = any(option.startswith("worker_accelerator")
-                          for option in google.dataflow_service_options or [])
+  accelerator_given = any(
+    option.startswith("worker_accelerator") for option in google.dataflow_service_options or []
+  )
   experiments = set(debug.experiments or [])
   added = []
   for arg in dataflow.pipeline_args():
@@ -124,6 +131,10 @@ def launch(argv: Optional[Sequence[str]] = None):
   pipeline = beam.Pipeline(options=options)
   # In the image the embedded model's path is the same for the launcher and the workers. A
   # dry run (Beam's --dry_run) builds offline, where gs:// paths cannot be checked.
-  launcher.run(argv, test_pipeline=pipeline,
-               check_paths=not options.view_as(TestOptions).dry_run, check_beam=False)
+  launcher.run(
+    argv,
+    test_pipeline=pipeline,
+    check_paths=not options.view_as(TestOptions).dry_run,
+    check_beam=False,
+  )
   return pipeline.run()

@@ -97,8 +97,15 @@ class _ExportHandler(base.ModelHandler):
   """What both handlers share: the export's directory, fixed batches of encoded images, and
   segbeam's metrics namespace."""
 
-  def __init__(self, model_dir: str, *, min_batch_size: Optional[int] = None,
-               max_batch_size: int = 32, trust_model: bool = False, require_gpu: bool = False):
+  def __init__(
+    self,
+    model_dir: str,
+    *,
+    min_batch_size: Optional[int] = None,
+    max_batch_size: int = 32,
+    trust_model: bool = False,
+    require_gpu: bool = False,
+  ):
     super().__init__()
     self._model_dir = model_dir
     self._batch = _batch_kwargs(min_batch_size, max_batch_size)
@@ -139,8 +146,9 @@ class _ExportHandler(base.ModelHandler):
     return METRICS_NAMESPACE
 
 
-class SavedModelHandler(_ExportHandler, base.ModelHandler[bytes, Mapping[str, np.ndarray],
-                                                          export_lib.LoadedExport]):
+class SavedModelHandler(
+  _ExportHandler, base.ModelHandler[bytes, Mapping[str, np.ndarray], export_lib.LoadedExport]
+):
   """Runs the export's serving signature on a batch of encoded images."""
 
   def _load(self) -> export_lib.LoadedExport:
@@ -149,8 +157,12 @@ class SavedModelHandler(_ExportHandler, base.ModelHandler[bytes, Mapping[str, np
     _log_load(self._model_dir, local_dir)
     return model
 
-  def run_inference(self, batch: Sequence[bytes], model: export_lib.LoadedExport,
-                    inference_args: Optional[dict[str, Any]] = None):
+  def run_inference(
+    self,
+    batch: Sequence[bytes],
+    model: export_lib.LoadedExport,
+    inference_args: Optional[dict[str, Any]] = None,
+  ):
     outputs = model.predict(batch)
     return [{name: value[i] for name, value in outputs.items()} for i in range(len(batch))]
 
@@ -174,10 +186,15 @@ class TfxBslHandler(_ExportHandler, base.ModelHandler[bytes, Any, TfxBslModel]):
   def _load(self) -> TfxBslModel:
     from tfx_bsl.public.beam import run_inference
     from tfx_bsl.public.proto import model_spec_pb2
+
     local_dir = self._prepare_load()
-    handler = run_inference.CreateModelHandler(model_spec_pb2.InferenceSpecType(
+    handler = run_inference.CreateModelHandler(
+      model_spec_pb2.InferenceSpecType(
         saved_model_spec=model_spec_pb2.SavedModelSpec(
-            model_path=local_dir, signature_name=[export_lib.SIGNATURE_NAME])))
+          model_path=local_dir, signature_name=[export_lib.SIGNATURE_NAME]
+        )
+      )
+    )
     # The session tfx-bsl's handler runs in, loaded as its load_model loads it but with
     # segbeam's session options (tfx-bsl's public API takes none), or loaded early by
     # `segbeam run` while Beam was imported (`sessions`).
@@ -188,15 +205,24 @@ class TfxBslHandler(_ExportHandler, base.ModelHandler[bytes, Any, TfxBslModel]):
     _log_load(self._model_dir, local_dir)
     return model
 
-  def run_inference(self, batch: Sequence[bytes], model: TfxBslModel,
-                    inference_args: Optional[dict[str, Any]] = None):
+  def run_inference(
+    self,
+    batch: Sequence[bytes],
+    model: TfxBslModel,
+    inference_args: Optional[dict[str, Any]] = None,
+  ):
     return model.handler.run_inference(batch, model.session, inference_args)
 
 
-def _export_handler(name: str, model_dir: str, *, max_batch_size: int = 32,
-                    trust_model: bool = False, require_gpu: bool = False) -> _ExportHandler:
-  options = dict(max_batch_size=max_batch_size, trust_model=trust_model,
-                 require_gpu=require_gpu)
+def _export_handler(
+  name: str,
+  model_dir: str,
+  *,
+  max_batch_size: int = 32,
+  trust_model: bool = False,
+  require_gpu: bool = False,
+) -> _ExportHandler:
+  options = dict(max_batch_size=max_batch_size, trust_model=trust_model, require_gpu=require_gpu)
   if name == HANDLER_TFX_BSL:
     return TfxBslHandler(model_dir, **options)
   if name == HANDLER_SAVED_MODEL:
@@ -204,14 +230,22 @@ def _export_handler(name: str, model_dir: str, *, max_batch_size: int = 32,
   raise ValueError(f"unknown inference handler {name!r}; known: {', '.join(HANDLERS)}")
 
 
-def create_handler(name: str, model_dir: str, *, max_batch_size: int, slices: int = 1,
-                   overlap: bool = False, trust_model: bool = False,
-                   require_gpu: bool = False) -> base.ModelHandler:
+def create_handler(
+  name: str,
+  model_dir: str,
+  *,
+  max_batch_size: int,
+  slices: int = 1,
+  overlap: bool = False,
+  trust_model: bool = False,
+  require_gpu: bool = False,
+) -> base.ModelHandler:
   """The keyed, isolating handler `name` over the export in `model_dir` (see
   `IsolatingModelHandler` for `slices` and `overlap`; `trust_model`: load it whatever ops its
   graph holds; `require_gpu`: fail the load where TensorFlow sees no GPU)."""
-  handler = _export_handler(name, model_dir, max_batch_size=max_batch_size,
-                            trust_model=trust_model, require_gpu=require_gpu)
+  handler = _export_handler(
+    name, model_dir, max_batch_size=max_batch_size, trust_model=trust_model, require_gpu=require_gpu
+  )
   return IsolatingModelHandler(base.KeyedModelHandler(handler), slices=slices, overlap=overlap)
 
 
@@ -226,8 +260,9 @@ def _load_and_warm_up(handler: _ExportHandler, warm_up_size: int):
 
 
 @contextlib.contextmanager
-def preloaded(name: str, model_dir: str, *, warm_up_size: int,
-              trust_model: bool = False) -> Iterator[None]:
+def preloaded(
+  name: str, model_dir: str, *, warm_up_size: int, trust_model: bool = False
+) -> Iterator[None]:
   """Loads and warms up the model on a background thread while the body builds and runs a
   pipeline in this same process (the local runners), whose handler then takes that model
   instead of loading its own: start-up work overlapped with Beam's. A model no handler took is
@@ -260,6 +295,7 @@ def outputs_as_arrays(inference: Any) -> dict[str, np.ndarray]:
   if isinstance(inference, Mapping):
     return dict(inference)
   import tensorflow as tf  # A PredictionLog from tfx-bsl: its tensors are protos.
+
   outputs = inference.predict_log.response.outputs
   return {name: tf.make_ndarray(proto)[0] for name, proto in outputs.items()}
 
@@ -278,8 +314,9 @@ def _failure_for(error: BaseException) -> InferenceFailure:
   # TensorFlow appends the failing graph node ("[[{{node map/while/.../DecodeJpeg}}]]"): noise
   # in an error row, which should say what is wrong with the image.
   shown = _GRAPH_NODE.sub("", message).strip() or message
-  return InferenceFailure(records.STAGE_DECODE if is_decode else records.STAGE_INFER, error_type,
-                          shown)
+  return InferenceFailure(
+    records.STAGE_DECODE if is_decode else records.STAGE_INFER, error_type, shown
+  )
 
 
 class PendingInference:
@@ -327,7 +364,8 @@ def _slice_pool(workers: int) -> concurrent.futures.ThreadPoolExecutor:
     _slice_pools.by_count = {}
   if workers not in _slice_pools.by_count:
     _slice_pools.by_count[workers] = concurrent.futures.ThreadPoolExecutor(
-        workers, thread_name_prefix="segbeam-slice")
+      workers, thread_name_prefix="segbeam-slice"
+    )
   return _slice_pools.by_count[workers]
 
 
@@ -360,8 +398,12 @@ class IsolatingModelHandler(base.ModelHandler):
   def load_model(self):
     return self._handler.load_model()
 
-  def run_inference(self, batch: Sequence[tuple[Any, bytes]], model: Any,
-                    inference_args: Optional[dict[str, Any]] = None) -> Iterable:
+  def run_inference(
+    self,
+    batch: Sequence[tuple[Any, bytes]],
+    model: Any,
+    inference_args: Optional[dict[str, Any]] = None,
+  ) -> Iterable:
     bounds = slice_bounds(len(batch), self._slices)
     if len(bounds) == 1 and not self._overlap:
       return self._run_isolated(batch, model, inference_args)
@@ -370,25 +412,35 @@ class IsolatingModelHandler(base.ModelHandler):
       return pending
     return [(key, pending_inference.result()) for key, pending_inference in pending]
 
-  def _submit(self, batch: Sequence[tuple[Any, bytes]], bounds: Sequence[tuple[int, int]],
-              model: Any, inference_args: Optional[dict[str, Any]]) -> list:
+  def _submit(
+    self,
+    batch: Sequence[tuple[Any, bytes]],
+    bounds: Sequence[tuple[int, int]],
+    model: Any,
+    inference_args: Optional[dict[str, Any]],
+  ) -> list:
     pool = _slice_pool(self._slices)
     pending = []
     for start, end in bounds:
       slice_results = pool.submit(self._run_isolated, batch[start:end], model, inference_args)
-      pending.extend((batch[i][0], PendingInference(slice_results, i - start))
-                     for i in range(start, end))
+      pending.extend(
+        (batch[i][0], PendingInference(slice_results, i - start)) for i in range(start, end)
+      )
     return pending
 
-  def _run_isolated(self, batch: Sequence[tuple[Any, bytes]], model: Any,
-                    inference_args: Optional[dict[str, Any]]) -> list:
+  def _run_isolated(
+    self, batch: Sequence[tuple[Any, bytes]], model: Any, inference_args: Optional[dict[str, Any]]
+  ) -> list:
     try:
       return list(self._handler.run_inference(batch, model, inference_args))
     except Exception as batch_error:  # pylint: disable=broad-except  # isolate, then report
       if len(batch) == 1:
         return [(batch[0][0], _failure_for(batch_error))]
-      _LOG.warning("a batch of %d failed (%s); retrying its images one by one", len(batch),
-                      type(batch_error).__name__)
+      _LOG.warning(
+        "a batch of %d failed (%s); retrying its images one by one",
+        len(batch),
+        type(batch_error).__name__,
+      )
     results = []
     for element in batch:
       try:

@@ -28,7 +28,6 @@ from segbeam.pipeline import sessions
 from segbeam.pipeline import sinks
 from segbeam.pipeline import sources
 
-
 # Beam 2.77's DirectRunner first tries the Prism runner, whose binary it downloads (which fails
 # offline and adds a process); for a batch job it then runs the FnApiRunner anyway. Going to the
 # FnApiRunner directly is the same engine, and --runner still overrides it.
@@ -42,8 +41,13 @@ def beam_pipeline_options(beam_args: Sequence[str]) -> PipelineOptions:
   return options
 
 
-_IN_PROCESS_RUNNERS = ("directrunner", "direct", "fnapirunner", "switchingdirectrunner",
-                       "bundlebaseddirectrunner")
+_IN_PROCESS_RUNNERS = (
+  "directrunner",
+  "direct",
+  "fnapirunner",
+  "switchingdirectrunner",
+  "bundlebaseddirectrunner",
+)
 
 
 def runs_in_this_process(options: PipelineOptions) -> bool:
@@ -53,8 +57,7 @@ def runs_in_this_process(options: PipelineOptions) -> bool:
   runner = all_options["runner"]
   name = runner if isinstance(runner, str) else type(runner).__name__
   mode = all_options.get("direct_running_mode") or "in_memory"
-  return (name.rsplit(".", 1)[-1].lower() in _IN_PROCESS_RUNNERS
-          and mode != "multi_processing")
+  return name.rsplit(".", 1)[-1].lower() in _IN_PROCESS_RUNNERS and mode != "multi_processing"
 
 
 class InvocationError(Exception):
@@ -78,8 +81,9 @@ def _check_input(pattern: str, what: str = "input") -> None:
   # ('folder/', with its slash, Beam itself lists as the folder's files.)
   plain_name = not sources.has_glob(pattern) and not pattern.endswith("/")
   names_a_folder = InvocationError(
-      f"{what} {pattern!r} is a folder: give a glob of the files to read, such as "
-      f"{pattern + '/*'!r} or {pattern + '/**'!r}")
+    f"{what} {pattern!r} is a folder: give a glob of the files to read, such as "
+    f"{pattern + '/*'!r} or {pattern + '/**'!r}"
+  )
   if plain_name and "://" not in pattern and os.path.isdir(pattern):
     raise names_a_folder
   if not _matches_anything(pattern, what):
@@ -115,8 +119,10 @@ def _prepare_output(output: str, overwrite: bool) -> None:
   """Refuses to mix runs in one folder unless --overwrite, then checks it is writable."""
   previous = sinks.entries_present(output)
   if previous and not overwrite:
-    raise InvocationError(f"{output} already holds a run ({', '.join(previous)}); pass "
-                          "--overwrite to replace it or choose another --output")
+    raise InvocationError(
+      f"{output} already holds a run ({', '.join(previous)}); pass "
+      "--overwrite to replace it or choose another --output"
+    )
   try:
     if previous:
       FileSystems.delete([FileSystems.join(output, entry) for entry in previous])
@@ -136,31 +142,37 @@ def _same_place(a: str, b: str) -> bool:
   return a.rstrip("/") == b.rstrip("/")
 
 
-def _check_skip_existing(previous_outputs: Sequence[str], output: str, *,
-                         check_paths: bool) -> None:
+def _check_skip_existing(
+  previous_outputs: Sequence[str], output: str, *, check_paths: bool
+) -> None:
   """Each --skip-existing folder must hold a completed run, and must not be --output (which
   --overwrite would delete before it is read)."""
   for previous in previous_outputs:
     if _same_place(previous, output):
-      raise InvocationError(f"--skip-existing {previous} is the --output folder itself; write "
-                            "the resumed run to a new --output")
+      raise InvocationError(
+        f"--skip-existing {previous} is the --output folder itself; write "
+        "the resumed run to a new --output"
+      )
     if check_paths:
       try:
         resume.segment_files(previous)
       except resume.NotACompletedRunError as error:
         raise InvocationError(str(error)) from error
       except Exception as error:  # pylint: disable=broad-except  # unreadable in any way
-        raise InvocationError(f"--skip-existing {previous}: cannot read its manifest: "
-                              f"{error}") from error
+        raise InvocationError(
+          f"--skip-existing {previous}: cannot read its manifest: {error}"
+        ) from error
 
 
 def run_parser() -> argparse.ArgumentParser:
   # No prefix matching: '--label team=a' (Beam's Dataflow job label) would be taken for one of
   # segbeam's --label-* options, and '--mask-file' quietly for '--mask-files'.
   parser = argparse.ArgumentParser(
-      prog="segbeam run", allow_abbrev=False,
-      description="Segment images with a U-Net on Apache Beam. Options not listed here are "
-      "Beam pipeline options (--runner, --direct_num_workers, ...).")
+    prog="segbeam run",
+    allow_abbrev=False,
+    description="Segment images with a U-Net on Apache Beam. Options not listed here are "
+    "Beam pipeline options (--runner, --direct_num_workers, ...).",
+  )
   options_lib.add_arguments(parser)
   return parser
 
@@ -174,8 +186,11 @@ def beam_parser() -> argparse.ArgumentParser:
 
 
 def option_strings(parser: argparse.ArgumentParser) -> list[str]:
-  return [option for action in parser._actions  # pylint: disable=protected-access
-          for option in action.option_strings]
+  return [
+    option
+    for action in parser._actions  # pylint: disable=protected-access
+    for option in action.option_strings
+  ]
 
 
 def check_beam_args(beam_args: Sequence[str], ours: Sequence[str] = ()) -> None:
@@ -191,8 +206,10 @@ def check_beam_args(beam_args: Sequence[str], ours: Sequence[str] = ()) -> None:
   name = word.split("=", 1)[0]
   known = [*ours, *(o for o in option_strings(parser) if o.startswith("--"))]
   close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
-  raise ValueError(f"unknown option {name}: neither segbeam's nor a Beam pipeline option"
-                   + (f"; did you mean {close[0]}?" if close else ""))
+  raise ValueError(
+    f"unknown option {name}: neither segbeam's nor a Beam pipeline option"
+    + (f"; did you mean {close[0]}?" if close else "")
+  )
 
 
 def _check_job_labels(beam_args: Sequence[str]) -> None:
@@ -205,12 +222,15 @@ def _check_job_labels(beam_args: Sequence[str]) -> None:
       continue
     value = value if has_value else (beam_args[i + 1] if i + 1 < len(beam_args) else "")
     if "=" not in value and not value.lstrip().startswith("{"):
-      raise ValueError(f"{name} {value!r}: {name} is Beam's, Dataflow job labels as KEY=VALUE "
-                       "or JSON; ground-truth label images are --ground-truth GLOB")
+      raise ValueError(
+        f"{name} {value!r}: {name} is Beam's, Dataflow job labels as KEY=VALUE "
+        "or JSON; ground-truth label images are --ground-truth GLOB"
+      )
 
 
-def parse(argv: Optional[Sequence[str]], *, check_beam: bool = True,
-          other_options: Sequence[str] = ()) -> tuple[options_lib.RunOptions, list[str]]:
+def parse(
+  argv: Optional[Sequence[str]], *, check_beam: bool = True, other_options: Sequence[str] = ()
+) -> tuple[options_lib.RunOptions, list[str]]:
   """`segbeam run`'s options, and the rest, for Beam.
 
   Args:
@@ -223,14 +243,20 @@ def parse(argv: Optional[Sequence[str]], *, check_beam: bool = True,
   args, beam_args = parser.parse_known_args(argv)
   _check_job_labels(beam_args)
   if check_beam:
-    check_beam_args(beam_args, [*other_options,
-                                *(o for o in option_strings(parser) if o.startswith("--"))])
+    check_beam_args(
+      beam_args, [*other_options, *(o for o in option_strings(parser) if o.startswith("--"))]
+    )
   return options_lib.from_args(args), beam_args
 
 
-def run(argv: Optional[Sequence[str]] = None,
-        test_pipeline: Optional[beam.Pipeline] = None, *, check_paths: bool = True,
-        worker_model_dir: Optional[str] = None, check_beam: bool = True) -> beam.PCollection:
+def run(
+  argv: Optional[Sequence[str]] = None,
+  test_pipeline: Optional[beam.Pipeline] = None,
+  *,
+  check_paths: bool = True,
+  worker_model_dir: Optional[str] = None,
+  check_beam: bool = True,
+) -> beam.PCollection:
   """Builds the run into `test_pipeline` (the caller runs it), or into a new pipeline that is
   run here to completion. Returns the manifest PCollection.
 
@@ -265,15 +291,17 @@ def run(argv: Optional[Sequence[str]] = None,
   pipeline_options = beam_pipeline_options(beam_args)
   in_this_process = runs_in_this_process(pipeline_options)
   if in_this_process:
-    preload = inference.preloaded(options.handler, model_dir, warm_up_size=metadata.input_size,
-                                  trust_model=options.trust_model)
+    preload = inference.preloaded(
+      options.handler, model_dir, warm_up_size=metadata.input_size, trust_model=options.trust_model
+    )
   else:
     sessions.drop_early()  # loaded for nothing: the workers are other processes
     preload = contextlib.nullcontext()
   with preload:
     pipeline = beam.Pipeline(options=pipeline_options)
-    manifest = segment_pipeline.build_pipeline(pipeline, options, metadata, model_dir,
-                                               spread_files=not in_this_process)
+    manifest = segment_pipeline.build_pipeline(
+      pipeline, options, metadata, model_dir, spread_files=not in_this_process
+    )
     startup.started()
     pipeline.run().wait_until_finish()
   return manifest
@@ -283,23 +311,28 @@ def print_report(output: str, examples: int = 5) -> None:
   """Where the output is, the counts, and the coverage figures of the images where the model's
   first class (the pet, for the default model) covers most."""
   import pyarrow.parquet as pq
+
   manifest = sinks.read_manifest(output)
   if manifest is None:
     print(f"no manifest in {output}: the run did not complete", file=sys.stderr)
     return
   counts = manifest["counts"]
   skipped = counts.get("skipped_existing", 0)
-  print(f"segbeam run {manifest['run_id']}: {counts['inputs_seen']} inputs, "
-        f"{counts['segmented']} segmented, {counts['failed']} failed"
-        + (f", {skipped} skipped (segmented before)" if skipped else ""))
+  print(
+    f"segbeam run {manifest['run_id']}: {counts['inputs_seen']} inputs, "
+    f"{counts['segmented']} segmented, {counts['failed']} failed"
+    + (f", {skipped} skipped (segmented before)" if skipped else "")
+  )
   for reason in counts["failed_by_reason"]:
     print(f"  failed at {reason['stage']}: {reason['error_type']} x{reason['count']}")
   mask_files = ", masks/*.png" if manifest["options"]["mask_files"] else ""
   print(f"output: {output}/segments/*.parquet, errors/*.parquet{mask_files}, manifest.json")
   class_names = manifest["model"]["class_names"]
   from segbeam.pipeline import schema
+
   columns = ["image_id", "dominant_class"] + [
-      f"coverage_{s}" for s in schema.class_columns(class_names)]
+    f"coverage_{s}" for s in schema.class_columns(class_names)
+  ]
   rows = []
   for path in manifest["files"][sinks.SEGMENTS_DIR]:
     with FileSystems.open(path) as f:
@@ -310,8 +343,9 @@ def print_report(output: str, examples: int = 5) -> None:
   rows.sort(key=lambda row: -row[f"coverage_{suffixes[0]}"])
   print(f"images with the most {class_names[0]}:")
   for row in rows[:examples]:
-    figures = "  ".join(f"{name} {row[f'coverage_{s}']:6.1%}"
-                        for name, s in zip(class_names, suffixes))
+    figures = "  ".join(
+      f"{name} {row[f'coverage_{s}']:6.1%}" for name, s in zip(class_names, suffixes)
+    )
     print(f"  {row['image_id']:<28s} {figures}  (dominant: {row['dominant_class']})")
 
 
@@ -324,8 +358,9 @@ def demo_input() -> str:
   try:
     import skimage
   except ImportError as error:
-    raise InvocationError("the demo reads scikit-image's sample photos: "
-                          "pip install 'segbeam[demo]'") from error
+    raise InvocationError(
+      "the demo reads scikit-image's sample photos: pip install 'segbeam[demo]'"
+    ) from error
   return os.path.join(os.path.dirname(skimage.__file__), "data", "*.[pj][pn]g")
 
 
@@ -365,8 +400,9 @@ def interrupted(error: BaseException) -> bool:
 def _not_an_interrupt(record: logging.LogRecord) -> bool:
   # Beam logs the traceback of an exception leaving a DoFn before re-raising it; for Ctrl-C
   # that is a page of stack frames where one line says what happened.
-  return not (record.exc_info and record.exc_info[1] is not None
-              and interrupted(record.exc_info[1]))
+  return not (
+    record.exc_info and record.exc_info[1] is not None and interrupted(record.exc_info[1])
+  )
 
 
 def interruption_message(output: str) -> str:
@@ -375,8 +411,10 @@ def interruption_message(output: str) -> str:
   if sinks.MANIFEST_FILE in written:  # before this run prepared the folder: it is untouched
     return f"interrupted; {output} is as it was"
   if written:
-    return (f"interrupted; {output} holds an unfinished run (no manifest.json): run again with "
-            "--overwrite")
+    return (
+      f"interrupted; {output} holds an unfinished run (no manifest.json): run again with "
+      "--overwrite"
+    )
   return "interrupted before anything was written"
 
 
@@ -410,8 +448,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       return _interrupted_exit(options.output)
     logging.getLogger(__name__).exception("the run failed")
     reason = records.one_line(error, limit=500)
-    print(f"segbeam run: the run failed, no manifest was written in {options.output}: "
-          f"{type(error).__name__}: {reason}", file=sys.stderr)
+    print(
+      f"segbeam run: the run failed, no manifest was written in {options.output}: "
+      f"{type(error).__name__}: {reason}",
+      file=sys.stderr,
+    )
     return 1
   print_report(options.output)
   return 0

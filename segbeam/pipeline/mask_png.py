@@ -13,13 +13,23 @@ import zlib
 import numpy as np
 
 _SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_GRAY8 = (8, 0, 0, 0, 0)  # bit depth, colour type grayscale, deflate, adaptive filters, no interlace
+_GRAY8 = (
+  8,
+  0,
+  0,
+  0,
+  0,
+)  # bit depth, colour type grayscale, deflate, adaptive filters, no interlace
 _FILTER_NONE = 0
 
 
 def _chunk(kind: bytes, payload: bytes) -> bytes:
-  return (struct.pack(">I", len(payload)) + kind + payload
-          + struct.pack(">I", zlib.crc32(payload, zlib.crc32(kind))))
+  return (
+    struct.pack(">I", len(payload))
+    + kind
+    + payload
+    + struct.pack(">I", zlib.crc32(payload, zlib.crc32(kind)))
+  )
 
 
 def encode(mask: np.ndarray) -> bytes:

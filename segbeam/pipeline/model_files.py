@@ -82,9 +82,11 @@ def _not_an_export(model_dir: str) -> str:
     copy = "copy it here and "
   conventions = config_lib.PREPROCESS_CONVENTIONS
   how = ", ".join(conventions[:-1]) + " or " + conventions[-1]
-  return (f"{model_dir} is {what}, not a segbeam export; {copy}make one with: segbeam export "
-          f"{shlex.quote(source)} --output {shlex.quote(output)} --preprocess "
-          f"<how it was trained: {how}>")
+  return (
+    f"{model_dir} is {what}, not a segbeam export; {copy}make one with: segbeam export "
+    f"{shlex.quote(source)} --output {shlex.quote(output)} --preprocess "
+    f"<how it was trained: {how}>"
+  )
 
 
 def _process_cache_root() -> str:
@@ -110,14 +112,20 @@ def _copy_to_local(model_dir: str) -> str:
   except BaseException:
     shutil.rmtree(target, ignore_errors=True)  # nothing half-copied stays behind
     raise
-  _LOG.info("copied model %s to %s: %d files, %.1f MB in %.1f s", model_dir, target, len(files),
-            total_bytes / 1e6, time.monotonic() - started)
+  _LOG.info(
+    "copied model %s to %s: %d files, %.1f MB in %.1f s",
+    model_dir,
+    target,
+    len(files),
+    total_bytes / 1e6,
+    time.monotonic() - started,
+  )
   return target
 
 
 def _copy_file(metadata, prefix: str, target: str) -> int:
   """Copies one listed object under `target`; returns its size."""
-  relative = metadata.path[len(prefix):]
+  relative = metadata.path[len(prefix) :]
   destination = os.path.normpath(os.path.join(target, relative))
   if destination != target and not destination.startswith(target + os.sep):
     raise ValueError(f"refusing to copy {metadata.path!r}: it would land outside the copy")
@@ -125,7 +133,9 @@ def _copy_file(metadata, prefix: str, target: str) -> int:
     os.makedirs(destination, exist_ok=True)
     return 0
   os.makedirs(os.path.dirname(destination), exist_ok=True)
-  with FileSystems.open(metadata.path, compression_type=CompressionTypes.UNCOMPRESSED) as src, \
-      open(destination, "wb") as dst:
+  with (
+    FileSystems.open(metadata.path, compression_type=CompressionTypes.UNCOMPRESSED) as src,
+    open(destination, "wb") as dst,
+  ):
     shutil.copyfileobj(src, dst, _COPY_CHUNK_BYTES)
   return metadata.size_in_bytes

@@ -81,67 +81,119 @@ class RunOptions:
     if self.inference_slices < 1:
       raise ValueError(f"--inference-slices must be at least 1, got {self.inference_slices}")
     if self.postprocess_threads < 1:
-      raise ValueError(f"--postprocess-threads must be at least 1, got "
-                       f"{self.postprocess_threads}")
+      raise ValueError(f"--postprocess-threads must be at least 1, got {self.postprocess_threads}")
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-  parser.add_argument("--input", required=True,
-                      help="glob of images or TFRecord shards, local or gs://")
+  parser.add_argument(
+    "--input", required=True, help="glob of images or TFRecord shards, local or gs://"
+  )
   parser.add_argument("--output", required=True, help="output folder, local or gs://")
-  parser.add_argument("--model", dest="model_dir", default=None,
-                      help="export directory (default: the embedded default model)")
-  parser.add_argument("--batch-size", type=int, default=32,
-                      help="images per inference batch (default: %(default)s)")
-  parser.add_argument("--max-pixels", type=int, default=validation.DEFAULT_MAX_PIXELS,
-                      help="refuse images declaring more pixels, before decoding "
-                      "(default: %(default)s)")
-  parser.add_argument("--max-file-bytes", type=int, default=256 << 20,
-                      help="refuse larger files (and larger TFRecord records) before reading "
-                      "them (default: %(default)s)")
-  parser.add_argument("--mask-files", action="store_true",
-                      help="also write masks as PNG files under OUTPUT/masks/")
-  parser.add_argument("--overwrite", action="store_true",
-                      help="replace a previous run's output in OUTPUT")
-  parser.add_argument("--input-format", choices=sources.INPUT_FORMATS,
-                      default=sources.FORMAT_AUTO,
-                      help="auto (default): .tfrecord/.tfr names are shards, image extensions "
-                      "images, any other file by its first bytes")
+  parser.add_argument(
+    "--model",
+    dest="model_dir",
+    default=None,
+    help="export directory (default: the embedded default model)",
+  )
+  parser.add_argument(
+    "--batch-size", type=int, default=32, help="images per inference batch (default: %(default)s)"
+  )
+  parser.add_argument(
+    "--max-pixels",
+    type=int,
+    default=validation.DEFAULT_MAX_PIXELS,
+    help="refuse images declaring more pixels, before decoding (default: %(default)s)",
+  )
+  parser.add_argument(
+    "--max-file-bytes",
+    type=int,
+    default=256 << 20,
+    help="refuse larger files (and larger TFRecord records) before reading "
+    "them (default: %(default)s)",
+  )
+  parser.add_argument(
+    "--mask-files", action="store_true", help="also write masks as PNG files under OUTPUT/masks/"
+  )
+  parser.add_argument(
+    "--overwrite", action="store_true", help="replace a previous run's output in OUTPUT"
+  )
+  parser.add_argument(
+    "--input-format",
+    choices=sources.INPUT_FORMATS,
+    default=sources.FORMAT_AUTO,
+    help="auto (default): .tfrecord/.tfr names are shards, image extensions "
+    "images, any other file by its first bytes",
+  )
   defaults = sources.ExampleKeys()
   parser.add_argument("--image-key", default=defaults.image, help="tf.Example image feature")
-  parser.add_argument("--filename-key", default=defaults.filename,
-                      help="tf.Example feature naming the image, its id")
-  parser.add_argument("--label-key", default=defaults.label,
-                      help="tf.Example feature holding a ground-truth label image (optional)")
-  parser.add_argument("--inference-handler", dest="handler", choices=inference.HANDLERS,
-                      default=inference.HANDLER_TFX_BSL,
-                      help="tfx-bsl (default: tfx-bsl's CreateModelHandler) or saved-model (the "
-                      "signature called directly; within 3%% of it in BENCHMARKS.md)")
-  parser.add_argument("--inference-slices", type=int, default=2,
-                      help="cut each batch into this many slices inferred at the same time "
-                      "(default: %(default)s; measured in BENCHMARKS.md)")
-  parser.add_argument("--postprocess-threads", type=int, default=1,
-                      help="threads that postprocess one batch while the next is inferred "
-                      "(default: %(default)s; raise it on GPU workers)")
+  parser.add_argument(
+    "--filename-key", default=defaults.filename, help="tf.Example feature naming the image, its id"
+  )
+  parser.add_argument(
+    "--label-key",
+    default=defaults.label,
+    help="tf.Example feature holding a ground-truth label image (optional)",
+  )
+  parser.add_argument(
+    "--inference-handler",
+    dest="handler",
+    choices=inference.HANDLERS,
+    default=inference.HANDLER_TFX_BSL,
+    help="tfx-bsl (default: tfx-bsl's CreateModelHandler) or saved-model (the "
+    "signature called directly; within 3%% of it in BENCHMARKS.md)",
+  )
+  parser.add_argument(
+    "--inference-slices",
+    type=int,
+    default=2,
+    help="cut each batch into this many slices inferred at the same time "
+    "(default: %(default)s; measured in BENCHMARKS.md)",
+  )
+  parser.add_argument(
+    "--postprocess-threads",
+    type=int,
+    default=1,
+    help="threads that postprocess one batch while the next is inferred "
+    "(default: %(default)s; raise it on GPU workers)",
+  )
   # Not --labels: that is Beam's (Dataflow job labels), which must reach Beam untouched.
-  parser.add_argument("--ground-truth", dest="labels", default=None, metavar="GLOB",
-                      help="glob of ground-truth label images, matched to inputs by id without "
-                      "extension; each row then carries IoU counts")
-  parser.add_argument("--label-map", default=None,
-                      help="label values -> classes, e.g. 1:0,2:1,3:2 (default: the model's)")
-  parser.add_argument("--skip-existing", action="append", default=[], metavar="OUTPUT",
-                      help="a completed earlier run's output folder: skip the images it "
-                      "segmented with the same model version (failed ones are tried again); "
-                      "repeat it for several")
-  parser.add_argument("--trust-model", action="store_true",
-                      help="run a model whose graph holds ops that touch files, the network or "
-                      "processes (refused otherwise: a model is code); recorded in the manifest")
-  parser.add_argument("--require-gpu", action="store_true",
-                      help="fail the model's load where TensorFlow sees no GPU, naming what is "
-                      "missing (segbeam submit and the Flex Template set it)")
+  parser.add_argument(
+    "--ground-truth",
+    dest="labels",
+    default=None,
+    metavar="GLOB",
+    help="glob of ground-truth label images, matched to inputs by id without "
+    "extension; each row then carries IoU counts",
+  )
+  parser.add_argument(
+    "--label-map",
+    default=None,
+    help="label values -> classes, e.g. 1:0,2:1,3:2 (default: the model's)",
+  )
+  parser.add_argument(
+    "--skip-existing",
+    action="append",
+    default=[],
+    metavar="OUTPUT",
+    help="a completed earlier run's output folder: skip the images it "
+    "segmented with the same model version (failed ones are tried again); "
+    "repeat it for several",
+  )
+  parser.add_argument(
+    "--trust-model",
+    action="store_true",
+    help="run a model whose graph holds ops that touch files, the network or "
+    "processes (refused otherwise: a model is code); recorded in the manifest",
+  )
+  parser.add_argument(
+    "--require-gpu",
+    action="store_true",
+    help="fail the model's load where TensorFlow sees no GPU, naming what is "
+    "missing (segbeam submit and the Flex Template set it)",
+  )
   parser.add_argument("--run-id", default=None, help="default: time + random suffix")
 
 
@@ -157,20 +209,24 @@ def check_patterns_given_once(argv: Sequence[str]) -> None:
   for flag in _PATTERN_FLAGS:
     given = [i for i, word in enumerate(argv) if word == flag or word.startswith(flag + "=")]
     if len(given) > 1:
-      values = [argv[i].split("=", 1)[1] if "=" in argv[i] else
-                (argv[i + 1] if i + 1 < len(argv) else "") for i in given]
-      raise ValueError(f"{flag} given {len(given)} times ({', '.join(values)}): one pattern "
-                       "per run")
+      values = [
+        argv[i].split("=", 1)[1] if "=" in argv[i] else (argv[i + 1] if i + 1 < len(argv) else "")
+        for i in given
+      ]
+      raise ValueError(
+        f"{flag} given {len(given)} times ({', '.join(values)}): one pattern per run"
+      )
     if not given or "=" in argv[given[0]]:
       continue
-    after = argv[given[0] + 1:]
-    paths = [word for word in itertools.takewhile(lambda word: not word.startswith("-"),
-                                                  after)]
+    after = argv[given[0] + 1 :]
+    paths = [word for word in itertools.takewhile(lambda word: not word.startswith("-"), after)]
     if len(paths) > 1:
       shown = ", ".join(paths[:3]) + (", ..." if len(paths) > 3 else "")
-      raise ValueError(f"{flag} is followed by {len(paths)} paths ({shown}): the shell expanded "
-                       f"an unquoted glob into its files; quote the pattern so that segbeam "
-                       f"expands it, e.g. {flag} 'photos/*.jpg'")
+      raise ValueError(
+        f"{flag} is followed by {len(paths)} paths ({shown}): the shell expanded "
+        f"an unquoted glob into its files; quote the pattern so that segbeam "
+        f"expands it, e.g. {flag} 'photos/*.jpg'"
+      )
 
 
 def in_a_folder(pattern: Optional[str]) -> Optional[str]:
@@ -184,14 +240,24 @@ def in_a_folder(pattern: Optional[str]) -> Optional[str]:
 def from_args(args: argparse.Namespace) -> RunOptions:
   now = datetime.datetime.now(datetime.timezone.utc)
   return RunOptions(
-      input=in_a_folder(args.input), output=args.output.rstrip("/"), model_dir=args.model_dir,
-      batch_size=args.batch_size, max_pixels=args.max_pixels, max_file_bytes=args.max_file_bytes,
-      mask_files=args.mask_files, overwrite=args.overwrite, input_format=args.input_format,
-      example_keys=sources.ExampleKeys(args.image_key, args.filename_key, args.label_key),
-      handler=args.handler, inference_slices=args.inference_slices,
-      postprocess_threads=args.postprocess_threads, labels=in_a_folder(args.labels),
-      label_map=args.label_map,
-      skip_existing=tuple(path.rstrip("/") for path in args.skip_existing),
-      trust_model=args.trust_model, require_gpu=args.require_gpu,
-      run_id=args.run_id or f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}",
-      started=now.isoformat(timespec="seconds"))
+    input=in_a_folder(args.input),
+    output=args.output.rstrip("/"),
+    model_dir=args.model_dir,
+    batch_size=args.batch_size,
+    max_pixels=args.max_pixels,
+    max_file_bytes=args.max_file_bytes,
+    mask_files=args.mask_files,
+    overwrite=args.overwrite,
+    input_format=args.input_format,
+    example_keys=sources.ExampleKeys(args.image_key, args.filename_key, args.label_key),
+    handler=args.handler,
+    inference_slices=args.inference_slices,
+    postprocess_threads=args.postprocess_threads,
+    labels=in_a_folder(args.labels),
+    label_map=args.label_map,
+    skip_existing=tuple(path.rstrip("/") for path in args.skip_existing),
+    trust_model=args.trust_model,
+    require_gpu=args.require_gpu,
+    run_id=args.run_id or f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}",
+    started=now.isoformat(timespec="seconds"),
+  )

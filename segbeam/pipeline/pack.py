@@ -79,8 +79,10 @@ def _masks_by_stem(folder: str) -> dict[str, str]:
   for path in filter(_is_image, _files(folder)):
     stem = _stem(path)
     if stem in masks:
-      raise ValueError(f"two masks for the images named {stem!r}: {_name(masks[stem])} and "
-                       f"{_name(path)} in {folder}; keep one")
+      raise ValueError(
+        f"two masks for the images named {stem!r}: {_name(masks[stem])} and "
+        f"{_name(path)} in {folder}; keep one"
+      )
     masks[stem] = path
   return masks
 
@@ -101,12 +103,17 @@ def _partial_path(shard: str) -> str:
   return FileSystems.join(folder, f".{name}.partial")
 
 
-def make_example(filename: str, image: bytes, mask: Optional[bytes] = None,
-                 keys: sources.ExampleKeys = sources.ExampleKeys()) -> bytes:
+def make_example(
+  filename: str,
+  image: bytes,
+  mask: Optional[bytes] = None,
+  keys: sources.ExampleKeys = sources.ExampleKeys(),
+) -> bytes:
   """A serialized tf.train.Example for one image (and mask). Bytes that are no image, or whose
   header is unreadable, are stored all the same with size 0x0: the run makes each an error row
   that says what is wrong, as it does for such a file."""
   import tensorflow as tf
+
   image_format = validation.sniff_format(image) or "unknown"
   width, height = validation.header_size(image) or (0, 0)
 
@@ -116,9 +123,13 @@ def make_example(filename: str, image: bytes, mask: Optional[bytes] = None,
   def int_feature(value: int):
     return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
 
-  feature = {keys.image: bytes_feature(image), keys.filename: bytes_feature(filename.encode()),
-             "image/format": bytes_feature(image_format.encode()),
-             "image/height": int_feature(height), "image/width": int_feature(width)}
+  feature = {
+    keys.image: bytes_feature(image),
+    keys.filename: bytes_feature(filename.encode()),
+    "image/format": bytes_feature(image_format.encode()),
+    "image/height": int_feature(height),
+    "image/width": int_feature(width),
+  }
   if mask is not None:
     feature[keys.label] = bytes_feature(mask)
     feature["image/segmentation/class/format"] = bytes_feature(b"png")
@@ -129,8 +140,9 @@ def shard_path(prefix: str, index: int, num_shards: int) -> str:
   return f"{prefix}-{index:05d}-of-{num_shards:05d}.tfrecord"
 
 
-def pack(images_dir: str, output_prefix: str, *, masks_dir: Optional[str] = None,
-         num_shards: int = 1) -> Packed:
+def pack(
+  images_dir: str, output_prefix: str, *, masks_dir: Optional[str] = None, num_shards: int = 1
+) -> Packed:
   """Writes every image of `images_dir` (with its same-stem mask from `masks_dir`)
   round-robin into `num_shards` shards.
 
@@ -169,25 +181,32 @@ def pack(images_dir: str, output_prefix: str, *, masks_dir: Optional[str] = None
   FileSystems.rename(partial, shards)
   image_stems = {_stem(path) for path in images}
   packed = set(images)
-  return Packed(shards=shards, images=len(images), with_mask=with_mask,
-                not_images=[_name(path) for path in files if path not in packed],
-                masks_without_image=sorted(_name(path) for stem, path in masks.items()
-                                           if stem not in image_stems))
+  return Packed(
+    shards=shards,
+    images=len(images),
+    with_mask=with_mask,
+    not_images=[_name(path) for path in files if path not in packed],
+    masks_without_image=sorted(
+      _name(path) for stem, path in masks.items() if stem not in image_stems
+    ),
+  )
 
 
 def add_parser(subparsers) -> None:
   parser = subparsers.add_parser("pack", help="write TFRecord shards from a folder of images")
   parser.add_argument("--images", required=True, help="folder of images")
   parser.add_argument("--masks", help="folder of masks matched by file stem (optional)")
-  parser.add_argument("--output", required=True,
-                      help="shard prefix: PREFIX-00000-of-0000N.tfrecord")
+  parser.add_argument(
+    "--output", required=True, help="shard prefix: PREFIX-00000-of-0000N.tfrecord"
+  )
   parser.add_argument("--num-shards", type=int, default=1)
   parser.set_defaults(func=run_pack)
 
 
 def _some(names: list[str], shown: int = 5) -> str:
-  return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown
-                                     else "")
+  return ", ".join(names[:shown]) + (
+    f" and {len(names) - shown} more" if len(names) > shown else ""
+  )
 
 
 def _count(number: int, noun: str) -> str:
@@ -204,12 +223,18 @@ def run_pack(args: argparse.Namespace) -> int:
     return 1
   masked = f" ({packed.with_mask} with a mask)" if args.masks else ""
   last = f" ... {_name(packed.shards[-1])}" if len(packed.shards) > 1 else ""
-  print(f"packed {_count(packed.images, 'image')}{masked} into "
-        f"{_count(len(packed.shards), 'shard')}: {packed.shards[0]}{last}")
+  print(
+    f"packed {_count(packed.images, 'image')}{masked} into "
+    f"{_count(len(packed.shards), 'shard')}: {packed.shards[0]}{last}"
+  )
   if packed.not_images:
-    print(f"left out {_count(len(packed.not_images), 'file')} of {args.images}, not images by "
-          f"name or first bytes, or not regular files: {_some(packed.not_images)}")
+    print(
+      f"left out {_count(len(packed.not_images), 'file')} of {args.images}, not images by "
+      f"name or first bytes, or not regular files: {_some(packed.not_images)}"
+    )
   if packed.masks_without_image:
-    print(f"no image for {_count(len(packed.masks_without_image), 'mask')} of {args.masks}: "
-          f"{_some(packed.masks_without_image)}")
+    print(
+      f"no image for {_count(len(packed.masks_without_image), 'mask')} of {args.masks}: "
+      f"{_some(packed.masks_without_image)}"
+    )
   return 0

@@ -76,6 +76,7 @@ class Failure:
   message: str
 
   @classmethod
-  def from_exception(cls, image_id: str, source: str, stage: str,
-                     error: BaseException) -> "Failure":
+  def from_exception(
+    cls, image_id: str, source: str, stage: str, error: BaseException
+  ) -> "Failure":
     return cls(image_id, source, stage, type(error).__name__, one_line(error))

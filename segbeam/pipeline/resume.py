@@ -34,10 +34,12 @@ def segment_files(output: str) -> list[str]:
   manifest = sinks.read_manifest(output)
   if manifest is None:
     raise NotACompletedRunError(
-        f"--skip-existing {output}: no {sinks.MANIFEST_FILE} there, so it holds no completed "
-        "run")
-  return [FileSystems.join(output, sinks.SEGMENTS_DIR, posixpath.basename(path))
-          for path in manifest["files"][sinks.SEGMENTS_DIR]]
+      f"--skip-existing {output}: no {sinks.MANIFEST_FILE} there, so it holds no completed run"
+    )
+  return [
+    FileSystems.join(output, sinks.SEGMENTS_DIR, posixpath.basename(path))
+    for path in manifest["files"][sinks.SEGMENTS_DIR]
+  ]
 
 
 def _same_model(row: Mapping[str, Any], model_version: str) -> bool:
@@ -77,13 +79,14 @@ class SkipExisting(beam.PTransform):
     self._model_version = model_version
 
   def expand(self, image_records):
-    segmented = (image_records.pipeline
-                 | "PreviousOutputs" >> beam.Create(self._previous_outputs)
-                 | "SegmentsFiles" >> beam.FlatMap(segment_files)
-                 | "ReadIds" >> parquetio.ReadAllFromParquet(
-                     columns=["image_id", "model_version"])
-                 | "SameModel" >> beam.Filter(_same_model, self._model_version)
-                 | "ById" >> beam.Map(_id_key))
+    segmented = (
+      image_records.pipeline
+      | "PreviousOutputs" >> beam.Create(self._previous_outputs)
+      | "SegmentsFiles" >> beam.FlatMap(segment_files)
+      | "ReadIds" >> parquetio.ReadAllFromParquet(columns=["image_id", "model_version"])
+      | "SameModel" >> beam.Filter(_same_model, self._model_version)
+      | "ById" >> beam.Map(_id_key)
+    )
     return image_records | "Skip" >> beam.ParDo(
-        SkipSegmented(), beam.pvalue.AsMultiMap(segmented)).with_outputs(SKIPPED,
-                                                                         main="records")
+      SkipSegmented(), beam.pvalue.AsMultiMap(segmented)
+    ).with_outputs(SKIPPED, main="records")

@@ -50,20 +50,42 @@ def class_columns(class_names: Sequence[str]) -> list[str]:
 def segments_schema(class_names: Sequence[str]) -> pa.Schema:
   suffixes = class_columns(class_names)
   return pa.schema(
-      [("image_id", pa.string()), ("source", pa.string()), ("format", pa.string()),
-       ("width", pa.int32()), ("height", pa.int32()), ("exif_orientation", pa.int32()),
-       ("mask_png", pa.binary())]
-      + [(f"coverage_{s}", pa.float64()) for s in suffixes]
-      + [(f"pixels_{s}", pa.int64()) for s in suffixes]
-      + [("dominant_class", pa.string()), ("mean_confidence", pa.float32()),
-         ("gt_pixels", pa.int64()), ("gt_correct", pa.int64()),
-         ("gt_pixel_accuracy", pa.float64())]
-      + [(f"gt_intersection_{s}", pa.int64()) for s in suffixes]
-      + [(f"gt_union_{s}", pa.int64()) for s in suffixes]
-      + [("gt_error", pa.string()),
-         ("model_name", pa.string()), ("model_version", pa.string()), ("run_id", pa.string())])
+    [
+      ("image_id", pa.string()),
+      ("source", pa.string()),
+      ("format", pa.string()),
+      ("width", pa.int32()),
+      ("height", pa.int32()),
+      ("exif_orientation", pa.int32()),
+      ("mask_png", pa.binary()),
+    ]
+    + [(f"coverage_{s}", pa.float64()) for s in suffixes]
+    + [(f"pixels_{s}", pa.int64()) for s in suffixes]
+    + [
+      ("dominant_class", pa.string()),
+      ("mean_confidence", pa.float32()),
+      ("gt_pixels", pa.int64()),
+      ("gt_correct", pa.int64()),
+      ("gt_pixel_accuracy", pa.float64()),
+    ]
+    + [(f"gt_intersection_{s}", pa.int64()) for s in suffixes]
+    + [(f"gt_union_{s}", pa.int64()) for s in suffixes]
+    + [
+      ("gt_error", pa.string()),
+      ("model_name", pa.string()),
+      ("model_version", pa.string()),
+      ("run_id", pa.string()),
+    ]
+  )
 
 
-ERRORS_SCHEMA = pa.schema([("image_id", pa.string()), ("source", pa.string()),
-                           ("stage", pa.string()), ("error_type", pa.string()),
-                           ("message", pa.string()), ("run_id", pa.string())])
+ERRORS_SCHEMA = pa.schema(
+  [
+    ("image_id", pa.string()),
+    ("source", pa.string()),
+    ("stage", pa.string()),
+    ("error_type", pa.string()),
+    ("message", pa.string()),
+    ("run_id", pa.string()),
+  ]
+)

@@ -51,14 +51,19 @@ def label_key(image_id: str) -> str:
   return posixpath.splitext(image_id)[0]
 
 
-def ground_truth_columns(mask: np.ndarray, label: Optional[bytes], context: RunContext,
-                         label_error: Optional[str] = None) -> dict[str, Any]:
+def ground_truth_columns(
+  mask: np.ndarray, label: Optional[bytes], context: RunContext, label_error: Optional[str] = None
+) -> dict[str, Any]:
   """Per-image intersections, unions and pixel accuracy against a label image, or nulls (with
   `gt_error` saying why when a label was there but unusable). A class the label map does not
   cover has null counts; a labelled pixel masked as such a class is still counted wrong."""
   suffixes = context.column_suffixes
-  columns: dict[str, Any] = {"gt_pixels": None, "gt_correct": None, "gt_pixel_accuracy": None,
-                             "gt_error": None}
+  columns: dict[str, Any] = {
+    "gt_pixels": None,
+    "gt_correct": None,
+    "gt_pixel_accuracy": None,
+    "gt_error": None,
+  }
   columns.update({f"gt_intersection_{s}": None for s in suffixes})
   columns.update({f"gt_union_{s}": None for s in suffixes})
   if label_error:
@@ -71,15 +76,17 @@ def ground_truth_columns(mask: np.ndarray, label: Optional[bytes], context: RunC
     columns["gt_error"] = f"{type(error).__name__}: {records.one_line(error, limit=300)}"
     return columns
   if truth.shape != mask.shape:
-    columns["gt_error"] = (f"label is {truth.shape[1]}x{truth.shape[0]}, image "
-                           f"{mask.shape[1]}x{mask.shape[0]}")
+    columns["gt_error"] = (
+      f"label is {truth.shape[1]}x{truth.shape[0]}, image {mask.shape[1]}x{mask.shape[0]}"
+    )
     return columns
   confusion = metrics_lib.confusion_matrix(truth, mask, len(context.class_names))
   intersections = np.diag(confusion)
   unions = confusion.sum(0) + confusion.sum(1) - intersections
   pixels, correct = int(confusion.sum()), int(intersections.sum())
-  columns.update(gt_pixels=pixels, gt_correct=correct,
-                 gt_pixel_accuracy=(correct / pixels) if pixels else None)
+  columns.update(
+    gt_pixels=pixels, gt_correct=correct, gt_pixel_accuracy=(correct / pixels) if pixels else None
+  )
   # Classes the label map does not cover stay null: their true extent is unknown.
   for c in context.label_map.covered_classes:
     if c < len(suffixes):
@@ -88,27 +95,38 @@ def ground_truth_columns(mask: np.ndarray, label: Optional[bytes], context: RunC
   return columns
 
 
-def segment_row(info: records.ImageInfo, outputs: dict[str, np.ndarray],
-                context: RunContext, label: Optional[bytes] = None,
-                label_error: Optional[str] = None) -> dict[str, Any]:
+def segment_row(
+  info: records.ImageInfo,
+  outputs: dict[str, np.ndarray],
+  context: RunContext,
+  label: Optional[bytes] = None,
+  label_error: Optional[str] = None,
+) -> dict[str, Any]:
   height = int(outputs[export_lib.OUTPUT_HEIGHT])
   width = int(outputs[export_lib.OUTPUT_WIDTH])
-  mask, confidence = postprocess.class_mask(outputs[export_lib.OUTPUT_PROBABILITIES], height,
-                                            width, threshold=context.mask_threshold)
+  mask, confidence = postprocess.class_mask(
+    outputs[export_lib.OUTPUT_PROBABILITIES], height, width, threshold=context.mask_threshold
+  )
   pixels = postprocess.class_pixel_counts(mask, len(context.class_names))
   total = height * width
-  row = {"image_id": info.image_id, "source": info.source, "format": info.format,
-         "width": width, "height": height, "exif_orientation": info.exif_orientation,
-         "mask_png": mask_png.encode(mask)}
+  row = {
+    "image_id": info.image_id,
+    "source": info.source,
+    "format": info.format,
+    "width": width,
+    "height": height,
+    "exif_orientation": info.exif_orientation,
+    "mask_png": mask_png.encode(mask),
+  }
   for suffix, count in zip(context.column_suffixes, pixels):
     row[f"coverage_{suffix}"] = float(count) / total
   for suffix, count in zip(context.column_suffixes, pixels):
     row[f"pixels_{suffix}"] = int(count)
-  row.update(dominant_class=context.class_names[int(np.argmax(pixels))],
-             mean_confidence=confidence)
+  row.update(dominant_class=context.class_names[int(np.argmax(pixels))], mean_confidence=confidence)
   row.update(ground_truth_columns(mask, label, context, label_error))
-  row.update(model_name=context.model_name, model_version=context.model_version,
-             run_id=context.run_id)
+  row.update(
+    model_name=context.model_name, model_version=context.model_version, run_id=context.run_id
+  )
   return row
 
 
@@ -132,8 +150,9 @@ class SegmentImage(beam.DoFn):
     self._failed = beam.metrics.Metrics.counter(sources.METRICS_NAMESPACE, "failed")
 
   def setup(self):
-    self._queue = background.OrderedBackgroundQueue(threads=self._threads,
-                                                    max_pending=self._max_pending)
+    self._queue = background.OrderedBackgroundQueue(
+      threads=self._threads, max_pending=self._max_pending
+    )
     self._done = 0
     self._started = time.monotonic()
     self._last_report = self._started
@@ -141,10 +160,16 @@ class SegmentImage(beam.DoFn):
   def start_bundle(self):
     self._queue.discard()  # what a failed bundle left; Beam retries it from its start
 
-  def process(self, element: tuple[records.ImageInfo, Any], timestamp=beam.DoFn.TimestampParam,
-              window=beam.DoFn.WindowParam, label_paths=None) -> Iterator:
-    yield from self._emit(self._queue.submit(self._segment_in_window, element, label_paths,
-                                             timestamp, window))
+  def process(
+    self,
+    element: tuple[records.ImageInfo, Any],
+    timestamp=beam.DoFn.TimestampParam,
+    window=beam.DoFn.WindowParam,
+    label_paths=None,
+  ) -> Iterator:
+    yield from self._emit(
+      self._queue.submit(self._segment_in_window, element, label_paths, timestamp, window)
+    )
 
   def finish_bundle(self) -> Iterator:
     yield from self._emit(self._queue.drain())
@@ -172,18 +197,26 @@ class SegmentImage(beam.DoFn):
     try:
       inference_result = inference.resolve(inference_result)
     except Exception as error:  # pylint: disable=broad-except  # the slice failed as a whole
-      return True, records.Failure.from_exception(info.image_id, info.source,
-                                                  records.STAGE_INFER, error)
+      return True, records.Failure.from_exception(
+        info.image_id, info.source, records.STAGE_INFER, error
+      )
     if isinstance(inference_result, inference.InferenceFailure):
-      return True, records.Failure(info.image_id, info.source, inference_result.stage,
-                                   inference_result.error_type, inference_result.message)
+      return True, records.Failure(
+        info.image_id,
+        info.source,
+        inference_result.stage,
+        inference_result.error_type,
+        inference_result.message,
+      )
     label, label_error = self._label(info, label_paths)
     try:
-      return False, segment_row(info, inference.outputs_as_arrays(inference_result),
-                                self._context, label, label_error)
+      return False, segment_row(
+        info, inference.outputs_as_arrays(inference_result), self._context, label, label_error
+      )
     except Exception as error:  # pylint: disable=broad-except  # one bad output, one error row
-      return True, records.Failure.from_exception(info.image_id, info.source,
-                                                  records.STAGE_POSTPROCESS, error)
+      return True, records.Failure.from_exception(
+        info.image_id, info.source, records.STAGE_POSTPROCESS, error
+      )
 
   @staticmethod
   def _label(info: records.ImageInfo, label_paths) -> tuple[Optional[bytes], Optional[str]]:
@@ -205,11 +238,12 @@ class SegmentImage(beam.DoFn):
     now = time.monotonic()
     if now - self._last_report >= self.PROGRESS_EVERY_SECONDS:
       self._last_report = now
-      _LOG.info("segmented %d images in this worker (%.1f img/s)", self._done,
-                   self._done / (now - self._started))
+      _LOG.info(
+        "segmented %d images in this worker (%.1f img/s)",
+        self._done,
+        self._done / (now - self._started),
+      )
 
 
 def failure_row(failure: records.Failure, run_id: str) -> dict[str, Any]:
   return {**dataclasses.asdict(failure), "run_id": run_id}
-
-

@@ -30,6 +30,7 @@ def session_config(*, on_gpu: bool):
   for GPUs; not measured here).
   """
   import tensorflow as tf  # pylint: disable=import-outside-toplevel  # only workers need it
+
   config = tf.compat.v1.ConfigProto()
   if not on_gpu:
     config.graph_options.rewrite_options.disable_meta_optimizer = True
@@ -40,22 +41,23 @@ def load_session(local_dir: str):
   """The export in `local_dir` loaded as tfx-bsl's handler loads it (the TF1 SavedModel loader,
   the serving tag), in a session with `session_config`. Returns (session, meta graph)."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
   on_gpu = bool(tf.config.list_physical_devices("GPU"))
   # pylint: disable-next=import-outside-toplevel
   from tensorflow.python.util import deprecation
-  session = tf.compat.v1.Session(graph=tf.compat.v1.Graph(),
-                                 config=session_config(on_gpu=on_gpu))
+
+  session = tf.compat.v1.Session(graph=tf.compat.v1.Graph(), config=session_config(on_gpu=on_gpu))
   # The TF1 loader is tfx-bsl's, on purpose; its deprecation notice (three lines before
   # anything else `segbeam run` prints) tells a user nothing they can act on.
   with deprecation.silence():
-    meta_graph = tf.compat.v1.saved_model.loader.load(session, [tf.saved_model.SERVING],
-                                                      local_dir)
+    meta_graph = tf.compat.v1.saved_model.loader.load(session, [tf.saved_model.SERVING], local_dir)
   return session, meta_graph
 
 
 def warm_up_image(size: int) -> bytes:
   """A small JPEG: the first call of a signature prepares its graph (a fraction of a second)."""
   from PIL import Image  # pylint: disable=import-outside-toplevel
+
   buffer = io.BytesIO()
   Image.new("RGB", (size, size), (128, 128, 128)).save(buffer, format="JPEG")
   return buffer.getvalue()
@@ -65,8 +67,9 @@ def warm_up(session, meta_graph, signature_name: str, image: bytes) -> None:
   """Runs the signature once on `image`, so that the first real batch finds its graph ready."""
   signature = meta_graph.signature_def[signature_name]
   (image_input,) = signature.inputs.values()
-  session.run({name: output.name for name, output in signature.outputs.items()},
-              {image_input.name: [image]})
+  session.run(
+    {name: output.name for name, output in signature.outputs.items()}, {image_input.name: [image]}
+  )
 
 
 _early: dict[str, concurrent.futures.Future] = {}
@@ -77,13 +80,15 @@ def _key(local_dir: str) -> str:
   return os.path.realpath(local_dir)
 
 
-def load_early(local_dir: str, *, signature_name: str, warm_up_size: int,
-               trust_model: bool = False) -> None:
+def load_early(
+  local_dir: str, *, signature_name: str, warm_up_size: int, trust_model: bool = False
+) -> None:
   """Starts loading and warming up the session of the local export `local_dir` on a
   background thread, for `take_early`. An export whose graph `model_safety` refuses (unless
   `trust_model`) is never loaded: the launcher refuses it before it would take the session."""
   from segbeam.model import model_safety  # pylint: disable=import-outside-toplevel
   from segbeam.pipeline import devices  # pylint: disable=import-outside-toplevel
+
   future: concurrent.futures.Future = concurrent.futures.Future()
   with _early_lock:
     _early[_key(local_dir)] = future
@@ -130,6 +135,7 @@ def load_early_for_run(argv: Sequence[str]) -> bool:
   # pylint: disable=import-outside-toplevel  # TensorFlow is imported by now; Beam is not
   from segbeam.model import defaults
   from segbeam.model import export as export_lib
+
   parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
   parser.add_argument("--model", default=None)
   parser.add_argument("--inference-handler", default=HANDLER_TFX_BSL)
@@ -139,10 +145,15 @@ def load_early_for_run(argv: Sequence[str]) -> bool:
   if known.inference_handler != HANDLER_TFX_BSL or "://" in model_dir:
     return False
   import tensorflow as tf
+
   try:
     input_size = export_lib.read_metadata(model_dir).input_size
   except (OSError, ValueError, KeyError, TypeError, tf.errors.OpError):
     return False  # not an export, or unreadable: the launcher says so
-  load_early(model_dir, signature_name=export_lib.SIGNATURE_NAME, warm_up_size=input_size,
-             trust_model=known.trust_model)
+  load_early(
+    model_dir,
+    signature_name=export_lib.SIGNATURE_NAME,
+    warm_up_size=input_size,
+    trust_model=known.trust_model,
+  )
   return True

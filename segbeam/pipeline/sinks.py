@@ -33,9 +33,11 @@ OUTPUT_ENTRIES = (SEGMENTS_DIR, ERRORS_DIR, MASKS_DIR, MANIFEST_FILE)
 # Object stores make an object visible only once its upload completed: no temporary name needed.
 _ATOMIC_CREATE_SCHEMES = ("gs", "s3", "azfs")
 PARTIAL_SUFFIX = ".partial"
-CONSERVATION_RULE = ("inputs_seen == segmented + failed + skipped_existing, where segmented and "
-                     "failed are the rows the segments and errors Parquet files hold, equal to "
-                     "the pipeline's counts; with --mask-files, one mask per segmented image")
+CONSERVATION_RULE = (
+  "inputs_seen == segmented + failed + skipped_existing, where segmented and "
+  "failed are the rows the segments and errors Parquet files hold, equal to "
+  "the pipeline's counts; with --mask-files, one mask per segmented image"
+)
 _LOG = logging.getLogger(__name__)
 
 
@@ -62,8 +64,9 @@ def write_file(path: str, data: bytes, mime_type: str = "application/octet-strea
   else:
     folder, name = FileSystems.split(path)
     target = FileSystems.join(folder, f".{name}{PARTIAL_SUFFIX}")
-  with FileSystems.create(target, mime_type=mime_type,
-                          compression_type=CompressionTypes.UNCOMPRESSED) as f:
+  with FileSystems.create(
+    target, mime_type=mime_type, compression_type=CompressionTypes.UNCOMPRESSED
+  ) as f:
     f.write(data)
   if target != path:
     FileSystems.rename([target], [path])
@@ -84,6 +87,7 @@ class WriteMaskFile(beam.DoFn):
 def parquet_rows(path: str) -> int:
   """Rows in a Parquet file, from its footer alone."""
   import pyarrow.parquet as pq
+
   with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
     return pq.ParquetFile(f).metadata.num_rows
 
@@ -92,11 +96,20 @@ def _now() -> str:
   return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def build_manifest(base: Mapping[str, Any], *, seen: int, segmented: int,
-                   failures: list[tuple[tuple[str, str], int]], segment_files: list[str],
-                   error_files: list[str], segments_rows: int, errors_rows: int,
-                   skipped_existing: int = 0, masks_written: int = 0,
-                   mask_files: bool = False) -> dict[str, Any]:
+def build_manifest(
+  base: Mapping[str, Any],
+  *,
+  seen: int,
+  segmented: int,
+  failures: list[tuple[tuple[str, str], int]],
+  segment_files: list[str],
+  error_files: list[str],
+  segments_rows: int,
+  errors_rows: int,
+  skipped_existing: int = 0,
+  masks_written: int = 0,
+  mask_files: bool = False,
+) -> dict[str, Any]:
   """The manifest of a run. `segmented`, `failed` and `masks_written` are what the pipeline
   counted; `segments_rows` and `errors_rows` what the written tables hold. The conservation
   check holds when every input seen is in exactly one table or was skipped, and the tables,
@@ -108,25 +121,38 @@ def build_manifest(base: Mapping[str, Any], *, seen: int, segmented: int,
   tables_match_counts = segments_rows == segmented and errors_rows == failed
   masks_match = masks_written == (segmented if mask_files else 0)
   return {
-      **base,
-      "status": "complete",
-      "finished": _now(),
-      "counts": {
-          "inputs_seen": seen, "segmented": segmented, "failed": failed,
-          "skipped_existing": skipped_existing,
-          "failed_by_stage": dict(sorted(by_stage.items())),
-          "failed_by_reason": [{"stage": stage, "error_type": error_type, "count": count}
-                               for (stage, error_type), count in sorted(failures)],
-      },
-      "conservation": {
-          "inputs_seen": seen, "segmented": segments_rows, "failed": errors_rows,
-          "skipped_existing": skipped_existing, "masks_written": masks_written,
-          "holds": (seen == segments_rows + errors_rows + skipped_existing
-                    and tables_match_counts and masks_match),
-          "rule": CONSERVATION_RULE,
-      },
-      "files": {SEGMENTS_DIR: sorted(segment_files), ERRORS_DIR: sorted(error_files),
-                MASKS_DIR: masks_written},
+    **base,
+    "status": "complete",
+    "finished": _now(),
+    "counts": {
+      "inputs_seen": seen,
+      "segmented": segmented,
+      "failed": failed,
+      "skipped_existing": skipped_existing,
+      "failed_by_stage": dict(sorted(by_stage.items())),
+      "failed_by_reason": [
+        {"stage": stage, "error_type": error_type, "count": count}
+        for (stage, error_type), count in sorted(failures)
+      ],
+    },
+    "conservation": {
+      "inputs_seen": seen,
+      "segmented": segments_rows,
+      "failed": errors_rows,
+      "skipped_existing": skipped_existing,
+      "masks_written": masks_written,
+      "holds": (
+        seen == segments_rows + errors_rows + skipped_existing
+        and tables_match_counts
+        and masks_match
+      ),
+      "rule": CONSERVATION_RULE,
+    },
+    "files": {
+      SEGMENTS_DIR: sorted(segment_files),
+      ERRORS_DIR: sorted(error_files),
+      MASKS_DIR: masks_written,
+    },
   }
 
 
@@ -137,12 +163,12 @@ class UnbalancedRunError(RuntimeError):
 # The run's counts come from one combine (`segment_pipeline.WriteRunOutput`): every counted
 # element becomes a key naming what it counts, (what, stage, error type), the last two set only
 # for failures. Nothing counted, no key: its count is 0.
-COUNT_RECORDS = "records"              # records the reader produced
+COUNT_RECORDS = "records"  # records the reader produced
 COUNT_READ_FAILURES = "read_failures"  # inputs the reader could not make a record of
-COUNT_SEGMENTED = "segmented"          # rows sent to the segments table
-COUNT_SKIPPED = "skipped_existing"     # records skipped as segmented by an earlier run
-COUNT_MASK_FILES = "mask_files"        # mask files written
-COUNT_FAILED = "failed"                # failures sent to the errors table, by stage and type
+COUNT_SEGMENTED = "segmented"  # rows sent to the segments table
+COUNT_SKIPPED = "skipped_existing"  # records skipped as segmented by an earlier run
+COUNT_MASK_FILES = "mask_files"  # mask files written
+COUNT_FAILED = "failed"  # failures sent to the errors table, by stage and type
 CountKey = tuple[str, str, str]
 
 
@@ -176,33 +202,40 @@ class WriteManifest(beam.DoFn):
     def count(what: str) -> int:
       return by_key.get((what, "", ""), 0)
 
-    failures = [((stage, error_type), n) for (what, stage, error_type), n in by_key.items()
-                if what == COUNT_FAILED]
+    failures = [
+      ((stage, error_type), n)
+      for (what, stage, error_type), n in by_key.items()
+      if what == COUNT_FAILED
+    ]
     manifest = build_manifest(
-        self._base, seen=count(COUNT_RECORDS) + count(COUNT_READ_FAILURES),
-        segmented=count(COUNT_SEGMENTED), failures=failures,
-        segment_files=segment_files, error_files=error_files,
-        segments_rows=sum(map(parquet_rows, segment_files)),
-        errors_rows=sum(map(parquet_rows, error_files)),
-        skipped_existing=count(COUNT_SKIPPED), masks_written=count(COUNT_MASK_FILES),
-        mask_files=bool(self._base.get("options", {}).get("mask_files")))
+      self._base,
+      seen=count(COUNT_RECORDS) + count(COUNT_READ_FAILURES),
+      segmented=count(COUNT_SEGMENTED),
+      failures=failures,
+      segment_files=segment_files,
+      error_files=error_files,
+      segments_rows=sum(map(parquet_rows, segment_files)),
+      errors_rows=sum(map(parquet_rows, error_files)),
+      skipped_existing=count(COUNT_SKIPPED),
+      masks_written=count(COUNT_MASK_FILES),
+      mask_files=bool(self._base.get("options", {}).get("mask_files")),
+    )
     if not manifest["conservation"]["holds"]:
       # A lost or doubled input is a bug. Fail the job (non-zero exit, a failed Dataflow job)
       # and write no manifest, so that every reader treats the output as incomplete.
-      message = (f"inputs not accounted for, no manifest written: "
-                 f"{json.dumps(manifest['conservation'])}")
+      message = (
+        f"inputs not accounted for, no manifest written: {json.dumps(manifest['conservation'])}"
+      )
       _LOG.error(message)
       raise UnbalancedRunError(message)
-    write_file(self._path, json.dumps(manifest, indent=2).encode(),
-               mime_type="application/json")
+    write_file(self._path, json.dumps(manifest, indent=2).encode(), mime_type="application/json")
     yield manifest
 
 
 def entries_present(output: str) -> list[str]:
   """Which of a run's entries (OUTPUT_ENTRIES) exist in `output`: any of them means a run,
   finished (with the manifest) or not."""
-  return [entry for entry in OUTPUT_ENTRIES
-          if FileSystems.exists(FileSystems.join(output, entry))]
+  return [entry for entry in OUTPUT_ENTRIES if FileSystems.exists(FileSystems.join(output, entry))]
 
 
 def read_manifest(output: str) -> Optional[dict[str, Any]]:

@@ -39,8 +39,7 @@ INPUT_FORMATS = (FORMAT_AUTO, FORMAT_IMAGES, FORMAT_TFRECORD)
 _TFRECORD_NAME = re.compile(r"\.(tfrecords?|tfr)(\.gz)?($|-\d+-of-\d+$)|\.tfrecord", re.I)
 # Names routed to the image reader without opening them: the supported formats' extensions and
 # those of formats refused with a clear reason (validation.UNSUPPORTED and HEIF/AVIF).
-_IMAGE_NAME = re.compile(r"\.(jpe?g|jfif|png|gif|bmp|dib|tiff?|webp|jp2|j2k|heic|heif|avif)$",
-                         re.I)
+_IMAGE_NAME = re.compile(r"\.(jpe?g|jfif|png|gif|bmp|dib|tiff?|webp|jp2|j2k|heic|heif|avif)$", re.I)
 _GLOB_CHARS = re.compile(r"[*?\[]")
 METRICS_NAMESPACE = "segbeam"
 
@@ -61,20 +60,21 @@ def has_glob(pattern: str) -> bool:
 def pattern_root(pattern: str) -> str:
   """The folder part of `pattern` before its first glob character, ending in '/'."""
   match = _GLOB_CHARS.search(pattern)
-  fixed = pattern[:match.start()] if match else pattern
+  fixed = pattern[: match.start()] if match else pattern
   cut = fixed.rfind("/")
-  return fixed[:cut + 1] if cut >= 0 else ""
+  return fixed[: cut + 1] if cut >= 0 else ""
 
 
 def relative_id(path: str, root: str) -> str:
   path = path.replace(os.sep, "/")
   if root and path.startswith(root):
-    return path[len(root):]
+    return path[len(root) :]
   return posixpath.basename(path)
 
 
-def is_tfrecord(path: str, input_format: str, *,
-                open_file: Optional[Callable[[], BinaryIO]] = None) -> bool:
+def is_tfrecord(
+  path: str, input_format: str, *, open_file: Optional[Callable[[], BinaryIO]] = None
+) -> bool:
   """Whether `path` is read as a TFRecord shard rather than as an image file.
 
   With --input-format auto, a name that says which it is decides ('.tfrecord', '.tfr', ... or an
@@ -174,8 +174,14 @@ class ReadImages(beam.DoFn):
   """ReadableFile -> ImageRecord per image (one per image file, one per shard record); what
   cannot be read becomes a Failure on the FAILURES output."""
 
-  def __init__(self, *, root: str, input_format: str = FORMAT_AUTO,
-               example_keys: ExampleKeys = ExampleKeys(), max_file_bytes: int = 256 << 20):
+  def __init__(
+    self,
+    *,
+    root: str,
+    input_format: str = FORMAT_AUTO,
+    example_keys: ExampleKeys = ExampleKeys(),
+    max_file_bytes: int = 256 << 20,
+  ):
     self._root = root
     self._input_format = input_format
     self._keys = example_keys
@@ -191,13 +197,26 @@ class ReadImages(beam.DoFn):
     refusal = not_a_regular_file(path)
     previous_output = self._previous_outputs.holding(path)
     if previous_output is not None:
-      outputs = [beam.pvalue.TaggedOutput(records.FAILURES, records.Failure(
-          file_id, path, records.STAGE_READ, "SegbeamOutput",
-          f"a file of the segbeam run in {previous_output}, not an input: narrow --input (say, "
-          "to the photos' extension) or keep outputs outside the input folder"))]
+      outputs = [
+        beam.pvalue.TaggedOutput(
+          records.FAILURES,
+          records.Failure(
+            file_id,
+            path,
+            records.STAGE_READ,
+            "SegbeamOutput",
+            f"a file of the segbeam run in {previous_output}, not an input: narrow --input (say, "
+            "to the photos' extension) or keep outputs outside the input folder",
+          ),
+        )
+      ]
     elif refusal is not None:
-      outputs = [beam.pvalue.TaggedOutput(records.FAILURES, records.Failure(
-          file_id, path, records.STAGE_READ, "NotARegularFile", refusal))]
+      outputs = [
+        beam.pvalue.TaggedOutput(
+          records.FAILURES,
+          records.Failure(file_id, path, records.STAGE_READ, "NotARegularFile", refusal),
+        )
+      ]
     elif is_tfrecord(path, self._input_format, open_file=readable.open):
       outputs = self._read_shard(readable, file_id, renames or {})
     else:
@@ -210,9 +229,16 @@ class ReadImages(beam.DoFn):
     path = readable.metadata.path
     size = readable.metadata.size_in_bytes
     if size > self._max_file_bytes:
-      yield beam.pvalue.TaggedOutput(records.FAILURES, records.Failure(
-          image_id, path, records.STAGE_READ, "FileTooLarge",
-          f"{size} bytes is over the {self._max_file_bytes}-byte file limit"))
+      yield beam.pvalue.TaggedOutput(
+        records.FAILURES,
+        records.Failure(
+          image_id,
+          path,
+          records.STAGE_READ,
+          "FileTooLarge",
+          f"{size} bytes is over the {self._max_file_bytes}-byte file limit",
+        ),
+      )
       return
     try:
       with readable.open() as stream:
@@ -220,59 +246,96 @@ class ReadImages(beam.DoFn):
         # compressed and read decompressed): the read itself stops one byte past the limit.
         data = tfrecord.read_up_to(stream, self._max_file_bytes + 1)
     except Exception as error:  # pylint: disable=broad-except  # any I/O error is one bad input
-      yield beam.pvalue.TaggedOutput(records.FAILURES, records.Failure.from_exception(
-          image_id, path, records.STAGE_READ, error))
+      yield beam.pvalue.TaggedOutput(
+        records.FAILURES, records.Failure.from_exception(image_id, path, records.STAGE_READ, error)
+      )
       return
     if len(data) > self._max_file_bytes:
-      yield beam.pvalue.TaggedOutput(records.FAILURES, records.Failure(
-          image_id, path, records.STAGE_READ, "FileTooLarge",
+      yield beam.pvalue.TaggedOutput(
+        records.FAILURES,
+        records.Failure(
+          image_id,
+          path,
+          records.STAGE_READ,
+          "FileTooLarge",
           f"more than {self._max_file_bytes} bytes read, over the file limit (listed as "
-          f"{size} bytes)"))
+          f"{size} bytes)",
+        ),
+      )
       return
     yield records.ImageRecord(image_id, path, data)
 
   def _read_shard(self, readable: fileio.ReadableFile, shard_id: str, renames):
     path = readable.metadata.path
     try:
-      for index, filename, example in iter_shard(readable, shard_id, self._keys.filename,
-                                                 self._max_file_bytes):
+      for index, filename, example in iter_shard(
+        readable, shard_id, self._keys.filename, self._max_file_bytes
+      ):
         source = f"{path}#{index}"
         image_id = renames.get((path, index)) or filename or f"{shard_id}#{index}"
         if isinstance(example, records.Failure):
-          yield beam.pvalue.TaggedOutput(records.FAILURES,
-                                         dataclasses.replace(example, image_id=image_id))
+          yield beam.pvalue.TaggedOutput(
+            records.FAILURES, dataclasses.replace(example, image_id=image_id)
+          )
           continue
         data = _bytes_feature(example, self._keys.image)
         if data is None:
-          yield beam.pvalue.TaggedOutput(records.FAILURES, records.Failure(
-              image_id, source, records.STAGE_READ, "MissingImage",
-              f"the tf.Example has no bytes feature {self._keys.image!r}"))
+          yield beam.pvalue.TaggedOutput(
+            records.FAILURES,
+            records.Failure(
+              image_id,
+              source,
+              records.STAGE_READ,
+              "MissingImage",
+              f"the tf.Example has no bytes feature {self._keys.image!r}",
+            ),
+          )
           continue
-        yield records.ImageRecord(image_id, source, data,
-                                  label=_bytes_feature(example, self._keys.label))
+        yield records.ImageRecord(
+          image_id, source, data, label=_bytes_feature(example, self._keys.label)
+        )
     except Exception as error:  # pylint: disable=broad-except  # unreadable shard
-      yield beam.pvalue.TaggedOutput(records.FAILURES, records.Failure.from_exception(
-          shard_id, path, records.STAGE_READ, error))
+      yield beam.pvalue.TaggedOutput(
+        records.FAILURES, records.Failure.from_exception(shard_id, path, records.STAGE_READ, error)
+      )
 
 
-def iter_shard(readable: fileio.ReadableFile, shard_id: str, filename_key: str,
-               max_record_bytes: int = tfrecord.MAX_RECORD_BYTES):
+def iter_shard(
+  readable: fileio.ReadableFile,
+  shard_id: str,
+  filename_key: str,
+  max_record_bytes: int = tfrecord.MAX_RECORD_BYTES,
+):
   """(record index, filename or '', tf.train.Example or Failure) for each record of a shard."""
   import tensorflow as tf  # Workers need it for inference anyway; imported where used.
+
   path = readable.metadata.path
   with readable.open() as stream:
     for index, record in tfrecord.read_records(stream, max_record_bytes):
       fallback_id, source = f"{shard_id}#{index}", f"{path}#{index}"
       if isinstance(record, tfrecord.RecordError):
-        yield index, "", records.Failure(fallback_id, source, records.STAGE_READ,
-                                         record.error_type, record.reason)
+        yield (
+          index,
+          "",
+          records.Failure(
+            fallback_id, source, records.STAGE_READ, record.error_type, record.reason
+          ),
+        )
         continue
       try:
         example = tf.train.Example.FromString(record)
       except Exception as error:  # pylint: disable=broad-except  # protobuf DecodeError
-        yield index, "", records.Failure(
-            fallback_id, source, records.STAGE_READ, "NotAnExample",
-            f"record {index} is not a tf.train.Example ({type(error).__name__})")
+        yield (
+          index,
+          "",
+          records.Failure(
+            fallback_id,
+            source,
+            records.STAGE_READ,
+            "NotAnExample",
+            f"record {index} is not a tf.train.Example ({type(error).__name__})",
+          ),
+        )
         continue
       filename = (_bytes_feature(example, filename_key) or b"").decode("utf-8", "replace")
       yield index, filename, example
@@ -289,8 +352,14 @@ class ShardFilenames(beam.DoFn):
   another record's fallback id or to an image file's path) can be told apart before the real
   read."""
 
-  def __init__(self, *, root: str, input_format: str, filename_key: str,
-               max_record_bytes: int = tfrecord.MAX_RECORD_BYTES):
+  def __init__(
+    self,
+    *,
+    root: str,
+    input_format: str,
+    filename_key: str,
+    max_record_bytes: int = tfrecord.MAX_RECORD_BYTES,
+  ):
     self._root = root
     self._input_format = input_format
     self._filename_key = filename_key
@@ -298,8 +367,7 @@ class ShardFilenames(beam.DoFn):
 
   def process(self, readable: fileio.ReadableFile):
     path = readable.metadata.path
-    if not is_tfrecord(path, self._input_format,
-                       open_file=lambda: _open_if_regular(readable)):
+    if not is_tfrecord(path, self._input_format, open_file=lambda: _open_if_regular(readable)):
       # An image file's id is its path, known without reading it (a file refused later still
       # takes its id); listed so that a record claiming it is renamed.
       yield relative_id(path, self._root), (path, IMAGE_FILE_INDEX)
@@ -308,8 +376,9 @@ class ShardFilenames(beam.DoFn):
       return
     shard_id = relative_id(path, self._root)
     try:
-      for index, filename, _ in iter_shard(readable, shard_id, self._filename_key,
-                                           self._max_record_bytes):
+      for index, filename, _ in iter_shard(
+        readable, shard_id, self._filename_key, self._max_record_bytes
+      ):
         yield filename or f"{shard_id}#{index}", (path, index)
     except Exception:  # pylint: disable=broad-except  # the real read reports the shard
       return
@@ -340,9 +409,15 @@ class ReadImageShards(beam.PTransform):
   process has nothing to spread, and skips that shuffle (0.5 s of 4,500 files).
   """
 
-  def __init__(self, pattern: str, *, input_format: str = FORMAT_AUTO,
-               example_keys: ExampleKeys = ExampleKeys(), max_file_bytes: int = 256 << 20,
-               spread_files: bool = True):
+  def __init__(
+    self,
+    pattern: str,
+    *,
+    input_format: str = FORMAT_AUTO,
+    example_keys: ExampleKeys = ExampleKeys(),
+    max_file_bytes: int = 256 << 20,
+    spread_files: bool = True,
+  ):
     super().__init__()
     self._pattern = pattern
     self._spread_files = spread_files
@@ -350,20 +425,32 @@ class ReadImageShards(beam.PTransform):
     self._input_format = input_format
     self._filename_key = example_keys.filename
     self._max_file_bytes = max_file_bytes
-    self._read = ReadImages(root=self._root, input_format=input_format,
-                            example_keys=example_keys, max_file_bytes=max_file_bytes)
+    self._read = ReadImages(
+      root=self._root,
+      input_format=input_format,
+      example_keys=example_keys,
+      max_file_bytes=max_file_bytes,
+    )
 
   def expand(self, pbegin):
     matched = pbegin | "MatchFiles" >> fileio.MatchFiles(self._pattern)
     if self._spread_files:
       matched = matched | "Reshuffle" >> beam.Reshuffle()
     files = matched | "ReadMatches" >> fileio.ReadMatches()
-    renames = (files
-               | "ShardFilenames" >> beam.ParDo(ShardFilenames(
-                   root=self._root, input_format=self._input_format,
-                   filename_key=self._filename_key, max_record_bytes=self._max_file_bytes))
-               | "GroupFilenames" >> beam.GroupByKey()
-               | "RenameRepeats" >> beam.FlatMap(renames_for_repeats, self._root))
+    renames = (
+      files
+      | "ShardFilenames"
+      >> beam.ParDo(
+        ShardFilenames(
+          root=self._root,
+          input_format=self._input_format,
+          filename_key=self._filename_key,
+          max_record_bytes=self._max_file_bytes,
+        )
+      )
+      | "GroupFilenames" >> beam.GroupByKey()
+      | "RenameRepeats" >> beam.FlatMap(renames_for_repeats, self._root)
+    )
     return files | "ReadImages" >> beam.ParDo(
-        self._read, renames=beam.pvalue.AsDict(renames)).with_outputs(records.FAILURES,
-                                                                       main="records")
+      self._read, renames=beam.pvalue.AsDict(renames)
+    ).with_outputs(records.FAILURES, main="records")

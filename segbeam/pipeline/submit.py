@@ -36,9 +36,16 @@ GPU_TYPES = (GPU_L4, GPU_T4)
 MACHINE_SERIES = {GPU_L4: "g2", GPU_T4: "n1"}
 DEFAULT_MACHINE_TYPES = {GPU_L4: "g2-standard-4", GPU_T4: "n1-standard-4"}
 # A G2 machine comes with a fixed number of L4s (an N1 machine takes 1, 2 or 4 T4s).
-G2_GPU_COUNTS = {"g2-standard-4": 1, "g2-standard-8": 1, "g2-standard-12": 1,
-                 "g2-standard-16": 1, "g2-standard-24": 2, "g2-standard-32": 1,
-                 "g2-standard-48": 4, "g2-standard-96": 8}
+G2_GPU_COUNTS = {
+  "g2-standard-4": 1,
+  "g2-standard-8": 1,
+  "g2-standard-12": 1,
+  "g2-standard-16": 1,
+  "g2-standard-24": 2,
+  "g2-standard-32": 1,
+  "g2-standard-48": 4,
+  "g2-standard-96": 8,
+}
 # Runner v2 is what runs custom containers and GPUs; one SDK process per worker VM, so one
 # process (one model, one CUDA context) owns the GPU. README "Running on Dataflow" says why.
 EXPERIMENTS = ("use_runner_v2", "no_use_multiple_sdk_containers")
@@ -109,8 +116,10 @@ class DataflowOptions:
       raise ValueError(f"--project {self.project!r} is not a Google Cloud project id")
     if not _REGION.match(self.region or ""):
       raise ValueError(f"--region {self.region!r} is not a region such as us-central1")
-    for flag, location in (("--temp-location", self.temp_location),
-                           ("--staging-location", self.staging_location)):
+    for flag, location in (
+      ("--temp-location", self.temp_location),
+      ("--staging-location", self.staging_location),
+    ):
       if location is not None and not _is_gcs(location):
         raise ValueError(f"{flag} must be a gs:// folder, got {location!r}")
     if not self.image:
@@ -121,17 +130,21 @@ class DataflowOptions:
       raise ValueError(f"--gpu-count must be at least 1, got {self.gpu_count}")
     if self.gpu_count > 1:
       raise ValueError(
-          f"--gpu-count {self.gpu_count}: a segbeam worker's processes use one GPU, so "
-          f"{self.gpu_count - 1} of each worker's would idle while billed; use one GPU per "
-          "worker and more workers (--max-workers)")
+        f"--gpu-count {self.gpu_count}: a segbeam worker's processes use one GPU, so "
+        f"{self.gpu_count - 1} of each worker's would idle while billed; use one GPU per "
+        "worker and more workers (--max-workers)"
+      )
     if self.max_workers < 1:
       raise ValueError(f"--max-workers must be at least 1, got {self.max_workers}")
     if self.disk_size_gb < DEFAULT_DISK_SIZE_GB:
-      raise ValueError(f"--disk-size-gb {self.disk_size_gb}: the worker image needs at least "
-                       f"{DEFAULT_DISK_SIZE_GB} GB")
+      raise ValueError(
+        f"--disk-size-gb {self.disk_size_gb}: the worker image needs at least "
+        f"{DEFAULT_DISK_SIZE_GB} GB"
+      )
     if self.gpu_sharing not in GPU_SHARING:
-      raise ValueError(f"--gpu-sharing must be one of {', '.join(GPU_SHARING)}, got "
-                       f"{self.gpu_sharing!r}")
+      raise ValueError(
+        f"--gpu-sharing must be one of {', '.join(GPU_SHARING)}, got {self.gpu_sharing!r}"
+      )
     if self.harness_threads is not None and self.harness_threads < 1:
       raise ValueError(f"--harness-threads must be at least 1, got {self.harness_threads}")
     machine = self.worker_machine_type
@@ -140,8 +153,10 @@ class DataflowOptions:
       raise ValueError(f"{self.gpu_type} runs on {series} machines only, not {machine}")
     if self.gpu_type == GPU_L4 and G2_GPU_COUNTS.get(machine, 1) != 1:
       single = ", ".join(m for m, count in G2_GPU_COUNTS.items() if count == 1)
-      raise ValueError(f"{machine} comes with {G2_GPU_COUNTS[machine]} L4 GPUs and a segbeam "
-                       f"worker uses one; choose a G2 machine with one: {single}")
+      raise ValueError(
+        f"{machine} comes with {G2_GPU_COUNTS[machine]} L4 GPUs and a segbeam "
+        f"worker uses one; choose a G2 machine with one: {single}"
+      )
 
   @property
   def worker_machine_type(self) -> str:
@@ -155,8 +170,9 @@ class DataflowOptions:
   def accelerator_service_option(self) -> str:
     """Dataflow's service option that attaches the GPUs and installs their driver."""
     mps = ";use_nvidia_mps" if self.gpu_sharing == GPU_SHARING_MPS else ""
-    return (f"worker_accelerator=type:{self.gpu_type};count:{self.gpu_count};"
-            f"install-nvidia-driver{mps}")
+    return (
+      f"worker_accelerator=type:{self.gpu_type};count:{self.gpu_count};install-nvidia-driver{mps}"
+    )
 
   @property
   def experiments(self) -> tuple[str, ...]:
@@ -166,16 +182,21 @@ class DataflowOptions:
 
   def pipeline_args(self) -> list[str]:
     """Beam pipeline options for this job."""
-    args = ["--runner=DataflowRunner", f"--project={self.project}", f"--region={self.region}",
-            f"--temp_location={self.temp_location}",
-            f"--sdk_container_image={self.image}",
-            # The image holds the SDK: nothing to stage (Beam 2.77 also reads it as 'default').
-            "--sdk_location=container",
-            f"--machine_type={self.worker_machine_type}",
-            f"--dataflow_service_options={self.accelerator_service_option}",
-            *(f"--experiments={experiment}" for experiment in self.experiments),
-            f"--max_num_workers={self.max_workers}", f"--disk_size_gb={self.disk_size_gb}",
-            f"--number_of_worker_harness_threads={self.threads_per_process}"]
+    args = [
+      "--runner=DataflowRunner",
+      f"--project={self.project}",
+      f"--region={self.region}",
+      f"--temp_location={self.temp_location}",
+      f"--sdk_container_image={self.image}",
+      # The image holds the SDK: nothing to stage (Beam 2.77 also reads it as 'default').
+      "--sdk_location=container",
+      f"--machine_type={self.worker_machine_type}",
+      f"--dataflow_service_options={self.accelerator_service_option}",
+      *(f"--experiments={experiment}" for experiment in self.experiments),
+      f"--max_num_workers={self.max_workers}",
+      f"--disk_size_gb={self.disk_size_gb}",
+      f"--number_of_worker_harness_threads={self.threads_per_process}",
+    ]
     if self.staging_location:
       args.append(f"--staging_location={self.staging_location}")
     if self.dry_run:
@@ -186,47 +207,99 @@ class DataflowOptions:
 def add_dataflow_arguments(parser: argparse.ArgumentParser) -> None:
   # Beam's spelling of each option is accepted too, so it is never passed to Beam twice.
   parser.add_argument("--project", required=True, help="Google Cloud project id")
-  parser.add_argument("--region", default="us-central1",
-                      help="Dataflow region with the GPU type (default: %(default)s)")
-  parser.add_argument("--temp-location", "--temp_location", dest="temp_location", required=True,
-                      help="gs:// folder for Dataflow's temporary files")
-  parser.add_argument("--staging-location", "--staging_location", dest="staging_location",
-                      default=None, help="gs:// folder for staged files (default: temp location)")
-  parser.add_argument("--image", "--sdk_container_image", dest="image", required=True,
-                      help="worker container image built from deploy/Dockerfile")
-  parser.add_argument("--gpu-type", choices=GPU_TYPES, default=GPU_L4,
-                      help="GPU per worker (default: %(default)s; L4 on g2, T4 on n1 machines)")
-  parser.add_argument("--gpu-count", type=int, default=1,
-                      help="GPUs per worker: 1 (a worker's processes use one GPU)")
-  parser.add_argument("--machine-type", "--machine_type", dest="machine_type", default=None,
-                      help="worker machine type (default: g2-standard-4 for L4, n1-standard-4 "
-                      "for T4)")
-  parser.add_argument("--max-workers", "--max_num_workers", dest="max_workers", type=int,
-                      default=DEFAULT_MAX_WORKERS,
-                      help="most worker VMs, which caps the spend rate (default: %(default)s)")
-  parser.add_argument("--disk-size-gb", "--disk_size_gb", dest="disk_size_gb", type=int,
-                      default=DEFAULT_DISK_SIZE_GB,
-                      help="each worker's boot disk, at least the default: the image holds "
-                      "TensorFlow and CUDA (default: %(default)s)")
-  parser.add_argument("--gpu-sharing", choices=GPU_SHARING, default=GPU_SHARING_ONE,
-                      help="one-process: one SDK process owns the GPU (default); mps: one "
-                      "process per vCPU sharing it through NVIDIA MPS")
-  parser.add_argument("--harness-threads", "--number_of_worker_harness_threads",
-                      dest="harness_threads", type=int, default=None,
-                      help="bundles each SDK process works on at once, which bounds the "
-                      "decoded batches in memory (default: 4 with one-process, 1 with mps)")
-  parser.add_argument("--dry-run", action="store_true",
-                      help="build the Dataflow job offline and print it; submit nothing")
-  parser.add_argument("--wait", action="store_true",
-                      help="wait for the job to end, then print its counts")
+  parser.add_argument(
+    "--region",
+    default="us-central1",
+    help="Dataflow region with the GPU type (default: %(default)s)",
+  )
+  parser.add_argument(
+    "--temp-location",
+    "--temp_location",
+    dest="temp_location",
+    required=True,
+    help="gs:// folder for Dataflow's temporary files",
+  )
+  parser.add_argument(
+    "--staging-location",
+    "--staging_location",
+    dest="staging_location",
+    default=None,
+    help="gs:// folder for staged files (default: temp location)",
+  )
+  parser.add_argument(
+    "--image",
+    "--sdk_container_image",
+    dest="image",
+    required=True,
+    help="worker container image built from deploy/Dockerfile",
+  )
+  parser.add_argument(
+    "--gpu-type",
+    choices=GPU_TYPES,
+    default=GPU_L4,
+    help="GPU per worker (default: %(default)s; L4 on g2, T4 on n1 machines)",
+  )
+  parser.add_argument(
+    "--gpu-count", type=int, default=1, help="GPUs per worker: 1 (a worker's processes use one GPU)"
+  )
+  parser.add_argument(
+    "--machine-type",
+    "--machine_type",
+    dest="machine_type",
+    default=None,
+    help="worker machine type (default: g2-standard-4 for L4, n1-standard-4 for T4)",
+  )
+  parser.add_argument(
+    "--max-workers",
+    "--max_num_workers",
+    dest="max_workers",
+    type=int,
+    default=DEFAULT_MAX_WORKERS,
+    help="most worker VMs, which caps the spend rate (default: %(default)s)",
+  )
+  parser.add_argument(
+    "--disk-size-gb",
+    "--disk_size_gb",
+    dest="disk_size_gb",
+    type=int,
+    default=DEFAULT_DISK_SIZE_GB,
+    help="each worker's boot disk, at least the default: the image holds "
+    "TensorFlow and CUDA (default: %(default)s)",
+  )
+  parser.add_argument(
+    "--gpu-sharing",
+    choices=GPU_SHARING,
+    default=GPU_SHARING_ONE,
+    help="one-process: one SDK process owns the GPU (default); mps: one "
+    "process per vCPU sharing it through NVIDIA MPS",
+  )
+  parser.add_argument(
+    "--harness-threads",
+    "--number_of_worker_harness_threads",
+    dest="harness_threads",
+    type=int,
+    default=None,
+    help="bundles each SDK process works on at once, which bounds the "
+    "decoded batches in memory (default: 4 with one-process, 1 with mps)",
+  )
+  parser.add_argument(
+    "--dry-run",
+    action="store_true",
+    help="build the Dataflow job offline and print it; submit nothing",
+  )
+  parser.add_argument(
+    "--wait", action="store_true", help="wait for the job to end, then print its counts"
+  )
 
 
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
-      prog="segbeam submit", allow_abbrev=False,
-      description="Run `segbeam run` on Google Cloud Dataflow with GPU workers. Options not "
-      "listed here are Beam pipeline options (--job_name, --num_workers, --network, ...); "
-      "the ones segbeam submit sets itself win.")
+    prog="segbeam submit",
+    allow_abbrev=False,
+    description="Run `segbeam run` on Google Cloud Dataflow with GPU workers. Options not "
+    "listed here are Beam pipeline options (--job_name, --num_workers, --network, ...); "
+    "the ones segbeam submit sets itself win.",
+  )
   add_dataflow_arguments(parser.add_argument_group("Dataflow"))
   options_lib.add_arguments(parser.add_argument_group("segbeam run"))
   return parser
@@ -234,17 +307,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 def dataflow_options_from_args(args: argparse.Namespace) -> DataflowOptions:
   return DataflowOptions(
-      project=args.project, region=args.region, temp_location=args.temp_location,
-      staging_location=args.staging_location, image=args.image, gpu_type=args.gpu_type,
-      gpu_count=args.gpu_count, machine_type=args.machine_type, max_workers=args.max_workers,
-      disk_size_gb=args.disk_size_gb, gpu_sharing=args.gpu_sharing,
-      harness_threads=args.harness_threads, dry_run=args.dry_run, wait=args.wait)
+    project=args.project,
+    region=args.region,
+    temp_location=args.temp_location,
+    staging_location=args.staging_location,
+    image=args.image,
+    gpu_type=args.gpu_type,
+    gpu_count=args.gpu_count,
+    machine_type=args.machine_type,
+    max_workers=args.max_workers,
+    disk_size_gb=args.disk_size_gb,
+    gpu_sharing=args.gpu_sharing,
+    harness_threads=args.harness_threads,
+    dry_run=args.dry_run,
+    wait=args.wait,
+  )
 
 
 def _check_cloud_paths(run_options: options_lib.RunOptions) -> None:
   """Dataflow workers read and write Cloud Storage, never this machine's disk."""
-  for flag, path in (("--input", run_options.input), ("--output", run_options.output),
-                     ("--ground-truth", run_options.labels), ("--model", run_options.model_dir)):
+  for flag, path in (
+    ("--input", run_options.input),
+    ("--output", run_options.output),
+    ("--ground-truth", run_options.labels),
+    ("--model", run_options.model_dir),
+  ):
     if path is not None and not _is_gcs(path):
       extra = " (or leave --model out for the image's embedded model)" if flag == "--model" else ""
       raise ValueError(f"{flag} must be a gs:// path on Dataflow, got {path!r}{extra}")
@@ -252,13 +339,19 @@ def _check_cloud_paths(run_options: options_lib.RunOptions) -> None:
 
 def local_versions() -> dict[str, str]:
   """Python (major.minor), Beam and TensorFlow as this process has them."""
-  return {"Python": f"{sys.version_info.major}.{sys.version_info.minor}",
-          "Beam": beam.__version__, "TensorFlow": importlib.metadata.version("tensorflow")}
+  return {
+    "Python": f"{sys.version_info.major}.{sys.version_info.minor}",
+    "Beam": beam.__version__,
+    "TensorFlow": importlib.metadata.version("tensorflow"),
+  }
 
 
 def image_versions() -> dict[str, str]:
-  return {"Python": versions.PYTHON_VERSION, "Beam": versions.BEAM_VERSION,
-          "TensorFlow": versions.TENSORFLOW_VERSION}
+  return {
+    "Python": versions.PYTHON_VERSION,
+    "Beam": versions.BEAM_VERSION,
+    "TensorFlow": versions.TENSORFLOW_VERSION,
+  }
 
 
 def check_versions(image: str) -> None:
@@ -266,14 +359,18 @@ def check_versions(image: str) -> None:
   image's: the job is pickled here and unpickled there, and Dataflow fails it soon after it is
   submitted (and billed)."""
   local, pinned = local_versions(), image_versions()
-  differ = [f"{name} {local[name]} here, {pinned[name]} in the image"
-            for name in pinned if local[name] != pinned[name]]
+  differ = [
+    f"{name} {local[name]} here, {pinned[name]} in the image"
+    for name in pinned
+    if local[name] != pinned[name]
+  ]
   if differ:
     raise ValueError(
-        f"this machine's versions differ from the worker image's ({'; '.join(differ)}), and a "
-        "job submitted so fails on Dataflow; submit from the image itself: docker run --rm "
-        f"--entrypoint segbeam -v ~/.config/gcloud:/root/.config/gcloud {image} submit ... "
-        "(or launch the Flex Template; README, Running on Dataflow)")
+      f"this machine's versions differ from the worker image's ({'; '.join(differ)}), and a "
+      "job submitted so fails on Dataflow; submit from the image itself: docker run --rm "
+      f"--entrypoint segbeam -v ~/.config/gcloud:/root/.config/gcloud {image} submit ... "
+      "(or launch the Flex Template; README, Running on Dataflow)"
+    )
 
 
 def submit(argv: Sequence[str]) -> PipelineResult:
@@ -291,8 +388,12 @@ def submit(argv: Sequence[str]) -> PipelineResult:
   run_argv.append("--require-gpu")  # the job attaches a GPU: never run it on the CPU
   _, beam_args = launcher.parse(run_argv, other_options=launcher.option_strings(dataflow_only))
   pipeline = beam.Pipeline(options=PipelineOptions([*beam_args, *dataflow.pipeline_args()]))
-  launcher.run(run_argv, test_pipeline=pipeline, check_paths=not dataflow.dry_run,
-               worker_model_dir=None if args.model_dir else IMAGE_DEFAULT_MODEL_DIR)
+  launcher.run(
+    run_argv,
+    test_pipeline=pipeline,
+    check_paths=not dataflow.dry_run,
+    worker_model_dir=None if args.model_dir else IMAGE_DEFAULT_MODEL_DIR,
+  )
   return pipeline.run()
 
 
@@ -301,29 +402,32 @@ def describe_job(job) -> dict[str, Any]:
   as Beam's Dataflow client builds it at submission, and the pipeline's transforms."""
   google = job.options.view_as(GoogleCloudOptions)
   environment = apiclient.Environment(
-      packages=[], options=job.options,
-      # The client's own value (a module constant Beam keeps private); '8' in Beam 2.77.
-      environment_version=getattr(apiclient, "_FNAPI_ENVIRONMENT_MAJOR_VERSION", "8"),
-      proto_pipeline_staged_url=FileSystems.join(google.staging_location, "pipeline.pb"),
-      proto_pipeline=job.proto_pipeline).proto
+    packages=[],
+    options=job.options,
+    # The client's own value (a module constant Beam keeps private); '8' in Beam 2.77.
+    environment_version=getattr(apiclient, "_FNAPI_ENVIRONMENT_MAJOR_VERSION", "8"),
+    proto_pipeline_staged_url=FileSystems.join(google.staging_location, "pipeline.pb"),
+    proto_pipeline=job.proto_pipeline,
+  ).proto
   pool = environment.worker_pools[0]
-  transforms = sorted(transform.unique_name
-                      for transform in job.proto_pipeline.components.transforms.values())
+  transforms = sorted(
+    transform.unique_name for transform in job.proto_pipeline.components.transforms.values()
+  )
   return {
-      "job_name": job.proto.name,
-      "project": google.project,
-      "region": google.region,
-      "temp_location": google.temp_location,
-      "worker_image": pool.worker_harness_container_image,
-      "machine_type": pool.machine_type,
-      "max_workers": pool.autoscaling_settings.max_num_workers or None,
-      "disk_size_gb": pool.disk_size_gb or None,
-      "harness_threads_per_process": pool.num_threads_per_worker or None,
-      "labels": dict(job.proto.labels),  # Dataflow job labels (Beam's --label, --labels)
-      "service_options": list(environment.service_options),
-      "experiments": sorted(environment.experiments),
-      "transforms": len(transforms),
-      "run_inference": [name for name in transforms if name.endswith("/RunInference")],
+    "job_name": job.proto.name,
+    "project": google.project,
+    "region": google.region,
+    "temp_location": google.temp_location,
+    "worker_image": pool.worker_harness_container_image,
+    "machine_type": pool.machine_type,
+    "max_workers": pool.autoscaling_settings.max_num_workers or None,
+    "disk_size_gb": pool.disk_size_gb or None,
+    "harness_threads_per_process": pool.num_threads_per_worker or None,
+    "labels": dict(job.proto.labels),  # Dataflow job labels (Beam's --label, --labels)
+    "service_options": list(environment.service_options),
+    "experiments": sorted(environment.experiments),
+    "transforms": len(transforms),
+    "run_inference": [name for name in transforms if name.endswith("/RunInference")],
   }
 
 
@@ -343,17 +447,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(json.dumps(describe_job(result.job), indent=2))
     return 0
   job_id = result.job_id()
-  print(f"submitted Dataflow job {job_id}\n  {console_url(args.project, args.region, job_id)}\n"
-        f"  gcloud dataflow jobs describe {job_id} --region {args.region}\n"
-        f"output: {args.output.rstrip('/')}/ (manifest.json is written last)")
+  print(
+    f"submitted Dataflow job {job_id}\n  {console_url(args.project, args.region, job_id)}\n"
+    f"  gcloud dataflow jobs describe {job_id} --region {args.region}\n"
+    f"output: {args.output.rstrip('/')}/ (manifest.json is written last)"
+  )
   if not args.wait:
     return 0
   try:
     state = result.wait_until_finish()
   except KeyboardInterrupt:  # Ctrl-C stops the waiting, not the job: say how to stop that
-    print(f"segbeam submit: stopped waiting; job {job_id} is still running on Dataflow (stop "
-          f"it with: gcloud dataflow jobs cancel {job_id} --region {args.region})",
-          file=sys.stderr)
+    print(
+      f"segbeam submit: stopped waiting; job {job_id} is still running on Dataflow (stop "
+      f"it with: gcloud dataflow jobs cancel {job_id} --region {args.region})",
+      file=sys.stderr,
+    )
     return startup.INTERRUPTED_EXIT
   print(f"job {job_id} ended: {state}")
   if state != PipelineState.DONE:

@@ -25,8 +25,9 @@ def masked_crc(data: bytes) -> int:
 
 def encode_record(data: bytes) -> bytes:
   length = struct.pack("<Q", len(data))
-  return b"".join((length, struct.pack("<I", masked_crc(length)), data,
-                   struct.pack("<I", masked_crc(data))))
+  return b"".join(
+    (length, struct.pack("<I", masked_crc(length)), data, struct.pack("<I", masked_crc(data)))
+  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,8 +84,9 @@ def _skip(stream: BinaryIO, count: int) -> int:
   return skipped
 
 
-def read_records(stream: BinaryIO, max_record_bytes: int = MAX_RECORD_BYTES
-                 ) -> Iterator[tuple[int, Union[bytes, RecordError]]]:
+def read_records(
+  stream: BinaryIO, max_record_bytes: int = MAX_RECORD_BYTES
+) -> Iterator[tuple[int, Union[bytes, RecordError]]]:
   """Yields (record index, data or RecordError). A bad data CRC skips that record only, as does
   a record over `max_record_bytes` (skipped without being held in memory); a bad length CRC, a
   length beyond any real record, or a truncation ends the shard with a fatal RecordError."""
@@ -94,12 +96,20 @@ def read_records(stream: BinaryIO, max_record_bytes: int = MAX_RECORD_BYTES
     if not header:
       return
     if len(header) < 12:
-      yield index, RecordError(index, f"shard truncated inside the header of record {index}",
-                               fatal=True)
+      yield (
+        index,
+        RecordError(index, f"shard truncated inside the header of record {index}", fatal=True),
+      )
       return
     if not _length_checksum_holds(header):
-      yield index, RecordError(index, f"length checksum mismatch at record {index}; the rest "
-                               "of the shard cannot be framed", fatal=True)
+      yield (
+        index,
+        RecordError(
+          index,
+          f"length checksum mismatch at record {index}; the rest of the shard cannot be framed",
+          fatal=True,
+        ),
+      )
       return
     (length,) = struct.unpack("<Q", header[:8])
     if length > MAX_RECORD_BYTES:
@@ -109,20 +119,38 @@ def read_records(stream: BinaryIO, max_record_bytes: int = MAX_RECORD_BYTES
       if _skip(stream, length + 4) < length + 4:
         yield index, RecordError(index, f"shard truncated inside record {index}", fatal=True)
         return
-      yield index, RecordError(index, f"record {index} is {length} bytes, over the "
-                               f"{max_record_bytes}-byte limit", fatal=False,
-                               error_type="RecordTooLarge")
+      yield (
+        index,
+        RecordError(
+          index,
+          f"record {index} is {length} bytes, over the {max_record_bytes}-byte limit",
+          fatal=False,
+          error_type="RecordTooLarge",
+        ),
+      )
       index += 1
       continue
     data = read_up_to(stream, length)
     footer = read_up_to(stream, 4)
     if len(data) < length:
-      yield index, RecordError(index, f"shard truncated inside record {index} "
-                               f"({len(data)} of {length} bytes)", fatal=True)
+      yield (
+        index,
+        RecordError(
+          index,
+          f"shard truncated inside record {index} ({len(data)} of {length} bytes)",
+          fatal=True,
+        ),
+      )
       return
     if len(footer) < 4:
-      yield index, RecordError(index, f"shard truncated after the data of record {index} "
-                               "(its checksum is missing)", fatal=True)
+      yield (
+        index,
+        RecordError(
+          index,
+          f"shard truncated after the data of record {index} (its checksum is missing)",
+          fatal=True,
+        ),
+      )
       return
     if masked_crc(data) != struct.unpack("<I", footer)[0]:
       yield index, RecordError(index, f"data checksum mismatch in record {index}", fatal=False)

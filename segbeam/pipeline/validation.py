@@ -34,25 +34,44 @@ from segbeam.pipeline import tfrecord
 DEFAULT_MAX_PIXELS = 50_000_000
 
 # Formats the export's decoder reads (tf.io.decode_image), by their magic bytes.
-SUPPORTED = {b"\xff\xd8\xff": "jpeg", b"\x89PNG\r\n\x1a\n": "png", b"GIF87a": "gif",
-             b"GIF89a": "gif", b"BM": "bmp"}
+SUPPORTED = {
+  b"\xff\xd8\xff": "jpeg",
+  b"\x89PNG\r\n\x1a\n": "png",
+  b"GIF87a": "gif",
+  b"GIF89a": "gif",
+  b"BM": "bmp",
+}
 # Recognised so the error can name them.
-UNSUPPORTED = {b"RIFF": "webp or another RIFF format", b"II*\x00": "tiff", b"MM\x00*": "tiff",
-               b"\x00\x00\x00\x0cjP  ": "jpeg2000", b"%PDF": "pdf"}
+UNSUPPORTED = {
+  b"RIFF": "webp or another RIFF format",
+  b"II*\x00": "tiff",
+  b"MM\x00*": "tiff",
+  b"\x00\x00\x00\x0cjP  ": "jpeg2000",
+  b"%PDF": "pdf",
+}
 # Each sniffed format is opened by its own PIL plugin, directly rather than through
 # Image.open: PIL never tries another format on bytes that only look like one, a corrupt header
 # raises the plugin's own reason (Image.open replaces it with "cannot identify image file
 # <_io.BytesIO object at 0x...>", an address that differs on every run), and PIL's global
 # decompression-bomb guard, which our own cap replaces, stays as it is.
-_OPENERS = {"jpeg": JpegImagePlugin.jpeg_factory, "png": PngImagePlugin.PngImageFile,
-            "gif": GifImagePlugin.GifImageFile, "bmp": BmpImagePlugin.BmpImageFile}
+_OPENERS = {
+  "jpeg": JpegImagePlugin.jpeg_factory,
+  "png": PngImagePlugin.PngImageFile,
+  "gif": GifImagePlugin.GifImageFile,
+  "bmp": BmpImagePlugin.BmpImageFile,
+}
 
 EXIF_ORIENTATION_TAG = 0x0112
 # As ImageOps.exif_transpose: orientation -> the transposition that shows the image upright.
-_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
-            4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
-            6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
-            8: Image.Transpose.ROTATE_90}
+_UPRIGHT = {
+  2: Image.Transpose.FLIP_LEFT_RIGHT,
+  3: Image.Transpose.ROTATE_180,
+  4: Image.Transpose.FLIP_TOP_BOTTOM,
+  5: Image.Transpose.TRANSPOSE,
+  6: Image.Transpose.ROTATE_270,
+  7: Image.Transpose.TRANSVERSE,
+  8: Image.Transpose.ROTATE_90,
+}
 # Modes that go into a PNG unchanged (and that the graph's PNG decoder reads); others are
 # converted to RGB(A) first.
 _PNG_MODES = frozenset({"1", "L", "LA", "P", "RGB", "RGBA", "I;16"})
@@ -75,11 +94,12 @@ def describe_unsupported(data: bytes) -> str:
   if data[4:12] in (b"ftypheic", b"ftypheix", b"ftypmif1", b"ftypavif"):
     return "HEIF/AVIF is not a supported format (JPEG, PNG, GIF, BMP)"
   if data.startswith(b"\x1f\x8b"):  # Beam decompresses by name only
-    return ("gzip-compressed data, read as it is: a name ending in .gz has it decompressed "
-            "first")
+    return "gzip-compressed data, read as it is: a name ending in .gz has it decompressed first"
   if tfrecord.starts_with_a_record(io.BytesIO(data)):
-    return ("a TFRecord file, not an image (read as one for its name or --input-format): "
-            "--input-format tfrecord reads such files as shards")
+    return (
+      "a TFRecord file, not an image (read as one for its name or --input-format): "
+      "--input-format tfrecord reads such files as shards"
+    )
   return f"not an image: the first bytes {data[:8]!r} match no JPEG, PNG, GIF or BMP header"
 
 
@@ -154,14 +174,16 @@ def _explain(what: str, error: BaseException) -> str:
   return f"{what}: {type(error).__name__}: {reason}"[:1000]
 
 
-def validate(record: records.ImageRecord, max_pixels: int = DEFAULT_MAX_PIXELS
-             ) -> Union[tuple[records.ImageInfo, bytes], records.Failure]:
+def validate(
+  record: records.ImageRecord, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Union[tuple[records.ImageInfo, bytes], records.Failure]:
   """One record -> (ImageInfo, the bytes the serving graph should decode), or the Failure that
   explains why it cannot be segmented. Never raises for any input bytes.
 
   Only headers are read until the pixel cap has passed; a full decode happens here only for the
   images listed in the module docstring.
   """
+
   def failure(stage: str, error_type: str, message: str) -> records.Failure:
     return records.Failure(record.image_id, record.source, stage, error_type, message)
 
@@ -176,22 +198,36 @@ def validate(record: records.ImageRecord, max_pixels: int = DEFAULT_MAX_PIXELS
       width, height = image.size
       orientation = exif_orientation(image)
   except Exception as error:  # pylint: disable=broad-except  # any unreadable header
-    return failure(records.STAGE_VALIDATE, "CorruptHeader",
-                   _explain(f"{image_format} header unreadable", error))
+    return failure(
+      records.STAGE_VALIDATE, "CorruptHeader", _explain(f"{image_format} header unreadable", error)
+    )
   if width < 1 or height < 1:
     return failure(records.STAGE_VALIDATE, "EmptyImage", f"header declares {width}x{height}")
   if width * height > max_pixels:
-    return failure(records.STAGE_VALIDATE, "PixelCapExceeded",
-                   f"header declares {width}x{height} = {width * height:,} pixels, over the cap "
-                   f"of {max_pixels:,}")
+    return failure(
+      records.STAGE_VALIDATE,
+      "PixelCapExceeded",
+      f"header declares {width}x{height} = {width * height:,} pixels, over the cap "
+      f"of {max_pixels:,}",
+    )
   if orientation != 1 or image_format in _DECODED_HERE:
     try:
       data, width, height = decode_upright_png(data, image_format, orientation)
     except Exception as error:  # pylint: disable=broad-except  # corrupt pixel data
-      return failure(records.STAGE_DECODE, "CorruptImageData",
-                     _explain(f"{image_format} pixels unreadable", error))
-  return records.ImageInfo(record.image_id, record.source, image_format, width, height,
-                           record.label, exif_orientation=orientation), data
+      return failure(
+        records.STAGE_DECODE,
+        "CorruptImageData",
+        _explain(f"{image_format} pixels unreadable", error),
+      )
+  return records.ImageInfo(
+    record.image_id,
+    record.source,
+    image_format,
+    width,
+    height,
+    record.label,
+    exif_orientation=orientation,
+  ), data
 
 
 class ValidateImage(beam.DoFn):

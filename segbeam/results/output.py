@@ -33,7 +33,7 @@ def _filesystem(path: str) -> tuple[pafs.FileSystem, str]:
       fs = pafs.GcsFileSystem(endpoint_override=host, scheme=scheme or "http", anonymous=True)
     else:
       fs = pafs.GcsFileSystem()
-    return fs, path[len("gs://"):].rstrip("/")
+    return fs, path[len("gs://") :].rstrip("/")
   return pafs.LocalFileSystem(), os.path.abspath(path)
 
 
@@ -46,8 +46,9 @@ class RunOutput:
     manifest_path = posixpath.join(self._root, MANIFEST_FILE)
     if self._fs.get_file_info(manifest_path).type == pafs.FileType.NotFound:
       raise IncompleteOutputError(
-          f"{path} has no {MANIFEST_FILE}: the run did not complete (still running, killed, or "
-          "failed), so its tables would be partial")
+        f"{path} has no {MANIFEST_FILE}: the run did not complete (still running, killed, or "
+        "failed), so its tables would be partial"
+      )
     with self._fs.open_input_stream(manifest_path) as f:
       self.manifest: dict[str, Any] = json.loads(f.read())
 
@@ -58,25 +59,34 @@ class RunOutput:
   def dataset(self, table: str) -> ds.Dataset:
     if table not in TABLES:
       raise ValueError(f"unknown table {table!r}; known: {', '.join(TABLES)}")
-    return ds.dataset(posixpath.join(self._root, table), format="parquet", filesystem=self._fs,
-                      partitioning="hive", exclude_invalid_files=False,
-                      ignore_prefixes=[".", "_", "beam-temp"])
+    return ds.dataset(
+      posixpath.join(self._root, table),
+      format="parquet",
+      filesystem=self._fs,
+      partitioning="hive",
+      exclude_invalid_files=False,
+      ignore_prefixes=[".", "_", "beam-temp"],
+    )
 
   def files(self, folder: str) -> list[str]:
     """Every file under `folder` of this output, recursively, as sorted paths relative to the
     output: what a reader globbing the folder could pick up."""
-    selector = pafs.FileSelector(posixpath.join(self._root, folder), allow_not_found=True,
-                                 recursive=True)
-    return sorted(posixpath.relpath(info.path, self._root)
-                  for info in self._fs.get_file_info(selector)
-                  if info.type == pafs.FileType.File)
+    selector = pafs.FileSelector(
+      posixpath.join(self._root, folder), allow_not_found=True, recursive=True
+    )
+    return sorted(
+      posixpath.relpath(info.path, self._root)
+      for info in self._fs.get_file_info(selector)
+      if info.type == pafs.FileType.File
+    )
 
   def read_bytes(self, relative_path: str) -> bytes:
     with self._fs.open_input_stream(posixpath.join(self._root, relative_path)) as f:
       return f.read()
 
-  def connect(self, connection: Optional[duckdb.DuckDBPyConnection] = None
-              ) -> duckdb.DuckDBPyConnection:
+  def connect(
+    self, connection: Optional[duckdb.DuckDBPyConnection] = None
+  ) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with views `segments` and `errors` over this output."""
     con = connection or duckdb.connect()
     for table in TABLES:

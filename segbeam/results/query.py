@@ -40,10 +40,12 @@ def format_table(table: pa.Table, max_rows: int = 100, max_width: int = 40) -> s
   """A readable fixed-width table; binary cells (masks) show their size, long cells are cut."""
   names = table.column_names
   rows = [[_cell(v) for v in row.values()] for row in table.slice(0, max_rows).to_pylist()]
-  rows = [[c if len(c) <= max_width else c[:max_width - 1] + "…" for c in row] for row in rows]
+  rows = [[c if len(c) <= max_width else c[: max_width - 1] + "…" for c in row] for row in rows]
   widths = [max([len(n)] + [len(r[i]) for r in rows]) for i, n in enumerate(names)]
-  lines = ["  ".join(n.ljust(w) for n, w in zip(names, widths)).rstrip(),
-           "  ".join("-" * w for w in widths)]
+  lines = [
+    "  ".join(n.ljust(w) for n, w in zip(names, widths)).rstrip(),
+    "  ".join("-" * w for w in widths),
+  ]
   lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
   more = table.num_rows - len(rows)
   lines.append(f"({table.num_rows} rows" + (f", {more} not shown)" if more else ")"))
@@ -69,8 +71,11 @@ def write(table: pa.Table, fmt: str, out: Optional[str], stdout: Optional[TextIO
     if not out:
       stdout.write(sink.getvalue().to_pybytes().decode())
     return
-  text = (format_table(table) + "\n" if fmt == "table" else
-          json.dumps(table.to_pylist(), default=_json_default, indent=1) + "\n")
+  text = (
+    format_table(table) + "\n"
+    if fmt == "table"
+    else json.dumps(table.to_pylist(), default=_json_default, indent=1) + "\n"
+  )
   if out:
     with open(out, "w") as f:
       f.write(text)
@@ -96,10 +101,13 @@ def run(args: argparse.Namespace) -> int:
 
 def add_parser(subparsers) -> None:
   parser = subparsers.add_parser(
-      "query", help="SQL over a run's output (DuckDB; views segments and errors)",
-      description="Runs DuckDB SQL over a completed run's Parquet. Views: segments, errors.")
-  parser.add_argument("output_dir", metavar="OUTPUT", nargs="?",
-                      help="a run's output folder, local or gs://")
+    "query",
+    help="SQL over a run's output (DuckDB; views segments and errors)",
+    description="Runs DuckDB SQL over a completed run's Parquet. Views: segments, errors.",
+  )
+  parser.add_argument(
+    "output_dir", metavar="OUTPUT", nargs="?", help="a run's output folder, local or gs://"
+  )
   parser.add_argument("sql", nargs="?", help="DuckDB SQL over the views segments and errors")
   parser.add_argument("--example", help="run a ready-made query instead (see --list-examples)")
   parser.add_argument("--list-examples", action="store_true")

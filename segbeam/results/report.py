@@ -27,8 +27,16 @@ from segbeam.results import summary as summary_lib
 
 THUMBNAIL = 256
 # Overlay colours by class index (RGB); the overlay is drawn at 45% opacity.
-PALETTE = [(255, 140, 0), (40, 90, 255), (255, 230, 0), (0, 200, 120), (220, 0, 200),
-           (0, 220, 255), (150, 80, 0), (120, 120, 120)]
+PALETTE = [
+  (255, 140, 0),
+  (40, 90, 255),
+  (255, 230, 0),
+  (0, 200, 120),
+  (220, 0, 200),
+  (0, 220, 255),
+  (150, 80, 0),
+  (120, 120, 120),
+]
 OVERLAY_ALPHA = 0.45
 
 STYLE = """
@@ -45,11 +53,17 @@ height:12px;margin:0 4px 0 12px;vertical-align:middle}.charts{display:flex;flex-
 def read_source(source: str, image_key: str = sources.ExampleKeys().image) -> bytes:
   """The encoded image behind a row's `source`: a file, or '<shard>#<record index>'."""
   from apache_beam.io.filesystems import FileSystems
+
   path, sep, index = source.rpartition("#")
-  if sep and index.isdigit() and sources.is_tfrecord(
-      path, sources.FORMAT_AUTO, open_file=lambda: FileSystems.open(path)):
+  if (
+    sep
+    and index.isdigit()
+    and sources.is_tfrecord(path, sources.FORMAT_AUTO, open_file=lambda: FileSystems.open(path))
+  ):
     import tensorflow as tf
+
     from segbeam.pipeline import tfrecord
+
     with FileSystems.open(path) as stream:
       for position, record in tfrecord.read_records(stream):
         if position == int(index) and isinstance(record, bytes):
@@ -83,15 +97,21 @@ def histogram_svg(class_name: str, counts: Sequence[int], colour: tuple[int, int
   width, height, top = 300, 140, max(max(counts), 1)
   bar = width / len(counts)
   bars = "".join(
-      f'<rect x="{i * bar + 1:.1f}" y="{110 - 100 * c / top:.1f}" width="{bar - 2:.1f}" '
-      f'height="{100 * c / top:.1f}" fill="rgb{colour}"><title>{c} images</title></rect>'
-      f'<text x="{i * bar + bar / 2:.1f}" y="{106 - 100 * c / top:.1f}" font-size="9" '
-      f'text-anchor="middle">{c}</text>' for i, c in enumerate(counts))
-  ticks = "".join(f'<text x="{i * bar:.1f}" y="124" font-size="9">{i / 10:.1f}</text>'
-                  for i in range(0, len(counts), 2))
-  return (f'<figure><svg width="{width}" height="{height}" role="img" '
-          f'aria-label="coverage histogram of {html.escape(class_name)}">{bars}{ticks}</svg>'
-          f'<figcaption>{html.escape(class_name)}: images per coverage tenth</figcaption></figure>')
+    f'<rect x="{i * bar + 1:.1f}" y="{110 - 100 * c / top:.1f}" width="{bar - 2:.1f}" '
+    f'height="{100 * c / top:.1f}" fill="rgb{colour}"><title>{c} images</title></rect>'
+    f'<text x="{i * bar + bar / 2:.1f}" y="{106 - 100 * c / top:.1f}" font-size="9" '
+    f'text-anchor="middle">{c}</text>'
+    for i, c in enumerate(counts)
+  )
+  ticks = "".join(
+    f'<text x="{i * bar:.1f}" y="124" font-size="9">{i / 10:.1f}</text>'
+    for i in range(0, len(counts), 2)
+  )
+  return (
+    f'<figure><svg width="{width}" height="{height}" role="img" '
+    f'aria-label="coverage histogram of {html.escape(class_name)}">{bars}{ticks}</svg>'
+    f"<figcaption>{html.escape(class_name)}: images per coverage tenth</figcaption></figure>"
+  )
 
 
 def _table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
@@ -103,20 +123,23 @@ def _table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
       value = row.get(c)
       numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
       text = f"{value:.4f}" if isinstance(value, float) else ("" if value is None else str(value))
-      cells.append(f'<td{" class=n" if numeric else ""}>{html.escape(text)}</td>')
+      cells.append(f"<td{' class=n' if numeric else ''}>{html.escape(text)}</td>")
     body.append("<tr>" + "".join(cells) + "</tr>")
   return f"<table><tr>{head}</tr>{''.join(body)}</table>"
 
 
 def _card(row: dict[str, Any], caption: str) -> str:
   try:
-    src = overlay(read_source(row["source"]), row["mask_png"],
-                  row.get("exif_orientation") or 1)  # absent from runs before the column
+    src = overlay(
+      read_source(row["source"]), row["mask_png"], row.get("exif_orientation") or 1
+    )  # absent from runs before the column
     picture = f'<img src="{src}" alt="{html.escape(row["image_id"])} with its mask">'
   except Exception as error:  # pylint: disable=broad-except  # a missing source, not a crash
     picture = f"<p>source unreadable: {html.escape(type(error).__name__)}</p>"
-  return (f'<div class="card">{picture}<br><b>{html.escape(row["image_id"])}</b><br>'
-          f"{html.escape(caption)}</div>")
+  return (
+    f'<div class="card">{picture}<br><b>{html.escape(row["image_id"])}</b><br>'
+    f"{html.escape(caption)}</div>"
+  )
 
 
 def _sample_rows(con, count: int) -> list[dict[str, Any]]:
@@ -125,8 +148,10 @@ def _sample_rows(con, count: int) -> list[dict[str, Any]]:
   if not total:
     return []
   step = max(total // count, 1)
-  table = con.sql(f"SELECT * FROM (SELECT *, row_number() OVER (ORDER BY image_id) - 1 AS k "
-                  f"FROM segments) WHERE k % {step} = 0 ORDER BY image_id LIMIT {count}")
+  table = con.sql(
+    f"SELECT * FROM (SELECT *, row_number() OVER (ORDER BY image_id) - 1 AS k "
+    f"FROM segments) WHERE k % {step} = 0 ORDER BY image_id LIMIT {count}"
+  )
   return table.to_arrow_table().to_pylist()
 
 
@@ -135,18 +160,33 @@ def build_report(output: output_lib.RunOutput, samples: int = 12) -> str:
   names = output.class_names
   suffixes = schema.class_columns(names)
   con = output.connect()
-  legend = "".join(f'<span style="background:rgb{PALETTE[i % len(PALETTE)]}"></span>'
-                   f"{html.escape(n)}" for i, n in enumerate(names))
+  legend = "".join(
+    f'<span style="background:rgb{PALETTE[i % len(PALETTE)]}"></span>{html.escape(n)}'
+    for i, n in enumerate(names)
+  )
   counts = summary["counts"]
-  parts = [f"<h1>segbeam run {html.escape(summary['run_id'])}</h1>",
-           _table([{"input": summary["input"], "model": f"{summary['model']['name']} "
-                    f"{summary['model']['version']}", "started": summary["started"],
-                    "finished": summary["finished"], "inputs": counts["inputs_seen"],
-                    "segmented": counts["segmented"], "failed": counts["failed"]}],
-                  ["input", "model", "started", "finished", "inputs", "segmented", "failed"]),
-           "<h2>Coverage per class</h2>",
-           _table(summary["classes"], ["class", "mean_coverage", "median_coverage",
-                                       "dominant_share", "images_above_threshold"])]
+  parts = [
+    f"<h1>segbeam run {html.escape(summary['run_id'])}</h1>",
+    _table(
+      [
+        {
+          "input": summary["input"],
+          "model": f"{summary['model']['name']} {summary['model']['version']}",
+          "started": summary["started"],
+          "finished": summary["finished"],
+          "inputs": counts["inputs_seen"],
+          "segmented": counts["segmented"],
+          "failed": counts["failed"],
+        }
+      ],
+      ["input", "model", "started", "finished", "inputs", "segmented", "failed"],
+    ),
+    "<h2>Coverage per class</h2>",
+    _table(
+      summary["classes"],
+      ["class", "mean_coverage", "median_coverage", "dominant_share", "images_above_threshold"],
+    ),
+  ]
   histogram = con.sql(examples.EXAMPLES["coverage-histogram"][1]).to_arrow_table().to_pylist()
   charts = []
   for i, (name, suffix) in enumerate(zip(names, suffixes)):
@@ -158,8 +198,10 @@ def build_report(output: output_lib.RunOutput, samples: int = 12) -> str:
   parts.append(f'<div class="charts">{"".join(charts)}</div>')
 
   parts.append(f'<h2>Sample images</h2><p class="legend">mask colours:{legend}</p>')
-  cards = [_card(row, f"dominant {row['dominant_class']}, confidence "
-                 f"{row['mean_confidence']:.2f}") for row in _sample_rows(con, samples)]
+  cards = [
+    _card(row, f"dominant {row['dominant_class']}, confidence {row['mean_confidence']:.2f}")
+    for row in _sample_rows(con, samples)
+  ]
   parts.append(f'<div class="gallery">{"".join(cards)}</div>')
 
   truth = summary.get("ground_truth")
@@ -167,30 +209,54 @@ def build_report(output: output_lib.RunOutput, samples: int = 12) -> str:
     covered = truth["ground_truth_classes"]
     parts.append("<h2>Against ground truth</h2>")
     parts.append(f"<p>{html.escape(labels_lib.coverage_line(names, covered))}</p>")
-    parts.append(_table([{"images": truth["images"], "pixel_accuracy": truth["pixel_accuracy"],
-                          "mean_iou": truth["mean_iou"],
-                          **{f"IoU {k}": v if k in covered else "no ground truth"
-                             for k, v in truth["per_class_iou"].items()}}],
-                        ["images", "pixel_accuracy", "mean_iou",
-                         *[f"IoU {k}" for k in truth["per_class_iou"]]]))
+    parts.append(
+      _table(
+        [
+          {
+            "images": truth["images"],
+            "pixel_accuracy": truth["pixel_accuracy"],
+            "mean_iou": truth["mean_iou"],
+            **{
+              f"IoU {k}": v if k in covered else "no ground truth"
+              for k, v in truth["per_class_iou"].items()
+            },
+          }
+        ],
+        ["images", "pixel_accuracy", "mean_iou", *[f"IoU {k}" for k in truth["per_class_iou"]]],
+      )
+    )
     worst_ids = [w["image_id"] for w in truth["worst_images"][:samples]]
     if worst_ids:
-      rows = con.sql("SELECT * FROM segments WHERE image_id IN (SELECT unnest(?))",
-                     params=[worst_ids]).to_arrow_table().to_pylist()
+      rows = (
+        con.sql("SELECT * FROM segments WHERE image_id IN (SELECT unnest(?))", params=[worst_ids])
+        .to_arrow_table()
+        .to_pylist()
+      )
       by_id = {r["image_id"]: r for r in rows}
       ious = {w["image_id"]: w["mean_iou"] for w in truth["worst_images"]}
-      cards = [_card(by_id[i], f"mean IoU {ious[i]:.3f}" if ious[i] is not None else "")
-               for i in worst_ids if i in by_id]
+      cards = [
+        _card(by_id[i], f"mean IoU {ious[i]:.3f}" if ious[i] is not None else "")
+        for i in worst_ids
+        if i in by_id
+      ]
       parts.append(f'<p>worst images by mean IoU</p><div class="gallery">{"".join(cards)}</div>')
 
-  errors = con.sql("SELECT image_id, stage, error_type, message FROM errors "
-                   "ORDER BY stage, image_id LIMIT 500").to_arrow_table().to_pylist()
+  errors = (
+    con.sql(
+      "SELECT image_id, stage, error_type, message FROM errors ORDER BY stage, image_id LIMIT 500"
+    )
+    .to_arrow_table()
+    .to_pylist()
+  )
   parts.append(f"<h2>Errors ({counts['failed']})</h2>")
-  parts.append(_table(errors, ["image_id", "stage", "error_type", "message"]) if errors
-               else "<p>none</p>")
-  return ("<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
-          f"<title>segbeam run {html.escape(summary['run_id'])}</title><style>{STYLE}</style>"
-          f"</head><body>{''.join(parts)}</body></html>")
+  parts.append(
+    _table(errors, ["image_id", "stage", "error_type", "message"]) if errors else "<p>none</p>"
+  )
+  return (
+    "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
+    f"<title>segbeam run {html.escape(summary['run_id'])}</title><style>{STYLE}</style>"
+    f"</head><body>{''.join(parts)}</body></html>"
+  )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -207,4 +273,3 @@ def add_parser(subparsers) -> None:
   parser.add_argument("--out", default="report.html")
   parser.add_argument("--samples", type=int, default=12, help="images in the gallery")
   parser.set_defaults(func=run)
-

@@ -42,8 +42,11 @@ def dockerfile_instructions(text):
   """(INSTRUCTION, arguments) per instruction, continuation lines joined, comments dropped."""
   lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
   joined = re.sub(r"\\\n", "", "\n".join(lines))
-  return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line.strip() else "")
-          for line in joined.splitlines() if line.strip()]
+  return [
+    (line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line.strip() else "")
+    for line in joined.splitlines()
+    if line.strip()
+  ]
 
 
 def dockerfile_args(instructions):
@@ -59,8 +62,9 @@ def dockerfile_args(instructions):
 
 
 def substitute(text, args):
-  return re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: args.get(m.group(1) or m.group(2), m.group(0)),
-                text)
+  return re.sub(
+    r"\$\{(\w+)\}|\$(\w+)", lambda m: args.get(m.group(1) or m.group(2), m.group(0)), text
+  )
 
 
 def version_mismatches(setup_text, dockerfile_text):
@@ -71,34 +75,46 @@ def version_mismatches(setup_text, dockerfile_text):
   python = args.get("PYTHON_VERSION", "")
   problems = []
   if python != pins.get("PYTHON_VERSION"):
-    problems.append(f"ARG PYTHON_VERSION={python} but segbeam/versions.py has "
-                    f"{pins.get('PYTHON_VERSION')}")
+    problems.append(
+      f"ARG PYTHON_VERSION={python} but segbeam/versions.py has {pins.get('PYTHON_VERSION')}"
+    )
   for name in ("BEAM_VERSION", "TENSORFLOW_VERSION"):
     if args.get(name) != pins.get(name):
       problems.append(f"ARG {name}={args.get(name)} but segbeam/versions.py has {pins.get(name)}")
   if not python or python + ".0" not in SpecifierSet(pins.get("python_requires", "")):
-    problems.append(f"ARG PYTHON_VERSION={python} outside python_requires "
-                    f"{pins.get('python_requires')}")
+    problems.append(
+      f"ARG PYTHON_VERSION={python} outside python_requires {pins.get('python_requires')}"
+    )
   resolved = [substitute(value, args) for _, value in instructions]
-  sdk_images = [m.groups() for line in resolved
-                for m in re.finditer(r"apache/beam_python([\d.]+)_sdk:(\S+)", line)]
+  sdk_images = [
+    m.groups()
+    for line in resolved
+    for m in re.finditer(r"apache/beam_python([\d.]+)_sdk:(\S+)", line)
+  ]
   if not sdk_images:
     problems.append("no apache/beam_python*_sdk image")
   for sdk_python, tag in sdk_images:
     if tag != pins.get("BEAM_VERSION") or sdk_python != python:
-      problems.append(f"Beam SDK image for Python {sdk_python}, Beam {tag}; segbeam/versions.py pins Beam "
-                      f"{pins.get('BEAM_VERSION')}, the image Python {python}")
+      problems.append(
+        f"Beam SDK image for Python {sdk_python}, Beam {tag}; segbeam/versions.py pins Beam "
+        f"{pins.get('BEAM_VERSION')}, the image Python {python}"
+      )
   for launcher_python in re.findall(r"python(\d)(\d+)-template-launcher-base", dockerfile_text):
     if ".".join(launcher_python) != python:
       problems.append(f"template launcher for Python {'.'.join(launcher_python)}, not {python}")
-  for base in re.findall(r"^python:(\S+)", "\n".join(
-      value for (name, _), value in zip(instructions, resolved) if name == "FROM"), re.M):
+  for base in re.findall(
+    r"^python:(\S+)",
+    "\n".join(value for (name, _), value in zip(instructions, resolved) if name == "FROM"),
+    re.M,
+  ):
     if not base.startswith(python + "-") and base != python:
       problems.append(f"base image python:{base} is not Python {python}")
   for package, pin in (("tensorflow", "TENSORFLOW_VERSION"), ("apache-beam", "BEAM_VERSION")):
     for version in re.findall(rf"\b{package}(?:\[[\w,-]+\])?==([\w.]+)", "\n".join(resolved)):
       if version != pins.get(pin):
-        problems.append(f"pip installs {package}=={version}, segbeam/versions.py pins {pins.get(pin)}")
+        problems.append(
+          f"pip installs {package}=={version}, segbeam/versions.py pins {pins.get(pin)}"
+        )
   return problems
 
 
@@ -113,7 +129,9 @@ def test_dockerfile_versions_agree_with_setup_py():
   assert version_mismatches(_read(SETUP_PY), _read(DOCKERFILE)) == []
 
 
-@pytest.mark.parametrize("change", [
+@pytest.mark.parametrize(
+  "change",
+  [
     ("ARG BEAM_VERSION=", "ARG BEAM_VERSION=9"),
     ("ARG TENSORFLOW_VERSION=", "ARG TENSORFLOW_VERSION=9"),
     ("ARG PYTHON_VERSION=3.11", "ARG PYTHON_VERSION=3.12"),
@@ -121,7 +139,8 @@ def test_dockerfile_versions_agree_with_setup_py():
     ("apache/beam_python${PYTHON_VERSION}_sdk", "apache/beam_python3.12_sdk"),
     ("python311-template-launcher-base", "python312-template-launcher-base"),
     ("tensorflow[and-cuda]==${TENSORFLOW_VERSION}", "tensorflow[and-cuda]==2.0.0"),
-])
+  ],
+)
 def test_a_changed_version_is_caught(change):
   """The check itself: each way of letting one file drift from the other is reported."""
   old, new = change
@@ -196,9 +215,17 @@ def test_every_parameter_is_a_segbeam_run_option_whose_regexes_match_its_example
 
 def test_regexes_refuse_what_dataflow_cannot_use():
   by_name = {p["name"]: p["regexes"] for p in _spec()["parameters"]}
-  refused = {"input": "photos/*.jpg", "output": "/tmp/out", "model": "runs/export",
-             "batch_size": "0", "mask_files": "yes", "input_format": "png",
-             "inference_handler": "onnx", "gpu_type": "nvidia-a100", "gpu_sharing": "two"}
+  refused = {
+    "input": "photos/*.jpg",
+    "output": "/tmp/out",
+    "model": "runs/export",
+    "batch_size": "0",
+    "mask_files": "yes",
+    "input_format": "png",
+    "inference_handler": "onnx",
+    "gpu_type": "nvidia-a100",
+    "gpu_sharing": "two",
+  }
   for name, value in refused.items():
     assert not any(re.fullmatch(regex, value) for regex in by_name[name]), (name, value)
 
@@ -210,7 +237,9 @@ def test_cuda_wheels_are_pinned_to_what_tensorflow_was_built_with():
   """deploy/cuda-wheels.txt pins every wheel of TensorFlow's `and-cuda` extra at the lower
   bound TensorFlow's own metadata gives it (its build's versions), and nothing else."""
   from importlib import metadata
+
   from packaging.requirements import Requirement
+
   assert metadata.version("tensorflow") == versions.TENSORFLOW_VERSION
   tested = {}
   for text in metadata.requires("tensorflow"):
@@ -219,16 +248,21 @@ def test_cuda_wheels_are_pinned_to_what_tensorflow_was_built_with():
       lower = [spec.version for spec in requirement.specifier if spec.operator == ">="]
       assert len(lower) == 1, text
       tested[requirement.name] = lower[0]
-  pinned = dict(line.split("==") for line in _read(CUDA_WHEELS).splitlines()
-                if line.strip() and not line.startswith("#"))
+  pinned = dict(
+    line.split("==")
+    for line in _read(CUDA_WHEELS).splitlines()
+    if line.strip() and not line.startswith("#")
+  )
   assert tested and pinned == tested
 
 
 def test_the_image_installs_the_pinned_wheels_from_a_dated_launcher():
   instructions = dockerfile_instructions(_read(DOCKERFILE))
   runs = [value for name, value in instructions if name == "RUN"]
-  assert any("tensorflow[and-cuda]==" in run and "-c /tmp/segbeam/cuda-wheels.txt" in run
-             for run in runs)
+  assert any(
+    "tensorflow[and-cuda]==" in run and "-c /tmp/segbeam/cuda-wheels.txt" in run for run in runs
+  )
   assert ("COPY", "deploy/cuda-wheels.txt /tmp/segbeam/cuda-wheels.txt") in instructions
-  assert re.fullmatch(r"\d{8}[_-][Rr][Cc]\d\d",
-                      dockerfile_args(instructions)["TEMPLATE_LAUNCHER_TAG"])
+  assert re.fullmatch(
+    r"\d{8}[_-][Rr][Cc]\d\d", dockerfile_args(instructions)["TEMPLATE_LAUNCHER_TAG"]
+  )

@@ -10,6 +10,7 @@ from segbeam.pipeline import devices
 
 def _gpus():
   import tensorflow as tf
+
   return tf.config.list_physical_devices("GPU")
 
 
@@ -26,13 +27,20 @@ def test_every_gpu_grows_in_a_fresh_process():
   if not gpus:
     pytest.skip("no GPU on this machine")
   out = subprocess.run(
-      [sys.executable, "-c", "import tensorflow as tf\n"
-       "from segbeam.pipeline import devices\n"
-       "first = devices.enable_memory_growth()\n"
-       "tf.constant(1.0) + 1.0  # the GPU runtime is initialised from here on\n"
-       "print(first, devices.enable_memory_growth(), all(tf.config.experimental."
-       "get_memory_growth(g) for g in tf.config.list_physical_devices('GPU')))"],
-      check=True, capture_output=True, text=True).stdout.split()
+    [
+      sys.executable,
+      "-c",
+      "import tensorflow as tf\n"
+      "from segbeam.pipeline import devices\n"
+      "first = devices.enable_memory_growth()\n"
+      "tf.constant(1.0) + 1.0  # the GPU runtime is initialised from here on\n"
+      "print(first, devices.enable_memory_growth(), all(tf.config.experimental."
+      "get_memory_growth(g) for g in tf.config.list_physical_devices('GPU')))",
+    ],
+    check=True,
+    capture_output=True,
+    text=True,
+  ).stdout.split()
   assert out == [str(len(gpus)), str(len(gpus)), "True"]
 
 
@@ -43,25 +51,41 @@ def test_a_gpu_job_without_a_gpu_fails_naming_what_is_missing(caplog):
     pytest.skip("this machine has a GPU")
   from segbeam.model import defaults
   from segbeam.pipeline import inference
-  with pytest.raises(devices.NoGpuError, match=r"submitted with a GPU but TensorFlow sees none: "
-                     r"(the NVIDIA driver is missing|this TensorFlow .* is not built with CUDA)"):
+
+  with pytest.raises(
+    devices.NoGpuError,
+    match=r"submitted with a GPU but TensorFlow sees none: "
+    r"(the NVIDIA driver is missing|this TensorFlow .* is not built with CUDA)",
+  ):
     devices.require_gpu()
-  handler = inference.create_handler(inference.HANDLER_TFX_BSL, defaults.default_model_dir(),
-                                     max_batch_size=4, require_gpu=True)
+  handler = inference.create_handler(
+    inference.HANDLER_TFX_BSL, defaults.default_model_dir(), max_batch_size=4, require_gpu=True
+  )
   with pytest.raises(devices.NoGpuError):
     handler.load_model()
   # Without the requirement the same handler loads on the CPU, as a local run does.
-  assert inference.create_handler(inference.HANDLER_TFX_BSL, defaults.default_model_dir(),
-                                  max_batch_size=4).load_model() is not None
+  assert (
+    inference.create_handler(
+      inference.HANDLER_TFX_BSL, defaults.default_model_dir(), max_batch_size=4
+    ).load_model()
+    is not None
+  )
 
 
 def test_the_devices_are_logged_once_per_process():
   out = subprocess.run(
-      [sys.executable, "-c", "import logging\n"
-       "logging.basicConfig(level=logging.INFO, format='%(name)s: %(message)s')\n"
-       "from segbeam.pipeline import devices\n"
-       "devices.describe_once(); devices.describe_once()"],
-      check=True, capture_output=True, text=True).stderr
+    [
+      sys.executable,
+      "-c",
+      "import logging\n"
+      "logging.basicConfig(level=logging.INFO, format='%(name)s: %(message)s')\n"
+      "from segbeam.pipeline import devices\n"
+      "devices.describe_once(); devices.describe_once()",
+    ],
+    check=True,
+    capture_output=True,
+    text=True,
+  ).stderr
   lines = [line for line in out.splitlines() if line.startswith("segbeam.pipeline.devices:")]
   assert len(lines) == 1 and "CUDA build" in lines[0] and "/physical_device:CPU:0" in lines[0]
 
@@ -70,11 +94,15 @@ def test_a_run_that_requires_a_gpu_fails_without_one_and_writes_no_manifest(tmp_
   if _gpus():
     pytest.skip("this machine has a GPU")
   from PIL import Image
+
   from segbeam.pipeline import launcher
+
   Image.new("RGB", (40, 30), (90, 120, 30)).save(tmp_path / "a.png")
   output = tmp_path / "out"
-  assert launcher.main(["--input", str(tmp_path / "*.png"), "--output", str(output),
-                        "--require-gpu"]) == 1
+  assert (
+    launcher.main(["--input", str(tmp_path / "*.png"), "--output", str(output), "--require-gpu"])
+    == 1
+  )
   err = capsys.readouterr().err
   assert "submitted with a GPU but TensorFlow sees none" in err.splitlines()[-1]
   assert not (output / "manifest.json").exists()

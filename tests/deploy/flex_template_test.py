@@ -14,13 +14,27 @@ from segbeam.pipeline import submit
 
 
 def test_parameters_become_run_options_and_beam_options_pass():
-  argv = flex_template.template_argv([
-      "--input=gs://b/in/*.png", "--output=gs://b/out", "--batch_size=16", "--mask_files=true",
-      "--overwrite=false", "--inference_handler=saved-model", "--project=my-project-123",
-      "--sdk_container_image=img"])
-  assert argv == ["--input=gs://b/in/*.png", "--output=gs://b/out", "--batch-size=16",
-                  "--mask-files", "--inference-handler=saved-model", "--project=my-project-123",
-                  "--sdk_container_image=img"]
+  argv = flex_template.template_argv(
+    [
+      "--input=gs://b/in/*.png",
+      "--output=gs://b/out",
+      "--batch_size=16",
+      "--mask_files=true",
+      "--overwrite=false",
+      "--inference_handler=saved-model",
+      "--project=my-project-123",
+      "--sdk_container_image=img",
+    ]
+  )
+  assert argv == [
+    "--input=gs://b/in/*.png",
+    "--output=gs://b/out",
+    "--batch-size=16",
+    "--mask-files",
+    "--inference-handler=saved-model",
+    "--project=my-project-123",
+    "--sdk_container_image=img",
+  ]
   options, beam_args = launcher.parse(argv)
   assert options.batch_size == 16 and options.mask_files and not options.overwrite
   assert beam_args == ["--project=my-project-123", "--sdk_container_image=img"]
@@ -32,17 +46,26 @@ def test_a_flag_with_a_value_that_is_not_a_boolean_is_refused():
 
 
 def test_launch_builds_the_job_as_the_template_launcher_would():
-  result = flex_template.launch([
-      "--input=gs://my-bucket/photos/*.jpg", "--output=gs://my-bucket/runs/flex",
-      "--batch_size=8", "--project=my-project-123", "--region=us-central1",
-      "--temp_location=gs://my-bucket/tmp", "--sdk_container_image=img:1",
+  result = flex_template.launch(
+    [
+      "--input=gs://my-bucket/photos/*.jpg",
+      "--output=gs://my-bucket/runs/flex",
+      "--batch_size=8",
+      "--project=my-project-123",
+      "--region=us-central1",
+      "--temp_location=gs://my-bucket/tmp",
+      "--sdk_container_image=img:1",
       "--dataflow_service_options=worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver",
       "--machine_type=g2-standard-4",
       # Offline: the dry run submits nothing and checks no path.
-      "--dry_run=True", "--no_auth"])
+      "--dry_run=True",
+      "--no_auth",
+    ]
+  )
   job = result.job
   assert job.options.view_as(GoogleCloudOptions).dataflow_service_options == [
-      "worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver"]
+    "worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver"
+  ]
   assert job.options.view_as(WorkerOptions).sdk_container_image == "img:1"
   names = {t.unique_name for t in job.proto_pipeline.components.transforms.values()}
   assert "Segment/RunInference" in names
@@ -51,18 +74,29 @@ def test_launch_builds_the_job_as_the_template_launcher_would():
 def test_the_template_makes_the_same_gpu_job_as_segbeam_submit(capsys):
   """Launched with only what the console asks for, the template's job has segbeam submit's
   GPU, disk, worker and thread defaults."""
-  cloud = {"project": "my-project-123", "region": "us-central1",
-           "temp_location": "gs://my-bucket/tmp"}
+  cloud = {
+    "project": "my-project-123",
+    "region": "us-central1",
+    "temp_location": "gs://my-bucket/tmp",
+  }
   run = {"input": "gs://my-bucket/photos/*.jpg", "output": "gs://my-bucket/runs/x"}
   for gpu in ([], ["nvidia-tesla-t4", "mps"]):
     template = [f"--{k}={v}" for k, v in {**cloud, **run}.items()]
-    submitted = ["submit", "--dry-run", "--image", "img:1", "--job_name", "same",
-                 *(f"--{k.replace('_', '-')}={v}" for k, v in {**cloud, **run}.items())]
+    submitted = [
+      "submit",
+      "--dry-run",
+      "--image",
+      "img:1",
+      "--job_name",
+      "same",
+      *(f"--{k.replace('_', '-')}={v}" for k, v in {**cloud, **run}.items()),
+    ]
     if gpu:
       template += [f"--gpu_type={gpu[0]}", f"--gpu_sharing={gpu[1]}"]
       submitted += ["--gpu-type", gpu[0], "--gpu-sharing", gpu[1]]
-    result = flex_template.launch([*template, "--sdk_container_image=img:1", "--job_name=same",
-                                   "--dry_run=True", "--no_auth"])
+    result = flex_template.launch(
+      [*template, "--sdk_container_image=img:1", "--job_name=same", "--dry_run=True", "--no_auth"]
+    )
     assert cli.main(submitted) == 0
     template_job = submit.describe_job(result.job)
     submitted_job = json.loads(capsys.readouterr().out)
@@ -72,15 +106,24 @@ def test_the_template_makes_the_same_gpu_job_as_segbeam_submit(capsys):
 
 
 def test_what_the_launch_gives_wins_over_the_defaults():
-  args = flex_template.with_gpu_defaults([
-      "--project=my-project-123", "--region=us-central1", "--temp_location=gs://my-bucket/tmp",
-      "--sdk_container_image=img", "--max_num_workers=30", "--disk_size_gb=200",
+  args = flex_template.with_gpu_defaults(
+    [
+      "--project=my-project-123",
+      "--region=us-central1",
+      "--temp_location=gs://my-bucket/tmp",
+      "--sdk_container_image=img",
+      "--max_num_workers=30",
+      "--disk_size_gb=200",
       "--dataflow_service_options=worker_accelerator=type:nvidia-l4;count:1;"
-      "install-nvidia-driver;use_nvidia_mps", "--experiments=use_runner_v2"])
+      "install-nvidia-driver;use_nvidia_mps",
+      "--experiments=use_runner_v2",
+    ]
+  )
   assert args.count("--experiments=use_runner_v2") == 1
   assert "--max_num_workers=30" in args and "--max_num_workers=4" not in args
   assert "--disk_size_gb=200" in args and "--disk_size_gb=50" not in args
   assert [a for a in args if a.startswith("--dataflow_service_options")] == [
-      "--dataflow_service_options=worker_accelerator=type:nvidia-l4;count:1;"
-      "install-nvidia-driver;use_nvidia_mps"]
+    "--dataflow_service_options=worker_accelerator=type:nvidia-l4;count:1;"
+    "install-nvidia-driver;use_nvidia_mps"
+  ]
   assert "--machine_type=g2-standard-4" in args

@@ -3,11 +3,11 @@
 import json
 
 import pytest
+from apache_beam.internal import pickler
 from apache_beam.options.pipeline_options import DebugOptions
 from apache_beam.options.pipeline_options import GoogleCloudOptions
 from apache_beam.options.pipeline_options import StandardOptions
 from apache_beam.options.pipeline_options import WorkerOptions
-from apache_beam.internal import pickler
 from apache_beam.portability.api import beam_runner_api_pb2
 
 from segbeam import cli
@@ -15,8 +15,7 @@ from segbeam.pipeline import submit
 
 IMAGE = "us-central1-docker.pkg.dev/my-project-123/segbeam/worker:2026-11-22"
 # Nothing here reaches Google Cloud: the dry run checks no path and contacts no service.
-CLOUD = ["--project", "my-project-123", "--temp-location", "gs://my-bucket/tmp",
-         "--image", IMAGE]
+CLOUD = ["--project", "my-project-123", "--temp-location", "gs://my-bucket/tmp", "--image", IMAGE]
 RUN = ["--input", "gs://my-bucket/photos/**/*.jpg", "--output", "gs://my-bucket/runs/x"]
 
 
@@ -31,8 +30,10 @@ def _manifest_base(proto_pipeline):
 
 
 def _container_images(proto_pipeline):
-  return {beam_runner_api_pb2.DockerPayload.FromString(env.payload).container_image
-          for env in proto_pipeline.components.environments.values()}
+  return {
+    beam_runner_api_pb2.DockerPayload.FromString(env.payload).container_image
+    for env in proto_pipeline.components.environments.values()
+  }
 
 
 def test_dry_run_builds_the_gpu_job_with_run_inference():
@@ -43,7 +44,8 @@ def test_dry_run_builds_the_gpu_job_with_run_inference():
   google = options.view_as(GoogleCloudOptions)
   assert google.project == "my-project-123" and google.region == "us-central1"
   assert google.dataflow_service_options == [
-      "worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver"]
+    "worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver"
+  ]
   workers = options.view_as(WorkerOptions)
   assert workers.sdk_container_image == IMAGE
   assert workers.machine_type == "g2-standard-4" and workers.max_num_workers == 8
@@ -74,18 +76,33 @@ def test_dry_run_builds_the_gpu_job_with_run_inference():
 
 
 def test_cli_dry_run_with_t4_and_beam_options(capsys):
-  code = cli.main(["submit", "--dry-run", *CLOUD, *RUN, "--gpu-type", "nvidia-tesla-t4",
-                   "--region", "europe-west4", "--job_name", "segbeam-pets"])
+  code = cli.main(
+    [
+      "submit",
+      "--dry-run",
+      *CLOUD,
+      *RUN,
+      "--gpu-type",
+      "nvidia-tesla-t4",
+      "--region",
+      "europe-west4",
+      "--job_name",
+      "segbeam-pets",
+    ]
+  )
   assert code == 0
   described = json.loads(capsys.readouterr().out)
   assert described["job_name"] == "segbeam-pets"  # a Beam option passed through
   assert described["region"] == "europe-west4"
   assert described["machine_type"] == "n1-standard-4"
   assert described["service_options"] == [
-      "worker_accelerator=type:nvidia-tesla-t4;count:1;install-nvidia-driver"]
+    "worker_accelerator=type:nvidia-tesla-t4;count:1;install-nvidia-driver"
+  ]
 
 
-@pytest.mark.parametrize("change,words", [
+@pytest.mark.parametrize(
+  "change,words",
+  [
     (["--gpu-type", "nvidia-l4", "--machine-type", "n1-standard-8"], "g2 machines only"),
     (["--gpu-type", "nvidia-tesla-t4", "--machine-type", "g2-standard-8"], "n1 machines only"),
     (["--gpu-count", "2"], "1 of each worker's would idle while billed"),
@@ -97,7 +114,8 @@ def test_cli_dry_run_with_t4_and_beam_options(capsys):
     (["--project", "My Project"], "not a Google Cloud project id"),
     (["--input", "photos/*.jpg"], "--input must be a gs://"),
     (["--model", "runs/export"], "leave --model out"),
-])
+  ],
+)
 def test_bad_invocations_exit_2_with_one_line(change, words, capsys):
   # A later option replaces an earlier one.
   assert cli.main(["submit", "--dry-run", *CLOUD, *RUN, *change]) == 2
@@ -122,13 +140,15 @@ def test_ctrl_c_while_waiting_says_the_job_runs_on_and_how_to_cancel_it(monkeypa
   captured = capsys.readouterr()
   assert "submitted Dataflow job 2026-11-29_04_05_06-123" in captured.out
   assert captured.err == (
-      "segbeam submit: stopped waiting; job 2026-11-29_04_05_06-123 is still running on "
-      "Dataflow (stop it with: gcloud dataflow jobs cancel 2026-11-29_04_05_06-123 --region "
-      "europe-west4)\n")
+    "segbeam submit: stopped waiting; job 2026-11-29_04_05_06-123 is still running on "
+    "Dataflow (stop it with: gcloud dataflow jobs cancel 2026-11-29_04_05_06-123 --region "
+    "europe-west4)\n"
+  )
 
 
-@pytest.mark.parametrize("name,local", [("Python", "3.12"), ("Beam", "2.76.0"),
-                                        ("TensorFlow", "2.20.0")])
+@pytest.mark.parametrize(
+  "name,local", [("Python", "3.12"), ("Beam", "2.76.0"), ("TensorFlow", "2.20.0")]
+)
 def test_submit_refuses_versions_other_than_the_images(name, local, monkeypatch, capsys):
   here = dict(submit.image_versions(), **{name: local})
   monkeypatch.setattr(submit, "local_versions", lambda: here)
@@ -150,16 +170,33 @@ def test_a_gpu_job_gets_safe_defaults_shown_in_the_dry_run(capsys):
   assert job["disk_size_gb"] == 50 and job["max_workers"] == 4
   assert job["harness_threads_per_process"] == 4
   assert job["service_options"] == [
-      "worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver"]
+    "worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver"
+  ]
   assert "no_use_multiple_sdk_containers" in job["experiments"]
 
 
 def test_mps_is_opted_into_and_overrides_are_kept(capsys):
-  assert cli.main(["submit", "--dry-run", *CLOUD, *RUN, "--gpu-sharing", "mps",
-                   "--max-workers", "20", "--disk-size-gb", "100"]) == 0
+  assert (
+    cli.main(
+      [
+        "submit",
+        "--dry-run",
+        *CLOUD,
+        *RUN,
+        "--gpu-sharing",
+        "mps",
+        "--max-workers",
+        "20",
+        "--disk-size-gb",
+        "100",
+      ]
+    )
+    == 0
+  )
   job = json.loads(capsys.readouterr().out)
   assert job["service_options"] == [
-      "worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver;use_nvidia_mps"]
+    "worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver;use_nvidia_mps"
+  ]
   assert "no_use_multiple_sdk_containers" not in job["experiments"]
   assert job["harness_threads_per_process"] == 1
   assert (job["max_workers"], job["disk_size_gb"]) == (20, 100)

@@ -70,18 +70,26 @@ def _resized(encoded: bytes, size: int, method: str = "bilinear") -> np.ndarray:
 
 def _pix2pix_upsample(filters: int):
   """The tutorial's `pix2pix.upsample` block (Conv2DTranspose, BatchNorm, ReLU)."""
-  return keras.Sequential([
+  return keras.Sequential(
+    [
       keras.layers.Conv2DTranspose(filters, 3, strides=2, padding="same", use_bias=False),
-      keras.layers.BatchNormalization(), keras.layers.ReLU()])
+      keras.layers.BatchNormalization(),
+      keras.layers.ReLU(),
+    ]
+  )
 
 
 def tutorial_unet(tmp_path) -> Case:
   """The TensorFlow segmentation tutorial's U-Net, saved with model.save('unet.keras')."""
   keras.utils.set_random_seed(0)
-  base = keras.applications.MobileNetV2(input_shape=[128, 128, 3], include_top=False,
-                                        weights=None)
-  names = ["block_1_expand_relu", "block_3_expand_relu", "block_6_expand_relu",
-           "block_13_expand_relu", "block_16_project"]
+  base = keras.applications.MobileNetV2(input_shape=[128, 128, 3], include_top=False, weights=None)
+  names = [
+    "block_1_expand_relu",
+    "block_3_expand_relu",
+    "block_6_expand_relu",
+    "block_13_expand_relu",
+    "block_16_project",
+  ]
   down_stack = keras.Model(base.input, [base.get_layer(n).output for n in names])
   down_stack.trainable = False
   inputs = keras.layers.Input(shape=[128, 128, 3])
@@ -114,12 +122,16 @@ def resnet_unet_h5(tmp_path) -> Case:
     y = layers.BatchNormalization()(layers.Conv2D(filters, 3, padding="same", use_bias=False)(y))
     if stride != 1 or shortcut.shape[-1] != filters:
       shortcut = layers.BatchNormalization()(
-          layers.Conv2D(filters, 1, strides=stride, use_bias=False)(shortcut))
+        layers.Conv2D(filters, 1, strides=stride, use_bias=False)(shortcut)
+      )
     return layers.ReLU()(layers.Add()([y, shortcut]))
 
   inputs = layers.Input((64, 64, 3))
-  x = layers.ReLU()(layers.BatchNormalization()(
-      layers.Conv2D(16, 7, strides=2, padding="same", use_bias=False)(inputs)))  # /2
+  x = layers.ReLU()(
+    layers.BatchNormalization()(
+      layers.Conv2D(16, 7, strides=2, padding="same", use_bias=False)(inputs)
+    )
+  )  # /2
   skips = [x]
   x = layers.MaxPooling2D(3, strides=2, padding="same")(x)  # /4
   for filters, stride in ((16, 1), (32, 2), (64, 2)):  # /4, /8, /16
@@ -129,8 +141,9 @@ def resnet_unet_h5(tmp_path) -> Case:
   for filters in (64, 32, 16):  # decoder: UpSampling2D, concatenate, two convs
     x = layers.Concatenate()([layers.UpSampling2D()(x), skips.pop()])
     for _ in range(2):
-      x = layers.ReLU()(layers.BatchNormalization()(
-          layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)))
+      x = layers.ReLU()(
+        layers.BatchNormalization()(layers.Conv2D(filters, 3, padding="same", use_bias=False)(x))
+      )
   x = layers.UpSampling2D()(x)
   outputs = layers.Conv2D(1, 3, padding="same", activation="sigmoid")(x)
   model = tf_keras.Model(inputs, outputs)
@@ -152,8 +165,10 @@ def vgg16_unet(tmp_path) -> Case:
   resize."""
   keras.utils.set_random_seed(2)
   base = keras.applications.VGG16(include_top=False, weights=None, input_shape=(64, 64, 3))
-  skips = [base.get_layer(n).output for n in
-           ("block1_conv2", "block2_conv2", "block3_conv3", "block4_conv3")]
+  skips = [
+    base.get_layer(n).output
+    for n in ("block1_conv2", "block2_conv2", "block3_conv3", "block4_conv3")
+  ]
   x = base.get_layer("block5_conv3").output
   for filters, skip in zip((64, 32, 16, 16), reversed(skips)):
     x = keras.layers.Concatenate()([keras.layers.UpSampling2D()(x), skip])
@@ -196,8 +211,9 @@ def saved_model_folder(tmp_path) -> Case:
   pixels resized by nearest neighbour."""
   module = _OtherTeamsModel()
   path = str(tmp_path / "team_model")
-  tf.saved_model.save(module, path, signatures={"serving_default": module.segment,
-                                                "lengths": module.lengths})
+  tf.saved_model.save(
+    module, path, signatures={"serving_default": module.segment, "lengths": module.lengths}
+  )
 
   def reference(encoded):
     pixels = _resized(encoded, 48, "nearest") / 127.5 - 1.0
@@ -227,9 +243,13 @@ def quarter_output(tmp_path) -> Case:
   return Case(path, reference, ["--preprocess", "none", "--resize", "antialias"])
 
 
-CASES = {"tutorial-unet-keras": tutorial_unet, "resnet34-sigmoid-h5": resnet_unet_h5,
-         "vgg16-caffe-keras": vgg16_unet, "saved-model-folder": saved_model_folder,
-         "quarter-output": quarter_output}
+CASES = {
+  "tutorial-unet-keras": tutorial_unet,
+  "resnet34-sigmoid-h5": resnet_unet_h5,
+  "vgg16-caffe-keras": vgg16_unet,
+  "saved-model-folder": saved_model_folder,
+  "quarter-output": quarter_output,
+}
 
 
 def _export(case: Case, output: str, *extra: str) -> int:
@@ -251,11 +271,16 @@ def test_export_agrees_with_the_original_model(kind, tmp_path, photos, capsys):
     np.testing.assert_allclose(got, expected, atol=TOLERANCE, rtol=0, err_msg=path)
     np.testing.assert_array_equal(got.argmax(-1), expected.argmax(-1), err_msg=path)
     height, width = _decoded(data).shape[:2]
-    assert (outputs[export_lib.OUTPUT_HEIGHT][index],
-            outputs[export_lib.OUTPUT_WIDTH][index]) == (height, width)
+    assert (outputs[export_lib.OUTPUT_HEIGHT][index], outputs[export_lib.OUTPUT_WIDTH][index]) == (
+      height,
+      width,
+    )
   # The metadata says how to serve it, for `model summary` and the run's manifest.
-  assert export.metadata.imported and export.metadata.serving["preprocess"] == \
-      case.export_args[case.export_args.index("--preprocess") + 1]
+  assert (
+    export.metadata.imported
+    and export.metadata.serving["preprocess"]
+    == case.export_args[case.export_args.index("--preprocess") + 1]
+  )
 
 
 def test_a_single_sigmoid_channel_thresholds_at_the_given_value(tmp_path, photos):
@@ -271,8 +296,9 @@ def test_a_single_sigmoid_channel_thresholds_at_the_given_value(tmp_path, photos
   np.testing.assert_array_equal(mask, (probabilities[..., 1] > 0.3).astype(np.uint8))
 
 
-@pytest.mark.parametrize("kind,threshold", [("tutorial-unet-keras", None),
-                                             ("resnet34-sigmoid-h5", 0.3)])
+@pytest.mark.parametrize(
+  "kind,threshold", [("tutorial-unet-keras", None), ("resnet34-sigmoid-h5", 0.3)]
+)
 def test_segbeam_run_segments_photos_with_an_export(kind, threshold, tmp_path, photos):
   """An export end to end through `segbeam run`: every photo segmented, each mask at the
   photo's size equal to the one made from the original model's probabilities (thresholded
@@ -287,25 +313,29 @@ def test_segbeam_run_segments_photos_with_an_export(kind, threshold, tmp_path, p
     (inputs / os.path.basename(path)).write_bytes(data)
   output = str(tmp_path / "run")
   manifest = accounting.run_and_account(
-      ["--input", str(inputs / "*.jpg"), "--output", output, "--model", export_dir],
-      inputs_seen=len(photos))
+    ["--input", str(inputs / "*.jpg"), "--output", output, "--model", export_dir],
+    inputs_seen=len(photos),
+  )
   assert manifest["counts"]["segmented"] == len(photos)
-  assert manifest["model"]["class_names"] == list(
-      export_lib.read_metadata(export_dir).class_names)
-  rows = output_lib.RunOutput(output).dataset("segments").to_table(
-      columns=["image_id", "mask_png"]).to_pylist()
+  assert manifest["model"]["class_names"] == list(export_lib.read_metadata(export_dir).class_names)
+  rows = (
+    output_lib.RunOutput(output)
+    .dataset("segments")
+    .to_table(columns=["image_id", "mask_png"])
+    .to_pylist()
+  )
   by_id = {row["image_id"]: row["mask_png"] for row in rows}
   for path, data in photos:
     image_id = os.path.basename(path)  # the path under the input's folder
     mask = np.asarray(Image.open(io.BytesIO(by_id[image_id])))
     height, width = _decoded(data).shape[:2]
-    expected, _ = postprocess.class_mask(case.reference(data), height, width,
-                                         threshold=threshold)
+    expected, _ = postprocess.class_mask(case.reference(data), height, width, threshold=threshold)
     assert mask.shape == (height, width)
     assert np.mean(mask == expected) == 1.0, image_id
 
 
 # --- A model file is code ---------------------------------------------------------------------
+
 
 def _tiny_keras_model(*middle) -> keras.Model:
   inputs = keras.Input((32, 32, 3))
@@ -350,20 +380,39 @@ def test_an_unknown_custom_layer_is_refused_and_named(tmp_path, capsys):
     registered.clear()  # as in a fresh process that never imported the user's module
     err = _refused(capsys, [path, "--preprocess", "none"], str(tmp_path / "export"))
     assert "'Doubling'" in err and "--custom-objects" in err
-    err = _refused(capsys, [path, "--preprocess", "none", "--custom-objects", str(module_file)],
-                   str(tmp_path / "export"))
+    err = _refused(
+      capsys,
+      [path, "--preprocess", "none", "--custom-objects", str(module_file)],
+      str(tmp_path / "export"),
+    )
     assert "--allow-custom-code" in err
     # Named by the file that defines it, and trusted, it loads.
-    assert cli.main(["export", path, "--preprocess", "none", "--scores", "logits",
-                     "--allow-custom-code", "--custom-objects", str(module_file),
-                     "--output", str(tmp_path / "export")]) == 0
+    assert (
+      cli.main(
+        [
+          "export",
+          path,
+          "--preprocess",
+          "none",
+          "--scores",
+          "logits",
+          "--allow-custom-code",
+          "--custom-objects",
+          str(module_file),
+          "--output",
+          str(tmp_path / "export"),
+        ]
+      )
+      == 0
+    )
   finally:
     registered.clear()
     registered.update(saved)
 
 
-@pytest.mark.parametrize("damage", ["not-a-model", "truncated-h5", "bad-keras-member",
-                                    "weights-only-h5", "empty-folder"])
+@pytest.mark.parametrize(
+  "damage", ["not-a-model", "truncated-h5", "bad-keras-member", "weights-only-h5", "empty-folder"]
+)
 def test_what_is_not_a_whole_model_is_refused_in_one_line(damage, tmp_path, capsys):
   model = _tiny_keras_model()
   if damage == "not-a-model":
@@ -373,7 +422,7 @@ def test_what_is_not_a_whole_model_is_refused_in_one_line(damage, tmp_path, caps
     path = tmp_path / "model.h5"
     model.save(str(path))
     data = path.read_bytes()
-    path.write_bytes(data[:len(data) // 3])
+    path.write_bytes(data[: len(data) // 3])
   elif damage == "bad-keras-member":
     path = tmp_path / "model.keras"
     model.save(str(path))
@@ -382,7 +431,7 @@ def test_what_is_not_a_whole_model_is_refused_in_one_line(damage, tmp_path, caps
       info = archive.getinfo("model.weights.h5")
     # Flip bytes inside the member's data: its CRC no longer matches.
     start = info.header_offset + 30 + len(info.filename) + len(info.extra) + 100
-    data[start:start + 16] = bytes(16)
+    data[start : start + 16] = bytes(16)
     path.write_bytes(bytes(data))
   elif damage == "weights-only-h5":
     path = tmp_path / "model.weights.h5"
@@ -422,19 +471,35 @@ def test_a_saved_model_that_writes_files_is_refused_and_never_run(tmp_path, caps
 def test_a_saved_model_with_several_image_signatures_asks_which(tmp_path, capsys):
   module = _OtherTeamsModel()
   source = str(tmp_path / "two")
-  tf.saved_model.save(module, source, signatures={"segment": module.segment,
-                                                  "also": module.segment,
-                                                  "lengths": module.lengths})
+  tf.saved_model.save(
+    module,
+    source,
+    signatures={"segment": module.segment, "also": module.segment, "lengths": module.lengths},
+  )
   err = _refused(capsys, [source, "--preprocess", "unit"], str(tmp_path / "export"))
   assert "--signature" in err and "(also, lengths, segment)" in err
-  assert cli.main(["export", source, "--preprocess", "unit", "--signature", "also",
-                   "--output", str(tmp_path / "export")]) == 0
+  assert (
+    cli.main(
+      [
+        "export",
+        source,
+        "--preprocess",
+        "unit",
+        "--signature",
+        "also",
+        "--output",
+        str(tmp_path / "export"),
+      ]
+    )
+    == 0
+  )
   assert "signature also" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("saved_by", ["tf.keras model.save(dir)", "keras model.export(dir)"])
-def test_keras_saved_model_folders_serve_their_default_signature(saved_by, tmp_path, capsys,
-                                                                 photos):
+def test_keras_saved_model_folders_serve_their_default_signature(
+  saved_by, tmp_path, capsys, photos
+):
   source = str(tmp_path / "folder")
   if saved_by.startswith("tf.keras"):  # Keras 2's SavedModel format
     tf_keras = pytest.importorskip("tf_keras")
@@ -457,8 +522,9 @@ def test_keras_saved_model_folders_serve_their_default_signature(saved_by, tmp_p
   assert export.metadata.serving["output"] == expected_scores
   _, data = photos[0]
   scores = model(_resized(data, 32)[np.newaxis] / 255.0, training=False)
-  expected = scores.numpy()[0] if expected_scores == "softmax" else \
-      tf.nn.softmax(scores, axis=-1).numpy()[0]
+  expected = (
+    scores.numpy()[0] if expected_scores == "softmax" else tf.nn.softmax(scores, axis=-1).numpy()[0]
+  )
   got = export.predict([data])[export_lib.OUTPUT_PROBABILITIES][0]
   np.testing.assert_allclose(got, expected, atol=TOLERANCE, rtol=0)
 
@@ -469,11 +535,27 @@ def test_what_the_model_cannot_say_is_asked_for(tmp_path, capsys):
   keras.Model(inputs, keras.layers.Conv2D(3, 1)(inputs)).save(path)
   err = _refused(capsys, [path, "--preprocess", "unit"], str(tmp_path / "export"))
   assert "--input-size" in err
-  err = _refused(capsys, [path, "--preprocess", "unit", "--input-size", "64",
-                          "--class-names", "a,b"], str(tmp_path / "export"))
+  err = _refused(
+    capsys,
+    [path, "--preprocess", "unit", "--input-size", "64", "--class-names", "a,b"],
+    str(tmp_path / "export"),
+  )
   assert "2 names for the model's 3 classes" in err
-  assert cli.main(["export", path, "--preprocess", "unit", "--input-size", "64x96",
-                   "--output", str(tmp_path / "export")]) == 0
+  assert (
+    cli.main(
+      [
+        "export",
+        path,
+        "--preprocess",
+        "unit",
+        "--input-size",
+        "64x96",
+        "--output",
+        str(tmp_path / "export"),
+      ]
+    )
+    == 0
+  )
   metadata = export_lib.read_metadata(str(tmp_path / "export"))
   assert (metadata.config["input_height"], metadata.config["input_width"]) == (64, 96)
   assert metadata.class_names == ("class_0", "class_1", "class_2")
@@ -484,8 +566,12 @@ def test_model_summary_says_how_an_import_is_served(tmp_path, capsys):
   inputs = keras.Input((32, 32, 3))
   keras.Model(inputs, keras.layers.Conv2D(1, 1, activation="sigmoid")(inputs)).save(path)
   export_dir = str(tmp_path / "export")
-  assert cli.main(["export", path, "--preprocess", "torch", "--threshold", "0.4",
-                   "--output", export_dir]) == 0
+  assert (
+    cli.main(
+      ["export", path, "--preprocess", "torch", "--threshold", "0.4", "--output", export_dir]
+    )
+    == 0
+  )
   capsys.readouterr()
   assert cli.main(["model", "summary", "--model", export_dir, "--json"]) == 0
   report = json.loads(capsys.readouterr().out)

@@ -21,7 +21,9 @@ def test_names_select_pairs_and_a_missing_one_is_an_error(pet_folder, tmp_path):
   listing = tmp_path / "list.txt"
   listing.write_text(f"# comment\n{names[2]} 1 1 1\n{names[0]}\n")
   assert [p.name for p in data.match_pairs(images, masks, data.read_names(str(listing)))] == [
-      names[2], names[0]]
+    names[2],
+    names[0],
+  ]
   with pytest.raises(FileNotFoundError, match="no image or no mask"):
     data.match_pairs(images, masks, ["pet_999"])
 
@@ -31,22 +33,22 @@ def test_large_jpeg_decodes_at_a_dct_scale_with_its_original_size(tmp_path):
   (tmp_path / "big.jpg").write_bytes(synthetic.encode(image, "JPEG"))
   (tmp_path / "big.png").write_bytes(synthetic.encode(trimap, "PNG"))
   pair = data.ImageMaskPair("big", str(tmp_path / "big.jpg"), str(tmp_path / "big.png"))
-  loader = data.PairLoader([pair], channels=3, input_size=32,
-                           label_map=labels.OXFORD_PET_TRIMAP)
+  loader = data.PairLoader([pair], channels=3, input_size=32, label_map=labels.OXFORD_PET_TRIMAP)
   decoded, mask = loader.load(pair)
   assert decoded.shape == (50, 75, 3)  # 1/4: the largest scale keeping both sides >= 32
   assert mask.shape == (200, 300)
 
 
-@pytest.mark.parametrize("fmt,mode", [("PNG", "RGBA"), ("PNG", "L"), ("GIF", None),
-                                      ("PNG", "P"), ("JPEG", "L"), ("BMP", None)])
+@pytest.mark.parametrize(
+  "fmt,mode",
+  [("PNG", "RGBA"), ("PNG", "L"), ("GIF", None), ("PNG", "P"), ("JPEG", "L"), ("BMP", None)],
+)
 def test_any_image_mode_behind_a_jpg_name_decodes_to_rgb(tmp_path, fmt, mode):
   image, trimap = synthetic.pet_scene(40, 30, seed=3)
   (tmp_path / "x.jpg").write_bytes(synthetic.encode(image, fmt, mode=mode))
   (tmp_path / "x.png").write_bytes(synthetic.encode(trimap, "PNG"))
   pair = data.ImageMaskPair("x", str(tmp_path / "x.jpg"), str(tmp_path / "x.png"))
-  loader = data.PairLoader([pair], channels=3, input_size=32,
-                           label_map=labels.OXFORD_PET_TRIMAP)
+  loader = data.PairLoader([pair], channels=3, input_size=32, label_map=labels.OXFORD_PET_TRIMAP)
   decoded, mask = loader.load(pair)
   assert decoded.shape == (30, 40, 3) and decoded.dtype == np.uint8
   np.testing.assert_array_equal(mask, trimap - 1)
@@ -58,21 +60,22 @@ def test_palette_mask_keeps_its_indices(tmp_path):
   palette.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255] + [0] * 756)
   path = tmp_path / "mask.png"
   palette.save(path)
-  np.testing.assert_array_equal(data.read_mask(path.read_bytes(), labels.OXFORD_PET_TRIMAP),
-                                trimap - 1)
+  np.testing.assert_array_equal(
+    data.read_mask(path.read_bytes(), labels.OXFORD_PET_TRIMAP), trimap - 1
+  )
 
 
 def test_rgb_mask_is_refused():
   with pytest.raises(ValueError, match="mode RGB"):
-    data.read_mask(synthetic.encode(np.zeros((4, 4, 3), np.uint8), "PNG"),
-                   labels.OXFORD_PET_TRIMAP)
+    data.read_mask(synthetic.encode(np.zeros((4, 4, 3), np.uint8), "PNG"), labels.OXFORD_PET_TRIMAP)
 
 
 def test_dataset_batches_resized_pairs_with_ignore_weights(pet_folder):
   images, masks, _ = pet_folder
   pairs = data.match_pairs(images, masks)
-  loader = data.PairLoader(pairs, channels=3, input_size=32,
-                           label_map=labels.parse_label_map("1:0,2:1"))
+  loader = data.PairLoader(
+    pairs, channels=3, input_size=32, label_map=labels.parse_label_map("1:0,2:1")
+  )
   dataset = data.make_dataset(loader, input_size=32, channels=3, batch_size=4, training=True)
   batches = list(dataset)
   assert [b[0].shape[0] for b in batches] == [4, 2]
@@ -91,10 +94,11 @@ def test_unreadable_pairs_are_skipped_and_reported(pet_folder, tmp_path):
   broken.write_bytes(b"not an image at all")
   bad_size = tmp_path / "bad_size.png"
   bad_size.write_bytes(synthetic.encode(np.ones((5, 5), np.uint8), "PNG"))
-  pairs += [data.ImageMaskPair("broken", str(broken), pairs[0].mask_path),
-            data.ImageMaskPair("bad_size", pairs[0].image_path, str(bad_size))]
-  loader = data.PairLoader(pairs, channels=3, input_size=32,
-                           label_map=labels.OXFORD_PET_TRIMAP)
+  pairs += [
+    data.ImageMaskPair("broken", str(broken), pairs[0].mask_path),
+    data.ImageMaskPair("bad_size", pairs[0].image_path, str(bad_size)),
+  ]
+  loader = data.PairLoader(pairs, channels=3, input_size=32, label_map=labels.OXFORD_PET_TRIMAP)
   dataset = data.make_dataset(loader, input_size=32, channels=3, batch_size=16, training=False)
   assert next(iter(dataset))[0].shape[0] == len(pairs) - 2
   assert sorted(loader.skipped) == ["bad_size", "broken"]

@@ -14,8 +14,9 @@ MAX_BYTES = 30 * 1024 * 1024
 
 def test_default_model_is_embedded_and_small():
   model_dir = defaults.default_model_dir()
-  size = sum(os.path.getsize(os.path.join(root, f))
-             for root, _, files in os.walk(model_dir) for f in files)
+  size = sum(
+    os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(model_dir) for f in files
+  )
   assert size <= MAX_BYTES, f"{size / 2**20:.1f} MiB"
 
 
@@ -32,9 +33,11 @@ def test_recorded_validation_metrics_reproduce(shared_data):
   """Re-evaluates the export on the val split: the numbers in its metadata (and the README)
   come out again."""
   loaded = export.LoadedExport(defaults.default_model_dir())
-  pairs = data.match_pairs(os.path.join(shared_data, "images"),
-                           os.path.join(shared_data, "trimaps"),
-                           data.read_names(os.path.join(shared_data, "val.txt")))
+  pairs = data.match_pairs(
+    os.path.join(shared_data, "images"),
+    os.path.join(shared_data, "trimaps"),
+    data.read_names(os.path.join(shared_data, "val.txt")),
+  )
   result = evaluation.evaluate_export(loaded, pairs, batch_size=32)
   recorded = loaded.metadata.validation
   assert result.images == 150 and not result.skipped

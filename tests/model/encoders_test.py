@@ -13,8 +13,10 @@ def _first_kernel(model):
   return next(w for w in model.weights if "kernel" in w.path).numpy()
 
 
-@pytest.mark.parametrize("name,application", [("mobilenetv2", keras.applications.MobileNetV2),
-                                              ("vgg16", keras.applications.VGG16)])
+@pytest.mark.parametrize(
+  "name,application",
+  [("mobilenetv2", keras.applications.MobileNetV2), ("vgg16", keras.applications.VGG16)],
+)
 def test_keras_application_encoder_loads_a_weights_file(tmp_path, name, application):
   keras.utils.set_random_seed(7)
   source = application(input_shape=(SIZE, SIZE, 3), include_top=False, weights=None)
@@ -26,6 +28,7 @@ def test_keras_application_encoder_loads_a_weights_file(tmp_path, name, applicat
   source_weights = {w.path: w.numpy() for w in source.weights}
   for weight in encoder.weights:  # The encoder is a prefix of the application's layers.
     np.testing.assert_array_equal(weight.numpy(), source_weights[weight.path])
+
 
 def test_resnet34_loads_a_weights_file(tmp_path):
   keras.utils.set_random_seed(7)
@@ -40,8 +43,11 @@ def test_resnet34_loads_a_weights_file(tmp_path):
 
 def test_resnet34_has_the_resnet34_shape():
   model = encoders.build_resnet34(SIZE, None)
-  blocks = {layer.name.rsplit("_", 1)[0] for layer in model.layers
-            if layer.name.startswith("stage") and layer.name.endswith("_out")}
+  blocks = {
+    layer.name.rsplit("_", 1)[0]
+    for layer in model.layers
+    if layer.name.startswith("stage") and layer.name.endswith("_out")
+  }
   per_stage = [sum(1 for b in blocks if b.startswith(f"stage{s}_")) for s in (1, 2, 3, 4)]
   assert per_stage == [3, 4, 6, 3]
   assert 21_000_000 < model.count_params() < 21_500_000  # ResNet34 without its classifier.
@@ -66,11 +72,14 @@ def test_unknown_encoder():
 def test_imagenet_download_failure_is_a_clear_error(monkeypatch):
   """The real download path, made to fail by an unreachable proxy (no network needed)."""
   import os
-  cached = os.path.expanduser("~/.keras/models/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_"
-                              "1.0_96_no_top.h5")
+
+  cached = os.path.expanduser(
+    "~/.keras/models/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_96_no_top.h5"
+  )
   if os.path.exists(cached):
     pytest.skip("the ImageNet weights are cached here; nothing to download")
   import urllib.request
+
   # urlopen caches a global opener built from the proxy variables: keep it out of other tests.
   monkeypatch.setattr(urllib.request, "_opener", None)
   for variable in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):

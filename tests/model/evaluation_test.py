@@ -47,7 +47,8 @@ def test_a_label_map_can_ignore_a_class(tiny_export, pet_folder):
   loaded = export.LoadedExport(export_dir)
   everything = evaluation.evaluate_export(loaded, pairs)
   no_border = evaluation.evaluate_export(
-      loaded, pairs, label_map=labels.LabelMap(((1, 0), (2, 1)), ("pet", "background")))
+    loaded, pairs, label_map=labels.LabelMap(((1, 0), (2, 1)), ("pet", "background"))
+  )
   assert no_border.metrics.confusion.sum() < everything.metrics.confusion.sum()
   assert no_border.metrics.confusion[2].sum() == 0  # no truth pixel of the border class
 
@@ -105,19 +106,31 @@ def test_binary_ground_truth_scores_the_classes_it_covers(tiny_export, pet_folde
   assert m.ground_truth_classes == ("pet", "background")
 
 
-def test_segbeam_evaluate_says_what_the_ground_truth_covers(tiny_export, pet_folder, tmp_path,
-                                                            capsys):
+def test_segbeam_evaluate_says_what_the_ground_truth_covers(
+  tiny_export, pet_folder, tmp_path, capsys
+):
   from segbeam import cli
+
   images, masks, _ = pet_folder
   binary = _binary_masks(masks, tmp_path / "binary")
-  argv = ["evaluate", "--model", tiny_export[0], "--images", images, "--masks", binary,
-          "--label-map", "1:0,0:1"]
+  argv = [
+    "evaluate",
+    "--model",
+    tiny_export[0],
+    "--images",
+    images,
+    "--masks",
+    binary,
+    "--label-map",
+    "1:0,0:1",
+  ]
   assert cli.main(argv + ["--json"]) == 0
   result = json.loads(capsys.readouterr().out)
   assert result["ground_truth_classes"] == ["pet", "background"]
   assert result["per_class_iou"]["border"] is None
   assert result["mean_iou"] == pytest.approx(
-      (result["per_class_iou"]["pet"] + result["per_class_iou"]["background"]) / 2)
+    (result["per_class_iou"]["pet"] + result["per_class_iou"]["background"]) / 2
+  )
   assert cli.main(argv) == 0
   out = capsys.readouterr().out
   assert "ground truth covers: pet, background (not: border)" in out
@@ -133,5 +146,6 @@ def test_a_label_map_beyond_the_models_classes_is_refused(tiny_export, pet_folde
   images, masks, _ = pet_folder
   four = labels.LabelMap(((1, 0), (2, 3)), ("pet", "background", "border", "toy"))
   with pytest.raises(ValueError, match=r"classes \[3\] are beyond the model's 3"):
-    evaluation.evaluate_export(export.LoadedExport(tiny_export[0]),
-                               data.match_pairs(images, masks), label_map=four)
+    evaluation.evaluate_export(
+      export.LoadedExport(tiny_export[0]), data.match_pairs(images, masks), label_map=four
+    )

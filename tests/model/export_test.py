@@ -30,13 +30,18 @@ def test_reloaded_export_matches_the_in_memory_model(tiny_export, tiny_model, ti
   loaded = tf.saved_model.load(export_dir)
   signature = loaded.signatures[export.SIGNATURE_NAME]
   outputs = signature(**{export.INPUT_KEY: tf.constant(encoded)})
-  assert sorted(outputs) == sorted([export.OUTPUT_PROBABILITIES, export.OUTPUT_HEIGHT,
-                                    export.OUTPUT_WIDTH])
+  assert sorted(outputs) == sorted(
+    [export.OUTPUT_PROBABILITIES, export.OUTPUT_HEIGHT, export.OUTPUT_WIDTH]
+  )
   heights, widths = outputs[export.OUTPUT_HEIGHT].numpy(), outputs[export.OUTPUT_WIDTH].numpy()
   assert list(zip(heights, widths)) == sizes
   # The same preprocessing done eagerly, then the Keras model in memory.
-  pixels = tf.stack([preprocessing.resize_image(preprocessing.decode_image(e, 3),
-                                                tiny_config.input_size) for e in encoded])
+  pixels = tf.stack(
+    [
+      preprocessing.resize_image(preprocessing.decode_image(e, 3), tiny_config.input_size)
+      for e in encoded
+    ]
+  )
   expected = tf.nn.softmax(tiny_model(pixels, training=False), axis=-1).numpy()
   probabilities = outputs[export.OUTPUT_PROBABILITIES].numpy()
   assert probabilities.shape == (5, 32, 32, 3)
@@ -49,7 +54,7 @@ def test_reloaded_export_matches_the_in_memory_model(tiny_export, tiny_model, ti
 def test_signature_is_one_string_vector_of_any_batch_size(tiny_export):
   export_dir, _ = tiny_export
   signature = tf.saved_model.load(export_dir).signatures[export.SIGNATURE_NAME]
-  (name, spec), = signature.structured_input_signature[1].items()
+  ((name, spec),) = signature.structured_input_signature[1].items()
   assert name == export.INPUT_KEY
   assert spec.dtype == tf.string and spec.shape.as_list() == [None]
   encoded, _ = _scenes()
@@ -71,8 +76,13 @@ def test_metadata_is_written_beside_the_saved_model(tiny_export, tiny_config):
 
 def test_version_depends_on_weights_only(tmp_path, tiny_model, tiny_config, tiny_export):
   _, first = tiny_export
-  again = export.export_model(tiny_model, tiny_config, str(tmp_path / "again"),
-                              label_map=labels.OXFORD_PET_TRIMAP, name="other name")
+  again = export.export_model(
+    tiny_model,
+    tiny_config,
+    str(tmp_path / "again"),
+    label_map=labels.OXFORD_PET_TRIMAP,
+    name="other name",
+  )
   assert again.version == first.version
   changed = keras.models.clone_model(tiny_model)
   changed.set_weights([w * 0.5 for w in tiny_model.get_weights()])
@@ -81,8 +91,7 @@ def test_version_depends_on_weights_only(tmp_path, tiny_model, tiny_config, tiny
 
 def test_label_map_must_match_the_classes(tmp_path, tiny_model, tiny_config):
   with pytest.raises(ValueError, match="classes"):
-    export.export_model(tiny_model, tiny_config, str(tmp_path / "x"),
-                        label_map=labels.BINARY_0_255)
+    export.export_model(tiny_model, tiny_config, str(tmp_path / "x"), label_map=labels.BINARY_0_255)
 
 
 def test_not_an_export_is_a_clear_error(tmp_path):
@@ -94,10 +103,15 @@ def test_tfx_bsl_model_handler_runs_the_export_on_raw_bytes(tiny_export):
   """The pipeline's loader: tfx-bsl's CreateModelHandler feeds raw bytes to the signature."""
   from tfx_bsl.public.beam import run_inference
   from tfx_bsl.public.proto import model_spec_pb2
+
   export_dir, _ = tiny_export
-  handler = run_inference.CreateModelHandler(model_spec_pb2.InferenceSpecType(
+  handler = run_inference.CreateModelHandler(
+    model_spec_pb2.InferenceSpecType(
       saved_model_spec=model_spec_pb2.SavedModelSpec(
-          model_path=export_dir, signature_name=[export.SIGNATURE_NAME])))
+        model_path=export_dir, signature_name=[export.SIGNATURE_NAME]
+      )
+    )
+  )
   model = handler.load_model()
   encoded, sizes = _scenes()
   logs = list(handler.run_inference(encoded, model))
@@ -119,8 +133,11 @@ def test_loaded_export_predicts(tiny_export):
 
 
 def test_metadata_json_round_trip():
-  metadata = export.ModelMetadata(name="m", version="sha256:0", config={"input_size": 32,
-                                  "channels": 3, "architecture": "x"},
-                                  label_map=labels.OXFORD_PET_TRIMAP.to_dict())
+  metadata = export.ModelMetadata(
+    name="m",
+    version="sha256:0",
+    config={"input_size": 32, "channels": 3, "architecture": "x"},
+    label_map=labels.OXFORD_PET_TRIMAP.to_dict(),
+  )
   assert export.ModelMetadata.from_json(metadata.to_json()) == metadata
   assert dataclasses.replace(metadata, name="n") != metadata

@@ -12,16 +12,18 @@ def test_oxford_trimap_subtracts_one():
 
 def test_unmapped_values_are_ignored():
   label_map = labels.parse_label_map("1:0,2:1")
-  np.testing.assert_array_equal(label_map.apply(np.array([1, 2, 3, 255, 0])),
-                                [0, 1, labels.IGNORE_INDEX, labels.IGNORE_INDEX,
-                                 labels.IGNORE_INDEX])
+  np.testing.assert_array_equal(
+    label_map.apply(np.array([1, 2, 3, 255, 0])),
+    [0, 1, labels.IGNORE_INDEX, labels.IGNORE_INDEX, labels.IGNORE_INDEX],
+  )
 
 
 def test_binary_0_255_and_16_bit_masks():
   np.testing.assert_array_equal(labels.BINARY_0_255.apply(np.array([0, 255], np.uint8)), [0, 1])
   label_map = labels.parse_label_map("1000:0,2000:1", ("a", "b"))
-  np.testing.assert_array_equal(label_map.apply(np.array([1000, 2000, 7], np.uint16)),
-                                [0, 1, labels.IGNORE_INDEX])
+  np.testing.assert_array_equal(
+    label_map.apply(np.array([1000, 2000, 7], np.uint16)), [0, 1, labels.IGNORE_INDEX]
+  )
 
 
 def test_parse_presets_names_and_errors():
@@ -48,8 +50,9 @@ def test_a_label_map_may_cover_some_classes_only():
   label_map = labels.parse_label_map("1:0,0:1", ("pet", "background", "border"))
   assert label_map.num_classes == 3 and label_map.covered_classes == (0, 1)
   assert label_map.uncovered_class_names == ("border",)
-  np.testing.assert_array_equal(label_map.apply(np.array([0, 1, 255], np.uint8)),
-                                [1, 0, labels.IGNORE_INDEX])
+  np.testing.assert_array_equal(
+    label_map.apply(np.array([0, 1, 255], np.uint8)), [1, 0, labels.IGNORE_INDEX]
+  )
   assert labels.OXFORD_PET_TRIMAP.uncovered_class_names == ()
   # Without names, classes run up to the highest one named; the gap is uncovered.
   gap = labels.parse_label_map("0:0,9:2")
@@ -60,8 +63,10 @@ def test_a_label_map_may_cover_some_classes_only():
 
 def test_coverage_line():
   names = ("pet", "background", "border")
-  assert (labels.coverage_line(names, ["pet", "background"])
-          == "ground truth covers: pet, background (not: border)")
+  assert (
+    labels.coverage_line(names, ["pet", "background"])
+    == "ground truth covers: pet, background (not: border)"
+  )
   assert labels.coverage_line(names, names) == "ground truth covers: pet, background, border"
 
 

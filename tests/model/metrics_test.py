@@ -24,14 +24,18 @@ def test_sums_over_the_set_not_means_of_images():
   big_pred = np.zeros((10, 10), np.uint8)
   small_truth = np.array([[0, 1]], np.uint8)
   small_pred = np.array([[1, 1]], np.uint8)
-  result = (metrics.SegmentationMetrics.empty(("a", "b")).add(big_truth, big_pred)
-            .add(small_truth, small_pred))
+  result = (
+    metrics.SegmentationMetrics.empty(("a", "b"))
+    .add(big_truth, big_pred)
+    .add(small_truth, small_pred)
+  )
   assert result.per_class_iou["a"] == pytest.approx(100 / 101)
 
 
 def test_absent_class_is_nan_and_left_out_of_the_mean():
   result = metrics.SegmentationMetrics.empty(("a", "b", "c")).add(
-      np.zeros((2, 2), np.uint8), np.zeros((2, 2), np.uint8))
+    np.zeros((2, 2), np.uint8), np.zeros((2, 2), np.uint8)
+  )
   assert np.isnan(result.per_class_iou["c"])
   assert result.mean_iou == 1.0
 
@@ -50,8 +54,7 @@ def test_classes_without_ground_truth_get_no_iou_and_count_as_errors():
   # two pixels masked c are errors.
   assert result.pixel_accuracy == pytest.approx(3 / 5)
   # a: I=1, U = 2 (truth) + 1 (pred) - 1 = 2; b: I=2, U = 3 + 2 - 2 = 3; c: no ground truth.
-  assert result.per_class_iou == {"a": pytest.approx(1 / 2), "b": pytest.approx(2 / 3),
-                                  "c": None}
+  assert result.per_class_iou == {"a": pytest.approx(1 / 2), "b": pytest.approx(2 / 3), "c": None}
   assert result.mean_iou == pytest.approx((1 / 2 + 2 / 3) / 2)
   as_json = json.loads(json.dumps(result.to_dict()))
   assert as_json["per_class_iou"]["c"] is None
@@ -67,4 +70,6 @@ def test_ground_truth_classes_must_be_class_names():
     metrics.SegmentationMetrics.empty(("a", "b"), ("a", "d"))
   # Kept in class order, whatever order they come in.
   assert metrics.SegmentationMetrics.empty(("a", "b", "c"), ("c", "a")).ground_truth_classes == (
-      "a", "c")
+    "a",
+    "c",
+  )

@@ -28,17 +28,29 @@ def harmless_export(tmp_path_factory):
 
 def _ops(saved_model):
   graph = saved_model.meta_graphs[0].graph_def
-  return ({node.op for node in graph.node}
-          | {node.op for f in graph.library.function for node in f.node_def})
+  return {node.op for node in graph.node} | {
+    node.op for f in graph.library.function for node in f.node_def
+  }
 
 
 def test_denied_ops_are_tensorflows_own_op_names():
   from tensorflow.python.framework import op_def_registry
-  assert [name for name in sorted(model_safety.DENIED_OPS) if op_def_registry.get(name) is None
-          ] == []
-  assert {"ReadFile", "WriteFile", "PyFunc", "EagerPyFunc", "SaveV2", "RestoreV2",
-          "MergeV2Checkpoints", "TFRecordDataset", "WriteSummary", "RpcCall"} <= (
-              model_safety.DENIED_OPS)
+
+  assert [
+    name for name in sorted(model_safety.DENIED_OPS) if op_def_registry.get(name) is None
+  ] == []
+  assert {
+    "ReadFile",
+    "WriteFile",
+    "PyFunc",
+    "EagerPyFunc",
+    "SaveV2",
+    "RestoreV2",
+    "MergeV2Checkpoints",
+    "TFRecordDataset",
+    "WriteSummary",
+    "RpcCall",
+  } <= (model_safety.DENIED_OPS)
 
 
 def test_the_embedded_default_model_passes_both_checks_quickly():
@@ -62,8 +74,9 @@ def test_an_export_whose_serving_function_writes_a_file_is_refused(writing_expor
     model_safety.check_saved_model(export_dir)
   assert isinstance(refused.value, ValueError)
   assert str(refused.value) == (
-      "model refused: its graph holds ops that touch files, the network or processes "
-      f"(WriteFile in {findings[0].where}); pass --trust-model if you trust it")
+    "model refused: its graph holds ops that touch files, the network or processes "
+    f"(WriteFile in {findings[0].where}); pass --trust-model if you trust it"
+  )
   model_safety.check_saved_model(export_dir, trust=True)  # trusted: no refusal
   model_safety.check_export_readable(export_dir)  # and it is whole
   assert not os.path.exists(written)  # the checks read the proto, they load nothing
@@ -72,7 +85,9 @@ def test_an_export_whose_serving_function_writes_a_file_is_refused(writing_expor
 def test_the_refused_export_really_writes_its_file_when_run(writing_export, tmp_path):
   """What the check stands between: loading and calling it writes the file."""
   import tensorflow as tf
+
   from segbeam.pipeline import sessions
+
   export_dir = str(tmp_path / "export")
   shutil.copytree(writing_export[0], export_dir)
   written = writing_export[1]
@@ -89,8 +104,9 @@ def test_a_harmless_export_written_the_same_way_passes(harmless_export):
   assert model_safety.denied_ops(harmless_export) == []
 
 
-def test_an_export_found_safe_is_checked_again_once_its_graph_changes(harmless_export,
-                                                                    writing_export, tmp_path):
+def test_an_export_found_safe_is_checked_again_once_its_graph_changes(
+  harmless_export, writing_export, tmp_path
+):
   """The process remembers an export found safe (a local run checks it from three places),
   by its graph file's size and modification time: an edited graph is read again."""
   export_dir = str(tmp_path / "export")
@@ -117,8 +133,10 @@ def _edited_default_model(tmp_path, edit):
 def _saver_functions(meta_graph):
   nodes = {node.name: node for node in meta_graph.graph_def.node}
   saver = meta_graph.saver_def
-  return (nodes[saver.save_tensor_name.split(":")[0]].attr["f"].func.name,
-          nodes[saver.restore_op_name].attr["f"].func.name)
+  return (
+    nodes[saver.save_tensor_name.split(":")[0]].attr["f"].func.name,
+    nodes[saver.restore_op_name].attr["f"].func.name,
+  )
 
 
 def _serve_function(functions):
@@ -135,8 +153,9 @@ def test_the_save_function_called_from_serving_is_refused(tmp_path):
 
   model_dir = _edited_default_model(tmp_path, call_save)
   assert [(f.op, f.where) for f in model_safety.denied_ops(model_dir)] == [
-      ("SaveV2", f"function {names['save']}"),
-      ("MergeV2Checkpoints", f"function {names['save']}")]
+    ("SaveV2", f"function {names['save']}"),
+    ("MergeV2Checkpoints", f"function {names['save']}"),
+  ]
 
 
 def test_a_write_in_the_restore_function_is_refused(tmp_path):
@@ -149,7 +168,8 @@ def test_a_write_in_the_restore_function_is_refused(tmp_path):
 
   model_dir = _edited_default_model(tmp_path, write_on_restore)
   assert [(f.op, f.where) for f in model_safety.denied_ops(model_dir)] == [
-      ("WriteFile", f"function {names['restore']}")]
+    ("WriteFile", f"function {names['restore']}")
+  ]
 
 
 def test_saver_ops_outside_the_saver_are_refused(tmp_path):
@@ -165,14 +185,20 @@ def test_saver_ops_outside_the_saver_are_refused(tmp_path):
 
 def _tf1_saved_model(export_dir):
   import tensorflow as tf
+
   graph = tf.Graph()
   with graph.as_default(), tf.compat.v1.Session(graph=graph) as session:
     x = tf.compat.v1.placeholder(tf.float32, [None, 2], name="x")
     y = tf.matmul(x, tf.compat.v1.get_variable("w", [2, 2]), name="y")
     session.run(tf.compat.v1.global_variables_initializer())
     builder = tf.compat.v1.saved_model.Builder(export_dir)
-    builder.add_meta_graph_and_variables(session, ["serve"], signature_def_map={
-        "serving_default": tf.compat.v1.saved_model.predict_signature_def({"x": x}, {"y": y})})
+    builder.add_meta_graph_and_variables(
+      session,
+      ["serve"],
+      signature_def_map={
+        "serving_default": tf.compat.v1.saved_model.predict_signature_def({"x": x}, {"y": y})
+      },
+    )
     builder.save()
   return export_dir
 
@@ -192,7 +218,8 @@ def test_a_tf1_saver_in_the_graph_itself_is_the_savers_own(tmp_path):
   with open(os.path.join(export_dir, model_safety.SAVED_MODEL_FILE), "wb") as f:
     f.write(saved_model.SerializeToString())
   assert [(f.op, f.where) for f in model_safety.denied_ops(export_dir)] == [
-      ("SaveV2", "node save/SaveV2")]
+    ("SaveV2", "node save/SaveV2")
+  ]
 
 
 def _damage(export_dir, how):
@@ -217,8 +244,16 @@ def _damage(export_dir, how):
   return saved_model, "is not a SavedModel"
 
 
-@pytest.mark.parametrize("how", ["truncated_variables", "missing_variables", "missing_index",
-                                 "missing_saved_model", "garbled_saved_model"])
+@pytest.mark.parametrize(
+  "how",
+  [
+    "truncated_variables",
+    "missing_variables",
+    "missing_index",
+    "missing_saved_model",
+    "garbled_saved_model",
+  ],
+)
 def test_a_damaged_export_is_refused_naming_the_file(how, harmless_export, tmp_path):
   export_dir = str(tmp_path / "export")
   shutil.copytree(harmless_export, export_dir)
@@ -237,7 +272,8 @@ def test_a_truncated_default_model_is_refused_at_the_read(tmp_path):
   data = os.path.join(export_dir, "variables", "variables.data-00000-of-00001")
   with open(data, "r+b") as f:
     f.truncate(os.path.getsize(data) - 1000)
-  with pytest.raises(model_safety.DamagedExportError, match=re.escape(
-      f"model damaged: {data}: checkpoint entry ")) as refused:
+  with pytest.raises(
+    model_safety.DamagedExportError, match=re.escape(f"model damaged: {data}: checkpoint entry ")
+  ) as refused:
     model_safety.check_export_readable(export_dir)
   assert "Read less bytes than requested" in str(refused.value)

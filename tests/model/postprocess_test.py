@@ -9,7 +9,7 @@ def _smooth_probabilities(shape, num_classes, seed):
   """Softmax of blocky random logits: class regions with boundaries, like a model's output."""
   rng = np.random.default_rng(seed)
   coarse = rng.normal(scale=3.0, size=(shape[0] // 4 + 1, shape[1] // 4 + 1, num_classes))
-  logits = np.repeat(np.repeat(coarse, 4, axis=0), 4, axis=1)[:shape[0], :shape[1]]
+  logits = np.repeat(np.repeat(coarse, 4, axis=0), 4, axis=1)[: shape[0], : shape[1]]
   logits = logits + rng.normal(scale=0.3, size=logits.shape)
   exp = np.exp(logits - logits.max(-1, keepdims=True))
   return (exp / exp.sum(-1, keepdims=True)).astype(np.float32)
@@ -18,23 +18,32 @@ def _smooth_probabilities(shape, num_classes, seed):
 def _pillow_reference(probabilities, height, width):
   """Every plane resized with Pillow's float bilinear filter, then argmax: the definition the
   shortcut must reproduce."""
-  planes = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(probabilities[..., c]), "F")
-                                .resize((width, height), Image.Resampling.BILINEAR))
-                     for c in range(probabilities.shape[-1])], -1)
+  planes = np.stack(
+    [
+      np.asarray(
+        Image.fromarray(np.ascontiguousarray(probabilities[..., c]), "F").resize(
+          (width, height), Image.Resampling.BILINEAR
+        )
+      )
+      for c in range(probabilities.shape[-1])
+    ],
+    -1,
+  )
   return planes
 
 
 @pytest.mark.parametrize("num_classes", [2, 3, 4, 7])
 def test_same_size_is_a_plain_argmax(num_classes):
-  probabilities = np.random.default_rng(0).dirichlet([1] * num_classes, (32, 32)).astype(
-      np.float32)
+  probabilities = np.random.default_rng(0).dirichlet([1] * num_classes, (32, 32)).astype(np.float32)
   mask, confidence = postprocess.class_mask(probabilities, 32, 32)
   np.testing.assert_array_equal(mask, probabilities.argmax(-1))
   assert confidence == pytest.approx(probabilities.max(-1).mean(), rel=1e-6)
 
 
-@pytest.mark.parametrize("source,target", [((4, 4), (30, 50)), ((16, 16), (37, 101)),
-                                           ((32, 24), (375, 500)), ((128, 128), (128, 300))])
+@pytest.mark.parametrize(
+  "source,target",
+  [((4, 4), (30, 50)), ((16, 16), (37, 101)), ((32, 24), (375, 500)), ((128, 128), (128, 300))],
+)
 @pytest.mark.parametrize("num_classes", [2, 3, 5])
 def test_enlarging_matches_bilinear_planes_then_argmax(source, target, num_classes):
   probabilities = _smooth_probabilities(source, num_classes, seed=num_classes)
@@ -69,9 +78,9 @@ def test_shrinking_uses_antialiased_planes(target):
 
 def test_mask_comes_back_at_the_original_size():
   probabilities = np.zeros((4, 4, 2), np.float32)
-  probabilities[:, :2, 0] = 0.9   # left half class 0
+  probabilities[:, :2, 0] = 0.9  # left half class 0
   probabilities[:, :2, 1] = 0.1
-  probabilities[:, 2:, 0] = 0.2   # right half class 1
+  probabilities[:, 2:, 0] = 0.2  # right half class 1
   probabilities[:, 2:, 1] = 0.8
   mask, confidence = postprocess.class_mask(probabilities, height=30, width=50)
   assert mask.shape == (30, 50) and mask.dtype == np.uint8

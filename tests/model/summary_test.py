@@ -44,9 +44,16 @@ def test_what_trains_in_the_tutorial_unet():
   assert json.loads(report.to_json())["trainable"] == 4_660_323
 
 
-@pytest.mark.parametrize("side,kernel,stride,padding,expected", [
-    (7, 3, 2, "same", 14), (7, 2, 1, "valid", 8), (4, 3, 2, "valid", 9), (7, 2, 2, "valid", 14),
-    (5, 1, 3, "valid", 15)])
+@pytest.mark.parametrize(
+  "side,kernel,stride,padding,expected",
+  [
+    (7, 3, 2, "same", 14),
+    (7, 2, 1, "valid", 8),
+    (4, 3, 2, "valid", 9),
+    (7, 2, 2, "valid", 14),
+    (5, 1, 3, "valid", 15),
+  ],
+)
 def test_transpose_rule_matches_keras(side, kernel, stride, padding, expected):
   layer = keras.layers.Conv2DTranspose(1, kernel, strides=stride, padding=padding)
   keras_side = layer(np.zeros((1, side, side, 1), "float32")).shape[1]

@@ -19,9 +19,14 @@ def test_train_exports_the_best_checkpoint_with_metrics(pet_folder, tmp_path):
   output = str(tmp_path / "run")
   config = config_lib.preset("mobilenetv2", input_size=32)
   result = training.train(
-      config, labels.OXFORD_PET_TRIMAP, pairs[:4], pairs[4:], output,
-      training_config=config_lib.TrainingConfig(epochs=2, batch_size=2),
-      provenance={"command": "test"})
+    config,
+    labels.OXFORD_PET_TRIMAP,
+    pairs[:4],
+    pairs[4:],
+    output,
+    training_config=config_lib.TrainingConfig(epochs=2, batch_size=2),
+    provenance={"command": "test"},
+  )
   assert os.path.exists(result.checkpoint)
   assert sorted(os.listdir(output)) == ["best.keras", "export", "history.csv"]
   metadata = export.read_metadata(result.export_dir)
@@ -38,8 +43,13 @@ def test_train_exports_the_best_checkpoint_with_metrics(pet_folder, tmp_path):
 
 
 def test_batchnorm_momentum_reaches_nested_layers():
-  model = keras.Sequential([keras.Input((4,)), keras.Sequential([
-      keras.layers.BatchNormalization()]), keras.layers.BatchNormalization()])
+  model = keras.Sequential(
+    [
+      keras.Input((4,)),
+      keras.Sequential([keras.layers.BatchNormalization()]),
+      keras.layers.BatchNormalization(),
+    ]
+  )
   training.set_batchnorm_momentum(model, 0.5)
   momenta = []
   stack = [model]
@@ -60,19 +70,37 @@ def test_training_refuses_a_label_map_that_leaves_a_class_unlabelled(pet_folder,
   output = tmp_path / "run"
   partial = labels.parse_label_map("1:0,2:1", ("pet", "background", "border"))
   with pytest.raises(ValueError, match="no raw value maps to border"):
-    training.train(config_lib.preset("mobilenetv2", input_size=32), partial, pairs[:4],
-                   pairs[4:], str(output))
+    training.train(
+      config_lib.preset("mobilenetv2", input_size=32), partial, pairs[:4], pairs[4:], str(output)
+    )
   assert not output.exists()
 
 
-def test_segbeam_train_with_a_partial_label_map_is_a_bad_invocation(pet_folder, tmp_path,
-                                                                      capsys):
+def test_segbeam_train_with_a_partial_label_map_is_a_bad_invocation(pet_folder, tmp_path, capsys):
   from segbeam import cli
+
   images, masks, _ = pet_folder
   output = tmp_path / "run"
-  assert cli.main(["train", "--images", images, "--masks", masks, "--input-size", "32",
-                   "--label-map", "1:0,2:1", "--class-names", "pet,background,border",
-                   "--output", str(output)]) == 2
+  assert (
+    cli.main(
+      [
+        "train",
+        "--images",
+        images,
+        "--masks",
+        masks,
+        "--input-size",
+        "32",
+        "--label-map",
+        "1:0,2:1",
+        "--class-names",
+        "pet,background,border",
+        "--output",
+        str(output),
+      ]
+    )
+    == 2
+  )
   err = capsys.readouterr().err.strip()
   assert len(err.splitlines()) == 1 and err.startswith("segbeam train:")
   assert "no raw value maps to border" in err

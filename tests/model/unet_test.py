@@ -11,9 +11,12 @@ from segbeam.model import config as config_lib
 from segbeam.model import unet
 
 SMALL = 64
-VARIANTS = [(name, upsample) for name in sorted(config_lib.PRESETS)
-            for upsample in (config_lib.UPSAMPLE_TRANSPOSE, config_lib.UPSAMPLE_UPSAMPLING)
-            if not (name == "mobilenetv2" and upsample == config_lib.UPSAMPLE_UPSAMPLING)]
+VARIANTS = [
+  (name, upsample)
+  for name in sorted(config_lib.PRESETS)
+  for upsample in (config_lib.UPSAMPLE_TRANSPOSE, config_lib.UPSAMPLE_UPSAMPLING)
+  if not (name == "mobilenetv2" and upsample == config_lib.UPSAMPLE_UPSAMPLING)
+]
 
 
 def _build(name, **changes):
@@ -35,8 +38,9 @@ def test_forward_shape_no_nan_and_every_trainable_weight_gets_a_gradient(name, u
   assert tuple(logits.shape) == (2, SMALL, SMALL, 4)
   assert np.isfinite(logits.numpy()).all()
   gradients = tape.gradient(loss, model.trainable_weights)
-  no_gradient = [w.path for w, g in zip(model.trainable_weights, gradients)
-                 if g is None or not np.any(g.numpy())]
+  no_gradient = [
+    w.path for w, g in zip(model.trainable_weights, gradients) if g is None or not np.any(g.numpy())
+  ]
   assert not no_gradient, f"weights without gradient: {no_gradient[:5]}"
   assert all(np.isfinite(g.numpy()).all() for g in gradients)
 
@@ -64,8 +68,9 @@ def _trainable_encoder_weights(model):
 
 def test_pretrained_encoder_is_frozen_by_default(tmp_path):
   weights = tmp_path / "mobilenetv2.weights.h5"
-  keras.applications.MobileNetV2(input_shape=(SMALL, SMALL, 3), include_top=False,
-                                 weights=None).save_weights(weights)
+  keras.applications.MobileNetV2(
+    input_shape=(SMALL, SMALL, 3), include_top=False, weights=None
+  ).save_weights(weights)
   model = _build("mobilenetv2", encoder_weights=str(weights))
   assert _trainable_encoder_weights(model) == 0
 
@@ -79,15 +84,18 @@ def test_random_encoder_trains_by_default_and_freezing_it_warns():
 
 def test_fine_tuning_unfreezes_only_the_top_layers(tmp_path):
   weights = tmp_path / "vgg16.weights.h5"
-  keras.applications.VGG16(input_shape=(SMALL, SMALL, 3), include_top=False,
-                           weights=None).save_weights(weights)
+  keras.applications.VGG16(
+    input_shape=(SMALL, SMALL, 3), include_top=False, weights=None
+  ).save_weights(weights)
   model = _build("vgg16", encoder_weights=str(weights), encoder_trainable=2)
   encoder = model.get_layer(unet.ENCODER_LAYER)
   trainable_layers = [layer.name for layer in encoder.layers if layer.trainable_weights]
   assert trainable_layers == ["block5_conv2", "block5_conv3"]
   everything = _build("vgg16", encoder_weights=str(weights), encoder_trainable="all")
-  assert _trainable_encoder_weights(everything) == everything.get_layer(
-      unet.ENCODER_LAYER).count_params()
+  assert (
+    _trainable_encoder_weights(everything)
+    == everything.get_layer(unet.ENCODER_LAYER).count_params()
+  )
 
 
 def test_config_validation():
@@ -102,8 +110,9 @@ def test_config_validation():
 
 
 def test_config_round_trips_through_a_dict():
-  config = config_lib.preset("resnet34", input_size=96, encoder_trainable=3,
-                             decoder_upsample="transpose")
+  config = config_lib.preset(
+    "resnet34", input_size=96, encoder_trainable=3, decoder_upsample="transpose"
+  )
   assert config_lib.UNetConfig.from_dict(config.to_dict()) == config
 
 
@@ -111,4 +120,9 @@ def test_tutorial_unet_skip_resolutions():
   """Skips at strides 2, 4, 8, 16 and the bottleneck at 32, as the tutorial's layers give."""
   encoder = _build("mobilenetv2").get_layer(unet.ENCODER_LAYER)
   assert [tuple(o.shape[1:]) for o in encoder.outputs] == [
-      (32, 32, 96), (16, 16, 144), (8, 8, 192), (4, 4, 576), (2, 2, 320)]
+    (32, 32, 96),
+    (16, 16, 144),
+    (8, 8, 192),
+    (4, 4, 576),
+    (2, 2, 320),
+  ]

@@ -11,9 +11,17 @@ from segbeam.pipeline import submit
 
 # segbeam submit takes these Beam options over under Beam's own spelling (with its dashed
 # twin), so they reach Beam once, from the values segbeam submit checked.
-SUBMIT_TAKES_OVER = {"--project", "--region", "--temp_location", "--staging_location",
-                     "--sdk_container_image", "--machine_type", "--max_num_workers",
-                     "--disk_size_gb", "--number_of_worker_harness_threads"}
+SUBMIT_TAKES_OVER = {
+  "--project",
+  "--region",
+  "--temp_location",
+  "--staging_location",
+  "--sdk_container_image",
+  "--machine_type",
+  "--max_num_workers",
+  "--disk_size_gb",
+  "--number_of_worker_harness_threads",
+}
 
 
 def _normal(option: str) -> str:
@@ -30,8 +38,9 @@ def test_no_segbeam_option_shadows_a_beam_option():
   beam = {_normal(o) for o in launcher.option_strings(launcher.beam_parser())}
   taken_over = {_normal(o) for o in SUBMIT_TAKES_OVER}
   assert taken_over <= beam  # still Beam's names: the list is not stale
-  clashes = sorted(o for o in _segbeam_options()
-                   if _normal(o) in beam and _normal(o) not in taken_over)
+  clashes = sorted(
+    o for o in _segbeam_options() if _normal(o) in beam and _normal(o) not in taken_over
+  )
   # --dry-run is Beam's --dry_run, which segbeam submit sets itself from it.
   assert clashes == ["--dry-run"]
 
@@ -42,30 +51,49 @@ def test_no_option_is_taken_by_its_prefix(parser):
   assert built.allow_abbrev is False and launcher.beam_parser().allow_abbrev is False
   # The prefix of a segbeam option is Beam's here: it must reach Beam, not segbeam.
   args, rest = built.parse_known_args(
-      ["--input", "x", "--output", "y", "--label", "team=a", "--mask-file"]
-      + (["--project", "p-123456", "--temp-location", "gs://my-bucket/tmp", "--image", "i"]
-         if parser == "submit" else []))
+    ["--input", "x", "--output", "y", "--label", "team=a", "--mask-file"]
+    + (
+      ["--project", "p-123456", "--temp-location", "gs://my-bucket/tmp", "--image", "i"]
+      if parser == "submit"
+      else []
+    )
+  )
   assert rest == ["--label", "team=a", "--mask-file"] and args.labels is None
 
 
 def test_beam_options_pass_and_unknown_ones_are_refused():
-  options, beam_args = launcher.parse(["--input", "x/*", "--output", "y", "--label", "team=a",
-                                       "--labels={\"cost\": \"b\"}", "--direct_num_workers=2"])
+  options, beam_args = launcher.parse(
+    [
+      "--input",
+      "x/*",
+      "--output",
+      "y",
+      "--label",
+      "team=a",
+      '--labels={"cost": "b"}',
+      "--direct_num_workers=2",
+    ]
+  )
   assert options.labels is None
-  assert beam_args == ["--label", "team=a", "--labels={\"cost\": \"b\"}",
-                       "--direct_num_workers=2"]
+  assert beam_args == ["--label", "team=a", '--labels={"cost": "b"}', "--direct_num_workers=2"]
   with pytest.raises(ValueError, match=r"unknown option --mask-file: .*did you mean --mask-files"):
     launcher.parse(["--input", "x/*", "--output", "y", "--mask-file"])
-  with pytest.raises(ValueError, match=r"^unknown option --tile: neither segbeam's nor a Beam "
-                     r"pipeline option$"):
+  with pytest.raises(
+    ValueError,
+    match=r"^unknown option --tile: neither segbeam's nor a Beam "
+    r"pipeline option$",
+  ):
     launcher.parse(["--input", "x/*", "--output", "y", "--tile", "auto"])
   with pytest.raises(ValueError, match=r"unexpected argument 'extra'"):
     launcher.parse(["--input", "x/*", "--output", "y", "extra"])
 
 
 def test_a_ground_truth_glob_given_as_labels_is_refused():
-  with pytest.raises(ValueError, match=r"--labels 'trimaps/\*.png': --labels is Beam's, "
-                     r"Dataflow job labels .* --ground-truth GLOB"):
+  with pytest.raises(
+    ValueError,
+    match=r"--labels 'trimaps/\*.png': --labels is Beam's, "
+    r"Dataflow job labels .* --ground-truth GLOB",
+  ):
     launcher.parse(["--input", "x/*", "--output", "y", "--labels", "trimaps/*.png"])
 
 
@@ -73,9 +101,21 @@ def test_a_ground_truth_glob_given_as_labels_is_refused():
 def test_unknown_options_exit_2_in_one_line(command, tmp_path, capsys):
   argv = ["--input", str(tmp_path / "*.jpg"), "--output", str(tmp_path / "out"), "--tile", "auto"]
   if command == "submit":
-    argv = ["--dry-run", "--project", "my-project-123", "--temp-location", "gs://my-bucket/tmp",
-            "--image", "img", "--input", "gs://my-bucket/in/*", "--output", "gs://my-bucket/out", "--gpu-typ",
-            "nvidia-l4"]
+    argv = [
+      "--dry-run",
+      "--project",
+      "my-project-123",
+      "--temp-location",
+      "gs://my-bucket/tmp",
+      "--image",
+      "img",
+      "--input",
+      "gs://my-bucket/in/*",
+      "--output",
+      "gs://my-bucket/out",
+      "--gpu-typ",
+      "nvidia-l4",
+    ]
   assert cli.main([command, *argv]) == 2
   err = capsys.readouterr().err
   assert err.count("\n") == 1 and f"segbeam {command}: unknown option" in err
@@ -85,8 +125,28 @@ def test_unknown_options_exit_2_in_one_line(command, tmp_path, capsys):
 
 
 def test_job_labels_reach_the_dataflow_job(capsys):
-  assert cli.main(["submit", "--dry-run", "--project", "my-project-123", "--temp-location",
-                   "gs://my-bucket/tmp", "--image", "img", "--input", "gs://my-bucket/in/*", "--output",
-                   "gs://my-bucket/out", "--label", "team=vision", "--label", "cost-centre=42"]) == 0
+  assert (
+    cli.main(
+      [
+        "submit",
+        "--dry-run",
+        "--project",
+        "my-project-123",
+        "--temp-location",
+        "gs://my-bucket/tmp",
+        "--image",
+        "img",
+        "--input",
+        "gs://my-bucket/in/*",
+        "--output",
+        "gs://my-bucket/out",
+        "--label",
+        "team=vision",
+        "--label",
+        "cost-centre=42",
+      ]
+    )
+    == 0
+  )
   job = json.loads(capsys.readouterr().out)
   assert job["labels"] == {"team": "vision", "cost-centre": "42"}

@@ -22,7 +22,9 @@ import types
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck
+from hypothesis import given
+from hypothesis import settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -32,9 +34,13 @@ from segbeam.pipeline import tfrecord
 from segbeam.pipeline import validation
 from tests.pipeline import hostile_corpus as corpus
 
-FUZZ = settings(derandomize=True, database=None, max_examples=300,
-                deadline=datetime.timedelta(seconds=5),
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+  derandomize=True,
+  database=None,
+  max_examples=300,
+  deadline=datetime.timedelta(seconds=5),
+  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 # Where the bugs were: the image headers (about 7 s on 2 cores).
 FUZZ_MORE = settings(FUZZ, max_examples=1000)
 # Small, so that a mutated header declaring a large size is refused fast, and what passes
@@ -49,20 +55,20 @@ def seed_images() -> tuple[bytes, ...]:
   wide16 = Image.fromarray((np.arange(12 * 9).reshape(9, 12) * 600).astype(np.uint16))
   frames = [Image.new("P", (12, 9), i) for i in (1, 2)]
   return (
-      corpus.encode(image, "JPEG"),
-      corpus.encode(image.convert("L"), "JPEG", progressive=True),
-      corpus.encode(image.convert("CMYK"), "JPEG"),
-      corpus.encode(image, "JPEG", exif=corpus.exif_bytes(6)),
-      corpus.encode(image, "PNG"),
-      corpus.encode(image.convert("RGBA"), "PNG"),
-      corpus.encode(image.convert("P"), "PNG", exif=corpus.exif_bytes(3)),
-      corpus.encode(wide16, "PNG"),
-      corpus.encode(image.convert("1"), "PNG"),
-      corpus.encode(image.convert("P"), "GIF"),
-      corpus.encode(image.convert("P"), "GIF", save_all=True, append_images=frames),
-      corpus.encode(image, "BMP"),
-      corpus.encode(image.convert("P"), "BMP"),
-      corpus.encode(image.convert("1"), "BMP"),
+    corpus.encode(image, "JPEG"),
+    corpus.encode(image.convert("L"), "JPEG", progressive=True),
+    corpus.encode(image.convert("CMYK"), "JPEG"),
+    corpus.encode(image, "JPEG", exif=corpus.exif_bytes(6)),
+    corpus.encode(image, "PNG"),
+    corpus.encode(image.convert("RGBA"), "PNG"),
+    corpus.encode(image.convert("P"), "PNG", exif=corpus.exif_bytes(3)),
+    corpus.encode(wide16, "PNG"),
+    corpus.encode(image.convert("1"), "PNG"),
+    corpus.encode(image.convert("P"), "GIF"),
+    corpus.encode(image.convert("P"), "GIF", save_all=True, append_images=frames),
+    corpus.encode(image, "BMP"),
+    corpus.encode(image.convert("P"), "BMP"),
+    corpus.encode(image.convert("1"), "BMP"),
   )
 
 
@@ -86,7 +92,7 @@ def mutated(draw, seeds) -> bytes:
     elif kind == "insert":
       data[position:position] = draw(st.binary(min_size=1, max_size=16))
     else:
-      del data[position:position + draw(st.integers(1, 16))]
+      del data[position : position + draw(st.integers(1, 16))]
   return bytes(data)
 
 
@@ -94,16 +100,22 @@ def mutated(draw, seeds) -> bytes:
 def graph_decode():
   """The serving graph's decode (the export's own function), traced once."""
   import tensorflow as tf
+
   from segbeam.model import preprocessing
-  return tf.function(lambda data: preprocessing.decode_for_size(data, 3, 32)[1:],
-                     input_signature=[tf.TensorSpec([], tf.string)])
+
+  return tf.function(
+    lambda data: preprocessing.decode_for_size(data, 3, 32)[1:],
+    input_signature=[tf.TensorSpec([], tf.string)],
+  )
 
 
 def check_validation(data: bytes) -> None:
   """validate() never raises, and what it hands on, the graph decodes within the pixel cap or
   refuses with the error the pipeline records as a decode failure."""
   import tensorflow as tf
+
   from segbeam.pipeline import inference
+
   result = validation.validate(records.ImageRecord("fuzz", "mem", data), MAX_PIXELS)
   if isinstance(result, records.Failure):
     assert result.stage in (records.STAGE_VALIDATE, records.STAGE_DECODE)
@@ -130,6 +142,7 @@ def check_validation(data: bytes) -> None:
 def warm_graph():
   """Traces the graph's decode before the deadline counts."""
   import tensorflow as tf
+
   graph_decode()(tf.constant(seed_images()[0]))
 
 
@@ -140,11 +153,15 @@ def test_validation_and_graph_decode_on_mutated_images(data):
 
 
 @FUZZ
-@given(data=st.one_of(
+@given(
+  data=st.one_of(
     st.binary(max_size=256),
     # Arbitrary bytes behind each magic number, so they reach each format's header parser.
     st.tuples(st.sampled_from(list(validation.SUPPORTED)), st.binary(max_size=256)).map(
-        lambda parts: parts[0] + parts[1])))
+      lambda parts: parts[0] + parts[1]
+    ),
+  )
+)
 def test_validation_and_graph_decode_on_arbitrary_bytes(data):
   check_validation(data)
 
@@ -164,7 +181,7 @@ class ShortReads(io.RawIOBase):
 
   def read(self, size=-1):
     size = self._step if size < 0 else min(size, self._step)
-    chunk = self._data[self._at:self._at + size]
+    chunk = self._data[self._at : self._at + size]
     self._at += len(chunk)
     return chunk
 
@@ -173,15 +190,21 @@ def read_all(data: bytes, step: int, max_record_bytes: int = tfrecord.MAX_RECORD
   """The reader's output, checked for consecutive indices and nothing after a fatal error."""
   out = list(tfrecord.read_records(ShortReads(data, step), max_record_bytes))
   assert [index for index, _ in out] == list(range(len(out)))
-  fatal = [i for i, (_, record) in enumerate(out)
-           if isinstance(record, tfrecord.RecordError) and record.fatal]
+  fatal = [
+    i
+    for i, (_, record) in enumerate(out)
+    if isinstance(record, tfrecord.RecordError) and record.fatal
+  ]
   assert fatal in ([], [len(out) - 1])
   return [record for _, record in out]
 
 
 @FUZZ
-@given(position=st.integers(0, len(corpus.shard(list(PAYLOADS))) - 1),
-       bit=st.integers(0, 7), step=st.integers(1, 64))
+@given(
+  position=st.integers(0, len(corpus.shard(list(PAYLOADS))) - 1),
+  bit=st.integers(0, 7),
+  step=st.integers(1, 64),
+)
 def test_a_flipped_bit_costs_at_most_its_record_or_the_rest_of_the_shard(position, bit, step):
   frames = [tfrecord.encode_record(payload) for payload in PAYLOADS]
   data = bytearray(b"".join(frames))
@@ -195,12 +218,15 @@ def test_a_flipped_bit_costs_at_most_its_record_or_the_rest_of_the_shard(positio
   if offset < 12:  # the length or its checksum: the framing is lost from here on
     assert out[hit].fatal and len(out) == hit + 1
   else:  # the data or its checksum: that record alone is lost
-    assert not out[hit].fatal and out[hit + 1:] == list(PAYLOADS[hit + 1:])
+    assert not out[hit].fatal and out[hit + 1 :] == list(PAYLOADS[hit + 1 :])
 
 
 @FUZZ
-@given(cut=st.integers(0, len(corpus.shard(list(PAYLOADS)))), step=st.integers(1, 64),
-       max_record_bytes=st.sampled_from([tfrecord.MAX_RECORD_BYTES, 100]))
+@given(
+  cut=st.integers(0, len(corpus.shard(list(PAYLOADS)))),
+  step=st.integers(1, 64),
+  max_record_bytes=st.sampled_from([tfrecord.MAX_RECORD_BYTES, 100]),
+)
 def test_a_truncated_shard_keeps_every_whole_record(cut, step, max_record_bytes):
   frames = [tfrecord.encode_record(payload) for payload in PAYLOADS]
   out = read_all(b"".join(frames)[:cut], step, max_record_bytes)
@@ -218,24 +244,39 @@ def test_a_truncated_shard_keeps_every_whole_record(cut, step, max_record_bytes)
 
 
 @FUZZ
-@given(data=st.one_of(st.binary(max_size=512), st.deferred(
-    lambda: mutated((corpus.shard([corpus.example("a.jpg", b"\xff\xd8\xff"),
-                                   corpus.example(None, b"x"), b"\x08\x01"]),)))),
-       step=st.integers(1, 64))
+@given(
+  data=st.one_of(
+    st.binary(max_size=512),
+    st.deferred(
+      lambda: mutated(
+        (
+          corpus.shard(
+            [corpus.example("a.jpg", b"\xff\xd8\xff"), corpus.example(None, b"x"), b"\x08\x01"]
+          ),
+        )
+      )
+    ),
+  ),
+  step=st.integers(1, 64),
+)
 def test_reading_any_shard_bytes_gives_records_or_failures(data, step):
   """Arbitrary bytes as a shard, through framing and tf.Example parsing: one item per record,
   each an Example or a recorded read Failure."""
 
   readable = types.SimpleNamespace(  # what iter_shard uses of Beam's ReadableFile
-      metadata=types.SimpleNamespace(path="/shards/fuzz.tfrecord"),
-      open=lambda: ShortReads(data, step))
+    metadata=types.SimpleNamespace(path="/shards/fuzz.tfrecord"),
+    open=lambda: ShortReads(data, step),
+  )
   items = list(sources.iter_shard(readable, "fuzz.tfrecord", "image/filename"))
   assert [index for index, _, _ in items] == list(range(len(items)))
   for index, filename, item in items:
     assert isinstance(filename, str)
     if isinstance(item, records.Failure):
       assert item.stage == records.STAGE_READ and item.error_type in (
-          "CorruptRecord", "NotAnExample", "RecordTooLarge")
+        "CorruptRecord",
+        "NotAnExample",
+        "RecordTooLarge",
+      )
       assert item.image_id == f"fuzz.tfrecord#{index}"
     else:
       assert type(item).__name__ == "Example"

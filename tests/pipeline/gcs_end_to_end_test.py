@@ -17,7 +17,8 @@ import pytest
 from apache_beam.internal import pickler
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.testing.test_pipeline import TestPipeline
-from apache_beam.testing.util import assert_that, equal_to
+from apache_beam.testing.util import assert_that
+from apache_beam.testing.util import equal_to
 
 from segbeam.pipeline import inference
 from segbeam.pipeline import launcher
@@ -69,15 +70,15 @@ def test_segbeam_run_reads_and_writes_gs(gcs_inputs, tiny_export, capsys):
   assert all(path.startswith(f"{output}/segments/") for path in run.manifest["files"]["segments"])
   rows = run.dataset("segments").to_table().to_pylist()
   assert sorted((r["image_id"], r["width"], r["height"], r["source"]) for r in rows) == sorted(
-      (f"pet_{i}.png", w, h, f"{images}/pet_{i}.png") for i, (w, h) in enumerate(SIZES))
+    (f"pet_{i}.png", w, h, f"{images}/pet_{i}.png") for i, (w, h) in enumerate(SIZES)
+  )
   errors = run.dataset("errors").to_table().to_pylist()
   assert [(e["image_id"], e["stage"]) for e in errors] == [("notes.png", "validate")]
 
 
 def test_a_gs_folder_named_without_a_glob_is_a_bad_invocation(gcs_inputs, capsys):
   images, model = gcs_inputs
-  assert launcher.main(["--input", images, "--output", f"{ROOT}/folder-out",
-                        "--model", model]) == 2
+  assert launcher.main(["--input", images, "--output", f"{ROOT}/folder-out", "--model", model]) == 2
   assert f"input '{images}' is a folder: give a glob" in capsys.readouterr().err
 
 
@@ -86,13 +87,17 @@ def test_a_gs_shard_named_without_extension_is_read_as_a_shard(tmp_path):
   shards.mkdir()
   image = synthetic.encode(synthetic.pet_scene(20, 16, seed=3)[0], "PNG")
   (shards / "train-00000-of-00001").write_bytes(
-      tfrecord.encode_record(pack.make_example("a.png", image)) +
-      tfrecord.encode_record(pack.make_example("b.png", image)))
+    tfrecord.encode_record(pack.make_example("a.png", image))
+    + tfrecord.encode_record(pack.make_example("b.png", image))
+  )
   helper.upload_folder(str(shards), BUCKET, "e2e/shards")
   pipeline = TestPipeline()
   out = pipeline | sources.ReadImageShards(f"{ROOT}/shards/*")
-  assert_that(out.records | beam.Map(lambda r: (r.image_id, r.data == image)),
-              equal_to([("a.png", True), ("b.png", True)]), label="records")
+  assert_that(
+    out.records | beam.Map(lambda r: (r.image_id, r.data == image)),
+    equal_to([("a.png", True), ("b.png", True)]),
+    label="records",
+  )
   assert_that(out[records.FAILURES], equal_to([]), label="no failures")
   pipeline.run().wait_until_finish()
 
@@ -102,13 +107,21 @@ def test_pack_reads_and_writes_gs_and_leaves_only_whole_shards(gcs_inputs):
   packed = pack.pack(images, f"{ROOT}/packed/pets", num_shards=2)
   assert (packed.images, packed.not_images) == (5, [])  # notes.png is packed: named an image
   listed = sorted(m.path for m in FileSystems.match([f"{ROOT}/packed/*"])[0].metadata_list)
-  assert listed == packed.shards == [f"{ROOT}/packed/pets-00000-of-00002.tfrecord",
-                                     f"{ROOT}/packed/pets-00001-of-00002.tfrecord"]
+  assert (
+    listed
+    == packed.shards
+    == [
+      f"{ROOT}/packed/pets-00000-of-00002.tfrecord",
+      f"{ROOT}/packed/pets-00001-of-00002.tfrecord",
+    ]
+  )
   pipeline = TestPipeline()
   out = pipeline | sources.ReadImageShards(f"{ROOT}/packed/pets-*")
-  assert_that(out.records | beam.Map(lambda r: r.image_id),
-              equal_to(["notes.png"] + [f"pet_{i}.png" for i in range(len(SIZES))]),
-              label="records")
+  assert_that(
+    out.records | beam.Map(lambda r: r.image_id),
+    equal_to(["notes.png"] + [f"pet_{i}.png" for i in range(len(SIZES))]),
+    label="records",
+  )
   pipeline.run().wait_until_finish()
 
 
@@ -125,8 +138,9 @@ def test_both_handlers_load_the_model_from_gs(gcs_inputs, tiny_export, handler_n
   image = synthetic.encode(synthetic.pet_scene(24, 18, seed=7)[0], "PNG")
   results = {}
   for model_dir in (model, tiny_export[0]):
-    handler = pickler.loads(pickler.dumps(
-        inference.create_handler(handler_name, model_dir, max_batch_size=2)))
+    handler = pickler.loads(
+      pickler.dumps(inference.create_handler(handler_name, model_dir, max_batch_size=2))
+    )
     [(_, result)] = handler.run_inference([("a", image)], handler.load_model())
     results[model_dir] = inference.outputs_as_arrays(result)
   remote, local = results[model], results[tiny_export[0]]

@@ -36,18 +36,24 @@ def exif_bytes(orientation: int) -> bytes:
 def oriented(stored: np.ndarray, orientation: int) -> np.ndarray:
   """What a viewer shows for `stored` pixels tagged with an EXIF orientation, written from the
   EXIF specification's (0th row, 0th column) table, independently of PIL."""
-  return {1: lambda a: a, 2: np.fliplr, 3: lambda a: np.rot90(a, 2), 4: np.flipud,
-          5: lambda a: np.swapaxes(a, 0, 1), 6: lambda a: np.rot90(a, -1),
-          7: lambda a: np.flipud(np.rot90(a, -1)), 8: lambda a: np.rot90(a, 1)}[orientation](
-              stored)
+  return {
+    1: lambda a: a,
+    2: np.fliplr,
+    3: lambda a: np.rot90(a, 2),
+    4: np.flipud,
+    5: lambda a: np.swapaxes(a, 0, 1),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: np.flipud(np.rot90(a, -1)),
+    8: lambda a: np.rot90(a, 1),
+  }[orientation](stored)
 
 
 def png_with_size(png: bytes, width: int, height: int) -> bytes:
   """The PNG with its IHDR rewritten to declare another size (CRC fixed, so it is believed)."""
   data = bytearray(png)
   at = data.index(b"IHDR")
-  data[at + 4:at + 12] = struct.pack(">II", width, height)
-  data[at + 17:at + 21] = struct.pack(">I", zlib.crc32(bytes(data[at:at + 17])))
+  data[at + 4 : at + 12] = struct.pack(">II", width, height)
+  data[at + 17 : at + 21] = struct.pack(">I", zlib.crc32(bytes(data[at : at + 17])))
   return bytes(data)
 
 
@@ -73,7 +79,7 @@ def jpeg_with_size(jpeg: bytes, width: int, height: int) -> bytes:
   """The JPEG with its baseline SOF rewritten to declare another size."""
   data = bytearray(jpeg)
   at = data.index(b"\xff\xc0")
-  data[at + 5:at + 9] = struct.pack(">HH", height, width)
+  data[at + 5 : at + 9] = struct.pack(">HH", height, width)
   return bytes(data)
 
 
@@ -82,8 +88,9 @@ def bmp_with_size(bmp: bytes, width: int, height: int) -> bytes:
   return bmp[:18] + struct.pack("<ii", width, height) + bmp[26:]
 
 
-def example(filename: Optional[str] = None, image: Optional[bytes] = None,
-            image_key: str = "image/encoded") -> bytes:
+def example(
+  filename: Optional[str] = None, image: Optional[bytes] = None, image_key: str = "image/encoded"
+) -> bytes:
   """A serialized tf.train.Example, with no filename or image feature where None."""
   import tensorflow as tf
 

@@ -36,6 +36,7 @@ def write_image_files(folder, expected: dict[str, tuple]) -> None:
   """Writes the hostile image files; `expected` gets what each must become, by image id:
   ("segmented", format, width, height, EXIF orientation) or ("failed", stage, error type,
   words of the message)."""
+
   def case(name: str, data: bytes, outcome: tuple) -> None:
     (folder / name).write_bytes(data)
     expected[name] = outcome
@@ -43,45 +44,80 @@ def write_image_files(folder, expected: dict[str, tuple]) -> None:
   scene = corpus.scene(40, 30)
   jpeg = corpus.encode(_image(scene), "JPEG")
   big = corpus.encode(_image(corpus.scene(200, 150)), "JPEG")
-  case("truncated.jpg", big[:len(big) // 2],  # the header whole, the pixel data cut
-       ("failed", "decode", "InvalidArgumentError", "JPEG"))
+  case(
+    "truncated.jpg",
+    big[: len(big) // 2],  # the header whole, the pixel data cut
+    ("failed", "decode", "InvalidArgumentError", "JPEG"),
+  )
   case("empty.jpg", b"", ("failed", "validate", "UnsupportedFormat", "the file is empty"))
-  case("text.jpg", b"Dear diary, today I renamed a letter to .jpg",
-       ("failed", "validate", "UnsupportedFormat", "not an image"))
-  case("shard.jpg", corpus.shard([corpus.example("inside.jpg", jpeg)]),
-       ("failed", "validate", "UnsupportedFormat", "--input-format tfrecord reads such files as shards"))
-  case("gif_inside.jpg", corpus.encode(_image(corpus.scene(20, 22), "P"), "GIF"),
-       ("segmented", "gif", 20, 22, 1))
-  case("png_inside.jpg", corpus.encode(_image(corpus.scene(24, 18)), "PNG"),
-       ("segmented", "png", 24, 18, 1))
+  case(
+    "text.jpg",
+    b"Dear diary, today I renamed a letter to .jpg",
+    ("failed", "validate", "UnsupportedFormat", "not an image"),
+  )
+  case(
+    "shard.jpg",
+    corpus.shard([corpus.example("inside.jpg", jpeg)]),
+    (
+      "failed",
+      "validate",
+      "UnsupportedFormat",
+      "--input-format tfrecord reads such files as shards",
+    ),
+  )
+  case(
+    "gif_inside.jpg",
+    corpus.encode(_image(corpus.scene(20, 22), "P"), "GIF"),
+    ("segmented", "gif", 20, 22, 1),
+  )
+  case(
+    "png_inside.jpg",
+    corpus.encode(_image(corpus.scene(24, 18)), "PNG"),
+    ("segmented", "png", 24, 18, 1),
+  )
   case("rgba.png", corpus.encode(_image(scene, "RGBA"), "PNG"), ("segmented", "png", 40, 30, 1))
-  case("grayscale.png", corpus.encode(_image(scene, "L"), "PNG"),
-       ("segmented", "png", 40, 30, 1))
+  case("grayscale.png", corpus.encode(_image(scene, "L"), "PNG"), ("segmented", "png", 40, 30, 1))
   case("palette.png", corpus.encode(_image(scene, "P"), "PNG"), ("segmented", "png", 40, 30, 1))
   case("palette.bmp", corpus.encode(_image(scene, "P"), "BMP"), ("segmented", "bmp", 40, 30, 1))
   wide = (np.arange(30 * 40).reshape(30, 40) * 50).astype(np.uint16)
   case("16bit.png", corpus.encode(Image.fromarray(wide), "PNG"), ("segmented", "png", 40, 30, 1))
-  case("cmyk.jpg", corpus.encode(_image(scene, "CMYK"), "JPEG"),
-       ("segmented", "jpeg", 40, 30, 1))
+  case("cmyk.jpg", corpus.encode(_image(scene, "CMYK"), "JPEG"), ("segmented", "jpeg", 40, 30, 1))
   # Stored 40 wide and 30 high; orientation 6 shows it turned a quarter clockwise: 30 x 40.
-  case("rotated.jpg", corpus.encode(_image(scene), "JPEG", exif=corpus.exif_bytes(6)),
-       ("segmented", "jpeg", 30, 40, 6))
-  case("one_pixel.png", corpus.encode(Image.new("RGB", (1, 1), (200, 10, 10)), "PNG"),
-       ("segmented", "png", 1, 1, 1))
-  case("one_pixel.jpg", corpus.encode(Image.new("RGB", (1, 1), (200, 10, 10)), "JPEG"),
-       ("segmented", "jpeg", 1, 1, 1))
-  case("bomb.png", corpus.png_bomb(40_000, 40_000),
-       ("failed", "validate", "PixelCapExceeded", "header declares 40000x40000"))
+  case(
+    "rotated.jpg",
+    corpus.encode(_image(scene), "JPEG", exif=corpus.exif_bytes(6)),
+    ("segmented", "jpeg", 30, 40, 6),
+  )
+  case(
+    "one_pixel.png",
+    corpus.encode(Image.new("RGB", (1, 1), (200, 10, 10)), "PNG"),
+    ("segmented", "png", 1, 1, 1),
+  )
+  case(
+    "one_pixel.jpg",
+    corpus.encode(Image.new("RGB", (1, 1), (200, 10, 10)), "JPEG"),
+    ("segmented", "jpeg", 1, 1, 1),
+  )
+  case(
+    "bomb.png",
+    corpus.png_bomb(40_000, 40_000),
+    ("failed", "validate", "PixelCapExceeded", "header declares 40000x40000"),
+  )
   # 40 frames of 1000 x 1000: 40 M pixels for a decoder that reads every frame.
   case("animated.gif", corpus.animated_gif(1000, 1000, 40), ("segmented", "gif", 1000, 1000, 1))
   # Headers that lie: a PNG claiming more rows than its data holds fails to decode; a GIF whose
   # canvas claims 65535 x 65535 is refused before; a JPEG claiming twice its size is decoded as
   # viewers show it, at the claimed size, the missing part filled in.
-  case("lying.png", corpus.png_with_size(corpus.encode(_image(scene), "PNG"), 40, 300),
-       ("failed", "decode", "InvalidArgumentError", "PNG"))
-  case("lying.gif", corpus.gif_with_screen(corpus.encode(_image(scene, "P"), "GIF"), 65535,
-                                           65535),
-       ("failed", "validate", "PixelCapExceeded", "65535x65535"))
+  case(
+    "lying.png",
+    corpus.png_with_size(corpus.encode(_image(scene), "PNG"), 40, 300),
+    ("failed", "decode", "InvalidArgumentError", "PNG"),
+  )
+  case(
+    "lying.gif",
+    corpus.gif_with_screen(corpus.encode(_image(scene, "P"), "GIF"), 65535, 65535),
+    ("failed", "validate", "PixelCapExceeded", "65535x65535"),
+  )
   case("lying.jpg", corpus.jpeg_with_size(jpeg, 80, 60), ("segmented", "jpeg", 80, 60, 1))
   # Not regular files: a FIFO would block the read forever, /dev/zero never end it.
   os.mkfifo(folder / "fifo.jpg")
@@ -94,15 +130,27 @@ def write_shards(folder, outside, expected: dict[str, tuple]) -> None:
   """Writes hostile TFRecord shards; `expected` gets what each record must become."""
   jpeg = corpus.encode(_image(corpus.scene(24, 16)), "JPEG")
   png = corpus.encode(_image(corpus.scene(16, 24)), "PNG")
-  escaping = {"../../escaped.jpg": jpeg, str(outside / "absolute.jpg"): png,
-              "nul\x00byte.jpg": jpeg, "n" * 1000 + ".jpg": png}
+  escaping = {
+    "../../escaped.jpg": jpeg,
+    str(outside / "absolute.jpg"): png,
+    "nul\x00byte.jpg": jpeg,
+    "n" * 1000 + ".jpg": png,
+  }
   records = [corpus.example(name, data) for name, data in escaping.items()]
   for name, data in escaping.items():
-    expected[name] = ("segmented", "jpeg" if data is jpeg else "png",
-                      *((24, 16) if data is jpeg else (16, 24)), 1)
-  records += [corpus.example("dup.jpg", jpeg), corpus.example("dup.jpg", png),
-              corpus.example("noimage.jpg", None), corpus.example("payload.jpg", b"GIF? no."),
-              corpus.example(None, jpeg)]
+    expected[name] = (
+      "segmented",
+      "jpeg" if data is jpeg else "png",
+      *((24, 16) if data is jpeg else (16, 24)),
+      1,
+    )
+  records += [
+    corpus.example("dup.jpg", jpeg),
+    corpus.example("dup.jpg", png),
+    corpus.example("noimage.jpg", None),
+    corpus.example("payload.jpg", b"GIF? no."),
+    corpus.example(None, jpeg),
+  ]
   expected["dup.jpg#ids.tfrecord#4"] = ("segmented", "jpeg", 24, 16, 1)
   expected["dup.jpg#ids.tfrecord#5"] = ("segmented", "png", 16, 24, 1)
   expected["noimage.jpg"] = ("failed", "read", "MissingImage", "no bytes feature")
@@ -112,27 +160,51 @@ def write_shards(folder, outside, expected: dict[str, tuple]) -> None:
   expected["ids.tfrecord#8#ids.tfrecord#8"] = ("segmented", "jpeg", 24, 16, 1)
   (folder / "ids.tfrecord").write_bytes(corpus.shard(records))
 
-  good = tfrecord_frames([corpus.example("ids.tfrecord#8", png), b"ignored",
-                          corpus.example("kept.jpg", jpeg), b"\x08\x96\x01not an Example",
-                          corpus.example("cut.jpg", jpeg)])
-  (folder / "corrupt.tfrecord").write_bytes(b"".join([
-      good[0], corpus.with_bad_data_crc(good[1]), good[2], good[3], good[4][:30]]))
+  good = tfrecord_frames(
+    [
+      corpus.example("ids.tfrecord#8", png),
+      b"ignored",
+      corpus.example("kept.jpg", jpeg),
+      b"\x08\x96\x01not an Example",
+      corpus.example("cut.jpg", jpeg),
+    ]
+  )
+  (folder / "corrupt.tfrecord").write_bytes(
+    b"".join([good[0], corpus.with_bad_data_crc(good[1]), good[2], good[3], good[4][:30]])
+  )
   expected["ids.tfrecord#8#corrupt.tfrecord#0"] = ("segmented", "png", 16, 24, 1)
-  expected["corrupt.tfrecord#1"] = ("failed", "read", "CorruptRecord",
-                                    "data checksum mismatch in record 1")
+  expected["corrupt.tfrecord#1"] = (
+    "failed",
+    "read",
+    "CorruptRecord",
+    "data checksum mismatch in record 1",
+  )
   expected["kept.jpg"] = ("segmented", "jpeg", 24, 16, 1)
   expected["corrupt.tfrecord#3"] = ("failed", "read", "NotAnExample", "not a tf.train.Example")
-  expected["corrupt.tfrecord#4"] = ("failed", "read", "CorruptRecord",
-                                    "shard truncated inside record 4")
+  expected["corrupt.tfrecord#4"] = (
+    "failed",
+    "read",
+    "CorruptRecord",
+    "shard truncated inside record 4",
+  )
 
-  frames = tfrecord_frames([corpus.example("first.jpg", jpeg), corpus.example("lost.jpg", jpeg),
-                            corpus.example("lost_too.jpg", jpeg)])
+  frames = tfrecord_frames(
+    [
+      corpus.example("first.jpg", jpeg),
+      corpus.example("lost.jpg", jpeg),
+      corpus.example("lost_too.jpg", jpeg),
+    ]
+  )
   broken_length = bytearray(frames[1])
   broken_length[0] ^= 0x40  # the length no longer matches its checksum: framing is lost
   (folder / "bad_length.tfrecord").write_bytes(frames[0] + bytes(broken_length) + frames[2])
   expected["first.jpg"] = ("segmented", "jpeg", 24, 16, 1)
-  expected["bad_length.tfrecord#1"] = ("failed", "read", "CorruptRecord",
-                                       "length checksum mismatch at record 1")
+  expected["bad_length.tfrecord#1"] = (
+    "failed",
+    "read",
+    "CorruptRecord",
+    "length checksum mismatch at record 1",
+  )
 
 
 def tfrecord_frames(payloads: list[bytes]) -> list[bytes]:
@@ -166,8 +238,7 @@ def _unblock_if_stuck(fifo: str, stuck: threading.Event, done: threading.Event) 
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs and symlinks (POSIX)")
-def test_every_hostile_input_ends_as_exactly_one_row_with_a_precise_reason(tiny_export,
-                                                                           tmp_path):
+def test_every_hostile_input_ends_as_exactly_one_row_with_a_precise_reason(tiny_export, tmp_path):
   export_dir, _ = tiny_export
   inputs, outside = tmp_path / "in", tmp_path / "outside"
   inputs.mkdir()
@@ -179,21 +250,28 @@ def test_every_hostile_input_ends_as_exactly_one_row_with_a_precise_reason(tiny_
   before = _snapshot(str(tmp_path), output)
 
   stuck, done = threading.Event(), threading.Event()
-  threading.Thread(target=_unblock_if_stuck, args=(str(inputs / "fifo.jpg"), stuck, done),
-                   daemon=True).start()
+  threading.Thread(
+    target=_unblock_if_stuck, args=(str(inputs / "fifo.jpg"), stuck, done), daemon=True
+  ).start()
   pipeline = TestPipeline()
-  launcher.run(["--input", f"{inputs}/*", "--output", output, "--model", export_dir,
-                "--mask-files"], test_pipeline=pipeline)
+  launcher.run(
+    ["--input", f"{inputs}/*", "--output", output, "--model", export_dir, "--mask-files"],
+    test_pipeline=pipeline,
+  )
   pipeline.run().wait_until_finish()
   done.set()
   assert not stuck.is_set(), "the run hung on the FIFO"
 
   # Every input seen is in exactly one row, and the masks are exactly one per segments row.
   manifest = accounting.assert_accounted_for(output, inputs_seen=len(expected))
-  segments = {row["image_id"]: row for row in pq.read_table(
-      glob.glob(f"{output}/segments/*.parquet")).to_pylist()}
-  errors = {row["image_id"]: row for row in pq.read_table(
-      glob.glob(f"{output}/errors/*.parquet")).to_pylist()}
+  segments = {
+    row["image_id"]: row
+    for row in pq.read_table(glob.glob(f"{output}/segments/*.parquet")).to_pylist()
+  }
+  errors = {
+    row["image_id"]: row
+    for row in pq.read_table(glob.glob(f"{output}/errors/*.parquet")).to_pylist()
+  }
   assert sorted(segments) == sorted(i for i, e in expected.items() if e[0] == "segmented")
   assert sorted(errors) == sorted(i for i, e in expected.items() if e[0] == "failed")
   for image_id, outcome in expected.items():
@@ -201,7 +279,11 @@ def test_every_hostile_input_ends_as_exactly_one_row_with_a_precise_reason(tiny_
       row = segments[image_id]
       _, image_format, width, height, orientation = outcome
       assert (row["format"], row["width"], row["height"], row["exif_orientation"]) == (
-          image_format, width, height, orientation), image_id
+        image_format,
+        width,
+        height,
+        orientation,
+      ), image_id
       mask = np.asarray(Image.open(io.BytesIO(row["mask_png"])))
       assert mask.shape == (height, width), image_id
     else:
@@ -210,8 +292,9 @@ def test_every_hostile_input_ends_as_exactly_one_row_with_a_precise_reason(tiny_
       assert (row["stage"], row["error_type"]) == (stage, error_type), (image_id, row)
       assert words in row["message"], (image_id, row["message"])
   assert manifest["counts"]["failed_by_stage"] == {
-      stage: sum(1 for e in expected.values() if e[0] == "failed" and e[1] == stage)
-      for stage in ("decode", "read", "validate")}
+    stage: sum(1 for e in expected.values() if e[0] == "failed" and e[1] == stage)
+    for stage in ("decode", "read", "validate")
+  }
 
   # Nothing was read but the files the pattern names, nothing written outside the output.
   named = {str(path) for path in inputs.iterdir()}
@@ -220,5 +303,8 @@ def test_every_hostile_input_ends_as_exactly_one_row_with_a_precise_reason(tiny_
   assert _snapshot(str(tmp_path), output) == before
   masks = os.listdir(os.path.join(output, sinks.MASKS_DIR))
   assert sorted(masks) == sorted(sinks.mask_file_name(i) for i in segments)
-  assert all(os.path.dirname(os.path.realpath(os.path.join(output, sinks.MASKS_DIR, m)))
-             == os.path.realpath(os.path.join(output, sinks.MASKS_DIR)) for m in masks)
+  assert all(
+    os.path.dirname(os.path.realpath(os.path.join(output, sinks.MASKS_DIR, m)))
+    == os.path.realpath(os.path.join(output, sinks.MASKS_DIR))
+    for m in masks
+  )

@@ -41,27 +41,31 @@ def test_a_failing_batch_is_retried_one_by_one():
   results = dict(handler.run_inference(batch, handler.load_model()))
   assert results["a"] == b"11" and results["c"] == b"33"
   assert results["b"] == inference.InferenceFailure(
-      records.STAGE_DECODE, "ValueError", "{{node DecodeImage}} Invalid JPEG data")
-  assert results["d"] == inference.InferenceFailure(records.STAGE_INFER, "MemoryError",
-                                                    "out of memory")
+    records.STAGE_DECODE, "ValueError", "{{node DecodeImage}} Invalid JPEG data"
+  )
+  assert results["d"] == inference.InferenceFailure(
+    records.STAGE_INFER, "MemoryError", "out of memory"
+  )
   assert len(fake.batches) == 1 + len(batch)
 
 
 def test_a_good_batch_runs_once():
   fake = FakeHandler()
   handler = inference.IsolatingModelHandler(base.KeyedModelHandler(fake))
-  assert handler.run_inference([("a", b"1"), ("b", b"2")], "model") == [("a", b"11"),
-                                                                      ("b", b"22")]
+  assert handler.run_inference([("a", b"1"), ("b", b"2")], "model") == [("a", b"11"), ("b", b"22")]
   assert len(fake.batches) == 1
 
 
-@pytest.mark.parametrize("size, slices, expected", [
+@pytest.mark.parametrize(
+  "size, slices, expected",
+  [
     (32, 2, [(0, 16), (16, 32)]),
     (7, 2, [(0, 3), (3, 7)]),
     (10, 4, [(0, 2), (2, 5), (5, 7), (7, 10)]),
     (3, 4, [(0, 1), (1, 2), (2, 3)]),  # a small last batch: no empty slices
     (5, 1, [(0, 5)]),
-])
+  ],
+)
 def test_slices_cover_the_batch_in_order(size, slices, expected):
   assert inference.slice_bounds(size, slices) == expected
 
@@ -99,7 +103,10 @@ def test_a_bad_image_fails_alone_inside_its_slice():
   assert [key for key, _ in results] == ["a", "b", "c", "d"]
   assert dict(results)["c"].stage == records.STAGE_DECODE
   assert [r for _, r in results if not isinstance(r, inference.InferenceFailure)] == [
-      b"11", b"22", b"44"]
+    b"11",
+    b"22",
+    b"44",
+  ]
   # The good slice ran once; the bad one once whole, then one call per image.
   assert sorted(len(b) for b in fake.batches) == [1, 1, 2, 2]
 
@@ -112,8 +119,9 @@ def test_slices_must_be_positive():
 @pytest.mark.parametrize("name", inference.HANDLERS)
 def test_a_preloaded_model_is_the_one_the_handler_takes(name, tiny_export):
   export_dir, config = tiny_export
-  handler = pickler.loads(pickler.dumps(
-      inference.create_handler(name, export_dir, max_batch_size=4)))
+  handler = pickler.loads(
+    pickler.dumps(inference.create_handler(name, export_dir, max_batch_size=4))
+  )
   loads_before = inference.loads_in_this_process()
   with inference.preloaded(name, export_dir, warm_up_size=config.input_size):
     model = handler.load_model()  # waits for the preload rather than loading a second time
@@ -128,8 +136,9 @@ def test_a_preloaded_model_is_the_one_the_handler_takes(name, tiny_export):
 def test_a_preload_nobody_takes_is_dropped(tiny_export):
   export_dir, config = tiny_export
   handler = inference.create_handler(inference.HANDLER_SAVED_MODEL, export_dir, max_batch_size=4)
-  with inference.preloaded(inference.HANDLER_SAVED_MODEL, export_dir,
-                           warm_up_size=config.input_size):
+  with inference.preloaded(
+    inference.HANDLER_SAVED_MODEL, export_dir, warm_up_size=config.input_size
+  ):
     pass
   loads_before = inference.loads_in_this_process()
   handler.load_model()
@@ -153,20 +162,21 @@ def test_batch_size_is_fixed_and_bounded(tiny_export):
 
 def test_both_handlers_give_the_same_arrays(tiny_export):
   export_dir, _ = tiny_export
-  batch = [(f"k{i}", synthetic.encode(synthetic.pet_scene(20 + i, 30, i)[0], "PNG"))
-           for i in range(3)] + [("broken", b"\xff\xd8\xff\xe0 not really a jpeg")]
+  batch = [
+    (f"k{i}", synthetic.encode(synthetic.pet_scene(20 + i, 30, i)[0], "PNG")) for i in range(3)
+  ] + [("broken", b"\xff\xd8\xff\xe0 not really a jpeg")]
   outputs = {}
   for name in inference.HANDLERS:
     # Through Beam's pickler as a worker gets it; creating it reads nothing, loading counts.
     loads_before = inference.loads_in_this_process()
-    handler = pickler.loads(pickler.dumps(
-        inference.create_handler(name, export_dir, max_batch_size=8)))
+    handler = pickler.loads(
+      pickler.dumps(inference.create_handler(name, export_dir, max_batch_size=8))
+    )
     assert inference.loads_in_this_process() == loads_before
     results = dict(handler.run_inference(batch, handler.load_model()))
     assert inference.loads_in_this_process() == loads_before + 1
     assert results["broken"].stage == records.STAGE_DECODE
-    outputs[name] = {k: inference.outputs_as_arrays(v) for k, v in results.items()
-                     if k != "broken"}
+    outputs[name] = {k: inference.outputs_as_arrays(v) for k, v in results.items() if k != "broken"}
   tfx, direct = outputs[inference.HANDLER_TFX_BSL], outputs[inference.HANDLER_SAVED_MODEL]
   for key in ("k0", "k1", "k2"):
     assert int(direct[key]["width"]) == 20 + int(key[1]) and int(direct[key]["height"]) == 30
@@ -187,8 +197,10 @@ def test_unknown_handler():
 
 
 def test_a_failure_names_the_problem_not_the_graph_node():
-  error = ValueError("Graph execution error: jpeg::Uncompress failed. Invalid JPEG data. "
-                     "[[{{node map/while/body/_1/DecodeJpeg}}]] [Op:__inference_serve_9]")
+  error = ValueError(
+    "Graph execution error: jpeg::Uncompress failed. Invalid JPEG data. "
+    "[[{{node map/while/body/_1/DecodeJpeg}}]] [Op:__inference_serve_9]"
+  )
   failure = inference._failure_for(error)  # pylint: disable=protected-access
   assert failure.stage == "decode" and failure.error_type == "ValueError"
   assert "jpeg::Uncompress failed" in failure.message and "node map" not in failure.message
@@ -197,11 +209,19 @@ def test_a_failure_names_the_problem_not_the_graph_node():
 def test_segbeam_turns_onednn_on_unless_told_otherwise():
   script = "import os, segbeam; print(os.environ['TF_ENABLE_ONEDNN_OPTS'])"
   environment = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
-  assert subprocess.run([sys.executable, "-c", script], env=environment, capture_output=True,
-                        text=True, check=True).stdout.strip() == "1"
+  assert (
+    subprocess.run(
+      [sys.executable, "-c", script], env=environment, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    == "1"
+  )
   environment["TF_ENABLE_ONEDNN_OPTS"] = "0"
-  assert subprocess.run([sys.executable, "-c", script], env=environment, capture_output=True,
-                        text=True, check=True).stdout.strip() == "0"
+  assert (
+    subprocess.run(
+      [sys.executable, "-c", script], env=environment, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    == "0"
+  )
 
 
 def test_each_calling_thread_has_its_own_slice_threads():
@@ -237,8 +257,7 @@ class GatedHandler(FakeHandler):
 
 def test_with_overlap_the_call_returns_before_the_batch_is_inferred():
   fake = GatedHandler()
-  handler = inference.IsolatingModelHandler(base.KeyedModelHandler(fake), slices=2,
-                                            overlap=True)
+  handler = inference.IsolatingModelHandler(base.KeyedModelHandler(fake), slices=2, overlap=True)
   batch = [("a", b"1"), ("b", b"bad"), ("c", b"3"), ("d", b"4"), ("e", b"5")]
   results = handler.run_inference(batch, handler.load_model())
   assert not fake.batches  # nothing inferred yet: the caller is free to read the next batch
@@ -248,22 +267,24 @@ def test_with_overlap_the_call_returns_before_the_batch_is_inferred():
   resolved = {key: inference.resolve(r) for key, r in results}
   assert resolved["b"].stage == records.STAGE_DECODE  # still isolated inside its slice
   assert {k: v for k, v in resolved.items() if k != "b"} == {
-      "a": b"11", "c": b"33", "d": b"44", "e": b"55"}
+    "a": b"11",
+    "c": b"33",
+    "d": b"44",
+    "e": b"55",
+  }
   assert sorted(len(b) for b in fake.batches) == [1, 1, 2, 3]  # (a, bad) retried one by one
 
 
 def test_overlapped_slices_run_at_the_same_time_off_the_calling_thread():
   fake = MeetingHandler(parties=2)
-  handler = inference.IsolatingModelHandler(base.KeyedModelHandler(fake), slices=2,
-                                            overlap=True)
+  handler = inference.IsolatingModelHandler(base.KeyedModelHandler(fake), slices=2, overlap=True)
   results = handler.run_inference([("a", b"1"), ("b", b"2")], "model")
   assert [inference.resolve(r) for _, r in results] == [b"11", b"22"]
   assert threading.get_ident() not in fake.threads and len(fake.threads) == 2
 
 
 def test_a_pending_inference_pickles_as_its_result():
-  handler = inference.IsolatingModelHandler(base.KeyedModelHandler(FakeHandler()),
-                                            overlap=True)
+  handler = inference.IsolatingModelHandler(base.KeyedModelHandler(FakeHandler()), overlap=True)
   [(_, pending)] = handler.run_inference([("a", b"7")], "model")
   assert pickler.loads(pickler.dumps(pending)) == b"77"
   assert inference.resolve(b"already there") == b"already there"

@@ -29,34 +29,62 @@ def _run(capsys, *argv):
 def test_runs_and_reports(tiny_export, one_image, tmp_path, capsys):
   export_dir, _ = tiny_export
   output = str(tmp_path / "out")
-  code, out, _ = _run(capsys, "--input", one_image + "/*.png", "--output", output, "--model",
-                      export_dir, "--direct_num_workers=1")  # a Beam option passes through
+  code, out, _ = _run(
+    capsys,
+    "--input",
+    one_image + "/*.png",
+    "--output",
+    output,
+    "--model",
+    export_dir,
+    "--direct_num_workers=1",
+  )  # a Beam option passes through
   assert code == 0
   assert "1 inputs, 1 segmented, 0 failed" in out and "cat.png" in out
   assert f"output: {output}/segments/*.parquet, errors/*.parquet, manifest.json" in out
   assert os.path.exists(os.path.join(output, "manifest.json"))
   accounting.assert_accounted_for(output, inputs_seen=1)
 
-  code, _, err = _run(capsys, "--input", one_image + "/*.png", "--output", output, "--model",
-                      export_dir)
+  code, _, err = _run(
+    capsys, "--input", one_image + "/*.png", "--output", output, "--model", export_dir
+  )
   assert code == 2 and "already holds a run" in err and len(err.splitlines()) == 1
-  code, out, _ = _run(capsys, "--input", one_image + "/*.png", "--output", output, "--model",
-                      export_dir, "--overwrite", "--mask-files")
+  code, out, _ = _run(
+    capsys,
+    "--input",
+    one_image + "/*.png",
+    "--output",
+    output,
+    "--model",
+    export_dir,
+    "--overwrite",
+    "--mask-files",
+  )
   assert code == 0 and "errors/*.parquet, masks/*.png, manifest.json" in out
 
 
-@pytest.mark.parametrize("case,words", [("no_input", "no input matched"),
-                                        ("bad_model", "model unreadable"),
-                                        ("bad_output", "output not writable"),
-                                        ("bad_batch", "--batch-size must be at least 1"),
-                                        ("folder_input", "is a folder: give a glob")])
-def test_bad_invocations_exit_2_with_one_line(case, words, tiny_export, one_image, tmp_path,
-                                              capsys):
+@pytest.mark.parametrize(
+  "case,words",
+  [
+    ("no_input", "no input matched"),
+    ("bad_model", "model unreadable"),
+    ("bad_output", "output not writable"),
+    ("bad_batch", "--batch-size must be at least 1"),
+    ("folder_input", "is a folder: give a glob"),
+  ],
+)
+def test_bad_invocations_exit_2_with_one_line(
+  case, words, tiny_export, one_image, tmp_path, capsys
+):
   export_dir, _ = tiny_export
   blocker = tmp_path / "file"
   blocker.write_text("a file where a folder should be")
-  argv = {"input": one_image + "/*.png", "output": str(tmp_path / "out"), "model": export_dir,
-          "batch-size": "4"}
+  argv = {
+    "input": one_image + "/*.png",
+    "output": str(tmp_path / "out"),
+    "model": export_dir,
+    "batch-size": "4",
+  }
   if case == "no_input":
     argv["input"] = str(tmp_path / "nothing" / "*.jpg")
   elif case == "bad_model":
@@ -73,24 +101,29 @@ def test_bad_invocations_exit_2_with_one_line(case, words, tiny_export, one_imag
 
 
 def test_an_unquoted_glob_the_shell_expanded_is_refused_not_run_on_its_first_file(
-    tiny_export, tmp_path, capsys):
+  tiny_export, tmp_path, capsys
+):
   folder = tmp_path / "in"
   folder.mkdir()
   for name in ("a.png", "b.png", "c.png"):
     (folder / name).write_bytes(synthetic.encode(synthetic.pet_scene(20, 16, 0)[0], "PNG"))
   expanded = sorted(str(path) for path in folder.iterdir())  # what bash makes of in/*.png
   output = tmp_path / "out"
-  code, out, err = _run(capsys, "--input", *expanded, "--output", str(output), "--model",
-                        tiny_export[0])
+  code, out, err = _run(
+    capsys, "--input", *expanded, "--output", str(output), "--model", tiny_export[0]
+  )
   assert code == 2 and out == ""
-  assert err == (f"segbeam run: --input is followed by 3 paths ({', '.join(expanded)}): the "
-                 "shell expanded an unquoted glob into its files; quote the pattern so that "
-                 "segbeam expands it, e.g. --input 'photos/*.jpg'")
+  assert err == (
+    f"segbeam run: --input is followed by 3 paths ({', '.join(expanded)}): the "
+    "shell expanded an unquoted glob into its files; quote the pattern so that "
+    "segbeam expands it, e.g. --input 'photos/*.jpg'"
+  )
   assert not output.exists()
 
 
-def test_a_pattern_without_a_folder_matches_in_the_current_one(tiny_export, one_image,
-                                                               tmp_path, capsys, monkeypatch):
+def test_a_pattern_without_a_folder_matches_in_the_current_one(
+  tiny_export, one_image, tmp_path, capsys, monkeypatch
+):
   monkeypatch.chdir(one_image)
   output = str(tmp_path / "out")
   code, out, _ = _run(capsys, "--input", "*.png", "--output", output, "--model", tiny_export[0])
@@ -107,21 +140,24 @@ def test_default_runner_avoids_prism_but_can_be_overridden():
 def test_test_pipelines_run_on_segbeams_default_runner():
   """conftest.py: what the tests' TestPipelines run on is what `segbeam run` runs on."""
   from apache_beam.testing.test_pipeline import TestPipeline
+
   assert TestPipeline().get_pipeline_options().get_all_options()["runner"] == (
-      launcher.DEFAULT_LOCAL_RUNNER)
+    launcher.DEFAULT_LOCAL_RUNNER
+  )
 
 
-@pytest.mark.parametrize("beam_args, in_process", [
+@pytest.mark.parametrize(
+  "beam_args, in_process",
+  [
     ([], True),  # segbeam's default, the FnApiRunner
     (["--runner=DirectRunner"], True),
-    (["--runner=direct", "--direct_num_workers=2", "--direct_running_mode=multi_threading"],
-     True),
+    (["--runner=direct", "--direct_num_workers=2", "--direct_running_mode=multi_threading"], True),
     (["--runner=DirectRunner", "--direct_running_mode=multi_processing"], False),
     (["--runner=PortableRunner", "--job_endpoint=localhost:1"], False),
     (["--runner=DataflowRunner"], False),
-])
-def test_the_model_is_preloaded_only_where_the_runner_runs_in_this_process(beam_args,
-                                                                           in_process):
+  ],
+)
+def test_the_model_is_preloaded_only_where_the_runner_runs_in_this_process(beam_args, in_process):
   options = launcher.beam_pipeline_options(beam_args)
   assert launcher.runs_in_this_process(options) is in_process
 
@@ -129,22 +165,26 @@ def test_the_model_is_preloaded_only_where_the_runner_runs_in_this_process(beam_
 def test_demo_on_the_default_model(tmp_path, capsys):
   """The README's first command: sample photos through the embedded model."""
   import glob
+
   import pyarrow.parquet as pq
+
   output = str(tmp_path / "demo")
   assert cli.main(["demo", "--output", output]) == 0
   out = capsys.readouterr().out
   assert "0 failed" in out and "images with the most pet:" in out
   accounting.assert_accounted_for(output)
-  rows = {r["image_id"]: r for r in pq.read_table(
-      glob.glob(f"{output}/segments/*.parquet")).to_pylist()}
+  rows = {
+    r["image_id"]: r for r in pq.read_table(glob.glob(f"{output}/segments/*.parquet")).to_pylist()
+  }
   assert len(rows) >= 20
   # The one cat among scikit-image's photos: the default model must see a pet there.
   assert rows["chelsea.png"]["coverage_pet"] > 0.3
 
 
 @pytest.mark.parametrize("left_behind", ["killed_run", "segments_temp", "errors", "masks"])
-def test_an_unfinished_run_is_never_mixed_with_a_new_one(left_behind, small_run, tiny_export,
-                                                          one_image, tmp_path, capsys):
+def test_an_unfinished_run_is_never_mixed_with_a_new_one(
+  left_behind, small_run, tiny_export, one_image, tmp_path, capsys
+):
   """What a run killed half way leaves (no manifest: it is written last) is refused like a
   completed run, and left as it was."""
   output = tmp_path / "out"
@@ -158,14 +198,16 @@ def test_an_unfinished_run_is_never_mixed_with_a_new_one(left_behind, small_run,
     (output / left_behind).mkdir(parents=True)
     (output / left_behind / "x").write_bytes(b"")
   before = sorted(str(p.relative_to(output)) for p in output.rglob("*"))
-  code, _, err = _run(capsys, "--input", one_image + "/*.png", "--output", str(output),
-                      "--model", tiny_export[0])
+  code, _, err = _run(
+    capsys, "--input", one_image + "/*.png", "--output", str(output), "--model", tiny_export[0]
+  )
   assert code == 2 and "already holds a run" in err and len(err.splitlines()) == 1
   assert sorted(str(p.relative_to(output)) for p in output.rglob("*")) == before
 
 
-def test_a_failed_run_exits_1_and_its_output_reads_as_incomplete(small_run, tiny_export,
-                                                                 one_image, tmp_path, capsys):
+def test_a_failed_run_exits_1_and_its_output_reads_as_incomplete(
+  small_run, tiny_export, one_image, tmp_path, capsys
+):
   # A previous output whose segments file is damaged: the run fails while reading it.
   damaged = tmp_path / "damaged"
   shutil.copytree(small_run, damaged)
@@ -173,14 +215,25 @@ def test_a_failed_run_exits_1_and_its_output_reads_as_incomplete(small_run, tiny
     with open(path, "wb") as f:
       f.write(b"not parquet")
   output = str(tmp_path / "out")
-  argv = ["--input", one_image + "/*.png", "--output", output, "--model", tiny_export[0],
-          "--skip-existing", str(damaged)]
+  argv = [
+    "--input",
+    one_image + "/*.png",
+    "--output",
+    output,
+    "--model",
+    tiny_export[0],
+    "--skip-existing",
+    str(damaged),
+  ]
   code, out, err = _run(capsys, *argv)
   assert code == 1 and "the run failed, no manifest was written" in err.splitlines()[-1]
   assert "segmented" not in out
   assert not os.path.exists(os.path.join(output, "manifest.json"))
-  for command in (["summary", output], ["query", output, "SELECT 1"],
-                  ["report", output, "--out", str(tmp_path / "r.html")]):
+  for command in (
+    ["summary", output],
+    ["query", output, "SELECT 1"],
+    ["report", output, "--out", str(tmp_path / "r.html")],
+  ):
     assert cli.main(command) == 2
     assert "did not complete" in capsys.readouterr().err
   code, _, err = _run(capsys, *argv)
@@ -210,20 +263,37 @@ os._exit(code)
 def test_ctrl_c_mid_run_exits_130_with_one_line_and_no_traceback(tiny_export, tmp_path):
   import subprocess
   import sys
+
   folder = tmp_path / "in"
   folder.mkdir()
   for i in range(12):
     (folder / f"pet{i}.png").write_bytes(
-        synthetic.encode(synthetic.pet_scene(30 + i, 20, i)[0], "PNG"))
+      synthetic.encode(synthetic.pet_scene(30 + i, 20, i)[0], "PNG")
+    )
   output = tmp_path / "out"
   run = subprocess.run(
-      [sys.executable, "-c", _INTERRUPTED_RUN, "--input", str(folder / "*.png"), "--output",
-       str(output), "--model", tiny_export[0], "--batch-size", "2"],
-      capture_output=True, text=True, timeout=300)
+    [
+      sys.executable,
+      "-c",
+      _INTERRUPTED_RUN,
+      "--input",
+      str(folder / "*.png"),
+      "--output",
+      str(output),
+      "--model",
+      tiny_export[0],
+      "--batch-size",
+      "2",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert run.returncode == 130, run.stderr[-3000:]
   assert run.stderr.strip().splitlines()[-1] == (
-      f"segbeam run: interrupted; {output} holds an unfinished run (no manifest.json): run "
-      "again with --overwrite")
+    f"segbeam run: interrupted; {output} holds an unfinished run (no manifest.json): run "
+    "again with --overwrite"
+  )
   assert "Traceback" not in run.stderr and "KeyboardInterrupt" not in run.stderr
   assert run.stdout == ""  # no report of a run that did not finish
   assert not (output / "manifest.json").exists()
@@ -234,9 +304,11 @@ def test_what_an_interruption_message_says_of_the_output(small_run, tmp_path):
   unfinished = tmp_path / "unfinished"
   (unfinished / "segments").mkdir(parents=True)
   assert "holds an unfinished run (no manifest.json): run again with --overwrite" in (
-      launcher.interruption_message(str(unfinished)))
+    launcher.interruption_message(str(unfinished))
+  )
   assert launcher.interruption_message(str(tmp_path / "not_yet")) == (
-      "interrupted before anything was written")
+    "interrupted before anything was written"
+  )
 
 
 def test_an_interrupt_is_told_from_a_failure_through_beams_re_raise():
@@ -249,8 +321,9 @@ def test_an_interrupt_is_told_from_a_failure_through_beams_re_raise():
     except Exception as error:  # pylint: disable=broad-except
       return error
 
-  beam_wrapped = raised_while_handling(KeyboardInterrupt(),
-                                       RuntimeError("KeyboardInterrupt [while running 'x']"))
+  beam_wrapped = raised_while_handling(
+    KeyboardInterrupt(), RuntimeError("KeyboardInterrupt [while running 'x']")
+  )
   assert launcher.interrupted(beam_wrapped)
   assert launcher.interrupted(KeyboardInterrupt())
   assert not launcher.interrupted(raised_while_handling(ValueError("bad"), RuntimeError("x")))
@@ -263,6 +336,7 @@ def test_an_interrupt_is_told_from_a_failure_through_beams_re_raise():
 def test_ctrl_c_outside_a_run_is_one_line_too(monkeypatch, capsys):
   def interrupted_parser():
     raise KeyboardInterrupt
+
   monkeypatch.setattr(cli, "build_parser", interrupted_parser)
   assert cli.main(["model", "list"]) == 130
   assert capsys.readouterr().err == "segbeam model: interrupted\n"

@@ -39,8 +39,9 @@ def test_accepts_a_non_contiguous_view():
   np.testing.assert_array_equal(_decode(mask_png.encode(mask)), mask)
 
 
-@pytest.mark.parametrize("mask", [np.zeros((4, 4), np.int32), np.zeros((4, 4, 1), np.uint8),
-                                  np.zeros((0, 4), np.uint8)])
+@pytest.mark.parametrize(
+  "mask", [np.zeros((4, 4), np.int32), np.zeros((4, 4, 1), np.uint8), np.zeros((0, 4), np.uint8)]
+)
 def test_refuses_what_is_not_a_mask(mask):
   with pytest.raises(ValueError):
     mask_png.encode(mask)

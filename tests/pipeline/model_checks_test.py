@@ -46,16 +46,22 @@ def images(tmp_path):
 
 def _refusal(export_dir):
   where = model_safety.denied_ops(export_dir)[0].where
-  return ("model refused: its graph holds ops that touch files, the network or processes "
-          f"(WriteFile in {where}); pass --trust-model if you trust it")
+  return (
+    "model refused: its graph holds ops that touch files, the network or processes "
+    f"(WriteFile in {where}); pass --trust-model if you trust it"
+  )
 
 
 def test_segbeam_run_refuses_a_model_whose_graph_writes_files(writing_export, images, tmp_path):
   """The real command, with its early session load: the refused model is never loaded."""
   export_dir, written = writing_export
   output = tmp_path / "out"
-  run = subprocess.run([SEGBEAM, "run", "--input", images, "--output", str(output), "--model",
-                        export_dir], capture_output=True, text=True, timeout=300)
+  run = subprocess.run(
+    [SEGBEAM, "run", "--input", images, "--output", str(output), "--model", export_dir],
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert run.returncode == 2, run.stderr[-3000:]
   assert run.stderr.strip().splitlines()[-1] == f"segbeam run: {_refusal(export_dir)}"
   assert "Traceback" not in run.stderr and run.stdout == ""
@@ -63,12 +69,13 @@ def test_segbeam_run_refuses_a_model_whose_graph_writes_files(writing_export, im
   assert not written.exists()
 
 
-def test_trust_model_runs_it_and_the_manifest_records_it(writing_export, images, tmp_path,
-                                                         capsys):
+def test_trust_model_runs_it_and_the_manifest_records_it(writing_export, images, tmp_path, capsys):
   export_dir, written = writing_export
   output = str(tmp_path / "out")
-  assert cli.main(["run", "--input", images, "--output", output, "--model", export_dir,
-                   "--trust-model"]) == 0
+  assert (
+    cli.main(["run", "--input", images, "--output", output, "--model", export_dir, "--trust-model"])
+    == 0
+  )
   assert "1 inputs, 1 segmented, 0 failed" in capsys.readouterr().out
   manifest = accounting.assert_accounted_for(output, inputs_seen=1)
   assert manifest["options"]["trust_model"] is True
@@ -86,8 +93,12 @@ def test_the_early_session_load_never_loads_a_refused_model(writing_export):
   runs the serving function once (its warm-up), so it checks the graph first."""
   export_dir, written = writing_export
   for trust in (False, True):
-    sessions.load_early(export_dir, signature_name=export_lib.SIGNATURE_NAME,
-                        warm_up_size=unsafe_exports.INPUT_SIZE, trust_model=trust)
+    sessions.load_early(
+      export_dir,
+      signature_name=export_lib.SIGNATURE_NAME,
+      warm_up_size=unsafe_exports.INPUT_SIZE,
+      trust_model=trust,
+    )
     session = sessions.take_early(export_dir)
     assert (session is not None) is trust
     assert written.exists() is trust  # what an unchecked early load would have done
@@ -121,12 +132,23 @@ def _damaged_copy(tiny_export, tmp_path, how):
 
 @pytest.mark.parametrize("trust", [False, True])
 @pytest.mark.parametrize("how", ["truncated", "missing_saved_model"])
-def test_a_damaged_export_exits_2_and_writes_nothing(how, trust, tiny_export, images, tmp_path,
-                                                     capsys):
+def test_a_damaged_export_exits_2_and_writes_nothing(
+  how, trust, tiny_export, images, tmp_path, capsys
+):
   export_dir, expected = _damaged_copy(tiny_export, tmp_path, how)
   output = tmp_path / "out"
-  code = cli.main(["run", "--input", images, "--output", str(output), "--model", export_dir,
-                   *(["--trust-model"] if trust else [])])
+  code = cli.main(
+    [
+      "run",
+      "--input",
+      images,
+      "--output",
+      str(output),
+      "--model",
+      export_dir,
+      *(["--trust-model"] if trust else []),
+    ]
+  )
   err = capsys.readouterr().err.strip()
   assert code == 2 and len(err.splitlines()) == 1 and err.startswith(expected), err
   if how == "truncated":
@@ -141,8 +163,9 @@ def test_a_keras_file_gets_the_export_command(name, images, tmp_path, capsys, mo
   code = cli.main(["run", "--input", images, "--output", "out", "--model", name])
   assert code == 2
   assert capsys.readouterr().err == (
-      f"segbeam run: model unreadable: {name} is a Keras model file, not a segbeam export; "
-      f"make one with: segbeam export {name} --output unet-export --preprocess {PREPROCESS}\n")
+    f"segbeam run: model unreadable: {name} is a Keras model file, not a segbeam export; "
+    f"make one with: segbeam export {name} --output unet-export --preprocess {PREPROCESS}\n"
+  )
   assert not (tmp_path / "out").exists()
 
 
@@ -150,20 +173,24 @@ def test_a_plain_saved_model_gets_the_export_command(tiny_export, images, tmp_pa
   saved_model = tmp_path / "my model"
   shutil.copytree(tiny_export[0], saved_model)
   (saved_model / export_lib.METADATA_FILE).unlink()
-  code = cli.main(["run", "--input", images, "--output", str(tmp_path / "out"), "--model",
-                   str(saved_model)])
+  code = cli.main(
+    ["run", "--input", images, "--output", str(tmp_path / "out"), "--model", str(saved_model)]
+  )
   assert code == 2
   assert capsys.readouterr().err == (
-      f"segbeam run: model unreadable: {saved_model} is a SavedModel without "
-      f"segbeam_model.json, not a segbeam export; make one with: segbeam export "
-      f"'{saved_model}' --output '{saved_model}-export' --preprocess {PREPROCESS}\n")
+    f"segbeam run: model unreadable: {saved_model} is a SavedModel without "
+    f"segbeam_model.json, not a segbeam export; make one with: segbeam export "
+    f"'{saved_model}' --output '{saved_model}-export' --preprocess {PREPROCESS}\n"
+  )
 
 
 def test_gs_models_are_checked_in_their_local_copy_by_run_and_submit(
-    gcs_emulator, writing_export, tiny_export, tmp_path, capsys):
+  gcs_emulator, writing_export, tiny_export, tmp_path, capsys
+):
   """A gs:// export is copied once and checked there; what is said names the gs:// files."""
   del gcs_emulator
   from tests import gcs_emulator as helper
+
   export_dir, written = writing_export
   helper.upload_folder(export_dir, "segbeam-test", "checks/writing")
   damaged, _ = _damaged_copy(tiny_export, tmp_path, "truncated")
@@ -173,14 +200,16 @@ def test_gs_models_are_checked_in_their_local_copy_by_run_and_submit(
   run = ["--input", f"{root}/in/*.png", "--output", f"{root}/out"]
   assert cli.main(["run", *run, "--model", f"{root}/damaged"]) == 2
   assert capsys.readouterr().err.startswith(
-      f"segbeam run: model damaged: {root}/damaged/variables/variables.data-00000-of-00001: "
-      "checkpoint entry ")
+    f"segbeam run: model damaged: {root}/damaged/variables/variables.data-00000-of-00001: "
+    "checkpoint entry "
+  )
 
   assert cli.main(["run", *run, "--model", f"{root}/unet.keras"]) == 2
   assert capsys.readouterr().err == (
-      f"segbeam run: model unreadable: {root}/unet.keras is a Keras model file, not a segbeam "
-      "export; copy it here and make one with: segbeam export unet.keras --output unet-export "
-      f"--preprocess {PREPROCESS}\n")
+    f"segbeam run: model unreadable: {root}/unet.keras is a Keras model file, not a segbeam "
+    "export; copy it here and make one with: segbeam export unet.keras --output unet-export "
+    f"--preprocess {PREPROCESS}\n"
+  )
 
   cloud = ["--project", "my-project-123", "--temp-location", f"{root}/tmp", "--image", "img:1"]
   assert cli.main(["submit", *cloud, *run, "--model", f"{root}/writing"]) == 2

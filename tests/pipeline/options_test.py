@@ -12,50 +12,89 @@ from segbeam.pipeline import sources
 def _parse(*argv):
   parser = argparse.ArgumentParser()
   options_lib.add_arguments(parser)
-  return options_lib.from_args(parser.parse_args(["--input", "in/*", "--output", "out/",
-                                                  *argv]))
+  return options_lib.from_args(parser.parse_args(["--input", "in/*", "--output", "out/", *argv]))
 
 
 def test_defaults_from_the_command_line():
   options = _parse()
   assert (options.output, options.batch_size, options.input_format) == (
-      "out", 32, sources.FORMAT_AUTO)
+    "out",
+    32,
+    sources.FORMAT_AUTO,
+  )
   assert options.example_keys == sources.ExampleKeys()
   assert options.run_id and options.started
 
 
-@pytest.mark.parametrize("flag", ["--batch-size", "--max-pixels", "--max-file-bytes",
-                                  "--inference-slices", "--postprocess-threads"])
+@pytest.mark.parametrize(
+  "flag",
+  [
+    "--batch-size",
+    "--max-pixels",
+    "--max-file-bytes",
+    "--inference-slices",
+    "--postprocess-threads",
+  ],
+)
 def test_counts_below_one_are_refused_by_name(flag):
   assert _parse(flag, "1")  # the smallest allowed
   with pytest.raises(ValueError, match=f"^{flag} must be at least 1, got 0$"):
     _parse(flag, "0")
 
 
-@pytest.mark.parametrize("argv,words", [
-    (["--input", "in/a.jpg", "in/b.jpg", "--output", "out"],
-     "--input is followed by 2 paths (in/a.jpg, in/b.jpg): the shell expanded an unquoted glob"),
-    (["--output", "out", "--ground-truth", "t/1.png", "t/2.png", "t/3.png", "t/4.png", "--input", "x"],
-     "--ground-truth is followed by 4 paths (t/1.png, t/2.png, t/3.png, ...)"),
-    (["--input", "a/*", "--output", "out", "--input=b/*"],
-     "--input given 2 times (a/*, b/*): one pattern per run"),
-])
+@pytest.mark.parametrize(
+  "argv,words",
+  [
+    (
+      ["--input", "in/a.jpg", "in/b.jpg", "--output", "out"],
+      "--input is followed by 2 paths (in/a.jpg, in/b.jpg): the shell expanded an unquoted glob",
+    ),
+    (
+      [
+        "--output",
+        "out",
+        "--ground-truth",
+        "t/1.png",
+        "t/2.png",
+        "t/3.png",
+        "t/4.png",
+        "--input",
+        "x",
+      ],
+      "--ground-truth is followed by 4 paths (t/1.png, t/2.png, t/3.png, ...)",
+    ),
+    (
+      ["--input", "a/*", "--output", "out", "--input=b/*"],
+      "--input given 2 times (a/*, b/*): one pattern per run",
+    ),
+  ],
+)
 def test_a_pattern_is_given_once_as_one_word(argv, words):
   with pytest.raises(ValueError, match="^" + re.escape(words)):
     options_lib.check_patterns_given_once(argv)
 
 
-@pytest.mark.parametrize("argv", [
+@pytest.mark.parametrize(
+  "argv",
+  [
     ["--input", "in/*.jpg", "--output", "out", "--runner", "DirectRunner"],  # Beam's own values
     ["--input=in/*.jpg", "--ground-truth=t/*.png", "--output", "out"],
     ["--output", "out", "--input", "in/*.jpg"],
-])
+  ],
+)
 def test_one_pattern_each_passes(argv):
   options_lib.check_patterns_given_once(argv)
 
 
-@pytest.mark.parametrize("pattern,matched_as", [("*.jpg", "./*.jpg"), ("a/*.jpg", "a/*.jpg"),
-                                                ("/data/*.jpg", "/data/*.jpg"),
-                                                ("gs://b/*.jpg", "gs://b/*.jpg"), (None, None)])
+@pytest.mark.parametrize(
+  "pattern,matched_as",
+  [
+    ("*.jpg", "./*.jpg"),
+    ("a/*.jpg", "a/*.jpg"),
+    ("/data/*.jpg", "/data/*.jpg"),
+    ("gs://b/*.jpg", "gs://b/*.jpg"),
+    (None, None),
+  ],
+)
 def test_a_local_pattern_without_a_folder_is_matched_in_the_current_one(pattern, matched_as):
   assert options_lib.in_a_folder(pattern) == matched_as

@@ -15,6 +15,7 @@ from tests import synthetic
 
 def _examples(shards):
   import tensorflow as tf
+
   examples = {}
   for shard in shards:
     with open(shard, "rb") as f:
@@ -46,44 +47,71 @@ def awkward_folder(tmp_path):
 
 
 def test_packs_every_image_stores_damaged_ones_for_the_run_and_names_what_it_left_out(
-    awkward_folder, tmp_path):
+  awkward_folder, tmp_path
+):
   images, masks = awkward_folder
   prefix = str(tmp_path / "shards" / "pets")
   packed = pack.pack(images, prefix, masks_dir=masks, num_shards=2)
-  assert [os.path.basename(s) for s in packed.shards] == ["pets-00000-of-00002.tfrecord",
-                                                          "pets-00001-of-00002.tfrecord"]
+  assert [os.path.basename(s) for s in packed.shards] == [
+    "pets-00000-of-00002.tfrecord",
+    "pets-00001-of-00002.tfrecord",
+  ]
   assert (packed.images, packed.with_mask) == (7, 4)
   assert packed.not_images == ["notes.txt", "stream.jpg"]
   assert packed.masks_without_image == ["gone.png"]
-  assert sorted(os.listdir(tmp_path / "shards")) == ["pets-00000-of-00002.tfrecord",
-                                                     "pets-00001-of-00002.tfrecord"]
+  assert sorted(os.listdir(tmp_path / "shards")) == [
+    "pets-00000-of-00002.tfrecord",
+    "pets-00001-of-00002.tfrecord",
+  ]
   examples = _examples(packed.shards)
-  assert sorted(examples) == ["bad_header.jpg", "no_extension", "not_a_photo.png", "pet0.jpg",
-                              "pet1.jpg", "pet2.jpg", "pet3.jpg"]
-  sizes = {name: (f["image/format"].bytes_list.value[0], f["image/width"].int64_list.value[0],
-                  f["image/height"].int64_list.value[0]) for name, f in examples.items()}
+  assert sorted(examples) == [
+    "bad_header.jpg",
+    "no_extension",
+    "not_a_photo.png",
+    "pet0.jpg",
+    "pet1.jpg",
+    "pet2.jpg",
+    "pet3.jpg",
+  ]
+  sizes = {
+    name: (
+      f["image/format"].bytes_list.value[0],
+      f["image/width"].int64_list.value[0],
+      f["image/height"].int64_list.value[0],
+    )
+    for name, f in examples.items()
+  }
   assert sizes["pet1.jpg"] == (b"jpeg", 31, 24)
   assert sizes["no_extension"] == (b"png", 20, 30)
   assert sizes["bad_header.jpg"] == (b"jpeg", 0, 0)
   assert sizes["not_a_photo.png"] == (b"unknown", 0, 0)
-  assert examples["bad_header.jpg"].get("image/encoded").bytes_list.value[0].startswith(
-      b"\xff\xd8\xff\xe0garbage")
+  assert (
+    examples["bad_header.jpg"]
+    .get("image/encoded")
+    .bytes_list.value[0]
+    .startswith(b"\xff\xd8\xff\xe0garbage")
+  )
 
 
-
-def test_the_run_over_packed_shards_reports_what_pack_stored_as_it_was(awkward_folder,
-                                                                        tiny_export, tmp_path):
+def test_the_run_over_packed_shards_reports_what_pack_stored_as_it_was(
+  awkward_folder, tiny_export, tmp_path
+):
   """The damaged images pack kept are error rows of the run, not lost."""
   images, masks = awkward_folder
   prefix = str(tmp_path / "pets")
   pack.pack(images, prefix, masks_dir=masks, num_shards=2)
   output = str(tmp_path / "out")
-  accounting.run_and_account(["--input", prefix + "-*", "--output", output, "--model",
-                              tiny_export[0]], inputs_seen=7)
-  errors = {row["image_id"]: (row["stage"], row["error_type"]) for row in pq.read_table(
-      glob.glob(f"{output}/errors/*.parquet")).to_pylist()}
-  assert errors == {"bad_header.jpg": ("validate", "CorruptHeader"),
-                    "not_a_photo.png": ("validate", "UnsupportedFormat")}
+  accounting.run_and_account(
+    ["--input", prefix + "-*", "--output", output, "--model", tiny_export[0]], inputs_seen=7
+  )
+  errors = {
+    row["image_id"]: (row["stage"], row["error_type"])
+    for row in pq.read_table(glob.glob(f"{output}/errors/*.parquet")).to_pylist()
+  }
+  assert errors == {
+    "bad_header.jpg": ("validate", "CorruptHeader"),
+    "not_a_photo.png": ("validate", "UnsupportedFormat"),
+  }
 
 
 def test_shards_appear_whole_or_not_at_all(awkward_folder, tmp_path, monkeypatch):
@@ -104,8 +132,12 @@ def test_shards_appear_whole_or_not_at_all(awkward_folder, tmp_path, monkeypatch
   with pytest.raises(KeyboardInterrupt):
     pack.pack(images, prefix, masks_dir=masks, num_shards=2)
   # No partial file left, and the shards of the earlier pack are as they were.
-  assert sorted(os.listdir(tmp_path)) == ["images", "masks", "pets-00000-of-00002.tfrecord",
-                                          "pets-00001-of-00002.tfrecord"]
+  assert sorted(os.listdir(tmp_path)) == [
+    "images",
+    "masks",
+    "pets-00000-of-00002.tfrecord",
+    "pets-00001-of-00002.tfrecord",
+  ]
   assert {path: open(path, "rb").read() for path in earlier} == before
 
 
@@ -113,26 +145,34 @@ def test_two_masks_for_one_image_are_refused(awkward_folder, tmp_path, capsys):
   images, masks = awkward_folder
   with open(os.path.join(masks, "pet2.bmp"), "wb") as f:
     f.write(synthetic.encode(synthetic.pet_scene(32, 24, 2)[1], "BMP"))
-  code = cli.main(["pack", "--images", images, "--masks", masks, "--output",
-                   str(tmp_path / "pets")])
+  code = cli.main(
+    ["pack", "--images", images, "--masks", masks, "--output", str(tmp_path / "pets")]
+  )
   assert code == 2
   err = capsys.readouterr().err.strip()
-  assert err == (f"segbeam pack: two masks for the images named 'pet2': pet2.bmp and pet2.png "
-                 f"in {masks}; keep one")
+  assert err == (
+    f"segbeam pack: two masks for the images named 'pet2': pet2.bmp and pet2.png "
+    f"in {masks}; keep one"
+  )
   assert not glob.glob(str(tmp_path / "*pets*"))
 
 
 def test_the_command_says_what_it_packed_and_left_out(awkward_folder, tmp_path, capsys):
   images, masks = awkward_folder
   prefix = str(tmp_path / "pets")
-  assert cli.main(["pack", "--images", images, "--masks", masks, "--output", prefix,
-                   "--num-shards", "3"]) == 0
+  assert (
+    cli.main(
+      ["pack", "--images", images, "--masks", masks, "--output", prefix, "--num-shards", "3"]
+    )
+    == 0
+  )
   assert capsys.readouterr().out.splitlines() == [
-      f"packed 7 images (4 with a mask) into 3 shards: {prefix}-00000-of-00003.tfrecord ... "
-      "pets-00002-of-00003.tfrecord",
-      f"left out 2 files of {images}, not images by name or first bytes, or not regular files: "
-      "notes.txt, stream.jpg",
-      f"no image for 1 mask of {masks}: gone.png"]
+    f"packed 7 images (4 with a mask) into 3 shards: {prefix}-00000-of-00003.tfrecord ... "
+    "pets-00002-of-00003.tfrecord",
+    f"left out 2 files of {images}, not images by name or first bytes, or not regular files: "
+    "notes.txt, stream.jpg",
+    f"no image for 1 mask of {masks}: gone.png",
+  ]
 
 
 def test_a_file_that_cannot_be_read_half_way_fails_the_pack_in_one_line(tmp_path, capsys):
@@ -144,6 +184,6 @@ def test_a_file_that_cannot_be_read_half_way_fails_the_pack_in_one_line(tmp_path
   code = cli.main(["pack", "--images", str(images), "--output", str(tmp_path / "pets")])
   assert code == 1
   assert capsys.readouterr().err == (
-      f"segbeam pack: cannot read {images / 'b.jpg'}: Input/output error; no shard was "
-      "written\n")
+    f"segbeam pack: cannot read {images / 'b.jpg'}: Input/output error; no shard was written\n"
+  )
   assert sorted(os.listdir(tmp_path)) == ["images"]

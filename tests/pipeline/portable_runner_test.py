@@ -86,15 +86,43 @@ def portable_services(tmp_path_factory):
     job_port, pool_port = _free_port(), _free_port()
     job_log, pool_log = str(logs / "job_service.log"), str(logs / "worker_pool.log")
     with open(job_log, "wb") as out:
-      started.append((subprocess.Popen(
-          [sys.executable, "-m", "apache_beam.runners.portability.local_job_service_main",
-           f"--port={job_port}"], stdout=out, stderr=subprocess.STDOUT, env=env,
-          cwd=REPO_ROOT, start_new_session=True), signal.SIGTERM))
+      started.append(
+        (
+          subprocess.Popen(
+            [
+              sys.executable,
+              "-m",
+              "apache_beam.runners.portability.local_job_service_main",
+              f"--port={job_port}",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=REPO_ROOT,
+            start_new_session=True,
+          ),
+          signal.SIGTERM,
+        )
+      )
     with open(pool_log, "wb") as out:
-      started.append((subprocess.Popen(
-          [sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main",
-           f"--service_port={pool_port}"], stdout=out, stderr=subprocess.STDOUT, env=env,
-          cwd=REPO_ROOT, start_new_session=True), signal.SIGINT))
+      started.append(
+        (
+          subprocess.Popen(
+            [
+              sys.executable,
+              "-m",
+              "apache_beam.runners.worker.worker_pool_main",
+              f"--service_port={pool_port}",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=REPO_ROOT,
+            start_new_session=True,
+          ),
+          signal.SIGINT,
+        )
+      )
     (job_service, _), (worker_pool, _) = started
     _wait_for_port(job_port, job_service, job_log, "Beam job service")
     _wait_for_port(pool_port, worker_pool, pool_log, "Beam worker pool")
@@ -105,8 +133,9 @@ def portable_services(tmp_path_factory):
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_run_on_portable_runner_with_external_workers(workers, portable_services, tiny_export,
-                                                      tmp_path):
+def test_run_on_portable_runner_with_external_workers(
+  workers, portable_services, tiny_export, tmp_path
+):
   job_endpoint, pool_address, _, _ = portable_services
   export_dir, metadata = tiny_export
   images = tmp_path / "images"
@@ -116,11 +145,21 @@ def test_run_on_portable_runner_with_external_workers(workers, portable_services
     (images / f"pet_{index}.png").write_bytes(synthetic.encode(image, "PNG"))
   (images / "notes.png").write_bytes(b"not an image")
   output = str(tmp_path / "out")  # a local path: the workers run on this machine
-  argv = ["--input", str(images / "*.png"), "--output", output, "--model", export_dir,
-          "--batch-size", "4",
-          "--runner=PortableRunner", f"--job_endpoint={job_endpoint}",
-          "--environment_type=EXTERNAL", f"--environment_config={pool_address}",
-          f"--sdk_worker_parallelism={workers}"]
+  argv = [
+    "--input",
+    str(images / "*.png"),
+    "--output",
+    output,
+    "--model",
+    export_dir,
+    "--batch-size",
+    "4",
+    "--runner=PortableRunner",
+    f"--job_endpoint={job_endpoint}",
+    "--environment_type=EXTERNAL",
+    f"--environment_config={pool_address}",
+    f"--sdk_worker_parallelism={workers}",
+  ]
 
   # What `segbeam run` does, keeping the result to read the job's metrics.
   _, beam_args = launcher.parse(argv)
@@ -138,7 +177,8 @@ def test_run_on_portable_runner_with_external_workers(workers, portable_services
   assert manifest["conservation"]["holds"]
   rows = pq.read_table(manifest["files"]["segments"]).to_pylist()
   assert sorted((r["image_id"], r["width"], r["height"]) for r in rows) == sorted(
-      (f"pet_{i}.png", w, h) for i, (w, h) in enumerate(SIZES))
+    (f"pet_{i}.png", w, h) for i, (w, h) in enumerate(SIZES)
+  )
   assert {r["model_version"] for r in rows} == {metadata.version}
 
   # The job's metrics come back from the SDK workers through the job service: they counted the
@@ -146,8 +186,11 @@ def test_run_on_portable_runner_with_external_workers(workers, portable_services
   metrics = result.metrics().query(MetricsFilter().with_namespace(inference.METRICS_NAMESPACE))
   counters = {m.key.metric.name: m.committed for m in metrics["counters"]}
   assert counters["inputs_seen"] == 6 and counters["segmented"] == 5
-  load_times = [m.committed for m in metrics["distributions"]
-                if m.key.metric.name == "load_model_latency_milli_secs"]
+  load_times = [
+    m.committed
+    for m in metrics["distributions"]
+    if m.key.metric.name == "load_model_latency_milli_secs"
+  ]
   assert load_times and sum(d.count for d in load_times) >= 1
   # ... while this process, which built and submitted the pipeline, loaded none.
   assert inference.loads_in_this_process() == loads_before

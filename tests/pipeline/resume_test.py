@@ -32,8 +32,11 @@ def _run(argv):
 
 
 def _segmented_ids(output):
-  return sorted(pq.read_table(os.path.join(output, sinks.SEGMENTS_DIR),
-                              columns=["image_id"]).column("image_id").to_pylist())
+  return sorted(
+    pq.read_table(os.path.join(output, sinks.SEGMENTS_DIR), columns=["image_id"])
+    .column("image_id")
+    .to_pylist()
+  )
 
 
 def _counts(manifest):
@@ -51,12 +54,10 @@ def inputs(pet_folder, tmp_path):
   return folder
 
 
-def test_resume_skips_what_was_segmented_with_the_same_model(tiny_export, inputs, tmp_path,
-                                                             capsys):
+def test_resume_skips_what_was_segmented_with_the_same_model(tiny_export, inputs, tmp_path, capsys):
   export_dir, _ = tiny_export
   pattern = str(inputs / "*.jpg")
-  first, again, more, other = (str(tmp_path / name) for name in ("first", "again", "more",
-                                                                 "other"))
+  first, again, more, other = (str(tmp_path / name) for name in ("first", "again", "more", "other"))
   common = ["--input", pattern, "--model", export_dir, "--batch-size", "4"]
   manifest, counters = _run([*common, "--output", first])
   assert _counts(manifest) == (7, 6, 1, 0)
@@ -76,8 +77,9 @@ def test_resume_skips_what_was_segmented_with_the_same_model(tiny_export, inputs
   for index in (10, 11):
     image, _ = synthetic.pet_scene(36, 28, seed=index)
     (inputs / f"new_{index}.jpg").write_bytes(synthetic.encode(image, "JPEG"))
-  manifest, _ = _run([*common, "--output", more, "--skip-existing", again,
-                      "--skip-existing", first])
+  manifest, _ = _run(
+    [*common, "--output", more, "--skip-existing", again, "--skip-existing", first]
+  )
   assert _counts(manifest) == (9, 2, 1, 6)
   assert _segmented_ids(more) == ["new_10.jpg", "new_11.jpg"]
 
@@ -89,22 +91,48 @@ def test_resume_skips_what_was_segmented_with_the_same_model(tiny_export, inputs
   metadata = json.loads(metadata_path.read_text())
   metadata["version"] = "sha256:0123456789abcdef"
   metadata_path.write_text(json.dumps(metadata))
-  manifest, _ = _run(["--input", pattern, "--model", str(retrained), "--output", other,
-                      "--skip-existing", first, "--skip-existing", more])
+  manifest, _ = _run(
+    [
+      "--input",
+      pattern,
+      "--model",
+      str(retrained),
+      "--output",
+      other,
+      "--skip-existing",
+      first,
+      "--skip-existing",
+      more,
+    ]
+  )
   assert _counts(manifest) == (9, 8, 1, 0)
 
 
-@pytest.mark.parametrize("case,words", [
-    ("no_manifest", "holds no completed run"),
-    ("same_as_output", "is the --output folder itself")])
-def test_skip_existing_must_name_another_completed_run(case, words, tiny_export, inputs,
-                                                       tmp_path, capsys):
+@pytest.mark.parametrize(
+  "case,words",
+  [("no_manifest", "holds no completed run"), ("same_as_output", "is the --output folder itself")],
+)
+def test_skip_existing_must_name_another_completed_run(
+  case, words, tiny_export, inputs, tmp_path, capsys
+):
   killed = tmp_path / "killed"
   (killed / sinks.SEGMENTS_DIR).mkdir(parents=True)  # a run killed before its manifest
   output = tmp_path / "out"
   previous = killed if case == "no_manifest" else output
-  code = cli.main(["run", "--input", str(inputs / "*.jpg"), "--model", tiny_export[0],
-                   "--output", str(output), "--skip-existing", str(previous), "--overwrite"])
+  code = cli.main(
+    [
+      "run",
+      "--input",
+      str(inputs / "*.jpg"),
+      "--model",
+      tiny_export[0],
+      "--output",
+      str(output),
+      "--skip-existing",
+      str(previous),
+      "--overwrite",
+    ]
+  )
   err = capsys.readouterr().err.strip()
   assert code == 2 and words in err and len(err.splitlines()) == 1
   assert not output.exists() or not (output / sinks.MANIFEST_FILE).exists()

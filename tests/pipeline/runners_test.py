@@ -18,16 +18,18 @@ from tests import accounting
 
 # runner -> (Beam options, runs)
 RUNNERS = {
-    "FnApiRunner": ([], 1),
-    "FnApiRunner, two worker processes": (["--runner=DirectRunner",
-                                           "--direct_running_mode=multi_processing",
-                                           "--direct_num_workers=2"], 1),
-    "FnApiRunner, two threads": (["--runner=DirectRunner",
-                                  "--direct_running_mode=multi_threading",
-                                  "--direct_num_workers=2"], 1),
-    # Its scheduling once ran the manifest step before a step over the Parquet file names had
-    # run (WriteManifest's docstring): four runs in five failed, so three runs here.
-    "BundleBasedDirectRunner": (["--runner=BundleBasedDirectRunner"], 3),
+  "FnApiRunner": ([], 1),
+  "FnApiRunner, two worker processes": (
+    ["--runner=DirectRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=2"],
+    1,
+  ),
+  "FnApiRunner, two threads": (
+    ["--runner=DirectRunner", "--direct_running_mode=multi_threading", "--direct_num_workers=2"],
+    1,
+  ),
+  # Its scheduling once ran the manifest step before a step over the Parquet file names had
+  # run (WriteManifest's docstring): four runs in five failed, so three runs here.
+  "BundleBasedDirectRunner": (["--runner=BundleBasedDirectRunner"], 3),
 }
 
 

@@ -14,7 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline
-from apache_beam.testing.util import assert_that, equal_to
+from apache_beam.testing.util import assert_that
+from apache_beam.testing.util import equal_to
 from PIL import Image
 
 from segbeam.pipeline import inference
@@ -25,9 +26,12 @@ from tests import accounting
 from tests import synthetic
 
 GOOD = {  # name -> (width, height, format, PIL mode)
-    "a.jpg": (40, 30, "JPEG", None), "b.png": (25, 50, "PNG", "RGBA"),
-    "c.gif": (33, 33, "GIF", None), "d.bmp": (64, 16, "BMP", None),
-    "e.png": (31, 29, "PNG", "L"), "gif_named.jpg": (20, 22, "GIF", None),
+  "a.jpg": (40, 30, "JPEG", None),
+  "b.png": (25, 50, "PNG", "RGBA"),
+  "c.gif": (33, 33, "GIF", None),
+  "d.bmp": (64, 16, "BMP", None),
+  "e.png": (31, 29, "PNG", "L"),
+  "gif_named.jpg": (20, 22, "GIF", None),
 }
 
 
@@ -36,35 +40,57 @@ def mixed_folder(tmp_path):
   folder = tmp_path / "in"
   folder.mkdir()
   for i, (name, (width, height, fmt, mode)) in enumerate(GOOD.items()):
-    (folder / name).write_bytes(synthetic.encode(synthetic.pet_scene(width, height, i)[0], fmt,
-                                                 mode))
+    (folder / name).write_bytes(
+      synthetic.encode(synthetic.pet_scene(width, height, i)[0], fmt, mode)
+    )
   jpeg = synthetic.encode(synthetic.pet_scene(200, 150, 9)[0], "JPEG")
-  (folder / "truncated.jpg").write_bytes(jpeg[:len(jpeg) // 3])  # header fine, data cut
+  (folder / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 3])  # header fine, data cut
   (folder / "notes.jpg").write_bytes(b"this is text, not a photo")
   return str(folder)
 
 
 def _counts(manifest):
   counts = manifest["counts"]
-  return (counts["inputs_seen"], counts["segmented"], counts["failed"],
-          tuple(sorted(counts["failed_by_stage"].items())), manifest["conservation"]["holds"])
+  return (
+    counts["inputs_seen"],
+    counts["segmented"],
+    counts["failed"],
+    tuple(sorted(counts["failed_by_stage"].items())),
+    manifest["conservation"]["holds"],
+  )
 
 
 def test_a_corrupt_image_fails_alone_and_everything_is_accounted_for(
-    tiny_export, mixed_folder, tmp_path):
+  tiny_export, mixed_folder, tmp_path
+):
   export_dir, metadata = tiny_export
   output = str(tmp_path / "out")
   p = TestPipeline()
-  manifest = launcher.run(["--input", mixed_folder + "/*", "--output", output, "--model",
-                           export_dir, "--batch-size", "16", "--mask-files"], test_pipeline=p)
-  assert_that(manifest | beam.Map(_counts),
-              equal_to([(8, 6, 2, (("decode", 1), ("validate", 1)), True)]))
+  manifest = launcher.run(
+    [
+      "--input",
+      mixed_folder + "/*",
+      "--output",
+      output,
+      "--model",
+      export_dir,
+      "--batch-size",
+      "16",
+      "--mask-files",
+    ],
+    test_pipeline=p,
+  )
+  assert_that(
+    manifest | beam.Map(_counts), equal_to([(8, 6, 2, (("decode", 1), ("validate", 1)), True)])
+  )
   result = p.run()
   result.wait_until_finish()
   accounting.assert_accounted_for(output, inputs_seen=8)
 
-  counters = {m.key.metric.name: m.committed for m in
-              result.metrics().query(MetricsFilter().with_namespace("segbeam"))["counters"]}
+  counters = {
+    m.key.metric.name: m.committed
+    for m in result.metrics().query(MetricsFilter().with_namespace("segbeam"))["counters"]
+  }
   assert counters["inputs_seen"] == 8 and counters["segmented"] == 6
   assert counters["failed"] == 1 and counters["failed_validate"] == 1
 
@@ -80,8 +106,9 @@ def test_a_corrupt_image_fails_alone_and_everything_is_accounted_for(
     assert mask.shape == (height, width)
     assert sum(row[f"coverage_{c}"] for c in ("pet", "background", "border")) == pytest.approx(1)
     assert row["model_version"] == metadata.version
-  errors = {r["image_id"]: r for r in pq.read_table(
-      glob.glob(f"{output}/errors/*.parquet")).to_pylist()}
+  errors = {
+    r["image_id"]: r for r in pq.read_table(glob.glob(f"{output}/errors/*.parquet")).to_pylist()
+  }
   assert errors["truncated.jpg"]["stage"] == "decode"
   assert "JPEG" in errors["truncated.jpg"]["message"]
   assert errors["notes.jpg"]["stage"] == "validate"
@@ -91,26 +118,38 @@ def test_a_corrupt_image_fails_alone_and_everything_is_accounted_for(
   assert written["files"]["masks"] == 6 and written["model"]["version"] == metadata.version
 
 
-def test_tfrecord_shards_end_to_end_and_duckdb_reads_the_output(tiny_export, pet_folder,
-                                                                tmp_path):
+def test_tfrecord_shards_end_to_end_and_duckdb_reads_the_output(tiny_export, pet_folder, tmp_path):
   export_dir, _ = tiny_export
   images, masks, names = pet_folder
   prefix = str(tmp_path / "pets")
   pack.pack(images, prefix, masks_dir=masks, num_shards=3)
   output = str(tmp_path / "out")
   p = TestPipeline()
-  manifest = launcher.run(["--input", prefix + "-*", "--output", output, "--model", export_dir,
-                           "--inference-handler", "saved-model"], test_pipeline=p)
+  manifest = launcher.run(
+    [
+      "--input",
+      prefix + "-*",
+      "--output",
+      output,
+      "--model",
+      export_dir,
+      "--inference-handler",
+      "saved-model",
+    ],
+    test_pipeline=p,
+  )
   assert_that(manifest | beam.Map(_counts), equal_to([(6, 6, 0, (), True)]))
   p.run().wait_until_finish()
   accounting.assert_accounted_for(output, inputs_seen=6)
   con = duckdb.connect()
   ids, total = con.execute(
-      f"SELECT list(image_id ORDER BY image_id), sum(coverage_pet + coverage_background + "
-      f"coverage_border) FROM read_parquet('{output}/segments/*.parquet')").fetchone()
+    f"SELECT list(image_id ORDER BY image_id), sum(coverage_pet + coverage_background + "
+    f"coverage_border) FROM read_parquet('{output}/segments/*.parquet')"
+  ).fetchone()
   assert ids == sorted(n + ".jpg" for n in names) and total == pytest.approx(6)
-  assert con.execute(f"SELECT count(*) FROM read_parquet('{output}/errors/*.parquet')"
-                     ).fetchone() == (0,)
+  assert con.execute(
+    f"SELECT count(*) FROM read_parquet('{output}/errors/*.parquet')"
+  ).fetchone() == (0,)
 
 
 def test_the_same_input_twice_gives_the_same_rows(tiny_export, pet_folder, tmp_path):
@@ -122,19 +161,36 @@ def test_the_same_input_twice_gives_the_same_rows(tiny_export, pet_folder, tmp_p
   pack.pack(images, str(folder / "pets"), masks_dir=masks, num_shards=1)
   for index, (width, height) in enumerate([(45, 31), (20, 60), (64, 48)]):
     (folder / f"photo_{index}.png").write_bytes(
-        synthetic.encode(synthetic.pet_scene(width, height, seed=20 + index)[0], "PNG"))
+      synthetic.encode(synthetic.pet_scene(width, height, seed=20 + index)[0], "PNG")
+    )
   (folder / "notes.png").write_bytes(b"not an image")
   tables, manifests = [], []
   for attempt, batch_size in enumerate(("4", "3")):
     output = str(tmp_path / f"out{attempt}")
     p = TestPipeline()
-    launcher.run(["--input", str(folder / "*"), "--output", output, "--model", tiny_export[0],
-                  "--batch-size", batch_size], test_pipeline=p)
+    launcher.run(
+      [
+        "--input",
+        str(folder / "*"),
+        "--output",
+        output,
+        "--model",
+        tiny_export[0],
+        "--batch-size",
+        batch_size,
+      ],
+      test_pipeline=p,
+    )
     p.run().wait_until_finish()
     manifests.append(accounting.assert_accounted_for(output, inputs_seen=10))
-    tables.append({name: pq.read_table(glob.glob(f"{output}/{name}/*.parquet"))
-                   .sort_by("image_id").drop_columns(["run_id"])
-                   for name in ("segments", "errors")})
+    tables.append(
+      {
+        name: pq.read_table(glob.glob(f"{output}/{name}/*.parquet"))
+        .sort_by("image_id")
+        .drop_columns(["run_id"])
+        for name in ("segments", "errors")
+      }
+    )
   first, second = tables
   assert first["segments"].num_rows == 9 and first["errors"].num_rows == 1
   assert first["segments"].column("gt_pixels").null_count == 3  # the shard carries labels
@@ -176,8 +232,19 @@ def test_memory_is_bounded_by_the_batch_not_by_the_image_count(tiny_export, tmp_
         (folder / f"img_{index:03d}.png").write_bytes(png + rng.bytes(padding))
       output = str(tmp_path / f"out{count}")
       p = TestPipeline()
-      launcher.run(["--input", str(folder / "*.png"), "--output", output, "--model",
-                    tiny_export[0], "--batch-size", "4"], test_pipeline=p)
+      launcher.run(
+        [
+          "--input",
+          str(folder / "*.png"),
+          "--output",
+          output,
+          "--model",
+          tiny_export[0],
+          "--batch-size",
+          "4",
+        ],
+        test_pipeline=p,
+      )
       try:
         p.run().wait_until_finish()
         assert tracemalloc.is_tracing(), "the model was never loaded"

@@ -42,8 +42,10 @@ def test_ground_truth_columns_on_a_hand_checked_example():
   """Trimap values 1..3 map to classes 0..2; 255 is outside the map and ignored."""
   from segbeam.model import labels
   from tests import synthetic
-  context = segments.RunContext("m", "v", ("pet", "background", "border"), "r",
-                                labels.OXFORD_PET_TRIMAP)
+
+  context = segments.RunContext(
+    "m", "v", ("pet", "background", "border"), "r", labels.OXFORD_PET_TRIMAP
+  )
   mask = np.array([[0, 0, 1], [1, 1, 2]], np.uint8)
   label = synthetic.encode(np.array([[1, 2, 2], [2, 255, 3]], np.uint8), "PNG")
   columns = segments.ground_truth_columns(mask, label, context)
@@ -64,6 +66,7 @@ def test_ground_truth_columns_with_binary_labels_leave_the_border_null():
   """Binary labels (1 pet, 0 background) against a pet/background/border mask."""
   from segbeam.model import labels
   from tests import synthetic
+
   names = ("pet", "background", "border")
   context = segments.RunContext("m", "v", names, "r", labels.parse_label_map("1:0,0:1", names))
   mask = np.array([[0, 0, 2], [1, 2, 1]], np.uint8)
@@ -81,7 +84,9 @@ def test_ground_truth_columns_with_binary_labels_leave_the_border_null():
 
 def test_an_inference_lost_with_its_slice_becomes_an_error_row():
   import concurrent.futures
+
   from segbeam.pipeline import inference
+
   lost = concurrent.futures.Future()
   lost.set_exception(RuntimeError("slice thread died"))
   done = concurrent.futures.Future()
@@ -90,14 +95,19 @@ def test_an_inference_lost_with_its_slice_becomes_an_error_row():
   segment.setup()
   segment.start_bundle()
   outputs = []
-  for name, pending in (("a.jpg", inference.PendingInference(lost, 0)),
-                        ("b.jpg", inference.PendingInference(done, 0))):
+  for name, pending in (
+    ("a.jpg", inference.PendingInference(lost, 0)),
+    ("b.jpg", inference.PendingInference(done, 0)),
+  ):
     info = records.ImageInfo(name, f"/x/{name}", "png", 6, 5)
     outputs += list(segment.process((info, pending), timestamp=0, window=None))
   outputs += list(segment.finish_bundle())
   segment.teardown()
   failure, row = outputs  # a TaggedOutput, then a row; each a WindowedValue inside
   assert failure.tag == records.FAILURES
-  assert (failure.value.value.image_id, failure.value.value.stage,
-          failure.value.value.error_type) == ("a.jpg", records.STAGE_INFER, "RuntimeError")
+  assert (
+    failure.value.value.image_id,
+    failure.value.value.stage,
+    failure.value.value.error_type,
+  ) == ("a.jpg", records.STAGE_INFER, "RuntimeError")
   assert row.value["image_id"] == "b.jpg" and row.value["width"] == 6

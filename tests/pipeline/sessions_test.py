@@ -36,15 +36,18 @@ def test_the_tfx_bsl_handler_runs_in_a_session_with_segbeams_options(tiny_export
 
 def test_the_handler_takes_the_early_session_once_and_infers_as_with_its_own(tiny_export):
   export_dir, config = tiny_export
-  sessions.load_early(export_dir, signature_name=export_lib.SIGNATURE_NAME,
-                      warm_up_size=config.input_size)
+  sessions.load_early(
+    export_dir, signature_name=export_lib.SIGNATURE_NAME, warm_up_size=config.input_size
+  )
   handler = inference.create_handler(inference.HANDLER_TFX_BSL, export_dir, max_batch_size=4)
   early_model = handler.load_model()
   own_model = handler.load_model()  # taken once: this one loads its own session
   assert early_model.session is not own_model.session
   image = synthetic.encode(synthetic.pet_scene(20, 30, 0)[0], "PNG")
-  results = [inference.outputs_as_arrays(handler.run_inference([("k", image)], model)[0][1])
-             for model in (early_model, own_model)]
+  results = [
+    inference.outputs_as_arrays(handler.run_inference([("k", image)], model)[0][1])
+    for model in (early_model, own_model)
+  ]
   assert int(results[0]["width"]) == 20 and int(results[0]["height"]) == 30
   np.testing.assert_array_equal(results[0]["probabilities"], results[1]["probabilities"])
 
@@ -58,32 +61,39 @@ def test_a_failed_early_load_leaves_the_load_to_the_handler(tmp_path):
 
 def test_a_dropped_early_session_is_not_taken(tiny_export):
   export_dir, config = tiny_export
-  sessions.load_early(export_dir, signature_name=export_lib.SIGNATURE_NAME,
-                      warm_up_size=config.input_size)
+  sessions.load_early(
+    export_dir, signature_name=export_lib.SIGNATURE_NAME, warm_up_size=config.input_size
+  )
   sessions.drop_early()
   assert sessions.take_early(export_dir) is None
 
 
-@pytest.mark.parametrize("argv, loads", [
+@pytest.mark.parametrize(
+  "argv, loads",
+  [
     (["--input", "x/*", "--output", "out"], True),  # the embedded default model, tfx-bsl
     (["--input", "x/*", "--inference-handler", "saved-model"], False),
     (["--input", "x/*", "--model", "gs://bucket/model"], False),  # the launcher copies it first
     (["--input", "x/*", "--model", "/no/such/export"], False),  # the launcher reports it
-])
+  ],
+)
 def test_which_runs_load_their_session_early(argv, loads):
   assert sessions.load_early_for_run(argv) is loads
   assert (sessions.take_early(defaults.default_model_dir()) is not None) is (
-      loads and "--model" not in argv)
+    loads and "--model" not in argv
+  )
 
 
 def test_the_early_load_starts_before_beam_is_imported(tiny_export):
   """What it is for: `segbeam run` loads the session while Beam is being imported."""
   export_dir, _ = tiny_export
-  code = ("import sys; from segbeam import quiet; quiet.import_tensorflow(); "
-          "from segbeam.pipeline import sessions; "
-          f"started = sessions.load_early_for_run(['--model', {export_dir!r}]); "
-          "print(started, 'apache_beam' in sys.modules); "
-          f"print(sessions.take_early({export_dir!r}) is not None)")
+  code = (
+    "import sys; from segbeam import quiet; quiet.import_tensorflow(); "
+    "from segbeam.pipeline import sessions; "
+    f"started = sessions.load_early_for_run(['--model', {export_dir!r}]); "
+    "print(started, 'apache_beam' in sys.modules); "
+    f"print(sessions.take_early({export_dir!r}) is not None)"
+  )
   out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
   assert out.stdout.split() == ["True", "False", "True"]
   # The TF1 loader's deprecation notice was the first thing every `segbeam run` printed.

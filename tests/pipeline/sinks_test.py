@@ -8,16 +8,32 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
-from apache_beam.testing.util import BeamAssertException, assert_that, equal_to
+from apache_beam.testing.util import BeamAssertException
+from apache_beam.testing.util import assert_that
+from apache_beam.testing.util import equal_to
 
 from segbeam.pipeline import sinks
 
 SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\.[0-9a-f]{12}\.png$")
 
 
-@pytest.mark.parametrize("image_id", [
-    "cat.jpg", "../../etc/passwd", "/abs/path/x.png", "a\0b.jpg", "x" * 1000, "", "..",
-    "dir/sub/photo 1.jpg", "C:\\windows\\x.jpg", "émoji-🐱.png", "-rf", ".hidden"])
+@pytest.mark.parametrize(
+  "image_id",
+  [
+    "cat.jpg",
+    "../../etc/passwd",
+    "/abs/path/x.png",
+    "a\0b.jpg",
+    "x" * 1000,
+    "",
+    "..",
+    "dir/sub/photo 1.jpg",
+    "C:\\windows\\x.jpg",
+    "émoji-🐱.png",
+    "-rf",
+    ".hidden",
+  ],
+)
 def test_mask_file_names_never_leave_the_folder(image_id, tmp_path):
   name = sinks.mask_file_name(image_id)
   assert SAFE.match(name), name
@@ -32,10 +48,18 @@ def test_similar_ids_get_different_names():
 
 
 def _manifest(**changes):
-  counts = dict(seen=6, segmented=3, failures=[(("validate", "PixelCapExceeded"), 1),
-                                               (("read", "CorruptRecord"), 1)],
-                segment_files=["s2", "s1"], error_files=["e"], segments_rows=3, errors_rows=2,
-                skipped_existing=1, masks_written=3, mask_files=True)
+  counts = dict(
+    seen=6,
+    segmented=3,
+    failures=[(("validate", "PixelCapExceeded"), 1), (("read", "CorruptRecord"), 1)],
+    segment_files=["s2", "s1"],
+    error_files=["e"],
+    segments_rows=3,
+    errors_rows=2,
+    skipped_existing=1,
+    masks_written=3,
+    mask_files=True,
+  )
   counts.update(changes)
   return sinks.build_manifest({"run_id": "r"}, **counts)
 
@@ -45,18 +69,28 @@ def test_manifest_counts_and_conservation():
   assert manifest["counts"]["failed"] == 2 and manifest["counts"]["skipped_existing"] == 1
   assert manifest["counts"]["failed_by_stage"] == {"read": 1, "validate": 1}
   assert manifest["conservation"] == {
-      "inputs_seen": 6, "segmented": 3, "failed": 2, "skipped_existing": 1, "masks_written": 3,
-      "holds": True, "rule": sinks.CONSERVATION_RULE}
+    "inputs_seen": 6,
+    "segmented": 3,
+    "failed": 2,
+    "skipped_existing": 1,
+    "masks_written": 3,
+    "holds": True,
+    "rule": sinks.CONSERVATION_RULE,
+  }
   assert manifest["files"] == {"segments": ["s1", "s2"], "errors": ["e"], "masks": 3}
 
 
-@pytest.mark.parametrize("changes", [
-    {"seen": 7},                                  # an input lost
-    {"skipped_existing": 0},                      # a skipped input not counted
-    {"segments_rows": 4, "seen": 7},              # a row doubled in the table, sums still add up
-    {"errors_rows": 1, "seen": 5},                # an error row lost from the table
-    {"masks_written": 4},                         # a mask written twice
-    {"masks_written": 3, "mask_files": False}])   # mask files nobody asked for
+@pytest.mark.parametrize(
+  "changes",
+  [
+    {"seen": 7},  # an input lost
+    {"skipped_existing": 0},  # a skipped input not counted
+    {"segments_rows": 4, "seen": 7},  # a row doubled in the table, sums still add up
+    {"errors_rows": 1, "seen": 5},  # an error row lost from the table
+    {"masks_written": 4},  # a mask written twice
+    {"masks_written": 3, "mask_files": False},
+  ],
+)  # mask files nobody asked for
 def test_conservation_fails_when_anything_is_lost_or_doubled(changes):
   assert not _manifest(**changes)["conservation"]["holds"]
 
@@ -64,9 +98,14 @@ def test_conservation_fails_when_anything_is_lost_or_doubled(changes):
 def test_an_unbalanced_run_fails_and_writes_no_manifest(tmp_path):
   pipeline = TestPipeline()
   # 5 inputs seen, 3 segmented and 1 failed: one input is missing from both tables.
-  counts = pipeline | "Counts" >> beam.Create([
-      ((sinks.COUNT_RECORDS, "", ""), 4), ((sinks.COUNT_READ_FAILURES, "", ""), 1),
-      ((sinks.COUNT_SEGMENTED, "", ""), 3), ((sinks.COUNT_FAILED, "validate", "EmptyImage"), 1)])
+  counts = pipeline | "Counts" >> beam.Create(
+    [
+      ((sinks.COUNT_RECORDS, "", ""), 4),
+      ((sinks.COUNT_READ_FAILURES, "", ""), 1),
+      ((sinks.COUNT_SEGMENTED, "", ""), 3),
+      ((sinks.COUNT_FAILED, "validate", "EmptyImage"), 1),
+    ]
+  )
   # The tables as written: 2 + 1 segments rows, 1 error row; the manifest reads their footers.
   paths = {}
   for name, sizes in [("segments", [2, 1]), ("errors", [1])]:
@@ -76,10 +115,16 @@ def test_an_unbalanced_run_fails_and_writes_no_manifest(tmp_path):
       pq.write_table(pa.table({"image_id": [f"img{i}" for i in range(rows)]}), path)
       paths[name].append(path)
   files = {name: pipeline | f"Files{name}" >> beam.Create(value) for name, value in paths.items()}
-  _ = (pipeline | beam.Create([None]) | beam.ParDo(
+  _ = (
+    pipeline
+    | beam.Create([None])
+    | beam.ParDo(
       sinks.WriteManifest(str(tmp_path), {"options": {"mask_files": False}}),
-      beam.pvalue.AsList(counts), beam.pvalue.AsList(files["segments"]),
-      beam.pvalue.AsList(files["errors"])))
+      beam.pvalue.AsList(counts),
+      beam.pvalue.AsList(files["segments"]),
+      beam.pvalue.AsList(files["errors"]),
+    )
+  )
   with pytest.raises(Exception, match="inputs not accounted for"):
     pipeline.run().wait_until_finish()
   assert not os.path.exists(tmp_path / sinks.MANIFEST_FILE)
@@ -117,6 +162,7 @@ def _sums_to(expected: int):
   def check(actual):
     if sum(actual) != expected:
       raise BeamAssertException(f"{list(actual)} does not sum to {expected}")
+
   return check
 
 
@@ -124,8 +170,10 @@ def test_a_retried_bundle_leaves_one_mask_and_one_row_per_image(tmp_path):
   """On Beam's BundleBasedDirectRunner, which retries a failed bundle (the FnApiRunner fails
   the job instead): masks are rewritten in place, Parquet rows of the failed attempt dropped."""
   output = str(tmp_path / "out")
-  rows = [{"image_id": image_id, "mask_png": f"mask of {image_id}".encode()}
-          for image_id in ("a.jpg", "b/../c.jpg", "d.jpg", "e.jpg")]
+  rows = [
+    {"image_id": image_id, "mask_png": f"mask of {image_id}".encode()}
+    for image_id in ("a.jpg", "b/../c.jpg", "d.jpg", "e.jpg")
+  ]
   masks_marker, rows_marker = str(tmp_path / "masks_died"), str(tmp_path / "rows_died")
   # A leftover of an attempt that died mid-write, which the retry must replace.
   os.makedirs(os.path.join(output, sinks.MASKS_DIR))
@@ -135,23 +183,27 @@ def test_a_retried_bundle_leaves_one_mask_and_one_row_per_image(tmp_path):
 
   pipeline = TestPipeline(runner="BundleBasedDirectRunner")
   created = pipeline | beam.Create(rows)
-  paths = created | "Masks" >> beam.ParDo(
-      _DiesOnceAfterWriting(output, "d.jpg", masks_marker))
-  table = (created
-           | "DiesOnce" >> beam.ParDo(_DiesOnce("b/../c.jpg", rows_marker))
-           | beam.io.WriteToParquet(os.path.join(output, sinks.SEGMENTS_DIR, "part"),
-                                    pa.schema([("image_id", pa.string()),
-                                               ("mask_png", pa.binary())]),
-                                    file_name_suffix=".parquet"))
+  paths = created | "Masks" >> beam.ParDo(_DiesOnceAfterWriting(output, "d.jpg", masks_marker))
+  table = (
+    created
+    | "DiesOnce" >> beam.ParDo(_DiesOnce("b/../c.jpg", rows_marker))
+    | beam.io.WriteToParquet(
+      os.path.join(output, sinks.SEGMENTS_DIR, "part"),
+      pa.schema([("image_id", pa.string()), ("mask_png", pa.binary())]),
+      file_name_suffix=".parquet",
+    )
+  )
   masks_dir = os.path.join(output, sinks.MASKS_DIR)
-  assert_that(paths, equal_to([os.path.join(masks_dir, sinks.mask_file_name(r["image_id"]))
-                               for r in rows]), label="OnePathPerImage")
+  assert_that(
+    paths,
+    equal_to([os.path.join(masks_dir, sinks.mask_file_name(r["image_id"])) for r in rows]),
+    label="OnePathPerImage",
+  )
   assert_that(table | beam.Map(sinks.parquet_rows), _sums_to(len(rows)), label="OneRowPerImage")
   pipeline.run().wait_until_finish()
 
   assert os.path.exists(masks_marker) and os.path.exists(rows_marker)  # both did die once
-  assert sorted(os.listdir(masks_dir)) == sorted(sinks.mask_file_name(r["image_id"])
-                                                 for r in rows)
+  assert sorted(os.listdir(masks_dir)) == sorted(sinks.mask_file_name(r["image_id"]) for r in rows)
   for row in rows:
     with open(os.path.join(masks_dir, sinks.mask_file_name(row["image_id"])), "rb") as f:
       assert f.read() == row["mask_png"]

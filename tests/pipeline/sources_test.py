@@ -7,7 +7,8 @@ import apache_beam as beam
 import numpy as np
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
-from apache_beam.testing.util import assert_that, equal_to
+from apache_beam.testing.util import assert_that
+from apache_beam.testing.util import equal_to
 
 from segbeam.pipeline import pack
 from segbeam.pipeline import records
@@ -19,39 +20,58 @@ JPEG = synthetic.encode(synthetic.pet_scene(20, 16, 0)[0], "JPEG")
 MASK = synthetic.encode(synthetic.pet_scene(20, 16, 0)[1], "PNG")
 
 
-@pytest.mark.parametrize("pattern,root", [("/data/imgs/*.jpg", "/data/imgs/"),
-                                          ("/data/**/a?.png", "/data/"),
-                                          ("gs://b/x/[ab]*.jpg", "gs://b/x/"),
-                                          ("/data/one.jpg", "/data/"), ("*.jpg", "")])
+@pytest.mark.parametrize(
+  "pattern,root",
+  [
+    ("/data/imgs/*.jpg", "/data/imgs/"),
+    ("/data/**/a?.png", "/data/"),
+    ("gs://b/x/[ab]*.jpg", "gs://b/x/"),
+    ("/data/one.jpg", "/data/"),
+    ("*.jpg", ""),
+  ],
+)
 def test_pattern_root(pattern, root):
   assert sources.pattern_root(pattern) == root
 
 
-@pytest.mark.parametrize("name,expected", [("train.tfrecord", True), ("a.tfrecords", True),
-                                           ("x-00001-of-00010.tfrecord", True),
-                                           ("train.tfrecord-00001-of-00004", True),
-                                           ("a.tfr", True), ("cat.jpg", False),
-                                           ("tfrecord_cat.png", False)])
+@pytest.mark.parametrize(
+  "name,expected",
+  [
+    ("train.tfrecord", True),
+    ("a.tfrecords", True),
+    ("x-00001-of-00010.tfrecord", True),
+    ("train.tfrecord-00001-of-00004", True),
+    ("a.tfr", True),
+    ("cat.jpg", False),
+    ("tfrecord_cat.png", False),
+  ],
+)
 def test_tfrecord_detection_by_name(name, expected):
   def never_opened():
     raise AssertionError("a name that says what the file is decides without opening it")
-  assert sources.is_tfrecord(f"/d/{name}", sources.FORMAT_AUTO,
-                             open_file=never_opened) is expected
+
+  assert sources.is_tfrecord(f"/d/{name}", sources.FORMAT_AUTO, open_file=never_opened) is expected
   assert sources.is_tfrecord(f"/d/{name}", sources.FORMAT_TFRECORD)
   assert not sources.is_tfrecord(f"/d/{name}", sources.FORMAT_IMAGES)
 
 
-@pytest.mark.parametrize("contents,expected", [(tfrecord.encode_record(b"x"), True),
-                                               (JPEG, False), (b"", False)])
+@pytest.mark.parametrize(
+  "contents,expected", [(tfrecord.encode_record(b"x"), True), (JPEG, False), (b"", False)]
+)
 def test_a_name_that_does_not_say_is_decided_by_the_first_bytes(contents, expected):
-  assert sources.is_tfrecord("/d/train-00000-of-01024", sources.FORMAT_AUTO,
-                             open_file=lambda: io.BytesIO(contents)) is expected
+  assert (
+    sources.is_tfrecord(
+      "/d/train-00000-of-01024", sources.FORMAT_AUTO, open_file=lambda: io.BytesIO(contents)
+    )
+    is expected
+  )
   assert not sources.is_tfrecord("/d/train-00000-of-01024", sources.FORMAT_AUTO)
 
 
 def test_a_file_that_cannot_be_opened_to_tell_is_read_as_an_image():
   def unreadable():
     raise OSError("permission denied")
+
   assert not sources.is_tfrecord("/d/data-1", sources.FORMAT_AUTO, open_file=unreadable)
 
 
@@ -67,10 +87,16 @@ def test_image_files_get_ids_relative_to_the_pattern_root(tmp_path):
   (tmp_path / "dog.jpg").write_bytes(JPEG)
   (tmp_path / "huge.jpg").write_bytes(JPEG + b"\0" * 5000)
   p, out = _read(str(tmp_path) + "/**", max_file_bytes=4000)
-  assert_that(out.records | beam.Map(lambda r: (r.image_id, r.data == JPEG)),
-              equal_to([("cats/felix.jpg", True), ("dog.jpg", True)]), label="records")
-  assert_that(out[records.FAILURES] | beam.Map(lambda f: (f.image_id, f.error_type)),
-              equal_to([("huge.jpg", "FileTooLarge")]), label="failures")
+  assert_that(
+    out.records | beam.Map(lambda r: (r.image_id, r.data == JPEG)),
+    equal_to([("cats/felix.jpg", True), ("dog.jpg", True)]),
+    label="records",
+  )
+  assert_that(
+    out[records.FAILURES] | beam.Map(lambda f: (f.image_id, f.error_type)),
+    equal_to([("huge.jpg", "FileTooLarge")]),
+    label="failures",
+  )
   p.run().wait_until_finish()
 
 
@@ -84,60 +110,114 @@ def _shard(path, examples):
 @pytest.mark.parametrize("spread_files", [True, False])
 def test_tfrecord_ids_labels_and_bad_records(tmp_path, spread_files):
   import tensorflow as tf
-  no_image = tf.train.Example(features=tf.train.Features(feature={
-      "image/filename": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"lost.jpg"]))}))
-  _shard(tmp_path / "a.tfrecord", [
+
+  no_image = tf.train.Example(
+    features=tf.train.Features(
+      feature={
+        "image/filename": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"lost.jpg"]))
+      }
+    )
+  )
+  _shard(
+    tmp_path / "a.tfrecord",
+    [
       pack.make_example("x.jpg", JPEG, MASK),
-      pack.make_example("x.jpg", JPEG),          # repeated in the shard
-      pack.make_example("", JPEG),               # no filename
+      pack.make_example("x.jpg", JPEG),  # repeated in the shard
+      pack.make_example("", JPEG),  # no filename
       b"\x08\x96\x01garbage that is no Example",  # not an Example
       no_image.SerializeToString(),
-  ])
+    ],
+  )
   with open(tmp_path / "a.tfrecord", "ab") as f:  # truncated last record
     f.write(tfrecord.encode_record(pack.make_example("cut.jpg", JPEG))[:40])
-  _shard(tmp_path / "b.tfrecord", [pack.make_example("y.jpg", JPEG),
-                                    pack.make_example("x.jpg", JPEG)])  # repeated across shards
+  _shard(
+    tmp_path / "b.tfrecord", [pack.make_example("y.jpg", JPEG), pack.make_example("x.jpg", JPEG)]
+  )  # repeated across shards
   p, out = _read(str(tmp_path / "*.tfrecord"), spread_files=spread_files)
-  assert_that(out.records | beam.Map(lambda r: (r.image_id, r.label == MASK, r.source[-2:])),
-              equal_to([("x.jpg#a.tfrecord#0", True, "#0"), ("x.jpg#a.tfrecord#1", False, "#1"),
-                        ("a.tfrecord#2", False, "#2"), ("y.jpg", False, "#0"),
-                        ("x.jpg#b.tfrecord#1", False, "#1")]), label="records")
-  assert_that(out[records.FAILURES] | beam.Map(lambda f: (f.image_id, f.error_type)),
-              equal_to([("a.tfrecord#3", "NotAnExample"), ("lost.jpg", "MissingImage"),
-                        ("a.tfrecord#5", "CorruptRecord")]), label="failures")
+  assert_that(
+    out.records | beam.Map(lambda r: (r.image_id, r.label == MASK, r.source[-2:])),
+    equal_to(
+      [
+        ("x.jpg#a.tfrecord#0", True, "#0"),
+        ("x.jpg#a.tfrecord#1", False, "#1"),
+        ("a.tfrecord#2", False, "#2"),
+        ("y.jpg", False, "#0"),
+        ("x.jpg#b.tfrecord#1", False, "#1"),
+      ]
+    ),
+    label="records",
+  )
+  assert_that(
+    out[records.FAILURES] | beam.Map(lambda f: (f.image_id, f.error_type)),
+    equal_to(
+      [
+        ("a.tfrecord#3", "NotAnExample"),
+        ("lost.jpg", "MissingImage"),
+        ("a.tfrecord#5", "CorruptRecord"),
+      ]
+    ),
+    label="failures",
+  )
   p.run().wait_until_finish()
 
 
 @pytest.mark.parametrize("spread_files", [True, False])
-def test_a_record_claiming_an_image_files_id_is_renamed_and_the_file_keeps_it(tmp_path,
-                                                                            spread_files):
+def test_a_record_claiming_an_image_files_id_is_renamed_and_the_file_keeps_it(
+  tmp_path, spread_files
+):
   (tmp_path / "pet.jpg").write_bytes(JPEG)
   (tmp_path / "cats").mkdir()
   (tmp_path / "cats" / "felix.jpg").write_bytes(JPEG)
-  _shard(tmp_path / "mixed.tfrecord", [pack.make_example("pet.jpg", JPEG),
-                                       pack.make_example("cats/felix.jpg", JPEG),
-                                       pack.make_example("own.jpg", JPEG)])
+  _shard(
+    tmp_path / "mixed.tfrecord",
+    [
+      pack.make_example("pet.jpg", JPEG),
+      pack.make_example("cats/felix.jpg", JPEG),
+      pack.make_example("own.jpg", JPEG),
+    ],
+  )
   p, out = _read(str(tmp_path) + "/**", spread_files=spread_files)
-  assert_that(out.records | beam.Map(lambda r: r.image_id),
-              equal_to(["pet.jpg", "cats/felix.jpg", "pet.jpg#mixed.tfrecord#0",
-                        "cats/felix.jpg#mixed.tfrecord#1", "own.jpg"]), label="unique ids")
+  assert_that(
+    out.records | beam.Map(lambda r: r.image_id),
+    equal_to(
+      [
+        "pet.jpg",
+        "cats/felix.jpg",
+        "pet.jpg#mixed.tfrecord#0",
+        "cats/felix.jpg#mixed.tfrecord#1",
+        "own.jpg",
+      ]
+    ),
+    label="unique ids",
+  )
   p.run().wait_until_finish()
 
 
 @pytest.mark.parametrize("spread_files", [True, False])
 def test_files_whose_names_do_not_say_are_read_by_what_they_hold(tmp_path, spread_files):
   """TensorFlow's usual shard names ('train-00000-of-01024') have no extension; nor may photos."""
-  _shard(tmp_path / "train-00000-of-00002", [pack.make_example("x.jpg", JPEG),
-                                              pack.make_example("y.jpg", JPEG)])
+  _shard(
+    tmp_path / "train-00000-of-00002",
+    [pack.make_example("x.jpg", JPEG), pack.make_example("y.jpg", JPEG)],
+  )
   _shard(tmp_path / "train-00001-of-00002", [pack.make_example("x.jpg", JPEG)])  # x repeated
   (tmp_path / "photo").write_bytes(JPEG)
   # Named as an image, so read as one, whole: validation then says what it is.
   (tmp_path / "shard.jpg").write_bytes(tfrecord.encode_record(pack.make_example("z.jpg", JPEG)))
   p, out = _read(str(tmp_path / "*"), spread_files=spread_files)
-  assert_that(out.records | beam.Map(lambda r: (r.image_id, r.data == JPEG)),
-              equal_to([("x.jpg#train-00000-of-00002#0", True), ("y.jpg", True),
-                        ("x.jpg#train-00001-of-00002#0", True), ("photo", True),
-                        ("shard.jpg", False)]), label="records")
+  assert_that(
+    out.records | beam.Map(lambda r: (r.image_id, r.data == JPEG)),
+    equal_to(
+      [
+        ("x.jpg#train-00000-of-00002#0", True),
+        ("y.jpg", True),
+        ("x.jpg#train-00001-of-00002#0", True),
+        ("photo", True),
+        ("shard.jpg", False),
+      ]
+    ),
+    label="records",
+  )
   p.run().wait_until_finish()
 
 
@@ -146,14 +226,19 @@ def test_pack_writes_shards_the_reader_reads(tmp_path, pet_folder):
   prefix = str(tmp_path / "shards" / "pets")
   os.makedirs(os.path.dirname(prefix))
   paths = pack.pack(images, prefix, masks_dir=masks, num_shards=2).shards
-  assert [os.path.basename(x) for x in paths] == ["pets-00000-of-00002.tfrecord",
-                                                  "pets-00001-of-00002.tfrecord"]
+  assert [os.path.basename(x) for x in paths] == [
+    "pets-00000-of-00002.tfrecord",
+    "pets-00001-of-00002.tfrecord",
+  ]
   p, out = _read(prefix + "-*")
-  assert_that(out.records | beam.Map(lambda r: (r.image_id, r.label is not None)),
-              equal_to([(n + ".jpg", True) for n in names]))
+  assert_that(
+    out.records | beam.Map(lambda r: (r.image_id, r.label is not None)),
+    equal_to([(n + ".jpg", True) for n in names]),
+  )
   p.run().wait_until_finish()
   example = __import__("tensorflow").train.Example.FromString(
-      next(r for _, r in tfrecord.read_records(open(paths[0], "rb"))))
+    next(r for _, r in tfrecord.read_records(open(paths[0], "rb")))
+  )
   features = example.features.feature
   assert features["image/format"].bytes_list.value == [b"jpeg"]
   assert features["image/height"].int64_list.value == [40]
@@ -162,23 +247,35 @@ def test_pack_writes_shards_the_reader_reads(tmp_path, pet_folder):
 
 def test_reads_stop_at_the_size_limit_whatever_size_a_file_is_listed_at(tmp_path):
   import gzip
+
   # Listed at a few hundred bytes, read (decompressed, as Beam reads .gz) at 300 KB.
   (tmp_path / "bomb.jpg.gz").write_bytes(gzip.compress(JPEG + b"\0" * 300_000))
   (tmp_path / "small.jpg.gz").write_bytes(gzip.compress(JPEG))
-  _shard(tmp_path / "s.tfrecord", [pack.make_example("big.jpg", JPEG + b"\0" * 200_000),
-                                    pack.make_example("next.jpg", JPEG)])
+  _shard(
+    tmp_path / "s.tfrecord",
+    [pack.make_example("big.jpg", JPEG + b"\0" * 200_000), pack.make_example("next.jpg", JPEG)],
+  )
   p, out = _read(str(tmp_path / "*"), max_file_bytes=100_000)
-  assert_that(out.records | beam.Map(lambda r: (r.image_id, r.data == JPEG)),
-              equal_to([("small.jpg.gz", True), ("next.jpg", True)]), label="records")
+  assert_that(
+    out.records | beam.Map(lambda r: (r.image_id, r.data == JPEG)),
+    equal_to([("small.jpg.gz", True), ("next.jpg", True)]),
+    label="records",
+  )
   limit_named = ("more than 100000 bytes read", "over the 100000-byte limit")
-  assert_that(out[records.FAILURES] | beam.Map(
-      lambda f: (f.image_id, f.error_type, any(words in f.message for words in limit_named))),
-              equal_to([("bomb.jpg.gz", "FileTooLarge", True),
-                        ("s.tfrecord#0", "RecordTooLarge", True)]), label="failures")
+  assert_that(
+    out[records.FAILURES]
+    | beam.Map(
+      lambda f: (f.image_id, f.error_type, any(words in f.message for words in limit_named))
+    ),
+    equal_to([("bomb.jpg.gz", "FileTooLarge", True), ("s.tfrecord#0", "RecordTooLarge", True)]),
+    label="failures",
+  )
   p.run().wait_until_finish()
 
 
-@pytest.mark.parametrize("path,folder", [
+@pytest.mark.parametrize(
+  "path,folder",
+  [
     ("/photos/out/manifest.json", "/photos/out"),
     ("/photos/out/masks/cat.jpg.1a2b3c4d5e6f.png", "/photos/out"),
     ("/photos/out/segments/part-00000-of-00001.parquet", "/photos/out"),
@@ -186,7 +283,8 @@ def test_reads_stop_at_the_size_limit_whatever_size_a_file_is_listed_at(tmp_path
     ("/photos/cat.jpg", None),
     ("/photos/masks_old/cat.png", None),
     ("manifest.json", None),
-])
+  ],
+)
 def test_where_a_file_would_belong_to_a_segbeam_output(path, folder):
   assert sources.output_folder_candidate(path) == folder
 
@@ -195,6 +293,7 @@ def test_a_previous_runs_files_under_the_glob_are_error_rows_not_photos(small_ru
   """Its mask PNGs would be segmented as photos; a dataset's own manifest.json and masks
   folder are inputs like any other file."""
   import shutil
+
   photos = tmp_path / "photos"
   photos.mkdir()
   (photos / "cat.jpg").write_bytes(JPEG)
@@ -204,26 +303,36 @@ def test_a_previous_runs_files_under_the_glob_are_error_rows_not_photos(small_ru
   (photos / "manifest.json").write_text('{"dataset": "my pets"}')
   (photos / "masks").mkdir()
   (photos / "masks" / "cat.png").write_bytes(JPEG)
-  run_files = sorted(str(p.relative_to(photos)) for p in (photos / "run1").rglob("*")
-                     if p.is_file())
+  run_files = sorted(
+    str(p.relative_to(photos)) for p in (photos / "run1").rglob("*") if p.is_file()
+  )
   assert "run1/manifest.json" in run_files and len(run_files) >= 4
   p, out = _read(str(photos) + "/**")
-  assert_that(out.records | beam.Map(lambda r: r.image_id),
-              equal_to(["cat.jpg", "manifest.json", "masks/cat.png"]), label="records")
-  assert_that(out[records.FAILURES] | beam.Map(lambda f: (f.image_id, f.stage, f.error_type,
-                                                          str(photos / "run1") in f.message)),
-              equal_to([(name, "read", "SegbeamOutput", True) for name in run_files]),
-              label="failures")
+  assert_that(
+    out.records | beam.Map(lambda r: r.image_id),
+    equal_to(["cat.jpg", "manifest.json", "masks/cat.png"]),
+    label="records",
+  )
+  assert_that(
+    out[records.FAILURES]
+    | beam.Map(lambda f: (f.image_id, f.stage, f.error_type, str(photos / "run1") in f.message)),
+    equal_to([(name, "read", "SegbeamOutput", True) for name in run_files]),
+    label="failures",
+  )
   p.run().wait_until_finish()
 
 
 def test_a_glob_rooted_inside_a_previous_output_asks_for_its_files(small_run, tmp_path):
   import shutil
+
   shutil.copytree(small_run, tmp_path / "run1")
   (tmp_path / "run1" / "masks").mkdir()
   (tmp_path / "run1" / "masks" / "cat.jpg.0123456789ab.png").write_bytes(JPEG)
   p, out = _read(str(tmp_path / "run1" / "masks") + "/*.png")
-  assert_that(out.records | beam.Map(lambda r: r.image_id),
-              equal_to(["cat.jpg.0123456789ab.png"]), label="records")
+  assert_that(
+    out.records | beam.Map(lambda r: r.image_id),
+    equal_to(["cat.jpg.0123456789ab.png"]),
+    label="records",
+  )
   assert_that(out[records.FAILURES], equal_to([]), label="no failures")
   p.run().wait_until_finish()

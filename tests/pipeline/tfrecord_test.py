@@ -30,8 +30,13 @@ def test_a_shard_is_told_by_its_first_record_header(tmp_path):
     assert tfrecord.starts_with_a_record(f)
   header = bytearray(tfrecord.encode_record(b"payload")[:12])
   header[8] ^= 0x01  # the length's checksum no longer matches
-  for other in (b"", b"\xff\xd8\xff\xe0" + b"\0" * 20, b"\x89PNG\r\n\x1a\n" + b"\0" * 20,
-                tfrecord.encode_record(b"payload")[:11], bytes(header)):
+  for other in (
+    b"",
+    b"\xff\xd8\xff\xe0" + b"\0" * 20,
+    b"\x89PNG\r\n\x1a\n" + b"\0" * 20,
+    tfrecord.encode_record(b"payload")[:11],
+    bytes(header),
+  ):
     assert not tfrecord.starts_with_a_record(io.BytesIO(other)), other
 
 
@@ -54,8 +59,11 @@ def test_bad_length_checksum_ends_the_shard():
 
 def test_truncation_inside_a_record_is_reported():
   data = tfrecord.encode_record(b"ok") + tfrecord.encode_record(b"y" * 100)
-  for cut, words in ((len(data) - 50, "inside record 1"), (len(data) - 2, "checksum is missing"),
-                     (len(tfrecord.encode_record(b"ok")) + 5, "inside the header")):
+  for cut, words in (
+    (len(data) - 50, "inside record 1"),
+    (len(data) - 2, "checksum is missing"),
+    (len(tfrecord.encode_record(b"ok")) + 5, "inside the header"),
+  ):
     out = _records(data[:cut])
     assert out[0] == b"ok" and out[1].fatal and words in out[1].reason
 

@@ -13,7 +13,6 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from PIL import Image
 
 from segbeam import cli
-
 from segbeam.model import data
 from segbeam.model import evaluation
 from segbeam.model import export
@@ -36,13 +35,15 @@ def _run(argv):
 @pytest.fixture(scope="module")
 def reference(tiny_export, pet_folder):
   images, masks, _ = pet_folder
-  return evaluation.evaluate_export(export.LoadedExport(tiny_export[0]),
-                                    data.match_pairs(images, masks)).metrics
+  return evaluation.evaluate_export(
+    export.LoadedExport(tiny_export[0]), data.match_pairs(images, masks)
+  ).metrics
 
 
 @pytest.mark.parametrize("source", ["labels-glob", "tfrecord", "label-map"])
-def test_in_run_metrics_equal_segbeam_evaluate(source, tiny_export, pet_folder, reference,
-                                               tmp_path):
+def test_in_run_metrics_equal_segbeam_evaluate(
+  source, tiny_export, pet_folder, reference, tmp_path
+):
   images, masks, names = pet_folder
   output = str(tmp_path / "out")
   argv = ["--output", output, "--model", tiny_export[0]]
@@ -72,17 +73,29 @@ def test_rows_without_a_label_have_null_ground_truth(tiny_export, pet_folder, tm
   os.symlink(os.path.join(masks, "pet_000.png"), partial / "pet_000.png")
   (partial / "pet_001.png").write_bytes(b"broken label")
   output = str(tmp_path / "out")
-  _run(["--input", images + "/*.jpg", "--ground-truth", str(partial / "*.png"), "--output", output,
-        "--model", tiny_export[0]])
-  rows = {r["image_id"]: r for r in pq.read_table(
-      glob.glob(f"{output}/segments/*.parquet")).to_pylist()}
+  _run(
+    [
+      "--input",
+      images + "/*.jpg",
+      "--ground-truth",
+      str(partial / "*.png"),
+      "--output",
+      output,
+      "--model",
+      tiny_export[0],
+    ]
+  )
+  rows = {
+    r["image_id"]: r for r in pq.read_table(glob.glob(f"{output}/segments/*.parquet")).to_pylist()
+  }
   assert rows["pet_000.jpg"]["gt_pixels"] > 0 and rows["pet_000.jpg"]["gt_error"] is None
   assert rows["pet_001.jpg"]["gt_pixels"] is None
   assert "UnidentifiedImageError" in rows["pet_001.jpg"]["gt_error"]
   assert rows["pet_002.jpg"]["gt_pixels"] is None and rows["pet_002.jpg"]["gt_error"] is None
   row = rows["pet_000.jpg"]
-  assert row["gt_correct"] == sum(row[f"gt_intersection_{c}"] for c in ("pet", "background",
-                                                                          "border"))
+  assert row["gt_correct"] == sum(
+    row[f"gt_intersection_{c}"] for c in ("pet", "background", "border")
+  )
   assert row["gt_pixel_accuracy"] == pytest.approx(row["gt_correct"] / row["gt_pixels"])
 
 
@@ -97,8 +110,20 @@ def binary_run(tiny_export, pet_folder, tmp_path_factory):
     Image.fromarray((trimap == 1).astype(np.uint8)).save(binary / (name + ".png"))
   Image.new("RGB", (8, 8)).save(binary / (names[1] + ".png"))
   output = str(tmp_path_factory.mktemp("binary_run") / "out")
-  _run(["--input", images + "/*.jpg", "--ground-truth", str(binary / "*.png"), "--label-map",
-        "1:0,0:1", "--output", output, "--model", tiny_export[0]])
+  _run(
+    [
+      "--input",
+      images + "/*.jpg",
+      "--ground-truth",
+      str(binary / "*.png"),
+      "--label-map",
+      "1:0,0:1",
+      "--output",
+      output,
+      "--model",
+      tiny_export[0],
+    ]
+  )
   return output, str(binary)
 
 
@@ -107,8 +132,10 @@ def test_binary_labels_score_pet_and_background_only(binary_run, tiny_export, pe
   images, _, names = pet_folder
   loaded = export.LoadedExport(tiny_export[0])
   expected = evaluation.evaluate_export(
-      loaded, data.match_pairs(images, binary),
-      label_map=labels.parse_label_map("1:0,0:1", loaded.metadata.class_names))
+    loaded,
+    data.match_pairs(images, binary),
+    label_map=labels.parse_label_map("1:0,0:1", loaded.metadata.class_names),
+  )
   assert [s.name for s in expected.skipped] == [names[1]]  # the RGB label, there and here
   truth = summary.ground_truth(output_lib.RunOutput(output))
   assert truth["images"] == len(names) - 1 and truth["unusable_labels"] == 1
@@ -120,10 +147,12 @@ def test_binary_labels_score_pet_and_background_only(binary_run, tiny_export, pe
   for name in ("pet", "background"):
     assert truth["per_class_iou"][name] == pytest.approx(m.per_class_iou[name], abs=1e-12)
 
-  rows = {r["image_id"]: r for r in pq.read_table(
-      glob.glob(f"{output}/segments/*.parquet")).to_pylist()}
-  assert all(r["gt_intersection_border"] is None and r["gt_union_border"] is None
-             for r in rows.values())
+  rows = {
+    r["image_id"]: r for r in pq.read_table(glob.glob(f"{output}/segments/*.parquet")).to_pylist()
+  }
+  assert all(
+    r["gt_intersection_border"] is None and r["gt_union_border"] is None for r in rows.values()
+  )
   assert "mask has mode RGB" in rows[names[1] + ".jpg"]["gt_error"]
   # One image by hand: its mask from the row against its binary label.
   row = rows[names[0] + ".jpg"]
@@ -144,8 +173,10 @@ def test_binary_labels_score_pet_and_background_only(binary_run, tiny_export, pe
 def test_the_manifest_summary_and_report_say_what_the_labels_cover(binary_run, capsys):
   output, _ = binary_run
   run = output_lib.RunOutput(output)
-  assert run.manifest["ground_truth"] == {"classes": ["pet", "background"],
-                                          "mapping": {"0": 1, "1": 0}}
+  assert run.manifest["ground_truth"] == {
+    "classes": ["pet", "background"],
+    "mapping": {"0": 1, "1": 0},
+  }
   assert cli.main(["summary", output, "--json"]) == 0
   truth = json.loads(capsys.readouterr().out)["ground_truth"]
   assert truth["ground_truth_classes"] == ["pet", "background"]
@@ -159,12 +190,25 @@ def test_the_manifest_summary_and_report_say_what_the_labels_cover(binary_run, c
   assert "<td>no ground truth</td>" in page
 
 
-def test_a_label_map_beyond_the_models_classes_is_a_bad_invocation(tiny_export, pet_folder,
-                                                                     tmp_path):
+def test_a_label_map_beyond_the_models_classes_is_a_bad_invocation(
+  tiny_export, pet_folder, tmp_path
+):
   images, masks, _ = pet_folder
   output = tmp_path / "out"
   with pytest.raises(launcher.InvocationError, match=r"classes \[0, 3\] must be within 0..2"):
-    launcher.run(["--input", images + "/*.jpg", "--ground-truth", masks + "/*.png", "--label-map",
-                  "1:0,0:3", "--output", str(output), "--model", tiny_export[0]],
-                 test_pipeline=TestPipeline())
+    launcher.run(
+      [
+        "--input",
+        images + "/*.jpg",
+        "--ground-truth",
+        masks + "/*.png",
+        "--label-map",
+        "1:0,0:3",
+        "--output",
+        str(output),
+        "--model",
+        tiny_export[0],
+      ],
+      test_pipeline=TestPipeline(),
+    )
   assert not output.exists()

@@ -26,9 +26,12 @@ def test_every_example_query_runs(small_run, name):
   if name == "pets-over-half":
     assert table.num_rows == sum(r["coverage_pet"] > 0.5 for r in rows)
   elif name == "least-confident":
-    assert table.column("image_id").to_pylist() == [
-        r["image_id"] for r in sorted(rows, key=lambda r: (r["mean_confidence"],
-                                                           r["image_id"]))][:20]
+    assert (
+      table.column("image_id").to_pylist()
+      == [r["image_id"] for r in sorted(rows, key=lambda r: (r["mean_confidence"], r["image_id"]))][
+        :20
+      ]
+    )
   elif name == "coverage-histogram":
     per_class = {}
     for row in table.to_pylist():
@@ -48,21 +51,44 @@ def test_summary_numbers_match_an_independent_computation(small_run):
     assert stats["mean_coverage"] == pytest.approx(statistics.fmean(values))
     assert stats["median_coverage"] == pytest.approx(statistics.median(values))
     assert stats["dominant_share"] == pytest.approx(
-        sum(r["dominant_class"] == stats["class"] for r in rows) / len(rows))
+      sum(r["dominant_class"] == stats["class"] for r in rows) / len(rows)
+    )
     assert stats["images_above_threshold"] == sum(v > 0.3 for v in values)
 
 
 def test_cli_formats(small_run, tmp_path, capsys):
-  assert cli.main(["query", small_run, "SELECT image_id, mask_png FROM segments ORDER BY 1",
-                   "--format", "table"]) == 0
+  assert (
+    cli.main(
+      [
+        "query",
+        small_run,
+        "SELECT image_id, mask_png FROM segments ORDER BY 1",
+        "--format",
+        "table",
+      ]
+    )
+    == 0
+  )
   out = capsys.readouterr().out
   assert "pet_000.jpg" in out and "bytes>" in out and "(6 rows)" in out
-  assert cli.main(["query", small_run, "SELECT count(*) AS n FROM errors", "--format",
-                   "json"]) == 0
+  assert cli.main(["query", small_run, "SELECT count(*) AS n FROM errors", "--format", "json"]) == 0
   assert json.loads(capsys.readouterr().out) == [{"n": 1}]
   target = tmp_path / "pets.parquet"
-  assert cli.main(["query", small_run, "--example", "pets-over-half", "--format", "parquet",
-                   "--out", str(target)]) == 0
+  assert (
+    cli.main(
+      [
+        "query",
+        small_run,
+        "--example",
+        "pets-over-half",
+        "--format",
+        "parquet",
+        "--out",
+        str(target),
+      ]
+    )
+    == 0
+  )
   assert pq.read_table(target).column_names == ["image_id", "coverage_pet", "width", "height"]
   assert cli.main(["query", small_run, "SELECT 1 AS a", "--format", "csv"]) == 0
   assert capsys.readouterr().out.splitlines() == ['"a"', "1"]
@@ -72,6 +98,7 @@ def test_cli_formats(small_run, tmp_path, capsys):
 
 def test_incomplete_output_is_refused(tmp_path, small_run, capsys):
   import shutil
+
   broken = tmp_path / "killed"
   shutil.copytree(small_run, broken)
   os.remove(broken / "manifest.json")

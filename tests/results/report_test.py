@@ -58,14 +58,14 @@ def test_report_of_a_run(small_run, tmp_path, capsys):
   assert "source unreadable" not in text
 
 
-def test_report_with_ground_truth_reads_sources_back_from_shards(tiny_export, pet_folder,
-                                                                 tmp_path):
+def test_report_with_ground_truth_reads_sources_back_from_shards(tiny_export, pet_folder, tmp_path):
   images, masks, _ = pet_folder
   prefix = str(tmp_path / "shards")
   pack.pack(images, prefix, masks_dir=masks, num_shards=2)
   output = str(tmp_path / "out")
-  accounting.run_and_account(["--input", prefix + "-*", "--output", output, "--model",
-                              tiny_export[0]], inputs_seen=6)
+  accounting.run_and_account(
+    ["--input", prefix + "-*", "--output", output, "--model", tiny_export[0]], inputs_seen=6
+  )
   page = report.build_report(output_lib.RunOutput(output), samples=3)
   collector = _parse(page)
   _check_self_contained(collector, expected_images=3 + 3)  # samples + worst images
@@ -75,6 +75,7 @@ def test_report_with_ground_truth_reads_sources_back_from_shards(tiny_export, pe
 
 def test_report_refuses_an_unfinished_run(small_run, tmp_path, capsys):
   import shutil
+
   broken = tmp_path / "partial"
   shutil.copytree(small_run, broken)
   os.remove(broken / "manifest.json")
@@ -85,8 +86,10 @@ def test_report_refuses_an_unfinished_run(small_run, tmp_path, capsys):
 
 def test_read_source_of_a_record_in_a_shard_named_without_extension(tmp_path):
   shard = tmp_path / "train-00000-of-00001"
-  shard.write_bytes(tfrecord.encode_record(pack.make_example("a.jpg", b"first")) +
-                    tfrecord.encode_record(pack.make_example("b.jpg", b"second")))
+  shard.write_bytes(
+    tfrecord.encode_record(pack.make_example("a.jpg", b"first"))
+    + tfrecord.encode_record(pack.make_example("b.jpg", b"second"))
+  )
   assert report.read_source(f"{shard}#1") == b"second"
   (tmp_path / "photo#2").write_bytes(b"a file named so")  # not a shard: the file itself
   assert report.read_source(str(tmp_path / "photo#2")) == b"a file named so"
@@ -105,6 +108,7 @@ def test_overlay_turns_the_photo_upright_like_the_run_did():
   from PIL import Image
 
   from segbeam.results import report
+
   photo = io.BytesIO()
   Image.new("RGB", (40, 20), (250, 0, 0)).save(photo, format="PNG")  # landscape as stored
   mask = io.BytesIO()
