@@ -1,14 +1,22 @@
 """deploy/: the worker image's versions agree with segbeam/versions.py, the Flex Template spec with
-`segbeam run`'s options. Docker is not available here, so the Dockerfile is read, not built."""
+`segbeam run`'s options; setup.py's dependency ranges agree with constraints.txt, the tested set
+CI and the image install. Docker is not available here, so the Dockerfile is read, not built."""
 
 import argparse
 import ast
 import json
 import os
 import re
+import runpy
+import sys
+from importlib import metadata
+from unittest import mock
 
 import pytest
+from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 from segbeam import versions
 from segbeam.pipeline import flex_template
@@ -19,6 +27,9 @@ from segbeam.pipeline import submit
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SETUP_PY = os.path.join(ROOT, "setup.py")
 DOCKERFILE = os.path.join(ROOT, "deploy", "Dockerfile")
+DOCKERIGNORE = os.path.join(ROOT, "deploy", "Dockerfile.dockerignore")
+CONSTRAINTS = os.path.join(ROOT, "constraints.txt")
+PACKAGE_DIR = os.path.join(ROOT, "segbeam")
 METADATA = os.path.join(ROOT, "deploy", "metadata.json")
 
 
@@ -28,8 +39,7 @@ def _read(path):
 
 
 def setup_pins(setup_text):
-  """The image's versions (segbeam/versions.py, which setup.py reads) and setup.py's
-  python_requires."""
+  """The image's versions (segbeam/versions.py) and setup.py's python_requires."""
   pins = {name: value for name, value in vars(versions).items() if name.endswith("_VERSION")}
   tree = ast.parse(setup_text)
   for node in ast.walk(tree):
@@ -68,7 +78,8 @@ def substitute(text, args):
 
 
 def version_mismatches(setup_text, dockerfile_text):
-  """Every way the Dockerfile's versions disagree with setup.py's, as readable lines."""
+  """Every way the Dockerfile's versions disagree with segbeam/versions.py's and setup.py's
+  python_requires, as readable lines."""
   pins = setup_pins(setup_text)
   instructions = dockerfile_instructions(dockerfile_text)
   args = dockerfile_args(instructions)
@@ -96,8 +107,8 @@ def version_mismatches(setup_text, dockerfile_text):
   for sdk_python, tag in sdk_images:
     if tag != pins.get("BEAM_VERSION") or sdk_python != python:
       problems.append(
-        f"Beam SDK image for Python {sdk_python}, Beam {tag}; segbeam/versions.py pins Beam "
-        f"{pins.get('BEAM_VERSION')}, the image Python {python}"
+        f"Beam SDK image for Python {sdk_python}, Beam {tag}; segbeam/versions.py "
+        f"pins Beam {pins.get('BEAM_VERSION')}, the image Python {python}"
       )
   for launcher_python in re.findall(r"python(\d)(\d+)-template-launcher-base", dockerfile_text):
     if ".".join(launcher_python) != python:
@@ -118,13 +129,6 @@ def version_mismatches(setup_text, dockerfile_text):
   return problems
 
 
-def test_setup_py_installs_the_image_versions():
-  text = _read(SETUP_PY)
-  assert 'f"apache-beam[gcp]=={BEAM_VERSION}"' in text
-  assert 'f"tensorflow=={TENSORFLOW_VERSION}"' in text
-  assert '_VERSIONS["BEAM_VERSION"]' in text and '_VERSIONS["TENSORFLOW_VERSION"]' in text
-
-
 def test_dockerfile_versions_agree_with_setup_py():
   assert version_mismatches(_read(SETUP_PY), _read(DOCKERFILE)) == []
 
@@ -139,6 +143,7 @@ def test_dockerfile_versions_agree_with_setup_py():
     ("apache/beam_python${PYTHON_VERSION}_sdk", "apache/beam_python3.12_sdk"),
     ("python311-template-launcher-base", "python312-template-launcher-base"),
     ("tensorflow[and-cuda]==${TENSORFLOW_VERSION}", "tensorflow[and-cuda]==2.0.0"),
+    ("apache-beam[gcp]==${BEAM_VERSION}", "apache-beam[gcp]==2.0.0"),
   ],
 )
 def test_a_changed_version_is_caught(change):
@@ -188,7 +193,7 @@ def test_flex_template_spec_is_complete():
     assert parameter["regexes"]
   parser = argparse.ArgumentParser()
   options_lib.add_arguments(parser)
-  actions = parser._actions  # pylint: disable=protected-access  # argparse keeps no public list
+  actions = parser._actions  # argparse keeps no public list
   required = {action.option_strings[0] for action in actions if action.required}
   assert {"--" + p["name"] for p in spec["parameters"] if not p["isOptional"]} == required
 
@@ -266,3 +271,274 @@ def test_the_image_installs_the_pinned_wheels_from_a_dated_launcher():
   assert re.fullmatch(
     r"\d{8}[_-][Rr][Cc]\d\d", dockerfile_args(instructions)["TEMPLATE_LAUNCHER_TAG"]
   )
+
+
+# Dependencies: setup.py declares ranges, as a library does; constraints.txt pins the tested set.
+
+
+def setup_requirements():
+  """setup.py's install_requires and extras_require as setup.py computes them: it is run with
+  setuptools.setup replaced, so nothing is built."""
+  with mock.patch("setuptools.setup") as setup:
+    runpy.run_path(SETUP_PY)
+  kwargs = setup.call_args.kwargs
+  return list(kwargs["install_requires"]), dict(kwargs["extras_require"])
+
+
+def constraint_pins(text):
+  """{canonical name: Version} of a constraints file whose every line is NAME==VERSION."""
+  pins = {}
+  for line in text.splitlines():
+    line = line.split("#", 1)[0].strip()
+    if not line:
+      continue
+    requirement = Requirement(line)
+    specifiers = list(requirement.specifier)
+    assert (
+      len(specifiers) == 1
+      and specifiers[0].operator == "=="
+      and not requirement.extras
+      and not requirement.marker
+    ), f"not NAME==VERSION: {line}"
+    name = canonicalize_name(requirement.name)
+    assert name not in pins, f"{name} pinned twice"
+    pins[name] = Version(specifiers[0].version)
+  return pins
+
+
+def unmet_requirements(requirements, pins):
+  """Each requirement that the pinned versions leave unpinned or outside its range."""
+  problems = []
+  for text in requirements:
+    requirement = Requirement(text)
+    pinned = pins.get(canonicalize_name(requirement.name))
+    if pinned is None:
+      problems.append(f"{text}: not pinned in constraints.txt")
+    elif not requirement.specifier.contains(pinned, prereleases=True):
+      problems.append(f"{text}: constraints.txt pins {pinned}")
+  return problems
+
+
+def pinned_requirements(requirements):
+  """The requirements that pin a version (== or ===) instead of declaring a range, or that
+  declare no lower bound."""
+  problems = []
+  for text in requirements:
+    operators = {specifier.operator for specifier in Requirement(text).specifier}
+    if operators & {"==", "==="} or not operators & {">=", ">", "~="}:
+      problems.append(text)
+  return problems
+
+
+def test_setup_py_declares_ranges_not_pins():
+  install_requires, extras = setup_requirements()
+  assert install_requires and set(extras) >= {"demo", "test", "bench"}
+  assert pinned_requirements(install_requires) == []
+  assert pinned_requirements(r for requirements in extras.values() for r in requirements) == []
+
+
+def test_constraints_pin_a_version_in_every_declared_range():
+  install_requires, extras = setup_requirements()
+  pins = constraint_pins(_read(CONSTRAINTS))
+  assert "segbeam" not in pins
+  assert unmet_requirements(install_requires, pins) == []
+  for extra, requirements in extras.items():
+    assert unmet_requirements(requirements, pins) == [], extra
+
+
+def test_constraints_pin_the_image_versions():
+  pins = constraint_pins(_read(CONSTRAINTS))
+  assert pins["apache-beam"] == Version(versions.BEAM_VERSION)
+  assert pins["tensorflow"] == Version(versions.TENSORFLOW_VERSION)
+
+
+def test_the_checks_catch_a_pin_and_a_range_the_constraints_miss():
+  pins = {"numpy": Version("2.4.6"), "tensorflow": Version("2.21.0")}
+  assert unmet_requirements(["numpy>=2,<3", "tensorflow>=2.21,<2.22"], pins) == []
+  assert unmet_requirements(["numpy>=2.5", "tensorflow>=2.22,<2.23", "pillow>=12"], pins) == [
+    "numpy>=2.5: constraints.txt pins 2.4.6",
+    "tensorflow>=2.22,<2.23: constraints.txt pins 2.21.0",
+    "pillow>=12: not pinned in constraints.txt",
+  ]
+  assert pinned_requirements(["numpy==2.4.6", "keras", "pillow<13", "duckdb>=1.1,<3"]) == [
+    "numpy==2.4.6",
+    "keras",
+    "pillow<13",
+  ]
+  with pytest.raises(AssertionError):
+    constraint_pins("numpy>=2\n")
+
+
+def imports(package_dir):
+  """(module, optional, path) for every absolute import in package_dir's .py files; optional when
+  the import sits in a `try:` whose handlers catch ImportError (an extra's package)."""
+  found = []
+  for folder, _, files in os.walk(package_dir):
+    for name in sorted(files):
+      if name.endswith(".py"):
+        path = os.path.join(folder, name)
+        found.extend(
+          (module, optional, path)
+          for module, optional in _imports_under(ast.parse(_read(path), path), False)
+        )
+  return found
+
+
+def _imports_under(node, optional):
+  """(module, optional) for the absolute imports in node and below."""
+  if isinstance(node, ast.Import):
+    yield from ((alias.name, optional) for alias in node.names)
+  elif isinstance(node, ast.ImportFrom) and node.level == 0:
+    yield node.module, optional
+  if isinstance(node, ast.Try) and any(_catches_import_error(h) for h in node.handlers):
+    for child in node.body:
+      yield from _imports_under(child, True)
+    for child in [*node.handlers, *node.orelse, *node.finalbody]:
+      yield from _imports_under(child, optional)
+    return
+  for child in ast.iter_child_nodes(node):
+    yield from _imports_under(child, optional)
+
+
+def _catches_import_error(handler):
+  names = handler.type.elts if isinstance(handler.type, ast.Tuple) else [handler.type]
+  return any(
+    isinstance(n, ast.Name) and n.id in ("ImportError", "ModuleNotFoundError") for n in names
+  )
+
+
+def distributions_of(module, packages_distributions):
+  """The installed distributions that provide `module`; in a namespace package shared by many
+  (google), those holding its subpackage (google.protobuf: protobuf)."""
+  parts = module.split(".")
+  candidates = packages_distributions.get(parts[0], [])
+  if len(candidates) > 1 and len(parts) > 1:
+    prefix = "/".join(parts[:2])
+    candidates = [
+      d
+      for d in candidates
+      if any(
+        str(f).startswith(prefix + "/") or str(f) == prefix + ".py" for f in metadata.files(d) or []
+      )
+    ]
+  return {canonicalize_name(d) for d in candidates}
+
+
+def undeclared_imports(found, install_requires, extras):
+  """Each third-party import of segbeam/ that no requirement declares: install_requires for an
+  import segbeam always runs, install_requires or an extra for one it guards (try/ImportError)."""
+  required = {canonicalize_name(Requirement(r).name) for r in install_requires}
+  optional = required | {
+    canonicalize_name(Requirement(r).name) for requirements in extras.values() for r in requirements
+  }
+  packages_distributions = metadata.packages_distributions()
+  problems = set()
+  for module, is_optional, path in found:
+    top = module.split(".")[0]
+    if top in sys.stdlib_module_names or top == "segbeam":
+      continue
+    where = os.path.relpath(path, ROOT)
+    distributions = distributions_of(module, packages_distributions)
+    if not distributions:
+      problems.add(f"{where}: imports {module}, which no installed distribution provides")
+    elif not distributions & (optional if is_optional else required):
+      declared_in = "install_requires or extras" if is_optional else "install_requires"
+      problems.add(
+        f"{where}: imports {module} ({', '.join(sorted(distributions))}), not in "
+        f"setup.py's {declared_in}"
+      )
+  return sorted(problems)
+
+
+def test_every_package_segbeam_imports_is_declared():
+  found = imports(PACKAGE_DIR)
+  modules = {module.split(".")[0] for module, _, _ in found}
+  assert {"apache_beam", "tensorflow", "numpy", "google_crc32c"} <= modules  # the walk works
+  assert undeclared_imports(found, *setup_requirements()) == []
+
+
+def test_an_undeclared_import_is_caught():
+  found = [
+    ("numpy", False, SETUP_PY),
+    ("google.protobuf.message", False, SETUP_PY),
+    ("skimage", True, SETUP_PY),
+    ("os.path", False, SETUP_PY),
+  ]
+  assert undeclared_imports(found, ["numpy>=2", "protobuf>=6"], {"demo": ["scikit-image"]}) == []
+  assert undeclared_imports(found, ["numpy>=2", "scikit-image"], {}) == [
+    "setup.py: imports google.protobuf.message (protobuf), not in setup.py's install_requires"
+  ]
+  assert undeclared_imports([("skimage", False, SETUP_PY)], [], {"demo": ["scikit-image"]}) == [
+    "setup.py: imports skimage (scikit-image), not in setup.py's install_requires"
+  ]
+
+
+def dockerignore_excludes(patterns, path):
+  """Whether BuildKit leaves `path` (relative to the build context) out: as Docker matches, the
+  last pattern matching the path or a folder above it decides, a `!` pattern letting it in."""
+  parts = path.strip("/").split("/")
+  paths = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+  excluded = False
+  for pattern in patterns:
+    negated = pattern.startswith("!")
+    glob = pattern[1:].strip() if negated else pattern
+    regex = re.compile(
+      "".join(
+        "(.*/)?"
+        if token == "**/"
+        else ".*"
+        if token == "**"
+        else "[^/]*"
+        if token == "*"
+        else "[^/]"
+        if token == "?"
+        else re.escape(token)
+        for token in re.findall(r"\*\*/|\*\*|\*|\?|[^*?]+", glob.strip("/"))
+      )
+    )
+    if any(regex.fullmatch(p) for p in paths):
+      excluded = not negated
+  return excluded
+
+
+def _dockerignore_patterns():
+  return [
+    line.strip()
+    for line in _read(DOCKERIGNORE).splitlines()
+    if line.strip() and not line.lstrip().startswith("#")
+  ]
+
+
+def test_dockerignore_lets_in_every_file_the_image_copies():
+  sources = []
+  for name, value in dockerfile_instructions(_read(DOCKERFILE)):
+    words = value.split()
+    if name == "COPY" and not any(w.startswith("--from") for w in words):
+      sources.extend(w for w in words[:-1] if not w.startswith("--"))
+  assert {"setup.py", "constraints.txt", "deploy/cuda-wheels.txt"} <= set(sources)
+  patterns = _dockerignore_patterns()
+  for source in sources:
+    assert os.path.exists(os.path.join(ROOT, source)), source
+    assert not dockerignore_excludes(patterns, source), f"{source} is left out of the context"
+  assert dockerignore_excludes(patterns, "tests/deploy/deploy_test.py")
+  assert dockerignore_excludes(patterns, "segbeam/pipeline/__pycache__/submit.cpython-311.pyc")
+  assert not dockerignore_excludes(patterns, "segbeam/pipeline/submit.py")
+  assert dockerignore_excludes([p for p in patterns if p != "!deploy/main.py"], "deploy/main.py")
+
+
+def test_image_and_ci_install_with_the_constraints():
+  instructions = dockerfile_instructions(_read(DOCKERFILE))
+  args = dockerfile_args(instructions)
+  runs = [substitute(value, args) for name, value in instructions if name == "RUN"]
+  assert any(
+    f"apache-beam[gcp]=={versions.BEAM_VERSION}" in run
+    and f"tensorflow[and-cuda]=={versions.TENSORFLOW_VERSION}" in run
+    and "-c /tmp/segbeam/constraints.txt" in run
+    for run in runs
+  )
+  copies = [value.split() for name, value in instructions if name == "COPY"]
+  assert any(
+    "constraints.txt" in words[:-1] and words[-1].startswith("/tmp/segbeam/") for words in copies
+  )
+  ci = _read(os.path.join(ROOT, ".ci", "run"))
+  assert re.search(r'pip install (--quiet )?-c constraints\.txt -e "\.\[test\]"', ci)
