@@ -27,10 +27,10 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import throughput  # pylint: disable=wrong-import-position  # the bench's own inputs
+import throughput  # the bench's own inputs
 
 # (stage, a pattern of a frame in the stack), first match wins: nested stages before the ones
-# around them (class_mask runs inside segment_row, which runs inside SegmentImage). The
+# around them (class_mask runs inside segments_row, which runs inside MakeRows). The
 # start-up stages are paid once per run, the others per image.
 START_UP_STAGES = (
   ("importing modules", "_find_and_load"),
@@ -38,15 +38,15 @@ START_UP_STAGES = (
   ("loading the model", "sessions.py"),
 )
 STAGES = START_UP_STAGES + (
-  ("reading files", "ReadImages"),
+  ("reading files", "ReadFile"),
   ("validating headers", "ValidateImage"),
   ("tfx-bsl: outputs into PredictionLogs", "_post_process"),
   ("outputs back out of PredictionLogs", "outputs_as_arrays"),
   ("session.run, Python side", "BaseSession"),
   ("the mask at original size (class_mask)", "class_mask"),
   ("the mask's PNG", "mask_png.py"),
-  ("the rest of the row (counts, columns)", "segment_row"),
-  ("SegmentImage's queueing", "SegmentImage"),
+  ("the rest of the row (counts, columns)", "segments_row"),
+  ("MakeRows's queueing", "MakeRows"),
   ("writing Parquet", "parquetio"),
   ("batching", "BatchElements"),
   ("Beam's bundle machinery", "process_bundle"),

@@ -72,12 +72,12 @@ def main(argv=None) -> int:
   args, beam_args = parser.parse_known_args(argv)
   import keras
 
-  from segbeam.model import export  # layers: registers the custom layers
+  from segbeam.model import contract  # layers: registers the custom layers
   from segbeam.model import layers  # layers: registers the custom layers
   from segbeam.model import unet  # layers: registers the custom layers
 
   del layers
-  metadata = export.read_metadata(args.model)
+  metadata = contract.read_metadata(args.model)
   keras_path = os.path.join(tempfile.mkdtemp(), "model.keras")
   unet.build_unet(metadata.unet_config).save(keras_path)
   if args.batching == "fixed":

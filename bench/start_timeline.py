@@ -3,7 +3,7 @@
 Runs `segbeam run` (tfx-bsl's handler, the default) over --images of the photos of
 ../shared/data/oxford-pets-sample, repeated by symbolic links, in a child process that is the
 console script with timestamps added, and prints:
-  - when each part of start-up began: importing TensorFlow, Beam, the launcher and tfx-bsl,
+  - when each part of start-up began: importing TensorFlow, Beam, the run command and tfx-bsl,
     `Pipeline.run`, the first slice handed to the model;
   - the inference phase, from the first slice handed to the model to the last one back: its
     rate, and per 2-second window how much of the time at least one slice, and two, were being
@@ -28,7 +28,7 @@ import tempfile
 import time
 
 _CHILD_FLAG = "--as-timed-child"
-_IMPORTS_TIMED = ("tensorflow", "apache_beam", "segbeam.pipeline.launcher", "tfx_bsl")
+_IMPORTS_TIMED = ("tensorflow", "apache_beam", "segbeam.pipeline.commands", "tfx_bsl")
 
 
 def timed_child(events_path: str, run_argv: list[str]) -> None:
@@ -44,12 +44,12 @@ def timed_child(events_path: str, run_argv: list[str]) -> None:
     return time.monotonic() - start
 
   def patch() -> None:
-    # pylint: disable=import-outside-toplevel  # only once the run has imported them itself
+    # only once the run has imported them itself
     import apache_beam as beam
 
     from segbeam.pipeline import inference
 
-    run_isolated = inference.IsolatingModelHandler._run_isolated  # pylint: disable=protected-access
+    run_isolated = inference.IsolatingModelHandler._run_isolated
 
     def timed_run_isolated(handler, batch, model, inference_args):
       began = now()
@@ -57,7 +57,7 @@ def timed_child(events_path: str, run_argv: list[str]) -> None:
       slices.append((began, now(), len(batch)))
       return results
 
-    inference.IsolatingModelHandler._run_isolated = timed_run_isolated  # pylint: disable=protected-access
+    inference.IsolatingModelHandler._run_isolated = timed_run_isolated
     pipeline_run = beam.Pipeline.run
 
     def timed_pipeline_run(pipeline, *args, **kwargs):
@@ -79,7 +79,6 @@ def timed_child(events_path: str, run_argv: list[str]) -> None:
       patch()
 
   sys.addaudithook(on_audit_event)
-  # pylint: disable=import-outside-toplevel,protected-access
   from segbeam import startup
 
   startup._paused = True
@@ -169,9 +168,9 @@ def main(argv=None) -> int:
   parser.add_argument("--photos", default=None, help="default: the shared sample's images")
   args = parser.parse_args(argv)
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-  import throughput  # pylint: disable=import-outside-toplevel  # bench/ is not a package
+  import throughput  # bench/ is not a package
 
-  from segbeam.model import defaults  # pylint: disable=import-outside-toplevel
+  from segbeam.model import defaults
 
   model_dir = defaults.default_model_dir()
   with tempfile.TemporaryDirectory(prefix="segbeam-timeline-") as work:

@@ -105,7 +105,7 @@ class Timing:
     return text + ")"
 
 
-_PROGRESS_LINE = re.compile(  # segments.SegmentImage's log line, every 10 s
+_PROGRESS_LINE = re.compile(  # rows.MakeRows's log line, every 10 s
   r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \S+: segmented (\d+) images in this worker"
 )
 
@@ -156,12 +156,12 @@ def forward_alone(model_dir: str, paths: list[str], batch_size: int, slices: int
   import numpy as np
   import tensorflow as tf
 
-  from segbeam.model import export
+  from segbeam.model import contract
   from segbeam.model import preprocessing
   from segbeam.pipeline import inference
 
-  metadata = export.read_metadata(model_dir)
-  forward = tf.saved_model.load(model_dir).signatures[export.PIXELS_SIGNATURE_NAME]
+  metadata = contract.read_metadata(model_dir)
+  forward = tf.saved_model.load(model_dir).signatures[contract.PIXELS_SIGNATURE_NAME]
   distinct = paths[:450]
   pixels = np.stack(
     [

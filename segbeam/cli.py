@@ -9,22 +9,23 @@ from typing import Optional, Sequence
 
 from segbeam import quiet
 from segbeam import startup
+from segbeam.pipeline import options as options_lib
 
-# The subcommands' modules are imported when their command runs: `segbeam run` is timed from
-# the moment it starts, and needs none of the model training, packing or querying code (nor
-# DuckDB).
+# The subcommands' modules are imported when their command runs: `segbeam run` needs none of
+# the model training, packing or querying code (nor DuckDB), and starts loading its model
+# before it imports Beam (`_run_pipeline`).
 
 # Commands that do not need TensorFlow start faster without it.
 _WITHOUT_TENSORFLOW = {"model list", "--help", "-h", "query", "summary", "report"}
 
 
 def build_parser() -> argparse.ArgumentParser:
-  # pylint: disable=import-outside-toplevel  # see the imports above
-  from segbeam.model import commands as model_commands
-  from segbeam.pipeline import pack
-  from segbeam.results import query as results_query
-  from segbeam.results import report as results_report
-  from segbeam.results import summary as results_summary
+  # see the imports above
+  from segbeam.model import commands as model_commands  # noqa: PLC0415
+  from segbeam.pipeline import pack  # noqa: PLC0415
+  from segbeam.results import query as results_query  # noqa: PLC0415
+  from segbeam.results import report as results_report  # noqa: PLC0415
+  from segbeam.results import summary as results_summary  # noqa: PLC0415
 
   parser = argparse.ArgumentParser(
     prog="segbeam", description="Batch image segmentation with a Keras U-Net on Apache Beam."
@@ -68,30 +69,47 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _run_command(argv: list[str]) -> int:
+  if argv and argv[0] in ("run", "demo"):
+    return _run_pipeline(argv[0], argv[1:])
   if argv and " ".join(argv[:2]) not in _WITHOUT_TENSORFLOW and argv[0] not in _WITHOUT_TENSORFLOW:
     quiet.import_tensorflow()
-  if argv and argv[0] in ("run", "demo"):  # their start-up ends once the pipeline is built
-    # The model's session loads on a thread while Beam is imported and the pipeline built.
-    from segbeam.pipeline import sessions
-
-    sessions.load_early_for_run(argv[1:])
-    from segbeam.pipeline import launcher
-
-    return (launcher.main if argv[0] == "run" else launcher.demo_main)(argv[1:])
   startup.started()
   if argv and argv[0] == "submit":  # like run: options it does not know go to Beam
-    from segbeam.pipeline import submit
+    from segbeam.pipeline import submit  # noqa: PLC0415
 
     return submit.main(argv[1:])
   parser = build_parser()
   args = parser.parse_args(argv)
-  from segbeam.results import output as results_output  # pylint: disable=import-outside-toplevel
+  from segbeam.results import output as results_output  # noqa: PLC0415
 
   try:
     return args.func(args)
   except (FileNotFoundError, ValueError, results_output.IncompleteOutputError) as error:
     print(f"segbeam {args.command}: {error}", file=sys.stderr)
     return 2
+
+
+def _run_pipeline(command: str, argv: list[str]) -> int:
+  """`segbeam run` or `segbeam demo`: the options parsed once, here; then the model's session
+  starts loading on a thread (`sessions.load_early_for`) while Beam is imported and the
+  pipeline built. Start-up ends once the pipeline is built (`job.run`)."""
+  try:
+    if command == "demo":
+      argv = options_lib.demo_argv(argv)
+    options, beam_args = options_lib.parse_args(argv)
+  except ValueError as error:
+    print(f"segbeam {command}: {error}", file=sys.stderr)
+    return 2
+  if command == "demo":
+    print(f"segmenting {options.input} with the embedded default model", flush=True)
+  quiet.import_tensorflow()
+  # imported in this order on purpose (see above)
+  from segbeam.pipeline import sessions  # noqa: PLC0415
+
+  sessions.load_early_for(options)
+  from segbeam.pipeline import commands  # noqa: PLC0415
+
+  return commands.run(options, beam_args)
 
 
 def entry_point() -> None:
@@ -102,7 +120,7 @@ def entry_point() -> None:
   code = main()
   sys.stdout.flush()
   sys.stderr.flush()
-  os._exit(code)  # pylint: disable=protected-access
+  os._exit(code)
 
 
 if __name__ == "__main__":

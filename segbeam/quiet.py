@@ -22,7 +22,7 @@ def import_tensorflow() -> None:
   with tempfile.TemporaryFile() as captured:
     os.dup2(captured.fileno(), 2)
     try:
-      import tensorflow  # pylint: disable=import-outside-toplevel
+      import tensorflow  # noqa: PLC0415
 
       if no_gpu_driver:  # the device probe's failed cuInit is the expected answer here
         tensorflow.config.list_physical_devices()

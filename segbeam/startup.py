@@ -2,9 +2,9 @@
 
 Starting up allocates millions of objects that live as long as the process (TensorFlow's and
 Beam's modules, the pipeline graph), and the collector scans them again and again as they pile
-up: a third of the time of importing TensorFlow (BENCHMARKS.md). So the console script pauses
-it before any import, and `started()` ends start-up: what exists by then is frozen out of
-later collections, and the collector runs again.
+up: a good part of the time of importing TensorFlow (BENCHMARKS.md, Measured design choices).
+So the console script pauses it before any import, and `started()` ends start-up: what exists
+by then is frozen out of later collections, and the collector runs again.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def main() -> None:
   if gc.isenabled():
     gc.disable()
     _paused = True
-  from segbeam import cli  # pylint: disable=import-outside-toplevel  # imported while paused
+  from segbeam import cli  # noqa: PLC0415  # imported while paused
 
   cli.entry_point()
 

@@ -6,6 +6,11 @@ import collections
 import posixpath
 from typing import Any, Optional
 
+from apache_beam.testing.test_pipeline import TestPipeline
+
+from segbeam.pipeline import constants
+from segbeam.pipeline import job
+from segbeam.pipeline import options as options_lib
 from segbeam.pipeline import sinks
 from segbeam.results import output as output_lib
 
@@ -36,19 +41,19 @@ def assert_accounted_for(output: str, *, inputs_seen: Optional[int] = None) -> d
   assert len(segments) + len(errors) + skipped == counts["inputs_seen"]
   if inputs_seen is not None:
     assert counts["inputs_seen"] == inputs_seen, (counts, inputs_seen)
-  for table in (sinks.SEGMENTS_DIR, sinks.ERRORS_DIR):
+  for table in (constants.SEGMENTS_DIR, constants.ERRORS_DIR):
     named = sorted(f"{table}/{posixpath.basename(path)}" for path in manifest["files"][table])
     assert run.files(table) == named, (table, run.files(table), named)
   ids = collections.Counter(row["image_id"] for row in segments + errors)
   doubled = [image_id for image_id, count in ids.items() if count > 1]
   assert not doubled, f"image ids in more than one row: {doubled[:10]}"
-  masks = run.files(sinks.MASKS_DIR)
+  masks = run.files(constants.MASKS_DIR)
   if manifest["options"].get("mask_files"):
     expected = {
-      f"{sinks.MASKS_DIR}/{sinks.mask_file_name(row['image_id'])}": row["mask_png"]
+      f"{constants.MASKS_DIR}/{sinks.mask_file_name(row['image_id'])}": row["mask_png"]
       for row in segments
     }
-    assert masks == sorted(expected) and manifest["files"][sinks.MASKS_DIR] == len(expected)
+    assert masks == sorted(expected) and manifest["files"][constants.MASKS_DIR] == len(expected)
     for path, mask in expected.items():
       assert run.read_bytes(path) == mask, path
   else:
@@ -59,12 +64,7 @@ def assert_accounted_for(output: str, *, inputs_seen: Optional[int] = None) -> d
 def run_and_account(argv: list[str], *, inputs_seen: Optional[int] = None) -> dict[str, Any]:
   """`segbeam run`'s pipeline for `argv` (its --output included) built into a TestPipeline and
   run here; then `assert_accounted_for` on that output. Returns the manifest."""
-  # pylint: disable=import-outside-toplevel  # Beam and the launcher only for the tests using it
-  from apache_beam.testing.test_pipeline import TestPipeline
-
-  from segbeam.pipeline import launcher
-
   pipeline = TestPipeline()
-  launcher.run(argv, test_pipeline=pipeline)
+  job.add_to(pipeline, options_lib.parse_args(argv)[0])
   pipeline.run().wait_until_finish()
   return assert_accounted_for(argv[argv.index("--output") + 1], inputs_seen=inputs_seen)

@@ -4,10 +4,10 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import pytest  # pylint: disable=wrong-import-position
+import pytest
 
-from tests import accounting  # pylint: disable=wrong-import-position
-from tests import synthetic  # pylint: disable=wrong-import-position
+from tests import accounting
+from tests import synthetic
 
 SHARED_DATA = os.path.abspath(
   os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "oxford-pets-sample")
@@ -15,17 +15,17 @@ SHARED_DATA = os.path.abspath(
 TINY_INPUT_SIZE = 32
 
 
-def pytest_configure(config):  # pylint: disable=unused-argument
+def pytest_configure(config):
   """Every TestPipeline that names no runner runs on the one `segbeam run` uses by default.
 
   Beam's own default, the DirectRunner, first tries the Prism runner: offline it fails to
   download Prism's binary, falls back and leaves an empty /tmp/beam-temp* folder per pipeline;
   online it would download the binary and run the tests on Prism, an engine segbeam never runs.
-  The runner is named here rather than read from `segbeam.pipeline.launcher`, whose import
-  (TensorFlow's) would add seconds to every pytest start;
-  launcher_test.test_test_pipelines_run_on_segbeams_default_runner ties the two.
+  The runner is named here rather than read from `segbeam.pipeline.beam_options`, whose
+  import (Beam's) would add seconds to every pytest start;
+  commands_test.test_test_pipelines_run_on_segbeams_default_runner ties the two.
   """
-  from apache_beam.testing.test_pipeline import TestPipeline  # pylint: disable=import-outside-toplevel
+  from apache_beam.testing.test_pipeline import TestPipeline
 
   TestPipeline.pytest_test_pipeline_options = "--runner=FnApiRunner"
 
@@ -82,7 +82,8 @@ def small_run(tmp_path_factory, tiny_export, pet_folder):
 
   from apache_beam.testing.test_pipeline import TestPipeline
 
-  from segbeam.pipeline import launcher
+  from segbeam.pipeline import job
+  from segbeam.pipeline import options as options_lib
 
   images, _, _ = pet_folder
   inputs = tmp_path_factory.mktemp("run_inputs")
@@ -91,9 +92,11 @@ def small_run(tmp_path_factory, tiny_export, pet_folder):
   (inputs / "notes.jpg").write_bytes(b"not an image")
   output = str(tmp_path_factory.mktemp("run") / "out")
   pipeline = TestPipeline()
-  launcher.run(
-    ["--input", str(inputs / "*"), "--output", output, "--model", tiny_export[0]],
-    test_pipeline=pipeline,
+  job.add_to(
+    pipeline,
+    options_lib.parse_args(
+      ["--input", str(inputs / "*"), "--output", output, "--model", tiny_export[0]]
+    )[0],
   )
   pipeline.run().wait_until_finish()
   accounting.assert_accounted_for(output, inputs_seen=7)

@@ -47,7 +47,7 @@ def running_emulator():
         break
       except OSError:
         if time.monotonic() > deadline or process.poll() is not None:
-          raise RuntimeError("the GCS emulator did not start")
+          raise RuntimeError("the GCS emulator did not start") from None
         time.sleep(0.2)
     os.environ["STORAGE_EMULATOR_HOST"] = url
     yield url

@@ -15,10 +15,11 @@ def write_export(export_dir: str, *, writes_to: Optional[str] = None) -> str:
   """A small export with one 1x1 convolution and the default model's classes; its
   serving_default also writes WRITTEN to `writes_to` at every call when given. Returns
   `export_dir`."""
-  # pylint: disable=import-outside-toplevel  # TensorFlow and Keras only where tests need them
+  # TensorFlow and Keras only where tests need them
   import keras
   import tensorflow as tf
 
+  from segbeam.model import contract
   from segbeam.model import defaults
   from segbeam.model import export as export_lib
 
@@ -32,7 +33,7 @@ def write_export(export_dir: str, *, writes_to: Optional[str] = None) -> str:
     shape = tf.shape(image)
     return tf.image.resize(tf.cast(image, tf.float32), (size, size)), shape[0], shape[1]
 
-  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=export_lib.INPUT_KEY)])
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=contract.INPUT_KEY)])
   def serve(images):
     pixels, heights, widths = tf.map_fn(
       decode,
@@ -44,15 +45,15 @@ def write_export(export_dir: str, *, writes_to: Optional[str] = None) -> str:
       with tf.control_dependencies([tf.io.write_file(writes_to, WRITTEN)]):
         probabilities = tf.identity(probabilities)
     return {
-      export_lib.OUTPUT_PROBABILITIES: probabilities,
-      export_lib.OUTPUT_HEIGHT: heights,
-      export_lib.OUTPUT_WIDTH: widths,
+      contract.OUTPUT_PROBABILITIES: probabilities,
+      contract.OUTPUT_HEIGHT: heights,
+      contract.OUTPUT_WIDTH: widths,
     }
 
   archive = keras.export.ExportArchive()
-  archive.add_endpoint(export_lib.SIGNATURE_NAME, serve)
+  archive.add_endpoint(contract.SIGNATURE_NAME, serve)
   archive.write_out(export_dir, verbose=False)
-  base = export_lib.read_metadata(defaults.default_model_dir())
+  base = contract.read_metadata(defaults.default_model_dir())
   export_lib.write_metadata(
     export_dir,
     dataclasses.replace(

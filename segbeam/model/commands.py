@@ -13,9 +13,10 @@ import os
 import shlex
 import sys
 import warnings
-from typing import Optional, Sequence
+from typing import Optional
 
 from segbeam.model import config as config_lib
+from segbeam.model import defaults
 from segbeam.model import labels as labels_lib
 
 
@@ -103,7 +104,8 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_summary(args: argparse.Namespace) -> int:
-  from segbeam.model import summary  # TensorFlow loads only for commands that need it.
+  # TensorFlow loads only for the commands that need it.
+  from segbeam.model import summary  # noqa: PLC0415
 
   if args.model:
     report = summary.summarize_export(args.model)
@@ -146,8 +148,8 @@ def _split(pairs, val_fraction: float):
 
 
 def run_train(args: argparse.Namespace) -> int:
-  from segbeam.model import data as data_lib
-  from segbeam.model import training
+  from segbeam.model import data as data_lib  # noqa: PLC0415
+  from segbeam.model import training  # noqa: PLC0415
 
   label_map = _label_map(args)
   config = _config_from_args(args, label_map.num_classes)
@@ -206,7 +208,7 @@ def _add_label_options(parser: argparse.ArgumentParser, default: Optional[str]) 
 
 
 def add_train_parser(subparsers) -> None:
-  defaults = config_lib.TrainingConfig()
+  training_defaults = config_lib.TrainingConfig()
   parser = subparsers.add_parser("train", help="train a U-Net on images + masks and export it")
   parser.add_argument("--images", required=True, help="folder of images")
   parser.add_argument("--masks", required=True, help="folder of masks, matched by file stem")
@@ -222,11 +224,11 @@ def add_train_parser(subparsers) -> None:
   )
   _add_label_options(parser, default="oxford-pet-trimap")
   _add_architecture_options(parser)
-  parser.add_argument("--epochs", type=int, default=defaults.epochs)
-  parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-  parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
+  parser.add_argument("--epochs", type=int, default=training_defaults.epochs)
+  parser.add_argument("--batch-size", type=int, default=training_defaults.batch_size)
+  parser.add_argument("--learning-rate", type=float, default=training_defaults.learning_rate)
   parser.add_argument("--no-augment", action="store_true")
-  parser.add_argument("--seed", type=int, default=defaults.seed)
+  parser.add_argument("--seed", type=int, default=training_defaults.seed)
   parser.add_argument("--name", default="segbeam-unet", help="model name recorded in outputs")
   parser.add_argument(
     "--output", required=True, help="folder for best.keras, history.csv and export/"
@@ -238,10 +240,9 @@ def add_train_parser(subparsers) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-  from segbeam.model import data as data_lib
-  from segbeam.model import defaults
-  from segbeam.model import evaluation
-  from segbeam.model import export as export_lib
+  from segbeam.model import data as data_lib  # noqa: PLC0415
+  from segbeam.model import evaluation  # noqa: PLC0415
+  from segbeam.model import export as export_lib  # noqa: PLC0415
 
   export = export_lib.LoadedExport(args.model or defaults.default_model_dir())
   label_map = None
@@ -284,7 +285,7 @@ def add_evaluate_parser(subparsers) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-  from segbeam.model import conversion  # TensorFlow and Keras load only for this command
+  from segbeam.model import conversion  # noqa: PLC0415  # TensorFlow and Keras, for this only
 
   conversion.check_new_output(args.output)
   source = conversion.load_source(

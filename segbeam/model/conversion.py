@@ -31,6 +31,7 @@ import keras
 import tensorflow as tf
 
 from segbeam.model import config as config_lib
+from segbeam.model import contract
 from segbeam.model import export as export_lib
 from segbeam.model import labels as labels_lib
 from segbeam.model import model_safety
@@ -82,7 +83,7 @@ def source_format(path: str) -> str:
       "(gcloud storage cp -r SOURCE .)"
     )
   if os.path.isdir(path):
-    if os.path.exists(os.path.join(path, export_lib.METADATA_FILE)):
+    if os.path.exists(os.path.join(path, contract.METADATA_FILE)):
       raise ConversionError(f"{path} is already a segbeam export: run it with --model")
     if not any(
       os.path.exists(os.path.join(path, name)) for name in ("saved_model.pb", "saved_model.pbtxt")
@@ -122,7 +123,7 @@ def _custom_objects(module_name: Optional[str]) -> dict[str, Any]:
         module = importlib.import_module(module_name)
       finally:
         sys.path.remove(os.getcwd())
-  except Exception as error:  # pylint: disable=broad-except  # any failure of the user's code
+  except Exception as error:  # any failure of the user's code
     raise ConversionError(
       f"cannot import --custom-objects {module_name!r}: {_one_line(error)}"
     ) from error
@@ -149,7 +150,7 @@ def _check_keras_archive(path: str) -> None:
 
 
 def _check_h5(path: str) -> None:
-  import h5py  # pylint: disable=import-outside-toplevel  # Keras' own dependency
+  import h5py  # noqa: PLC0415  # Keras' own dependency
 
   try:
     with h5py.File(path, "r") as f:
@@ -202,7 +203,7 @@ def load_keras(
     return keras.saving.load_model(
       path, custom_objects=custom_objects or None, compile=False, safe_mode=not allow_custom_code
     )
-  except Exception as error:  # pylint: disable=broad-except  # Keras raises many kinds
+  except Exception as error:  # Keras raises many kinds
     message = _one_line(error, limit=2000)
     refusal = _custom_code_refusal(path, message)
     if refusal:
@@ -213,7 +214,7 @@ def load_keras(
 def _keras_activation(model: keras.Model) -> Optional[str]:
   """The activation of the layer that produces the model's output, if it says."""
   try:
-    layer = model.outputs[0]._keras_history.operation  # pylint: disable=protected-access
+    layer = model.outputs[0]._keras_history.operation
   except (AttributeError, IndexError, TypeError):
     layer = model.layers[-1] if getattr(model, "layers", None) else None
   if isinstance(layer, keras.layers.Softmax):
@@ -325,7 +326,7 @@ def _called_graph(graph, op):
   """The graph of the function a call op runs, if the graph knows it."""
   name = op.get_attr("f").name
   while graph is not None:
-    function = graph._functions.get(name)  # pylint: disable=protected-access
+    function = graph._functions.get(name)
     if function is not None:
       return getattr(function, "graph", None)
     graph = getattr(graph, "outer_graph", None)
@@ -339,7 +340,7 @@ def saved_model_source(
   model_safety.check_saved_model(path, trust=trust_model)
   try:
     loaded = tf.saved_model.load(path)
-  except Exception as error:  # pylint: disable=broad-except  # any unreadable SavedModel
+  except Exception as error:  # any unreadable SavedModel
     raise ConversionError(
       f"{path} could not be loaded as a SavedModel: {_one_line(error)}"
     ) from error
@@ -562,7 +563,7 @@ def export_source(
   name: str,
   trust_model: bool = False,
   provenance: Optional[Mapping[str, Any]] = None,
-) -> export_lib.ModelMetadata:
+) -> contract.ModelMetadata:
   """Writes the export of `source` to `export_dir`, which must not exist yet. It appears whole
   or not at all: written beside it under a temporary name, checked, then renamed."""
   check_new_output(export_dir)
@@ -576,7 +577,7 @@ def export_source(
     # What the export would run, whatever the source was: a Keras layer can hold ops too.
     model_safety.check_saved_model(partial, trust=trust_model)
     config = {
-      "architecture": export_lib.IMPORTED_ARCHITECTURE,
+      "architecture": contract.IMPORTED_ARCHITECTURE,
       "source_format": source.format,
       "input_size": max(serving.input_height, serving.input_width),
       "input_height": serving.input_height,
@@ -584,12 +585,12 @@ def export_source(
       "channels": serving.channels,
       "num_classes": serving.num_classes,
     }
-    metadata = export_lib.ModelMetadata(
+    metadata = contract.ModelMetadata(
       name=name,
       version=export_lib.content_version(source.weights, {**config, **serving.to_dict()}),
       config=config,
-      label_map=export_lib.as_json(label_map.to_dict()),
-      training=export_lib.as_json(
+      label_map=contract.as_json(label_map.to_dict()),
+      training=contract.as_json(
         {
           "source": os.path.abspath(source.path),
           "source_sha256": _source_digest(source.path),

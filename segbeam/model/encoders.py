@@ -68,7 +68,7 @@ def _keras_application(constructor: Callable[..., keras.Model], name: str):
       return constructor(
         input_shape=(input_size, input_size, 3), include_top=False, weights=weights
       )
-    except Exception as error:  # pylint: disable=broad-except  # Keras' download raises Exception
+    except Exception as error:  # Keras' download raises Exception
       if weights == IMAGENET:
         raise ValueError(
           f"could not get ImageNet weights for {name} ({error}); without network access "

@@ -8,6 +8,7 @@ from typing import Optional, Sequence
 
 import tensorflow as tf
 
+from segbeam.model import contract
 from segbeam.model import data as data_lib
 from segbeam.model import export as export_lib
 from segbeam.model import labels as labels_lib
@@ -97,13 +98,13 @@ def evaluate_export(
       if isinstance(outputs, BaseException):
         skip(pair, data_lib.describe_error(outputs))
         continue
-      height = int(outputs[export_lib.OUTPUT_HEIGHT])
-      width = int(outputs[export_lib.OUTPUT_WIDTH])
+      height = int(outputs[contract.OUTPUT_HEIGHT])
+      width = int(outputs[contract.OUTPUT_WIDTH])
       if truth.shape != (height, width):
         skip(pair, f"mask is {truth.shape[1]}x{truth.shape[0]}, image {width}x{height}")
         continue
       mask, _ = postprocess.class_mask(
-        outputs[export_lib.OUTPUT_PROBABILITIES],
+        outputs[contract.OUTPUT_PROBABILITIES],
         height,
         width,
         threshold=export.metadata.mask_threshold,

@@ -309,7 +309,7 @@ def denied_ops(saved_model_dir: str) -> list[Finding]:
 
 
 # saved_model.pb files found safe in this process, as (real path, size, modification time): a
-# local run checks one export from three places (the early session load, the launcher, the
+# local run checks one export from three places (the early session load, the run's checks, the
 # handler's load), and a file changed since is checked again.
 _found_safe: set[tuple[str, int, int]] = set()
 
@@ -372,14 +372,14 @@ def check_export_readable(export_dir: str) -> None:
   data = _data_files(prefix)
   try:
     reader = tf.train.load_checkpoint(prefix)
-  except Exception as error:  # pylint: disable=broad-except  # any unreadable index
+  except Exception as error:  # any unreadable index
     raise DamagedExportError(
       f"model damaged: {index} cannot be read: {_one_line(error)}"
     ) from error
   for name in sorted(reader.get_variable_to_dtype_map()):
     try:
       reader.get_tensor(name)
-    except Exception as error:  # pylint: disable=broad-except  # truncated, corrupt, ...
+    except Exception as error:  # truncated, corrupt, ...
       where = data[0] if len(data) == 1 else f"{prefix}.data-*"
       raise DamagedExportError(
         f"model damaged: {where}: checkpoint entry {name} cannot be read: {_one_line(error)}"

@@ -17,6 +17,8 @@ from typing import Optional
 import keras
 
 from segbeam.model import config as config_lib
+from segbeam.model import contract
+from segbeam.model import export as export_lib
 from segbeam.model import unet
 
 TRANSPOSE_RULE = (
@@ -287,8 +289,6 @@ class ImportedReport:
 
 
 def summarize_imported_export(export_dir: str, metadata) -> ImportedReport:
-  from segbeam.model import export as export_lib  # pylint: disable=import-outside-toplevel
-
   serving = metadata.serving_config
   source = metadata.training
   facts = {
@@ -313,9 +313,7 @@ def summarize_export(export_dir: str):
   """Rebuilds the export's recorded architecture (without weights) and checks its parameter
   count against the variables the SavedModel holds; for an export of a user's own model, the
   way it is served (`ImportedReport`)."""
-  from segbeam.model import export as export_lib
-
-  metadata = export_lib.read_metadata(export_dir)
+  metadata = contract.read_metadata(export_dir)
   if metadata.imported:
     return summarize_imported_export(export_dir, metadata)
   config = metadata.unet_config

@@ -14,6 +14,7 @@ import keras
 import tensorflow as tf
 
 from segbeam.model import config as config_lib
+from segbeam.model import contract
 from segbeam.model import data as data_lib
 from segbeam.model import evaluation
 from segbeam.model import export as export_lib
@@ -31,7 +32,7 @@ MONITOR = "val_mean_iou"
 class TrainingResult:
   checkpoint: str
   export_dir: str
-  metadata: export_lib.ModelMetadata
+  metadata: contract.ModelMetadata
   skipped: tuple[data_lib.SkippedPair, ...]
 
 

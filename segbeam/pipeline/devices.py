@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
+
+import tensorflow as tf
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -19,8 +22,6 @@ def enable_memory_growth() -> int:
     runtime was initialised without it keeps its setting (TensorFlow refuses the change then)
     and is not counted; calling again is harmless.
   """
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel  # only workers need it
-
   configured = 0
   for gpu in tf.config.list_physical_devices("GPU"):
     if tf.config.experimental.get_memory_growth(gpu):  # set by an earlier call
@@ -48,8 +49,6 @@ def describe_once() -> None:
   if _described:
     return
   _described = True
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
-
   build = tf.sysconfig.get_build_info()
   _LOGGER.info(
     "TensorFlow %s, CUDA build %s (CUDA %s, cuDNN %s); devices: %s",
@@ -62,8 +61,6 @@ def describe_once() -> None:
 
 
 def _loads(library: str) -> bool:
-  import ctypes  # pylint: disable=import-outside-toplevel
-
   try:
     ctypes.CDLL(library)
     return True
@@ -74,8 +71,6 @@ def _loads(library: str) -> bool:
 def missing_gpu_reason() -> str:
   """Why TensorFlow sees no GPU, as far as this process can tell: the driver, a CUDA library
   of TensorFlow's build, or the device itself."""
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
-
   build = tf.sysconfig.get_build_info()
   if not build.get("is_cuda_build"):
     return f"this TensorFlow {tf.__version__} is not built with CUDA"
@@ -100,8 +95,6 @@ def missing_gpu_reason() -> str:
 def require_gpu() -> None:
   """Raises NoGpuError, naming what is missing, when TensorFlow sees no GPU: a GPU job must
   not run on the CPU while its GPUs are billed."""
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
-
   if not tf.config.list_physical_devices("GPU"):
     raise NoGpuError(
       f"the job was submitted with a GPU but TensorFlow sees none: {missing_gpu_reason()}"

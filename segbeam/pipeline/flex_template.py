@@ -10,6 +10,7 @@ Parameter names cannot hold dashes, so `batch_size` stands for `--batch-size`, a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from typing import Optional, Sequence
 
@@ -20,7 +21,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.options.pipeline_options import TestOptions
 from apache_beam.options.pipeline_options import WorkerOptions
 
-from segbeam.pipeline import launcher
+from segbeam.pipeline import beam_options
+from segbeam.pipeline import job
 from segbeam.pipeline import options as options_lib
 from segbeam.pipeline import submit
 
@@ -34,7 +36,7 @@ def run_options() -> dict[str, bool]:
   options_lib.add_arguments(parser)
   return {
     option: action.nargs == 0
-    for action in parser._actions  # pylint: disable=protected-access  # argparse's list
+    for action in parser._actions  # argparse's list
     for option in action.option_strings
   }
 
@@ -119,22 +121,20 @@ def launch(argv: Optional[Sequence[str]] = None):
   """Builds the job and hands it to Dataflow without waiting for it: a Flex Template's launcher
   ends once the job is submitted. Returns Beam's PipelineResult."""
   argv = template_argv(sys.argv[1:] if argv is None else argv)
-  # Dataflow's launcher hands over its own arguments too: what Beam does not know it drops.
-  _, beam_args = launcher.parse(argv, check_beam=False)
+  # Dataflow's launcher hands over its own arguments too: what Beam does not know it drops,
+  # so they are not checked against Beam's options.
+  run_options, beam_args = options_lib.parse_args(argv)
+  beam_options.check_job_labels(beam_args)
   if PipelineOptions(beam_args).get_all_options()["runner"] is None:
     beam_args.append("--runner=DataflowRunner")
   runner = str(PipelineOptions(beam_args).get_all_options()["runner"])
   if runner.rsplit(".", 1)[-1].lower() in ("dataflowrunner", "dataflow"):
     beam_args = with_gpu_defaults(beam_args)
-    argv.append("--require-gpu")  # the job attaches a GPU: never run it on the CPU
+    # The job attaches a GPU: never run it on the CPU.
+    run_options = dataclasses.replace(run_options, require_gpu=True)
   options = PipelineOptions(beam_args)
   pipeline = beam.Pipeline(options=options)
   # In the image the embedded model's path is the same for the launcher and the workers. A
   # dry run (Beam's --dry_run) builds offline, where gs:// paths cannot be checked.
-  launcher.run(
-    argv,
-    test_pipeline=pipeline,
-    check_paths=not options.view_as(TestOptions).dry_run,
-    check_beam=False,
-  )
+  job.add_to(pipeline, run_options, check_paths=not options.view_as(TestOptions).dry_run)
   return pipeline.run()

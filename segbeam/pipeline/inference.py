@@ -1,49 +1,47 @@
-"""Model handlers for Beam's RunInference over the export contract (`segbeam.model.export`).
+"""Model handlers for Beam's RunInference over the export contract (`segbeam.model.contract`).
 
 Both handlers take encoded image bytes; `create_handler` keys them (Beam's KeyedModelHandler,
 so elements are (key, bytes) -> (key, inference)):
 - `TfxBslHandler` (the default): tfx-bsl's CreateModelHandler on the SavedModel; inference is
-  a PredictionLog proto.
+  a PredictionLog proto. It takes the session `sessions.load_early` loaded, if any.
 - `SavedModelHandler`: Beam's base.ModelHandler calling the signature directly; inference is a
-  dict of numpy arrays, with no proto round trip. It was 5-14% faster end to end than tfx-bsl's
-  while batches ran as one call; with concurrent slices the two measure within 3% of each other,
-  tfx-bsl's ahead (BENCHMARKS.md), so tfx-bsl's is the default and this one is selectable.
+  dict of numpy arrays, with no proto round trip (the two compare in BENCHMARKS.md).
 Both load the model when Beam asks, on the worker, and read an export on a remote file system
 (gs://) from a local copy made through Beam's FileSystems (`model_files`): TensorFlow's own
 file systems know neither Beam's settings nor a storage emulator.
 `IsolatingModelHandler` wraps the keyed handler so a batch that fails is retried one element at
 a time: a bad image fails alone, with its error, and never takes its batch down. It can also cut
 each batch into slices inferred at the same time: one TensorFlow call leaves cores idle between
-and inside its ops, and concurrent calls fill them (measured in BENCHMARKS.md). With `overlap`
-it returns at once, each inference a `PendingInference`, so the bundle thread reads and
-validates the next batch while TensorFlow infers this one; `SegmentImage` resolves them.
+and inside its ops, and concurrent calls fill them. With `overlap` it returns at once, each
+inference a `PendingInference`, so the bundle thread reads and validates the next batch while
+TensorFlow infers this one; `rows.MakeRows` resolves them.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import dataclasses
 import logging
 import os
 import re
 import threading
-from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
+import tensorflow as tf
 from apache_beam.ml.inference import base
+from tfx_bsl.public.beam import run_inference
+from tfx_bsl.public.proto import model_spec_pb2
 
+from segbeam.model import contract
 from segbeam.model import export as export_lib
 from segbeam.model import model_safety
+from segbeam.pipeline import constants
 from segbeam.pipeline import devices
+from segbeam.pipeline import elements
 from segbeam.pipeline import model_files
-from segbeam.pipeline import records
 from segbeam.pipeline import sessions
 
-HANDLER_TFX_BSL = sessions.HANDLER_TFX_BSL
-HANDLER_SAVED_MODEL = "saved-model"
-HANDLERS = (HANDLER_TFX_BSL, HANDLER_SAVED_MODEL)  # the default first
-METRICS_NAMESPACE = "segbeam"
 _LOG = logging.getLogger(__name__)
 
 
@@ -69,7 +67,7 @@ def loads_in_this_process() -> int:
 def _prepare_load(model_dir: str, *, trust_model: bool = False) -> str:
   """Before a handler loads: GPU memory on demand (several processes may share a GPU), and the
   local directory to load `model_dir` from, its graph checked again (`model_safety`): a worker
-  may load an export the launcher never saw (a dry run's, or one replaced since)."""
+  may load an export the submitting machine never saw (a dry run's, or one replaced since)."""
   devices.enable_memory_growth()
   local_dir = model_files.local_model_dir(model_dir)
   try:
@@ -116,25 +114,15 @@ class _ExportHandler(base.ModelHandler):
     return _prepare_load(self._model_dir, trust_model=self._trust_model)
 
   def load_model(self):
-    """The model preloaded in this process for this handler, if any (see `preloaded`), or a
-    fresh load; first the devices logged once, and a GPU required when the job attached one."""
+    """Loads the model; first the devices logged once, and a GPU required when the job
+    attached one."""
     devices.describe_once()
     if self._require_gpu:
       devices.require_gpu()
-    with _preloads_lock:
-      preload = _preloads.pop(self.preload_key(), None)
-    if preload is not None:
-      try:
-        return preload.result()
-      except Exception:  # pylint: disable=broad-except  # load again: Beam reports the error
-        _LOG.warning("preloading the model failed; loading it again", exc_info=True)
     return self._load()
 
   def _load(self):
     raise NotImplementedError
-
-  def preload_key(self) -> tuple[str, str]:
-    return type(self).__name__, self._model_dir
 
   def get_num_bytes(self, batch: Sequence[bytes]) -> int:
     return sum(len(data) for data in batch)
@@ -143,7 +131,7 @@ class _ExportHandler(base.ModelHandler):
     return self._batch
 
   def get_metrics_namespace(self) -> str:
-    return METRICS_NAMESPACE
+    return constants.METRICS_NAMESPACE
 
 
 class SavedModelHandler(
@@ -184,14 +172,11 @@ class TfxBslHandler(_ExportHandler, base.ModelHandler[bytes, Any, TfxBslModel]):
   """
 
   def _load(self) -> TfxBslModel:
-    from tfx_bsl.public.beam import run_inference
-    from tfx_bsl.public.proto import model_spec_pb2
-
     local_dir = self._prepare_load()
     handler = run_inference.CreateModelHandler(
       model_spec_pb2.InferenceSpecType(
         saved_model_spec=model_spec_pb2.SavedModelSpec(
-          model_path=local_dir, signature_name=[export_lib.SIGNATURE_NAME]
+          model_path=local_dir, signature_name=[contract.SIGNATURE_NAME]
         )
       )
     )
@@ -223,11 +208,11 @@ def _export_handler(
   require_gpu: bool = False,
 ) -> _ExportHandler:
   options = dict(max_batch_size=max_batch_size, trust_model=trust_model, require_gpu=require_gpu)
-  if name == HANDLER_TFX_BSL:
+  if name == constants.HANDLER_TFX_BSL:
     return TfxBslHandler(model_dir, **options)
-  if name == HANDLER_SAVED_MODEL:
+  if name == constants.HANDLER_SAVED_MODEL:
     return SavedModelHandler(model_dir, **options)
-  raise ValueError(f"unknown inference handler {name!r}; known: {', '.join(HANDLERS)}")
+  raise ValueError(f"unknown inference handler {name!r}; known: {', '.join(constants.HANDLERS)}")
 
 
 def create_handler(
@@ -249,53 +234,11 @@ def create_handler(
   return IsolatingModelHandler(base.KeyedModelHandler(handler), slices=slices, overlap=overlap)
 
 
-_preloads: dict[tuple[str, str], concurrent.futures.Future] = {}
-_preloads_lock = threading.Lock()
-
-
-def _load_and_warm_up(handler: _ExportHandler, warm_up_size: int):
-  model = handler._load()  # pylint: disable=protected-access  # the preload is the load
-  handler.run_inference([sessions.warm_up_image(warm_up_size)], model)
-  return model
-
-
-@contextlib.contextmanager
-def preloaded(
-  name: str, model_dir: str, *, warm_up_size: int, trust_model: bool = False
-) -> Iterator[None]:
-  """Loads and warms up the model on a background thread while the body builds and runs a
-  pipeline in this same process (the local runners), whose handler then takes that model
-  instead of loading its own: start-up work overlapped with Beam's. A model no handler took is
-  dropped on exit, which waits for the load to end."""
-  handler = _export_handler(name, model_dir, trust_model=trust_model)
-  key = handler.preload_key()
-  future: concurrent.futures.Future = concurrent.futures.Future()
-  with _preloads_lock:
-    _preloads[key] = future
-
-  def load() -> None:
-    try:
-      future.set_result(_load_and_warm_up(handler, warm_up_size))
-    except BaseException as error:  # pylint: disable=broad-except  # the handler loads again
-      future.set_exception(error)
-
-  loader = threading.Thread(target=load, name="segbeam-preload", daemon=True)
-  loader.start()
-  try:
-    yield
-  finally:
-    with _preloads_lock:
-      if _preloads.get(key) is future:
-        del _preloads[key]
-    loader.join()  # long done after a run; no load outlives the block
-
-
 def outputs_as_arrays(inference: Any) -> dict[str, np.ndarray]:
   """Either handler's inference as {output name: array without the batch dimension}."""
   if isinstance(inference, Mapping):
     return dict(inference)
-  import tensorflow as tf  # A PredictionLog from tfx-bsl: its tensors are protos.
-
+  # A PredictionLog from tfx-bsl: its tensors are protos.
   outputs = inference.predict_log.response.outputs
   return {name: tf.make_ndarray(proto)[0] for name, proto in outputs.items()}
 
@@ -305,7 +248,7 @@ _DECODE_WORDS = ("Decode", "decode", "Jpeg", "JPEG", "image file format")
 
 
 def _failure_for(error: BaseException) -> InferenceFailure:
-  message = records.one_line(error)
+  message = elements.one_line(error)
   # The serving graph decodes before it infers: on an image that passed validation, an invalid
   # argument can only come from its decode ops (which also name themselves in the message); the
   # forward pass on a decoded, resized tensor fails only for resources (memory) or bugs.
@@ -315,7 +258,7 @@ def _failure_for(error: BaseException) -> InferenceFailure:
   # in an error row, which should say what is wrong with the image.
   shown = _GRAPH_NODE.sub("", message).strip() or message
   return InferenceFailure(
-    records.STAGE_DECODE if is_decode else records.STAGE_INFER, error_type, shown
+    elements.STAGE_DECODE if is_decode else elements.STAGE_INFER, error_type, shown
   )
 
 
@@ -323,7 +266,7 @@ class PendingInference:
   """The inference of one element whose slice is still being inferred on a slice thread.
 
   `result()` waits for it: the element's inference, or its `InferenceFailure`. Whoever
-  consumes these bounds how many are pending (`SegmentImage` keeps at most two batches), since
+  consumes these bounds how many are pending (`MakeRows` keeps at most two batches), since
   each holds its slice's inputs and outputs. Pickled (should a runner ever encode one), it waits
   and is written as its result.
   """
@@ -433,7 +376,7 @@ class IsolatingModelHandler(base.ModelHandler):
   ) -> list:
     try:
       return list(self._handler.run_inference(batch, model, inference_args))
-    except Exception as batch_error:  # pylint: disable=broad-except  # isolate, then report
+    except Exception as batch_error:  # isolate, then report
       if len(batch) == 1:
         return [(batch[0][0], _failure_for(batch_error))]
       _LOG.warning(
@@ -445,7 +388,7 @@ class IsolatingModelHandler(base.ModelHandler):
     for element in batch:
       try:
         results.extend(self._handler.run_inference([element], model, inference_args))
-      except Exception as error:  # pylint: disable=broad-except  # this image alone is bad
+      except Exception as error:  # this image alone is bad
         results.append((element[0], _failure_for(error)))
     return results
 

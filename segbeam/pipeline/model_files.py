@@ -22,7 +22,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from segbeam.model import config as config_lib
-from segbeam.model import export as export_lib
+from segbeam.model import contract
 
 _LOG = logging.getLogger(__name__)
 _GLOB_CHARACTERS = frozenset("*?[")
@@ -55,14 +55,14 @@ def local_model_dir(model_dir: str) -> str:
     return local
 
 
-def read_metadata(model_dir: str) -> export_lib.ModelMetadata:
+def read_metadata(model_dir: str) -> contract.ModelMetadata:
   """The export's `segbeam_model.json`, read through Beam's FileSystems (any scheme), without
   copying the model."""
-  path = FileSystems.join(model_dir.rstrip("/"), export_lib.METADATA_FILE)
+  path = FileSystems.join(model_dir.rstrip("/"), contract.METADATA_FILE)
   if not FileSystems.exists(path):
     raise FileNotFoundError(_not_an_export(model_dir.rstrip("/")))
   with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-    return export_lib.ModelMetadata.from_json(f.read().decode("utf-8"))
+    return contract.ModelMetadata.from_json(f.read().decode("utf-8"))
 
 
 def _not_an_export(model_dir: str) -> str:
@@ -72,10 +72,10 @@ def _not_an_export(model_dir: str) -> str:
     what = "a Keras model file"
     output = os.path.splitext(model_dir)[0] + "-export"
   elif FileSystems.exists(FileSystems.join(model_dir, "saved_model.pb")):
-    what = f"a SavedModel without {export_lib.METADATA_FILE}"
+    what = f"a SavedModel without {contract.METADATA_FILE}"
     output = model_dir + "-export"
   else:
-    return f"{model_dir} is not a segbeam export: {export_lib.METADATA_FILE} is missing"
+    return f"{model_dir} is not a segbeam export: {contract.METADATA_FILE} is missing"
   source, copy = model_dir, ""
   if not is_local(model_dir):  # `segbeam export` reads local files
     source, output = posixpath.basename(source), posixpath.basename(output)

@@ -10,9 +10,16 @@ import os
 import uuid
 from typing import Any, Optional, Sequence
 
-from segbeam.pipeline import inference
-from segbeam.pipeline import sources
-from segbeam.pipeline import validation
+from segbeam.pipeline import constants
+
+
+@dataclasses.dataclass(frozen=True)
+class ExampleKeys:
+  """tf.train.Example feature keys (DeepLab / TF Object Detection convention by default)."""
+
+  image: str = "image/encoded"
+  filename: str = "image/filename"
+  label: str = "image/segmentation/class/encoded"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,16 +60,16 @@ class RunOptions:
   input: str
   output: str
   model_dir: Optional[str] = None
-  batch_size: int = 32
-  max_pixels: int = validation.DEFAULT_MAX_PIXELS
-  max_file_bytes: int = 256 << 20
+  batch_size: int = constants.DEFAULT_BATCH_SIZE
+  max_pixels: int = constants.DEFAULT_MAX_PIXELS
+  max_file_bytes: int = constants.DEFAULT_MAX_FILE_BYTES
   mask_files: bool = False
   overwrite: bool = False
-  input_format: str = sources.FORMAT_AUTO
-  example_keys: sources.ExampleKeys = sources.ExampleKeys()
-  handler: str = inference.HANDLER_TFX_BSL
-  inference_slices: int = 2
-  postprocess_threads: int = 1
+  input_format: str = constants.FORMAT_AUTO
+  example_keys: ExampleKeys = ExampleKeys()
+  handler: str = constants.HANDLER_TFX_BSL
+  inference_slices: int = constants.DEFAULT_INFERENCE_SLICES
+  postprocess_threads: int = constants.DEFAULT_POSTPROCESS_THREADS
   labels: Optional[str] = None
   label_map: Optional[str] = None
   skip_existing: tuple[str, ...] = ()
@@ -72,19 +79,23 @@ class RunOptions:
   started: str = ""
 
   def __post_init__(self):
-    if self.batch_size < 1:
-      raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}")
-    if self.max_file_bytes < 1:
-      raise ValueError(f"--max-file-bytes must be at least 1, got {self.max_file_bytes}")
-    if self.max_pixels < 1:
-      raise ValueError(f"--max-pixels must be at least 1, got {self.max_pixels}")
-    if self.inference_slices < 1:
-      raise ValueError(f"--inference-slices must be at least 1, got {self.inference_slices}")
-    if self.postprocess_threads < 1:
-      raise ValueError(f"--postprocess-threads must be at least 1, got {self.postprocess_threads}")
+    check_at_least_one(
+      batch_size=self.batch_size,
+      max_file_bytes=self.max_file_bytes,
+      max_pixels=self.max_pixels,
+      inference_slices=self.inference_slices,
+      postprocess_threads=self.postprocess_threads,
+    )
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
+
+
+def check_at_least_one(**values: int) -> None:
+  """Raises ValueError naming the first option (as --its-flag) whose value is below 1."""
+  for name, value in values.items():
+    if value < 1:
+      raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -99,18 +110,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     help="export directory (default: the embedded default model)",
   )
   parser.add_argument(
-    "--batch-size", type=int, default=32, help="images per inference batch (default: %(default)s)"
+    "--batch-size",
+    type=int,
+    default=constants.DEFAULT_BATCH_SIZE,
+    help="images per inference batch (default: %(default)s)",
   )
   parser.add_argument(
     "--max-pixels",
     type=int,
-    default=validation.DEFAULT_MAX_PIXELS,
+    default=constants.DEFAULT_MAX_PIXELS,
     help="refuse images declaring more pixels, before decoding (default: %(default)s)",
   )
   parser.add_argument(
     "--max-file-bytes",
     type=int,
-    default=256 << 20,
+    default=constants.DEFAULT_MAX_FILE_BYTES,
     help="refuse larger files (and larger TFRecord records) before reading "
     "them (default: %(default)s)",
   )
@@ -122,12 +136,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   )
   parser.add_argument(
     "--input-format",
-    choices=sources.INPUT_FORMATS,
-    default=sources.FORMAT_AUTO,
+    choices=constants.INPUT_FORMATS,
+    default=constants.FORMAT_AUTO,
     help="auto (default): .tfrecord/.tfr names are shards, image extensions "
     "images, any other file by its first bytes",
   )
-  defaults = sources.ExampleKeys()
+  defaults = ExampleKeys()
   parser.add_argument("--image-key", default=defaults.image, help="tf.Example image feature")
   parser.add_argument(
     "--filename-key", default=defaults.filename, help="tf.Example feature naming the image, its id"
@@ -140,22 +154,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument(
     "--inference-handler",
     dest="handler",
-    choices=inference.HANDLERS,
-    default=inference.HANDLER_TFX_BSL,
+    choices=constants.HANDLERS,
+    default=constants.HANDLER_TFX_BSL,
     help="tfx-bsl (default: tfx-bsl's CreateModelHandler) or saved-model (the "
-    "signature called directly; within 3%% of it in BENCHMARKS.md)",
+    "signature called directly; the two compare in BENCHMARKS.md)",
   )
   parser.add_argument(
     "--inference-slices",
     type=int,
-    default=2,
+    default=constants.DEFAULT_INFERENCE_SLICES,
     help="cut each batch into this many slices inferred at the same time "
     "(default: %(default)s; measured in BENCHMARKS.md)",
   )
   parser.add_argument(
     "--postprocess-threads",
     type=int,
-    default=1,
+    default=constants.DEFAULT_POSTPROCESS_THREADS,
     help="threads that postprocess one batch while the next is inferred "
     "(default: %(default)s; raise it on GPU workers)",
   )
@@ -237,6 +251,11 @@ def in_a_folder(pattern: Optional[str]) -> Optional[str]:
   return "./" + pattern
 
 
+def new_run_id(now: datetime.datetime) -> str:
+  """A run id: the start time to the second and a random suffix."""
+  return f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
+
+
 def from_args(args: argparse.Namespace) -> RunOptions:
   now = datetime.datetime.now(datetime.timezone.utc)
   return RunOptions(
@@ -249,7 +268,7 @@ def from_args(args: argparse.Namespace) -> RunOptions:
     mask_files=args.mask_files,
     overwrite=args.overwrite,
     input_format=args.input_format,
-    example_keys=sources.ExampleKeys(args.image_key, args.filename_key, args.label_key),
+    example_keys=ExampleKeys(args.image_key, args.filename_key, args.label_key),
     handler=args.handler,
     inference_slices=args.inference_slices,
     postprocess_threads=args.postprocess_threads,
@@ -258,6 +277,69 @@ def from_args(args: argparse.Namespace) -> RunOptions:
     skip_existing=tuple(path.rstrip("/") for path in args.skip_existing),
     trust_model=args.trust_model,
     require_gpu=args.require_gpu,
-    run_id=args.run_id or f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}",
+    run_id=args.run_id or new_run_id(now),
     started=now.isoformat(timespec="seconds"),
   )
+
+
+def run_parser() -> argparse.ArgumentParser:
+  """`segbeam run`'s parser. No prefix matching: '--label team=a' (Beam's Dataflow job label)
+  would be taken for one of segbeam's --label-* options, and '--mask-file' quietly for
+  '--mask-files'."""
+  parser = argparse.ArgumentParser(
+    prog="segbeam run",
+    allow_abbrev=False,
+    description="Segment images with a U-Net on Apache Beam. Options not listed here are "
+    "Beam pipeline options (--runner, --direct_num_workers, ...).",
+  )
+  add_arguments(parser)
+  return parser
+
+
+def parse_args(
+  argv: Sequence[str], parser: Optional[argparse.ArgumentParser] = None
+) -> tuple[RunOptions, list[str]]:
+  """`segbeam run`'s options from `argv`, and the words left for Beam (not checked here: see
+  `beam_options.check_beam_args`). Raises ValueError for a bad value; argparse exits for a
+  missing or malformed option, and prints --help."""
+  argv = list(argv)
+  check_patterns_given_once(argv)
+  args, beam_args = (parser or run_parser()).parse_known_args(argv)
+  return from_args(args), beam_args
+
+
+DEMO_OUTPUT = "runs/demo"
+
+
+def demo_parser() -> argparse.ArgumentParser:
+  return argparse.ArgumentParser(
+    prog="segbeam demo",
+    allow_abbrev=False,
+    usage="segbeam demo [--output DIR] [segbeam run options] [Beam options]",
+    description="segbeam run on the sample photos scikit-image ships (a cat among them) with "
+    f"the embedded default model, into --output (default: {DEMO_OUTPUT}, replaced if it holds "
+    "an earlier demo). Takes segbeam run's other options (see segbeam run --help) and Beam's.",
+  )
+
+
+def demo_argv(argv: Sequence[str]) -> list[str]:
+  """`segbeam demo`'s arguments as `segbeam run`'s: the sample photos as --input, --overwrite,
+  and --output when not given. Raises ValueError without scikit-image; --help prints the
+  demo's own usage and exits."""
+  argv = list(argv)
+  demo_parser().parse_known_args([a for a in argv if a in ("-h", "--help")])
+  try:
+    import skimage  # noqa: PLC0415  # only the demo's extra has it
+  except ImportError as error:
+    raise ValueError(
+      "the demo reads scikit-image's sample photos: pip install 'segbeam[demo]'"
+    ) from error
+  pattern = os.path.join(os.path.dirname(skimage.__file__), "data", "*.[pj][pn]g")
+  has_output = any(a == "--output" or a.startswith("--output=") for a in argv)
+  return [
+    "--input",
+    pattern,
+    "--overwrite",
+    *argv,
+    *([] if has_output else ["--output", DEMO_OUTPUT]),
+  ]

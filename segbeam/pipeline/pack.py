@@ -18,6 +18,7 @@ from typing import Optional
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from segbeam.pipeline import options as options_lib
 from segbeam.pipeline import sources
 from segbeam.pipeline import tfrecord
 from segbeam.pipeline import validation
@@ -107,12 +108,12 @@ def make_example(
   filename: str,
   image: bytes,
   mask: Optional[bytes] = None,
-  keys: sources.ExampleKeys = sources.ExampleKeys(),
+  keys: options_lib.ExampleKeys = options_lib.ExampleKeys(),
 ) -> bytes:
   """A serialized tf.train.Example for one image (and mask). Bytes that are no image, or whose
   header is unreadable, are stored all the same with size 0x0: the run makes each an error row
   that says what is wrong, as it does for such a file."""
-  import tensorflow as tf
+  import tensorflow as tf  # noqa: PLC0415  # `segbeam --help` lists pack's options without it
 
   image_format = validation.sniff_format(image) or "unknown"
   width, height = validation.header_size(image) or (0, 0)

@@ -17,9 +17,9 @@ import apache_beam as beam
 from apache_beam.io import parquetio
 from apache_beam.io.filesystems import FileSystems
 
-from segbeam.pipeline import records
+from segbeam.pipeline import constants
+from segbeam.pipeline import elements
 from segbeam.pipeline import sinks
-from segbeam.pipeline import sources
 
 SKIPPED = "skipped"
 
@@ -34,11 +34,11 @@ def segment_files(output: str) -> list[str]:
   manifest = sinks.read_manifest(output)
   if manifest is None:
     raise NotACompletedRunError(
-      f"--skip-existing {output}: no {sinks.MANIFEST_FILE} there, so it holds no completed run"
+      f"--skip-existing {output}: no {constants.MANIFEST_FILE} there, so it holds no completed run"
     )
   return [
-    FileSystems.join(output, sinks.SEGMENTS_DIR, posixpath.basename(path))
-    for path in manifest["files"][sinks.SEGMENTS_DIR]
+    FileSystems.join(output, constants.SEGMENTS_DIR, posixpath.basename(path))
+    for path in manifest["files"][constants.SEGMENTS_DIR]
   ]
 
 
@@ -55,9 +55,9 @@ class SkipSegmented(beam.DoFn):
   side input keyed by image id) holds it."""
 
   def __init__(self):
-    self._skipped = beam.metrics.Metrics.counter(sources.METRICS_NAMESPACE, "skipped_existing")
+    self._skipped = beam.metrics.Metrics.counter(constants.METRICS_NAMESPACE, "skipped_existing")
 
-  def process(self, record: records.ImageRecord, segmented) -> Iterator:
+  def process(self, record: elements.ImageRecord, segmented) -> Iterator:
     for _ in segmented[record.image_id]:  # a lazy iterable on the Fn API runners
       self._skipped.inc()
       yield beam.pvalue.TaggedOutput(SKIPPED, record.image_id)

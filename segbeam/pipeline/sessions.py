@@ -1,22 +1,32 @@
 """The TensorFlow session tfx-bsl's handler runs in, and loading it before Beam is imported.
 
-Nothing here imports Beam: `segbeam run` starts loading the export's session on a background
-thread right after TensorFlow is imported (`load_early_for_run`), so that the load overlaps
-importing Beam and building the pipeline, and the tfx-bsl handler takes that session
-(`take_early`) instead of loading its own.
+This is segbeam's one model preload: nothing here imports Beam, so `segbeam run` starts
+loading the export's session on a background thread (`load_early_for`) right after parsing its
+options, and the load overlaps importing Beam and building the pipeline; tfx-bsl's handler
+then takes that session (`take_early`) instead of loading its own. The saved-model handler
+loads on the first batch.
 """
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import io
 import logging
 import os
 import threading
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
-HANDLER_TFX_BSL = "tfx-bsl"
+import tensorflow as tf
+from PIL import Image
+from tensorflow.python.util import deprecation
+
+from segbeam.model import contract
+from segbeam.model import defaults
+from segbeam.model import model_safety
+from segbeam.pipeline import constants
+from segbeam.pipeline import devices
+from segbeam.pipeline import options as options_lib
+
 _LOG = logging.getLogger(__name__)
 
 
@@ -24,13 +34,11 @@ def session_config(*, on_gpu: bool):
   """The options of the session tfx-bsl's handler runs in.
 
   On a CPU, without Grappler's graph rewrites: they ran at every load, once for the variables'
-  restore and once for the first inference, ~1 s of each run's start-up, and the rewritten graph
-  was no faster on the tutorial U-Net (BENCHMARKS.md). oneDNN's own graph rewrite is not
+  restore and once for the first inference, and the rewritten graph was no faster on the tutorial
+  U-Net (BENCHMARKS.md, Measured design choices). oneDNN's own graph rewrite is not
   Grappler's and stays. On a GPU, TensorFlow's defaults (its layout and fusion rewrites are
   for GPUs; not measured here).
   """
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel  # only workers need it
-
   config = tf.compat.v1.ConfigProto()
   if not on_gpu:
     config.graph_options.rewrite_options.disable_meta_optimizer = True
@@ -40,12 +48,7 @@ def session_config(*, on_gpu: bool):
 def load_session(local_dir: str):
   """The export in `local_dir` loaded as tfx-bsl's handler loads it (the TF1 SavedModel loader,
   the serving tag), in a session with `session_config`. Returns (session, meta graph)."""
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
-
   on_gpu = bool(tf.config.list_physical_devices("GPU"))
-  # pylint: disable-next=import-outside-toplevel
-  from tensorflow.python.util import deprecation
-
   session = tf.compat.v1.Session(graph=tf.compat.v1.Graph(), config=session_config(on_gpu=on_gpu))
   # The TF1 loader is tfx-bsl's, on purpose; its deprecation notice (three lines before
   # anything else `segbeam run` prints) tells a user nothing they can act on.
@@ -56,8 +59,6 @@ def load_session(local_dir: str):
 
 def warm_up_image(size: int) -> bytes:
   """A small JPEG: the first call of a signature prepares its graph (a fraction of a second)."""
-  from PIL import Image  # pylint: disable=import-outside-toplevel
-
   buffer = io.BytesIO()
   Image.new("RGB", (size, size), (128, 128, 128)).save(buffer, format="JPEG")
   return buffer.getvalue()
@@ -85,10 +86,7 @@ def load_early(
 ) -> None:
   """Starts loading and warming up the session of the local export `local_dir` on a
   background thread, for `take_early`. An export whose graph `model_safety` refuses (unless
-  `trust_model`) is never loaded: the launcher refuses it before it would take the session."""
-  from segbeam.model import model_safety  # pylint: disable=import-outside-toplevel
-  from segbeam.pipeline import devices  # pylint: disable=import-outside-toplevel
-
+  `trust_model`) is never loaded: the run refuses it before it would take the session."""
   future: concurrent.futures.Future = concurrent.futures.Future()
   with _early_lock:
     _early[_key(local_dir)] = future
@@ -100,7 +98,7 @@ def load_early(
       session, meta_graph = load_session(local_dir)
       warm_up(session, meta_graph, signature_name, warm_up_image(warm_up_size))
       future.set_result(session)
-    except BaseException as error:  # pylint: disable=broad-except  # the handler loads again
+    except BaseException as error:  # the handler loads again
       future.set_exception(error)
 
   threading.Thread(target=load, name="segbeam-early-session", daemon=True).start()
@@ -115,7 +113,7 @@ def take_early(local_dir: str) -> Optional[Any]:
     return None
   try:
     return future.result()
-  except Exception:  # pylint: disable=broad-except
+  except Exception:
     _LOG.warning("loading the model's session early failed; loading it again", exc_info=True)
     return None
 
@@ -127,33 +125,21 @@ def drop_early() -> None:
     _early.clear()
 
 
-def load_early_for_run(argv: Sequence[str]) -> bool:
-  """Starts `load_early` for a `segbeam run` with these arguments when they name the tfx-bsl
-  handler (the default) and a local export (the embedded default model when no --model);
-  returns whether it did. The launcher parses the arguments in full later: a session it does
-  not take (another runner, a path it reads differently) is dropped."""
-  # pylint: disable=import-outside-toplevel  # TensorFlow is imported by now; Beam is not
-  from segbeam.model import defaults
-  from segbeam.model import export as export_lib
-
-  parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-  parser.add_argument("--model", default=None)
-  parser.add_argument("--inference-handler", default=HANDLER_TFX_BSL)
-  parser.add_argument("--trust-model", action="store_true")
-  known, _ = parser.parse_known_args(argv)
-  model_dir = known.model or defaults.default_model_dir()
-  if known.inference_handler != HANDLER_TFX_BSL or "://" in model_dir:
+def load_early_for(options: options_lib.RunOptions) -> bool:
+  """Starts `load_early` for a run with these options when they name the tfx-bsl handler and
+  a local export (the embedded default model when no --model); returns whether it did. A
+  session the run does not take (its runner's workers are other processes) is dropped."""
+  model_dir = options.model_dir or defaults.DEFAULT_MODEL_DIR
+  if options.handler != constants.HANDLER_TFX_BSL or "://" in model_dir:
     return False
-  import tensorflow as tf
-
   try:
-    input_size = export_lib.read_metadata(model_dir).input_size
-  except (OSError, ValueError, KeyError, TypeError, tf.errors.OpError):
-    return False  # not an export, or unreadable: the launcher says so
+    input_size = contract.read_metadata(model_dir).input_size
+  except (OSError, ValueError, KeyError, TypeError):
+    return False  # not an export, or unreadable: the run's own checks say so
   load_early(
     model_dir,
-    signature_name=export_lib.SIGNATURE_NAME,
+    signature_name=contract.SIGNATURE_NAME,
     warm_up_size=input_size,
-    trust_model=known.trust_model,
+    trust_model=options.trust_model,
   )
   return True

@@ -20,16 +20,13 @@ import re
 from typing import Any, Mapping, Optional
 
 import apache_beam as beam
+import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from segbeam.pipeline import records
+from segbeam.pipeline import constants
+from segbeam.pipeline import elements
 
-SEGMENTS_DIR = "segments"
-ERRORS_DIR = "errors"
-MASKS_DIR = "masks"
-MANIFEST_FILE = "manifest.json"
-OUTPUT_ENTRIES = (SEGMENTS_DIR, ERRORS_DIR, MASKS_DIR, MANIFEST_FILE)
 # Object stores make an object visible only once its upload completed: no temporary name needed.
 _ATOMIC_CREATE_SCHEMES = ("gs", "s3", "azfs")
 PARTIAL_SUFFIX = ".partial"
@@ -76,7 +73,7 @@ class WriteMaskFile(beam.DoFn):
   """Writes a segments row's mask PNG to DIR/masks/<mask_file_name>; passes its path on."""
 
   def __init__(self, output_dir: str):
-    self._masks_dir = FileSystems.join(output_dir, MASKS_DIR)
+    self._masks_dir = FileSystems.join(output_dir, constants.MASKS_DIR)
 
   def process(self, row: Mapping[str, Any]):
     path = FileSystems.join(self._masks_dir, mask_file_name(row["image_id"]))
@@ -86,8 +83,6 @@ class WriteMaskFile(beam.DoFn):
 
 def parquet_rows(path: str) -> int:
   """Rows in a Parquet file, from its footer alone."""
-  import pyarrow.parquet as pq
-
   with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
     return pq.ParquetFile(f).metadata.num_rows
 
@@ -149,9 +144,9 @@ def build_manifest(
       "rule": CONSERVATION_RULE,
     },
     "files": {
-      SEGMENTS_DIR: sorted(segment_files),
-      ERRORS_DIR: sorted(error_files),
-      MASKS_DIR: masks_written,
+      constants.SEGMENTS_DIR: sorted(segment_files),
+      constants.ERRORS_DIR: sorted(error_files),
+      constants.MASKS_DIR: masks_written,
     },
   }
 
@@ -160,7 +155,7 @@ class UnbalancedRunError(RuntimeError):
   """Inputs were lost or doubled: the run must fail, and leave no manifest."""
 
 
-# The run's counts come from one combine (`segment_pipeline.WriteRunOutput`): every counted
+# The run's counts come from one combine (`transforms.WriteOutput`): every counted
 # element becomes a key naming what it counts, (what, stage, error type), the last two set only
 # for failures. Nothing counted, no key: its count is 0.
 COUNT_RECORDS = "records"  # records the reader produced
@@ -176,7 +171,7 @@ def count_key(unused_element: Any, what: str) -> CountKey:
   return what, "", ""
 
 
-def failure_count_key(failure: records.Failure) -> CountKey:
+def failure_count_key(failure: elements.Failure) -> CountKey:
   return COUNT_FAILED, failure.stage, failure.error_type
 
 
@@ -192,7 +187,7 @@ class WriteManifest(beam.DoFn):
   """
 
   def __init__(self, output_dir: str, base: Mapping[str, Any]):
-    self._path = FileSystems.join(output_dir, MANIFEST_FILE)
+    self._path = FileSystems.join(output_dir, constants.MANIFEST_FILE)
     self._base = dict(base)
 
   def process(self, unused_element, counts, segment_files, error_files):
@@ -233,14 +228,18 @@ class WriteManifest(beam.DoFn):
 
 
 def entries_present(output: str) -> list[str]:
-  """Which of a run's entries (OUTPUT_ENTRIES) exist in `output`: any of them means a run,
+  """Which of a run's entries (constants.OUTPUT_ENTRIES) exist in `output`: any of them means a run,
   finished (with the manifest) or not."""
-  return [entry for entry in OUTPUT_ENTRIES if FileSystems.exists(FileSystems.join(output, entry))]
+  return [
+    entry
+    for entry in constants.OUTPUT_ENTRIES
+    if FileSystems.exists(FileSystems.join(output, entry))
+  ]
 
 
 def read_manifest(output: str) -> Optional[dict[str, Any]]:
   """The manifest of the run in `output`, or None when it has none (no completed run)."""
-  path = FileSystems.join(output, MANIFEST_FILE)
+  path = FileSystems.join(output, constants.MANIFEST_FILE)
   if not FileSystems.exists(path):
     return None
   with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:

@@ -27,30 +27,17 @@ from typing import BinaryIO, Callable, Iterator, Optional
 import apache_beam as beam
 from apache_beam.io import fileio
 
-from segbeam.pipeline import records
+from segbeam.pipeline import constants
+from segbeam.pipeline import elements
+from segbeam.pipeline import options as options_lib
 from segbeam.pipeline import sinks
 from segbeam.pipeline import tfrecord
-
-FORMAT_AUTO = "auto"
-FORMAT_IMAGES = "images"
-FORMAT_TFRECORD = "tfrecord"
-INPUT_FORMATS = (FORMAT_AUTO, FORMAT_IMAGES, FORMAT_TFRECORD)
 
 _TFRECORD_NAME = re.compile(r"\.(tfrecords?|tfr)(\.gz)?($|-\d+-of-\d+$)|\.tfrecord", re.I)
 # Names routed to the image reader without opening them: the supported formats' extensions and
 # those of formats refused with a clear reason (validation.UNSUPPORTED and HEIF/AVIF).
 _IMAGE_NAME = re.compile(r"\.(jpe?g|jfif|png|gif|bmp|dib|tiff?|webp|jp2|j2k|heic|heif|avif)$", re.I)
 _GLOB_CHARS = re.compile(r"[*?\[]")
-METRICS_NAMESPACE = "segbeam"
-
-
-@dataclasses.dataclass(frozen=True)
-class ExampleKeys:
-  """tf.train.Example feature keys (DeepLab / TF Object Detection convention by default)."""
-
-  image: str = "image/encoded"
-  filename: str = "image/filename"
-  label: str = "image/segmentation/class/encoded"
 
 
 def has_glob(pattern: str) -> bool:
@@ -84,8 +71,8 @@ def is_tfrecord(
   length and its checksum. Without `open_file`, or when it fails, such a file is an image (its
   real read then reports what is wrong with it).
   """
-  if input_format != FORMAT_AUTO:
-    return input_format == FORMAT_TFRECORD
+  if input_format != constants.FORMAT_AUTO:
+    return input_format == constants.FORMAT_TFRECORD
   name = posixpath.basename(path)
   if _TFRECORD_NAME.search(name):
     return True
@@ -94,7 +81,7 @@ def is_tfrecord(
   try:
     with open_file() as stream:
       return tfrecord.starts_with_a_record(stream)
-  except Exception:  # pylint: disable=broad-except  # unreadable: the image read says why
+  except Exception:  # unreadable: the image read says why
     return False
 
 
@@ -127,14 +114,14 @@ def _bytes_feature(example, key: str) -> Optional[bytes]:
   return feature.bytes_list.value[0]
 
 
-_OUTPUT_FOLDERS = frozenset({sinks.SEGMENTS_DIR, sinks.ERRORS_DIR, sinks.MASKS_DIR})
+_OUTPUT_FOLDERS = frozenset({constants.SEGMENTS_DIR, constants.ERRORS_DIR, constants.MASKS_DIR})
 
 
 def output_folder_candidate(path: str) -> Optional[str]:
   """The folder X that would hold `path` as part of a segbeam run's output: X/manifest.json,
   X/masks/<file>, X/segments/<file> or X/errors/<file>; None for any other path."""
   parts = path.replace(os.sep, "/").split("/")
-  if len(parts) > 1 and parts[-1] == sinks.MANIFEST_FILE:
+  if len(parts) > 1 and parts[-1] == constants.MANIFEST_FILE:
     return "/".join(parts[:-1])
   if len(parts) > 2 and parts[-2] in _OUTPUT_FOLDERS:
     return "/".join(parts[:-2])
@@ -146,7 +133,7 @@ def holds_a_segbeam_run(folder: str) -> bool:
   dataset's own manifest.json is not)."""
   try:
     manifest = sinks.read_manifest(folder)
-  except Exception:  # pylint: disable=broad-except  # unreadable or not JSON: not segbeam's
+  except Exception:  # unreadable or not JSON: not segbeam's
     return False
   return isinstance(manifest, dict) and {"run_id", "counts", "conservation"} <= manifest.keys()
 
@@ -170,7 +157,7 @@ class PreviousOutputs:
     return folder if self._checked[folder] else None
 
 
-class ReadImages(beam.DoFn):
+class ReadFile(beam.DoFn):
   """ReadableFile -> ImageRecord per image (one per image file, one per shard record); what
   cannot be read becomes a Failure on the FAILURES output."""
 
@@ -178,15 +165,15 @@ class ReadImages(beam.DoFn):
     self,
     *,
     root: str,
-    input_format: str = FORMAT_AUTO,
-    example_keys: ExampleKeys = ExampleKeys(),
-    max_file_bytes: int = 256 << 20,
+    input_format: str = constants.FORMAT_AUTO,
+    example_keys: options_lib.ExampleKeys = options_lib.ExampleKeys(),
+    max_file_bytes: int = constants.DEFAULT_MAX_FILE_BYTES,
   ):
     self._root = root
     self._input_format = input_format
     self._keys = example_keys
     self._max_file_bytes = max_file_bytes
-    self._seen = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "inputs_seen")
+    self._seen = beam.metrics.Metrics.counter(constants.METRICS_NAMESPACE, "inputs_seen")
 
   def setup(self):
     self._previous_outputs = PreviousOutputs(self._root)
@@ -199,11 +186,11 @@ class ReadImages(beam.DoFn):
     if previous_output is not None:
       outputs = [
         beam.pvalue.TaggedOutput(
-          records.FAILURES,
-          records.Failure(
+          elements.FAILURES,
+          elements.Failure(
             file_id,
             path,
-            records.STAGE_READ,
+            elements.STAGE_READ,
             "SegbeamOutput",
             f"a file of the segbeam run in {previous_output}, not an input: narrow --input (say, "
             "to the photos' extension) or keep outputs outside the input folder",
@@ -213,8 +200,8 @@ class ReadImages(beam.DoFn):
     elif refusal is not None:
       outputs = [
         beam.pvalue.TaggedOutput(
-          records.FAILURES,
-          records.Failure(file_id, path, records.STAGE_READ, "NotARegularFile", refusal),
+          elements.FAILURES,
+          elements.Failure(file_id, path, elements.STAGE_READ, "NotARegularFile", refusal),
         )
       ]
     elif is_tfrecord(path, self._input_format, open_file=readable.open):
@@ -230,11 +217,11 @@ class ReadImages(beam.DoFn):
     size = readable.metadata.size_in_bytes
     if size > self._max_file_bytes:
       yield beam.pvalue.TaggedOutput(
-        records.FAILURES,
-        records.Failure(
+        elements.FAILURES,
+        elements.Failure(
           image_id,
           path,
-          records.STAGE_READ,
+          elements.STAGE_READ,
           "FileTooLarge",
           f"{size} bytes is over the {self._max_file_bytes}-byte file limit",
         ),
@@ -245,25 +232,26 @@ class ReadImages(beam.DoFn):
         # The size listed may be wrong (a symlink to a device lists 0; a .gz file is listed
         # compressed and read decompressed): the read itself stops one byte past the limit.
         data = tfrecord.read_up_to(stream, self._max_file_bytes + 1)
-    except Exception as error:  # pylint: disable=broad-except  # any I/O error is one bad input
+    except Exception as error:  # any I/O error is one bad input
       yield beam.pvalue.TaggedOutput(
-        records.FAILURES, records.Failure.from_exception(image_id, path, records.STAGE_READ, error)
+        elements.FAILURES,
+        elements.Failure.from_exception(image_id, path, elements.STAGE_READ, error),
       )
       return
     if len(data) > self._max_file_bytes:
       yield beam.pvalue.TaggedOutput(
-        records.FAILURES,
-        records.Failure(
+        elements.FAILURES,
+        elements.Failure(
           image_id,
           path,
-          records.STAGE_READ,
+          elements.STAGE_READ,
           "FileTooLarge",
           f"more than {self._max_file_bytes} bytes read, over the file limit (listed as "
           f"{size} bytes)",
         ),
       )
       return
-    yield records.ImageRecord(image_id, path, data)
+    yield elements.ImageRecord(image_id, path, data)
 
   def _read_shard(self, readable: fileio.ReadableFile, shard_id: str, renames):
     path = readable.metadata.path
@@ -273,30 +261,31 @@ class ReadImages(beam.DoFn):
       ):
         source = f"{path}#{index}"
         image_id = renames.get((path, index)) or filename or f"{shard_id}#{index}"
-        if isinstance(example, records.Failure):
+        if isinstance(example, elements.Failure):
           yield beam.pvalue.TaggedOutput(
-            records.FAILURES, dataclasses.replace(example, image_id=image_id)
+            elements.FAILURES, dataclasses.replace(example, image_id=image_id)
           )
           continue
         data = _bytes_feature(example, self._keys.image)
         if data is None:
           yield beam.pvalue.TaggedOutput(
-            records.FAILURES,
-            records.Failure(
+            elements.FAILURES,
+            elements.Failure(
               image_id,
               source,
-              records.STAGE_READ,
+              elements.STAGE_READ,
               "MissingImage",
               f"the tf.Example has no bytes feature {self._keys.image!r}",
             ),
           )
           continue
-        yield records.ImageRecord(
+        yield elements.ImageRecord(
           image_id, source, data, label=_bytes_feature(example, self._keys.label)
         )
-    except Exception as error:  # pylint: disable=broad-except  # unreadable shard
+    except Exception as error:  # unreadable shard
       yield beam.pvalue.TaggedOutput(
-        records.FAILURES, records.Failure.from_exception(shard_id, path, records.STAGE_READ, error)
+        elements.FAILURES,
+        elements.Failure.from_exception(shard_id, path, elements.STAGE_READ, error),
       )
 
 
@@ -307,7 +296,7 @@ def iter_shard(
   max_record_bytes: int = tfrecord.MAX_RECORD_BYTES,
 ):
   """(record index, filename or '', tf.train.Example or Failure) for each record of a shard."""
-  import tensorflow as tf  # Workers need it for inference anyway; imported where used.
+  import tensorflow as tf  # noqa: PLC0415  # `segbeam report` imports this module light
 
   path = readable.metadata.path
   with readable.open() as stream:
@@ -317,21 +306,21 @@ def iter_shard(
         yield (
           index,
           "",
-          records.Failure(
-            fallback_id, source, records.STAGE_READ, record.error_type, record.reason
+          elements.Failure(
+            fallback_id, source, elements.STAGE_READ, record.error_type, record.reason
           ),
         )
         continue
       try:
         example = tf.train.Example.FromString(record)
-      except Exception as error:  # pylint: disable=broad-except  # protobuf DecodeError
+      except Exception as error:  # protobuf DecodeError
         yield (
           index,
           "",
-          records.Failure(
+          elements.Failure(
             fallback_id,
             source,
-            records.STAGE_READ,
+            elements.STAGE_READ,
             "NotAnExample",
             f"record {index} is not a tf.train.Example ({type(error).__name__})",
           ),
@@ -341,7 +330,7 @@ def iter_shard(
       yield index, filename, example
 
 
-# Stands for "the whole file" where ShardFilenames lists an image file beside shard records.
+# Stands for "the whole file" where ShardFilenames lists an image file beside shard elements.
 IMAGE_FILE_INDEX = -1
 
 
@@ -380,7 +369,7 @@ class ShardFilenames(beam.DoFn):
         readable, shard_id, self._filename_key, self._max_record_bytes
       ):
         yield filename or f"{shard_id}#{index}", (path, index)
-    except Exception:  # pylint: disable=broad-except  # the real read reports the shard
+    except Exception:  # the real read reports the shard
       return
 
 
@@ -397,7 +386,7 @@ def renames_for_repeats(element, root: str):
       yield (path, index), f"{filename}#{relative_id(path, root)}#{index}"
 
 
-class ReadImageShards(beam.PTransform):
+class ReadImages(beam.PTransform):
   """Pattern -> (records, failures). Matches the files itself.
 
   TFRecord shards are read twice: a first pass collects only filenames, to find the ones that
@@ -406,16 +395,16 @@ class ReadImageShards(beam.PTransform):
 
   `spread_files` reshuffles the matched files before reading, so that a runner with several
   workers spreads them (one shard can hold many images); a runner that reads them all in this
-  process has nothing to spread, and skips that shuffle (0.5 s of 4,500 files).
+  process has nothing to spread, and skips that shuffle.
   """
 
   def __init__(
     self,
     pattern: str,
     *,
-    input_format: str = FORMAT_AUTO,
-    example_keys: ExampleKeys = ExampleKeys(),
-    max_file_bytes: int = 256 << 20,
+    input_format: str = constants.FORMAT_AUTO,
+    example_keys: options_lib.ExampleKeys = options_lib.ExampleKeys(),
+    max_file_bytes: int = constants.DEFAULT_MAX_FILE_BYTES,
     spread_files: bool = True,
   ):
     super().__init__()
@@ -425,7 +414,7 @@ class ReadImageShards(beam.PTransform):
     self._input_format = input_format
     self._filename_key = example_keys.filename
     self._max_file_bytes = max_file_bytes
-    self._read = ReadImages(
+    self._read = ReadFile(
       root=self._root,
       input_format=input_format,
       example_keys=example_keys,
@@ -453,4 +442,4 @@ class ReadImageShards(beam.PTransform):
     )
     return files | "ReadImages" >> beam.ParDo(
       self._read, renames=beam.pvalue.AsDict(renames)
-    ).with_outputs(records.FAILURES, main="records")
+    ).with_outputs(elements.FAILURES, main="records")

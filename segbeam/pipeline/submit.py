@@ -1,6 +1,6 @@
 """`segbeam submit`: `segbeam run` on Google Cloud Dataflow with GPU workers.
 
-The job is the same pipeline `segbeam run` builds (`launcher.run`), put into a pipeline whose
+The job is the same pipeline `segbeam run` builds (`job.add_to`), put into a pipeline whose
 options name the DataflowRunner, the worker image (deploy/Dockerfile), the GPU and the process
 model. `--dry-run` has Beam's DataflowRunner build the whole job without submitting it or
 touching Google Cloud, and prints what Dataflow would be sent.
@@ -26,7 +26,9 @@ from apache_beam.runners.runner import PipelineState
 
 from segbeam import startup
 from segbeam import versions
-from segbeam.pipeline import launcher
+from segbeam.pipeline import beam_options
+from segbeam.pipeline import commands
+from segbeam.pipeline import job
 from segbeam.pipeline import options as options_lib
 
 GPU_L4 = "nvidia-l4"
@@ -47,7 +49,8 @@ G2_GPU_COUNTS = {
   "g2-standard-96": 8,
 }
 # Runner v2 is what runs custom containers and GPUs; one SDK process per worker VM, so one
-# process (one model, one CUDA context) owns the GPU. README "Running on Dataflow" says why.
+# process (one model, one CUDA context) owns the GPU. docs/dataflow.md ("GPU choice, process
+# model and cost") says why.
 EXPERIMENTS = ("use_runner_v2", "no_use_multiple_sdk_containers")
 # How the worker's processes use its GPU: one process owns it, or (MPS) Dataflow's one process
 # per vCPU share it through NVIDIA's Multi-Process Service.
@@ -369,28 +372,26 @@ def check_versions(image: str) -> None:
       f"this machine's versions differ from the worker image's ({'; '.join(differ)}), and a "
       "job submitted so fails on Dataflow; submit from the image itself: docker run --rm "
       f"--entrypoint segbeam -v ~/.config/gcloud:/root/.config/gcloud {image} submit ... "
-      "(or launch the Flex Template; README, Running on Dataflow)"
+      "(or launch the Flex Template; docs/dataflow.md)"
     )
 
 
 def submit(argv: Sequence[str]) -> PipelineResult:
   """Builds the job and submits it, or with --dry-run only builds it. Returns Beam's
   PipelineResult; after a dry run its `job` is the job Dataflow would have been sent."""
-  argv = list(argv)
-  args, _ = build_parser().parse_known_args(argv)
+  parser = build_parser()
+  args, beam_args = parser.parse_known_args(list(argv))
   dataflow = dataflow_options_from_args(args)
   check_versions(dataflow.image)
-  _check_cloud_paths(options_lib.from_args(args))
-  # What is not a Dataflow option here is `segbeam run`'s or Beam's, in the order given.
-  dataflow_only = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-  add_dataflow_arguments(dataflow_only)
-  _, run_argv = dataflow_only.parse_known_args(argv)
-  run_argv.append("--require-gpu")  # the job attaches a GPU: never run it on the CPU
-  _, beam_args = launcher.parse(run_argv, other_options=launcher.option_strings(dataflow_only))
+  # The job attaches a GPU: never run it on the CPU.
+  run_options = dataclasses.replace(options_lib.from_args(args), require_gpu=True)
+  _check_cloud_paths(run_options)
+  options_lib.check_patterns_given_once(argv)
+  beam_options.check_beam_args(beam_args, beam_options.option_strings(parser))
   pipeline = beam.Pipeline(options=PipelineOptions([*beam_args, *dataflow.pipeline_args()]))
-  launcher.run(
-    run_argv,
-    test_pipeline=pipeline,
+  job.add_to(
+    pipeline,
+    run_options,
     check_paths=not dataflow.dry_run,
     worker_model_dir=None if args.model_dir else IMAGE_DEFAULT_MODEL_DIR,
   )
@@ -440,7 +441,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   try:
     args, _ = build_parser().parse_known_args(argv)
     result = submit(argv)
-  except (launcher.InvocationError, ValueError) as error:
+  except (job.InvocationError, ValueError) as error:
     print(f"segbeam submit: {error}", file=sys.stderr)
     return 2
   if args.dry_run:
@@ -466,5 +467,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   print(f"job {job_id} ended: {state}")
   if state != PipelineState.DONE:
     return 1
-  launcher.print_report(args.output.rstrip("/"))
+  commands.print_report(args.output.rstrip("/"))
   return 0

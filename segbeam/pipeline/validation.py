@@ -7,8 +7,8 @@ image viewer, or decode far more than the header declares; those few are decoded
 PIL, after the pixel cap, and handed on as lossless PNG of the upright pixels:
 - an EXIF orientation other than 1 (the graph ignores EXIF): the pixels are turned as viewers
   turn them, so the mask lines up with what a person sees, and the row records the orientation;
-- any GIF: the graph decodes every frame of an animation to keep the first (a 785 KB GIF of
-  200 frames of 2000x2000 takes 800 MB and 5 s there), and sizes the image by its first frame
+- any GIF: the graph decodes every frame of an animation to keep the first (a small GIF of
+  many large frames takes gigabytes and seconds there), and sizes the image by its first frame
   instead of its canvas; here only the first frame is decoded, onto the canvas viewers show;
 - any BMP: the graph reads only 24- and 32-bit uncompressed files of the exact size their
   header implies, and reads 8-bit palette files as gray.
@@ -27,11 +27,9 @@ from PIL import Image
 from PIL import JpegImagePlugin
 from PIL import PngImagePlugin
 
-from segbeam.pipeline import records
-from segbeam.pipeline import sources
+from segbeam.pipeline import constants
+from segbeam.pipeline import elements
 from segbeam.pipeline import tfrecord
-
-DEFAULT_MAX_PIXELS = 50_000_000
 
 # Formats the export's decoder reads (tf.io.decode_image), by their magic bytes.
 SUPPORTED = {
@@ -117,7 +115,7 @@ def header_size(data: bytes) -> Optional[tuple[int, int]]:
   try:
     with _open(data, image_format) as image:
       return image.size
-  except Exception:  # pylint: disable=broad-except  # any unreadable header: `validate` says why
+  except Exception:  # any unreadable header: `validate` says why
     return None
 
 
@@ -135,7 +133,7 @@ def exif_orientation(image: Image.Image) -> int:
     exif = Image.Exif()
     exif.load(raw)
     value = exif.get(EXIF_ORIENTATION_TAG, 1)
-  except Exception:  # pylint: disable=broad-except  # broken EXIF: shown as stored
+  except Exception:  # broken EXIF: shown as stored
     return 1
   return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
@@ -170,13 +168,13 @@ def decode_upright_png(data: bytes, image_format: str, orientation: int) -> tupl
 
 def _explain(what: str, error: BaseException) -> str:
   """'<what>: <exception type>: <its message on one line>', at most 1,000 characters."""
-  reason = records.one_line(error, limit=None) or "no message"
+  reason = elements.one_line(error, limit=None) or "no message"
   return f"{what}: {type(error).__name__}: {reason}"[:1000]
 
 
 def validate(
-  record: records.ImageRecord, max_pixels: int = DEFAULT_MAX_PIXELS
-) -> Union[tuple[records.ImageInfo, bytes], records.Failure]:
+  record: elements.ImageRecord, max_pixels: int = constants.DEFAULT_MAX_PIXELS
+) -> Union[tuple[elements.ImageInfo, bytes], elements.Failure]:
   """One record -> (ImageInfo, the bytes the serving graph should decode), or the Failure that
   explains why it cannot be segmented. Never raises for any input bytes.
 
@@ -184,28 +182,28 @@ def validate(
   images listed in the module docstring.
   """
 
-  def failure(stage: str, error_type: str, message: str) -> records.Failure:
-    return records.Failure(record.image_id, record.source, stage, error_type, message)
+  def failure(stage: str, error_type: str, message: str) -> elements.Failure:
+    return elements.Failure(record.image_id, record.source, stage, error_type, message)
 
   data = record.data
   image_format = sniff_format(data)
   if image_format is None:
-    return failure(records.STAGE_VALIDATE, "UnsupportedFormat", describe_unsupported(data))
+    return failure(elements.STAGE_VALIDATE, "UnsupportedFormat", describe_unsupported(data))
   try:
     with _open(data, image_format) as image:
       # For a GIF, the canvas, widened by PIL where the first frame reaches past it: what the
       # first frame decodes to below. Later frames are never decoded.
       width, height = image.size
       orientation = exif_orientation(image)
-  except Exception as error:  # pylint: disable=broad-except  # any unreadable header
+  except Exception as error:  # any unreadable header
     return failure(
-      records.STAGE_VALIDATE, "CorruptHeader", _explain(f"{image_format} header unreadable", error)
+      elements.STAGE_VALIDATE, "CorruptHeader", _explain(f"{image_format} header unreadable", error)
     )
   if width < 1 or height < 1:
-    return failure(records.STAGE_VALIDATE, "EmptyImage", f"header declares {width}x{height}")
+    return failure(elements.STAGE_VALIDATE, "EmptyImage", f"header declares {width}x{height}")
   if width * height > max_pixels:
     return failure(
-      records.STAGE_VALIDATE,
+      elements.STAGE_VALIDATE,
       "PixelCapExceeded",
       f"header declares {width}x{height} = {width * height:,} pixels, over the cap "
       f"of {max_pixels:,}",
@@ -213,13 +211,13 @@ def validate(
   if orientation != 1 or image_format in _DECODED_HERE:
     try:
       data, width, height = decode_upright_png(data, image_format, orientation)
-    except Exception as error:  # pylint: disable=broad-except  # corrupt pixel data
+    except Exception as error:  # corrupt pixel data
       return failure(
-        records.STAGE_DECODE,
+        elements.STAGE_DECODE,
         "CorruptImageData",
         _explain(f"{image_format} pixels unreadable", error),
       )
-  return records.ImageInfo(
+  return elements.ImageInfo(
     record.image_id,
     record.source,
     image_format,
@@ -233,14 +231,14 @@ def validate(
 class ValidateImage(beam.DoFn):
   """ImageRecord -> (ImageInfo, bytes), or a Failure on the FAILURES output (see `validate`)."""
 
-  def __init__(self, *, max_pixels: int = DEFAULT_MAX_PIXELS):
+  def __init__(self, *, max_pixels: int = constants.DEFAULT_MAX_PIXELS):
     self._max_pixels = max_pixels
-    self._failed = beam.metrics.Metrics.counter(sources.METRICS_NAMESPACE, "failed_validate")
+    self._failed = beam.metrics.Metrics.counter(constants.METRICS_NAMESPACE, "failed_validate")
 
-  def process(self, record: records.ImageRecord) -> Iterator:
+  def process(self, record: elements.ImageRecord) -> Iterator:
     result = validate(record, self._max_pixels)
-    if isinstance(result, records.Failure):
+    if isinstance(result, elements.Failure):
       self._failed.inc()
-      yield beam.pvalue.TaggedOutput(records.FAILURES, result)
+      yield beam.pvalue.TaggedOutput(elements.FAILURES, result)
     else:
       yield result

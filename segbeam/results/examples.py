@@ -1,5 +1,5 @@
 """Ready-made queries over a run's views (`segbeam query OUTPUT --example NAME`), the same ones
-the README shows. They assume the default model's classes where they name one (pet)."""
+docs/output-schema.md shows. They assume the default model's classes where they name one (pet)."""
 
 EXAMPLES = {
   "pets-over-half": (

@@ -15,11 +15,15 @@ import io
 from typing import Any, Sequence
 
 import numpy as np
+from apache_beam.io.filesystems import FileSystems
 from PIL import Image
 
 from segbeam.model import labels as labels_lib
+from segbeam.pipeline import constants
+from segbeam.pipeline import options as options_lib
 from segbeam.pipeline import schema
 from segbeam.pipeline import sources
+from segbeam.pipeline import tfrecord
 from segbeam.pipeline import validation
 from segbeam.results import examples
 from segbeam.results import output as output_lib
@@ -50,19 +54,15 @@ height:12px;margin:0 4px 0 12px;vertical-align:middle}.charts{display:flex;flex-
 """
 
 
-def read_source(source: str, image_key: str = sources.ExampleKeys().image) -> bytes:
+def read_source(source: str, image_key: str = options_lib.ExampleKeys().image) -> bytes:
   """The encoded image behind a row's `source`: a file, or '<shard>#<record index>'."""
-  from apache_beam.io.filesystems import FileSystems
-
   path, sep, index = source.rpartition("#")
   if (
     sep
     and index.isdigit()
-    and sources.is_tfrecord(path, sources.FORMAT_AUTO, open_file=lambda: FileSystems.open(path))
+    and sources.is_tfrecord(path, constants.FORMAT_AUTO, open_file=lambda: FileSystems.open(path))
   ):
-    import tensorflow as tf
-
-    from segbeam.pipeline import tfrecord
+    import tensorflow as tf  # noqa: PLC0415  # results stay light
 
     with FileSystems.open(path) as stream:
       for position, record in tfrecord.read_records(stream):
@@ -134,7 +134,7 @@ def _card(row: dict[str, Any], caption: str) -> str:
       read_source(row["source"]), row["mask_png"], row.get("exif_orientation") or 1
     )  # absent from runs before the column
     picture = f'<img src="{src}" alt="{html.escape(row["image_id"])} with its mask">'
-  except Exception as error:  # pylint: disable=broad-except  # a missing source, not a crash
+  except Exception as error:  # a missing source, not a crash
     picture = f"<p>source unreadable: {html.escape(type(error).__name__)}</p>"
   return (
     f'<div class="card">{picture}<br><b>{html.escape(row["image_id"])}</b><br>'

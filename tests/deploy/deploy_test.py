@@ -20,7 +20,6 @@ from packaging.version import Version
 
 from segbeam import versions
 from segbeam.pipeline import flex_template
-from segbeam.pipeline import launcher
 from segbeam.pipeline import options as options_lib
 from segbeam.pipeline import submit
 
@@ -211,7 +210,7 @@ def test_every_parameter_is_a_segbeam_run_option_whose_regexes_match_its_example
     assert option in options, f"{parameter['name']} is not a segbeam run option"
     argv.append(f"--{parameter['name']}={example}")
   # As the template launcher passes them: every one is taken by segbeam run, none left to Beam.
-  run_options, beam_args = launcher.parse(flex_template.template_argv(argv))
+  run_options, beam_args = options_lib.parse_args(flex_template.template_argv(argv))
   assert beam_args == []
   assert run_options.batch_size == 64 and run_options.mask_files and run_options.overwrite
   assert run_options.model_dir == "gs://my-bucket/models/pets-v2"

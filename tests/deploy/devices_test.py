@@ -5,7 +5,11 @@ import sys
 
 import pytest
 
+from segbeam.model import defaults
+from segbeam.pipeline import commands
+from segbeam.pipeline import constants
 from segbeam.pipeline import devices
+from segbeam.pipeline import inference
 
 
 def _gpus():
@@ -49,9 +53,6 @@ def test_a_gpu_job_without_a_gpu_fails_naming_what_is_missing(caplog):
   the model, saying what is missing, instead of running on the CPU."""
   if _gpus():
     pytest.skip("this machine has a GPU")
-  from segbeam.model import defaults
-  from segbeam.pipeline import inference
-
   with pytest.raises(
     devices.NoGpuError,
     match=r"submitted with a GPU but TensorFlow sees none: "
@@ -59,14 +60,14 @@ def test_a_gpu_job_without_a_gpu_fails_naming_what_is_missing(caplog):
   ):
     devices.require_gpu()
   handler = inference.create_handler(
-    inference.HANDLER_TFX_BSL, defaults.default_model_dir(), max_batch_size=4, require_gpu=True
+    constants.HANDLER_TFX_BSL, defaults.default_model_dir(), max_batch_size=4, require_gpu=True
   )
   with pytest.raises(devices.NoGpuError):
     handler.load_model()
   # Without the requirement the same handler loads on the CPU, as a local run does.
   assert (
     inference.create_handler(
-      inference.HANDLER_TFX_BSL, defaults.default_model_dir(), max_batch_size=4
+      constants.HANDLER_TFX_BSL, defaults.default_model_dir(), max_batch_size=4
     ).load_model()
     is not None
   )
@@ -95,12 +96,10 @@ def test_a_run_that_requires_a_gpu_fails_without_one_and_writes_no_manifest(tmp_
     pytest.skip("this machine has a GPU")
   from PIL import Image
 
-  from segbeam.pipeline import launcher
-
   Image.new("RGB", (40, 30), (90, 120, 30)).save(tmp_path / "a.png")
   output = tmp_path / "out"
   assert (
-    launcher.main(["--input", str(tmp_path / "*.png"), "--output", str(output), "--require-gpu"])
+    commands.main(["--input", str(tmp_path / "*.png"), "--output", str(output), "--require-gpu"])
     == 1
   )
   err = capsys.readouterr().err

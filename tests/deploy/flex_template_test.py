@@ -9,7 +9,7 @@ from apache_beam.options.pipeline_options import WorkerOptions
 
 from segbeam import cli
 from segbeam.pipeline import flex_template
-from segbeam.pipeline import launcher
+from segbeam.pipeline import options as options_lib
 from segbeam.pipeline import submit
 
 
@@ -35,7 +35,7 @@ def test_parameters_become_run_options_and_beam_options_pass():
     "--project=my-project-123",
     "--sdk_container_image=img",
   ]
-  options, beam_args = launcher.parse(argv)
+  options, beam_args = options_lib.parse_args(argv)
   assert options.batch_size == 16 and options.mask_files and not options.overwrite
   assert beam_args == ["--project=my-project-123", "--sdk_container_image=img"]
 

@@ -25,7 +25,7 @@ def _manifest_base(proto_pipeline):
     if transform.unique_name == "Write/WriteManifest":
       payload = beam_runner_api_pb2.ParDoPayload.FromString(transform.spec.payload)
       do_fn = pickler.loads(payload.do_fn.payload)[0]
-      return do_fn._base  # pylint: disable=protected-access
+      return do_fn._base
   raise AssertionError("no Write/WriteManifest in the job")
 
 

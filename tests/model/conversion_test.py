@@ -24,6 +24,7 @@ import tensorflow as tf
 from PIL import Image
 
 from segbeam import cli
+from segbeam.model import contract
 from segbeam.model import export as export_lib
 from segbeam.model import postprocess
 from segbeam.results import output as output_lib
@@ -266,12 +267,12 @@ def test_export_agrees_with_the_original_model(kind, tmp_path, photos, capsys):
   outputs = export.predict([data for _, data in photos])
   for index, (path, data) in enumerate(photos):
     expected = case.reference(data)
-    got = outputs[export_lib.OUTPUT_PROBABILITIES][index]
+    got = outputs[contract.OUTPUT_PROBABILITIES][index]
     assert got.shape == expected.shape, path
     np.testing.assert_allclose(got, expected, atol=TOLERANCE, rtol=0, err_msg=path)
     np.testing.assert_array_equal(got.argmax(-1), expected.argmax(-1), err_msg=path)
     height, width = _decoded(data).shape[:2]
-    assert (outputs[export_lib.OUTPUT_HEIGHT][index], outputs[export_lib.OUTPUT_WIDTH][index]) == (
+    assert (outputs[contract.OUTPUT_HEIGHT][index], outputs[contract.OUTPUT_WIDTH][index]) == (
       height,
       width,
     )
@@ -290,7 +291,7 @@ def test_a_single_sigmoid_channel_thresholds_at_the_given_value(tmp_path, photos
   export = export_lib.LoadedExport(export_dir)
   assert export.metadata.mask_threshold == 0.3
   _, data = photos[0]
-  probabilities = export.predict([data])[export_lib.OUTPUT_PROBABILITIES][0]
+  probabilities = export.predict([data])[contract.OUTPUT_PROBABILITIES][0]
   height, width = probabilities.shape[:2]
   mask, _ = postprocess.class_mask(probabilities, height, width, threshold=0.3)
   np.testing.assert_array_equal(mask, (probabilities[..., 1] > 0.3).astype(np.uint8))
@@ -317,7 +318,7 @@ def test_segbeam_run_segments_photos_with_an_export(kind, threshold, tmp_path, p
     inputs_seen=len(photos),
   )
   assert manifest["counts"]["segmented"] == len(photos)
-  assert manifest["model"]["class_names"] == list(export_lib.read_metadata(export_dir).class_names)
+  assert manifest["model"]["class_names"] == list(contract.read_metadata(export_dir).class_names)
   rows = (
     output_lib.RunOutput(output)
     .dataset("segments")
@@ -525,7 +526,7 @@ def test_keras_saved_model_folders_serve_their_default_signature(
   expected = (
     scores.numpy()[0] if expected_scores == "softmax" else tf.nn.softmax(scores, axis=-1).numpy()[0]
   )
-  got = export.predict([data])[export_lib.OUTPUT_PROBABILITIES][0]
+  got = export.predict([data])[contract.OUTPUT_PROBABILITIES][0]
   np.testing.assert_allclose(got, expected, atol=TOLERANCE, rtol=0)
 
 
@@ -556,7 +557,7 @@ def test_what_the_model_cannot_say_is_asked_for(tmp_path, capsys):
     )
     == 0
   )
-  metadata = export_lib.read_metadata(str(tmp_path / "export"))
+  metadata = contract.read_metadata(str(tmp_path / "export"))
   assert (metadata.config["input_height"], metadata.config["input_width"]) == (64, 96)
   assert metadata.class_names == ("class_0", "class_1", "class_2")
 

@@ -4,6 +4,7 @@ import os
 
 import pytest
 
+from segbeam.model import contract
 from segbeam.model import data
 from segbeam.model import defaults
 from segbeam.model import evaluation
@@ -21,7 +22,7 @@ def test_default_model_is_embedded_and_small():
 
 
 def test_default_model_metadata():
-  metadata = export.read_metadata(defaults.default_model_dir())
+  metadata = contract.read_metadata(defaults.default_model_dir())
   assert metadata.architecture == "mobilenetv2"
   assert metadata.input_size == 128 and metadata.channels == 3
   assert metadata.class_names == ("pet", "background", "border")
@@ -30,7 +31,7 @@ def test_default_model_metadata():
 
 
 def test_recorded_validation_metrics_reproduce(shared_data):
-  """Re-evaluates the export on the val split: the numbers in its metadata (and the README)
+  """Re-evaluates the export on the val split: the numbers in its metadata (and docs/model.md)
   come out again."""
   loaded = export.LoadedExport(defaults.default_model_dir())
   pairs = data.match_pairs(

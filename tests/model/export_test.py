@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from segbeam.model import contract
 from segbeam.model import export
 from segbeam.model import labels
 from segbeam.model import preprocessing
@@ -28,12 +29,12 @@ def test_reloaded_export_matches_the_in_memory_model(tiny_export, tiny_model, ti
   export_dir, _ = tiny_export
   encoded, sizes = _scenes()
   loaded = tf.saved_model.load(export_dir)
-  signature = loaded.signatures[export.SIGNATURE_NAME]
-  outputs = signature(**{export.INPUT_KEY: tf.constant(encoded)})
+  signature = loaded.signatures[contract.SIGNATURE_NAME]
+  outputs = signature(**{contract.INPUT_KEY: tf.constant(encoded)})
   assert sorted(outputs) == sorted(
-    [export.OUTPUT_PROBABILITIES, export.OUTPUT_HEIGHT, export.OUTPUT_WIDTH]
+    [contract.OUTPUT_PROBABILITIES, contract.OUTPUT_HEIGHT, contract.OUTPUT_WIDTH]
   )
-  heights, widths = outputs[export.OUTPUT_HEIGHT].numpy(), outputs[export.OUTPUT_WIDTH].numpy()
+  heights, widths = outputs[contract.OUTPUT_HEIGHT].numpy(), outputs[contract.OUTPUT_WIDTH].numpy()
   assert list(zip(heights, widths)) == sizes
   # The same preprocessing done eagerly, then the Keras model in memory.
   pixels = tf.stack(
@@ -43,19 +44,19 @@ def test_reloaded_export_matches_the_in_memory_model(tiny_export, tiny_model, ti
     ]
   )
   expected = tf.nn.softmax(tiny_model(pixels, training=False), axis=-1).numpy()
-  probabilities = outputs[export.OUTPUT_PROBABILITIES].numpy()
+  probabilities = outputs[contract.OUTPUT_PROBABILITIES].numpy()
   assert probabilities.shape == (5, 32, 32, 3)
   np.testing.assert_allclose(probabilities, expected, atol=1e-5)
   np.testing.assert_allclose(probabilities.sum(-1), 1.0, atol=1e-5)
-  forward = loaded.signatures[export.PIXELS_SIGNATURE_NAME](pixels=pixels)
-  np.testing.assert_allclose(forward[export.OUTPUT_PROBABILITIES].numpy(), expected, atol=1e-5)
+  forward = loaded.signatures[contract.PIXELS_SIGNATURE_NAME](pixels=pixels)
+  np.testing.assert_allclose(forward[contract.OUTPUT_PROBABILITIES].numpy(), expected, atol=1e-5)
 
 
 def test_signature_is_one_string_vector_of_any_batch_size(tiny_export):
   export_dir, _ = tiny_export
-  signature = tf.saved_model.load(export_dir).signatures[export.SIGNATURE_NAME]
+  signature = tf.saved_model.load(export_dir).signatures[contract.SIGNATURE_NAME]
   ((name, spec),) = signature.structured_input_signature[1].items()
-  assert name == export.INPUT_KEY
+  assert name == contract.INPUT_KEY
   assert spec.dtype == tf.string and spec.shape.as_list() == [None]
   encoded, _ = _scenes()
   for batch in (1, 3):
@@ -65,7 +66,7 @@ def test_signature_is_one_string_vector_of_any_batch_size(tiny_export):
 def test_metadata_is_written_beside_the_saved_model(tiny_export, tiny_config):
   export_dir, metadata = tiny_export
   assert os.path.exists(os.path.join(export_dir, "saved_model.pb"))
-  read = export.read_metadata(export_dir)
+  read = contract.read_metadata(export_dir)
   assert read == metadata
   assert read.class_names == ("pet", "background", "border")
   assert read.unet_config == tiny_config
@@ -96,7 +97,7 @@ def test_label_map_must_match_the_classes(tmp_path, tiny_model, tiny_config):
 
 def test_not_an_export_is_a_clear_error(tmp_path):
   with pytest.raises(FileNotFoundError, match="not a segbeam export"):
-    export.read_metadata(str(tmp_path))
+    contract.read_metadata(str(tmp_path))
 
 
 def test_tfx_bsl_model_handler_runs_the_export_on_raw_bytes(tiny_export):
@@ -108,7 +109,7 @@ def test_tfx_bsl_model_handler_runs_the_export_on_raw_bytes(tiny_export):
   handler = run_inference.CreateModelHandler(
     model_spec_pb2.InferenceSpecType(
       saved_model_spec=model_spec_pb2.SavedModelSpec(
-        model_path=export_dir, signature_name=[export.SIGNATURE_NAME]
+        model_path=export_dir, signature_name=[contract.SIGNATURE_NAME]
       )
     )
   )
@@ -118,9 +119,9 @@ def test_tfx_bsl_model_handler_runs_the_export_on_raw_bytes(tiny_export):
   assert len(logs) == len(encoded)
   for log, (height, width) in zip(logs, sizes):
     outputs = log.predict_log.response.outputs
-    assert tf.make_ndarray(outputs[export.OUTPUT_HEIGHT]).tolist() == [height]
-    assert tf.make_ndarray(outputs[export.OUTPUT_WIDTH]).tolist() == [width]
-    assert tf.make_ndarray(outputs[export.OUTPUT_PROBABILITIES]).shape == (1, 32, 32, 3)
+    assert tf.make_ndarray(outputs[contract.OUTPUT_HEIGHT]).tolist() == [height]
+    assert tf.make_ndarray(outputs[contract.OUTPUT_WIDTH]).tolist() == [width]
+    assert tf.make_ndarray(outputs[contract.OUTPUT_PROBABILITIES]).shape == (1, 32, 32, 3)
 
 
 def test_loaded_export_predicts(tiny_export):
@@ -133,11 +134,11 @@ def test_loaded_export_predicts(tiny_export):
 
 
 def test_metadata_json_round_trip():
-  metadata = export.ModelMetadata(
+  metadata = contract.ModelMetadata(
     name="m",
     version="sha256:0",
     config={"input_size": 32, "channels": 3, "architecture": "x"},
     label_map=labels.OXFORD_PET_TRIMAP.to_dict(),
   )
-  assert export.ModelMetadata.from_json(metadata.to_json()) == metadata
+  assert contract.ModelMetadata.from_json(metadata.to_json()) == metadata
   assert dataclasses.replace(metadata, name="n") != metadata

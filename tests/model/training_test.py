@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from segbeam.model import config as config_lib
+from segbeam.model import contract
 from segbeam.model import data
 from segbeam.model import export
 from segbeam.model import labels
@@ -29,7 +30,7 @@ def test_train_exports_the_best_checkpoint_with_metrics(pet_folder, tmp_path):
   )
   assert os.path.exists(result.checkpoint)
   assert sorted(os.listdir(output)) == ["best.keras", "export", "history.csv"]
-  metadata = export.read_metadata(result.export_dir)
+  metadata = contract.read_metadata(result.export_dir)
   assert metadata == result.metadata
   assert metadata.training["train_images"] == 4 and metadata.training["val_images"] == 2
   assert metadata.training["command"] == "test"

@@ -1,7 +1,5 @@
 """Every registered architecture, timm-style: small inputs, shapes, NaNs, gradients."""
 
-import warnings
-
 import keras
 import numpy as np
 import pytest

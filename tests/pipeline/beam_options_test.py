@@ -6,7 +6,8 @@ import json
 import pytest
 
 from segbeam import cli
-from segbeam.pipeline import launcher
+from segbeam.pipeline import beam_options
+from segbeam.pipeline import options as options_lib
 from segbeam.pipeline import submit
 
 # segbeam submit takes these Beam options over under Beam's own spelling (with its dashed
@@ -24,18 +25,25 @@ SUBMIT_TAKES_OVER = {
 }
 
 
+def _parse(argv):
+  """As `segbeam run` reads its command line: segbeam's options, then Beam's checked."""
+  options, beam_args = options_lib.parse_args(argv)
+  beam_options.check_beam_args(beam_args, beam_options.option_strings(options_lib.run_parser()))
+  return options, beam_args
+
+
 def _normal(option: str) -> str:
   return option.replace("-", "_")
 
 
 def _segbeam_options():
-  run = launcher.option_strings(launcher.run_parser())
-  dataflow = launcher.option_strings(submit.build_parser())
+  run = beam_options.option_strings(options_lib.run_parser())
+  dataflow = beam_options.option_strings(submit.build_parser())
   return {o for o in run + dataflow if o.startswith("--") and o != "--help"}
 
 
 def test_no_segbeam_option_shadows_a_beam_option():
-  beam = {_normal(o) for o in launcher.option_strings(launcher.beam_parser())}
+  beam = {_normal(o) for o in beam_options.option_strings(beam_options.beam_parser())}
   taken_over = {_normal(o) for o in SUBMIT_TAKES_OVER}
   assert taken_over <= beam  # still Beam's names: the list is not stale
   clashes = sorted(
@@ -47,8 +55,8 @@ def test_no_segbeam_option_shadows_a_beam_option():
 
 @pytest.mark.parametrize("parser", ["run", "submit"])
 def test_no_option_is_taken_by_its_prefix(parser):
-  built = launcher.run_parser() if parser == "run" else submit.build_parser()
-  assert built.allow_abbrev is False and launcher.beam_parser().allow_abbrev is False
+  built = options_lib.run_parser() if parser == "run" else submit.build_parser()
+  assert built.allow_abbrev is False and beam_options.beam_parser().allow_abbrev is False
   # The prefix of a segbeam option is Beam's here: it must reach Beam, not segbeam.
   args, rest = built.parse_known_args(
     ["--input", "x", "--output", "y", "--label", "team=a", "--mask-file"]
@@ -62,7 +70,7 @@ def test_no_option_is_taken_by_its_prefix(parser):
 
 
 def test_beam_options_pass_and_unknown_ones_are_refused():
-  options, beam_args = launcher.parse(
+  options, beam_args = _parse(
     [
       "--input",
       "x/*",
@@ -77,15 +85,15 @@ def test_beam_options_pass_and_unknown_ones_are_refused():
   assert options.labels is None
   assert beam_args == ["--label", "team=a", '--labels={"cost": "b"}', "--direct_num_workers=2"]
   with pytest.raises(ValueError, match=r"unknown option --mask-file: .*did you mean --mask-files"):
-    launcher.parse(["--input", "x/*", "--output", "y", "--mask-file"])
+    _parse(["--input", "x/*", "--output", "y", "--mask-file"])
   with pytest.raises(
     ValueError,
     match=r"^unknown option --tile: neither segbeam's nor a Beam "
     r"pipeline option$",
   ):
-    launcher.parse(["--input", "x/*", "--output", "y", "--tile", "auto"])
+    _parse(["--input", "x/*", "--output", "y", "--tile", "auto"])
   with pytest.raises(ValueError, match=r"unexpected argument 'extra'"):
-    launcher.parse(["--input", "x/*", "--output", "y", "extra"])
+    _parse(["--input", "x/*", "--output", "y", "extra"])
 
 
 def test_a_ground_truth_glob_given_as_labels_is_refused():
@@ -94,7 +102,7 @@ def test_a_ground_truth_glob_given_as_labels_is_refused():
     match=r"--labels 'trimaps/\*.png': --labels is Beam's, "
     r"Dataflow job labels .* --ground-truth GLOB",
   ):
-    launcher.parse(["--input", "x/*", "--output", "y", "--labels", "trimaps/*.png"])
+    _parse(["--input", "x/*", "--output", "y", "--labels", "trimaps/*.png"])
 
 
 @pytest.mark.parametrize("command", ["run", "submit"])

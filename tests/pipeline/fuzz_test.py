@@ -28,7 +28,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from segbeam.pipeline import records
+from segbeam.pipeline import elements
 from segbeam.pipeline import sources
 from segbeam.pipeline import tfrecord
 from segbeam.pipeline import validation
@@ -116,9 +116,9 @@ def check_validation(data: bytes) -> None:
 
   from segbeam.pipeline import inference
 
-  result = validation.validate(records.ImageRecord("fuzz", "mem", data), MAX_PIXELS)
-  if isinstance(result, records.Failure):
-    assert result.stage in (records.STAGE_VALIDATE, records.STAGE_DECODE)
+  result = validation.validate(elements.ImageRecord("fuzz", "mem", data), MAX_PIXELS)
+  if isinstance(result, elements.Failure):
+    assert result.stage in (elements.STAGE_VALIDATE, elements.STAGE_DECODE)
     assert result.error_type and result.message and "\n" not in result.message
     assert len(result.message) <= 1000
     # The same input gives the same row: no object addresses in the reason.
@@ -131,8 +131,8 @@ def check_validation(data: bytes) -> None:
   try:
     height, width = (int(x) for x in graph_decode()(tf.constant(handed_on)))
   except tf.errors.InvalidArgumentError as error:
-    failure = inference._failure_for(error)  # pylint: disable=protected-access
-    assert failure.stage == records.STAGE_DECODE
+    failure = inference._failure_for(error)
+    assert failure.stage == elements.STAGE_DECODE
     return
   # The graph decodes exactly the size validation checked against the cap: never more.
   assert (height, width) == (info.height, info.width), (height, width, info, data[:40])
@@ -271,8 +271,8 @@ def test_reading_any_shard_bytes_gives_records_or_failures(data, step):
   assert [index for index, _, _ in items] == list(range(len(items)))
   for index, filename, item in items:
     assert isinstance(filename, str)
-    if isinstance(item, records.Failure):
-      assert item.stage == records.STAGE_READ and item.error_type in (
+    if isinstance(item, elements.Failure):
+      assert item.stage == elements.STAGE_READ and item.error_type in (
         "CorruptRecord",
         "NotAnExample",
         "RecordTooLarge",

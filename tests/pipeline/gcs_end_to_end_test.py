@@ -20,11 +20,12 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that
 from apache_beam.testing.util import equal_to
 
+from segbeam.pipeline import commands
+from segbeam.pipeline import constants
+from segbeam.pipeline import elements
 from segbeam.pipeline import inference
-from segbeam.pipeline import launcher
 from segbeam.pipeline import model_files
 from segbeam.pipeline import pack
-from segbeam.pipeline import records
 from segbeam.pipeline import sources
 from segbeam.pipeline import tfrecord
 from segbeam.results import output as output_lib
@@ -56,7 +57,7 @@ def gcs_inputs(gcs_emulator, tiny_export, tmp_path_factory):
 def test_segbeam_run_reads_and_writes_gs(gcs_inputs, tiny_export, capsys):
   images, model = gcs_inputs
   output = f"{ROOT}/out"
-  assert launcher.main(["--input", f"{images}/*.png", "--output", output, "--model", model]) == 0
+  assert commands.main(["--input", f"{images}/*.png", "--output", output, "--model", model]) == 0
   assert "5 inputs, 4 segmented, 1 failed" in capsys.readouterr().out
   accounting.assert_accounted_for(output, inputs_seen=5)
 
@@ -78,7 +79,7 @@ def test_segbeam_run_reads_and_writes_gs(gcs_inputs, tiny_export, capsys):
 
 def test_a_gs_folder_named_without_a_glob_is_a_bad_invocation(gcs_inputs, capsys):
   images, model = gcs_inputs
-  assert launcher.main(["--input", images, "--output", f"{ROOT}/folder-out", "--model", model]) == 2
+  assert commands.main(["--input", images, "--output", f"{ROOT}/folder-out", "--model", model]) == 2
   assert f"input '{images}' is a folder: give a glob" in capsys.readouterr().err
 
 
@@ -92,13 +93,13 @@ def test_a_gs_shard_named_without_extension_is_read_as_a_shard(tmp_path):
   )
   helper.upload_folder(str(shards), BUCKET, "e2e/shards")
   pipeline = TestPipeline()
-  out = pipeline | sources.ReadImageShards(f"{ROOT}/shards/*")
+  out = pipeline | sources.ReadImages(f"{ROOT}/shards/*")
   assert_that(
     out.records | beam.Map(lambda r: (r.image_id, r.data == image)),
     equal_to([("a.png", True), ("b.png", True)]),
     label="records",
   )
-  assert_that(out[records.FAILURES], equal_to([]), label="no failures")
+  assert_that(out[elements.FAILURES], equal_to([]), label="no failures")
   pipeline.run().wait_until_finish()
 
 
@@ -116,7 +117,7 @@ def test_pack_reads_and_writes_gs_and_leaves_only_whole_shards(gcs_inputs):
     ]
   )
   pipeline = TestPipeline()
-  out = pipeline | sources.ReadImageShards(f"{ROOT}/packed/pets-*")
+  out = pipeline | sources.ReadImages(f"{ROOT}/packed/pets-*")
   assert_that(
     out.records | beam.Map(lambda r: r.image_id),
     equal_to(["notes.png"] + [f"pet_{i}.png" for i in range(len(SIZES))]),
@@ -132,7 +133,7 @@ def test_model_metadata_is_read_from_gs_through_beam(gcs_inputs, tiny_export):
     model_files.read_metadata(f"{ROOT}/images")
 
 
-@pytest.mark.parametrize("handler_name", inference.HANDLERS)
+@pytest.mark.parametrize("handler_name", constants.HANDLERS)
 def test_both_handlers_load_the_model_from_gs(gcs_inputs, tiny_export, handler_name):
   _, model = gcs_inputs
   image = synthetic.encode(synthetic.pet_scene(24, 18, seed=7)[0], "PNG")
@@ -165,7 +166,7 @@ def test_a_remote_model_is_copied_once_per_process(tmp_path, caplog):
   def localize():
     try:
       copies.append(model_files.local_model_dir(remote))
-    except Exception as error:  # pylint: disable=broad-except  # reported below
+    except Exception as error:  # reported below
       errors.append(error)
 
   with caplog.at_level(logging.INFO, logger=model_files.__name__):

@@ -3,7 +3,7 @@
 Every case must end as exactly one row: a segments row with the expected size and EXIF
 orientation, or an errors row naming the stage, the error type and the reason. No case may
 crash or hang the run, and nothing may be read or written outside the input and output folders.
-The README's "Hostile inputs" table lists the same cases and outcomes.
+The table in docs/hostile-inputs.md lists the same cases and outcomes.
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from PIL import Image
 
-from segbeam.pipeline import launcher
+from segbeam.pipeline import constants
+from segbeam.pipeline import job
+from segbeam.pipeline import options as options_lib
 from segbeam.pipeline import sinks
 from tests import accounting
 from tests.pipeline import hostile_corpus as corpus
@@ -254,9 +256,11 @@ def test_every_hostile_input_ends_as_exactly_one_row_with_a_precise_reason(tiny_
     target=_unblock_if_stuck, args=(str(inputs / "fifo.jpg"), stuck, done), daemon=True
   ).start()
   pipeline = TestPipeline()
-  launcher.run(
-    ["--input", f"{inputs}/*", "--output", output, "--model", export_dir, "--mask-files"],
-    test_pipeline=pipeline,
+  job.add_to(
+    pipeline,
+    options_lib.parse_args(
+      ["--input", f"{inputs}/*", "--output", output, "--model", export_dir, "--mask-files"]
+    )[0],
   )
   pipeline.run().wait_until_finish()
   done.set()
@@ -301,10 +305,10 @@ def test_every_hostile_input_ends_as_exactly_one_row_with_a_precise_reason(tiny_
   sources = {_source_file(row["source"]) for row in [*segments.values(), *errors.values()]}
   assert sources <= named, sources - named
   assert _snapshot(str(tmp_path), output) == before
-  masks = os.listdir(os.path.join(output, sinks.MASKS_DIR))
+  masks = os.listdir(os.path.join(output, constants.MASKS_DIR))
   assert sorted(masks) == sorted(sinks.mask_file_name(i) for i in segments)
   assert all(
-    os.path.dirname(os.path.realpath(os.path.join(output, sinks.MASKS_DIR, m)))
-    == os.path.realpath(os.path.join(output, sinks.MASKS_DIR))
+    os.path.dirname(os.path.realpath(os.path.join(output, constants.MASKS_DIR, m)))
+    == os.path.realpath(os.path.join(output, constants.MASKS_DIR))
     for m in masks
   )

@@ -10,8 +10,9 @@ import pytest
 from apache_beam.internal import pickler
 from apache_beam.ml.inference import base
 
+from segbeam.pipeline import constants
+from segbeam.pipeline import elements
 from segbeam.pipeline import inference
-from segbeam.pipeline import records
 from tests import synthetic
 
 
@@ -41,10 +42,10 @@ def test_a_failing_batch_is_retried_one_by_one():
   results = dict(handler.run_inference(batch, handler.load_model()))
   assert results["a"] == b"11" and results["c"] == b"33"
   assert results["b"] == inference.InferenceFailure(
-    records.STAGE_DECODE, "ValueError", "{{node DecodeImage}} Invalid JPEG data"
+    elements.STAGE_DECODE, "ValueError", "{{node DecodeImage}} Invalid JPEG data"
   )
   assert results["d"] == inference.InferenceFailure(
-    records.STAGE_INFER, "MemoryError", "out of memory"
+    elements.STAGE_INFER, "MemoryError", "out of memory"
   )
   assert len(fake.batches) == 1 + len(batch)
 
@@ -101,7 +102,7 @@ def test_a_bad_image_fails_alone_inside_its_slice():
   batch = [("a", b"1"), ("b", b"2"), ("c", b"bad"), ("d", b"4")]
   results = handler.run_inference(batch, handler.load_model())
   assert [key for key, _ in results] == ["a", "b", "c", "d"]
-  assert dict(results)["c"].stage == records.STAGE_DECODE
+  assert dict(results)["c"].stage == elements.STAGE_DECODE
   assert [r for _, r in results if not isinstance(r, inference.InferenceFailure)] == [
     b"11",
     b"22",
@@ -116,46 +117,9 @@ def test_slices_must_be_positive():
     inference.IsolatingModelHandler(base.KeyedModelHandler(FakeHandler()), slices=0)
 
 
-@pytest.mark.parametrize("name", inference.HANDLERS)
-def test_a_preloaded_model_is_the_one_the_handler_takes(name, tiny_export):
-  export_dir, config = tiny_export
-  handler = pickler.loads(
-    pickler.dumps(inference.create_handler(name, export_dir, max_batch_size=4))
-  )
-  loads_before = inference.loads_in_this_process()
-  with inference.preloaded(name, export_dir, warm_up_size=config.input_size):
-    model = handler.load_model()  # waits for the preload rather than loading a second time
-    assert inference.loads_in_this_process() == loads_before + 1
-    handler.load_model()  # taken once: a later load is a load of its own
-    assert inference.loads_in_this_process() == loads_before + 2
-  image = synthetic.encode(synthetic.pet_scene(20, 30, 0)[0], "PNG")
-  ((key, inference_result),) = handler.run_inference([("k", image)], model)
-  assert key == "k" and int(inference.outputs_as_arrays(inference_result)["width"]) == 20
-
-
-def test_a_preload_nobody_takes_is_dropped(tiny_export):
-  export_dir, config = tiny_export
-  handler = inference.create_handler(inference.HANDLER_SAVED_MODEL, export_dir, max_batch_size=4)
-  with inference.preloaded(
-    inference.HANDLER_SAVED_MODEL, export_dir, warm_up_size=config.input_size
-  ):
-    pass
-  loads_before = inference.loads_in_this_process()
-  handler.load_model()
-  assert inference.loads_in_this_process() == loads_before + 1
-
-
-def test_a_failed_preload_loads_again_and_fails_as_a_load_does(tmp_path):
-  missing = str(tmp_path / "no-model")
-  handler = inference.create_handler(inference.HANDLER_SAVED_MODEL, missing, max_batch_size=4)
-  with inference.preloaded(inference.HANDLER_SAVED_MODEL, missing, warm_up_size=8):
-    with pytest.raises(OSError):
-      handler.load_model()
-
-
 def test_batch_size_is_fixed_and_bounded(tiny_export):
   export_dir, _ = tiny_export
-  for name in inference.HANDLERS:
+  for name in constants.HANDLERS:
     handler = inference.create_handler(name, export_dir, max_batch_size=7)
     assert handler.batch_elements_kwargs() == {"min_batch_size": 7, "max_batch_size": 7}
 
@@ -166,7 +130,7 @@ def test_both_handlers_give_the_same_arrays(tiny_export):
     (f"k{i}", synthetic.encode(synthetic.pet_scene(20 + i, 30, i)[0], "PNG")) for i in range(3)
   ] + [("broken", b"\xff\xd8\xff\xe0 not really a jpeg")]
   outputs = {}
-  for name in inference.HANDLERS:
+  for name in constants.HANDLERS:
     # Through Beam's pickler as a worker gets it; creating it reads nothing, loading counts.
     loads_before = inference.loads_in_this_process()
     handler = pickler.loads(
@@ -175,9 +139,9 @@ def test_both_handlers_give_the_same_arrays(tiny_export):
     assert inference.loads_in_this_process() == loads_before
     results = dict(handler.run_inference(batch, handler.load_model()))
     assert inference.loads_in_this_process() == loads_before + 1
-    assert results["broken"].stage == records.STAGE_DECODE
+    assert results["broken"].stage == elements.STAGE_DECODE
     outputs[name] = {k: inference.outputs_as_arrays(v) for k, v in results.items() if k != "broken"}
-  tfx, direct = outputs[inference.HANDLER_TFX_BSL], outputs[inference.HANDLER_SAVED_MODEL]
+  tfx, direct = outputs[constants.HANDLER_TFX_BSL], outputs[constants.HANDLER_SAVED_MODEL]
   for key in ("k0", "k1", "k2"):
     assert int(direct[key]["width"]) == 20 + int(key[1]) and int(direct[key]["height"]) == 30
     for output in ("probabilities", "height", "width"):
@@ -186,9 +150,9 @@ def test_both_handlers_give_the_same_arrays(tiny_export):
 
 def test_creating_a_handler_reads_no_model():
   """The launcher builds handlers; only workers read the model (possibly from gs://)."""
-  for name in inference.HANDLERS:
+  for name in constants.HANDLERS:
     handler = inference.create_handler(name, "gs://no-such-bucket/model", max_batch_size=4)
-    assert handler.get_metrics_namespace() == inference.METRICS_NAMESPACE
+    assert handler.get_metrics_namespace() == constants.METRICS_NAMESPACE
 
 
 def test_unknown_handler():
@@ -201,7 +165,7 @@ def test_a_failure_names_the_problem_not_the_graph_node():
     "Graph execution error: jpeg::Uncompress failed. Invalid JPEG data. "
     "[[{{node map/while/body/_1/DecodeJpeg}}]] [Op:__inference_serve_9]"
   )
-  failure = inference._failure_for(error)  # pylint: disable=protected-access
+  failure = inference._failure_for(error)
   assert failure.stage == "decode" and failure.error_type == "ValueError"
   assert "jpeg::Uncompress failed" in failure.message and "node map" not in failure.message
 
@@ -265,7 +229,7 @@ def test_with_overlap_the_call_returns_before_the_batch_is_inferred():
   assert all(isinstance(r, inference.PendingInference) for _, r in results)
   fake.gate.set()
   resolved = {key: inference.resolve(r) for key, r in results}
-  assert resolved["b"].stage == records.STAGE_DECODE  # still isolated inside its slice
+  assert resolved["b"].stage == elements.STAGE_DECODE  # still isolated inside its slice
   assert {k: v for k, v in resolved.items() if k != "b"} == {
     "a": b"11",
     "c": b"33",

@@ -11,8 +11,9 @@ import sys
 import pytest
 
 from segbeam import cli
-from segbeam.model import export as export_lib
+from segbeam.model import contract
 from segbeam.model import model_safety
+from segbeam.pipeline import constants
 from segbeam.pipeline import inference
 from segbeam.pipeline import sessions
 from tests import accounting
@@ -95,7 +96,7 @@ def test_the_early_session_load_never_loads_a_refused_model(writing_export):
   for trust in (False, True):
     sessions.load_early(
       export_dir,
-      signature_name=export_lib.SIGNATURE_NAME,
+      signature_name=contract.SIGNATURE_NAME,
       warm_up_size=unsafe_exports.INPUT_SIZE,
       trust_model=trust,
     )
@@ -104,7 +105,7 @@ def test_the_early_session_load_never_loads_a_refused_model(writing_export):
     assert written.exists() is trust  # what an unchecked early load would have done
 
 
-@pytest.mark.parametrize("name", inference.HANDLERS)
+@pytest.mark.parametrize("name", constants.HANDLERS)
 def test_a_workers_handler_checks_the_graph_again(name, writing_export):
   export_dir, written = writing_export
   handler = inference.create_handler(name, export_dir, max_batch_size=2)
@@ -172,7 +173,7 @@ def test_a_keras_file_gets_the_export_command(name, images, tmp_path, capsys, mo
 def test_a_plain_saved_model_gets_the_export_command(tiny_export, images, tmp_path, capsys):
   saved_model = tmp_path / "my model"
   shutil.copytree(tiny_export[0], saved_model)
-  (saved_model / export_lib.METADATA_FILE).unlink()
+  (saved_model / contract.METADATA_FILE).unlink()
   code = cli.main(
     ["run", "--input", images, "--output", str(tmp_path / "out"), "--model", str(saved_model)]
   )

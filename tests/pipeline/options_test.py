@@ -5,8 +5,8 @@ import re
 
 import pytest
 
+from segbeam.pipeline import constants
 from segbeam.pipeline import options as options_lib
-from segbeam.pipeline import sources
 
 
 def _parse(*argv):
@@ -20,9 +20,9 @@ def test_defaults_from_the_command_line():
   assert (options.output, options.batch_size, options.input_format) == (
     "out",
     32,
-    sources.FORMAT_AUTO,
+    constants.FORMAT_AUTO,
   )
-  assert options.example_keys == sources.ExampleKeys()
+  assert options.example_keys == options_lib.ExampleKeys()
   assert options.run_id and options.started
 
 

@@ -21,8 +21,11 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.metrics.metric import MetricsFilter
 
+from segbeam.pipeline import beam_options
+from segbeam.pipeline import constants
 from segbeam.pipeline import inference
-from segbeam.pipeline import launcher
+from segbeam.pipeline import job
+from segbeam.pipeline import options as options_lib
 from segbeam.pipeline import sinks
 from tests import accounting
 from tests import synthetic
@@ -162,10 +165,10 @@ def test_run_on_portable_runner_with_external_workers(
   ]
 
   # What `segbeam run` does, keeping the result to read the job's metrics.
-  _, beam_args = launcher.parse(argv)
-  pipeline = beam.Pipeline(options=launcher.beam_pipeline_options(beam_args))
+  options, beam_args = options_lib.parse_args(argv)
+  pipeline = beam.Pipeline(options=beam_options.pipeline_options(beam_args))
   loads_before = inference.loads_in_this_process()
-  launcher.run(argv, test_pipeline=pipeline)
+  job.add_to(pipeline, options)
   result = pipeline.run()
   assert result.wait_until_finish() == beam.runners.runner.PipelineState.DONE
 
@@ -183,7 +186,7 @@ def test_run_on_portable_runner_with_external_workers(
 
   # The job's metrics come back from the SDK workers through the job service: they counted the
   # inputs and loaded the model (Beam's RunInference times each load) ...
-  metrics = result.metrics().query(MetricsFilter().with_namespace(inference.METRICS_NAMESPACE))
+  metrics = result.metrics().query(MetricsFilter().with_namespace(constants.METRICS_NAMESPACE))
   counters = {m.key.metric.name: m.committed for m in metrics["counters"]}
   assert counters["inputs_seen"] == 6 and counters["segmented"] == 5
   load_times = [

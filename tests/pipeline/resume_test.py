@@ -11,8 +11,9 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline
 
 from segbeam import cli
-from segbeam.pipeline import launcher
-from segbeam.pipeline import sinks
+from segbeam.pipeline import constants
+from segbeam.pipeline import job
+from segbeam.pipeline import options as options_lib
 from tests import accounting
 from tests import synthetic
 
@@ -20,7 +21,7 @@ from tests import synthetic
 def _run(argv):
   """A real run; returns (manifest, the job's segbeam counters)."""
   pipeline = TestPipeline()
-  launcher.run(argv, test_pipeline=pipeline)
+  job.add_to(pipeline, options_lib.parse_args(argv)[0])
   result = pipeline.run()
   result.wait_until_finish()
   output = argv[argv.index("--output") + 1]
@@ -33,7 +34,7 @@ def _run(argv):
 
 def _segmented_ids(output):
   return sorted(
-    pq.read_table(os.path.join(output, sinks.SEGMENTS_DIR), columns=["image_id"])
+    pq.read_table(os.path.join(output, constants.SEGMENTS_DIR), columns=["image_id"])
     .column("image_id")
     .to_pylist()
   )
@@ -116,7 +117,7 @@ def test_skip_existing_must_name_another_completed_run(
   case, words, tiny_export, inputs, tmp_path, capsys
 ):
   killed = tmp_path / "killed"
-  (killed / sinks.SEGMENTS_DIR).mkdir(parents=True)  # a run killed before its manifest
+  (killed / constants.SEGMENTS_DIR).mkdir(parents=True)  # a run killed before its manifest
   output = tmp_path / "out"
   previous = killed if case == "no_manifest" else output
   code = cli.main(
@@ -135,4 +136,4 @@ def test_skip_existing_must_name_another_completed_run(
   )
   err = capsys.readouterr().err.strip()
   assert code == 2 and words in err and len(err.splitlines()) == 1
-  assert not output.exists() or not (output / sinks.MANIFEST_FILE).exists()
+  assert not output.exists() or not (output / constants.MANIFEST_FILE).exists()

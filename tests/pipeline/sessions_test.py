@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from segbeam.model import contract
 from segbeam.model import defaults
-from segbeam.model import export as export_lib
+from segbeam.pipeline import constants
 from segbeam.pipeline import inference
+from segbeam.pipeline import options as options_lib
 from segbeam.pipeline import sessions
 from tests import synthetic
 
@@ -28,18 +30,18 @@ def test_grappler_rewrites_the_graph_only_on_a_gpu(on_gpu):
 
 def test_the_tfx_bsl_handler_runs_in_a_session_with_segbeams_options(tiny_export):
   export_dir, _ = tiny_export
-  handler = inference.create_handler(inference.HANDLER_TFX_BSL, export_dir, max_batch_size=4)
+  handler = inference.create_handler(constants.HANDLER_TFX_BSL, export_dir, max_batch_size=4)
   session = handler.load_model().session
   on_gpu = bool(tf.config.list_physical_devices("GPU"))
-  assert session._config == sessions.session_config(on_gpu=on_gpu)  # pylint: disable=protected-access
+  assert session._config == sessions.session_config(on_gpu=on_gpu)
 
 
 def test_the_handler_takes_the_early_session_once_and_infers_as_with_its_own(tiny_export):
   export_dir, config = tiny_export
   sessions.load_early(
-    export_dir, signature_name=export_lib.SIGNATURE_NAME, warm_up_size=config.input_size
+    export_dir, signature_name=contract.SIGNATURE_NAME, warm_up_size=config.input_size
   )
-  handler = inference.create_handler(inference.HANDLER_TFX_BSL, export_dir, max_batch_size=4)
+  handler = inference.create_handler(constants.HANDLER_TFX_BSL, export_dir, max_batch_size=4)
   early_model = handler.load_model()
   own_model = handler.load_model()  # taken once: this one loads its own session
   assert early_model.session is not own_model.session
@@ -54,7 +56,7 @@ def test_the_handler_takes_the_early_session_once_and_infers_as_with_its_own(tin
 
 def test_a_failed_early_load_leaves_the_load_to_the_handler(tmp_path):
   missing = str(tmp_path / "no-model")
-  sessions.load_early(missing, signature_name=export_lib.SIGNATURE_NAME, warm_up_size=8)
+  sessions.load_early(missing, signature_name=contract.SIGNATURE_NAME, warm_up_size=8)
   assert sessions.take_early(missing) is None
   assert sessions.take_early(missing) is None  # nothing left either
 
@@ -62,7 +64,7 @@ def test_a_failed_early_load_leaves_the_load_to_the_handler(tmp_path):
 def test_a_dropped_early_session_is_not_taken(tiny_export):
   export_dir, config = tiny_export
   sessions.load_early(
-    export_dir, signature_name=export_lib.SIGNATURE_NAME, warm_up_size=config.input_size
+    export_dir, signature_name=contract.SIGNATURE_NAME, warm_up_size=config.input_size
   )
   sessions.drop_early()
   assert sessions.take_early(export_dir) is None
@@ -71,14 +73,15 @@ def test_a_dropped_early_session_is_not_taken(tiny_export):
 @pytest.mark.parametrize(
   "argv, loads",
   [
-    (["--input", "x/*", "--output", "out"], True),  # the embedded default model, tfx-bsl
-    (["--input", "x/*", "--inference-handler", "saved-model"], False),
-    (["--input", "x/*", "--model", "gs://bucket/model"], False),  # the launcher copies it first
-    (["--input", "x/*", "--model", "/no/such/export"], False),  # the launcher reports it
+    ([], True),  # the embedded default model, tfx-bsl
+    (["--inference-handler", "saved-model"], False),
+    (["--model", "gs://bucket/model"], False),  # the run copies it first
+    (["--model", "/no/such/export"], False),  # the run's checks report it
   ],
 )
 def test_which_runs_load_their_session_early(argv, loads):
-  assert sessions.load_early_for_run(argv) is loads
+  options, _ = options_lib.parse_args(["--input", "x/*", "--output", "out", *argv])
+  assert sessions.load_early_for(options) is loads
   assert (sessions.take_early(defaults.default_model_dir()) is not None) is (
     loads and "--model" not in argv
   )
@@ -89,8 +92,9 @@ def test_the_early_load_starts_before_beam_is_imported(tiny_export):
   export_dir, _ = tiny_export
   code = (
     "import sys; from segbeam import quiet; quiet.import_tensorflow(); "
-    "from segbeam.pipeline import sessions; "
-    f"started = sessions.load_early_for_run(['--model', {export_dir!r}]); "
+    "from segbeam.pipeline import options, sessions; "
+    "started = sessions.load_early_for(options.parse_args(['--input', 'x/*', '--output', "
+    f"'out', '--model', {export_dir!r}])[0]); "
     "print(started, 'apache_beam' in sys.modules); "
     f"print(sessions.take_early({export_dir!r}) is not None)"
   )

@@ -12,6 +12,7 @@ from apache_beam.testing.util import BeamAssertException
 from apache_beam.testing.util import assert_that
 from apache_beam.testing.util import equal_to
 
+from segbeam.pipeline import constants
 from segbeam.pipeline import sinks
 
 SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\.[0-9a-f]{12}\.png$")
@@ -127,7 +128,7 @@ def test_an_unbalanced_run_fails_and_writes_no_manifest(tmp_path):
   )
   with pytest.raises(Exception, match="inputs not accounted for"):
     pipeline.run().wait_until_finish()
-  assert not os.path.exists(tmp_path / sinks.MANIFEST_FILE)
+  assert not os.path.exists(tmp_path / constants.MANIFEST_FILE)
 
 
 class _DiesOnceAfterWriting(sinks.WriteMaskFile):
@@ -176,8 +177,8 @@ def test_a_retried_bundle_leaves_one_mask_and_one_row_per_image(tmp_path):
   ]
   masks_marker, rows_marker = str(tmp_path / "masks_died"), str(tmp_path / "rows_died")
   # A leftover of an attempt that died mid-write, which the retry must replace.
-  os.makedirs(os.path.join(output, sinks.MASKS_DIR))
-  partial = os.path.join(output, sinks.MASKS_DIR, f".{sinks.mask_file_name('d.jpg')}.partial")
+  os.makedirs(os.path.join(output, constants.MASKS_DIR))
+  partial = os.path.join(output, constants.MASKS_DIR, f".{sinks.mask_file_name('d.jpg')}.partial")
   with open(partial, "wb") as f:
     f.write(b"\x89PNG half")
 
@@ -188,12 +189,12 @@ def test_a_retried_bundle_leaves_one_mask_and_one_row_per_image(tmp_path):
     created
     | "DiesOnce" >> beam.ParDo(_DiesOnce("b/../c.jpg", rows_marker))
     | beam.io.WriteToParquet(
-      os.path.join(output, sinks.SEGMENTS_DIR, "part"),
+      os.path.join(output, constants.SEGMENTS_DIR, "part"),
       pa.schema([("image_id", pa.string()), ("mask_png", pa.binary())]),
       file_name_suffix=".parquet",
     )
   )
-  masks_dir = os.path.join(output, sinks.MASKS_DIR)
+  masks_dir = os.path.join(output, constants.MASKS_DIR)
   assert_that(
     paths,
     equal_to([os.path.join(masks_dir, sinks.mask_file_name(r["image_id"])) for r in rows]),
@@ -207,7 +208,7 @@ def test_a_retried_bundle_leaves_one_mask_and_one_row_per_image(tmp_path):
   for row in rows:
     with open(os.path.join(masks_dir, sinks.mask_file_name(row["image_id"])), "rb") as f:
       assert f.read() == row["mask_png"]
-  table_rows = pq.read_table(os.path.join(output, sinks.SEGMENTS_DIR)).to_pylist()
+  table_rows = pq.read_table(os.path.join(output, constants.SEGMENTS_DIR)).to_pylist()
   assert sorted(r["image_id"] for r in table_rows) == sorted(r["image_id"] for r in rows)
 
 

@@ -10,8 +10,9 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that
 from apache_beam.testing.util import equal_to
 
+from segbeam.pipeline import constants
+from segbeam.pipeline import elements
 from segbeam.pipeline import pack
-from segbeam.pipeline import records
 from segbeam.pipeline import sources
 from segbeam.pipeline import tfrecord
 from tests import synthetic
@@ -50,9 +51,11 @@ def test_tfrecord_detection_by_name(name, expected):
   def never_opened():
     raise AssertionError("a name that says what the file is decides without opening it")
 
-  assert sources.is_tfrecord(f"/d/{name}", sources.FORMAT_AUTO, open_file=never_opened) is expected
-  assert sources.is_tfrecord(f"/d/{name}", sources.FORMAT_TFRECORD)
-  assert not sources.is_tfrecord(f"/d/{name}", sources.FORMAT_IMAGES)
+  assert (
+    sources.is_tfrecord(f"/d/{name}", constants.FORMAT_AUTO, open_file=never_opened) is expected
+  )
+  assert sources.is_tfrecord(f"/d/{name}", constants.FORMAT_TFRECORD)
+  assert not sources.is_tfrecord(f"/d/{name}", constants.FORMAT_IMAGES)
 
 
 @pytest.mark.parametrize(
@@ -61,23 +64,23 @@ def test_tfrecord_detection_by_name(name, expected):
 def test_a_name_that_does_not_say_is_decided_by_the_first_bytes(contents, expected):
   assert (
     sources.is_tfrecord(
-      "/d/train-00000-of-01024", sources.FORMAT_AUTO, open_file=lambda: io.BytesIO(contents)
+      "/d/train-00000-of-01024", constants.FORMAT_AUTO, open_file=lambda: io.BytesIO(contents)
     )
     is expected
   )
-  assert not sources.is_tfrecord("/d/train-00000-of-01024", sources.FORMAT_AUTO)
+  assert not sources.is_tfrecord("/d/train-00000-of-01024", constants.FORMAT_AUTO)
 
 
 def test_a_file_that_cannot_be_opened_to_tell_is_read_as_an_image():
   def unreadable():
     raise OSError("permission denied")
 
-  assert not sources.is_tfrecord("/d/data-1", sources.FORMAT_AUTO, open_file=unreadable)
+  assert not sources.is_tfrecord("/d/data-1", constants.FORMAT_AUTO, open_file=unreadable)
 
 
 def _read(pattern, **kwargs):
   p = TestPipeline()
-  out = p | sources.ReadImageShards(pattern, **kwargs)
+  out = p | sources.ReadImages(pattern, **kwargs)
   return p, out
 
 
@@ -93,7 +96,7 @@ def test_image_files_get_ids_relative_to_the_pattern_root(tmp_path):
     label="records",
   )
   assert_that(
-    out[records.FAILURES] | beam.Map(lambda f: (f.image_id, f.error_type)),
+    out[elements.FAILURES] | beam.Map(lambda f: (f.image_id, f.error_type)),
     equal_to([("huge.jpg", "FileTooLarge")]),
     label="failures",
   )
@@ -148,7 +151,7 @@ def test_tfrecord_ids_labels_and_bad_records(tmp_path, spread_files):
     label="records",
   )
   assert_that(
-    out[records.FAILURES] | beam.Map(lambda f: (f.image_id, f.error_type)),
+    out[elements.FAILURES] | beam.Map(lambda f: (f.image_id, f.error_type)),
     equal_to(
       [
         ("a.tfrecord#3", "NotAnExample"),
@@ -263,7 +266,7 @@ def test_reads_stop_at_the_size_limit_whatever_size_a_file_is_listed_at(tmp_path
   )
   limit_named = ("more than 100000 bytes read", "over the 100000-byte limit")
   assert_that(
-    out[records.FAILURES]
+    out[elements.FAILURES]
     | beam.Map(
       lambda f: (f.image_id, f.error_type, any(words in f.message for words in limit_named))
     ),
@@ -314,7 +317,7 @@ def test_a_previous_runs_files_under_the_glob_are_error_rows_not_photos(small_ru
     label="records",
   )
   assert_that(
-    out[records.FAILURES]
+    out[elements.FAILURES]
     | beam.Map(lambda f: (f.image_id, f.stage, f.error_type, str(photos / "run1") in f.message)),
     equal_to([(name, "read", "SegbeamOutput", True) for name in run_files]),
     label="failures",
@@ -334,5 +337,5 @@ def test_a_glob_rooted_inside_a_previous_output_asks_for_its_files(small_run, tm
     equal_to(["cat.jpg.0123456789ab.png"]),
     label="records",
   )
-  assert_that(out[records.FAILURES], equal_to([]), label="no failures")
+  assert_that(out[elements.FAILURES], equal_to([]), label="no failures")
   p.run().wait_until_finish()

@@ -9,7 +9,8 @@ from apache_beam.testing.util import assert_that
 from apache_beam.testing.util import equal_to
 from PIL import Image
 
-from segbeam.pipeline import records
+from segbeam.pipeline import constants
+from segbeam.pipeline import elements
 from segbeam.pipeline import tfrecord
 from segbeam.pipeline import validation
 from tests import synthetic
@@ -54,7 +55,7 @@ def _validate(recs, max_pixels):
       p
       | beam.Create(recs)
       | beam.ParDo(validation.ValidateImage(max_pixels=max_pixels)).with_outputs(
-        records.FAILURES, main="images"
+        elements.FAILURES, main="images"
       )
     )
     assert_that(
@@ -63,7 +64,7 @@ def _validate(recs, max_pixels):
       label="images",
     )
     assert_that(
-      out[records.FAILURES] | beam.Map(lambda f: (f.image_id, f.stage, f.error_type)),
+      out[elements.FAILURES] | beam.Map(lambda f: (f.image_id, f.stage, f.error_type)),
       equal_to(
         [
           ("text", "validate", "UnsupportedFormat"),
@@ -79,24 +80,24 @@ def test_validate_emits_images_or_failures():
   big = synthetic.encode(np.zeros((20, 20, 3), np.uint8), "PNG")
   _validate(
     [
-      records.ImageRecord("ok", "s", synthetic.encode(PIXELS, "PNG")),
-      records.ImageRecord("text", "s", b"just text"),
-      records.ImageRecord("big", "s", big),
-      records.ImageRecord("header", "s", b"\x89PNG\r\n\x1a\n broken"),
+      elements.ImageRecord("ok", "s", synthetic.encode(PIXELS, "PNG")),
+      elements.ImageRecord("text", "s", b"just text"),
+      elements.ImageRecord("big", "s", big),
+      elements.ImageRecord("header", "s", b"\x89PNG\r\n\x1a\n broken"),
     ],
     max_pixels=100,
   )
 
 
-def _valid(data: bytes, max_pixels: int = validation.DEFAULT_MAX_PIXELS):
-  result = validation.validate(records.ImageRecord("x", "mem", data), max_pixels)
-  assert not isinstance(result, records.Failure), result
+def _valid(data: bytes, max_pixels: int = constants.DEFAULT_MAX_PIXELS):
+  result = validation.validate(elements.ImageRecord("x", "mem", data), max_pixels)
+  assert not isinstance(result, elements.Failure), result
   return result
 
 
-def _failure(data: bytes, max_pixels: int = validation.DEFAULT_MAX_PIXELS) -> records.Failure:
-  result = validation.validate(records.ImageRecord("x", "mem", data), max_pixels)
-  assert isinstance(result, records.Failure), result
+def _failure(data: bytes, max_pixels: int = constants.DEFAULT_MAX_PIXELS) -> elements.Failure:
+  result = validation.validate(elements.ImageRecord("x", "mem", data), max_pixels)
+  assert isinstance(result, elements.Failure), result
   return result
 
 

@@ -17,7 +17,8 @@ from segbeam.model import data
 from segbeam.model import evaluation
 from segbeam.model import export
 from segbeam.model import labels
-from segbeam.pipeline import launcher
+from segbeam.pipeline import job
+from segbeam.pipeline import options as options_lib
 from segbeam.pipeline import pack
 from segbeam.results import output as output_lib
 from segbeam.results import report
@@ -27,7 +28,7 @@ from tests import accounting
 
 def _run(argv):
   pipeline = TestPipeline()
-  launcher.run(argv, test_pipeline=pipeline)
+  job.add_to(pipeline, options_lib.parse_args(argv)[0])
   pipeline.run().wait_until_finish()
   accounting.assert_accounted_for(argv[argv.index("--output") + 1])
 
@@ -195,20 +196,22 @@ def test_a_label_map_beyond_the_models_classes_is_a_bad_invocation(
 ):
   images, masks, _ = pet_folder
   output = tmp_path / "out"
-  with pytest.raises(launcher.InvocationError, match=r"classes \[0, 3\] must be within 0..2"):
-    launcher.run(
-      [
-        "--input",
-        images + "/*.jpg",
-        "--ground-truth",
-        masks + "/*.png",
-        "--label-map",
-        "1:0,0:3",
-        "--output",
-        str(output),
-        "--model",
-        tiny_export[0],
-      ],
-      test_pipeline=TestPipeline(),
+  with pytest.raises(job.InvocationError, match=r"classes \[0, 3\] must be within 0..2"):
+    job.add_to(
+      TestPipeline(),
+      options_lib.parse_args(
+        [
+          "--input",
+          images + "/*.jpg",
+          "--ground-truth",
+          masks + "/*.png",
+          "--label-map",
+          "1:0,0:3",
+          "--output",
+          str(output),
+          "--model",
+          tiny_export[0],
+        ]
+      )[0],
     )
   assert not output.exists()

@@ -14,17 +14,17 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.utils.windowed_value import WindowedValue
 
+from segbeam.model import contract
 from segbeam.model import data as data_lib
-from segbeam.model import export as export_lib
 from segbeam.model import labels as labels_lib
 from segbeam.model import metrics as metrics_lib
 from segbeam.model import postprocess
 from segbeam.pipeline import background
+from segbeam.pipeline import constants
+from segbeam.pipeline import elements
 from segbeam.pipeline import inference
 from segbeam.pipeline import mask_png
-from segbeam.pipeline import records
 from segbeam.pipeline import schema
-from segbeam.pipeline import sources
 
 _LOG = logging.getLogger(__name__)
 
@@ -72,8 +72,8 @@ def ground_truth_columns(
     return columns
   try:
     truth = data_lib.read_mask(label, context.label_map)
-  except Exception as error:  # pylint: disable=broad-except  # an unusable label, not image
-    columns["gt_error"] = f"{type(error).__name__}: {records.one_line(error, limit=300)}"
+  except Exception as error:  # an unusable label, not image
+    columns["gt_error"] = f"{type(error).__name__}: {elements.one_line(error, limit=300)}"
     return columns
   if truth.shape != mask.shape:
     columns["gt_error"] = (
@@ -95,17 +95,17 @@ def ground_truth_columns(
   return columns
 
 
-def segment_row(
-  info: records.ImageInfo,
+def segments_row(
+  info: elements.ImageInfo,
   outputs: dict[str, np.ndarray],
   context: RunContext,
   label: Optional[bytes] = None,
   label_error: Optional[str] = None,
 ) -> dict[str, Any]:
-  height = int(outputs[export_lib.OUTPUT_HEIGHT])
-  width = int(outputs[export_lib.OUTPUT_WIDTH])
+  height = int(outputs[contract.OUTPUT_HEIGHT])
+  width = int(outputs[contract.OUTPUT_WIDTH])
   mask, confidence = postprocess.class_mask(
-    outputs[export_lib.OUTPUT_PROBABILITIES], height, width, threshold=context.mask_threshold
+    outputs[contract.OUTPUT_PROBABILITIES], height, width, threshold=context.mask_threshold
   )
   pixels = postprocess.class_pixel_counts(mask, len(context.class_names))
   total = height * width
@@ -130,7 +130,7 @@ def segment_row(
   return row
 
 
-class SegmentImage(beam.DoFn):
+class MakeRows(beam.DoFn):
   """(ImageInfo, inference) -> segments row, or a Failure on the FAILURES output.
 
   The postprocessing runs on background threads (`background`), so that it overlaps the
@@ -146,8 +146,8 @@ class SegmentImage(beam.DoFn):
     self._context = context
     self._threads = threads
     self._max_pending = max_pending
-    self._segmented = beam.metrics.Metrics.counter(sources.METRICS_NAMESPACE, "segmented")
-    self._failed = beam.metrics.Metrics.counter(sources.METRICS_NAMESPACE, "failed")
+    self._segmented = beam.metrics.Metrics.counter(constants.METRICS_NAMESPACE, "segmented")
+    self._failed = beam.metrics.Metrics.counter(constants.METRICS_NAMESPACE, "failed")
 
   def setup(self):
     self._queue = background.OrderedBackgroundQueue(
@@ -162,7 +162,7 @@ class SegmentImage(beam.DoFn):
 
   def process(
     self,
-    element: tuple[records.ImageInfo, Any],
+    element: tuple[elements.ImageInfo, Any],
     timestamp=beam.DoFn.TimestampParam,
     window=beam.DoFn.WindowParam,
     label_paths=None,
@@ -181,7 +181,7 @@ class SegmentImage(beam.DoFn):
     for failed, output in results:
       if failed:
         self._failed.inc()
-        yield beam.pvalue.TaggedOutput(records.FAILURES, output)
+        yield beam.pvalue.TaggedOutput(elements.FAILURES, output)
       else:
         self._segmented.inc()
         self._report_progress()
@@ -191,17 +191,17 @@ class SegmentImage(beam.DoFn):
     failed, value = self._segment(element, label_paths)
     return failed, WindowedValue(value, timestamp, (window,))
 
-  def _segment(self, element: tuple[records.ImageInfo, Any], label_paths) -> tuple[bool, Any]:
+  def _segment(self, element: tuple[elements.ImageInfo, Any], label_paths) -> tuple[bool, Any]:
     """(failed?, a segments row or a Failure) for one image; runs on a background thread."""
     info, inference_result = element
     try:
       inference_result = inference.resolve(inference_result)
-    except Exception as error:  # pylint: disable=broad-except  # the slice failed as a whole
-      return True, records.Failure.from_exception(
-        info.image_id, info.source, records.STAGE_INFER, error
+    except Exception as error:  # the slice failed as a whole
+      return True, elements.Failure.from_exception(
+        info.image_id, info.source, elements.STAGE_INFER, error
       )
     if isinstance(inference_result, inference.InferenceFailure):
-      return True, records.Failure(
+      return True, elements.Failure(
         info.image_id,
         info.source,
         inference_result.stage,
@@ -210,16 +210,16 @@ class SegmentImage(beam.DoFn):
       )
     label, label_error = self._label(info, label_paths)
     try:
-      return False, segment_row(
+      return False, segments_row(
         info, inference.outputs_as_arrays(inference_result), self._context, label, label_error
       )
-    except Exception as error:  # pylint: disable=broad-except  # one bad output, one error row
-      return True, records.Failure.from_exception(
-        info.image_id, info.source, records.STAGE_POSTPROCESS, error
+    except Exception as error:  # one bad output, one error row
+      return True, elements.Failure.from_exception(
+        info.image_id, info.source, elements.STAGE_POSTPROCESS, error
       )
 
   @staticmethod
-  def _label(info: records.ImageInfo, label_paths) -> tuple[Optional[bytes], Optional[str]]:
+  def _label(info: elements.ImageInfo, label_paths) -> tuple[Optional[bytes], Optional[str]]:
     """(ground truth bytes or None, why an existing label could not be read or None): carried
     in the image's tf.Example, else a label file matched by id."""
     if info.label is not None or not label_paths:
@@ -230,7 +230,7 @@ class SegmentImage(beam.DoFn):
     try:
       with FileSystems.open(path) as f:
         return f.read(), None
-    except Exception as error:  # pylint: disable=broad-except  # the mask row still counts
+    except Exception as error:  # the mask row still counts
       return None, f"cannot read label {path}: {type(error).__name__}: {error}"[:300]
 
   def _report_progress(self):
@@ -245,5 +245,5 @@ class SegmentImage(beam.DoFn):
       )
 
 
-def failure_row(failure: records.Failure, run_id: str) -> dict[str, Any]:
+def failure_row(failure: elements.Failure, run_id: str) -> dict[str, Any]:
   return {**dataclasses.asdict(failure), "run_id": run_id}

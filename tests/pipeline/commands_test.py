@@ -7,7 +7,8 @@ import shutil
 import pytest
 
 from segbeam import cli
-from segbeam.pipeline import launcher
+from segbeam.pipeline import beam_options
+from segbeam.pipeline import commands
 from tests import accounting
 from tests import synthetic
 
@@ -132,8 +133,8 @@ def test_a_pattern_without_a_folder_matches_in_the_current_one(
 
 
 def test_default_runner_avoids_prism_but_can_be_overridden():
-  assert launcher.beam_pipeline_options([]).get_all_options()["runner"] == "FnApiRunner"
-  chosen = launcher.beam_pipeline_options(["--runner=DirectRunner"])
+  assert beam_options.pipeline_options([]).get_all_options()["runner"] == "FnApiRunner"
+  chosen = beam_options.pipeline_options(["--runner=DirectRunner"])
   assert chosen.get_all_options()["runner"] == "DirectRunner"
 
 
@@ -142,7 +143,7 @@ def test_test_pipelines_run_on_segbeams_default_runner():
   from apache_beam.testing.test_pipeline import TestPipeline
 
   assert TestPipeline().get_pipeline_options().get_all_options()["runner"] == (
-    launcher.DEFAULT_LOCAL_RUNNER
+    beam_options.DEFAULT_LOCAL_RUNNER
   )
 
 
@@ -158,8 +159,8 @@ def test_test_pipelines_run_on_segbeams_default_runner():
   ],
 )
 def test_the_model_is_preloaded_only_where_the_runner_runs_in_this_process(beam_args, in_process):
-  options = launcher.beam_pipeline_options(beam_args)
-  assert launcher.runs_in_this_process(options) is in_process
+  options = beam_options.pipeline_options(beam_args)
+  assert beam_options.runs_in_this_process(options) is in_process
 
 
 def test_demo_on_the_default_model(tmp_path, capsys):
@@ -179,6 +180,15 @@ def test_demo_on_the_default_model(tmp_path, capsys):
   assert len(rows) >= 20
   # The one cat among scikit-image's photos: the default model must see a pet there.
   assert rows["chelsea.png"]["coverage_pet"] > 0.3
+
+
+def test_demo_help_is_the_demos_own(capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    cli.main(["demo", "--help"])
+  assert exit_info.value.code == 0
+  out = capsys.readouterr().out
+  assert out.startswith("usage: segbeam demo [--output DIR]") and "scikit-image" in out
+  assert "segmenting" not in out and "segbeam run [-h]" not in out
 
 
 @pytest.mark.parametrize("left_behind", ["killed_run", "segments_temp", "errors", "masks"])
@@ -300,13 +310,13 @@ def test_ctrl_c_mid_run_exits_130_with_one_line_and_no_traceback(tiny_export, tm
 
 
 def test_what_an_interruption_message_says_of_the_output(small_run, tmp_path):
-  assert launcher.interruption_message(small_run) == f"interrupted; {small_run} is as it was"
+  assert commands.interruption_message(small_run) == f"interrupted; {small_run} is as it was"
   unfinished = tmp_path / "unfinished"
   (unfinished / "segments").mkdir(parents=True)
   assert "holds an unfinished run (no manifest.json): run again with --overwrite" in (
-    launcher.interruption_message(str(unfinished))
+    commands.interruption_message(str(unfinished))
   )
-  assert launcher.interruption_message(str(tmp_path / "not_yet")) == (
+  assert commands.interruption_message(str(tmp_path / "not_yet")) == (
     "interrupted before anything was written"
   )
 
@@ -316,21 +326,21 @@ def test_an_interrupt_is_told_from_a_failure_through_beams_re_raise():
     try:
       try:
         raise first
-      except BaseException:  # pylint: disable=broad-except
-        raise then  # pylint: disable=raise-missing-from  # as Beam's _reraise_augmented does
-    except Exception as error:  # pylint: disable=broad-except
+      except BaseException:
+        raise then  # noqa: B904  # as Beam's _reraise_augmented does: no `from`
+    except Exception as error:
       return error
 
   beam_wrapped = raised_while_handling(
     KeyboardInterrupt(), RuntimeError("KeyboardInterrupt [while running 'x']")
   )
-  assert launcher.interrupted(beam_wrapped)
-  assert launcher.interrupted(KeyboardInterrupt())
-  assert not launcher.interrupted(raised_while_handling(ValueError("bad"), RuntimeError("x")))
+  assert commands.interrupted(beam_wrapped)
+  assert commands.interrupted(KeyboardInterrupt())
+  assert not commands.interrupted(raised_while_handling(ValueError("bad"), RuntimeError("x")))
   looped = RuntimeError("loop")
   looped.__context__ = RuntimeError("back")
   looped.__context__.__context__ = looped
-  assert not launcher.interrupted(looped)
+  assert not commands.interrupted(looped)
 
 
 def test_ctrl_c_outside_a_run_is_one_line_too(monkeypatch, capsys):

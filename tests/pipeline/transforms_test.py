@@ -19,7 +19,8 @@ from apache_beam.testing.util import equal_to
 from PIL import Image
 
 from segbeam.pipeline import inference
-from segbeam.pipeline import launcher
+from segbeam.pipeline import job
+from segbeam.pipeline import options as options_lib
 from segbeam.pipeline import pack
 from segbeam.pipeline import schema
 from tests import accounting
@@ -66,19 +67,21 @@ def test_a_corrupt_image_fails_alone_and_everything_is_accounted_for(
   export_dir, metadata = tiny_export
   output = str(tmp_path / "out")
   p = TestPipeline()
-  manifest = launcher.run(
-    [
-      "--input",
-      mixed_folder + "/*",
-      "--output",
-      output,
-      "--model",
-      export_dir,
-      "--batch-size",
-      "16",
-      "--mask-files",
-    ],
-    test_pipeline=p,
+  manifest = job.add_to(
+    p,
+    options_lib.parse_args(
+      [
+        "--input",
+        mixed_folder + "/*",
+        "--output",
+        output,
+        "--model",
+        export_dir,
+        "--batch-size",
+        "16",
+        "--mask-files",
+      ]
+    )[0],
   )
   assert_that(
     manifest | beam.Map(_counts), equal_to([(8, 6, 2, (("decode", 1), ("validate", 1)), True)])
@@ -125,18 +128,20 @@ def test_tfrecord_shards_end_to_end_and_duckdb_reads_the_output(tiny_export, pet
   pack.pack(images, prefix, masks_dir=masks, num_shards=3)
   output = str(tmp_path / "out")
   p = TestPipeline()
-  manifest = launcher.run(
-    [
-      "--input",
-      prefix + "-*",
-      "--output",
-      output,
-      "--model",
-      export_dir,
-      "--inference-handler",
-      "saved-model",
-    ],
-    test_pipeline=p,
+  manifest = job.add_to(
+    p,
+    options_lib.parse_args(
+      [
+        "--input",
+        prefix + "-*",
+        "--output",
+        output,
+        "--model",
+        export_dir,
+        "--inference-handler",
+        "saved-model",
+      ]
+    )[0],
   )
   assert_that(manifest | beam.Map(_counts), equal_to([(6, 6, 0, (), True)]))
   p.run().wait_until_finish()
@@ -168,18 +173,20 @@ def test_the_same_input_twice_gives_the_same_rows(tiny_export, pet_folder, tmp_p
   for attempt, batch_size in enumerate(("4", "3")):
     output = str(tmp_path / f"out{attempt}")
     p = TestPipeline()
-    launcher.run(
-      [
-        "--input",
-        str(folder / "*"),
-        "--output",
-        output,
-        "--model",
-        tiny_export[0],
-        "--batch-size",
-        batch_size,
-      ],
-      test_pipeline=p,
+    job.add_to(
+      p,
+      options_lib.parse_args(
+        [
+          "--input",
+          str(folder / "*"),
+          "--output",
+          output,
+          "--model",
+          tiny_export[0],
+          "--batch-size",
+          batch_size,
+        ]
+      )[0],
     )
     p.run().wait_until_finish()
     manifests.append(accounting.assert_accounted_for(output, inputs_seen=10))
@@ -232,18 +239,20 @@ def test_memory_is_bounded_by_the_batch_not_by_the_image_count(tiny_export, tmp_
         (folder / f"img_{index:03d}.png").write_bytes(png + rng.bytes(padding))
       output = str(tmp_path / f"out{count}")
       p = TestPipeline()
-      launcher.run(
-        [
-          "--input",
-          str(folder / "*.png"),
-          "--output",
-          output,
-          "--model",
-          tiny_export[0],
-          "--batch-size",
-          "4",
-        ],
-        test_pipeline=p,
+      job.add_to(
+        p,
+        options_lib.parse_args(
+          [
+            "--input",
+            str(folder / "*.png"),
+            "--output",
+            output,
+            "--model",
+            tiny_export[0],
+            "--batch-size",
+            "4",
+          ]
+        )[0],
       )
       try:
         p.run().wait_until_finish()

@@ -1,0 +1,35 @@
+"""Names and defaults shared across the pipeline's modules and its command line.
+
+Imports nothing, so the run options (`options`) and the results readers can use them without
+loading Beam or TensorFlow.
+"""
+
+# Beam metrics namespace of every counter segbeam reports.
+METRICS_NAMESPACE = "segbeam"
+
+# RunInference model handlers (`inference`), the default first.
+HANDLER_TFX_BSL = "tfx-bsl"
+HANDLER_SAVED_MODEL = "saved-model"
+HANDLERS = (HANDLER_TFX_BSL, HANDLER_SAVED_MODEL)
+
+# --input-format: 'auto' tells shards from images by name, or else by their first bytes.
+FORMAT_AUTO = "auto"
+FORMAT_IMAGES = "images"
+FORMAT_TFRECORD = "tfrecord"
+INPUT_FORMATS = (FORMAT_AUTO, FORMAT_IMAGES, FORMAT_TFRECORD)
+
+# Input limits: images declaring more pixels, and larger files or TFRecord records, are
+# refused before they are decoded or read.
+DEFAULT_MAX_PIXELS = 50_000_000
+DEFAULT_MAX_FILE_BYTES = 256 << 20
+DEFAULT_BATCH_SIZE = 32
+# Concurrent slices of each batch, and postprocessing threads per worker thread (`options`).
+DEFAULT_INFERENCE_SLICES = 2
+DEFAULT_POSTPROCESS_THREADS = 1
+
+# The output folder's layout.
+SEGMENTS_DIR = "segments"
+ERRORS_DIR = "errors"
+MASKS_DIR = "masks"
+MANIFEST_FILE = "manifest.json"
+OUTPUT_ENTRIES = (SEGMENTS_DIR, ERRORS_DIR, MASKS_DIR, MANIFEST_FILE)

@@ -1,0 +1,362 @@
+"""segbeam's Beam transforms: the public API for use inside a Beam pipeline of your own.
+
+read (`ReadImages`) -> validate, infer, postprocess (`SegmentImages`) -> write (`WriteSegments`,
+`WriteErrors`, or `WriteOutput` for a whole run's output folder with its manifest).
+`build_pipeline` composes them into the pipeline `segbeam run` runs. docs/python-api.md shows
+them in a user's pipeline.
+"""
+
+from __future__ import annotations
+
+import datetime
+import typing
+from typing import Any, Optional
+
+import apache_beam as beam
+from apache_beam.io import fileio
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.ml.inference.base import RunInference
+
+import segbeam
+from segbeam.model import contract
+from segbeam.model import defaults
+from segbeam.model import labels as labels_lib
+from segbeam.pipeline import constants
+from segbeam.pipeline import elements
+from segbeam.pipeline import inference
+from segbeam.pipeline import model_files
+from segbeam.pipeline import options as options_lib
+from segbeam.pipeline import resume
+from segbeam.pipeline import rows as rows_lib
+from segbeam.pipeline import schema
+from segbeam.pipeline import sinks
+from segbeam.pipeline import sources
+from segbeam.pipeline import validation
+from segbeam.pipeline.sources import ReadImages
+
+__all__ = [
+  "ReadImages",
+  "Segmented",
+  "SegmentImages",
+  "WriteSegments",
+  "WriteErrors",
+  "WriteOutput",
+  "build_pipeline",
+]
+
+SEGMENTS_ROW_GROUP_BYTES = 8 << 20
+
+
+def label_map_for(
+  label_map: Optional[str], metadata: contract.ModelMetadata
+) -> labels_lib.LabelMap:
+  """The model's own label map, or `label_map` ('1:0,2:1,3:2' or a preset) over its classes."""
+  if label_map is None:
+    return metadata.labels
+  parsed = labels_lib.parse_label_map(label_map, metadata.class_names)
+  if parsed.num_classes != len(metadata.class_names):
+    raise ValueError(
+      f"--label-map gives {parsed.num_classes} classes, the model has {len(metadata.class_names)}"
+    )
+  return parsed
+
+
+def _label_entry(metadata, root: str) -> tuple[str, str]:
+  return rows_lib.label_key(sources.relative_id(metadata.path, root)), metadata.path
+
+
+class Segmented(typing.NamedTuple):
+  """What `SegmentImages` returns: one segments row (a dict, `schema.segments_schema`) or one
+  `elements.Failure` per input record."""
+
+  rows: beam.PCollection
+  failures: beam.PCollection
+
+
+class SegmentImages(beam.PTransform):
+  """`elements.ImageRecord`s -> `Segmented`: validate, infer in batches, postprocess.
+
+  Every record ends as exactly one row or one failure; a bad image fails alone, with its stage
+  and reason, and never takes its batch down.
+
+  Args:
+    model_dir: a segbeam export (`segbeam train` or `segbeam export`), local or on any Beam file
+      system; None for the embedded default model. Its metadata is read here, when the
+      pipeline is built; the workers load it, refusing a graph that reaches outside the model
+      unless `trust_model`.
+    batch_size, handler, inference_slices, postprocess_threads, max_pixels, ground_truth,
+      label_map, trust_model, require_gpu: as `segbeam run`'s options of the same names
+      (`options.RunOptions`; `ground_truth` is its `labels`).
+    run_id: recorded in every row; a new one by default.
+    metadata: the export's metadata, when the caller has read it already.
+  """
+
+  def __init__(
+    self,
+    model_dir: Optional[str] = None,
+    *,
+    batch_size: int = constants.DEFAULT_BATCH_SIZE,
+    handler: str = constants.HANDLER_TFX_BSL,
+    inference_slices: int = constants.DEFAULT_INFERENCE_SLICES,
+    postprocess_threads: int = constants.DEFAULT_POSTPROCESS_THREADS,
+    max_pixels: int = constants.DEFAULT_MAX_PIXELS,
+    ground_truth: Optional[str] = None,
+    label_map: Optional[str] = None,
+    run_id: Optional[str] = None,
+    trust_model: bool = False,
+    require_gpu: bool = False,
+    metadata: Optional[contract.ModelMetadata] = None,
+  ):
+    super().__init__()
+    options_lib.check_at_least_one(
+      batch_size=batch_size,
+      max_pixels=max_pixels,
+      inference_slices=inference_slices,
+      postprocess_threads=postprocess_threads,
+    )
+    self.model_dir = model_dir or defaults.default_model_dir()
+    self.metadata = metadata or model_files.read_metadata(self.model_dir)
+    self.run_id = run_id or options_lib.new_run_id(datetime.datetime.now(datetime.timezone.utc))
+    self.context = rows_lib.RunContext(
+      self.metadata.name,
+      self.metadata.version,
+      self.metadata.class_names,
+      self.run_id,
+      label_map_for(label_map, self.metadata),
+      mask_threshold=self.metadata.mask_threshold,
+    )
+    self._handler = inference.create_handler(
+      handler,
+      self.model_dir,
+      max_batch_size=batch_size,
+      slices=inference_slices,
+      # MakeRows resolves the pending inferences on its background threads and keeps at
+      # most two batches of them.
+      overlap=True,
+      trust_model=trust_model,
+      require_gpu=require_gpu,
+    )
+    self._max_pixels = max_pixels
+    self._postprocess_threads = postprocess_threads
+    self._batch_size = batch_size
+    self._ground_truth = ground_truth
+
+  @classmethod
+  def for_run(
+    cls, options: options_lib.RunOptions, metadata: contract.ModelMetadata, model_dir: str
+  ) -> "SegmentImages":
+    """The transform `segbeam run` applies, from its options."""
+    return cls(
+      model_dir,
+      batch_size=options.batch_size,
+      handler=options.handler,
+      inference_slices=options.inference_slices,
+      postprocess_threads=options.postprocess_threads,
+      max_pixels=options.max_pixels,
+      ground_truth=options.labels,
+      label_map=options.label_map,
+      run_id=options.run_id,
+      trust_model=options.trust_model,
+      require_gpu=options.require_gpu,
+      metadata=metadata,
+    )
+
+  def expand(self, image_records) -> Segmented:
+    validated = image_records | "Validate" >> beam.ParDo(
+      validation.ValidateImage(max_pixels=self._max_pixels)
+    ).with_outputs(elements.FAILURES, main="images")
+    predictions = validated.images | "RunInference" >> RunInference(self._handler)
+    label_paths = None
+    if self._ground_truth:
+      root = sources.pattern_root(self._ground_truth)
+      label_paths = beam.pvalue.AsDict(
+        image_records.pipeline
+        | "MatchLabels" >> fileio.MatchFiles(self._ground_truth)
+        | "LabelKeys" >> beam.Map(_label_entry, root)
+      )
+    segmented = predictions | "Segment" >> beam.ParDo(
+      rows_lib.MakeRows(
+        self.context,
+        threads=self._postprocess_threads,
+        # two batches in flight: one inferred, one postprocessed
+        max_pending=2 * self._batch_size,
+      ),
+      label_paths=label_paths,
+    ).with_outputs(elements.FAILURES, main="rows")
+    failures = (
+      validated[elements.FAILURES],
+      segmented[elements.FAILURES],
+    ) | "Failures" >> beam.Flatten()
+    return Segmented(segmented.rows, failures)
+
+
+class WriteSegments(beam.PTransform):
+  """Segments rows -> zstd Parquet files OUTPUT/segments/part-*.parquet; returns their paths.
+
+  Args:
+    output: the output folder, local or on any Beam file system.
+    class_names: the model's classes, which name the coverage and pixel columns.
+  """
+
+  def __init__(self, output: str, class_names: typing.Sequence[str]):
+    super().__init__()
+    self._output = output
+    self._class_names = tuple(class_names)
+
+  def expand(self, rows):
+    return rows | "WriteParquet" >> beam.io.WriteToParquet(
+      FileSystems.join(self._output, constants.SEGMENTS_DIR, "part"),
+      schema.segments_schema(self._class_names),
+      codec="zstd",
+      # Beam buffers a whole row group in memory before writing it; its 64 MB default showed
+      # as worker RSS growing with the run's size (BENCHMARKS.md, Memory).
+      row_group_buffer_size=SEGMENTS_ROW_GROUP_BYTES,
+      file_name_suffix=".parquet",
+    )
+
+
+class WriteErrors(beam.PTransform):
+  """`elements.Failure`s -> zstd Parquet files OUTPUT/errors/part-*.parquet, each row with
+  `run_id`; returns their paths."""
+
+  def __init__(self, output: str, run_id: str):
+    super().__init__()
+    self._output = output
+    self._run_id = run_id
+
+  def expand(self, failures):
+    return (
+      failures
+      | "ErrorRows" >> beam.Map(rows_lib.failure_row, self._run_id)
+      | "WriteParquet"
+      >> beam.io.WriteToParquet(
+        FileSystems.join(self._output, constants.ERRORS_DIR, "part"),
+        schema.ERRORS_SCHEMA,
+        codec="zstd",
+        file_name_suffix=".parquet",
+      )
+    )
+
+
+class WriteOutput(beam.PTransform):
+  """A dict of the run's PCollections -> the output folder; returns the manifest PCollection.
+
+  Keys: 'records' and 'read_failures', what the reader made of every input (counted as the
+  inputs seen); 'rows', the segments rows; 'failures', every failure, the reader's included;
+  and, with --skip-existing, 'skipped', the records an earlier run segmented.
+
+  Every count comes from one combine over `sinks.CountKey`s (Beam expands each combine into a
+  handful of transforms, and each transform costs start-up time). The manifest is written
+  last, once both Parquet sinks have finalized, their files' rows are counted and every count
+  is in; it checks that they add up (`sinks.build_manifest`).
+  """
+
+  def __init__(
+    self, options: options_lib.RunOptions, metadata: contract.ModelMetadata, model_dir: str
+  ):
+    super().__init__()
+    self._options = options
+    self._metadata = metadata
+    self._model_dir = model_dir
+
+  def expand(self, inputs):
+    rows, failures = inputs["rows"], inputs["failures"]
+    options, metadata = self._options, self._metadata
+    pipeline = rows.pipeline
+    segment_files = rows | "WriteSegments" >> WriteSegments(options.output, metadata.class_names)
+    error_files = failures | "WriteErrors" >> WriteErrors(options.output, options.run_id)
+    counted = {
+      sinks.COUNT_RECORDS: inputs["records"],
+      sinks.COUNT_READ_FAILURES: inputs["read_failures"],
+      sinks.COUNT_SEGMENTED: rows,
+    }
+    if "skipped" in inputs:
+      counted[sinks.COUNT_SKIPPED] = inputs["skipped"]
+    if options.mask_files:
+      counted[sinks.COUNT_MASK_FILES] = rows | "WriteMaskFiles" >> beam.ParDo(
+        sinks.WriteMaskFile(options.output)
+      )
+    keyed = [
+      pcoll | f"Key_{what}" >> beam.Map(sinks.count_key, what) for what, pcoll in counted.items()
+    ]
+    keyed.append(failures | "Key_failed" >> beam.Map(sinks.failure_count_key))
+    counts = keyed | "CountKeys" >> beam.Flatten() | "Count" >> beam.combiners.Count.PerElement()
+    return (
+      pipeline
+      | "ManifestTrigger" >> beam.Create([None])
+      | "WriteManifest"
+      >> beam.ParDo(
+        sinks.WriteManifest(options.output, self._manifest_base()),
+        beam.pvalue.AsList(counts),
+        beam.pvalue.AsList(segment_files),
+        beam.pvalue.AsList(error_files),
+      )
+    )
+
+  def _manifest_base(self) -> dict[str, Any]:
+    options, metadata = self._options, self._metadata
+    label_map = label_map_for(options.label_map, metadata)
+    return {
+      "run_id": options.run_id,
+      "started": options.started,
+      "input": options.input,
+      "output": options.output,
+      "segbeam_version": segbeam.__version__,
+      "model": {
+        "name": metadata.name,
+        "version": metadata.version,
+        "path": self._model_dir,
+        "architecture": metadata.architecture,
+        "class_names": list(metadata.class_names),
+      },
+      "options": {
+        k: v
+        for k, v in options.to_dict().items()
+        if k not in ("input", "output", "run_id", "started")
+      },
+      # What labels, where there are any, are scored on: the classes the label map covers.
+      "ground_truth": {
+        "classes": [
+          metadata.class_names[c]
+          for c in label_map.covered_classes
+          if c < len(metadata.class_names)
+        ],
+        "mapping": label_map.to_dict()["mapping"],
+      },
+    }
+
+
+def build_pipeline(
+  pipeline: beam.Pipeline,
+  options: options_lib.RunOptions,
+  metadata: contract.ModelMetadata,
+  model_dir: str,
+  *,
+  spread_files: bool = True,
+) -> beam.PCollection:
+  """Adds `segbeam run`'s whole run to `pipeline`: read -> [skip existing] -> validate/decode
+  -> infer -> postprocess -> write. Returns the PCollection holding the manifest.
+  `spread_files`: reshuffle the input files over workers (not needed when one process runs
+  everything, see `ReadImages`)."""
+  read = pipeline | "Read" >> ReadImages(
+    options.input,
+    input_format=options.input_format,
+    example_keys=options.example_keys,
+    max_file_bytes=options.max_file_bytes,
+    spread_files=spread_files,
+  )
+  outputs = {"records": read.records, "read_failures": read[elements.FAILURES]}
+  to_segment = read.records
+  if options.skip_existing:
+    # Before validation: an image segmented before is never decoded again.
+    kept = read.records | "SkipExisting" >> resume.SkipExisting(
+      options.skip_existing, metadata.version
+    )
+    to_segment, outputs["skipped"] = kept.records, kept[resume.SKIPPED]
+  segmented = to_segment | "Segment" >> SegmentImages.for_run(options, metadata, model_dir)
+  outputs["rows"] = segmented.rows
+  outputs["failures"] = (
+    read[elements.FAILURES],
+    segmented.failures,
+  ) | "AllFailures" >> beam.Flatten()
+  return outputs | "Write" >> WriteOutput(options, metadata, model_dir)
