@@ -23,6 +23,12 @@ class IncompleteOutputError(Exception):
   """The folder holds no completed run."""
 
 
+class OutputNotFoundError(IncompleteOutputError, FileNotFoundError):
+  """There is no such folder: nothing at that local path, or no object under that gs://
+  prefix (GCS has no folders, only object names). Still an IncompleteOutputError, for callers
+  that only ask whether a completed run is there."""
+
+
 def _filesystem(path: str) -> tuple[pafs.FileSystem, str]:
   """pyarrow filesystem and the path inside it. gs:// honours STORAGE_EMULATOR_HOST, as the
   Google Cloud clients do."""
@@ -45,12 +51,22 @@ class RunOutput:
     self._fs, self._root = _filesystem(self.path)
     manifest_path = posixpath.join(self._root, MANIFEST_FILE)
     if self._fs.get_file_info(manifest_path).type == pafs.FileType.NotFound:
-      raise IncompleteOutputError(
-        f"{path} has no {MANIFEST_FILE}: the run did not complete (still running, killed, or "
-        "failed), so its tables would be partial"
-      )
+      self._refuse_without_manifest(path)
     with self._fs.open_input_stream(manifest_path) as f:
       self.manifest: dict[str, Any] = json.loads(f.read())
+
+  def _refuse_without_manifest(self, path: str) -> None:
+    """Raises the reason there is no manifest: no folder at all, a file, or an unfinished run."""
+    folder = self._fs.get_file_info(self._root).type
+    if folder == pafs.FileType.NotFound:
+      why = "no object has that prefix" if path.startswith("gs://") else "no such folder"
+      raise OutputNotFoundError(f"{path} does not exist ({why})")
+    if folder == pafs.FileType.File:
+      raise IncompleteOutputError(f"{path} is a file, not a run's output folder")
+    raise IncompleteOutputError(
+      f"{path} has no {MANIFEST_FILE}: the run did not complete (still running, killed, or "
+      "failed), so its tables would be partial"
+    )
 
   @property
   def class_names(self) -> list[str]:

@@ -19,8 +19,9 @@ FORMATS = ("table", "csv", "json", "parquet")
 
 
 def run_query(output: output_lib.RunOutput, sql: str) -> pa.Table:
+  con = output.connect()  # held until the table is fetched: a relation needs its connection
   try:
-    relation = output.connect().sql(sql)
+    relation = con.sql(sql)
   except duckdb.Error as error:
     raise ValueError(f"the query failed: {error}") from error
   if relation is None:  # a statement with no result set

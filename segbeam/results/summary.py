@@ -25,7 +25,8 @@ def class_statistics(output: output_lib.RunOutput, threshold: float) -> list[dic
       f"avg(CASE WHEN dominant_class = '{quoted}' THEN 1.0 ELSE 0.0 END)",
       f"count_if(coverage_{suffix} > {float(threshold)})",
     ]
-  values = output.connect().sql(f"SELECT {', '.join(selects)} FROM segments").fetchall()[0]
+  con = output.connect()  # held until the rows are fetched: a relation needs its connection
+  values = con.sql(f"SELECT {', '.join(selects)} FROM segments").fetchall()[0]
   stats = []
   for i, name in enumerate(names):
     mean, median, dominant, above = values[4 * i : 4 * i + 4]

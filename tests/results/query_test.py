@@ -110,3 +110,27 @@ def test_incomplete_output_is_refused(tmp_path, small_run, capsys):
 def test_bad_sql_is_a_clear_error(small_run, capsys):
   assert cli.main(["query", small_run, "SELECT nope FROM segments"]) == 2
   assert "the query failed" in capsys.readouterr().err
+
+
+def test_a_missing_folder_is_named_as_missing_not_as_an_unfinished_run(tmp_path, capsys):
+  missing = tmp_path / "no" / "such-run"
+  for command in (
+    ["summary", str(missing)],
+    ["query", str(missing), "SELECT 1"],
+    ["report", str(missing), "--out", str(tmp_path / "r.html")],
+  ):
+    assert cli.main(command) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"segbeam {command[0]}: {missing} does not exist (no such folder)"
+  assert not (tmp_path / "r.html").exists()
+  with pytest.raises(output_lib.OutputNotFoundError):
+    output_lib.RunOutput(str(missing))
+  # Still an unfinished run when the folder is there without a manifest, or an error to catch
+  # as one by callers that only ask whether a completed run is there.
+  missing.mkdir(parents=True)
+  assert cli.main(["summary", str(missing)]) == 2
+  assert "did not complete" in capsys.readouterr().err
+  (tmp_path / "a-file").write_text("not a run")
+  assert cli.main(["summary", str(tmp_path / "a-file")]) == 2
+  assert "is a file, not a run's output folder" in capsys.readouterr().err
+  assert issubclass(output_lib.OutputNotFoundError, output_lib.IncompleteOutputError)
