@@ -169,8 +169,13 @@ def make_dataset(
 ) -> tf.data.Dataset:
   """Batches of (float32 images 0..255, int32 masks, float32 pixel weights) at input_size.
 
-  Decoding and resizing run once; the resized pairs are cached in memory, so each later epoch
-  only shuffles, augments (when training) and batches.
+  Decoding and resizing run once, here: the resized pairs are cached in memory, so each epoch
+  only shuffles, augments (when training) and batches. The dataset knows its length (its
+  `cardinality()`, in batches, the last one possibly short): Keras then runs exactly that many
+  steps per epoch. A generator's dataset has no known length, and Keras reads it until it ends
+  and warns "Your input ran out of data; interrupting training" (as if a `steps_per_epoch` were
+  too large) once the first epoch and each validation pass end. Unusable pairs are skipped
+  (`loader.skipped`); none usable is a ValueError.
   """
   dataset = tf.data.Dataset.from_generator(
     loader.__iter__,
@@ -186,6 +191,18 @@ def make_dataset(
     ),
     num_parallel_calls=tf.data.AUTOTUNE,
   ).cache()
+  # One pass fills the cache and counts what the loader could use: the count of pairs given
+  # would be too many when one is skipped.
+  usable = int(dataset.reduce(np.int64(0), lambda count, _: count + 1))
+  if not usable:
+    skipped = list(loader.skipped.values())
+    reasons = "; ".join(f"{s.name}: {s.reason}" for s in skipped[:3])
+    raise ValueError(
+      f"none of the {len(skipped)} pairs could be used ({reasons})"
+      if skipped
+      else "no image/mask pairs to make a dataset of"
+    )
+  dataset = dataset.apply(tf.data.experimental.assert_cardinality(usable))
   if training:
     dataset = dataset.shuffle(1024, seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.map(

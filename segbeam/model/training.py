@@ -121,7 +121,9 @@ def train(
   model = unet.build_unet(model_config)
   if training_config.batchnorm_momentum is not None:
     set_batchnorm_momentum(model, training_config.batchnorm_momentum)
-  steps = training_config.epochs * -(-len(train_pairs) // training_config.batch_size)
+  # The datasets know their length in batches (usable pairs only), so Keras runs exactly those
+  # steps and the learning rate decays over them.
+  steps = training_config.epochs * int(train_data.cardinality())
   compile_model(model, model_config.num_classes, training_config.learning_rate, steps)
   checkpoint = os.path.join(output_dir, CHECKPOINT_FILE)
   model.fit(

@@ -77,6 +77,7 @@ def test_dataset_batches_resized_pairs_with_ignore_weights(pet_folder):
     pairs, channels=3, input_size=32, label_map=labels.parse_label_map("1:0,2:1")
   )
   dataset = data.make_dataset(loader, input_size=32, channels=3, batch_size=4, training=True)
+  assert int(dataset.cardinality()) == 2  # known, so Keras runs exactly these batches
   batches = list(dataset)
   assert [b[0].shape[0] for b in batches] == [4, 2]
   image, mask, weight = batches[0]
@@ -99,8 +100,24 @@ def test_unreadable_pairs_are_skipped_and_reported(pet_folder, tmp_path):
     data.ImageMaskPair("bad_size", pairs[0].image_path, str(bad_size)),
   ]
   loader = data.PairLoader(pairs, channels=3, input_size=32, label_map=labels.OXFORD_PET_TRIMAP)
-  dataset = data.make_dataset(loader, input_size=32, channels=3, batch_size=16, training=False)
-  assert next(iter(dataset))[0].shape[0] == len(pairs) - 2
+  dataset = data.make_dataset(loader, input_size=32, channels=3, batch_size=4, training=False)
+  assert int(dataset.cardinality()) == 2  # the usable pairs, not those given (3 batches of 4)
+  assert [b[0].shape[0] for b in dataset] == [4, len(pairs) - 2 - 4]
   assert sorted(loader.skipped) == ["bad_size", "broken"]
   assert "mask is 5x5" in loader.skipped["bad_size"].reason
   assert "InvalidArgumentError" in loader.skipped["broken"].reason
+
+
+def test_a_dataset_of_no_usable_pair_is_refused(tmp_path, pet_folder):
+  images, masks, _ = pet_folder
+  broken = tmp_path / "broken.jpg"
+  broken.write_bytes(b"not an image at all")
+  pair = data.match_pairs(images, masks)[0]
+  loader = data.PairLoader(
+    [data.ImageMaskPair("broken", str(broken), pair.mask_path)],
+    channels=3,
+    input_size=32,
+    label_map=labels.OXFORD_PET_TRIMAP,
+  )
+  with pytest.raises(ValueError, match="none of the 1 pairs could be used .broken: "):
+    data.make_dataset(loader, input_size=32, channels=3, batch_size=4, training=True)
