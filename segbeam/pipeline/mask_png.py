@@ -1,8 +1,9 @@
 """Class masks as 8-bit grayscale PNG, written directly with zlib.
 
-A mask is long runs of a few values. Deflate's run-length strategy on unfiltered rows makes
-files smaller than Pillow's encoder at compress_level=1 and takes about a third of its time
-(BENCHMARKS.md), which counts when every image of a run is encoded once.
+A mask is long runs of a few values. Deflate's run-length strategy on unfiltered rows is
+faster than Pillow's PNG writer, even with the same strategy, whose choice of a filter per row
+is most of its time (BENCHMARKS.md, Measured design choices); every image of a run is encoded
+once.
 """
 
 from __future__ import annotations
