@@ -23,7 +23,7 @@ def pytest_configure(config):
   online it would download the binary and run the tests on Prism, an engine segbeam never runs.
   The runner is named here rather than read from `segbeam.pipeline.beam_options`, whose
   import (Beam's) would add seconds to every pytest start;
-  commands_test.test_test_pipelines_run_on_segbeams_default_runner ties the two.
+  beam_options_test.test_test_pipelines_run_on_segbeams_default_runner ties the two.
   """
   from apache_beam.testing.test_pipeline import TestPipeline
 

@@ -4,6 +4,7 @@ neither knows is refused instead of dropped."""
 import json
 
 import pytest
+from apache_beam.testing.test_pipeline import TestPipeline
 
 from segbeam import cli
 from segbeam.pipeline import beam_options
@@ -158,3 +159,34 @@ def test_job_labels_reach_the_dataflow_job(capsys):
   )
   job = json.loads(capsys.readouterr().out)
   assert job["labels"] == {"team": "vision", "cost-centre": "42"}
+
+
+def test_default_runner_avoids_prism_but_can_be_overridden():
+  assert beam_options.pipeline_options([]).get_all_options()["runner"] == "FnApiRunner"
+  chosen = beam_options.pipeline_options(["--runner=DirectRunner"])
+  assert chosen.get_all_options()["runner"] == "DirectRunner"
+
+
+def test_test_pipelines_run_on_segbeams_default_runner():
+  """conftest.py: what the tests' TestPipelines run on is what `segbeam run` runs on."""
+  assert TestPipeline().get_pipeline_options().get_all_options()["runner"] == (
+    beam_options.DEFAULT_LOCAL_RUNNER
+  )
+
+
+@pytest.mark.parametrize(
+  "beam_args, in_process",
+  [
+    ([], True),  # segbeam's default, the FnApiRunner
+    (["--runner=DirectRunner"], True),
+    (["--runner=direct", "--direct_num_workers=2", "--direct_running_mode=multi_threading"], True),
+    (["--runner=DirectRunner", "--direct_running_mode=multi_processing"], False),
+    (["--runner=PortableRunner", "--job_endpoint=localhost:1"], False),
+    (["--runner=DataflowRunner"], False),
+  ],
+)
+def test_the_early_session_is_used_only_where_the_runner_runs_in_this_process(
+  beam_args, in_process
+):
+  options = beam_options.pipeline_options(beam_args)
+  assert beam_options.runs_in_this_process(options) is in_process

@@ -7,7 +7,6 @@ import shutil
 import pytest
 
 from segbeam import cli
-from segbeam.pipeline import beam_options
 from segbeam.pipeline import commands
 from tests import accounting
 from tests import synthetic
@@ -130,37 +129,6 @@ def test_a_pattern_without_a_folder_matches_in_the_current_one(
   code, out, _ = _run(capsys, "--input", "*.png", "--output", output, "--model", tiny_export[0])
   assert code == 0 and "1 inputs, 1 segmented, 0 failed" in out
   accounting.assert_accounted_for(output, inputs_seen=1)
-
-
-def test_default_runner_avoids_prism_but_can_be_overridden():
-  assert beam_options.pipeline_options([]).get_all_options()["runner"] == "FnApiRunner"
-  chosen = beam_options.pipeline_options(["--runner=DirectRunner"])
-  assert chosen.get_all_options()["runner"] == "DirectRunner"
-
-
-def test_test_pipelines_run_on_segbeams_default_runner():
-  """conftest.py: what the tests' TestPipelines run on is what `segbeam run` runs on."""
-  from apache_beam.testing.test_pipeline import TestPipeline
-
-  assert TestPipeline().get_pipeline_options().get_all_options()["runner"] == (
-    beam_options.DEFAULT_LOCAL_RUNNER
-  )
-
-
-@pytest.mark.parametrize(
-  "beam_args, in_process",
-  [
-    ([], True),  # segbeam's default, the FnApiRunner
-    (["--runner=DirectRunner"], True),
-    (["--runner=direct", "--direct_num_workers=2", "--direct_running_mode=multi_threading"], True),
-    (["--runner=DirectRunner", "--direct_running_mode=multi_processing"], False),
-    (["--runner=PortableRunner", "--job_endpoint=localhost:1"], False),
-    (["--runner=DataflowRunner"], False),
-  ],
-)
-def test_the_model_is_preloaded_only_where_the_runner_runs_in_this_process(beam_args, in_process):
-  options = beam_options.pipeline_options(beam_args)
-  assert beam_options.runs_in_this_process(options) is in_process
 
 
 def test_demo_on_the_default_model(tmp_path, capsys):
