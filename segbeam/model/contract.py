@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Mapping, Optional
+from typing import IO, Any, Callable, ContextManager, Mapping, Optional
 
 from segbeam.model import config as config_lib
 from segbeam.model import labels as labels_lib
@@ -162,11 +162,17 @@ def as_json(value: Mapping[str, Any]) -> dict[str, Any]:
   return json.loads(json.dumps(value))
 
 
-def read_metadata(export_dir: str) -> ModelMetadata:
-  """The `ModelMetadata` of the local export `export_dir` (for any file system, see
+def read_metadata(
+  export_dir: str,
+  *,
+  exists: Callable[[str], bool] = os.path.exists,
+  open_file: Callable[[str], ContextManager[IO[str]]] = open,
+) -> ModelMetadata:
+  """The `ModelMetadata` of the export `export_dir`, local by default; `exists` and `open_file`
+  read another file system (`tf.io.gfile`'s in `export.LoadedExport`; Beam's FileSystems in
   `segbeam.pipeline.model_files.read_metadata`)."""
   path = os.path.join(export_dir, METADATA_FILE)
-  if not os.path.exists(path):
+  if not exists(path):
     raise FileNotFoundError(f"{export_dir} is not a segbeam export: {METADATA_FILE} is missing")
-  with open(path, encoding="utf-8") as f:
+  with open_file(path) as f:
     return ModelMetadata.from_json(f.read())

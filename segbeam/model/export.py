@@ -157,12 +157,17 @@ def write_metadata(export_dir: str, metadata: contract.ModelMetadata) -> None:
     f.write(metadata.to_json())
 
 
+def read_metadata(export_dir: str) -> contract.ModelMetadata:
+  """`contract.read_metadata` on any file system TensorFlow reads (gs://, ...)."""
+  return contract.read_metadata(export_dir, exists=tf.io.gfile.exists, open_file=tf.io.gfile.GFile)
+
+
 class LoadedExport:
   """An export loaded for inference: `predict(encoded_images)` -> dict of numpy arrays."""
 
   def __init__(self, export_dir: str):
     self.export_dir = export_dir
-    self.metadata = contract.read_metadata(export_dir)
+    self.metadata = read_metadata(export_dir)
     # Keep the loaded object: its signature functions only hold weak references to variables.
     self._saved_model = tf.saved_model.load(export_dir)
     self._serve = self._saved_model.signatures[contract.SIGNATURE_NAME]

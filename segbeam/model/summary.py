@@ -17,7 +17,6 @@ from typing import Optional
 import keras
 
 from segbeam.model import config as config_lib
-from segbeam.model import contract
 from segbeam.model import export as export_lib
 from segbeam.model import unet
 
@@ -313,7 +312,7 @@ def summarize_export(export_dir: str):
   """Rebuilds the export's recorded architecture (without weights) and checks its parameter
   count against the variables the SavedModel holds; for an export of a user's own model, the
   way it is served (`ImportedReport`)."""
-  metadata = contract.read_metadata(export_dir)
+  metadata = export_lib.read_metadata(export_dir)
   if metadata.imported:
     return summarize_imported_export(export_dir, metadata)
   config = metadata.unet_config
