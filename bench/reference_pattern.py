@@ -65,6 +65,9 @@ def to_row(element):
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser()
   parser.add_argument("--model", required=True)
+  parser.add_argument(
+    "--keras", default=None, help="a .keras network to run (default: the export's architecture)"
+  )
   parser.add_argument("--input", required=True)
   parser.add_argument("--output", required=True)
   parser.add_argument("--batching", choices=("beam-default", "fixed"), default="beam-default")
@@ -78,8 +81,10 @@ def main(argv=None) -> int:
 
   del layers
   metadata = contract.read_metadata(args.model)
-  keras_path = os.path.join(tempfile.mkdtemp(), "model.keras")
-  unet.build_unet(metadata.unet_config).save(keras_path)
+  keras_path = args.keras
+  if keras_path is None:
+    keras_path = os.path.join(tempfile.mkdtemp(), "model.keras")
+    unet.build_unet(metadata.unet_config).save(keras_path)
   if args.batching == "fixed":
     batch_sizes = {"min_batch_size": args.batch_size, "max_batch_size": args.batch_size}
   else:
