@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# The GPU checks of issue 22, in one go (under 8 minutes on one GPU), printing one table:
+#   - the forward pass alone at batch 32 to 256, float32 and mixed precision, XLA off and on
+#     (bench/forward_variants.py);
+#   - `segbeam run` end to end on the sample photos with the default model and the null model
+#     (bench/null_model.py), --postprocess-threads 1, 2 and 4;
+#   - GPU utilisation sampled by nvidia-smi during each run (mean and peak %).
+# Without an NVIDIA GPU it runs a small CPU fallback of the same steps (how it is tested here).
+#
+#   bash bench/gpu_check.sh            # from the checkout, with .venv set up
+# Overrides: GPU_CHECK_IMAGES (default 4500 on a GPU, 90 on a CPU), GPU_CHECK_THREADS ("1 2 4"),
+# GPU_CHECK_FORWARD_SECONDS (5 on a GPU, 1 on a CPU), GPU_CHECK_PHOTOS (the sample photos).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+SEGBEAM=$(dirname "$PY")/segbeam
+
+if command -v nvidia-smi > /dev/null && nvidia-smi -L > /dev/null 2>&1; then
+  MODE=gpu
+  IMAGES=${GPU_CHECK_IMAGES:-4500}
+  SECONDS_EACH=${GPU_CHECK_FORWARD_SECONDS:-5}
+  FORWARD_ARGS=(--batch-sizes 32,64,128,256 --xla off,on --precision float32,mixed)
+else
+  MODE=cpu
+  IMAGES=${GPU_CHECK_IMAGES:-90}
+  SECONDS_EACH=${GPU_CHECK_FORWARD_SECONDS:-1}
+  FORWARD_ARGS=(--batch-sizes 32 --xla off --precision float32)
+fi
+THREADS=${GPU_CHECK_THREADS:-"1 2 4"}
+PHOTOS=${GPU_CHECK_PHOTOS:-../shared/data/oxford-pets-sample/images}
+WORK=$(mktemp -d /tmp/segbeam-gpu-check-XXXXXX)
+trap 'rm -rf "$WORK"' EXIT
+
+echo "gpu_check: mode $MODE, $IMAGES images, $(nproc) CPUs; $(lscpu | sed -n 's/^Model name: *//p')"
+if [ "$MODE" = gpu ]; then
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+fi
+
+# 1. The forward pass alone.
+"$PY" bench/forward_variants.py "${FORWARD_ARGS[@]}" --seconds "$SECONDS_EACH" \
+  > "$WORK/forward.txt" 2> "$WORK/forward.err" || {
+  cat "$WORK/forward.err" >&2
+  exit 1
+}
+
+# 2. The inputs and the null model.
+"$PY" - "$PHOTOS" "$IMAGES" "$WORK/images" << 'PY'
+import sys
+sys.path.insert(0, "bench")
+import throughput
+throughput.make_inputs(sys.argv[1], int(sys.argv[2]), sys.argv[3])
+PY
+"$PY" bench/null_model.py --write-only "$WORK/null" > /dev/null 2> "$WORK/null.err" || {
+  cat "$WORK/null.err" >&2
+  exit 1
+}
+
+# 3. segbeam run end to end, GPU utilisation sampled alongside.
+RUNS="$WORK/runs.txt"
+: > "$RUNS"
+for model in default null; do
+  model_args=()
+  if [ "$model" = null ]; then model_args=(--model "$WORK/null"); fi
+  for threads in $THREADS; do
+    if [ "$MODE" = gpu ]; then
+      nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -lms 500 \
+        > "$WORK/util.txt" &
+      SAMPLER=$!
+    fi
+    start=$(date +%s.%N)
+    "$SEGBEAM" run --input "$WORK/images/*" --output "$WORK/out-$model-$threads" \
+      --postprocess-threads "$threads" "${model_args[@]}" > "$WORK/run.log" 2>&1 || {
+      tail -5 "$WORK/run.log" >&2
+      exit 1
+    }
+    end=$(date +%s.%N)
+    util="-"
+    if [ "$MODE" = gpu ]; then
+      kill "$SAMPLER" 2> /dev/null || true
+      wait "$SAMPLER" 2> /dev/null || true
+      util=$(awk '{s += $1; if ($1 > m) m = $1} END {if (NR) printf "%.0f%% mean, %.0f%% peak", s / NR, m}' "$WORK/util.txt")
+    fi
+    segmented=$(sed -n 's/.* \([0-9]*\) segmented.*/\1/p' "$WORK/run.log" | head -1)
+    echo "$model $threads $start $end ${segmented:-0} $util" >> "$RUNS"
+  done
+done
+
+# 4. One table.
+"$PY" - "$WORK/forward.txt" "$RUNS" "$IMAGES" << 'PY'
+import json, sys
+forward_path, runs_path, images = sys.argv[1], sys.argv[2], int(sys.argv[3])
+print("\n| what | setting | img/s | notes |\n| --- | --- | --- | --- |")
+lines = [line.strip() for line in open(forward_path)]
+device = next((l.split(";")[0].removeprefix("device: ") for l in lines if l.startswith("device:")), "")
+for row in json.loads(next(l for l in reversed(lines) if l.startswith("["))):
+  setting = f"batch {row['batch_size']}, XLA {row['xla']}, {row['precision']}"
+  print(f"| forward pass alone | {setting} | {row['img_s']:.0f} | {device}, random weights |")
+for line in open(runs_path):
+  model, threads, start, end, segmented, *util = line.split()
+  seconds = float(end) - float(start)
+  notes = f"{segmented}/{images} segmented, {seconds:.1f} s with start-up"
+  if util and util != ["-"]:
+    notes += "; GPU " + " ".join(util)
+  print(f"| segbeam run, {model} model | --postprocess-threads {threads} | "
+        f"{images / seconds:.0f} | {notes} |")
+PY
