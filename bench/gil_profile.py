@@ -80,6 +80,7 @@ def main(argv=None) -> int:
   parser.add_argument("--rate", type=int, default=50, help="py-spy samples per second")
   parser.add_argument("--model", default=None, help="export (default: the embedded model)")
   parser.add_argument("--photos", default=throughput.SHARED)
+  parser.add_argument("--run-args", default="", help="extra arguments for segbeam run")
   parser.add_argument(
     "--py-spy",
     default=shutil.which("py-spy", path=os.path.dirname(sys.executable)),
@@ -102,7 +103,7 @@ def main(argv=None) -> int:
       images,
       args.batch_size,
       os.path.join(work, "plain.log"),
-      [],
+      args.run_args.split(),
     )
     print(f"plain run: {plain.describe()}")
     raw = os.path.join(work, "profile.txt")
@@ -122,7 +123,11 @@ def main(argv=None) -> int:
           raw,
           "--",
           *throughput.segbeam_run_argv(
-            model_dir, input_dir, os.path.join(work, "profiled"), args.batch_size
+            model_dir,
+            input_dir,
+            os.path.join(work, "profiled"),
+            args.batch_size,
+            args.run_args.split(),
           ),
         ],
         stdout=log,

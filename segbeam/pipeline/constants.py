@@ -11,6 +11,11 @@ METRICS_NAMESPACE = "segbeam"
 HANDLER_TFX_BSL = "tfx-bsl"
 HANDLER_SAVED_MODEL = "saved-model"
 HANDLERS = (HANDLER_TFX_BSL, HANDLER_SAVED_MODEL)
+# On a GPU worker the model is nearly free and the CPU work around it sets the rate; there the
+# saved-model handler, with no PredictionLog round trip, does more images per CPU second and
+# per second of the GIL (BENCHMARKS.md, "The pipeline's own cost"). `segbeam submit` and the
+# Flex Template use it unless --inference-handler says otherwise.
+GPU_JOB_HANDLER = HANDLER_SAVED_MODEL
 
 # --input-format: 'auto' tells shards from images by name, or else by their first bytes.
 FORMAT_AUTO = "auto"

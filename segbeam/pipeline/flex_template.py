@@ -10,7 +10,6 @@ Parameter names cannot hold dashes, so `batch_size` stands for `--batch-size`, a
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from typing import Optional, Sequence
 
@@ -130,8 +129,7 @@ def launch(argv: Optional[Sequence[str]] = None):
   runner = str(PipelineOptions(beam_args).get_all_options()["runner"])
   if runner.rsplit(".", 1)[-1].lower() in ("dataflowrunner", "dataflow"):
     beam_args = with_gpu_defaults(beam_args)
-    # The job attaches a GPU: never run it on the CPU.
-    run_options = dataclasses.replace(run_options, require_gpu=True)
+    run_options = options_lib.for_gpu_job(run_options, argv)
   options = PipelineOptions(beam_args)
   pipeline = beam.Pipeline(options=options)
   # In the image the embedded model's path is the same for the launcher and the workers. A

@@ -91,6 +91,18 @@ class RunOptions:
     return dataclasses.asdict(self)
 
 
+def given(argv: Sequence[str], flag: str) -> bool:
+  """Whether `flag` is on the command line, as `--flag VALUE` or `--flag=VALUE`."""
+  return any(word == flag or word.startswith(flag + "=") for word in argv)
+
+
+def for_gpu_job(options: RunOptions, argv: Sequence[str]) -> RunOptions:
+  """A run on GPU workers (`segbeam submit`, the Flex Template): a GPU required, and
+  `constants.GPU_JOB_HANDLER` unless `argv` names a handler."""
+  handler = options.handler if given(argv, "--inference-handler") else constants.GPU_JOB_HANDLER
+  return dataclasses.replace(options, require_gpu=True, handler=handler)
+
+
 def check_at_least_one(**values: int) -> None:
   """Raises ValueError naming the first option (as --its-flag) whose value is below 1."""
   for name, value in values.items():
@@ -156,8 +168,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     dest="handler",
     choices=constants.HANDLERS,
     default=constants.HANDLER_TFX_BSL,
-    help="tfx-bsl (default: tfx-bsl's CreateModelHandler) or saved-model (the "
-    "signature called directly; the two compare in BENCHMARKS.md)",
+    help="tfx-bsl (default: tfx-bsl's CreateModelHandler) or saved-model (the signature "
+    "called directly, no PredictionLog round trip; segbeam submit's default)",
   )
   parser.add_argument(
     "--inference-slices",

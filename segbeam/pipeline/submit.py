@@ -383,8 +383,7 @@ def submit(argv: Sequence[str]) -> PipelineResult:
   args, beam_args = parser.parse_known_args(list(argv))
   dataflow = dataflow_options_from_args(args)
   check_versions(dataflow.image)
-  # The job attaches a GPU: never run it on the CPU.
-  run_options = dataclasses.replace(options_lib.from_args(args), require_gpu=True)
+  run_options = options_lib.for_gpu_job(options_lib.from_args(args), argv)
   _check_cloud_paths(run_options)
   options_lib.check_patterns_given_once(argv)
   beam_options.check_beam_args(beam_args, beam_options.option_strings(parser))

@@ -214,7 +214,7 @@ def test_every_parameter_is_a_segbeam_run_option_whose_regexes_match_its_example
   assert beam_args == []
   assert run_options.batch_size == 64 and run_options.mask_files and run_options.overwrite
   assert run_options.model_dir == "gs://my-bucket/models/pets-v2"
-  assert run_options.handler == "saved-model" and run_options.input_format == "tfrecord"
+  assert run_options.handler == "tfx-bsl" and run_options.input_format == "tfrecord"
 
 
 def test_regexes_refuse_what_dataflow_cannot_use():

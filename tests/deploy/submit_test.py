@@ -11,6 +11,7 @@ from apache_beam.options.pipeline_options import WorkerOptions
 from apache_beam.portability.api import beam_runner_api_pb2
 
 from segbeam import cli
+from segbeam.pipeline import constants
 from segbeam.pipeline import submit
 
 IMAGE = "us-central1-docker.pkg.dev/my-project-123/segbeam/worker:2026-11-22"
@@ -61,6 +62,7 @@ def test_dry_run_builds_the_gpu_job_with_run_inference():
   manifest = _manifest_base(job.proto_pipeline)
   assert manifest["options"]["batch_size"] == 64
   assert manifest["options"]["require_gpu"]  # the workers fail fast without a GPU
+  assert manifest["options"]["handler"] == constants.GPU_JOB_HANDLER  # none was named
   assert manifest["output"] == "gs://my-bucket/runs/x"
   assert manifest["model"]["path"] == submit.IMAGE_DEFAULT_MODEL_DIR
   assert manifest["model"]["class_names"] == ["pet", "background", "border"]

@@ -98,3 +98,21 @@ def test_one_pattern_each_passes(argv):
 )
 def test_a_local_pattern_without_a_folder_is_matched_in_the_current_one(pattern, matched_as):
   assert options_lib.in_a_folder(pattern) == matched_as
+
+
+@pytest.mark.parametrize(
+  "argv, handler",
+  [
+    ([], constants.GPU_JOB_HANDLER),
+    (["--inference-handler", "tfx-bsl"], "tfx-bsl"),
+    (["--inference-handler=tfx-bsl"], "tfx-bsl"),
+    (["--inference-handler", "saved-model"], "saved-model"),
+  ],
+)
+def test_a_gpu_job_takes_its_handler_unless_one_is_named(argv, handler):
+  options, _ = options_lib.parse_args(["--input", "in/*", "--output", "out", *argv])
+  gpu_job = options_lib.for_gpu_job(options, argv)
+  assert gpu_job.handler == handler and gpu_job.require_gpu
+  assert options_lib.parse_args(["--input", "in/*", "--output", "out"])[0].handler == (
+    constants.HANDLER_TFX_BSL  # a local run's default stays
+  )
