@@ -167,11 +167,12 @@ def read_metadata(
   *,
   exists: Callable[[str], bool] = os.path.exists,
   open_file: Callable[[str], ContextManager[IO[str]]] = open,
+  join: Callable[[str, str], str] = os.path.join,
 ) -> ModelMetadata:
-  """The `ModelMetadata` of the export `export_dir`, local by default; `exists` and `open_file`
-  read another file system (`tf.io.gfile`'s in `export.LoadedExport`; Beam's FileSystems in
-  `segbeam.pipeline.model_files.read_metadata`)."""
-  path = os.path.join(export_dir, METADATA_FILE)
+  """The `ModelMetadata` of the export `export_dir`, local by default; `exists`, `open_file`
+  and `join` read another file system (`tf.io.gfile`'s in `export.read_metadata`; Beam's
+  FileSystems in `segbeam.pipeline.model_files.read_metadata`)."""
+  path = join(export_dir, METADATA_FILE)
   if not exists(path):
     raise FileNotFoundError(f"{export_dir} is not a segbeam export: {METADATA_FILE} is missing")
   with open_file(path) as f:

@@ -9,6 +9,7 @@ local temporary directory, and loads that. Local paths are used where they are.
 from __future__ import annotations
 
 import atexit
+import io
 import logging
 import os
 import posixpath
@@ -58,11 +59,19 @@ def local_model_dir(model_dir: str) -> str:
 def read_metadata(model_dir: str) -> contract.ModelMetadata:
   """The export's `segbeam_model.json`, read through Beam's FileSystems (any scheme), without
   copying the model."""
-  path = FileSystems.join(model_dir.rstrip("/"), contract.METADATA_FILE)
-  if not FileSystems.exists(path):
-    raise FileNotFoundError(_not_an_export(model_dir.rstrip("/")))
-  with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-    return contract.ModelMetadata.from_json(f.read().decode("utf-8"))
+  model_dir = model_dir.rstrip("/")
+  try:
+    return contract.read_metadata(
+      model_dir, exists=FileSystems.exists, open_file=_open_text, join=FileSystems.join
+    )
+  except FileNotFoundError as error:
+    raise FileNotFoundError(_not_an_export(model_dir)) from error
+
+
+def _open_text(path: str) -> io.TextIOWrapper:
+  return io.TextIOWrapper(
+    FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED), encoding="utf-8"
+  )
 
 
 def _not_an_export(model_dir: str) -> str:
