@@ -91,9 +91,14 @@ class RunOptions:
     return dataclasses.asdict(self)
 
 
+def positions(argv: Sequence[str], flag: str) -> list[int]:
+  """Where `flag` stands on the command line, as `--flag VALUE` or `--flag=VALUE`."""
+  return [i for i, word in enumerate(argv) if word == flag or word.startswith(flag + "=")]
+
+
 def given(argv: Sequence[str], flag: str) -> bool:
-  """Whether `flag` is on the command line, as `--flag VALUE` or `--flag=VALUE`."""
-  return any(word == flag or word.startswith(flag + "=") for word in argv)
+  """Whether `flag` is on the command line (see `positions`)."""
+  return bool(positions(argv, flag))
 
 
 def for_gpu_job(options: RunOptions, argv: Sequence[str]) -> RunOptions:
@@ -233,18 +238,18 @@ def check_patterns_given_once(argv: Sequence[str]) -> None:
   would otherwise run on the first file alone, the rest passed on to Beam, which drops them."""
   argv = list(argv)
   for flag in _PATTERN_FLAGS:
-    given = [i for i, word in enumerate(argv) if word == flag or word.startswith(flag + "=")]
-    if len(given) > 1:
+    found = positions(argv, flag)
+    if len(found) > 1:
       values = [
         argv[i].split("=", 1)[1] if "=" in argv[i] else (argv[i + 1] if i + 1 < len(argv) else "")
-        for i in given
+        for i in found
       ]
       raise ValueError(
-        f"{flag} given {len(given)} times ({', '.join(values)}): one pattern per run"
+        f"{flag} given {len(found)} times ({', '.join(values)}): one pattern per run"
       )
-    if not given or "=" in argv[given[0]]:
+    if not found or "=" in argv[found[0]]:
       continue
-    after = argv[given[0] + 1 :]
+    after = argv[found[0] + 1 :]
     paths = [word for word in itertools.takewhile(lambda word: not word.startswith("-"), after)]
     if len(paths) > 1:
       shown = ", ".join(paths[:3]) + (", ..." if len(paths) > 3 else "")
@@ -347,11 +352,10 @@ def demo_argv(argv: Sequence[str]) -> list[str]:
       "the demo reads scikit-image's sample photos: pip install 'segbeam[demo]'"
     ) from error
   pattern = os.path.join(os.path.dirname(skimage.__file__), "data", "*.[pj][pn]g")
-  has_output = any(a == "--output" or a.startswith("--output=") for a in argv)
   return [
     "--input",
     pattern,
     "--overwrite",
     *argv,
-    *([] if has_output else ["--output", DEMO_OUTPUT]),
+    *([] if given(argv, "--output") else ["--output", DEMO_OUTPUT]),
   ]
