@@ -15,8 +15,9 @@ import duckdb
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
-MANIFEST_FILE = "manifest.json"
-TABLES = ("segments", "errors")
+from segbeam.pipeline import constants
+
+TABLES = (constants.SEGMENTS_DIR, constants.ERRORS_DIR)  # the two Parquet tables
 
 
 class IncompleteOutputError(Exception):
@@ -49,7 +50,7 @@ class RunOutput:
   def __init__(self, path: str):
     self.path = path.rstrip("/")
     self._fs, self._root = _filesystem(self.path)
-    manifest_path = posixpath.join(self._root, MANIFEST_FILE)
+    manifest_path = posixpath.join(self._root, constants.MANIFEST_FILE)
     if self._fs.get_file_info(manifest_path).type == pafs.FileType.NotFound:
       self._refuse_without_manifest(path)
     with self._fs.open_input_stream(manifest_path) as f:
@@ -64,8 +65,8 @@ class RunOutput:
     if folder == pafs.FileType.File:
       raise IncompleteOutputError(f"{path} is a file, not a run's output folder")
     raise IncompleteOutputError(
-      f"{path} has no {MANIFEST_FILE}: the run did not complete (still running, killed, or "
-      "failed), so its tables would be partial"
+      f"{path} has no {constants.MANIFEST_FILE}: the run did not complete (still running, "
+      "killed, or failed), so its tables would be partial"
     )
 
   @property
