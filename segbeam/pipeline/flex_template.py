@@ -124,10 +124,11 @@ def launch(argv: Optional[Sequence[str]] = None):
   # so they are not checked against Beam's options.
   run_options, beam_args = options_lib.parse_args(argv)
   beam_options.check_job_labels(beam_args)
-  if PipelineOptions(beam_args).get_all_options()["runner"] is None:
-    beam_args.append("--runner=DataflowRunner")
-  runner = str(PipelineOptions(beam_args).get_all_options()["runner"])
-  if runner.rsplit(".", 1)[-1].lower() in ("dataflowrunner", "dataflow"):
+  runner = PipelineOptions(beam_args).get_all_options()["runner"]
+  if runner is None:
+    runner = "DataflowRunner"
+    beam_args.append(f"--runner={runner}")
+  if str(runner).rsplit(".", 1)[-1].lower() in ("dataflowrunner", "dataflow"):
     beam_args = with_gpu_defaults(beam_args)
     run_options = options_lib.for_gpu_job(run_options, argv)
   options = PipelineOptions(beam_args)

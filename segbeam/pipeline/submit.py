@@ -381,6 +381,16 @@ def submit(argv: Sequence[str]) -> PipelineResult:
   PipelineResult; after a dry run its `job` is the job Dataflow would have been sent."""
   parser = build_parser()
   args, beam_args = parser.parse_known_args(list(argv))
+  return _submit(parser, args, beam_args, argv)
+
+
+def _submit(
+  parser: argparse.ArgumentParser,
+  args: argparse.Namespace,
+  beam_args: list[str],
+  argv: Sequence[str],
+) -> PipelineResult:
+  """`submit` with its command line parsed by `parser` into `args` and Beam's `beam_args`."""
   dataflow = dataflow_options_from_args(args)
   check_versions(dataflow.image)
   run_options = options_lib.for_gpu_job(options_lib.from_args(args), argv)
@@ -437,9 +447,10 @@ def console_url(project: str, region: str, job_id: str) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
+  parser = build_parser()
   try:
-    args, _ = build_parser().parse_known_args(argv)
-    result = submit(argv)
+    args, beam_args = parser.parse_known_args(argv)
+    result = _submit(parser, args, beam_args, argv)
   except (job.InvocationError, ValueError) as error:
     print(f"segbeam submit: {error}", file=sys.stderr)
     return 2

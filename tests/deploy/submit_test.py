@@ -137,7 +137,7 @@ class _JobStillRunning:
 
 
 def test_ctrl_c_while_waiting_says_the_job_runs_on_and_how_to_cancel_it(monkeypatch, capsys):
-  monkeypatch.setattr(submit, "submit", lambda argv: _JobStillRunning())
+  monkeypatch.setattr(submit, "_submit", lambda parser, args, beam_args, argv: _JobStillRunning())
   assert cli.main(["submit", "--wait", *CLOUD, *RUN, "--region", "europe-west4"]) == 130
   captured = capsys.readouterr()
   assert "submitted Dataflow job 2026-11-29_04_05_06-123" in captured.out
