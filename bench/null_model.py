@@ -128,23 +128,15 @@ def main(argv=None) -> int:
     )
 
   def reference(count: int) -> throughput.Timing:
-    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reference_pattern.py")
-    output = os.path.join(work, f"reference-{count}")
-    return throughput.timed_subprocess(
-      [
-        sys.executable,
-        script,
-        "--model",
-        export_dir,
-        "--keras",
-        keras_path,
-        "--input",
-        os.path.join(inputs[count], "*"),
-        "--output",
-        output,
-      ],
-      os.path.join(work, f"reference-{count}.log"),
+    return throughput.reference_pattern(
+      export_dir,
+      inputs[count],
+      os.path.join(work, f"reference-{count}"),
       count,
+      "beam-default",  # as Beam's examples batch
+      args.batch_size,
+      os.path.join(work, f"reference-{count}.log"),
+      keras=keras_path,
     )
 
   variants = {"segbeam run": segbeam_run}

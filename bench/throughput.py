@@ -276,8 +276,17 @@ def segbeam_run(
 
 
 def reference_pattern(
-  model_dir: str, input_dir: str, output: str, images: int, batching: str, batch_size: int, log: str
+  model_dir: str,
+  input_dir: str,
+  output: str,
+  images: int,
+  batching: str,
+  batch_size: int,
+  log: str,
+  keras: Optional[str] = None,
 ) -> Timing:
+  """Beam's reference pattern (`reference_pattern.py`) as a timed child; `keras`: the network
+  to run, when not the export's architecture."""
   script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reference_pattern.py")
   return timed_subprocess(
     [
@@ -293,6 +302,7 @@ def reference_pattern(
       batching,
       "--batch-size",
       str(batch_size),
+      *(["--keras", keras] if keras else []),
     ],
     log,
     images,
