@@ -1,6 +1,7 @@
 """bench/gpu_check.sh, the script a session lent a GPU runs: its syntax, and its CPU fallback end
 to end on a few generated photos (the forward pass, the null model, segbeam run, the table)."""
 
+import io
 import os
 import subprocess
 import sys
@@ -34,3 +35,95 @@ def test_gpu_check_cpu_fallback_prints_its_table(pet_folder):
   for model in ("default", "null"):
     (row,) = [r for r in rows if r.startswith(f"| segbeam run, {model} model |")]
     assert "8/8 segmented" in row, row
+
+
+def test_large_photos_runs_both_sizes(pet_folder, tmp_path):
+  images, _, _ = pet_folder
+  photos = tmp_path / "photos"
+  photos.mkdir()
+  for name in sorted(os.listdir(images))[:3]:
+    os.symlink(os.path.join(images, name), photos / name)
+  (photos / "notes.txt").write_text("not an image")  # skipped
+  out = subprocess.run(
+    [
+      sys.executable,
+      os.path.join(ROOT, "bench", "large_photos.py"),
+      "--images",
+      "3",
+      "--megapixels",
+      "1",
+      "--photos",
+      str(photos),
+    ],
+    cwd=ROOT,
+    check=True,
+    capture_output=True,
+    text=True,
+  ).stdout
+  for size in ("original", "large"):
+    (row,) = [r for r in out.splitlines() if r.startswith(f"default, {size} ")]
+    assert "3/3 segmented, 0 failed" in row, row
+  assert "default model, large / original: CPU per image" in out
+
+
+def test_stage_costs_prints_every_stage(pet_folder):
+  images, _, _ = pet_folder
+  out = subprocess.run(
+    [
+      sys.executable,
+      os.path.join(ROOT, "bench", "stage_costs.py"),
+      "--images",
+      "4",
+      "--batch-size",
+      "2",
+      "--beam-elements",
+      "200",
+      "--photos",
+      images,
+    ],
+    cwd=ROOT,
+    check=True,
+    capture_output=True,
+    text=True,
+  ).stdout
+  stages = [line.split(" | ")[0][2:] for line in out.splitlines() if line.startswith("| ")]
+  for stage in ("read", "validate", "graph: decode", "mask at the original size", "mask PNG"):
+    assert any(s.startswith(stage) for s in stages), stages
+  assert any(s.startswith("Beam, one DoFn per element") for s in stages), stages
+
+
+def _write_run(folder, rows):
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+
+  (folder / "segments").mkdir(parents=True)
+  pq.write_table(pa.Table.from_pylist(rows), folder / "segments" / "part-0.parquet")
+
+
+def test_compare_runs_tells_identical_from_different(tmp_path):
+  from PIL import Image
+
+  def png(value):
+    out = io.BytesIO()
+    Image.new("L", (4, 3), value).save(out, "PNG")
+    return out.getvalue()
+
+  row = {"image_id": "a.jpg", "run_id": "r1", "mask_png": png(1), "mean_confidence": 0.5}
+  _write_run(tmp_path / "before", [row])
+  _write_run(tmp_path / "same", [{**row, "run_id": "r2"}])  # run_id is not compared
+  _write_run(tmp_path / "other", [{**row, "mask_png": png(2), "mean_confidence": 0.25}])
+  script = os.path.join(ROOT, "bench", "compare_runs.py")
+
+  def compare(after):
+    return subprocess.run(
+      [sys.executable, script, str(tmp_path / "before"), str(tmp_path / after)],
+      capture_output=True,
+      text=True,
+    )
+
+  same = compare("same")
+  assert same.returncode == 0 and same.stdout.strip().endswith("identical"), same.stdout
+  other = compare("other")
+  assert other.returncode == 1, other.stdout
+  assert "segments.mask_png: differs in 1 rows (1 decode to different masks)" in other.stdout
+  assert "segments.mean_confidence: differs in 1 rows" in other.stdout

@@ -75,26 +75,31 @@ def _enlarged_class_mask(probabilities: np.ndarray, height: int, width: int):
   weights. If one class wins at all four, it wins the mixture too (a convex combination keeps
   the order), so only pixels whose four sources disagree are interpolated; that is the few
   percent along class boundaries. The mean confidence is sum(bilinear(max probability)) over
-  all pixels, a separable sum, corrected at those boundary pixels.
+  all pixels, a separable sum, corrected at those boundary pixels. Each step is one numpy call
+  over a whole array: this runs once per image, holding Python's GIL between calls.
   """
   source_height, source_width, num_classes = probabilities.shape
-  planes = np.ascontiguousarray(np.moveaxis(probabilities, -1, 0), np.float32).reshape(
-    num_classes, -1
-  )
-  winner, top = _argmax_planes(planes)
+  # The class planes and, last, the winning probability: interpolated together at boundaries.
+  planes = np.empty((num_classes + 1, source_height * source_width), np.float32)
+  planes[:num_classes] = np.moveaxis(probabilities, -1, 0).reshape(num_classes, -1)
+  winner, planes[num_classes] = _argmax_planes(planes[:num_classes])
   winner = winner.reshape(source_height, source_width)
-  top = top.reshape(source_height, source_width)
+  top = planes[num_classes].reshape(source_height, source_width)
 
   # Class of each source cell (a pixel with its right, lower and diagonal neighbours, edges
-  # repeated), or 255 where they disagree.
-  padded = np.pad(winner, ((0, 1), (0, 1)), mode="edge")
-  corner = padded[:-1, :-1]
-  agree = (corner == padded[1:, :-1]) & (corner == padded[:-1, 1:]) & (corner == padded[1:, 1:])
-  cell_class = np.where(agree, winner, np.uint8(255))
+  # repeated), or 255 where they disagree. On the last row the diagonal neighbour is the right
+  # one, on the last column the lower one: already compared.
+  agree = np.ones((source_height, source_width), bool)
+  agree[:, :-1] = winner[:, :-1] == winner[:, 1:]
+  agree[:-1, :] &= winner[:-1, :] == winner[1:, :]
+  agree[:-1, :-1] &= winner[:-1, :-1] == winner[1:, 1:]
+  cell_class = winner
+  cell_class[~agree] = 255
 
   rows_low, rows_high, rows_weight = _sample_positions(height, source_height)
   cols_low, cols_high, cols_weight = _sample_positions(width, source_width)
-  mask = np.take(np.take(cell_class, rows_low, axis=0), cols_low, axis=1)
+  # Columns first: the second gather then copies whole rows.
+  mask = np.take(np.take(cell_class, cols_low, axis=1), rows_low, axis=0)
 
   row_mass = np.bincount(rows_low, 1 - rows_weight, source_height) + np.bincount(
     rows_high, rows_weight, source_height
@@ -112,21 +117,15 @@ def _enlarged_class_mask(probabilities: np.ndarray, height: int, width: int):
     top_row = rows_low[rows] * source_width
     bottom_row = rows_high[rows] * source_width
     left, right = cols_low[cols], cols_high[cols]
-    corners = (top_row + left, top_row + right, bottom_row + left, bottom_row + right)
-    weights = (
-      (1 - row_weight) * (1 - col_weight),
-      (1 - row_weight) * col_weight,
-      row_weight * (1 - col_weight),
-      row_weight * col_weight,
-    )
-
-    def interpolate(plane: np.ndarray) -> np.ndarray:
-      return sum(w * plane[c] for w, c in zip(weights, corners))
-
-    boundary_class, boundary_top = _argmax_planes([interpolate(p) for p in planes])
+    # Every plane at once, term by term in the order of a scalar bilinear sum.
+    mixed = (1 - row_weight) * (1 - col_weight) * np.take(planes, top_row + left, axis=1)
+    mixed += (1 - row_weight) * col_weight * np.take(planes, top_row + right, axis=1)
+    mixed += row_weight * (1 - col_weight) * np.take(planes, bottom_row + left, axis=1)
+    mixed += row_weight * col_weight * np.take(planes, bottom_row + right, axis=1)
+    boundary_class, boundary_top = _argmax_planes(mixed[:num_classes])
     flat_mask[boundary] = boundary_class
     confidence_sum += float(
-      boundary_top.sum(dtype=np.float64) - interpolate(top.reshape(-1)).sum(dtype=np.float64)
+      boundary_top.sum(dtype=np.float64) - mixed[num_classes].sum(dtype=np.float64)
     )
   return mask, confidence_sum / (height * width)
 
