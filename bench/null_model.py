@@ -19,6 +19,7 @@ and the ratio segbeam / reference of the marginal rates, measured in the same ru
   pip install -e '.[bench]'    # tensorflow_hub for the reference pattern
   python bench/null_model.py [--small 450] [--large 4500] [--skip-reference]
   python bench/null_model.py --write-only DIR   # just the null export (and DIR.keras)
+  python bench/null_model.py --model default    # the same method on a real model
 """
 
 from __future__ import annotations
@@ -102,13 +103,24 @@ def main(argv=None) -> int:
   parser.add_argument("--run-args", default="", help="extra arguments for segbeam run")
   parser.add_argument("--skip-reference", action="store_true")
   parser.add_argument("--write-only", metavar="DIR", help="write the null export and stop")
+  parser.add_argument(
+    "--model",
+    help="time this export instead of the null model ('default': the embedded one), without "
+    "the reference pattern",
+  )
   args = parser.parse_args(argv)
   if args.write_only:
     print(write_null_export(args.write_only))
     return 0
   work = tempfile.mkdtemp(prefix="segbeam-null-")
-  export_dir = os.path.join(work, "null-export")
-  keras_path = write_null_export(export_dir)
+  if args.model:
+    from segbeam.model import defaults
+
+    export_dir = defaults.default_model_dir() if args.model == "default" else args.model
+    args.skip_reference = True
+  else:
+    export_dir = os.path.join(work, "null-export")
+    keras_path = write_null_export(export_dir)
   inputs = {}
   for count in (args.small, args.large):
     folder = os.path.join(work, f"images-{count}")
@@ -152,7 +164,8 @@ def main(argv=None) -> int:
     (line.split(":", 1)[1].strip() for line in cpu.splitlines() if line.startswith("Model name")),
     platform.processor(),
   )
-  print(f"machine: {model_name}, {os.cpu_count()} cores; null model: one 1x1 convolution")
+  model = f"model {export_dir}" if args.model else "null model: one 1x1 convolution"
+  print(f"machine: {model_name}, {os.cpu_count()} cores; {model}")
   marginals = {
     name: Marginal(timings[(name, args.small)], timings[(name, args.large)]) for name in variants
   }

@@ -12,17 +12,19 @@ Nothing lost, nothing doubled, when a runner retries a failed bundle:
 
 from __future__ import annotations
 
+import collections
 import datetime
 import hashlib
 import json
 import logging
 import re
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 import apache_beam as beam
 import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.transforms import window
 
 from segbeam.pipeline import constants
 from segbeam.pipeline import elements
@@ -173,6 +175,32 @@ def count_key(unused_element: Any, what: str) -> CountKey:
 
 def failure_count_key(failure: elements.Failure) -> CountKey:
   return COUNT_FAILED, failure.stage, failure.error_type
+
+
+class CountPerBundle(beam.DoFn):
+  """Elements -> (CountKey, how many) per bundle, emitted as the bundle finishes: a few
+  partial counts per bundle cross to the combine that sums them, instead of one keyed element
+  per input (each encoded and decoded between stages, since the counts flatten several
+  PCollections). A retried bundle's partial counts are dropped with its other outputs.
+
+  Args:
+    key: element -> its CountKey.
+  """
+
+  def __init__(self, key: Callable[[Any], CountKey]):
+    self._key = key
+
+  def start_bundle(self):
+    self._counts: collections.Counter = collections.Counter()
+
+  def process(self, element) -> Iterator:
+    self._counts[self._key(element)] += 1
+    return iter(())
+
+  def finish_bundle(self) -> Iterator:
+    for key, count in self._counts.items():
+      yield window.GlobalWindows.windowed_value((key, count))
+    self._counts.clear()
 
 
 class WriteManifest(beam.DoFn):

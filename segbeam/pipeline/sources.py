@@ -26,6 +26,7 @@ from typing import BinaryIO, Callable, Iterator, Optional
 
 import apache_beam as beam
 from apache_beam.io import fileio
+from apache_beam.io import filesystem
 
 from segbeam.pipeline import constants
 from segbeam.pipeline import elements
@@ -157,9 +158,16 @@ class PreviousOutputs:
     return folder if self._checked[folder] else None
 
 
+def listed_file(readable: fileio.ReadableFile) -> tuple[str, int]:
+  """A matched file as (path, size in bytes): what `ReadImages` hands to the reading stage.
+  The runner encodes it between stages (the reading waits for the renames side input), and a
+  tuple of a string and an int encodes far cheaper than a pickled ReadableFile."""
+  return readable.metadata.path, readable.metadata.size_in_bytes
+
+
 class ReadFile(beam.DoFn):
-  """ReadableFile -> ImageRecord per image (one per image file, one per shard record); what
-  cannot be read becomes a Failure on the FAILURES output."""
+  """A listed file, (path, size) -> ImageRecord per image (one per image file, one per shard
+  record); what cannot be read becomes a Failure on the FAILURES output."""
 
   def __init__(
     self,
@@ -178,8 +186,9 @@ class ReadFile(beam.DoFn):
   def setup(self):
     self._previous_outputs = PreviousOutputs(self._root)
 
-  def process(self, readable: fileio.ReadableFile, renames=None) -> Iterator:
-    path = readable.metadata.path
+  def process(self, listed: tuple[str, int], renames=None) -> Iterator:
+    path, size = listed
+    readable = fileio.ReadableFile(filesystem.FileMetadata(path, size))
     file_id = relative_id(path, self._root)
     refusal = not_a_regular_file(path)
     previous_output = self._previous_outputs.holding(path)
@@ -440,6 +449,7 @@ class ReadImages(beam.PTransform):
       | "GroupFilenames" >> beam.GroupByKey()
       | "RenameRepeats" >> beam.FlatMap(renames_for_repeats, self._root)
     )
-    return files | "ReadImages" >> beam.ParDo(
+    listed = files | "ListFiles" >> beam.Map(listed_file)
+    return listed | "ReadImages" >> beam.ParDo(
       self._read, renames=beam.pvalue.AsDict(renames)
     ).with_outputs(elements.FAILURES, main="records")

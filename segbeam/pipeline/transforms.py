@@ -9,6 +9,7 @@ them in a user's pipeline.
 from __future__ import annotations
 
 import datetime
+import functools
 import typing
 from typing import Any, Optional
 
@@ -245,8 +246,9 @@ class WriteOutput(beam.PTransform):
   inputs seen); 'rows', the segments rows; 'failures', every failure, the reader's included;
   and, with --skip-existing, 'skipped', the records an earlier run segmented.
 
-  Every count comes from one combine over `sinks.CountKey`s (Beam expands each combine into a
-  handful of transforms, and each transform costs start-up time). The manifest is written
+  Every count comes from one combine summing `sinks.CountKey`s' partial counts per bundle
+  (`sinks.CountPerBundle`; Beam expands each combine into a handful of transforms, and each
+  transform costs start-up time). The manifest is written
   last, once both Parquet sinks have finalized, their files' rows are counted and every count
   is in; it checks that they add up (`sinks.build_manifest`).
   """
@@ -276,11 +278,16 @@ class WriteOutput(beam.PTransform):
       counted[sinks.COUNT_MASK_FILES] = rows | "WriteMaskFiles" >> beam.ParDo(
         sinks.WriteMaskFile(options.output)
       )
-    keyed = [
-      pcoll | f"Key_{what}" >> beam.Map(sinks.count_key, what) for what, pcoll in counted.items()
+    partial_counts = [
+      pcoll
+      | f"Count_{what}"
+      >> beam.ParDo(sinks.CountPerBundle(functools.partial(sinks.count_key, what=what)))
+      for what, pcoll in counted.items()
     ]
-    keyed.append(failures | "Key_failed" >> beam.Map(sinks.failure_count_key))
-    counts = keyed | "CountKeys" >> beam.Flatten() | "Count" >> beam.combiners.Count.PerElement()
+    partial_counts.append(
+      failures | "Count_failed" >> beam.ParDo(sinks.CountPerBundle(sinks.failure_count_key))
+    )
+    counts = partial_counts | "AllCounts" >> beam.Flatten() | "Count" >> beam.CombinePerKey(sum)
     return (
       pipeline
       | "ManifestTrigger" >> beam.Create([None])

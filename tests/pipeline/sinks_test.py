@@ -1,5 +1,6 @@
 """Output sinks: safe mask names, the manifest's conservation check, retried bundles."""
 
+import functools
 import os
 import re
 
@@ -13,6 +14,7 @@ from apache_beam.testing.util import assert_that
 from apache_beam.testing.util import equal_to
 
 from segbeam.pipeline import constants
+from segbeam.pipeline import elements
 from segbeam.pipeline import sinks
 
 SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\.[0-9a-f]{12}\.png$")
@@ -219,3 +221,34 @@ def test_write_file_replaces_whole_files(tmp_path):
   with open(path, "rb") as f:
     assert f.read() == b"second"
   assert os.listdir(tmp_path) == ["m.png"]
+
+
+def test_counts_per_bundle_add_up_to_every_element():
+  failures = [
+    elements.Failure(f"{i}.jpg", f"/in/{i}.jpg", stage, error_type, "why")
+    for i, (stage, error_type) in enumerate(
+      [("read", "FileTooLarge"), ("validate", "CorruptHeader"), ("validate", "CorruptHeader")]
+    )
+  ]
+  with TestPipeline() as pipeline:
+    # Several bundles: a reshuffle splits the elements, and each bundle emits its own partials.
+    values = pipeline | "Values" >> beam.Create(range(1000)) | beam.Reshuffle()
+    counted = values | "CountValues" >> beam.ParDo(
+      sinks.CountPerBundle(functools.partial(sinks.count_key, what=sinks.COUNT_RECORDS))
+    )
+    failed = (
+      pipeline
+      | "Failures" >> beam.Create(failures)
+      | "CountFailures" >> beam.ParDo(sinks.CountPerBundle(sinks.failure_count_key))
+    )
+    totals = (counted, failed) | beam.Flatten() | beam.CombinePerKey(sum)
+    assert_that(
+      totals,
+      equal_to(
+        [
+          ((sinks.COUNT_RECORDS, "", ""), 1000),
+          ((sinks.COUNT_FAILED, "read", "FileTooLarge"), 1),
+          ((sinks.COUNT_FAILED, "validate", "CorruptHeader"), 2),
+        ]
+      ),
+    )
