@@ -1,10 +1,13 @@
-"""bench/gpu_check.sh, the script a session lent a GPU runs: its syntax, and its CPU fallback end
-to end on a few generated photos (the forward pass, the null model, segbeam run, the table)."""
+"""The bench scripts, each run on a few photos: bench/gpu_check.sh (the script a session lent a
+GPU runs: its syntax, and its CPU fallback end to end), large_photos.py, stage_costs.py,
+compare_runs.py and dataflow_cost.py. Their figures are BENCHMARKS.md's, not asserted here."""
 
 import io
 import os
 import subprocess
 import sys
+
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "bench", "gpu_check.sh")
@@ -127,3 +130,39 @@ def test_compare_runs_tells_identical_from_different(tmp_path):
   assert other.returncode == 1, other.stdout
   assert "segments.mask_png: differs in 1 rows (1 decode to different masks)" in other.stdout
   assert "segments.mean_confidence: differs in 1 rows" in other.stdout
+
+
+def test_dataflow_cost_prices_each_worker():
+  out = subprocess.run(
+    [
+      sys.executable,
+      os.path.join(ROOT, "bench", "dataflow_cost.py"),
+      "--cpu-ms",
+      "5",
+      "--gil-ms",
+      "2",
+      "--cpu-model-ms",
+      "20",
+      "--gpu-img-s",
+      '{"T4": 100}',
+    ],
+    cwd=ROOT,
+    check=True,
+    capture_output=True,
+    text=True,
+  ).stdout
+  gflop = float(out.split("forward pass: ")[1].split(" GFLOP")[0])
+  assert 0.5 < gflop < 3, out  # the tutorial U-Net at 128x128
+  rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in out.splitlines()[-5:]}
+  l4, t4, cpu = (
+    rows["g2-standard-4 + L4"],
+    rows["n1-standard-4 + T4"],
+    rows["n1-standard-4, model on CPU"],
+  )
+  assert l4[2].endswith("(est.)") and l4[5] == "500"  # the GIL's bound: 1000 / 2 ms
+  assert t4[2] == "100" and t4[5] == "100"  # a measured GPU rate is used as given
+  assert cpu[5] == "200"  # 4 vCPUs at 20 ms per image
+  mps = rows["g2-standard-8 + L4, MPS"]
+  assert mps[4] == "4,000" and mps[5] == "1,600"  # a GIL per vCPU; then 8 vCPUs at 5 ms
+  # USD per million = USD per hour / (images per second * 3600) * 1e6
+  assert float(t4[6].rstrip(" |")) == pytest.approx(float(t4[1]) / (100 * 3600) * 1e6, rel=0.01)
