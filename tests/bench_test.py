@@ -166,3 +166,26 @@ def test_dataflow_cost_prices_each_worker():
   assert mps[4] == "4,000" and mps[5] == "1,600"  # a GIL per vCPU; then 8 vCPUs at 5 ms
   # USD per million = USD per hour / (images per second * 3600) * 1e6
   assert float(t4[6].rstrip(" |")) == pytest.approx(float(t4[1]) / (100 * 3600) * 1e6, rel=0.01)
+
+
+def test_scale_prints_each_size_and_layout():
+  out = subprocess.run(
+    [sys.executable, os.path.join(ROOT, "bench", "scale.py"), "--sizes", "30,60"],
+    cwd=ROOT,
+    check=True,
+    capture_output=True,
+    text=True,
+  ).stdout
+  rows = [
+    line.split(" | ") for line in out.splitlines() if line.startswith("| ") and "---" not in line
+  ]
+  assert [(r[0][2:], r[1]) for r in rows[1:]] == [
+    ("files", "30"),
+    ("shards", "30"),
+    ("files", "60"),
+    ("shards", "60"),
+  ]
+  for row in rows[1:]:
+    assert row[6].startswith("2 files"), row  # a segments and an errors file
+    assert row[7].rstrip(" |").endswith(" s"), row  # the manifest step's time, from its log line
+  assert "shards: 60 / 30 inputs: wall per input" in out
