@@ -167,8 +167,10 @@ class MakeRows(beam.DoFn):
     window=beam.DoFn.WindowParam,
     label_paths=None,
   ) -> Iterator:
+    # The side input is read here, on the bundle's thread, where Beam serves its lookups.
+    labels = self._label_paths_of(element[0], label_paths)
     yield from self._emit(
-      self._queue.submit(self._segment_in_window, element, label_paths, timestamp, window)
+      self._queue.submit(self._segment_in_window, element, labels, timestamp, window)
     )
 
   def finish_bundle(self) -> Iterator:
@@ -187,11 +189,19 @@ class MakeRows(beam.DoFn):
         self._report_progress()
         yield output
 
-  def _segment_in_window(self, element, label_paths, timestamp, window):
-    failed, value = self._segment(element, label_paths)
+  def _segment_in_window(self, element, labels, timestamp, window):
+    failed, value = self._segment(element, labels)
     return failed, WindowedValue(value, timestamp, (window,))
 
-  def _segment(self, element: tuple[elements.ImageInfo, Any], label_paths) -> tuple[bool, Any]:
+  @staticmethod
+  def _label_paths_of(info: elements.ImageInfo, label_paths) -> list[str]:
+    """The label files matched to this image by id (`label_paths`: a multimap side input from
+    label key to paths), when its input carries no label itself."""
+    if info.label is not None or label_paths is None:
+      return []
+    return sorted(label_paths[label_key(info.image_id)])
+
+  def _segment(self, element: tuple[elements.ImageInfo, Any], labels) -> tuple[bool, Any]:
     """(failed?, a segments row or a Failure) for one image; runs on a background thread."""
     info, inference_result = element
     try:
@@ -208,7 +218,7 @@ class MakeRows(beam.DoFn):
         inference_result.error_type,
         inference_result.message,
       )
-    label, label_error = self._label(info, label_paths)
+    label, label_error = self._label(info, labels)
     try:
       return False, segments_row(
         info, inference.outputs_as_arrays(inference_result), self._context, label, label_error
@@ -219,14 +229,15 @@ class MakeRows(beam.DoFn):
       )
 
   @staticmethod
-  def _label(info: elements.ImageInfo, label_paths) -> tuple[Optional[bytes], Optional[str]]:
-    """(ground truth bytes or None, why an existing label could not be read or None): carried
-    in the image's tf.Example, else a label file matched by id."""
-    if info.label is not None or not label_paths:
+  def _label(info: elements.ImageInfo, paths: list[str]) -> tuple[Optional[bytes], Optional[str]]:
+    """(ground truth bytes or None, why an existing label could not be used or None): carried
+    in the image's tf.Example, else the one label file matched by id (`paths`)."""
+    if info.label is not None or not paths:
       return info.label, None
-    path = label_paths.get(label_key(info.image_id))
-    if path is None:
-      return None, None
+    if len(paths) > 1:  # 'felix.png' and 'felix.jpg' for 'felix.jpg': which one is meant?
+      shown = ", ".join(paths[:3]) + (", ..." if len(paths) > 3 else "")
+      return None, f"{len(paths)} label files match this image: {shown}"[:300]
+    (path,) = paths
     try:
       with FileSystems.open(path) as f:
         return f.read(), None

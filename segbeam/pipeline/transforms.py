@@ -170,7 +170,9 @@ class SegmentImages(beam.PTransform):
     label_paths = None
     if self._ground_truth:
       root = sources.pattern_root(self._ground_truth)
-      label_paths = beam.pvalue.AsDict(
+      # Looked up label by label: a worker fetches the keys it asks for instead of holding
+      # every label path of the run in memory (as --skip-existing's ids).
+      label_paths = beam.pvalue.AsMultiMap(
         image_records.pipeline
         | "MatchLabels" >> fileio.MatchFiles(self._ground_truth)
         | "LabelKeys" >> beam.Map(_label_entry, root)

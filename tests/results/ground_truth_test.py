@@ -73,13 +73,15 @@ def test_rows_without_a_label_have_null_ground_truth(tiny_export, pet_folder, tm
   partial.mkdir()
   os.symlink(os.path.join(masks, "pet_000.png"), partial / "pet_000.png")
   (partial / "pet_001.png").write_bytes(b"broken label")
+  for name in ("pet_003.png", "pet_003.tif"):  # two labels for one image: which one?
+    os.symlink(os.path.join(masks, "pet_003.png"), partial / name)
   output = str(tmp_path / "out")
   _run(
     [
       "--input",
       images + "/*.jpg",
       "--ground-truth",
-      str(partial / "*.png"),
+      str(partial / "*"),
       "--output",
       output,
       "--model",
@@ -93,6 +95,8 @@ def test_rows_without_a_label_have_null_ground_truth(tiny_export, pet_folder, tm
   assert rows["pet_001.jpg"]["gt_pixels"] is None
   assert "UnidentifiedImageError" in rows["pet_001.jpg"]["gt_error"]
   assert rows["pet_002.jpg"]["gt_pixels"] is None and rows["pet_002.jpg"]["gt_error"] is None
+  assert rows["pet_003.jpg"]["gt_pixels"] is None
+  assert rows["pet_003.jpg"]["gt_error"].startswith("2 label files match this image: ")
   row = rows["pet_000.jpg"]
   assert row["gt_correct"] == sum(
     row[f"gt_intersection_{c}"] for c in ("pet", "background", "border")
