@@ -93,7 +93,7 @@ def _enlarged_class_mask(probabilities: np.ndarray, height: int, width: int):
   agree[:, :-1] = winner[:, :-1] == winner[:, 1:]
   agree[:-1, :] &= winner[:-1, :] == winner[1:, :]
   agree[:-1, :-1] &= winner[:-1, :-1] == winner[1:, 1:]
-  cell_class = winner
+  cell_class = winner  # in place: the winners are not needed again
   cell_class[~agree] = 255
 
   rows_low, rows_high, rows_weight = _sample_positions(height, source_height)
