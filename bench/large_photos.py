@@ -29,9 +29,7 @@ import glob
 import json
 import math
 import os
-import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 
@@ -163,11 +161,7 @@ def main(argv=None) -> int:
       problems += [f"{label}: {p}" for p in found]
       runs[(model, size)] = Run(label, timing, totals[size], segmented, failed)
       shutil.rmtree(output, ignore_errors=True)
-  cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-  model_name = next(
-    (line.split(":", 1)[1].strip() for line in cpu.splitlines() if line.startswith("Model name")),
-    platform.processor(),
-  )
+  model_name = throughput.cpu_model()
   print(f"machine: {model_name}, {os.cpu_count()} cores; batch size {args.batch_size}")
   print(
     f"photos: {images}, original {totals['original'] / images:.2f} MP each, large "

@@ -41,7 +41,6 @@ import io
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 import zlib
@@ -52,6 +51,9 @@ from PIL import Image
 from PIL import features
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import throughput  # noqa: E402  # the CPU's name
+
 from segbeam.pipeline import mask_png  # noqa: E402
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -204,18 +206,7 @@ def report(name: str, masks: list[np.ndarray], rounds: int, reps: int) -> None:
 
 
 def machine() -> str:
-  try:
-    lines = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    model = next(
-      (
-        line.split(":", 1)[1].strip()
-        for line in lines.splitlines()
-        if line.startswith("Model name")
-      ),
-      platform.processor(),
-    )
-  except (OSError, subprocess.CalledProcessError):
-    model = platform.processor()
+  model = throughput.cpu_model()
   affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else "?"
   return f"{model}, {os.cpu_count()} CPUs ({affinity} usable)"
 

@@ -27,8 +27,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import platform
-import subprocess
 import sys
 import tempfile
 
@@ -159,11 +157,7 @@ def main(argv=None) -> int:
   for count in (args.small, args.large):
     for name, run in variants.items():
       timings[(name, count)] = run(count)
-  cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-  model_name = next(
-    (line.split(":", 1)[1].strip() for line in cpu.splitlines() if line.startswith("Model name")),
-    platform.processor(),
-  )
+  model_name = throughput.cpu_model()
   model = f"model {export_dir}" if args.model else "null model: one 1x1 convolution"
   print(f"machine: {model_name}, {os.cpu_count()} cores; {model}")
   marginals = {

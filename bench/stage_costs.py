@@ -27,8 +27,6 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -134,11 +132,7 @@ def main(argv=None) -> int:
     range(i, min(i + args.batch_size, len(paths))) for i in range(0, len(paths), args.batch_size)
   ]
 
-  cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-  machine = next(
-    (line.split(":", 1)[1].strip() for line in cpu.splitlines() if line.startswith("Model name")),
-    platform.processor(),
-  )
+  machine = throughput.cpu_model()
   megapixels = 0.0
   print(f"machine: {machine}, {os.cpu_count()} cores; model {metadata.name}; {len(paths)} photos")
   print("\n| stage | CPU ms per image, all threads | calling thread (at most the GIL held) |")

@@ -33,6 +33,7 @@ import dataclasses
 import datetime
 import json
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -50,6 +51,19 @@ SHARED = os.path.join(
   "oxford-pets-sample",
   "images",
 )
+
+
+def cpu_model() -> str:
+  """The CPU's model name as lscpu gives it (platform.processor() where lscpu is missing): every
+  figure is recorded with its machine."""
+  try:
+    out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+  except (OSError, subprocess.CalledProcessError):
+    return platform.processor()
+  return next(
+    (line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")),
+    platform.processor(),
+  )
 
 
 def make_inputs(source_dir: str, count: int, target: str) -> list[str]:

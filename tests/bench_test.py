@@ -13,6 +13,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "bench", "gpu_check.sh")
 
 
+def _bench(script: str, *args: str) -> str:
+  """bench/`script` run with these arguments; its standard output (it must exit 0)."""
+  return subprocess.run(
+    [sys.executable, os.path.join(ROOT, "bench", script), *args],
+    cwd=ROOT,
+    check=True,
+    capture_output=True,
+    text=True,
+  ).stdout
+
+
 def test_gpu_check_parses():
   subprocess.run(["bash", "-n", SCRIPT], check=True)
 
@@ -47,22 +58,7 @@ def test_large_photos_runs_both_sizes(pet_folder, tmp_path):
   for name in sorted(os.listdir(images))[:3]:
     os.symlink(os.path.join(images, name), photos / name)
   (photos / "notes.txt").write_text("not an image")  # skipped
-  out = subprocess.run(
-    [
-      sys.executable,
-      os.path.join(ROOT, "bench", "large_photos.py"),
-      "--images",
-      "3",
-      "--megapixels",
-      "1",
-      "--photos",
-      str(photos),
-    ],
-    cwd=ROOT,
-    check=True,
-    capture_output=True,
-    text=True,
-  ).stdout
+  out = _bench("large_photos.py", "--images", "3", "--megapixels", "1", "--photos", str(photos))
   for size in ("original", "large"):
     (row,) = [r for r in out.splitlines() if r.startswith(f"default, {size} ")]
     assert "3/3 segmented, 0 failed" in row, row
@@ -71,24 +67,17 @@ def test_large_photos_runs_both_sizes(pet_folder, tmp_path):
 
 def test_stage_costs_prints_every_stage(pet_folder):
   images, _, _ = pet_folder
-  out = subprocess.run(
-    [
-      sys.executable,
-      os.path.join(ROOT, "bench", "stage_costs.py"),
-      "--images",
-      "4",
-      "--batch-size",
-      "2",
-      "--beam-elements",
-      "200",
-      "--photos",
-      images,
-    ],
-    cwd=ROOT,
-    check=True,
-    capture_output=True,
-    text=True,
-  ).stdout
+  out = _bench(
+    "stage_costs.py",
+    "--images",
+    "4",
+    "--batch-size",
+    "2",
+    "--beam-elements",
+    "200",
+    "--photos",
+    images,
+  )
   stages = [line.split(" | ")[0][2:] for line in out.splitlines() if line.startswith("| ")]
   for stage in ("read", "validate", "graph: decode", "mask at the original size", "mask PNG"):
     assert any(s.startswith(stage) for s in stages), stages
@@ -133,24 +122,17 @@ def test_compare_runs_tells_identical_from_different(tmp_path):
 
 
 def test_dataflow_cost_prices_each_worker():
-  out = subprocess.run(
-    [
-      sys.executable,
-      os.path.join(ROOT, "bench", "dataflow_cost.py"),
-      "--cpu-ms",
-      "5",
-      "--gil-ms",
-      "2",
-      "--cpu-model-ms",
-      "20",
-      "--gpu-img-s",
-      '{"T4": 100}',
-    ],
-    cwd=ROOT,
-    check=True,
-    capture_output=True,
-    text=True,
-  ).stdout
+  out = _bench(
+    "dataflow_cost.py",
+    "--cpu-ms",
+    "5",
+    "--gil-ms",
+    "2",
+    "--cpu-model-ms",
+    "20",
+    "--gpu-img-s",
+    '{"T4": 100}',
+  )
   gflop = float(out.split("forward pass: ")[1].split(" GFLOP")[0])
   assert 0.5 < gflop < 3, out  # the tutorial U-Net at 128x128
   rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in out.splitlines()[-5:]}
@@ -169,13 +151,7 @@ def test_dataflow_cost_prices_each_worker():
 
 
 def test_scale_prints_each_size_and_layout():
-  out = subprocess.run(
-    [sys.executable, os.path.join(ROOT, "bench", "scale.py"), "--sizes", "30,60"],
-    cwd=ROOT,
-    check=True,
-    capture_output=True,
-    text=True,
-  ).stdout
+  out = _bench("scale.py", "--sizes", "30,60")
   rows = [
     line.split(" | ") for line in out.splitlines() if line.startswith("| ") and "---" not in line
   ]
