@@ -68,6 +68,12 @@ def _argmax_planes(planes) -> tuple[np.ndarray, np.ndarray]:
   return winner, best
 
 
+# From this many output rows per source row on (photos of a few MP and up), boundary pixels are
+# mixed a source row at a time (`_mix_boundary_by_source_row`): fewer gathers per pixel, a
+# few numpy calls more per row. BENCHMARKS.md has the crossover.
+_ROWS_PER_SOURCE_ROW_FOR_BLOCKS = 12
+
+
 def _enlarged_class_mask(probabilities: np.ndarray, height: int, width: int):
   """Exactly the argmax of the bilinearly enlarged probabilities, computed only where needed.
 
@@ -96,38 +102,83 @@ def _enlarged_class_mask(probabilities: np.ndarray, height: int, width: int):
   cell_class = winner  # in place: the winners are not needed again
   cell_class[~agree] = 255
 
-  rows_low, rows_high, rows_weight = _sample_positions(height, source_height)
-  cols_low, cols_high, cols_weight = _sample_positions(width, source_width)
+  rows = _sample_positions(height, source_height)
+  cols = _sample_positions(width, source_width)
   # Columns first: the second gather then copies whole rows.
-  mask = np.take(np.take(cell_class, cols_low, axis=1), rows_low, axis=0)
+  cell_columns = np.take(cell_class, cols[0], axis=1)
+  mask = np.take(cell_columns, rows[0], axis=0)
 
-  row_mass = np.bincount(rows_low, 1 - rows_weight, source_height) + np.bincount(
-    rows_high, rows_weight, source_height
+  row_mass = np.bincount(rows[0], 1 - rows[2], source_height) + np.bincount(
+    rows[1], rows[2], source_height
   )
-  col_mass = np.bincount(cols_low, 1 - cols_weight, source_width) + np.bincount(
-    cols_high, cols_weight, source_width
+  col_mass = np.bincount(cols[0], 1 - cols[2], source_width) + np.bincount(
+    cols[1], cols[2], source_width
   )
   confidence_sum = float(row_mass @ top.astype(np.float64) @ col_mass)
+  if height >= _ROWS_PER_SOURCE_ROW_FOR_BLOCKS * source_height:
+    correction = _mix_boundary_by_source_row(mask, cell_columns, planes, rows, cols)
+  else:
+    correction = _mix_boundary_pixels(mask, planes, source_width, rows, cols)
+  return mask, (confidence_sum + correction) / (height * width)
 
+
+def _mix_boundary_pixels(mask, planes, source_width: int, rows, cols) -> float:
+  """Sets every boundary pixel (255) of `mask` to its class, the planes mixed pixel by pixel;
+  returns the confidence sum's correction there. `rows`, `cols`: `_sample_positions`."""
+  rows_low, rows_high, rows_weight = rows
+  cols_low, cols_high, cols_weight = cols
   flat_mask = mask.reshape(-1)
   boundary = np.flatnonzero(flat_mask == 255)
-  if boundary.size:
-    rows, cols = np.divmod(boundary, width)
-    row_weight, col_weight = rows_weight[rows], cols_weight[cols]
-    top_row = rows_low[rows] * source_width
-    bottom_row = rows_high[rows] * source_width
-    left, right = cols_low[cols], cols_high[cols]
-    # Every plane at once, term by term in the order of a scalar bilinear sum.
-    mixed = (1 - row_weight) * (1 - col_weight) * np.take(planes, top_row + left, axis=1)
-    mixed += (1 - row_weight) * col_weight * np.take(planes, top_row + right, axis=1)
-    mixed += row_weight * (1 - col_weight) * np.take(planes, bottom_row + left, axis=1)
-    mixed += row_weight * col_weight * np.take(planes, bottom_row + right, axis=1)
-    boundary_class, boundary_top = _argmax_planes(mixed[:num_classes])
-    flat_mask[boundary] = boundary_class
-    confidence_sum += float(
-      boundary_top.sum(dtype=np.float64) - mixed[num_classes].sum(dtype=np.float64)
-    )
-  return mask, confidence_sum / (height * width)
+  if not boundary.size:
+    return 0.0
+  y, x = np.divmod(boundary, mask.shape[1])
+  row_weight, col_weight = rows_weight[y], cols_weight[x]
+  top_row = rows_low[y] * source_width
+  bottom_row = rows_high[y] * source_width
+  left, right = cols_low[x], cols_high[x]
+  # Every plane at once, term by term in the order of a scalar bilinear sum.
+  mixed = (1 - row_weight) * (1 - col_weight) * np.take(planes, top_row + left, axis=1)
+  mixed += (1 - row_weight) * col_weight * np.take(planes, top_row + right, axis=1)
+  mixed += row_weight * (1 - col_weight) * np.take(planes, bottom_row + left, axis=1)
+  mixed += row_weight * col_weight * np.take(planes, bottom_row + right, axis=1)
+  boundary_class, boundary_top = _argmax_planes(mixed[:-1])
+  flat_mask[boundary] = boundary_class
+  return float(boundary_top.sum(dtype=np.float64) - mixed[-1].sum(dtype=np.float64))
+
+
+def _mix_boundary_by_source_row(mask, cell_columns, planes, rows, cols) -> float:
+  """As `_mix_boundary_pixels`, a source row at a time: the output rows a source row covers
+  (contiguous) by its boundary columns, whose four source pixels are the same in every one of
+  those rows, so they are gathered once per column instead of once per pixel. The same float32
+  operations per pixel in the same order, and the confidence terms summed in the same
+  (row-major) order: the same mask and confidence, bit for bit."""
+  rows_low, rows_high, rows_weight = rows
+  cols_low, cols_high, cols_weight = cols
+  source_width = planes.shape[1] // cell_columns.shape[0]
+  boundary_columns = cell_columns == 255
+  first_rows = np.searchsorted(rows_low, np.arange(cell_columns.shape[0] + 1))
+  rows_a, cols_a = 1 - rows_weight, 1 - cols_weight
+  tops, mixed_tops = [], []
+  for source_row in np.flatnonzero(boundary_columns.any(axis=1)):
+    y0, y1 = first_rows[source_row], first_rows[source_row + 1]
+    x = np.flatnonzero(boundary_columns[source_row])
+    top_row, bottom_row = source_row * source_width, rows_high[y0] * source_width
+    left, right = cols_low[x], cols_high[x]
+    row_a, row_b = rows_a[y0:y1, None], rows_weight[y0:y1, None]
+    col_a, col_b = cols_a[x], cols_weight[x]
+    mixed = (row_a * col_a) * np.take(planes, top_row + left, axis=1)[:, None, :]
+    mixed += (row_a * col_b) * np.take(planes, top_row + right, axis=1)[:, None, :]
+    mixed += (row_b * col_a) * np.take(planes, bottom_row + left, axis=1)[:, None, :]
+    mixed += (row_b * col_b) * np.take(planes, bottom_row + right, axis=1)[:, None, :]
+    boundary_class, boundary_top = _argmax_planes(mixed[:-1])
+    mask[y0:y1, x] = boundary_class
+    tops.append(boundary_top.reshape(-1))
+    mixed_tops.append(mixed[-1].reshape(-1))
+  if not tops:
+    return 0.0
+  return float(
+    np.concatenate(tops).sum(dtype=np.float64) - np.concatenate(mixed_tops).sum(dtype=np.float64)
+  )
 
 
 def _shrunk_class_mask(probabilities: np.ndarray, height: int, width: int):

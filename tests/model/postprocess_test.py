@@ -101,3 +101,17 @@ def test_class_pixel_counts_match_bincount(num_classes):
   counts = postprocess.class_pixel_counts(mask, num_classes)
   np.testing.assert_array_equal(counts, np.bincount(mask.reshape(-1), minlength=num_classes))
   assert counts.dtype == np.int64 and counts.sum() == mask.size
+
+
+@pytest.mark.parametrize("target", [(128, 128), (130, 700), (375, 500), (1600, 1200), (3000, 129)])
+@pytest.mark.parametrize("num_classes", [2, 3, 5])
+def test_boundaries_mixed_by_source_row_equal_pixel_by_pixel_bit_for_bit(
+  target, num_classes, monkeypatch
+):
+  probabilities = _smooth_probabilities((128, 128), num_classes, seed=7 + num_classes)
+  monkeypatch.setattr(postprocess, "_ROWS_PER_SOURCE_ROW_FOR_BLOCKS", 10**9)
+  by_pixel, by_pixel_confidence = postprocess.class_mask(probabilities, *target)
+  monkeypatch.setattr(postprocess, "_ROWS_PER_SOURCE_ROW_FOR_BLOCKS", 1)
+  by_row, by_row_confidence = postprocess.class_mask(probabilities, *target)
+  np.testing.assert_array_equal(by_row, by_pixel)
+  assert by_row_confidence == by_pixel_confidence  # the same sums in the same order
