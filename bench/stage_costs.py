@@ -41,7 +41,6 @@ class Stages:
 
   def __init__(self, images: int):
     self.images = images
-    self.rows: list[tuple[str, float, float]] = []
 
   def time(self, name: str, work: Callable[[], object]) -> object:
     cpu, thread = time.process_time(), time.thread_time()
@@ -51,7 +50,6 @@ class Stages:
     return result
 
   def add(self, name: str, cpu_ms: float, thread_ms: float) -> None:
-    self.rows.append((name, cpu_ms, thread_ms))
     print(f"| {name} | {cpu_ms:.3f} | {thread_ms:.3f} |", flush=True)
 
 
@@ -133,7 +131,6 @@ def main(argv=None) -> int:
   ]
 
   machine = throughput.cpu_model()
-  megapixels = 0.0
   print(f"machine: {machine}, {os.cpu_count()} cores; model {metadata.name}; {len(paths)} photos")
   print("\n| stage | CPU ms per image, all threads | calling thread (at most the GIL held) |")
   print("| --- | --- | --- |")
