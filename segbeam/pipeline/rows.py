@@ -167,7 +167,6 @@ class MakeRows(beam.DoFn):
     window=beam.DoFn.WindowParam,
     label_paths=None,
   ) -> Iterator:
-    # The side input is read here, on the bundle's thread, where Beam serves its lookups.
     labels = self._label_paths_of(element[0], label_paths)
     yield from self._emit(
       self._queue.submit(self._segment_in_window, element, labels, timestamp, window)
@@ -195,11 +194,11 @@ class MakeRows(beam.DoFn):
 
   @staticmethod
   def _label_paths_of(info: elements.ImageInfo, label_paths) -> list[str]:
-    """The label files matched to this image by id (`label_paths`: a multimap side input from
-    label key to paths), when its input carries no label itself."""
-    if info.label is not None or label_paths is None:
+    """The label files matched to this image by id (`label_paths`: label key -> sorted
+    paths), when its input carries no label itself."""
+    if info.label is not None or not label_paths:
       return []
-    return sorted(label_paths[label_key(info.image_id)])
+    return list(label_paths.get(label_key(info.image_id), ()))
 
   def _segment(self, element: tuple[elements.ImageInfo, Any], labels) -> tuple[bool, Any]:
     """(failed?, a segments row or a Failure) for one image; runs on a background thread."""

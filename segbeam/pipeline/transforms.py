@@ -66,6 +66,10 @@ def _label_entry(metadata, root: str) -> tuple[str, str]:
   return rows_lib.label_key(sources.relative_id(metadata.path, root)), metadata.path
 
 
+def _sorted_paths(key: str, paths) -> tuple[str, list[str]]:
+  return key, sorted(paths)
+
+
 class Segmented(typing.NamedTuple):
   """What `SegmentImages` returns: one segments row (a dict, `schema.segments_schema`) or one
   `elements.Failure` per input record."""
@@ -170,12 +174,15 @@ class SegmentImages(beam.PTransform):
     label_paths = None
     if self._ground_truth:
       root = sources.pattern_root(self._ground_truth)
-      # Looked up label by label: a worker fetches the keys it asks for instead of holding
-      # every label path of the run in memory (as --skip-existing's ids).
-      label_paths = beam.pvalue.AsMultiMap(
+      # Every label file of an id, so that two for one image are an error, not a silent pick.
+      # A dict side input: a multimap looked up image by image cost 2.3 ms of CPU per image
+      # on the local runner (BENCHMARKS.md, "Scale").
+      label_paths = beam.pvalue.AsDict(
         image_records.pipeline
         | "MatchLabels" >> fileio.MatchFiles(self._ground_truth)
         | "LabelKeys" >> beam.Map(_label_entry, root)
+        | "LabelsById" >> beam.GroupByKey()
+        | "SortPaths" >> beam.MapTuple(_sorted_paths)
       )
     segmented = predictions | "Segment" >> beam.ParDo(
       rows_lib.MakeRows(
