@@ -257,9 +257,9 @@ class WriteOutput(beam.PTransform):
 
   Every count comes from one combine summing `sinks.CountKey`s' partial counts per bundle
   (`sinks.CountPerBundle`; Beam expands each combine into a handful of transforms, and each
-  transform costs start-up time). The manifest is written
-  last, once both Parquet sinks have finalized, their files' rows are counted and every count
-  is in; it checks that they add up (`sinks.build_manifest`).
+  transform costs start-up time). The manifest is written last, once both Parquet sinks have
+  finalized, their files' rows are counted and every count is in; it checks that they add up
+  (`sinks.build_manifest`).
   """
 
   def __init__(
