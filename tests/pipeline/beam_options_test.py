@@ -11,6 +11,21 @@ from segbeam.pipeline import beam_options
 from segbeam.pipeline import options as options_lib
 from segbeam.pipeline import submit
 
+# A whole `segbeam submit` command line, built offline (--dry-run).
+SUBMIT_DRY_RUN = [
+  "--dry-run",
+  "--project",
+  "my-project-123",
+  "--temp-location",
+  "gs://my-bucket/tmp",
+  "--image",
+  "img",
+  "--input",
+  "gs://my-bucket/in/*",
+  "--output",
+  "gs://my-bucket/out",
+]
+
 # segbeam submit takes these Beam options over under Beam's own spelling (with its dashed
 # twin), so they reach Beam once, from the values segbeam submit checked.
 SUBMIT_TAKES_OVER = {
@@ -110,21 +125,7 @@ def test_a_ground_truth_glob_given_as_labels_is_refused():
 def test_unknown_options_exit_2_in_one_line(command, tmp_path, capsys):
   argv = ["--input", str(tmp_path / "*.jpg"), "--output", str(tmp_path / "out"), "--tile", "auto"]
   if command == "submit":
-    argv = [
-      "--dry-run",
-      "--project",
-      "my-project-123",
-      "--temp-location",
-      "gs://my-bucket/tmp",
-      "--image",
-      "img",
-      "--input",
-      "gs://my-bucket/in/*",
-      "--output",
-      "gs://my-bucket/out",
-      "--gpu-typ",
-      "nvidia-l4",
-    ]
+    argv = [*SUBMIT_DRY_RUN, "--gpu-typ", "nvidia-l4"]
   assert cli.main([command, *argv]) == 2
   err = capsys.readouterr().err
   assert err.count("\n") == 1 and f"segbeam {command}: unknown option" in err
@@ -138,17 +139,7 @@ def test_job_labels_reach_the_dataflow_job(capsys):
     cli.main(
       [
         "submit",
-        "--dry-run",
-        "--project",
-        "my-project-123",
-        "--temp-location",
-        "gs://my-bucket/tmp",
-        "--image",
-        "img",
-        "--input",
-        "gs://my-bucket/in/*",
-        "--output",
-        "gs://my-bucket/out",
+        *SUBMIT_DRY_RUN,
         "--label",
         "team=vision",
         "--label",

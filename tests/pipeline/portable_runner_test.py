@@ -88,44 +88,31 @@ def portable_services(tmp_path_factory):
   try:
     job_port, pool_port = _free_port(), _free_port()
     job_log, pool_log = str(logs / "job_service.log"), str(logs / "worker_pool.log")
-    with open(job_log, "wb") as out:
-      started.append(
-        (
-          subprocess.Popen(
-            [
-              sys.executable,
-              "-m",
-              "apache_beam.runners.portability.local_job_service_main",
-              f"--port={job_port}",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=REPO_ROOT,
-            start_new_session=True,
-          ),
-          signal.SIGTERM,
+
+    def start(module: str, port_flag: str, log: str, stop_signal: int) -> None:
+      with open(log, "wb") as out:
+        process = subprocess.Popen(
+          [sys.executable, "-m", module, port_flag],
+          stdout=out,
+          stderr=subprocess.STDOUT,
+          env=env,
+          cwd=REPO_ROOT,
+          start_new_session=True,
         )
-      )
-    with open(pool_log, "wb") as out:
-      started.append(
-        (
-          subprocess.Popen(
-            [
-              sys.executable,
-              "-m",
-              "apache_beam.runners.worker.worker_pool_main",
-              f"--service_port={pool_port}",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=REPO_ROOT,
-            start_new_session=True,
-          ),
-          signal.SIGINT,
-        )
-      )
+      started.append((process, stop_signal))
+
+    start(
+      "apache_beam.runners.portability.local_job_service_main",
+      f"--port={job_port}",
+      job_log,
+      signal.SIGTERM,
+    )
+    start(
+      "apache_beam.runners.worker.worker_pool_main",
+      f"--service_port={pool_port}",
+      pool_log,
+      signal.SIGINT,
+    )
     (job_service, _), (worker_pool, _) = started
     _wait_for_port(job_port, job_service, job_log, "Beam job service")
     _wait_for_port(pool_port, worker_pool, pool_log, "Beam worker pool")

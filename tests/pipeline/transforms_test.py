@@ -36,6 +36,11 @@ GOOD = {  # name -> (width, height, format, PIL mode)
 }
 
 
+def _add_run(pipeline, *argv: str):
+  """`segbeam run`'s whole run with these arguments added to `pipeline`; its manifest."""
+  return job.add_to(pipeline, options_lib.parse_args(list(argv))[0])
+
+
 @pytest.fixture()
 def mixed_folder(tmp_path):
   folder = tmp_path / "in"
@@ -67,21 +72,17 @@ def test_a_corrupt_image_fails_alone_and_everything_is_accounted_for(
   export_dir, metadata = tiny_export
   output = str(tmp_path / "out")
   p = TestPipeline()
-  manifest = job.add_to(
+  manifest = _add_run(
     p,
-    options_lib.parse_args(
-      [
-        "--input",
-        mixed_folder + "/*",
-        "--output",
-        output,
-        "--model",
-        export_dir,
-        "--batch-size",
-        "16",
-        "--mask-files",
-      ]
-    )[0],
+    "--input",
+    mixed_folder + "/*",
+    "--output",
+    output,
+    "--model",
+    export_dir,
+    "--batch-size",
+    "16",
+    "--mask-files",
   )
   assert_that(
     manifest | beam.Map(_counts), equal_to([(8, 6, 2, (("decode", 1), ("validate", 1)), True)])
@@ -128,20 +129,16 @@ def test_tfrecord_shards_end_to_end_and_duckdb_reads_the_output(tiny_export, pet
   pack.pack(images, prefix, masks_dir=masks, num_shards=3)
   output = str(tmp_path / "out")
   p = TestPipeline()
-  manifest = job.add_to(
+  manifest = _add_run(
     p,
-    options_lib.parse_args(
-      [
-        "--input",
-        prefix + "-*",
-        "--output",
-        output,
-        "--model",
-        export_dir,
-        "--inference-handler",
-        "saved-model",
-      ]
-    )[0],
+    "--input",
+    prefix + "-*",
+    "--output",
+    output,
+    "--model",
+    export_dir,
+    "--inference-handler",
+    "saved-model",
   )
   assert_that(manifest | beam.Map(_counts), equal_to([(6, 6, 0, (), True)]))
   p.run().wait_until_finish()
@@ -173,20 +170,16 @@ def test_the_same_input_twice_gives_the_same_rows(tiny_export, pet_folder, tmp_p
   for attempt, batch_size in enumerate(("4", "3")):
     output = str(tmp_path / f"out{attempt}")
     p = TestPipeline()
-    job.add_to(
+    _add_run(
       p,
-      options_lib.parse_args(
-        [
-          "--input",
-          str(folder / "*"),
-          "--output",
-          output,
-          "--model",
-          tiny_export[0],
-          "--batch-size",
-          batch_size,
-        ]
-      )[0],
+      "--input",
+      str(folder / "*"),
+      "--output",
+      output,
+      "--model",
+      tiny_export[0],
+      "--batch-size",
+      batch_size,
     )
     p.run().wait_until_finish()
     manifests.append(accounting.assert_accounted_for(output, inputs_seen=10))
@@ -239,20 +232,16 @@ def test_memory_is_bounded_by_the_batch_not_by_the_image_count(tiny_export, tmp_
         (folder / f"img_{index:03d}.png").write_bytes(png + rng.bytes(padding))
       output = str(tmp_path / f"out{count}")
       p = TestPipeline()
-      job.add_to(
+      _add_run(
         p,
-        options_lib.parse_args(
-          [
-            "--input",
-            str(folder / "*.png"),
-            "--output",
-            output,
-            "--model",
-            tiny_export[0],
-            "--batch-size",
-            "4",
-          ]
-        )[0],
+        "--input",
+        str(folder / "*.png"),
+        "--output",
+        output,
+        "--model",
+        tiny_export[0],
+        "--batch-size",
+        "4",
       )
       try:
         p.run().wait_until_finish()
