@@ -102,17 +102,17 @@ def _enlarged_class_mask(probabilities: np.ndarray, height: int, width: int):
   cell_class = winner  # in place: the winners are not needed again
   cell_class[~agree] = 255
 
-  rows = _sample_positions(height, source_height)
-  cols = _sample_positions(width, source_width)
+  rows = rows_low, rows_high, rows_weight = _sample_positions(height, source_height)
+  cols = cols_low, cols_high, cols_weight = _sample_positions(width, source_width)
   # Columns first: the second gather then copies whole rows.
-  cell_columns = np.take(cell_class, cols[0], axis=1)
-  mask = np.take(cell_columns, rows[0], axis=0)
+  cell_columns = np.take(cell_class, cols_low, axis=1)
+  mask = np.take(cell_columns, rows_low, axis=0)
 
-  row_mass = np.bincount(rows[0], 1 - rows[2], source_height) + np.bincount(
-    rows[1], rows[2], source_height
+  row_mass = np.bincount(rows_low, 1 - rows_weight, source_height) + np.bincount(
+    rows_high, rows_weight, source_height
   )
-  col_mass = np.bincount(cols[0], 1 - cols[2], source_width) + np.bincount(
-    cols[1], cols[2], source_width
+  col_mass = np.bincount(cols_low, 1 - cols_weight, source_width) + np.bincount(
+    cols_high, cols_weight, source_width
   )
   confidence_sum = float(row_mass @ top.astype(np.float64) @ col_mass)
   if height >= _ROWS_PER_SOURCE_ROW_FOR_BLOCKS * source_height:
