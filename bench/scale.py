@@ -121,21 +121,24 @@ class Result:
 
 def run(layout: str, size: int, work: str, model_dir: str, per_shard: int, hook_dir: str):
   data = os.path.join(work, f"{layout}-{size}")
+  extra = ["--overwrite"]
   if layout == "files":
     input_bytes = write_files(data, size)
-    args = ["--input", os.path.join(data, "images", "**", "*.png")]
-    args += ["--ground-truth", os.path.join(data, "labels", "**", "*.png")]
+    pattern = os.path.join("images", "**", "*.png")
+    extra += ["--ground-truth", os.path.join(data, "labels", "**", "*.png")]
   else:
     input_bytes = write_shards(data, size, per_shard)
-    args = ["--input", os.path.join(data, "*.tfrecord")]
+    pattern = "*.tfrecord"
   output = os.path.join(work, f"out-{layout}-{size}")
   log = os.path.join(work, f"{layout}-{size}.log")
   io_file = os.path.join(work, f"{layout}-{size}.io")
-  os.environ["SEGBEAM_BENCH_IO"] = io_file
-  os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [hook_dir, os.environ.get("PYTHONPATH")]))
-  argv = throughput.segbeam_run_argv(model_dir, data, output, 32, ["--overwrite"])
-  argv[argv.index("--input") : argv.index("--input") + 2] = []
-  timing = throughput.timed_subprocess([*argv, *args], log, size)
+  env = dict(
+    os.environ,
+    SEGBEAM_BENCH_IO=io_file,
+    PYTHONPATH=os.pathsep.join(filter(None, [hook_dir, os.environ.get("PYTHONPATH")])),
+  )
+  argv = throughput.segbeam_run_argv(model_dir, data, output, 32, extra, pattern=pattern)
+  timing = throughput.timed_subprocess(argv, log, size, env=env)
   with open(io_file) as f:
     rchar = int(dict(line.split(": ") for line in f.read().splitlines())["rchar"])
   files = glob.glob(os.path.join(output, "*", "*.parquet"))

@@ -40,7 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 SHARED = os.path.join(
   os.path.dirname(os.path.abspath(__file__)),
@@ -230,7 +230,9 @@ def _high_water_mb(pid: int) -> float:
   return 0.0
 
 
-def timed_subprocess(argv: list[str], log_path: str, images: int) -> Timing:
+def timed_subprocess(
+  argv: list[str], log_path: str, images: int, env: Optional[Mapping[str, str]] = None
+) -> Timing:
   """A child process over `images` images, start-up included.
 
   Its CPU time comes from wait4's rusage of that child alone. The peak is read from /proc
@@ -241,7 +243,7 @@ def timed_subprocess(argv: list[str], log_path: str, images: int) -> Timing:
   start = time.perf_counter()
   peak = 0.0
   with open(log_path, "w") as log:
-    process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
     while True:
       pid, status, usage = os.wait4(process.pid, os.WNOHANG)
       if pid:
@@ -256,15 +258,22 @@ def timed_subprocess(argv: list[str], log_path: str, images: int) -> Timing:
 
 
 def segbeam_run_argv(
-  model_dir: str, input_dir: str, output: str, batch_size: int, extra: Sequence[str] = ()
+  model_dir: str,
+  input_dir: str,
+  output: str,
+  batch_size: int,
+  extra: Sequence[str] = (),
+  *,
+  pattern: str = "*",
 ) -> list[str]:
-  """The `segbeam run` command over every file in `input_dir`, from this Python's venv."""
+  """The `segbeam run` command over the files `pattern` matches in `input_dir` (every one by
+  default), from this Python's venv."""
   segbeam = shutil.which("segbeam", path=os.path.dirname(sys.executable)) or "segbeam"
   return [
     segbeam,
     "run",
     "--input",
-    os.path.join(input_dir, "*"),
+    os.path.join(input_dir, pattern),
     "--output",
     output,
     "--model",
