@@ -201,7 +201,6 @@ class CountPerBundle(beam.DoFn):
   def finish_bundle(self) -> Iterator:
     for key, count in self._counts.items():
       yield window.GlobalWindows.windowed_value((key, count))
-    self._counts.clear()
 
 
 class WriteManifest(beam.DoFn):
