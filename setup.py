@@ -69,7 +69,7 @@ EXTRAS_REQUIRE = {
 
 setuptools.setup(
   name="segbeam",
-  version="0.1.0",
+  version="0.2.0",
   description="Batch image segmentation with a Keras U-Net on Apache Beam",
   python_requires=">=3.10",
   packages=setuptools.find_packages(include=["segbeam", "segbeam.*"]),

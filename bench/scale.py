@@ -8,9 +8,12 @@ peak RSS, bytes the run read per byte of input (the process's `rchar` from /proc
 exit by a `sitecustomize` hook; reading the model and Python's modules is in it, so the
 marginal figure between two sizes is the one to compare with 1.0), the output Parquet files
 (count, total and largest size) and the manifest step's time (from its log line). The last
-lines compare the largest size with the smallest: per-input time and peak RSS.
+lines compare the largest size with the smallest against issue 23's targets: per-input time
+and peak RSS within 1.2x, every input byte read once (1.0x, within 5%), and no output table
+split into files smaller than 10 MB. Each size's inputs and outputs are removed once measured
+(1,000,000 inputs as files are 2,000,000 files), unless --keep.
 
-  python bench/scale.py [--sizes 10000,50000,200000] [--layouts files,shards]
+  python bench/scale.py [--sizes 10000,50000,200000] [--layouts files,shards] [--keep]
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import glob
 import io
 import os
 import re
+import shutil
 import sys
 import tempfile
 from typing import Optional
@@ -107,6 +111,7 @@ class Result:
   parquet_bytes: int
   largest_file: int
   manifest_seconds: Optional[float]
+  small_table_splits: int  # output tables split into more than one file, one under 10 MB
 
   def line(self) -> str:
     t = self.timing
@@ -119,7 +124,22 @@ class Result:
     )
 
 
-def run(layout: str, size: int, work: str, model_dir: str, per_shard: int, hook_dir: str):
+SMALL_FILE_BYTES = 10_000_000
+
+
+def small_splits(output: str) -> int:
+  """How many of the output's tables are split into several files, one of them under 10 MB
+  (a table that small could be one file)."""
+  count = 0
+  for table in ("segments", "errors"):
+    sizes = [os.path.getsize(p) for p in glob.glob(os.path.join(output, table, "*.parquet"))]
+    count += len(sizes) > 1 and min(sizes) < SMALL_FILE_BYTES
+  return count
+
+
+def run(
+  layout: str, size: int, work: str, model_dir: str, per_shard: int, hook_dir: str, keep: bool
+):
   data = os.path.join(work, f"{layout}-{size}")
   extra = ["--overwrite"]
   if layout == "files":
@@ -145,6 +165,10 @@ def run(layout: str, size: int, work: str, model_dir: str, per_shard: int, hook_
   sizes = [os.path.getsize(p) for p in files]
   with open(log, errors="replace") as f:
     found = _MANIFEST_LINE.findall(f.read())
+  splits = small_splits(output)
+  if not keep:
+    shutil.rmtree(data)
+    shutil.rmtree(output)
   return Result(
     layout,
     size,
@@ -155,7 +179,12 @@ def run(layout: str, size: int, work: str, model_dir: str, per_shard: int, hook_
     sum(sizes),
     max(sizes, default=0),
     float(found[-1]) if found else None,
+    splits,
   )
+
+
+def _met(ok: bool) -> str:
+  return "target met" if ok else "TARGET MISSED"
 
 
 def main(argv=None) -> int:
@@ -163,6 +192,7 @@ def main(argv=None) -> int:
   parser.add_argument("--sizes", default="10000,50000,200000")
   parser.add_argument("--layouts", default="files,shards")
   parser.add_argument("--records-per-shard", type=int, default=5000)
+  parser.add_argument("--keep", action="store_true", help="keep each size's inputs and outputs")
   args = parser.parse_args(argv)
   sizes = [int(s) for s in args.sizes.split(",")]
   layouts = args.layouts.split(",")
@@ -181,18 +211,21 @@ def main(argv=None) -> int:
   results: dict[tuple[str, int], Result] = {}
   for size in sizes:
     for layout in layouts:
-      result = run(layout, size, work, model_dir, args.records_per_shard, hook_dir)
+      result = run(layout, size, work, model_dir, args.records_per_shard, hook_dir, args.keep)
       results[(layout, size)] = result
       print(result.line(), flush=True)
   small, large = min(sizes), max(sizes)
   for layout in layouts:
     a, b = results[(layout, small)], results[(layout, large)]
-    marginal_read = (b.rchar - a.rchar) / (b.input_bytes - a.input_bytes) if large > small else 0
+    wall = (b.timing.seconds / large) / (a.timing.seconds / small)
+    rss = b.timing.peak_rss_mb / a.timing.peak_rss_mb
+    read = (b.rchar - a.rchar) / (b.input_bytes - a.input_bytes) if large > small else 0.0
+    splits = sum(results[(layout, size)].small_table_splits for size in sizes)
     print(
-      f"{layout}: {large:,} / {small:,} inputs: wall per input "
-      f"{(b.timing.seconds / large) / (a.timing.seconds / small):.2f}x, peak RSS "
-      f"{b.timing.peak_rss_mb / a.timing.peak_rss_mb:.2f}x; bytes read per extra input byte "
-      f"{marginal_read:.2f}"
+      f"{layout}: {large:,} / {small:,} inputs: wall per input {wall:.2f}x ({_met(wall <= 1.2)}), "
+      f"peak RSS {rss:.2f}x ({_met(rss <= 1.2)}); bytes read per extra input byte {read:.2f} "
+      f"({_met(abs(read - 1.0) <= 0.05)}); tables split into files under 10 MB: {splits} "
+      f"({_met(splits == 0)})"
     )
   print(f"inputs, outputs and logs in {work}")
   return 0

@@ -165,3 +165,4 @@ def test_scale_prints_each_size_and_layout():
     assert row[6].startswith("2 files"), row  # a segments and an errors file
     assert row[7].rstrip(" |").endswith(" s"), row  # the manifest step's time, from its log line
   assert "shards: 60 / 30 inputs: wall per input" in out
+  assert "tables split into files under 10 MB: 0 (target met)" in out

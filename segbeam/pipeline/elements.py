@@ -27,16 +27,19 @@ class ImageRecord:
   """One input image as read.
 
   Attributes:
-    image_id: stable and unique within a run (see `sources`).
+    image_id: stable and unique within a run: the image's place in the input (see `sources`).
     source: where it came from: a file URI, or a shard URI with '#<record index>'.
     data: the encoded image bytes.
     label: encoded ground-truth mask bytes, when the input carries them.
+    filename: the image's own name, which may repeat: an image file's id, a tf.Example's
+      filename feature; None where there is none.
   """
 
   image_id: str
   source: str
   data: bytes
   label: Optional[bytes] = None
+  filename: Optional[str] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +52,7 @@ class ImageInfo:
     width, height: the size of the image as shown (after its EXIF orientation).
     label: as in `ImageRecord`.
     exif_orientation: the EXIF orientation applied (1 to 8); 1 when there is none.
+    filename: as in `ImageRecord`.
   """
 
   image_id: str
@@ -58,6 +62,7 @@ class ImageInfo:
   height: int
   label: Optional[bytes] = None
   exif_orientation: int = 1
+  filename: Optional[str] = None
 
 
 def one_line(error: BaseException, limit: Optional[int] = 1000) -> str:
@@ -74,9 +79,15 @@ class Failure:
   stage: str
   error_type: str
   message: str
+  filename: Optional[str] = None  # as in `ImageRecord`, where known
 
   @classmethod
   def from_exception(
-    cls, image_id: str, source: str, stage: str, error: BaseException
+    cls,
+    image_id: str,
+    source: str,
+    stage: str,
+    error: BaseException,
+    filename: Optional[str] = None,
   ) -> "Failure":
-    return cls(image_id, source, stage, type(error).__name__, one_line(error))
+    return cls(image_id, source, stage, type(error).__name__, one_line(error), filename)

@@ -6,11 +6,16 @@ with such an id are set aside right after reading, before validation: they are n
 or inferred, and the manifest counts them as `skipped_existing`. Images that failed before are
 in the errors table, not the segments one, so they are tried again; another model version
 skips nothing.
+
+Before segbeam 0.2.0 a tf.Example's id was its filename; its row's `source` ('<shard
+URI>#<index>') still gives the id it has now ('<shard>#<index>', relative to this run's
+pattern root), so such an output is matched by that id too.
 """
 
 from __future__ import annotations
 
 import posixpath
+import re
 from typing import Any, Iterator, Mapping, Sequence
 
 import apache_beam as beam
@@ -20,6 +25,7 @@ from apache_beam.io.filesystems import FileSystems
 from segbeam.pipeline import constants
 from segbeam.pipeline import elements
 from segbeam.pipeline import sinks
+from segbeam.pipeline import sources
 
 SKIPPED = "skipped"
 
@@ -46,8 +52,18 @@ def _same_model(row: Mapping[str, Any], model_version: str) -> bool:
   return row["model_version"] == model_version
 
 
-def _id_key(row: Mapping[str, Any]) -> tuple[str, None]:
-  return row["image_id"], None
+_RECORD_SOURCE = re.compile(r"^(.+)#(\d+)$")
+
+
+def _id_keys(row: Mapping[str, Any], root: str) -> Iterator[tuple[str, None]]:
+  """The ids an earlier row stands for: its own, and for a shard record written before ids
+  were places, the id its source gives relative to this run's `root`."""
+  yield row["image_id"], None
+  match = _RECORD_SOURCE.match(row["source"] or "")
+  if match:
+    place = f"{sources.relative_id(match[1], root)}#{match[2]}"
+    if place != row["image_id"]:
+      yield place, None
 
 
 class SkipSegmented(beam.DoFn):
@@ -71,21 +87,27 @@ class SkipExisting(beam.PTransform):
 
   The ids already segmented are a multimap side input, looked up id by id: a worker fetches
   and caches the keys it asks for instead of holding every earlier run's ids in memory.
+
+  Args:
+    previous_outputs: the earlier runs' output folders.
+    model_version: this run's model version; rows of other versions are not skipped.
+    root: this run's pattern root (`sources.pattern_root`), which ids are relative to.
   """
 
-  def __init__(self, previous_outputs: Sequence[str], model_version: str):
+  def __init__(self, previous_outputs: Sequence[str], model_version: str, root: str = ""):
     super().__init__()
     self._previous_outputs = list(previous_outputs)
     self._model_version = model_version
+    self._root = root
 
   def expand(self, image_records):
     segmented = (
       image_records.pipeline
       | "PreviousOutputs" >> beam.Create(self._previous_outputs)
       | "SegmentsFiles" >> beam.FlatMap(segment_files)
-      | "ReadIds" >> parquetio.ReadAllFromParquet(columns=["image_id", "model_version"])
+      | "ReadIds" >> parquetio.ReadAllFromParquet(columns=["image_id", "source", "model_version"])
       | "SameModel" >> beam.Filter(_same_model, self._model_version)
-      | "ById" >> beam.Map(_id_key)
+      | "ById" >> beam.FlatMap(_id_keys, self._root)
     )
     return image_records | "Skip" >> beam.ParDo(
       SkipSegmented(), beam.pvalue.AsMultiMap(segmented)

@@ -11,7 +11,6 @@ from typing import Any, Iterator, Optional
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.utils.windowed_value import WindowedValue
 
 from segbeam.model import contract
@@ -46,9 +45,9 @@ class RunContext:
     return schema.class_columns(self.class_names)
 
 
-def label_key(image_id: str) -> str:
-  """Labels match images by id without extension: 'cats/felix.jpg' <-> 'cats/felix.png'."""
-  return posixpath.splitext(image_id)[0]
+def label_key(name: str) -> str:
+  """Labels match images by name without extension: 'cats/felix.jpg' <-> 'cats/felix.png'."""
+  return posixpath.splitext(name)[0]
 
 
 def ground_truth_columns(
@@ -100,7 +99,6 @@ def segments_row(
   outputs: dict[str, np.ndarray],
   context: RunContext,
   label: Optional[bytes] = None,
-  label_error: Optional[str] = None,
 ) -> dict[str, Any]:
   height = int(outputs[contract.OUTPUT_HEIGHT])
   width = int(outputs[contract.OUTPUT_WIDTH])
@@ -112,6 +110,7 @@ def segments_row(
   row = {
     "image_id": info.image_id,
     "source": info.source,
+    "filename": info.filename,
     "format": info.format,
     "width": width,
     "height": height,
@@ -123,7 +122,7 @@ def segments_row(
   for suffix, count in zip(context.column_suffixes, pixels):
     row[f"pixels_{suffix}"] = int(count)
   row.update(dominant_class=context.class_names[int(np.argmax(pixels))], mean_confidence=confidence)
-  row.update(ground_truth_columns(mask, label, context, label_error))
+  row.update(ground_truth_columns(mask, label, context))
   row.update(
     model_name=context.model_name, model_version=context.model_version, run_id=context.run_id
   )
@@ -165,12 +164,8 @@ class MakeRows(beam.DoFn):
     element: tuple[elements.ImageInfo, Any],
     timestamp=beam.DoFn.TimestampParam,
     window=beam.DoFn.WindowParam,
-    label_paths=None,
   ) -> Iterator:
-    labels = self._label_paths_of(element[0], label_paths)
-    yield from self._emit(
-      self._queue.submit(self._segment_in_window, element, labels, timestamp, window)
-    )
+    yield from self._emit(self._queue.submit(self._segment_in_window, element, timestamp, window))
 
   def finish_bundle(self) -> Iterator:
     yield from self._emit(self._queue.drain())
@@ -188,26 +183,18 @@ class MakeRows(beam.DoFn):
         self._report_progress()
         yield output
 
-  def _segment_in_window(self, element, labels, timestamp, window):
-    failed, value = self._segment(element, labels)
+  def _segment_in_window(self, element, timestamp, window):
+    failed, value = self._segment(element)
     return failed, WindowedValue(value, timestamp, (window,))
 
-  @staticmethod
-  def _label_paths_of(info: elements.ImageInfo, label_paths) -> list[str]:
-    """The label files matched to this image by id (`label_paths`: label key -> sorted
-    paths), when its input carries no label itself."""
-    if info.label is not None or not label_paths:
-      return []
-    return list(label_paths.get(label_key(info.image_id), ()))
-
-  def _segment(self, element: tuple[elements.ImageInfo, Any], labels) -> tuple[bool, Any]:
+  def _segment(self, element: tuple[elements.ImageInfo, Any]) -> tuple[bool, Any]:
     """(failed?, a segments row or a Failure) for one image; runs on a background thread."""
     info, inference_result = element
     try:
       inference_result = inference.resolve(inference_result)
     except Exception as error:  # the slice failed as a whole
       return True, elements.Failure.from_exception(
-        info.image_id, info.source, elements.STAGE_INFER, error
+        info.image_id, info.source, elements.STAGE_INFER, error, info.filename
       )
     if isinstance(inference_result, inference.InferenceFailure):
       return True, elements.Failure(
@@ -216,32 +203,16 @@ class MakeRows(beam.DoFn):
         inference_result.stage,
         inference_result.error_type,
         inference_result.message,
+        info.filename,
       )
-    label, label_error = self._label(info, labels)
     try:
       return False, segments_row(
-        info, inference.outputs_as_arrays(inference_result), self._context, label, label_error
+        info, inference.outputs_as_arrays(inference_result), self._context, info.label
       )
     except Exception as error:  # one bad output, one error row
       return True, elements.Failure.from_exception(
-        info.image_id, info.source, elements.STAGE_POSTPROCESS, error
+        info.image_id, info.source, elements.STAGE_POSTPROCESS, error, info.filename
       )
-
-  @staticmethod
-  def _label(info: elements.ImageInfo, paths: list[str]) -> tuple[Optional[bytes], Optional[str]]:
-    """(ground truth bytes or None, why an existing label could not be used or None): carried
-    in the image's tf.Example, else the one label file matched by id (`paths`)."""
-    if info.label is not None or not paths:
-      return info.label, None
-    if len(paths) > 1:  # 'felix.png' and 'felix.jpg' for 'felix.jpg': which one is meant?
-      shown = ", ".join(paths[:3]) + (", ..." if len(paths) > 3 else "")
-      return None, f"{len(paths)} label files match this image: {shown}"[:300]
-    (path,) = paths
-    try:
-      with FileSystems.open(path) as f:
-        return f.read(), None
-    except Exception as error:  # the mask row still counts
-      return None, f"cannot read label {path}: {type(error).__name__}: {error}"[:300]
 
   def _report_progress(self):
     self._done += 1

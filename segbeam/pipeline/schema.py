@@ -1,8 +1,11 @@
 """The Parquet schemas of a run's output.
 
 segments/*.parquet, one row per segmented image:
-  image_id         string   unique within the run (see `sources`)
+  image_id         string   unique within the run: the image's place in the input (see
+                            `sources`): a file's relative path, or '<shard>#<record index>'
   source           string   file URI, or shard URI + '#<record index>'
+  filename         string   the image's own name, which may repeat: a file's relative path, a
+                            tf.Example's filename feature (null when it has none)
   format           string   jpeg, png, gif or bmp, from the bytes
   width, height    int32    the image's original size, as shown (after its EXIF orientation)
   exif_orientation int32    the EXIF orientation applied before segmenting (1 to 8; 1 when none),
@@ -22,8 +25,8 @@ segments/*.parquet, one row per segmented image:
   model_name, model_version, run_id   string
 
 errors/*.parquet, one row per input that produced no mask:
-  image_id, source, stage (read, validate, decode, infer, postprocess), error_type, message,
-  run_id   string
+  image_id, source, filename (where known), stage (read, validate, decode, infer,
+  postprocess), error_type, message, run_id   string
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ def segments_schema(class_names: Sequence[str]) -> pa.Schema:
     [
       ("image_id", pa.string()),
       ("source", pa.string()),
+      ("filename", pa.string()),
       ("format", pa.string()),
       ("width", pa.int32()),
       ("height", pa.int32()),
@@ -83,6 +87,7 @@ ERRORS_SCHEMA = pa.schema(
   [
     ("image_id", pa.string()),
     ("source", pa.string()),
+    ("filename", pa.string()),
     ("stage", pa.string()),
     ("error_type", pa.string()),
     ("message", pa.string()),

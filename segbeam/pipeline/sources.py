@@ -1,12 +1,16 @@
 """Reading image shards: image files by glob, or TFRecord files of tf.train.Example.
 
 Files are matched and opened through Beam's FileSystems (local paths, gs://, ...). Each image
-gets a stable, unique id:
+gets a stable, unique id from its place in the input, known without reading anything else:
 - an image file: its path relative to the pattern's root (the folder before the first glob
   character), e.g. 'cats/felix.jpg' for '/data/**/*.jpg';
-- a tf.Example: its `image/filename` feature; when missing, '<shard id>#<record index>'; when
-  repeated anywhere in the input (as a filename or as such a fallback id), every occurrence
-  becomes '<id>#<shard id>#<index>'.
+- a tf.Example: '<shard id>#<record index>', the shard id being the shard's path relative to
+  the root ('train-00003-of-00100#417').
+An image's own name goes in `filename`: an image file's id, a tf.Example's `image/filename`
+feature (None without one). Filenames may repeat (datasets do repeat them); ids do not, so
+every shard is read once and no pass over the whole input has to finish before the first
+image is segmented. An id is unique unless an input file is literally named like a record of
+a shard beside it ('train.tfrecord#3' next to 'train.tfrecord').
 
 Which files are shards: `is_tfrecord` (by name, or by the first bytes where the name does not
 say). Reads are bounded whatever a file claims: an image file is read up to --max-file-bytes and
@@ -17,7 +21,6 @@ Nothing read from an input names a file to read: ids from tf.Examples only label
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import posixpath
 import re
@@ -26,7 +29,6 @@ from typing import BinaryIO, Callable, Iterator, Optional
 
 import apache_beam as beam
 from apache_beam.io import fileio
-from apache_beam.io import filesystem
 
 from segbeam.pipeline import constants
 from segbeam.pipeline import elements
@@ -100,14 +102,6 @@ def not_a_regular_file(path: str) -> Optional[str]:
   return f"{path} is not a regular file (mode {stat.filemode(mode)})"
 
 
-def _open_if_regular(readable: fileio.ReadableFile) -> BinaryIO:
-  """Opens the file, unless `not_a_regular_file` refuses it (then raises OSError)."""
-  refusal = not_a_regular_file(readable.metadata.path)
-  if refusal is not None:
-    raise OSError(refusal)
-  return readable.open()
-
-
 def _bytes_feature(example, key: str) -> Optional[bytes]:
   feature = example.features.feature.get(key)
   if feature is None or feature.WhichOneof("kind") != "bytes_list" or not feature.bytes_list.value:
@@ -158,16 +152,9 @@ class PreviousOutputs:
     return folder if self._checked[folder] else None
 
 
-def listed_file(readable: fileio.ReadableFile) -> tuple[str, int]:
-  """A matched file as (path, size in bytes): what `ReadImages` hands to the reading stage.
-  The runner encodes it between stages (the reading waits for the renames side input), and a
-  tuple of a string and an int encodes far cheaper than a pickled ReadableFile."""
-  return readable.metadata.path, readable.metadata.size_in_bytes
-
-
 class ReadFile(beam.DoFn):
-  """A listed file, (path, size) -> ImageRecord per image (one per image file, one per shard
-  record); what cannot be read becomes a Failure on the FAILURES output."""
+  """A matched file -> ImageRecord per image (one per image file, one per shard record); what
+  cannot be read becomes a Failure on the FAILURES output."""
 
   def __init__(
     self,
@@ -186,9 +173,8 @@ class ReadFile(beam.DoFn):
   def setup(self):
     self._previous_outputs = PreviousOutputs(self._root)
 
-  def process(self, listed: tuple[str, int], renames=None) -> Iterator:
-    path, size = listed
-    readable = fileio.ReadableFile(filesystem.FileMetadata(path, size))
+  def process(self, readable: fileio.ReadableFile) -> Iterator:
+    path = readable.metadata.path
     file_id = relative_id(path, self._root)
     refusal = not_a_regular_file(path)
     previous_output = self._previous_outputs.holding(path)
@@ -203,6 +189,7 @@ class ReadFile(beam.DoFn):
             "SegbeamOutput",
             f"a file of the segbeam run in {previous_output}, not an input: narrow --input (say, "
             "to the photos' extension) or keep outputs outside the input folder",
+            filename=file_id,
           ),
         )
       ]
@@ -210,11 +197,13 @@ class ReadFile(beam.DoFn):
       outputs = [
         beam.pvalue.TaggedOutput(
           elements.FAILURES,
-          elements.Failure(file_id, path, elements.STAGE_READ, "NotARegularFile", refusal),
+          elements.Failure(
+            file_id, path, elements.STAGE_READ, "NotARegularFile", refusal, filename=file_id
+          ),
         )
       ]
     elif is_tfrecord(path, self._input_format, open_file=readable.open):
-      outputs = self._read_shard(readable, file_id, renames or {})
+      outputs = self._read_shard(readable, file_id)
     else:
       outputs = self._read_image(readable, file_id)
     for output in outputs:
@@ -233,6 +222,7 @@ class ReadFile(beam.DoFn):
           elements.STAGE_READ,
           "FileTooLarge",
           f"{size} bytes is over the {self._max_file_bytes}-byte file limit",
+          filename=image_id,
         ),
       )
       return
@@ -244,7 +234,9 @@ class ReadFile(beam.DoFn):
     except Exception as error:  # any I/O error is one bad input
       yield beam.pvalue.TaggedOutput(
         elements.FAILURES,
-        elements.Failure.from_exception(image_id, path, elements.STAGE_READ, error),
+        elements.Failure.from_exception(
+          image_id, path, elements.STAGE_READ, error, filename=image_id
+        ),
       )
       return
     if len(data) > self._max_file_bytes:
@@ -257,23 +249,21 @@ class ReadFile(beam.DoFn):
           "FileTooLarge",
           f"more than {self._max_file_bytes} bytes read, over the file limit (listed as "
           f"{size} bytes)",
+          filename=image_id,
         ),
       )
       return
-    yield elements.ImageRecord(image_id, path, data)
+    yield elements.ImageRecord(image_id, path, data, filename=image_id)
 
-  def _read_shard(self, readable: fileio.ReadableFile, shard_id: str, renames):
+  def _read_shard(self, readable: fileio.ReadableFile, shard_id: str):
     path = readable.metadata.path
     try:
       for index, filename, example in iter_shard(
         readable, shard_id, self._keys.filename, self._max_file_bytes
       ):
-        source = f"{path}#{index}"
-        image_id = renames.get((path, index)) or filename or f"{shard_id}#{index}"
+        source, image_id = f"{path}#{index}", f"{shard_id}#{index}"
         if isinstance(example, elements.Failure):
-          yield beam.pvalue.TaggedOutput(
-            elements.FAILURES, dataclasses.replace(example, image_id=image_id)
-          )
+          yield beam.pvalue.TaggedOutput(elements.FAILURES, example)
           continue
         data = _bytes_feature(example, self._keys.image)
         if data is None:
@@ -285,11 +275,16 @@ class ReadFile(beam.DoFn):
               elements.STAGE_READ,
               "MissingImage",
               f"the tf.Example has no bytes feature {self._keys.image!r}",
+              filename=filename or None,
             ),
           )
           continue
         yield elements.ImageRecord(
-          image_id, source, data, label=_bytes_feature(example, self._keys.label)
+          image_id,
+          source,
+          data,
+          label=_bytes_feature(example, self._keys.label),
+          filename=filename or None,
         )
     except Exception as error:  # unreadable shard
       yield beam.pvalue.TaggedOutput(
@@ -339,68 +334,11 @@ def iter_shard(
       yield index, filename, example
 
 
-# Stands for "the whole file" where ShardFilenames lists an image file beside shard elements.
-IMAGE_FILE_INDEX = -1
-
-
-class ShardFilenames(beam.DoFn):
-  """ReadableFile -> (id, (shard path, record index)) for each record of a shard, the id being
-  its filename or, without one, its fallback id, and (path, (path, IMAGE_FILE_INDEX)) for an
-  image file, so that ids repeated anywhere in the input (a filename twice, a filename equal to
-  another record's fallback id or to an image file's path) can be told apart before the real
-  read."""
-
-  def __init__(
-    self,
-    *,
-    root: str,
-    input_format: str,
-    filename_key: str,
-    max_record_bytes: int = tfrecord.MAX_RECORD_BYTES,
-  ):
-    self._root = root
-    self._input_format = input_format
-    self._filename_key = filename_key
-    self._max_record_bytes = max_record_bytes
-
-  def process(self, readable: fileio.ReadableFile):
-    path = readable.metadata.path
-    if not is_tfrecord(path, self._input_format, open_file=lambda: _open_if_regular(readable)):
-      # An image file's id is its path, known without reading it (a file refused later still
-      # takes its id); listed so that a record claiming it is renamed.
-      yield relative_id(path, self._root), (path, IMAGE_FILE_INDEX)
-      return
-    if not_a_regular_file(path) is not None:
-      return
-    shard_id = relative_id(path, self._root)
-    try:
-      for index, filename, _ in iter_shard(
-        readable, shard_id, self._filename_key, self._max_record_bytes
-      ):
-        yield filename or f"{shard_id}#{index}", (path, index)
-    except Exception:  # the real read reports the shard
-      return
-
-
-def renames_for_repeats(element, root: str):
-  """(id, [(shard path, index), ...]) -> ((shard path, index), unique id) for every record
-  whose id is seen more than once: all of them, so no id depends on read order. An image file
-  keeps its id (its path, unique among files) and the records claiming it are renamed."""
-  filename, places = element
-  places = list(places)
-  if len(places) < 2:
-    return
-  for path, index in places:
-    if index != IMAGE_FILE_INDEX:
-      yield (path, index), f"{filename}#{relative_id(path, root)}#{index}"
-
-
 class ReadImages(beam.PTransform):
   """Pattern -> (records, failures). Matches the files itself.
 
-  TFRecord shards are read twice: a first pass collects only filenames, to find the ones that
-  repeat across shards or equal an image file's path (an id must be unique in the run); image
-  files are only listed in that pass, not read.
+  Every file is read once, and each image goes on as soon as it is read: its id is its place
+  in the input (see the module's docstring), so no pass over the whole input comes first.
 
   `spread_files` reshuffles the matched files before reading, so that a runner with several
   workers spreads them (one shard can hold many images); a runner that reads them all in this
@@ -419,12 +357,8 @@ class ReadImages(beam.PTransform):
     super().__init__()
     self._pattern = pattern
     self._spread_files = spread_files
-    self._root = pattern_root(pattern)
-    self._input_format = input_format
-    self._filename_key = example_keys.filename
-    self._max_file_bytes = max_file_bytes
     self._read = ReadFile(
-      root=self._root,
+      root=pattern_root(pattern),
       input_format=input_format,
       example_keys=example_keys,
       max_file_bytes=max_file_bytes,
@@ -434,22 +368,8 @@ class ReadImages(beam.PTransform):
     matched = pbegin | "MatchFiles" >> fileio.MatchFiles(self._pattern)
     if self._spread_files:
       matched = matched | "Reshuffle" >> beam.Reshuffle()
-    files = matched | "ReadMatches" >> fileio.ReadMatches()
-    renames = (
-      files
-      | "ShardFilenames"
-      >> beam.ParDo(
-        ShardFilenames(
-          root=self._root,
-          input_format=self._input_format,
-          filename_key=self._filename_key,
-          max_record_bytes=self._max_file_bytes,
-        )
-      )
-      | "GroupFilenames" >> beam.GroupByKey()
-      | "RenameRepeats" >> beam.FlatMap(renames_for_repeats, self._root)
+    return (
+      matched
+      | "ReadMatches" >> fileio.ReadMatches()
+      | "ReadImages" >> beam.ParDo(self._read).with_outputs(elements.FAILURES, main="records")
     )
-    listed = files | "ListFiles" >> beam.Map(listed_file)
-    return listed | "ReadImages" >> beam.ParDo(
-      self._read, renames=beam.pvalue.AsDict(renames)
-    ).with_outputs(elements.FAILURES, main="records")

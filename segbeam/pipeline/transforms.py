@@ -14,7 +14,6 @@ import typing
 from typing import Any, Optional
 
 import apache_beam as beam
-from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import RunInference
 
@@ -25,6 +24,7 @@ from segbeam.model import labels as labels_lib
 from segbeam.pipeline import constants
 from segbeam.pipeline import elements
 from segbeam.pipeline import inference
+from segbeam.pipeline import label_files
 from segbeam.pipeline import model_files
 from segbeam.pipeline import options as options_lib
 from segbeam.pipeline import resume
@@ -60,14 +60,6 @@ def label_map_for(
       f"--label-map gives {parsed.num_classes} classes, the model has {len(metadata.class_names)}"
     )
   return parsed
-
-
-def _label_entry(metadata, root: str) -> tuple[str, str]:
-  return rows_lib.label_key(sources.relative_id(metadata.path, root)), metadata.path
-
-
-def _sorted_paths(key: str, paths) -> tuple[str, list[str]]:
-  return key, sorted(paths)
 
 
 class Segmented(typing.NamedTuple):
@@ -171,33 +163,22 @@ class SegmentImages(beam.PTransform):
       validation.ValidateImage(max_pixels=self._max_pixels)
     ).with_outputs(elements.FAILURES, main="images")
     predictions = validated.images | "RunInference" >> RunInference(self._handler)
-    label_paths = None
-    if self._ground_truth:
-      root = sources.pattern_root(self._ground_truth)
-      # Every label file of an id, so that two for one image are an error, not a silent pick.
-      # A dict side input: a multimap looked up image by image cost 2.3 ms of CPU per image
-      # on the local runner (BENCHMARKS.md, "Scale").
-      label_paths = beam.pvalue.AsDict(
-        image_records.pipeline
-        | "MatchLabels" >> fileio.MatchFiles(self._ground_truth)
-        | "LabelKeys" >> beam.Map(_label_entry, root)
-        | "LabelsById" >> beam.GroupByKey()
-        | "SortPaths" >> beam.MapTuple(_sorted_paths)
-      )
     segmented = predictions | "Segment" >> beam.ParDo(
       rows_lib.MakeRows(
         self.context,
         threads=self._postprocess_threads,
         # two batches in flight: one inferred, one postprocessed
         max_pending=2 * self._batch_size,
-      ),
-      label_paths=label_paths,
+      )
     ).with_outputs(elements.FAILURES, main="rows")
+    rows = segmented.rows
+    if self._ground_truth:
+      rows = rows | "GroundTruth" >> label_files.JoinLabelFiles(self._ground_truth, self.context)
     failures = (
       validated[elements.FAILURES],
       segmented[elements.FAILURES],
     ) | "Failures" >> beam.Flatten()
-    return Segmented(segmented.rows, failures)
+    return Segmented(rows, failures)
 
 
 class WriteSegments(beam.PTransform):
@@ -366,7 +347,7 @@ def build_pipeline(
   if options.skip_existing:
     # Before validation: an image segmented before is never decoded again.
     kept = read.records | "SkipExisting" >> resume.SkipExisting(
-      options.skip_existing, metadata.version
+      options.skip_existing, metadata.version, sources.pattern_root(options.input)
     )
     to_segment, outputs["skipped"] = kept.records, kept[resume.SKIPPED]
   segmented = to_segment | "Segment" >> SegmentImages.for_run(options, metadata, model_dir)

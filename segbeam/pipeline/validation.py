@@ -183,7 +183,9 @@ def validate(
   """
 
   def failure(stage: str, error_type: str, message: str) -> elements.Failure:
-    return elements.Failure(record.image_id, record.source, stage, error_type, message)
+    return elements.Failure(
+      record.image_id, record.source, stage, error_type, message, record.filename
+    )
 
   data = record.data
   image_format = sniff_format(data)
@@ -225,6 +227,7 @@ def validate(
     height,
     record.label,
     exif_orientation=orientation,
+    filename=record.filename,
   ), data
 
 

@@ -95,8 +95,10 @@ def test_a_gs_shard_named_without_extension_is_read_as_a_shard(tmp_path):
   pipeline = TestPipeline()
   out = pipeline | sources.ReadImages(f"{ROOT}/shards/*")
   assert_that(
-    out.records | beam.Map(lambda r: (r.image_id, r.data == image)),
-    equal_to([("a.png", True), ("b.png", True)]),
+    out.records | beam.Map(lambda r: (r.image_id, r.filename, r.data == image)),
+    equal_to(
+      [("train-00000-of-00001#0", "a.png", True), ("train-00000-of-00001#1", "b.png", True)]
+    ),
     label="records",
   )
   assert_that(out[elements.FAILURES], equal_to([]), label="no failures")
@@ -119,7 +121,7 @@ def test_pack_reads_and_writes_gs_and_leaves_only_whole_shards(gcs_inputs):
   pipeline = TestPipeline()
   out = pipeline | sources.ReadImages(f"{ROOT}/packed/pets-*")
   assert_that(
-    out.records | beam.Map(lambda r: r.image_id),
+    out.records | beam.Map(lambda r: r.filename),
     equal_to(["notes.png"] + [f"pet_{i}.png" for i in range(len(SIZES))]),
     label="records",
   )

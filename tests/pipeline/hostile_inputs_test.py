@@ -12,6 +12,7 @@ import glob
 import io
 import os
 import threading
+from typing import Optional
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -128,8 +129,9 @@ def write_image_files(folder, expected: dict[str, tuple]) -> None:
   expected["zero.jpg"] = ("failed", "read", "NotARegularFile", "not a regular file")
 
 
-def write_shards(folder, outside, expected: dict[str, tuple]) -> None:
-  """Writes hostile TFRecord shards; `expected` gets what each record must become."""
+def write_shards(folder, outside, expected: dict[str, tuple]) -> dict[str, Optional[str]]:
+  """Writes hostile TFRecord shards; `expected` gets what each record must become. Returns
+  each record's id -> the filename its row must carry (as data only: ids are places)."""
   jpeg = corpus.encode(_image(corpus.scene(24, 16)), "JPEG")
   png = corpus.encode(_image(corpus.scene(16, 24)), "PNG")
   escaping = {
@@ -139,13 +141,15 @@ def write_shards(folder, outside, expected: dict[str, tuple]) -> None:
     "n" * 1000 + ".jpg": png,
   }
   records = [corpus.example(name, data) for name, data in escaping.items()]
-  for name, data in escaping.items():
-    expected[name] = (
+  filenames: dict[str, Optional[str]] = {}
+  for index, (name, data) in enumerate(escaping.items()):
+    expected[f"ids.tfrecord#{index}"] = (
       "segmented",
       "jpeg" if data is jpeg else "png",
       *((24, 16) if data is jpeg else (16, 24)),
       1,
     )
+    filenames[f"ids.tfrecord#{index}"] = name
   records += [
     corpus.example("dup.jpg", jpeg),
     corpus.example("dup.jpg", png),
@@ -153,17 +157,26 @@ def write_shards(folder, outside, expected: dict[str, tuple]) -> None:
     corpus.example("payload.jpg", b"GIF? no."),
     corpus.example(None, jpeg),
   ]
-  expected["dup.jpg#ids.tfrecord#4"] = ("segmented", "jpeg", 24, 16, 1)
-  expected["dup.jpg#ids.tfrecord#5"] = ("segmented", "png", 16, 24, 1)
-  expected["noimage.jpg"] = ("failed", "read", "MissingImage", "no bytes feature")
-  expected["payload.jpg"] = ("failed", "validate", "UnsupportedFormat", "not an image")
-  # Record 8 has no filename: its fallback id equals a filename in the next shard, so both are
-  # told apart like any repeated id.
-  expected["ids.tfrecord#8#ids.tfrecord#8"] = ("segmented", "jpeg", 24, 16, 1)
+  # A repeated filename is two rows with their own ids.
+  expected["ids.tfrecord#4"] = ("segmented", "jpeg", 24, 16, 1)
+  expected["ids.tfrecord#5"] = ("segmented", "png", 16, 24, 1)
+  expected["ids.tfrecord#6"] = ("failed", "read", "MissingImage", "no bytes feature")
+  expected["ids.tfrecord#7"] = ("failed", "validate", "UnsupportedFormat", "not an image")
+  expected["ids.tfrecord#8"] = ("segmented", "jpeg", 24, 16, 1)
+  filenames.update(
+    {
+      "ids.tfrecord#4": "dup.jpg",
+      "ids.tfrecord#5": "dup.jpg",
+      "ids.tfrecord#6": "noimage.jpg",
+      "ids.tfrecord#7": "payload.jpg",
+      "ids.tfrecord#8": None,
+    }
+  )
   (folder / "ids.tfrecord").write_bytes(corpus.shard(records))
 
   good = tfrecord_frames(
     [
+      # Named like the record above: a name, not an id.
       corpus.example("ids.tfrecord#8", png),
       b"ignored",
       corpus.example("kept.jpg", jpeg),
@@ -174,14 +187,14 @@ def write_shards(folder, outside, expected: dict[str, tuple]) -> None:
   (folder / "corrupt.tfrecord").write_bytes(
     b"".join([good[0], corpus.with_bad_data_crc(good[1]), good[2], good[3], good[4][:30]])
   )
-  expected["ids.tfrecord#8#corrupt.tfrecord#0"] = ("segmented", "png", 16, 24, 1)
+  expected["corrupt.tfrecord#0"] = ("segmented", "png", 16, 24, 1)
   expected["corrupt.tfrecord#1"] = (
     "failed",
     "read",
     "CorruptRecord",
     "data checksum mismatch in record 1",
   )
-  expected["kept.jpg"] = ("segmented", "jpeg", 24, 16, 1)
+  expected["corrupt.tfrecord#2"] = ("segmented", "jpeg", 24, 16, 1)
   expected["corrupt.tfrecord#3"] = ("failed", "read", "NotAnExample", "not a tf.train.Example")
   expected["corrupt.tfrecord#4"] = (
     "failed",
@@ -189,6 +202,7 @@ def write_shards(folder, outside, expected: dict[str, tuple]) -> None:
     "CorruptRecord",
     "shard truncated inside record 4",
   )
+  filenames.update({"corrupt.tfrecord#0": "ids.tfrecord#8", "corrupt.tfrecord#2": "kept.jpg"})
 
   frames = tfrecord_frames(
     [
@@ -200,13 +214,15 @@ def write_shards(folder, outside, expected: dict[str, tuple]) -> None:
   broken_length = bytearray(frames[1])
   broken_length[0] ^= 0x40  # the length no longer matches its checksum: framing is lost
   (folder / "bad_length.tfrecord").write_bytes(frames[0] + bytes(broken_length) + frames[2])
-  expected["first.jpg"] = ("segmented", "jpeg", 24, 16, 1)
+  expected["bad_length.tfrecord#0"] = ("segmented", "jpeg", 24, 16, 1)
   expected["bad_length.tfrecord#1"] = (
     "failed",
     "read",
     "CorruptRecord",
     "length checksum mismatch at record 1",
   )
+  filenames["bad_length.tfrecord#0"] = "first.jpg"
+  return filenames
 
 
 def tfrecord_frames(payloads: list[bytes]) -> list[bytes]:
@@ -247,7 +263,7 @@ def test_every_hostile_input_ends_as_exactly_one_row_with_a_precise_reason(tiny_
   outside.mkdir()
   expected: dict[str, tuple] = {}
   write_image_files(inputs, expected)
-  write_shards(inputs, outside, expected)
+  filenames = write_shards(inputs, outside, expected)
   output = str(tmp_path / "run" / "out")
   before = _snapshot(str(tmp_path), output)
 
@@ -278,6 +294,8 @@ def test_every_hostile_input_ends_as_exactly_one_row_with_a_precise_reason(tiny_
   }
   assert sorted(segments) == sorted(i for i, e in expected.items() if e[0] == "segmented")
   assert sorted(errors) == sorted(i for i, e in expected.items() if e[0] == "failed")
+  rows = {**segments, **errors}
+  assert {i: rows[i]["filename"] for i in filenames} == filenames
   for image_id, outcome in expected.items():
     if outcome[0] == "segmented":
       row = segments[image_id]

@@ -105,7 +105,7 @@ def test_the_run_over_packed_shards_reports_what_pack_stored_as_it_was(
     ["--input", prefix + "-*", "--output", output, "--model", tiny_export[0]], inputs_seen=7
   )
   errors = {
-    row["image_id"]: (row["stage"], row["error_type"])
+    row["filename"]: (row["stage"], row["error_type"])
     for row in pq.read_table(glob.glob(f"{output}/errors/*.parquet")).to_pylist()
   }
   assert errors == {

@@ -1,6 +1,7 @@
 """--skip-existing: images segmented before with the same model version are skipped, never
 decoded, and accounted for; failed ones are tried again; another model version skips none."""
 
+import glob
 import json
 import os
 import shutil
@@ -14,6 +15,7 @@ from segbeam import cli
 from segbeam.pipeline import constants
 from segbeam.pipeline import job
 from segbeam.pipeline import options as options_lib
+from segbeam.pipeline import pack
 from tests import accounting
 from tests import synthetic
 
@@ -107,6 +109,29 @@ def test_resume_skips_what_was_segmented_with_the_same_model(tiny_export, inputs
     ]
   )
   assert _counts(manifest) == (9, 8, 1, 0)
+
+
+def test_an_output_of_the_filename_ids_skips_the_same_records(tiny_export, pet_folder, tmp_path):
+  """Before segbeam 0.2.0 a tf.Example's id was its filename. Such an output, pointed at by
+  --skip-existing, still skips the records it segmented: their sources give their places."""
+  images, _, names = pet_folder
+  prefix = str(tmp_path / "shards" / "pets")
+  os.makedirs(os.path.dirname(prefix))
+  pack.pack(images, prefix, num_shards=2)
+  common = ["--input", prefix + "-*", "--model", tiny_export[0]]
+  old, again = str(tmp_path / "old"), str(tmp_path / "again")
+  manifest, _ = _run([*common, "--output", old])
+  assert _counts(manifest) == (len(names), len(names), 0, 0)
+  # Rewrite the output as 0.1.0 wrote it: filenames as ids, no filename column.
+  (path,) = glob.glob(os.path.join(old, constants.SEGMENTS_DIR, "*.parquet"))
+  table = pq.read_table(path)
+  ids = table.column("filename")
+  table = table.drop_columns(["filename"]).set_column(0, "image_id", ids)
+  pq.write_table(table, path)
+  assert sorted(_segmented_ids(old)) == sorted(n + ".jpg" for n in names)
+
+  manifest, _ = _run([*common, "--output", again, "--skip-existing", old])
+  assert _counts(manifest) == (len(names), 0, 0, len(names))
 
 
 @pytest.mark.parametrize(

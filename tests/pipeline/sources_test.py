@@ -137,26 +137,27 @@ def test_tfrecord_ids_labels_and_bad_records(tmp_path, spread_files):
     tmp_path / "b.tfrecord", [pack.make_example("y.jpg", JPEG), pack.make_example("x.jpg", JPEG)]
   )  # repeated across shards
   p, out = _read(str(tmp_path / "*.tfrecord"), spread_files=spread_files)
+  # Ids are places; filenames, repeated or missing, are only carried along.
   assert_that(
-    out.records | beam.Map(lambda r: (r.image_id, r.label == MASK, r.source[-2:])),
+    out.records | beam.Map(lambda r: (r.image_id, r.filename, r.label == MASK, r.source[-2:])),
     equal_to(
       [
-        ("x.jpg#a.tfrecord#0", True, "#0"),
-        ("x.jpg#a.tfrecord#1", False, "#1"),
-        ("a.tfrecord#2", False, "#2"),
-        ("y.jpg", False, "#0"),
-        ("x.jpg#b.tfrecord#1", False, "#1"),
+        ("a.tfrecord#0", "x.jpg", True, "#0"),
+        ("a.tfrecord#1", "x.jpg", False, "#1"),
+        ("a.tfrecord#2", None, False, "#2"),
+        ("b.tfrecord#0", "y.jpg", False, "#0"),
+        ("b.tfrecord#1", "x.jpg", False, "#1"),
       ]
     ),
     label="records",
   )
   assert_that(
-    out[elements.FAILURES] | beam.Map(lambda f: (f.image_id, f.error_type)),
+    out[elements.FAILURES] | beam.Map(lambda f: (f.image_id, f.filename, f.error_type)),
     equal_to(
       [
-        ("a.tfrecord#3", "NotAnExample"),
-        ("lost.jpg", "MissingImage"),
-        ("a.tfrecord#5", "CorruptRecord"),
+        ("a.tfrecord#3", None, "NotAnExample"),
+        ("a.tfrecord#4", "lost.jpg", "MissingImage"),
+        ("a.tfrecord#5", None, "CorruptRecord"),
       ]
     ),
     label="failures",
@@ -165,9 +166,7 @@ def test_tfrecord_ids_labels_and_bad_records(tmp_path, spread_files):
 
 
 @pytest.mark.parametrize("spread_files", [True, False])
-def test_a_record_claiming_an_image_files_id_is_renamed_and_the_file_keeps_it(
-  tmp_path, spread_files
-):
+def test_a_record_named_like_an_image_file_keeps_its_place_as_id(tmp_path, spread_files):
   (tmp_path / "pet.jpg").write_bytes(JPEG)
   (tmp_path / "cats").mkdir()
   (tmp_path / "cats" / "felix.jpg").write_bytes(JPEG)
@@ -181,14 +180,14 @@ def test_a_record_claiming_an_image_files_id_is_renamed_and_the_file_keeps_it(
   )
   p, out = _read(str(tmp_path) + "/**", spread_files=spread_files)
   assert_that(
-    out.records | beam.Map(lambda r: r.image_id),
+    out.records | beam.Map(lambda r: (r.image_id, r.filename)),
     equal_to(
       [
-        "pet.jpg",
-        "cats/felix.jpg",
-        "pet.jpg#mixed.tfrecord#0",
-        "cats/felix.jpg#mixed.tfrecord#1",
-        "own.jpg",
+        ("pet.jpg", "pet.jpg"),
+        ("cats/felix.jpg", "cats/felix.jpg"),
+        ("mixed.tfrecord#0", "pet.jpg"),
+        ("mixed.tfrecord#1", "cats/felix.jpg"),
+        ("mixed.tfrecord#2", "own.jpg"),
       ]
     ),
     label="unique ids",
@@ -212,9 +211,9 @@ def test_files_whose_names_do_not_say_are_read_by_what_they_hold(tmp_path, sprea
     out.records | beam.Map(lambda r: (r.image_id, r.data == JPEG)),
     equal_to(
       [
-        ("x.jpg#train-00000-of-00002#0", True),
-        ("y.jpg", True),
-        ("x.jpg#train-00001-of-00002#0", True),
+        ("train-00000-of-00002#0", True),
+        ("train-00000-of-00002#1", True),
+        ("train-00001-of-00002#0", True),
         ("photo", True),
         ("shard.jpg", False),
       ]
@@ -235,7 +234,7 @@ def test_pack_writes_shards_the_reader_reads(tmp_path, pet_folder):
   ]
   p, out = _read(prefix + "-*")
   assert_that(
-    out.records | beam.Map(lambda r: (r.image_id, r.label is not None)),
+    out.records | beam.Map(lambda r: (r.filename, r.label is not None)),
     equal_to([(n + ".jpg", True) for n in names]),
   )
   p.run().wait_until_finish()
@@ -261,7 +260,7 @@ def test_reads_stop_at_the_size_limit_whatever_size_a_file_is_listed_at(tmp_path
   p, out = _read(str(tmp_path / "*"), max_file_bytes=100_000)
   assert_that(
     out.records | beam.Map(lambda r: (r.image_id, r.data == JPEG)),
-    equal_to([("small.jpg.gz", True), ("next.jpg", True)]),
+    equal_to([("small.jpg.gz", True), ("s.tfrecord#1", True)]),
     label="records",
   )
   limit_named = ("more than 100000 bytes read", "over the 100000-byte limit")

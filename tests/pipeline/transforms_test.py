@@ -144,11 +144,11 @@ def test_tfrecord_shards_end_to_end_and_duckdb_reads_the_output(tiny_export, pet
   p.run().wait_until_finish()
   accounting.assert_accounted_for(output, inputs_seen=6)
   con = duckdb.connect()
-  ids, total = con.execute(
-    f"SELECT list(image_id ORDER BY image_id), sum(coverage_pet + coverage_background + "
+  filenames, total = con.execute(
+    f"SELECT list(filename ORDER BY filename), sum(coverage_pet + coverage_background + "
     f"coverage_border) FROM read_parquet('{output}/segments/*.parquet')"
   ).fetchone()
-  assert ids == sorted(n + ".jpg" for n in names) and total == pytest.approx(6)
+  assert filenames == sorted(n + ".jpg" for n in names) and total == pytest.approx(6)
   assert con.execute(
     f"SELECT count(*) FROM read_parquet('{output}/errors/*.parquet')"
   ).fetchone() == (0,)

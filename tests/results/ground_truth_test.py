@@ -41,17 +41,22 @@ def reference(tiny_export, pet_folder):
   ).metrics
 
 
-@pytest.mark.parametrize("source", ["labels-glob", "tfrecord", "label-map"])
+# tfrecord: labels inside the tf.Examples; tfrecord-labels-glob: label files matched to the
+# records by their filename feature (their ids are places in the shards).
+@pytest.mark.parametrize("source", ["labels-glob", "tfrecord", "tfrecord-labels-glob", "label-map"])
 def test_in_run_metrics_equal_segbeam_evaluate(
   source, tiny_export, pet_folder, reference, tmp_path
 ):
   images, masks, names = pet_folder
   output = str(tmp_path / "out")
   argv = ["--output", output, "--model", tiny_export[0]]
-  if source == "tfrecord":
+  if source.startswith("tfrecord"):
     prefix = str(tmp_path / "shards")
-    pack.pack(images, prefix, masks_dir=masks, num_shards=2)
+    in_shards = source == "tfrecord"
+    pack.pack(images, prefix, masks_dir=masks if in_shards else None, num_shards=2)
     argv += ["--input", prefix + "-*"]
+    if not in_shards:
+      argv += ["--ground-truth", masks + "/*.png"]
   else:
     argv += ["--input", images + "/*.jpg", "--ground-truth", masks + "/*.png"]
     if source == "label-map":
