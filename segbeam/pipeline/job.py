@@ -166,6 +166,7 @@ def add_to(
   *,
   check_paths: bool = True,
   worker_model_dir: Optional[str] = None,
+  distributed: bool = True,
 ) -> beam.PCollection:
   """Checks the run (`prepare`) and builds it into `pipeline`, which the caller runs. Returns
   the manifest PCollection.
@@ -174,9 +175,12 @@ def add_to(
     check_paths: see `prepare`.
     worker_model_dir: where the workers load the model, when not where its metadata is read
       here (the worker image's copy of the embedded model on Dataflow).
+    distributed: whether the runner spreads the work over workers (`build_pipeline`).
   """
   model_dir, metadata = prepare(options, check_paths=check_paths)
-  return transforms.build_pipeline(pipeline, options, metadata, worker_model_dir or model_dir)
+  return transforms.build_pipeline(
+    pipeline, options, metadata, worker_model_dir or model_dir, distributed=distributed
+  )
 
 
 def run(options: options_lib.RunOptions, beam_args: Sequence[str] = ()) -> None:
@@ -190,8 +194,6 @@ def run(options: options_lib.RunOptions, beam_args: Sequence[str] = ()) -> None:
   if not in_this_process:
     sessions.drop_early()  # loaded for nothing: the workers are other processes
   pipeline = beam.Pipeline(options=pipeline_options)
-  transforms.build_pipeline(
-    pipeline, options, metadata, model_dir, spread_files=not in_this_process
-  )
+  transforms.build_pipeline(pipeline, options, metadata, model_dir, distributed=not in_this_process)
   startup.started()
   pipeline.run().wait_until_finish()

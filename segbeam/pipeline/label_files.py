@@ -2,10 +2,15 @@
 
 A label file matches the images whose name (`filename`, else `image_id`) equals its path
 relative to the pattern's root, extensions aside: 'cats/felix.png' labels 'cats/felix.jpg'.
-The rows and the label paths meet in a CoGroupByKey after segmentation, so no worker holds
-every label path (a dict side input would, and at 100 million labels it would not fit) and
-nothing waits for the label listing before inference. The mask is read back from the row's
-PNG to be scored.
+Labels are scored after segmentation, against the mask read back from the row's PNG, so
+inference never waits for the label listing. How rows meet their label paths depends on the
+runner:
+- on several workers (Dataflow), in a CoGroupByKey: no worker holds every label path (a dict
+  side input would, and at 100 million labels it would not fit), and the shuffle is the
+  service's;
+- in one process (the local runner), from a dict side input of label key -> paths: that
+  runner holds a shuffle's data in memory, and a row (KBs) costs far more there than a label
+  path (BENCHMARKS.md, "Scale").
 """
 
 from __future__ import annotations
@@ -52,26 +57,37 @@ def _has_ground_truth(row: dict[str, Any]) -> bool:
   return row["gt_pixels"] is not None or row["gt_error"] is not None
 
 
-class ScoreAgainstLabelFiles(beam.DoFn):
-  """(key, {ROWS: rows, LABELS: label paths}) -> each row, with its ground-truth columns
-  filled from the key's label file where it has one and was not scored already."""
+def score(
+  rows: Iterable[dict[str, Any]], paths: list[str], context: rows_lib.RunContext
+) -> Iterator[dict[str, Any]]:
+  """Each of `rows` (one label key's), with its ground-truth columns filled from the label
+  file in `paths` where there is one and the row was not scored already."""
+  label: Optional[bytes] = None
+  label_error: Optional[str] = None
+  if paths:
+    label, label_error = read_label(paths)
+  for row in rows:
+    if not paths or _has_ground_truth(row):
+      yield row
+      continue
+    mask = np.asarray(Image.open(io.BytesIO(row["mask_png"])))
+    yield {**row, **rows_lib.ground_truth_columns(mask, label, context, label_error)}
 
-  def __init__(self, context: rows_lib.RunContext):
-    self._context = context
 
-  def process(self, element: tuple[str, dict[str, Iterable]]) -> Iterator[dict[str, Any]]:
-    _, joined = element
-    paths = sorted(joined[LABELS])
-    label: Optional[bytes] = None
-    label_error: Optional[str] = None
-    if paths:
-      label, label_error = read_label(paths)
-    for row in joined[ROWS]:
-      if not paths or _has_ground_truth(row):
-        yield row
-        continue
-      mask = np.asarray(Image.open(io.BytesIO(row["mask_png"])))
-      yield {**row, **rows_lib.ground_truth_columns(mask, label, self._context, label_error)}
+def score_joined(
+  element: tuple[str, dict[str, Iterable]], context: rows_lib.RunContext
+) -> Iterator[dict[str, Any]]:
+  """(key, {ROWS: rows, LABELS: label paths}), a CoGroupByKey's -> the rows, scored."""
+  _, joined = element
+  return score(joined[ROWS], sorted(joined[LABELS]), context)
+
+
+def score_looked_up(
+  row: dict[str, Any], label_paths: dict[str, list[str]], context: rows_lib.RunContext
+) -> Iterator[dict[str, Any]]:
+  """A row -> itself, scored against its key's paths in `label_paths` (key -> sorted paths)."""
+  key, _ = row_key(row)
+  return score([row], label_paths.get(key, []), context)
 
 
 class JoinLabelFiles(beam.PTransform):
@@ -80,12 +96,15 @@ class JoinLabelFiles(beam.PTransform):
   Args:
     pattern: the label files' glob (`--ground-truth`).
     context: the run's `rows.RunContext`; its label map reads the labels.
+    distributed: whether the runner spreads the work over workers (see the module's
+      docstring): then a CoGroupByKey, else a dict side input.
   """
 
-  def __init__(self, pattern: str, context: rows_lib.RunContext):
+  def __init__(self, pattern: str, context: rows_lib.RunContext, *, distributed: bool = True):
     super().__init__()
     self._pattern = pattern
     self._context = context
+    self._distributed = distributed
 
   def expand(self, rows):
     labels = (
@@ -93,9 +112,19 @@ class JoinLabelFiles(beam.PTransform):
       | "MatchLabels" >> fileio.MatchFiles(self._pattern)
       | "LabelKeys" >> beam.Map(label_entry, sources.pattern_root(self._pattern))
     )
+    if not self._distributed:
+      # Every label file of a key, so that two for one image are an error, not a pick.
+      paths = labels | "LabelsByKey" >> beam.GroupByKey() | "Sorted" >> beam.MapTuple(_sorted)
+      return rows | "Score" >> beam.FlatMap(
+        score_looked_up, beam.pvalue.AsDict(paths), self._context
+      )
     keyed = rows | "RowKeys" >> beam.Map(row_key)
     return (
       {ROWS: keyed, LABELS: labels}
       | "ByKey" >> beam.CoGroupByKey()
-      | "Score" >> beam.ParDo(ScoreAgainstLabelFiles(self._context))
+      | "Score" >> beam.FlatMap(score_joined, self._context)
     )
+
+
+def _sorted(key: str, paths: Iterable[str]) -> tuple[str, list[str]]:
+  return key, sorted(paths)

@@ -34,6 +34,9 @@ class RunOptions:
     max_pixels: images whose header declares more pixels are refused before decoding.
     max_file_bytes: larger files, and larger TFRecord records, are refused before they are read.
     mask_files: also write each mask as DIR/masks/<safe name>.png.
+    segments_files: write the segments table as this many Parquet files (its rows shuffled to
+      as many writers); 0 for one file per bundle of the writing stage, which is one file on
+      the local runner and as many as Dataflow makes bundles (docs/capacity-plan.md).
     overwrite: replace a previous run's output in the folder instead of refusing.
     input_format: 'auto' (a file's name says shard or image, or else its first bytes do: see
       `sources.is_tfrecord`), 'images' or 'tfrecord'.
@@ -43,8 +46,8 @@ class RunOptions:
       keeps a worker's cores busy where one call alone leaves them idle between its ops.
     postprocess_threads: background threads per worker thread that turn inferences into rows
       while the next batch is inferred; more pay off where inference is fast (a GPU).
-    labels: glob of ground-truth label images, matched to inputs by image id without extension;
-      TFRecord inputs may carry their own instead.
+    labels: glob of ground-truth label images, matched to inputs by filename without extension
+      (`label_files`); TFRecord inputs may carry their own instead.
     label_map: how label values map to classes ('1:0,2:1,3:2' or a preset); None for the
       model's own.
     skip_existing: earlier runs' output folders: images they segmented with this model version
@@ -64,6 +67,7 @@ class RunOptions:
   max_pixels: int = constants.DEFAULT_MAX_PIXELS
   max_file_bytes: int = constants.DEFAULT_MAX_FILE_BYTES
   mask_files: bool = False
+  segments_files: int = 0
   overwrite: bool = False
   input_format: str = constants.FORMAT_AUTO
   example_keys: ExampleKeys = ExampleKeys()
@@ -86,6 +90,8 @@ class RunOptions:
       inference_slices=self.inference_slices,
       postprocess_threads=self.postprocess_threads,
     )
+    if self.segments_files < 0:
+      raise ValueError(f"--segments-files must be 0 or more, got {self.segments_files}")
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -147,6 +153,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   )
   parser.add_argument(
     "--mask-files", action="store_true", help="also write masks as PNG files under OUTPUT/masks/"
+  )
+  parser.add_argument(
+    "--segments-files",
+    type=int,
+    default=0,
+    metavar="N",
+    help="write the segments table as N Parquet files (rows shuffled to N writers; default: "
+    "one file per bundle, see docs/capacity-plan.md)",
   )
   parser.add_argument(
     "--overwrite", action="store_true", help="replace a previous run's output in OUTPUT"
@@ -283,6 +297,7 @@ def from_args(args: argparse.Namespace) -> RunOptions:
     max_pixels=args.max_pixels,
     max_file_bytes=args.max_file_bytes,
     mask_files=args.mask_files,
+    segments_files=args.segments_files,
     overwrite=args.overwrite,
     input_format=args.input_format,
     example_keys=ExampleKeys(args.image_key, args.filename_key, args.label_key),

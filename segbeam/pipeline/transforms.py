@@ -86,6 +86,8 @@ class SegmentImages(beam.PTransform):
       (`options.RunOptions`; `ground_truth` is its `labels`).
     run_id: recorded in every row; a new one by default.
     metadata: the export's metadata, when the caller has read it already.
+    distributed: whether the runner spreads the work over workers; it decides how label files
+      meet the rows (`label_files`).
   """
 
   def __init__(
@@ -103,6 +105,7 @@ class SegmentImages(beam.PTransform):
     trust_model: bool = False,
     require_gpu: bool = False,
     metadata: Optional[contract.ModelMetadata] = None,
+    distributed: bool = True,
   ):
     super().__init__()
     options_lib.check_at_least_one(
@@ -137,10 +140,16 @@ class SegmentImages(beam.PTransform):
     self._postprocess_threads = postprocess_threads
     self._batch_size = batch_size
     self._ground_truth = ground_truth
+    self._distributed = distributed
 
   @classmethod
   def for_run(
-    cls, options: options_lib.RunOptions, metadata: contract.ModelMetadata, model_dir: str
+    cls,
+    options: options_lib.RunOptions,
+    metadata: contract.ModelMetadata,
+    model_dir: str,
+    *,
+    distributed: bool = True,
   ) -> "SegmentImages":
     """The transform `segbeam run` applies, from its options."""
     return cls(
@@ -156,6 +165,7 @@ class SegmentImages(beam.PTransform):
       trust_model=options.trust_model,
       require_gpu=options.require_gpu,
       metadata=metadata,
+      distributed=distributed,
     )
 
   def expand(self, image_records) -> Segmented:
@@ -173,7 +183,9 @@ class SegmentImages(beam.PTransform):
     ).with_outputs(elements.FAILURES, main="rows")
     rows = segmented.rows
     if self._ground_truth:
-      rows = rows | "GroundTruth" >> label_files.JoinLabelFiles(self._ground_truth, self.context)
+      rows = rows | "GroundTruth" >> label_files.JoinLabelFiles(
+        self._ground_truth, self.context, distributed=self._distributed
+      )
     failures = (
       validated[elements.FAILURES],
       segmented[elements.FAILURES],
@@ -187,12 +199,15 @@ class WriteSegments(beam.PTransform):
   Args:
     output: the output folder, local or on any Beam file system.
     class_names: the model's classes, which name the coverage and pixel columns.
+    num_files: how many files (the rows are shuffled to as many writers); 0 for one file per
+      bundle, with no shuffle.
   """
 
-  def __init__(self, output: str, class_names: typing.Sequence[str]):
+  def __init__(self, output: str, class_names: typing.Sequence[str], num_files: int = 0):
     super().__init__()
     self._output = output
     self._class_names = tuple(class_names)
+    self._num_files = num_files
 
   def expand(self, rows):
     return rows | "WriteParquet" >> beam.io.WriteToParquet(
@@ -203,6 +218,7 @@ class WriteSegments(beam.PTransform):
       # as worker RSS growing with the run's size (BENCHMARKS.md, Memory).
       row_group_buffer_size=SEGMENTS_ROW_GROUP_BYTES,
       file_name_suffix=".parquet",
+      num_shards=self._num_files,
     )
 
 
@@ -255,7 +271,9 @@ class WriteOutput(beam.PTransform):
     rows, failures = inputs["rows"], inputs["failures"]
     options, metadata = self._options, self._metadata
     pipeline = rows.pipeline
-    segment_files = rows | "WriteSegments" >> WriteSegments(options.output, metadata.class_names)
+    segment_files = rows | "WriteSegments" >> WriteSegments(
+      options.output, metadata.class_names, options.segments_files
+    )
     error_files = failures | "WriteErrors" >> WriteErrors(options.output, options.run_id)
     counted = {
       sinks.COUNT_RECORDS: inputs["records"],
@@ -329,18 +347,19 @@ def build_pipeline(
   metadata: contract.ModelMetadata,
   model_dir: str,
   *,
-  spread_files: bool = True,
+  distributed: bool = True,
 ) -> beam.PCollection:
   """Adds `segbeam run`'s whole run to `pipeline`: read -> [skip existing] -> validate/decode
   -> infer -> postprocess -> write. Returns the PCollection holding the manifest.
-  `spread_files`: reshuffle the input files over workers (not needed when one process runs
-  everything, see `ReadImages`)."""
+  `distributed`: whether the runner spreads the work over workers; then the input files are
+  reshuffled over them (`ReadImages`) and label files join the rows through a shuffle
+  (`label_files`). In one process neither pays: there a shuffle only costs memory."""
   read = pipeline | "Read" >> ReadImages(
     options.input,
     input_format=options.input_format,
     example_keys=options.example_keys,
     max_file_bytes=options.max_file_bytes,
-    spread_files=spread_files,
+    spread_files=distributed,
   )
   outputs = {"records": read.records, "read_failures": read[elements.FAILURES]}
   to_segment = read.records
@@ -350,7 +369,9 @@ def build_pipeline(
       options.skip_existing, metadata.version, sources.pattern_root(options.input)
     )
     to_segment, outputs["skipped"] = kept.records, kept[resume.SKIPPED]
-  segmented = to_segment | "Segment" >> SegmentImages.for_run(options, metadata, model_dir)
+  segmented = to_segment | "Segment" >> SegmentImages.for_run(
+    options, metadata, model_dir, distributed=distributed
+  )
   outputs["rows"] = segmented.rows
   outputs["failures"] = (
     read[elements.FAILURES],

@@ -255,3 +255,56 @@ def test_memory_is_bounded_by_the_batch_not_by_the_image_count(tiny_export, tmp_
     logger.setLevel(level)
   extra_input = (200 - 20) * (len(png) + padding)
   assert peaks[200] - peaks[20] < 0.25 * extra_input, (peaks, extra_input)
+
+
+def test_nothing_before_the_rows_waits_for_a_pass_over_the_whole_input(tiny_export, tmp_path):
+  """From the listing to the segments rows no stage waits on every input: no side input, and
+  no GroupByKey but the reshuffle of the file listing. Label files join the rows after."""
+  from apache_beam.portability import common_urns
+  from apache_beam.portability.api import beam_runner_api_pb2
+
+  (tmp_path / "a.jpg").write_bytes(synthetic.encode(synthetic.pet_scene(20, 16, 0)[0], "JPEG"))
+  (tmp_path / "a.png").write_bytes(synthetic.encode(synthetic.pet_scene(20, 16, 0)[1], "PNG"))
+  pipeline = beam.Pipeline()
+  _add_run(
+    pipeline,
+    *("--input", str(tmp_path / "*.jpg"), "--ground-truth", str(tmp_path / "*.png")),
+    *("--output", str(tmp_path / "out"), "--model", tiny_export[0]),
+  )
+  transforms = pipeline.to_runner_api().components.transforms.values()
+  upstream = [
+    t
+    for t in transforms
+    if t.unique_name.startswith(("Read/", "Segment/"))
+    and not t.unique_name.startswith("Segment/GroundTruth/")
+  ]
+  assert any(t.unique_name.startswith("Segment/RunInference/") for t in upstream)
+  side_inputs = [
+    t.unique_name
+    for t in upstream
+    if t.spec.urn == common_urns.primitives.PAR_DO.urn
+    and beam_runner_api_pb2.ParDoPayload.FromString(t.spec.payload).side_inputs
+  ]
+  groupings = [
+    t.unique_name for t in upstream if t.spec.urn == common_urns.primitives.GROUP_BY_KEY.urn
+  ]
+  assert side_inputs == []
+  assert groupings and all(name.startswith("Read/Reshuffle/") for name in groupings), groupings
+
+
+def test_segments_files_sets_how_many_files_the_segments_table_has(
+  tiny_export, pet_folder, tmp_path
+):
+  images, _, names = pet_folder
+  output = str(tmp_path / "out")
+  manifest = accounting.run_and_account(
+    ["--input", images + "/*.jpg", "--output", output, "--model", tiny_export[0]]
+    + ["--segments-files", "3"],
+    inputs_seen=len(names),
+  )
+  files = sorted(glob.glob(f"{output}/segments/*.parquet"))
+  assert [os.path.basename(f) for f in manifest["files"]["segments"]] == [
+    os.path.basename(f) for f in files
+  ]
+  assert len(files) == 3
+  assert sum(pq.read_metadata(f).num_rows for f in files) == len(names)

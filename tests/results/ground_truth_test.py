@@ -26,9 +26,9 @@ from segbeam.results import summary
 from tests import accounting
 
 
-def _run(argv):
+def _run(argv, distributed=True):
   pipeline = TestPipeline()
-  job.add_to(pipeline, options_lib.parse_args(argv)[0])
+  job.add_to(pipeline, options_lib.parse_args(argv)[0], distributed=distributed)
   pipeline.run().wait_until_finish()
   accounting.assert_accounted_for(argv[argv.index("--output") + 1])
 
@@ -42,10 +42,21 @@ def reference(tiny_export, pet_folder):
 
 
 # tfrecord: labels inside the tf.Examples; tfrecord-labels-glob: label files matched to the
-# records by their filename feature (their ids are places in the shards).
-@pytest.mark.parametrize("source", ["labels-glob", "tfrecord", "tfrecord-labels-glob", "label-map"])
+# records by their filename feature (their ids are places in the shards). Label files meet
+# the rows in a shuffle on a distributed runner, from a dict side input in one process.
+@pytest.mark.parametrize(
+  "source,distributed",
+  [
+    ("labels-glob", True),
+    ("labels-glob", False),
+    ("tfrecord", True),
+    ("tfrecord-labels-glob", True),
+    ("tfrecord-labels-glob", False),
+    ("label-map", True),
+  ],
+)
 def test_in_run_metrics_equal_segbeam_evaluate(
-  source, tiny_export, pet_folder, reference, tmp_path
+  source, distributed, tiny_export, pet_folder, reference, tmp_path
 ):
   images, masks, names = pet_folder
   output = str(tmp_path / "out")
@@ -61,7 +72,7 @@ def test_in_run_metrics_equal_segbeam_evaluate(
     argv += ["--input", images + "/*.jpg", "--ground-truth", masks + "/*.png"]
     if source == "label-map":
       argv += ["--label-map", "1:0,2:1,3:2"]
-  _run(argv)
+  _run(argv, distributed)
   truth = summary.ground_truth(output_lib.RunOutput(output))
   assert truth["images"] == len(names)
   assert truth["pixel_accuracy"] == pytest.approx(reference.pixel_accuracy, abs=1e-12)
@@ -72,7 +83,10 @@ def test_in_run_metrics_equal_segbeam_evaluate(
   assert truth["ground_truth_classes"] == ["pet", "background", "border"]
 
 
-def test_rows_without_a_label_have_null_ground_truth(tiny_export, pet_folder, tmp_path):
+@pytest.mark.parametrize("distributed", [True, False])
+def test_rows_without_a_label_have_null_ground_truth(
+  distributed, tiny_export, pet_folder, tmp_path
+):
   images, masks, _ = pet_folder
   partial = tmp_path / "some_masks"
   partial.mkdir()
@@ -91,7 +105,8 @@ def test_rows_without_a_label_have_null_ground_truth(tiny_export, pet_folder, tm
       output,
       "--model",
       tiny_export[0],
-    ]
+    ],
+    distributed,
   )
   rows = {
     r["image_id"]: r for r in pq.read_table(glob.glob(f"{output}/segments/*.parquet")).to_pylist()
