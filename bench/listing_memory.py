@@ -1,10 +1,12 @@
-"""Memory per matched file while Beam lists a glob: what MatchFiles holds in one worker.
+"""Memory per matched file while a glob is listed: Beam's FileSystems.match against segbeam's
+streamed listing.
 
-Beam's MatchFiles lists a pattern in one call (`FileSystems.match`), which returns every
-match's metadata as one list before the first is handed on; at 100 million loose image
-files that list is in one worker's memory (docs/capacity-plan.md). This creates --files
-empty files in a temporary folder, lists them as MatchFiles does, and prints the Python
-memory the listing held at its peak (tracemalloc) per file, and the listing's time.
+Beam's `MatchFiles` lists a pattern with `FileSystems.match`, which returns every match's
+metadata as one list before the first file is handed on: at 100 million loose image files
+that list would be in one worker's memory (docs/capacity-plan.md). segbeam lists its inputs
+with `sources.iter_matches` instead, which hands each file on as the file system lists it.
+This creates --files empty files in a temporary folder, lists them both ways, and prints the
+Python memory each held at its peak (tracemalloc), per file, and the time each took.
 
   python bench/listing_memory.py [--files 200000]
 """
@@ -20,11 +22,24 @@ import time
 import tracemalloc
 
 
+def _peak(listing) -> tuple[int, float, int]:
+  """(files, seconds, peak bytes traced) of running `listing`, which returns a file count."""
+  tracemalloc.start()
+  started = time.perf_counter()
+  files = listing()
+  seconds = time.perf_counter() - started
+  _, peak = tracemalloc.get_traced_memory()
+  tracemalloc.stop()
+  return files, seconds, peak
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--files", type=int, default=200_000)
   args = parser.parse_args(argv)
   from apache_beam.io.filesystems import FileSystems
+
+  from segbeam.pipeline import sources
 
   folder = tempfile.mkdtemp(prefix="segbeam-listing-")
   try:
@@ -32,21 +47,21 @@ def main(argv=None) -> int:
       path = os.path.join(folder, f"{i // 1000:03d}", f"{i:06d}.png")
       os.makedirs(os.path.dirname(path), exist_ok=True)
       open(path, "wb").close()
-    tracemalloc.start()
-    started = time.perf_counter()
-    (result,) = FileSystems.match([os.path.join(folder, "**", "*.png")])
-    seconds = time.perf_counter() - started
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    assert len(result.metadata_list) == args.files, len(result.metadata_list)
-    path_length = len(result.metadata_list[0].path)
+    pattern = os.path.join(folder, "**", "*.png")
+    ways = {
+      "FileSystems.match (one list)": lambda: len(FileSystems.match([pattern])[0].metadata_list),
+      "sources.iter_matches (streamed)": lambda: sum(1 for _ in sources.iter_matches(pattern)),
+    }
+    path_length = len(path)
+    for name, listing in ways.items():
+      files, seconds, peak = _peak(listing)
+      assert files == args.files, (name, files)
+      print(
+        f"{name}: {files:,} files in {seconds:.1f} s, peak memory {peak / 1e6:.1f} MB, "
+        f"{peak / files:.0f} bytes per file (paths of {path_length} characters)"
+      )
   finally:
     shutil.rmtree(folder)
-  print(
-    f"{args.files:,} files listed in {seconds:.1f} s; peak memory of the listing "
-    f"{peak / 1e6:.1f} MB, {peak / args.files:.0f} bytes per file (paths of {path_length} "
-    "characters)"
-  )
   return 0
 
 

@@ -1,4 +1,4 @@
-"""How `segbeam run`'s costs grow with the number of inputs: 10,000 to 200,000 tiny images.
+"""How `segbeam run`'s costs grow with the number of inputs: 10,000 to 1,000,000 tiny images.
 
 Generated 24x24 PNG images with 24x24 label masks, as files (with --ground-truth) and packed
 into TFRecord shards of --records-per-shard (labels inside the examples), run with the null

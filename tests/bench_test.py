@@ -166,3 +166,12 @@ def test_scale_prints_each_size_and_layout():
     assert row[7].rstrip(" |").endswith(" s"), row  # the manifest step's time, from its log line
   assert "shards: 60 / 30 inputs: wall per input" in out
   assert "tables split into files under 10 MB: 0 (target met)" in out
+
+
+def test_listing_memory_compares_the_two_listings():
+  out = _bench("listing_memory.py", "--files", "2000")
+  held, streamed = out.splitlines()
+  assert held.startswith("FileSystems.match (one list): 2,000 files in ")
+  assert streamed.startswith("sources.iter_matches (streamed): 2,000 files in ")
+  per_file = [int(line.split(" bytes per file")[0].rsplit(", ", 1)[1]) for line in (held, streamed)]
+  assert per_file[1] < per_file[0]  # what streaming is for

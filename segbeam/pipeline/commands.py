@@ -8,6 +8,7 @@ counts and a few rows after a run, one line for a bad invocation (exit 2) or a f
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from typing import Optional, Sequence
@@ -21,6 +22,7 @@ from segbeam.pipeline import constants
 from segbeam.pipeline import elements
 from segbeam.pipeline import job
 from segbeam.pipeline import options as options_lib
+from segbeam.pipeline import progress
 from segbeam.pipeline import schema
 from segbeam.pipeline import sinks
 
@@ -116,6 +118,20 @@ def _configure_logging() -> None:
     handler.addFilter(_not_an_interrupt)
 
 
+def progress_reporter(
+  options: options_lib.RunOptions, beam_args: Sequence[str]
+) -> contextlib.AbstractContextManager:
+  """Progress lines on stderr while the run goes, where the runner runs it in this process
+  and not --quiet; else nothing (Dataflow's workers count in the job's counters)."""
+  if options.quiet or not beam_options.runs_in_this_process(
+    beam_options.pipeline_options(beam_args)
+  ):
+    return contextlib.nullcontext()
+  # The reporter's lines replace the postprocessing's own "segmented N images" log lines.
+  logging.getLogger("segbeam.pipeline.rows").setLevel(logging.WARNING)
+  return progress.Reporter(sys.stderr)
+
+
 def run(options: options_lib.RunOptions, beam_args: Sequence[str]) -> int:
   """`segbeam run` with its options parsed: checks Beam's, runs, reports; the exit status."""
   _configure_logging()
@@ -125,7 +141,8 @@ def run(options: options_lib.RunOptions, beam_args: Sequence[str]) -> int:
     print(f"segbeam run: {error}", file=sys.stderr)
     return 2
   try:
-    job.run(options, beam_args)
+    with progress_reporter(options, beam_args):
+      job.run(options, beam_args)
   except job.InvocationError as error:
     print(f"segbeam run: {error}", file=sys.stderr)
     return 2

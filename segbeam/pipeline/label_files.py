@@ -20,7 +20,6 @@ from typing import Any, Iterable, Iterator, Optional
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 from PIL import Image
 
@@ -109,7 +108,8 @@ class JoinLabelFiles(beam.PTransform):
   def expand(self, rows):
     labels = (
       rows.pipeline
-      | "MatchLabels" >> fileio.MatchFiles(self._pattern)
+      | "LabelsPattern" >> beam.Create([self._pattern])
+      | "MatchLabels" >> beam.FlatMap(sources.iter_matches)
       | "LabelKeys" >> beam.Map(label_entry, sources.pattern_root(self._pattern))
     )
     if not self._distributed:

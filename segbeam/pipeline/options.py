@@ -56,6 +56,7 @@ class RunOptions:
       (`segbeam.model.model_safety`); a damaged export is refused all the same.
     require_gpu: fail the model's load where TensorFlow sees no GPU (set by `segbeam submit`
       and the Flex Template: a GPU job must not run on the CPU while its GPUs are billed).
+    quiet: print no progress lines while a local run goes.
     run_id: recorded in every row and the manifest.
     started: UTC start time, ISO 8601.
   """
@@ -79,6 +80,7 @@ class RunOptions:
   skip_existing: tuple[str, ...] = ()
   trust_model: bool = False
   require_gpu: bool = False
+  quiet: bool = False
   run_id: str = ""
   started: str = ""
 
@@ -164,6 +166,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   )
   parser.add_argument(
     "--overwrite", action="store_true", help="replace a previous run's output in OUTPUT"
+  )
+  parser.add_argument(
+    "--quiet",
+    action="store_true",
+    help="no progress lines on stderr while the run goes (images done, failed, img/s, time left)",
   )
   parser.add_argument(
     "--input-format",
@@ -309,6 +316,7 @@ def from_args(args: argparse.Namespace) -> RunOptions:
     skip_existing=tuple(path.rstrip("/") for path in args.skip_existing),
     trust_model=args.trust_model,
     require_gpu=args.require_gpu,
+    quiet=args.quiet,
     run_id=args.run_id or new_run_id(now),
     started=now.isoformat(timespec="seconds"),
   )

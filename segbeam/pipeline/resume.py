@@ -24,6 +24,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from segbeam.pipeline import constants
 from segbeam.pipeline import elements
+from segbeam.pipeline import progress
 from segbeam.pipeline import sinks
 from segbeam.pipeline import sources
 
@@ -71,7 +72,7 @@ class SkipSegmented(beam.DoFn):
   side input keyed by image id) holds it."""
 
   def __init__(self):
-    self._skipped = beam.metrics.Metrics.counter(constants.METRICS_NAMESPACE, "skipped_existing")
+    self._skipped = progress.Counter(progress.SKIPPED)
 
   def process(self, record: elements.ImageRecord, segmented) -> Iterator:
     for _ in segmented[record.image_id]:  # a lazy iterable on the Fn API runners

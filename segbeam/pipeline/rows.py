@@ -19,10 +19,10 @@ from segbeam.model import labels as labels_lib
 from segbeam.model import metrics as metrics_lib
 from segbeam.model import postprocess
 from segbeam.pipeline import background
-from segbeam.pipeline import constants
 from segbeam.pipeline import elements
 from segbeam.pipeline import inference
 from segbeam.pipeline import mask_png
+from segbeam.pipeline import progress
 from segbeam.pipeline import schema
 
 _LOG = logging.getLogger(__name__)
@@ -145,8 +145,8 @@ class MakeRows(beam.DoFn):
     self._context = context
     self._threads = threads
     self._max_pending = max_pending
-    self._segmented = beam.metrics.Metrics.counter(constants.METRICS_NAMESPACE, "segmented")
-    self._failed = beam.metrics.Metrics.counter(constants.METRICS_NAMESPACE, "failed")
+    self._segmented = progress.Counter(progress.SEGMENTED)
+    self._failed = progress.Counter(progress.FAILED)
 
   def setup(self):
     self._queue = background.OrderedBackgroundQueue(

@@ -16,7 +16,7 @@ Which files are shards: `is_tfrecord` (by name, or by the first bytes where the 
 say). Reads are bounded whatever a file claims: an image file is read up to --max-file-bytes and
 refused beyond, a shard record over that size is skipped unread, and a local path that is not a
 regular file (a FIFO, a device such as /dev/zero behind a symlink) is refused without opening it.
-Nothing read from an input names a file to read: ids from tf.Examples only label rows.
+Nothing read from an input names a file to read: filenames from tf.Examples are only data.
 """
 
 from __future__ import annotations
@@ -29,10 +29,13 @@ from typing import BinaryIO, Callable, Iterator, Optional
 
 import apache_beam as beam
 from apache_beam.io import fileio
+from apache_beam.io import filesystem
+from apache_beam.io.filesystems import FileSystems
 
 from segbeam.pipeline import constants
 from segbeam.pipeline import elements
 from segbeam.pipeline import options as options_lib
+from segbeam.pipeline import progress
 from segbeam.pipeline import sinks
 from segbeam.pipeline import tfrecord
 
@@ -152,6 +155,66 @@ class PreviousOutputs:
     return folder if self._checked[folder] else None
 
 
+def iter_matches(pattern: str) -> Iterator[filesystem.FileMetadata]:
+  """The files `pattern` matches, as `FileSystems.match` finds them, but one by one as the
+  file system lists them: `FileSystems.match` returns one list, several hundred bytes a file
+  held at once (BENCHMARKS.md, "Scale"), which at millions of files is what grows."""
+  glob_char = _GLOB_CHARS.search(pattern)
+  if glob_char is None:
+    (result,) = FileSystems.match([pattern])
+    yield from result.metadata_list
+    return
+  fs = FileSystems.get_filesystem(pattern)
+  prefix = pattern[: glob_char.start()]
+  if fs.has_dirs():
+    prefix = fs._url_dirname(prefix)  # the folder FileSystem.match lists, found as it does
+  yield from fs.match_files(fs._list(prefix), pattern)
+
+
+class ListFiles(beam.DoFn):
+  """A glob -> the metadata of each file it matches, as `fileio.MatchFiles` gives them, but
+  one by one as they are listed (`iter_matches`).
+
+  Where every match is an image file by its name (or by --input-format images), their number
+  goes on the `inputs_listed` counter: the run's total, for its progress. A match that is, or
+  may be, a TFRecord shard leaves it unset (a shard's images are counted as they are read).
+  With `count_first` the listing is walked twice, to count before the first file goes on (in
+  one process, where each file is read as soon as it is listed); without, files are counted
+  as they go into the reshuffle that follows the listing, which ends before any is read.
+  """
+
+  def __init__(self, input_format: str = constants.FORMAT_AUTO, *, count_first: bool = False):
+    self._input_format = input_format
+    self._count_first = count_first
+    self._listed = progress.Counter(progress.LISTED)
+
+  def process(self, pattern: str) -> Iterator[filesystem.FileMetadata]:
+    if self._count_first:
+      for _ in self._counted(iter_matches(pattern)):
+        pass
+      yield from iter_matches(pattern)
+    else:
+      yield from self._counted(iter_matches(pattern))
+
+  def _counted(self, files: Iterator[filesystem.FileMetadata]) -> Iterator[filesystem.FileMetadata]:
+    """`files`, each passed on; once through, their number onto `inputs_listed` where all are
+    images."""
+    images: Optional[int] = 0
+    for metadata in files:
+      if images is not None and self._is_image(metadata.path):
+        images += 1
+      else:
+        images = None
+      yield metadata
+    if images is not None:
+      self._listed.inc(images)
+
+  def _is_image(self, path: str) -> bool:
+    if self._input_format == constants.FORMAT_AUTO:
+      return bool(_IMAGE_NAME.search(path))
+    return self._input_format == constants.FORMAT_IMAGES
+
+
 class ReadFile(beam.DoFn):
   """A matched file -> ImageRecord per image (one per image file, one per shard record); what
   cannot be read becomes a Failure on the FAILURES output."""
@@ -168,7 +231,8 @@ class ReadFile(beam.DoFn):
     self._input_format = input_format
     self._keys = example_keys
     self._max_file_bytes = max_file_bytes
-    self._seen = beam.metrics.Metrics.counter(constants.METRICS_NAMESPACE, "inputs_seen")
+    self._seen = progress.Counter(progress.SEEN)
+    self._failed = progress.Counter(progress.FAILED_READ)
 
   def setup(self):
     self._previous_outputs = PreviousOutputs(self._root)
@@ -208,6 +272,8 @@ class ReadFile(beam.DoFn):
       outputs = self._read_image(readable, file_id)
     for output in outputs:
       self._seen.inc()
+      if isinstance(output, beam.pvalue.TaggedOutput):
+        self._failed.inc()
       yield output
 
   def _read_image(self, readable: fileio.ReadableFile, image_id: str):
@@ -357,6 +423,7 @@ class ReadImages(beam.PTransform):
     super().__init__()
     self._pattern = pattern
     self._spread_files = spread_files
+    self._input_format = input_format
     self._read = ReadFile(
       root=pattern_root(pattern),
       input_format=input_format,
@@ -365,7 +432,12 @@ class ReadImages(beam.PTransform):
     )
 
   def expand(self, pbegin):
-    matched = pbegin | "MatchFiles" >> fileio.MatchFiles(self._pattern)
+    matched = (
+      pbegin
+      | "Pattern" >> beam.Create([self._pattern])
+      | "MatchFiles"
+      >> beam.ParDo(ListFiles(self._input_format, count_first=not self._spread_files))
+    )
     if self._spread_files:
       matched = matched | "Reshuffle" >> beam.Reshuffle()
     return (

@@ -14,10 +14,12 @@ import importlib.metadata
 import json
 import re
 import sys
-from typing import Any, Optional, Sequence
+import time
+from typing import Any, Optional, Sequence, TextIO
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import GoogleCloudOptions
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.dataflow.internal import apiclient
@@ -28,8 +30,10 @@ from segbeam import startup
 from segbeam import versions
 from segbeam.pipeline import beam_options
 from segbeam.pipeline import commands
+from segbeam.pipeline import constants
 from segbeam.pipeline import job
 from segbeam.pipeline import options as options_lib
+from segbeam.pipeline import progress
 
 GPU_L4 = "nvidia-l4"
 GPU_T4 = "nvidia-tesla-t4"
@@ -441,6 +445,46 @@ def describe_job(job) -> dict[str, Any]:
   }
 
 
+# How often `--wait` prints the job's progress.
+WAIT_REPORT_SECONDS = 30.0
+
+
+def job_counts(result: PipelineResult) -> dict[str, int]:
+  """The job's segbeam counters so far (committed, else attempted, as the service has them)."""
+  counts: dict[str, int] = {}
+  query = result.metrics().query(MetricsFilter().with_namespace(constants.METRICS_NAMESPACE))
+  for metric in query["counters"]:
+    value = metric.committed if metric.committed is not None else metric.attempted
+    counts[metric.key.metric.name] = counts.get(metric.key.metric.name, 0) + (value or 0)
+  return counts
+
+
+def wait_printing_progress(
+  result: PipelineResult,
+  *,
+  every: float = WAIT_REPORT_SECONDS,
+  stream: TextIO = sys.stderr,
+  clock=time.monotonic,
+) -> str:
+  """Waits for the job to end, printing its progress (`progress.Figures` from its counters)
+  every `every` seconds; returns its final state."""
+  last: Optional[tuple[float, int]] = None
+  while True:
+    state = result.wait_until_finish(duration=int(every * 1000))
+    if PipelineState.is_terminal(state):
+      return state
+    try:
+      figures = progress.Figures.from_counts(job_counts(result))
+    except Exception:  # metrics not there yet, or the service did not answer: next time
+      continue
+    now = clock()
+    if last is not None and now > last[0]:
+      rate = (figures.done - last[1]) / (now - last[0])
+      figures = dataclasses.replace(figures, images_per_second=rate)
+    last = (now, figures.done)
+    print(f"job {state.lower()}: {figures.line()}", file=stream, flush=True)
+
+
 def console_url(project: str, region: str, job_id: str) -> str:
   return f"https://console.cloud.google.com/dataflow/jobs/{region}/{job_id}?project={project}"
 
@@ -466,7 +510,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if not args.wait:
     return 0
   try:
-    state = result.wait_until_finish()
+    state = wait_printing_progress(result)
   except KeyboardInterrupt:  # Ctrl-C stops the waiting, not the job: say how to stop that
     print(
       f"segbeam submit: stopped waiting; job {job_id} is still running on Dataflow (stop "

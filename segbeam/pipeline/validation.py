@@ -29,6 +29,7 @@ from PIL import PngImagePlugin
 
 from segbeam.pipeline import constants
 from segbeam.pipeline import elements
+from segbeam.pipeline import progress
 from segbeam.pipeline import tfrecord
 
 # Formats the export's decoder reads (tf.io.decode_image), by their magic bytes.
@@ -236,7 +237,7 @@ class ValidateImage(beam.DoFn):
 
   def __init__(self, *, max_pixels: int = constants.DEFAULT_MAX_PIXELS):
     self._max_pixels = max_pixels
-    self._failed = beam.metrics.Metrics.counter(constants.METRICS_NAMESPACE, "failed_validate")
+    self._failed = progress.Counter(progress.FAILED_VALIDATE)
 
   def process(self, record: elements.ImageRecord) -> Iterator:
     result = validate(record, self._max_pixels)

@@ -1,5 +1,6 @@
 """`segbeam submit`: the Dataflow job, built offline by Beam's DataflowRunner in dry-run mode."""
 
+import io
 import json
 
 import pytest
@@ -132,7 +133,7 @@ class _JobStillRunning:
   def job_id(self) -> str:
     return "2026-11-29_04_05_06-123"
 
-  def wait_until_finish(self):
+  def wait_until_finish(self, duration=None):
     raise KeyboardInterrupt
 
 
@@ -146,6 +147,60 @@ def test_ctrl_c_while_waiting_says_the_job_runs_on_and_how_to_cancel_it(monkeypa
     "Dataflow (stop it with: gcloud dataflow jobs cancel 2026-11-29_04_05_06-123 --region "
     "europe-west4)\n"
   )
+
+
+class _RunningJob:
+  """A launched job as Beam's DataflowPipelineResult shows it to `--wait`: running for two
+  polls, its segbeam counters growing (as the service aggregates them), then done."""
+
+  def __init__(self):
+    self.polls = []
+    self._states = iter(["RUNNING", "RUNNING", "DONE"])
+    self._counts = iter(
+      [
+        {"inputs_seen": 600, "segmented": 400, "failed_validate": 2},
+        {"inputs_seen": 1300, "segmented": 1000, "failed_read": 1, "failed_validate": 5},
+      ]
+    )
+
+  def wait_until_finish(self, duration=None):
+    self.polls.append(duration)
+    return next(self._states)
+
+  def metrics(self):
+    from apache_beam.metrics.execution import MetricKey
+    from apache_beam.metrics.execution import MetricResult
+    from apache_beam.metrics.metricbase import MetricName
+
+    counts = next(self._counts)
+
+    class _Metrics:
+      def query(self, metrics_filter):
+        assert metrics_filter.namespaces == {"segbeam"}
+        return {
+          "counters": [
+            # Dataflow reports a counter per step; a running job's committed may be missing.
+            MetricResult(MetricKey("Read", MetricName("segbeam", name)), None, value)
+            for name, value in counts.items()
+          ],
+          "distributions": [],
+          "gauges": [],
+        }
+
+    return _Metrics()
+
+
+def test_wait_prints_the_jobs_progress_from_its_counters():
+  running, out = _RunningJob(), io.StringIO()
+  clock = iter([100.0, 130.0])
+  state = submit.wait_printing_progress(running, every=30, stream=out, clock=lambda: next(clock))
+  assert state == "DONE" and running.polls == [30000, 30000, 30000]
+  assert out.getvalue().splitlines() == [
+    "job running: 402 images done of 600 read so far (the total is counted as they are read), "
+    "2 failed",
+    "job running: 1,006 images done of 1,300 read so far (the total is counted as they are "
+    "read), 6 failed, 20.1 img/s",
+  ]
 
 
 @pytest.mark.parametrize(

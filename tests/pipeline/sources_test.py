@@ -338,3 +338,21 @@ def test_a_glob_rooted_inside_a_previous_output_asks_for_its_files(small_run, tm
   )
   assert_that(out[elements.FAILURES], equal_to([]), label="no failures")
   p.run().wait_until_finish()
+
+
+@pytest.mark.parametrize(
+  "pattern", ["*.jpg", "**/*.jpg", "**", "sub/[ab]*.jpg", "sub/a?.jpg", "top.jpg", "nothing*"]
+)
+def test_files_are_listed_one_by_one_as_beam_matches_them(tmp_path, pattern):
+  for name in ("top.jpg", "other.png", "sub/a1.jpg", "sub/b2.jpg", "sub/c3.jpg", "sub/d/e.jpg"):
+    os.makedirs(os.path.dirname(tmp_path / name), exist_ok=True)
+    (tmp_path / name).write_bytes(b"x")
+  from apache_beam.io.filesystems import FileSystems
+
+  full = str(tmp_path / pattern)
+  (expected,) = FileSystems.match([full])
+  listed = sources.iter_matches(full)
+  assert not isinstance(listed, list)
+  assert sorted((m.path, m.size_in_bytes) for m in listed) == sorted(
+    (m.path, m.size_in_bytes) for m in expected.metadata_list
+  )
