@@ -16,6 +16,7 @@ runner:
 from __future__ import annotations
 
 import io
+import posixpath
 from typing import Any, Iterable, Iterator, Optional
 
 import apache_beam as beam
@@ -30,12 +31,17 @@ ROWS = "rows"
 LABELS = "labels"
 
 
+def label_key(name: str) -> str:
+  """Labels match images by name without extension: 'cats/felix.jpg' <-> 'cats/felix.png'."""
+  return posixpath.splitext(name)[0]
+
+
 def row_key(row: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-  return rows_lib.label_key(row["filename"] or row["image_id"]), row
+  return label_key(row["filename"] or row["image_id"]), row
 
 
 def label_entry(metadata, root: str) -> tuple[str, str]:
-  return rows_lib.label_key(sources.relative_id(metadata.path, root)), metadata.path
+  return label_key(sources.relative_id(metadata.path, root)), metadata.path
 
 
 def read_label(paths: list[str]) -> tuple[Optional[bytes], Optional[str]]:

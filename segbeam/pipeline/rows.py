@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import posixpath
 import time
 from typing import Any, Iterator, Optional
 
@@ -43,11 +42,6 @@ class RunContext:
   def column_suffixes(self) -> list[str]:
     """Column suffix of each class, computed once per run instead of once per row."""
     return schema.class_columns(self.class_names)
-
-
-def label_key(name: str) -> str:
-  """Labels match images by name without extension: 'cats/felix.jpg' <-> 'cats/felix.png'."""
-  return posixpath.splitext(name)[0]
 
 
 def ground_truth_columns(
