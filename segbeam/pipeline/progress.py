@@ -95,6 +95,25 @@ class Figures:
     return ", ".join(parts)
 
 
+class Rate:
+  """Images per second since images were first done (start-up left out), from successive
+  readings of (time, images done)."""
+
+  def __init__(self):
+    self._first: Optional[tuple[float, int]] = None
+
+  def update(self, now: float, done: int) -> Optional[float]:
+    """The rate up to this reading; None until two readings with images done apart."""
+    if self._first is None:
+      if done:
+        self._first = (now, done)
+      return None
+    since, done_then = self._first
+    if now <= since or done <= done_then:
+      return None
+    return (done - done_then) / (now - since)
+
+
 def _duration(seconds: float) -> str:
   seconds = int(round(seconds))
   if seconds < 60:
@@ -129,7 +148,7 @@ class Reporter:
     self._clock = clock
     self._stop = threading.Event()
     self._thread = threading.Thread(target=self._loop, name="segbeam-progress", daemon=True)
-    self._first: Optional[tuple[float, int]] = None  # (time, done) when images first were done
+    self._rate = Rate()
     self._printed = False
 
   def __enter__(self) -> "Reporter":
@@ -156,16 +175,9 @@ class Reporter:
     return True
 
   def figures(self) -> Figures:
-    counts = tally()
-    done = Figures.from_counts(counts).done
-    now = self._clock()
-    rate = None
-    if self._first is None:
-      if done:
-        self._first = (now, done)
-    elif now > self._first[0] and done > self._first[1]:
-      rate = (done - self._first[1]) / (now - self._first[0])
-    return Figures.from_counts(counts, rate)
+    figures = Figures.from_counts(tally())
+    rate = self._rate.update(self._clock(), figures.done)
+    return dataclasses.replace(figures, images_per_second=rate)
 
   def _loop(self) -> None:
     while not self._stop.wait(self._every):

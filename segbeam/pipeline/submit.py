@@ -468,7 +468,7 @@ def wait_printing_progress(
 ) -> str:
   """Waits for the job to end, printing its progress (`progress.Figures` from its counters)
   every `every` seconds; returns its final state."""
-  last: Optional[tuple[float, int]] = None
+  rate = progress.Rate()
   while True:
     state = result.wait_until_finish(duration=int(every * 1000))
     if PipelineState.is_terminal(state):
@@ -477,11 +477,7 @@ def wait_printing_progress(
       figures = progress.Figures.from_counts(job_counts(result))
     except Exception:  # metrics not there yet, or the service did not answer: next time
       continue
-    now = clock()
-    if last is not None and now > last[0]:
-      rate = (figures.done - last[1]) / (now - last[0])
-      figures = dataclasses.replace(figures, images_per_second=rate)
-    last = (now, figures.done)
+    figures = dataclasses.replace(figures, images_per_second=rate.update(clock(), figures.done))
     print(f"job {state.lower()}: {figures.line()}", file=stream, flush=True)
 
 
