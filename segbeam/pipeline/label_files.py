@@ -8,13 +8,16 @@ runner:
 - on several workers (Dataflow), in a CoGroupByKey: no worker holds every label path (a dict
   side input would, and at 100 million labels it would not fit), and the shuffle is the
   service's;
-- in one process (the local runner), from a dict side input of label key -> paths: that
-  runner holds a shuffle's data in memory, and a row (KBs) costs far more there than a label
-  path (BENCHMARKS.md, "Scale").
+- in one process (the local runner), which holds a shuffle's data in memory, by listing the
+  label folder of each row's key as rows ask for it, a few folders' listings kept
+  (`LabelFolders`): rows come in the order their files were listed, folder after folder, so
+  each label folder is listed about once and memory does not grow with the labels' number
+  (BENCHMARKS.md, "Scale").
 """
 
 from __future__ import annotations
 
+import collections
 import io
 import posixpath
 from typing import Any, Iterable, Iterator, Optional
@@ -87,12 +90,71 @@ def score_joined(
   return score(joined[ROWS], sorted(joined[LABELS]), context)
 
 
-def score_looked_up(
-  row: dict[str, Any], label_paths: dict[str, list[str]], context: rows_lib.RunContext
-) -> Iterator[dict[str, Any]]:
-  """A row -> itself, scored against its key's paths in `label_paths` (key -> sorted paths)."""
-  key, _ = row_key(row)
-  return score([row], label_paths.get(key, []), context)
+class LabelFolders:
+  """Label file paths by label key, listed one folder at a time as they are asked for.
+
+  The listings of the `keep` folders asked for last are kept: in listing order, one listing
+  per folder; in any other order, right all the same, with folders listed again.
+
+  Args:
+    pattern: the label files' glob (`--ground-truth`).
+    keep: how many folders' listings to keep.
+  """
+
+  def __init__(self, pattern: str, keep: int = 8):
+    self._pattern = pattern
+    self._root = sources.pattern_root(pattern)
+    self._keep = keep
+    self._folders: collections.OrderedDict[str, dict[str, list[str]]] = collections.OrderedDict()
+
+  def paths(self, key: str) -> list[str]:
+    """The label files of `key`, sorted."""
+    folder = posixpath.dirname(key)
+    listing = self._folders.get(folder)
+    if listing is None:
+      listing = self._folders[folder] = self._list(folder)
+      if len(self._folders) > self._keep:
+        self._folders.popitem(last=False)
+    else:
+      self._folders.move_to_end(folder)
+    return listing.get(key, [])
+
+  def _list(self, folder: str) -> dict[str, list[str]]:
+    children = self._root + (folder + "/" if folder else "") + "*"
+    filesystem = FileSystems.get_filesystem(self._pattern)
+    listing: dict[str, list[str]] = collections.defaultdict(list)
+    for metadata in filesystem.match_files(sources.iter_matches(children), self._pattern):
+      key, path = label_entry(metadata, self._root)
+      listing[key].append(path)
+    return {key: sorted(paths) for key, paths in listing.items()}
+
+
+class ScoreFromFolders(beam.DoFn):
+  """A row -> itself, scored against the label files its key has (`LabelFolders`).
+
+  Args:
+    pattern: the label files' glob.
+    context: the run's `rows.RunContext`.
+  """
+
+  def __init__(self, pattern: str, context: rows_lib.RunContext):
+    self._pattern = pattern
+    self._context = context
+
+  def setup(self):
+    self._labels = LabelFolders(self._pattern)
+
+  def process(self, row: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    key, _ = row_key(row)
+    try:
+      paths = self._labels.paths(key)
+    except Exception as error:  # the row still counts; its gt_error says why it has no score
+      if not _has_ground_truth(row):
+        reason = f"cannot list the label files for {key}: {type(error).__name__}: {error}"
+        row = {**row, **rows_lib.ground_truth_columns(None, None, self._context, reason[:300])}
+      yield row
+      return
+    yield from score([row], paths, self._context)
 
 
 class JoinLabelFiles(beam.PTransform):
@@ -102,7 +164,7 @@ class JoinLabelFiles(beam.PTransform):
     pattern: the label files' glob (`--ground-truth`).
     context: the run's `rows.RunContext`; its label map reads the labels.
     distributed: whether the runner spreads the work over workers (see the module's
-      docstring): then a CoGroupByKey, else a dict side input.
+      docstring): then a CoGroupByKey, else `ScoreFromFolders`.
   """
 
   def __init__(self, pattern: str, context: rows_lib.RunContext, *, distributed: bool = True):
@@ -112,25 +174,17 @@ class JoinLabelFiles(beam.PTransform):
     self._distributed = distributed
 
   def expand(self, rows):
+    if not self._distributed:
+      return rows | "Score" >> beam.ParDo(ScoreFromFolders(self._pattern, self._context))
     labels = (
       rows.pipeline
       | "LabelsPattern" >> beam.Create([self._pattern])
       | "MatchLabels" >> beam.FlatMap(sources.iter_matches)
       | "LabelKeys" >> beam.Map(label_entry, sources.pattern_root(self._pattern))
     )
-    if not self._distributed:
-      # Every label file of a key, so that two for one image are an error, not a pick.
-      paths = labels | "LabelsByKey" >> beam.GroupByKey() | "Sorted" >> beam.MapTuple(_sorted)
-      return rows | "Score" >> beam.FlatMap(
-        score_looked_up, beam.pvalue.AsDict(paths), self._context
-      )
     keyed = rows | "RowKeys" >> beam.Map(row_key)
     return (
       {ROWS: keyed, LABELS: labels}
       | "ByKey" >> beam.CoGroupByKey()
       | "Score" >> beam.FlatMap(score_joined, self._context)
     )
-
-
-def _sorted(key: str, paths: Iterable[str]) -> tuple[str, list[str]]:
-  return key, sorted(paths)
