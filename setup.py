@@ -39,6 +39,10 @@ INSTALL_REQUIRES = [
   "pyarrow>=16",
   # Tested from 1.5 (setup.py's lower bounds, above).
   "duckdb>=1.5,<3",
+  # The output folder's claim on gs:// needs generation preconditions, which Beam's file
+  # system does not expose (segbeam/pipeline/output_claim.py); Beam 2.77's ranges.
+  "google-cloud-storage>=2.18,<4",
+  "google-api-core>=2.17,<3",
 ]
 
 # Ships real photos (a cat among them) for `segbeam demo`, so none are committed here.

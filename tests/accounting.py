@@ -27,7 +27,8 @@ def assert_accounted_for(output: str, *, inputs_seen: Optional[int] = None) -> d
     or retried attempt;
   - no image id is in both tables or twice in one;
   - with --mask-files, masks/ holds one file per segments row, named after its id, with the
-    row's mask, and nothing else.
+    row's mask, and nothing else;
+  - the run's claim on the folder and its journal are gone.
   """
   run = output_lib.RunOutput(output)  # raises when there is no manifest
   manifest = run.manifest
@@ -58,6 +59,8 @@ def assert_accounted_for(output: str, *, inputs_seen: Optional[int] = None) -> d
       assert run.read_bytes(path) == mask, path
   else:
     assert masks == []
+  assert run.files(constants.JOURNAL_DIR) == []
+  assert output_lib.unfinished(output) is None  # no claim left either
   return manifest
 
 

@@ -96,11 +96,11 @@ def interruption_message(output: str) -> str:
   if constants.MANIFEST_FILE in written:  # before this run prepared the folder: it is untouched
     return f"interrupted; {output} is as it was"
   if written:
-    return (
-      f"interrupted; {output} holds an unfinished run (no manifest.json): run again with "
-      "--overwrite"
-    )
+    return f"interrupted; {output} holds an unfinished run (no manifest.json): {RESUME_HINT}"
   return "interrupted before anything was written"
+
+
+RESUME_HINT = "run the same command with --resume to continue it, or --overwrite to start over"
 
 
 def _interrupted_exit(output: str) -> int:
@@ -143,6 +143,10 @@ def run(options: options_lib.RunOptions, beam_args: Sequence[str]) -> int:
   try:
     with progress_reporter(options, beam_args):
       job.run(options, beam_args)
+  except job.NothingToResumeError as error:
+    print(f"segbeam run: {error}", file=sys.stderr)
+    print_report(options.output)
+    return 0
   except job.InvocationError as error:
     print(f"segbeam run: {error}", file=sys.stderr)
     return 2
@@ -155,7 +159,7 @@ def run(options: options_lib.RunOptions, beam_args: Sequence[str]) -> int:
     reason = elements.one_line(error, limit=500)
     print(
       f"segbeam run: the run failed, no manifest was written in {options.output}: "
-      f"{type(error).__name__}: {reason}",
+      f"{type(error).__name__}: {reason}; once fixed, {RESUME_HINT}",
       file=sys.stderr,
     )
     return 1

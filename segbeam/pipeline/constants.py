@@ -37,4 +37,8 @@ SEGMENTS_DIR = "segments"
 ERRORS_DIR = "errors"
 MASKS_DIR = "masks"
 MANIFEST_FILE = "manifest.json"
-OUTPUT_ENTRIES = (SEGMENTS_DIR, ERRORS_DIR, MASKS_DIR, MANIFEST_FILE)
+# While a run goes: its claim on the folder (`output_claim`), and the rows made durable so far
+# (`journal`), both removed once the manifest is written.
+CLAIM_FILE = "_claim.json"
+JOURNAL_DIR = "_journal"
+OUTPUT_ENTRIES = (SEGMENTS_DIR, ERRORS_DIR, MASKS_DIR, MANIFEST_FILE, CLAIM_FILE, JOURNAL_DIR)

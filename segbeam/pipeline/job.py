@@ -8,8 +8,10 @@ options). Both check the invocation first (`prepare`): a bad model, input or out
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from typing import Optional, Sequence
+import sys
+from typing import NamedTuple, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -19,8 +21,10 @@ from segbeam.model import contract
 from segbeam.model import defaults
 from segbeam.model import model_safety
 from segbeam.pipeline import beam_options
+from segbeam.pipeline import constants
 from segbeam.pipeline import model_files
 from segbeam.pipeline import options as options_lib
+from segbeam.pipeline import output_claim
 from segbeam.pipeline import resume
 from segbeam.pipeline import sessions
 from segbeam.pipeline import sinks
@@ -83,17 +87,37 @@ def _check_model(model_dir: str, *, trust: bool) -> None:
     raise InvocationError(str(error).replace(local_dir, model_dir.rstrip("/"))) from error
 
 
-def _prepare_output(output: str, overwrite: bool) -> None:
-  """Refuses to mix runs in one folder unless --overwrite, then checks it is writable."""
-  previous = sinks.entries_present(output)
-  if previous and not overwrite:
-    raise InvocationError(
-      f"{output} already holds a run ({', '.join(previous)}); pass "
-      "--overwrite to replace it or choose another --output"
-    )
+class NothingToResumeError(InvocationError):
+  """--resume, and the output folder holds a completed run."""
+
+
+def fingerprint(options: options_lib.RunOptions, metadata: contract.ModelMetadata) -> dict:
+  """What a run's rows depend on, by its option's name: every attempt at one output must
+  agree on it (`--resume`). Batching, threads and the handler change how, not what."""
+  return {
+    "--input": options.input,
+    "--model": f"{metadata.name} version {metadata.version}",
+    "--ground-truth": options.labels,
+    "--label-map": options.label_map,
+    "--skip-existing": list(options.skip_existing),
+    "--input-format": options.input_format,
+    "--*-key": list(dataclasses.astuple(options.example_keys)),
+    "--max-pixels": options.max_pixels,
+    "--max-file-bytes": options.max_file_bytes,
+    "--mask-files": options.mask_files,
+  }
+
+
+def _differences(theirs: dict, mine: dict) -> str:
+  return ", ".join(
+    f"{name} {theirs.get(name)!r} (this run: {mine[name]!r})"
+    for name in mine
+    if theirs.get(name) != mine[name]
+  )
+
+
+def _check_writable(output: str) -> None:
   try:
-    if previous:
-      FileSystems.delete([FileSystems.join(output, entry) for entry in previous])
     if not FileSystems.exists(output):
       FileSystems.mkdirs(output)
     probe = FileSystems.join(output, ".segbeam-write-check")
@@ -102,6 +126,71 @@ def _prepare_output(output: str, overwrite: bool) -> None:
     FileSystems.delete([probe])
   except Exception as error:  # any reason it is not writable
     raise InvocationError(f"output not writable: {output}: {error}") from error
+
+
+def _claim_output(
+  options: options_lib.RunOptions, metadata: contract.ModelMetadata
+) -> list[dict[str, str]]:
+  """Claims the output folder for this run (`output_claim`), or refuses in one line: it holds
+  a run (unless --overwrite replaces it, or --resume continues an unfinished one), or another
+  run claimed it first. Returns every attempt at this output, this one last."""
+  output = options.output
+  mine_print = fingerprint(options, metadata)
+  mine = output_claim.new_claim(options.run_id, options.started, tuple(sys.argv), mine_print)
+  try:
+    held, token = output_claim.read_claim(output)
+  except output_claim.UnreadableClaimError as error:
+    if not options.overwrite:
+      raise InvocationError(f"{error}; pass --overwrite to replace the run there") from error
+    held, token = None, error.token
+  previous = [e for e in sinks.entries_present(output) if e != constants.CLAIM_FILE]
+  try:
+    if options.resume:
+      if constants.MANIFEST_FILE in previous:
+        raise NothingToResumeError(f"{output} holds a completed run: nothing to resume")
+      if held is None:
+        if previous:
+          raise InvocationError(
+            f"--resume: {output} holds an unfinished run without a claim (written by an older "
+            "segbeam), which cannot be resumed; pass --overwrite to replace it"
+          )
+        output_claim.claim(output, mine)  # nothing there yet: a first attempt
+        return list(mine.attempts)
+      differs = _differences(held.fingerprint, mine_print)
+      if differs:
+        raise InvocationError(f"--resume refused: {output} was started with {differs}")
+      if held.holder_running_here():
+        raise InvocationError(f"--resume refused: {output} is being written by {held.holder()}")
+      mine = output_claim.new_claim(
+        options.run_id, options.started, tuple(sys.argv), mine_print, earlier=held
+      )
+      output_claim.take_over(output, token, mine)
+      # Only the journal is durable: what the sinks of a killed attempt left is partial.
+      sinks.delete_entries(output, [constants.SEGMENTS_DIR, constants.ERRORS_DIR])
+      return list(mine.attempts)
+    if options.overwrite:
+      if held is not None and held.holder_running_here():
+        raise InvocationError(f"--overwrite refused: {output} is being written by {held.holder()}")
+      if token is not None:
+        output_claim.take_over(output, token, mine)
+      else:
+        output_claim.claim(output, mine)
+      sinks.delete_entries(output, previous)
+      return list(mine.attempts)
+    if held is not None:
+      raise InvocationError(
+        f"{output} is claimed by {held.holder()}: if that run stopped, run again with --resume "
+        "to continue it or --overwrite to replace it"
+      )
+    if previous:
+      raise InvocationError(
+        f"{output} already holds a run ({', '.join(previous)}); pass "
+        "--overwrite to replace it or choose another --output"
+      )
+    output_claim.claim(output, mine)
+    return list(mine.attempts)
+  except output_claim.ClaimedError as error:  # another run came first
+    raise InvocationError(str(error)) from error
 
 
 def _same_place(a: str, b: str) -> bool:
@@ -132,13 +221,17 @@ def _check_skip_existing(
         ) from error
 
 
-def prepare(
-  options: options_lib.RunOptions, *, check_paths: bool = True
-) -> tuple[str, contract.ModelMetadata]:
+class Prepared(NamedTuple):
+  model_dir: str
+  metadata: contract.ModelMetadata
+  attempts: list[dict[str, str]]  # at this output, this run's last (`output_claim.Claim`)
+
+
+def prepare(options: options_lib.RunOptions, *, check_paths: bool = True) -> Prepared:
   """Checks the run before anything is built: the model (its metadata, graph and files), the
   label map, --skip-existing, and with `check_paths` that the input and ground truth match
-  files and the output folder is free and writable (which prepares it). Returns the model's
-  directory and metadata; raises InvocationError.
+  files and the output folder is writable and free (or resumed, or overwritten), which
+  claims it (`output_claim`). Raises InvocationError.
 
   Args:
     check_paths: off for a Dataflow dry run, which builds the job offline, where gs:// cannot
@@ -156,8 +249,11 @@ def prepare(
     _check_input(options.input)
     if options.labels:
       _check_input(options.labels, what="label")
-    _prepare_output(options.output, options.overwrite)
-  return model_dir, metadata
+    _check_writable(options.output)
+    attempts = _claim_output(options, metadata)
+  else:
+    attempts = [{"run_id": options.run_id, "started": options.started}]
+  return Prepared(model_dir, metadata, attempts)
 
 
 def add_to(
@@ -177,9 +273,14 @@ def add_to(
       here (the worker image's copy of the embedded model on Dataflow).
     distributed: whether the runner spreads the work over workers (`build_pipeline`).
   """
-  model_dir, metadata = prepare(options, check_paths=check_paths)
+  prepared = prepare(options, check_paths=check_paths)
   return transforms.build_pipeline(
-    pipeline, options, metadata, worker_model_dir or model_dir, distributed=distributed
+    pipeline,
+    options,
+    prepared.metadata,
+    worker_model_dir or prepared.model_dir,
+    distributed=distributed,
+    attempts=prepared.attempts,
   )
 
 
@@ -188,12 +289,19 @@ def run(options: options_lib.RunOptions, beam_args: Sequence[str] = ()) -> None:
   `beam_options.DEFAULT_LOCAL_RUNNER` unless they name a runner) and runs it to completion.
   A session `sessions.load_early` started for the model is used where the runner runs the
   model in this process, and dropped otherwise."""
-  model_dir, metadata = prepare(options)
+  prepared = prepare(options)
   pipeline_options = beam_options.pipeline_options(beam_args)
   in_this_process = beam_options.runs_in_this_process(pipeline_options)
   if not in_this_process:
     sessions.drop_early()  # loaded for nothing: the workers are other processes
   pipeline = beam.Pipeline(options=pipeline_options)
-  transforms.build_pipeline(pipeline, options, metadata, model_dir, distributed=not in_this_process)
+  transforms.build_pipeline(
+    pipeline,
+    options,
+    prepared.metadata,
+    prepared.model_dir,
+    distributed=not in_this_process,
+    attempts=prepared.attempts,
+  )
   startup.started()
   pipeline.run().wait_until_finish()

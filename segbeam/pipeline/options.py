@@ -38,6 +38,9 @@ class RunOptions:
       as many writers); 0 for one file per bundle of the writing stage, which is one file on
       the local runner and as many as Dataflow makes bundles (docs/capacity-plan.md).
     overwrite: replace a previous run's output in the folder instead of refusing.
+    resume: continue the unfinished run in the folder (killed, failed or interrupted): what
+      its attempts made durable is kept, the rest is done (`journal`); a fresh run where the
+      folder holds none, nothing where it holds a completed one.
     input_format: 'auto' (a file's name says shard or image, or else its first bytes do: see
       `sources.is_tfrecord`), 'images' or 'tfrecord'.
     example_keys: tf.Example feature keys.
@@ -70,6 +73,7 @@ class RunOptions:
   mask_files: bool = False
   segments_files: int = 0
   overwrite: bool = False
+  resume: bool = False
   input_format: str = constants.FORMAT_AUTO
   example_keys: ExampleKeys = ExampleKeys()
   handler: str = constants.HANDLER_TFX_BSL
@@ -94,6 +98,8 @@ class RunOptions:
     )
     if self.segments_files < 0:
       raise ValueError(f"--segments-files must be 0 or more, got {self.segments_files}")
+    if self.resume and self.overwrite:
+      raise ValueError("--resume continues the run in --output, --overwrite replaces it: pick one")
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -166,6 +172,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   )
   parser.add_argument(
     "--overwrite", action="store_true", help="replace a previous run's output in OUTPUT"
+  )
+  parser.add_argument(
+    "--resume",
+    action="store_true",
+    help="continue the unfinished (killed, failed) run in OUTPUT with the same command: what "
+    "it wrote is kept, the rest is done",
   )
   parser.add_argument(
     "--quiet",
@@ -306,6 +318,7 @@ def from_args(args: argparse.Namespace) -> RunOptions:
     mask_files=args.mask_files,
     segments_files=args.segments_files,
     overwrite=args.overwrite,
+    resume=args.resume,
     input_format=args.input_format,
     example_keys=ExampleKeys(args.image_key, args.filename_key, args.label_key),
     handler=args.handler,

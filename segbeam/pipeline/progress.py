@@ -23,6 +23,7 @@ LISTED = "inputs_listed"  # set at once where the listing knows the total: image
 SEEN = "inputs_seen"
 SEGMENTED = "segmented"
 SKIPPED = "skipped_existing"
+RESUMED = "resumed"  # done by an earlier attempt at this output (`journal`)
 FAILED_READ = "failed_read"
 FAILED_VALIDATE = "failed_validate"
 FAILED = "failed"  # at inference or postprocessing
@@ -65,6 +66,7 @@ class Figures:
   failed: int
   total: Optional[int]  # None where not known up front (TFRecord shards)
   images_per_second: Optional[float]  # since the first image was done: start-up left out
+  resumed: int = 0  # of `done`, those an earlier attempt did (`--resume`)
 
   @classmethod
   def from_counts(
@@ -72,9 +74,10 @@ class Figures:
   ) -> "Figures":
     """The figures of segbeam's counters (`Counter` names -> counts)."""
     failed = sum(counts.get(name, 0) for name in FAILURE_COUNTERS)
-    done = counts.get(SEGMENTED, 0) + counts.get(SKIPPED, 0) + failed
+    done = counts.get(SEGMENTED, 0) + counts.get(SKIPPED, 0) + counts.get(RESUMED, 0) + failed
     total = counts.get(LISTED) or None
-    return cls(done, counts.get(SEEN, 0), failed, total, images_per_second)
+    resumed = counts.get(RESUMED, 0)
+    return cls(done, counts.get(SEEN, 0), failed, total, images_per_second, resumed)
 
   def line(self) -> str:
     """One log-friendly line: '1,200 of 4,500 images (27%), 3 failed, 85.1 img/s, about 39 s
@@ -88,6 +91,8 @@ class Figures:
         "they are read)"
       ]
     parts.append(f"{self.failed:,} failed")
+    if self.resumed:
+      parts.append(f"{self.resumed:,} done before (resumed)")
     if self.images_per_second:
       parts.append(f"{self.images_per_second:.1f} img/s")
       if self.total is not None and self.total > self.done:
@@ -176,7 +181,8 @@ class Reporter:
 
   def figures(self) -> Figures:
     figures = Figures.from_counts(tally())
-    rate = self._rate.update(self._clock(), figures.done)
+    # What an earlier attempt did is only read past, far faster than images are segmented.
+    rate = self._rate.update(self._clock(), figures.done - figures.resumed)
     return dataclasses.replace(figures, images_per_second=rate)
 
   def _loop(self) -> None:

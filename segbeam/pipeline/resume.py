@@ -23,7 +23,6 @@ from apache_beam.io import parquetio
 from apache_beam.io.filesystems import FileSystems
 
 from segbeam.pipeline import constants
-from segbeam.pipeline import elements
 from segbeam.pipeline import progress
 from segbeam.pipeline import sinks
 from segbeam.pipeline import sources
@@ -67,27 +66,50 @@ def _id_keys(row: Mapping[str, Any], root: str) -> Iterator[tuple[str, None]]:
       yield place, None
 
 
-class SkipSegmented(beam.DoFn):
-  """ImageRecord -> itself, or only its id on the SKIPPED output when `segmented` (a multimap
-  side input keyed by image id) holds it."""
+class _SkipListed(beam.DoFn):
+  """Element -> itself, or only its image id on the `tag` output when `ids` (a multimap side
+  input keyed by image id) holds it, counted on `counter`."""
 
-  def __init__(self):
-    self._skipped = progress.Counter(progress.SKIPPED)
+  def __init__(self, tag: str, counter: str):
+    self._tag = tag
+    self._counter = progress.Counter(counter)
 
-  def process(self, record: elements.ImageRecord, segmented) -> Iterator:
-    for _ in segmented[record.image_id]:  # a lazy iterable on the Fn API runners
-      self._skipped.inc()
-      yield beam.pvalue.TaggedOutput(SKIPPED, record.image_id)
+  def process(self, element, ids) -> Iterator:
+    for _ in ids[element.image_id]:  # a lazy iterable on the Fn API runners
+      self._counter.inc()
+      yield beam.pvalue.TaggedOutput(self._tag, element.image_id)
       return
-    yield record
+    yield element
+
+
+class SkipIds(beam.PTransform):
+  """Elements with an `image_id` -> (those whose id `ids` does not hold, tagged 'kept'; the
+  ids of the others, tagged `tag`).
+
+  `ids`, a PCollection of (id, None), is a multimap side input looked up id by id: a worker
+  fetches and caches the keys it asks for instead of holding every id in memory.
+
+  Args:
+    ids: the ids to set aside.
+    tag: the output of the ids set aside.
+    counter: the `progress.Counter` that counts them.
+  """
+
+  def __init__(self, ids: beam.PCollection, tag: str, counter: str):
+    super().__init__()
+    self._ids = ids
+    self._tag = tag
+    self._counter = counter
+
+  def expand(self, elements):
+    return elements | "Skip" >> beam.ParDo(
+      _SkipListed(self._tag, self._counter), beam.pvalue.AsMultiMap(self._ids)
+    ).with_outputs(self._tag, main="kept")
 
 
 class SkipExisting(beam.PTransform):
-  """ImageRecords -> (records to segment, ids of records skipped), tagged 'records' and
-  SKIPPED.
-
-  The ids already segmented are a multimap side input, looked up id by id: a worker fetches
-  and caches the keys it asks for instead of holding every earlier run's ids in memory.
+  """ImageRecords -> (records to segment, ids of records skipped), tagged 'kept' and SKIPPED
+  (`SkipIds`).
 
   Args:
     previous_outputs: the earlier runs' output folders.
@@ -110,6 +132,4 @@ class SkipExisting(beam.PTransform):
       | "SameModel" >> beam.Filter(_same_model, self._model_version)
       | "ById" >> beam.FlatMap(_id_keys, self._root)
     )
-    return image_records | "Skip" >> beam.ParDo(
-      SkipSegmented(), beam.pvalue.AsMultiMap(segmented)
-    ).with_outputs(SKIPPED, main="records")
+    return image_records | SkipIds(segmented, SKIPPED, progress.SKIPPED)

@@ -28,7 +28,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms import window
 
 from segbeam.pipeline import constants
-from segbeam.pipeline import elements
+from segbeam.pipeline import output_claim
 
 # Object stores make an object visible only once its upload completed: no temporary name needed.
 _ATOMIC_CREATE_SCHEMES = ("gs", "s3", "azfs")
@@ -36,7 +36,8 @@ PARTIAL_SUFFIX = ".partial"
 CONSERVATION_RULE = (
   "inputs_seen == segmented + failed + skipped_existing, where segmented and "
   "failed are the rows the segments and errors Parquet files hold, equal to "
-  "the pipeline's counts; with --mask-files, one mask per segmented image"
+  "the pipeline's counts; with --mask-files, one mask per segmented image; "
+  "resumed (inputs an earlier attempt did) == from_earlier_attempts (its rows)"
 )
 _LOG = logging.getLogger(__name__)
 
@@ -107,11 +108,15 @@ def build_manifest(
   skipped_existing: int = 0,
   masks_written: int = 0,
   mask_files: bool = False,
+  resumed: int = 0,
+  replayed: int = 0,
 ) -> dict[str, Any]:
   """The manifest of a run. `segmented`, `failed` and `masks_written` are what the pipeline
-  counted; `segments_rows` and `errors_rows` what the written tables hold. The conservation
-  check holds when every input seen is in exactly one table or was skipped, and the tables,
-  the counts and the mask files agree."""
+  counted; `segments_rows` and `errors_rows` what the written tables hold; `resumed`, the
+  inputs set aside as done by an earlier attempt, and `replayed`, the rows of those attempts
+  written to the tables (both 0 for a run in one attempt). The conservation check holds when
+  every input seen is in exactly one table or was skipped, the tables, the counts and the mask
+  files agree, and each input an earlier attempt did has its one row from it."""
   failed = sum(count for _, count in failures)
   by_stage: dict[str, int] = {}
   for (stage, _), count in failures:
@@ -127,6 +132,7 @@ def build_manifest(
       "segmented": segmented,
       "failed": failed,
       "skipped_existing": skipped_existing,
+      "from_earlier_attempts": replayed,
       "failed_by_stage": dict(sorted(by_stage.items())),
       "failed_by_reason": [
         {"stage": stage, "error_type": error_type, "count": count}
@@ -139,10 +145,13 @@ def build_manifest(
       "failed": errors_rows,
       "skipped_existing": skipped_existing,
       "masks_written": masks_written,
+      "resumed": resumed,
+      "from_earlier_attempts": replayed,
       "holds": (
         seen == segments_rows + errors_rows + skipped_existing
         and tables_match_counts
         and masks_match
+        and resumed == replayed
       ),
       "rule": CONSERVATION_RULE,
     },
@@ -165,6 +174,8 @@ COUNT_RECORDS = "records"  # records the reader produced
 COUNT_READ_FAILURES = "read_failures"  # inputs the reader could not make a record of
 COUNT_SEGMENTED = "segmented"  # rows sent to the segments table
 COUNT_SKIPPED = "skipped_existing"  # records skipped as segmented by an earlier run
+COUNT_RESUMED = "resumed"  # inputs set aside as in an earlier attempt's journal (--resume)
+COUNT_REPLAYED = "replayed"  # rows of that journal written to the tables
 COUNT_MASK_FILES = "mask_files"  # mask files written
 COUNT_FAILED = "failed"  # failures sent to the errors table, by stage and type
 CountKey = tuple[str, str, str]
@@ -174,8 +185,8 @@ def count_key(unused_element: Any, what: str) -> CountKey:
   return what, "", ""
 
 
-def failure_count_key(failure: elements.Failure) -> CountKey:
-  return COUNT_FAILED, failure.stage, failure.error_type
+def error_count_key(error_row: Mapping[str, Any]) -> CountKey:
+  return COUNT_FAILED, error_row["stage"], error_row["error_type"]
 
 
 class CountPerBundle(beam.DoFn):
@@ -215,6 +226,7 @@ class WriteManifest(beam.DoFn):
   """
 
   def __init__(self, output_dir: str, base: Mapping[str, Any]):
+    self._output = output_dir
     self._path = FileSystems.join(output_dir, constants.MANIFEST_FILE)
     self._base = dict(base)
 
@@ -245,6 +257,8 @@ class WriteManifest(beam.DoFn):
       skipped_existing=count(COUNT_SKIPPED),
       masks_written=count(COUNT_MASK_FILES),
       mask_files=bool(self._base.get("options", {}).get("mask_files")),
+      resumed=count(COUNT_RESUMED),
+      replayed=count(COUNT_REPLAYED),
     )
     if not manifest["conservation"]["holds"]:
       # A lost or doubled input is a bug. Fail the job (non-zero exit, a failed Dataflow job)
@@ -255,6 +269,9 @@ class WriteManifest(beam.DoFn):
       _LOG.error(message)
       raise UnbalancedRunError(message)
     write_file(self._path, json.dumps(manifest, indent=2).encode(), mime_type="application/json")
+    # Complete: the rows made durable while it went, and its claim on the folder, go.
+    delete_entries(self._output, [constants.JOURNAL_DIR])
+    output_claim.release(self._output)
     # The one step that reads every output file's footer: its time is watched as runs grow.
     _LOG.info(
       "wrote the manifest (%d Parquet files, %d rows) in %.2f s",
@@ -265,14 +282,33 @@ class WriteManifest(beam.DoFn):
     yield manifest
 
 
-def entries_present(output: str) -> list[str]:
-  """Which of a run's entries (constants.OUTPUT_ENTRIES) exist in `output`: any of them means a run,
-  finished (with the manifest) or not."""
-  return [
-    entry
-    for entry in constants.OUTPUT_ENTRIES
-    if FileSystems.exists(FileSystems.join(output, entry))
-  ]
+def _on_object_store(path: str) -> bool:
+  return FileSystems.get_scheme(path) in _ATOMIC_CREATE_SCHEMES
+
+
+def _entry_exists(path: str) -> bool:
+  """Whether a file or a folder is at `path`; on an object store, where folders are only name
+  prefixes, whether an object is, or any object is under it."""
+  if FileSystems.exists(path):
+    return True
+  if not _on_object_store(path):
+    return False
+  return bool(FileSystems.match([path.rstrip("/") + "/**"], limits=[1])[0].metadata_list)
+
+
+def entries_present(output: str, entries=constants.OUTPUT_ENTRIES) -> list[str]:
+  """Which of a run's `entries` (constants.OUTPUT_ENTRIES) exist in `output`: any of them means
+  a run, finished (with the manifest) or not."""
+  return [entry for entry in entries if _entry_exists(FileSystems.join(output, entry))]
+
+
+def delete_entries(output: str, entries) -> None:
+  """Deletes `entries` of `output` (files or folders, each with all it holds) where present."""
+  for entry in entries_present(output, entries):
+    path = FileSystems.join(output, entry)
+    if _on_object_store(path) and not FileSystems.exists(path):
+      path = path.rstrip("/") + "/"  # a prefix: every object under it
+    FileSystems.delete([path])
 
 
 def read_manifest(output: str) -> Optional[dict[str, Any]]:

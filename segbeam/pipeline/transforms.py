@@ -24,9 +24,11 @@ from segbeam.model import labels as labels_lib
 from segbeam.pipeline import constants
 from segbeam.pipeline import elements
 from segbeam.pipeline import inference
+from segbeam.pipeline import journal
 from segbeam.pipeline import label_files
 from segbeam.pipeline import model_files
 from segbeam.pipeline import options as options_lib
+from segbeam.pipeline import progress
 from segbeam.pipeline import resume
 from segbeam.pipeline import rows as rows_lib
 from segbeam.pipeline import schema
@@ -151,7 +153,8 @@ class SegmentImages(beam.PTransform):
     *,
     distributed: bool = True,
   ) -> "SegmentImages":
-    """The transform `segbeam run` applies, from its options."""
+    """The transform `segbeam run` applies, from its options: without its label files, which
+    `build_pipeline` joins to the rows once they are in the journal."""
     return cls(
       model_dir,
       batch_size=options.batch_size,
@@ -159,7 +162,6 @@ class SegmentImages(beam.PTransform):
       inference_slices=options.inference_slices,
       postprocess_threads=options.postprocess_threads,
       max_pixels=options.max_pixels,
-      ground_truth=options.labels,
       label_map=options.label_map,
       run_id=options.run_id,
       trust_model=options.trust_model,
@@ -201,17 +203,25 @@ class WriteSegments(beam.PTransform):
     class_names: the model's classes, which name the coverage and pixel columns.
     num_files: how many files (the rows are shuffled to as many writers); 0 for one file per
       bundle, with no shuffle.
+    prefix: the files' name before '-NNNNN-of-NNNNN.parquet'.
   """
 
-  def __init__(self, output: str, class_names: typing.Sequence[str], num_files: int = 0):
+  def __init__(
+    self,
+    output: str,
+    class_names: typing.Sequence[str],
+    num_files: int = 0,
+    prefix: str = "part",
+  ):
     super().__init__()
     self._output = output
     self._class_names = tuple(class_names)
     self._num_files = num_files
+    self._prefix = prefix
 
   def expand(self, rows):
     return rows | "WriteParquet" >> beam.io.WriteToParquet(
-      FileSystems.join(self._output, constants.SEGMENTS_DIR, "part"),
+      FileSystems.join(self._output, constants.SEGMENTS_DIR, self._prefix),
       schema.segments_schema(self._class_names),
       codec="zstd",
       # Beam buffers a whole row group in memory before writing it; its 64 MB default showed
@@ -235,13 +245,24 @@ class WriteErrors(beam.PTransform):
     return (
       failures
       | "ErrorRows" >> beam.Map(rows_lib.failure_row, self._run_id)
-      | "WriteParquet"
-      >> beam.io.WriteToParquet(
-        FileSystems.join(self._output, constants.ERRORS_DIR, "part"),
-        schema.ERRORS_SCHEMA,
-        codec="zstd",
-        file_name_suffix=".parquet",
-      )
+      | "Write" >> WriteErrorRows(self._output)
+    )
+
+
+class WriteErrorRows(beam.PTransform):
+  """Errors rows (`schema.ERRORS_SCHEMA`) -> zstd Parquet files OUTPUT/errors/part-*.parquet;
+  returns their paths."""
+
+  def __init__(self, output: str):
+    super().__init__()
+    self._output = output
+
+  def expand(self, error_rows):
+    return error_rows | "WriteParquet" >> beam.io.WriteToParquet(
+      FileSystems.join(self._output, constants.ERRORS_DIR, "part"),
+      schema.ERRORS_SCHEMA,
+      codec="zstd",
+      file_name_suffix=".parquet",
     )
 
 
@@ -250,52 +271,91 @@ class WriteOutput(beam.PTransform):
 
   Keys: 'records' and 'read_failures', what the reader made of every input (counted as the
   inputs seen); 'rows', the segments rows; 'failures', every failure, the reader's included;
-  and, with --skip-existing, 'skipped', the records an earlier run segmented.
+  with --skip-existing, 'skipped', the records an earlier run segmented; and with --resume,
+  'resumed', the ids of inputs an earlier attempt's journal holds (`journal`), and
+  'replayed_rows' and 'replayed_errors', that journal's rows, written to the tables with the
+  new ones (the segments as OUTPUT/segments/resumed-*.parquet).
 
   Every count comes from one combine summing `sinks.CountKey`s' partial counts per bundle
   (`sinks.CountPerBundle`; Beam expands each combine into a handful of transforms, and each
   transform costs start-up time). The manifest is written last, once both Parquet sinks have
   finalized, their files' rows are counted and every count is in; it checks that they add up
-  (`sinks.build_manifest`).
+  (`sinks.build_manifest`), then the journal and the claim on the folder are removed.
+
+  Args:
+    options, metadata, model_dir: the run's.
+    attempts: every attempt at this output, this one last, as {run_id, started}; None for a
+      run that is the only one.
   """
 
   def __init__(
-    self, options: options_lib.RunOptions, metadata: contract.ModelMetadata, model_dir: str
+    self,
+    options: options_lib.RunOptions,
+    metadata: contract.ModelMetadata,
+    model_dir: str,
+    attempts: Optional[typing.Sequence[dict[str, str]]] = None,
   ):
     super().__init__()
     self._options = options
     self._metadata = metadata
     self._model_dir = model_dir
+    self._attempts = list(attempts or [{"run_id": options.run_id, "started": options.started}])
 
   def expand(self, inputs):
     rows, failures = inputs["rows"], inputs["failures"]
     options, metadata = self._options, self._metadata
     pipeline = rows.pipeline
-    segment_files = rows | "WriteSegments" >> WriteSegments(
-      options.output, metadata.class_names, options.segments_files
-    )
-    error_files = failures | "WriteErrors" >> WriteErrors(options.output, options.run_id)
-    counted = {
-      sinks.COUNT_RECORDS: inputs["records"],
-      sinks.COUNT_READ_FAILURES: inputs["read_failures"],
-      sinks.COUNT_SEGMENTED: rows,
-    }
+    segment_files = [
+      rows
+      | "WriteSegments"
+      >> WriteSegments(options.output, metadata.class_names, options.segments_files)
+    ]
+    error_rows = failures | "ErrorRows" >> beam.Map(rows_lib.failure_row, options.run_id)
+    counted = [
+      (sinks.COUNT_RECORDS, inputs["records"]),
+      (sinks.COUNT_READ_FAILURES, inputs["read_failures"]),
+      (sinks.COUNT_SEGMENTED, rows),
+    ]
     if "skipped" in inputs:
-      counted[sinks.COUNT_SKIPPED] = inputs["skipped"]
-    if options.mask_files:
-      counted[sinks.COUNT_MASK_FILES] = rows | "WriteMaskFiles" >> beam.ParDo(
-        sinks.WriteMaskFile(options.output)
+      counted.append((sinks.COUNT_SKIPPED, inputs["skipped"]))
+    all_rows = [rows]
+    if "replayed_rows" in inputs:
+      replayed_rows, replayed_errors = inputs["replayed_rows"], inputs["replayed_errors"]
+      segment_files.append(
+        replayed_rows
+        | "WriteResumedSegments"
+        >> WriteSegments(options.output, metadata.class_names, prefix="resumed")
       )
+      error_rows = (error_rows, replayed_errors) | "AllErrorRows" >> beam.Flatten()
+      all_rows.append(replayed_rows)
+      counted += [
+        (sinks.COUNT_SEGMENTED, replayed_rows),
+        (sinks.COUNT_RESUMED, inputs["resumed"]),
+        (sinks.COUNT_REPLAYED, replayed_rows),
+        (sinks.COUNT_REPLAYED, replayed_errors),
+      ]
+    error_files = error_rows | "WriteErrors" >> WriteErrorRows(options.output)
+    if options.mask_files:
+      for i, some_rows in enumerate(all_rows):
+        counted.append(
+          (
+            sinks.COUNT_MASK_FILES,
+            some_rows
+            | f"WriteMaskFiles{'_resumed' * i}" >> beam.ParDo(sinks.WriteMaskFile(options.output)),
+          )
+        )
     partial_counts = [
       pcoll
-      | f"Count_{what}"
+      | f"Count_{what}_{i}"
       >> beam.ParDo(sinks.CountPerBundle(functools.partial(sinks.count_key, what=what)))
-      for what, pcoll in counted.items()
+      for i, (what, pcoll) in enumerate(counted)
     ]
     partial_counts.append(
-      failures | "Count_failed" >> beam.ParDo(sinks.CountPerBundle(sinks.failure_count_key))
+      error_rows | "Count_failed" >> beam.ParDo(sinks.CountPerBundle(sinks.error_count_key))
     )
     counts = partial_counts | "AllCounts" >> beam.Flatten() | "Count" >> beam.CombinePerKey(sum)
+    if len(segment_files) > 1:
+      segment_files = [segment_files | "AllSegmentFiles" >> beam.Flatten()]
     return (
       pipeline
       | "ManifestTrigger" >> beam.Create([None])
@@ -303,7 +363,7 @@ class WriteOutput(beam.PTransform):
       >> beam.ParDo(
         sinks.WriteManifest(options.output, self._manifest_base()),
         beam.pvalue.AsList(counts),
-        beam.pvalue.AsList(segment_files),
+        beam.pvalue.AsList(segment_files[0]),
         beam.pvalue.AsList(error_files),
       )
     )
@@ -317,6 +377,7 @@ class WriteOutput(beam.PTransform):
       "input": options.input,
       "output": options.output,
       "segbeam_version": segbeam.__version__,
+      "attempts": self._attempts,
       "model": {
         "name": metadata.name,
         "version": metadata.version,
@@ -348,12 +409,19 @@ def build_pipeline(
   model_dir: str,
   *,
   distributed: bool = True,
+  attempts: Optional[typing.Sequence[dict[str, str]]] = None,
 ) -> beam.PCollection:
-  """Adds `segbeam run`'s whole run to `pipeline`: read -> [skip existing] -> validate/decode
-  -> infer -> postprocess -> write. Returns the PCollection holding the manifest.
-  `distributed`: whether the runner spreads the work over workers; then the input files are
-  reshuffled over them (`ReadImages`) and label files join the rows through a shuffle
-  (`label_files`). In one process neither pays: there a shuffle only costs memory."""
+  """Adds `segbeam run`'s whole run to `pipeline`: read -> [resume, skip existing] ->
+  validate/decode -> infer -> postprocess -> journal -> [ground truth] -> write. Returns the
+  PCollection holding the manifest.
+
+  Args:
+    distributed: whether the runner spreads the work over workers; then the input files are
+      reshuffled over them (`ReadImages`) and label files join the rows through a shuffle
+      (`label_files`). In one process neither pays: there a shuffle only costs memory.
+    attempts: every attempt at this output, this one last (the claim's, `output_claim`):
+      the earlier ones' journals are resumed (`journal`).
+  """
   read = pipeline | "Read" >> ReadImages(
     options.input,
     input_format=options.input_format,
@@ -362,19 +430,68 @@ def build_pipeline(
     spread_files=distributed,
   )
   outputs = {"records": read.records, "read_failures": read[elements.FAILURES]}
-  to_segment = read.records
+  to_segment, read_failures = read.records, read[elements.FAILURES]
+  segment = SegmentImages.for_run(options, metadata, model_dir, distributed=distributed)
+  earlier = [attempt["run_id"] for attempt in (attempts or [])[:-1]]
+  if earlier:
+    # Before validation: what an earlier attempt did is never decoded again.
+    replayed = pipeline | "Replay" >> journal.ReplayJournal(
+      options.output, earlier, distributed=distributed
+    )
+    done_ids = journal.journaled_ids(replayed)
+    kept = to_segment | "ResumeRecords" >> resume.SkipIds(
+      done_ids, journal.RESUMED, progress.RESUMED
+    )
+    kept_failures = read_failures | "ResumeFailures" >> resume.SkipIds(
+      done_ids, journal.RESUMED, progress.RESUMED
+    )
+    to_segment, read_failures = kept.kept, kept_failures.kept
+    outputs["resumed"] = (kept[journal.RESUMED], kept_failures[journal.RESUMED]) | (
+      "Resumed" >> beam.Flatten()
+    )
+    replayed_rows = replayed[journal.SEGMENTS]
+    if options.labels:
+      replayed_rows = replayed_rows | "ReplayedGroundTruth" >> label_files.JoinLabelFiles(
+        options.labels, segment.context, distributed=distributed
+      )
+    outputs["replayed_rows"] = replayed_rows
+    outputs["replayed_errors"] = replayed[journal.ERRORS]
   if options.skip_existing:
     # Before validation: an image segmented before is never decoded again.
-    kept = read.records | "SkipExisting" >> resume.SkipExisting(
+    kept = to_segment | "SkipExisting" >> resume.SkipExisting(
       options.skip_existing, metadata.version, sources.pattern_root(options.input)
     )
-    to_segment, outputs["skipped"] = kept.records, kept[resume.SKIPPED]
-  segmented = to_segment | "Segment" >> SegmentImages.for_run(
-    options, metadata, model_dir, distributed=distributed
+    to_segment, outputs["skipped"] = kept.kept, kept[resume.SKIPPED]
+  segmented = to_segment | "Segment" >> segment
+  # A few batches at a time: with the batches in flight, what a kill may lose.
+  every = 2 * options.batch_size
+  rows = segmented.rows | "JournalRows" >> beam.ParDo(
+    journal.JournalRows(
+      options.output,
+      journal.SEGMENTS,
+      schema.segments_schema(metadata.class_names),
+      options.run_id,
+      every,
+    )
   )
-  outputs["rows"] = segmented.rows
+  if options.labels:
+    rows = rows | "GroundTruth" >> label_files.JoinLabelFiles(
+      options.labels, segment.context, distributed=distributed
+    )
+  outputs["rows"] = rows
   outputs["failures"] = (
-    read[elements.FAILURES],
-    segmented.failures,
-  ) | "AllFailures" >> beam.Flatten()
-  return outputs | "Write" >> WriteOutput(options, metadata, model_dir)
+    (read_failures, segmented.failures)
+    | "AllFailures" >> beam.Flatten()
+    | "JournalFailures"
+    >> beam.ParDo(
+      journal.JournalRows(
+        options.output,
+        journal.ERRORS,
+        schema.ERRORS_SCHEMA,
+        options.run_id,
+        every,
+        to_row=functools.partial(rows_lib.failure_row, run_id=options.run_id),
+      )
+    )
+  )
+  return outputs | "Write" >> WriteOutput(options, metadata, model_dir, attempts)

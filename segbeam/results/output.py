@@ -6,14 +6,17 @@ killed run are partial, so every reader here refuses it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import posixpath
+import shlex
 from typing import Any, Optional
 
 import duckdb
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from segbeam.pipeline import constants
 
@@ -42,6 +45,69 @@ def _filesystem(path: str) -> tuple[pafs.FileSystem, str]:
       fs = pafs.GcsFileSystem()
     return fs, path[len("gs://") :].rstrip("/")
   return pafs.LocalFileSystem(), os.path.abspath(path)
+
+
+@dataclasses.dataclass(frozen=True)
+class Unfinished:
+  """What an unfinished run left in its folder: its claim (`_claim.json`, as a dict; None
+  where there is none) and the rows its journal made durable."""
+
+  path: str
+  claim: Optional[dict[str, Any]]
+  segments_rows: int
+  errors_rows: int
+
+  def resume_command(self) -> Optional[str]:
+    """The claim's command line as `segbeam ...`, with --resume."""
+    command = list((self.claim or {}).get("command") or [])
+    for i, word in enumerate(command):
+      if word in ("run", "submit", "demo"):
+        args = command[i:]
+        return shlex.join(["segbeam", *args, *([] if "--resume" in args else ["--resume"])])
+    return None
+
+  def lines(self) -> list[str]:
+    claim = self.claim or {}
+    attempts = claim.get("attempts") or []
+    durable = self.segments_rows + self.errors_rows
+    lines = [
+      f"{self.path} holds an unfinished run (no {constants.MANIFEST_FILE}): "
+      + (
+        f"run {claim.get('run_id')}, started {claim.get('started')} on {claim.get('host')}, "
+        f"attempt {len(attempts)}"
+        if claim
+        else "no claim says which"
+      ),
+      f"rows durable so far: {durable:,} ({self.segments_rows:,} segmented, "
+      f"{self.errors_rows:,} failed); the inputs' total is counted as a run lists them",
+    ]
+    command = self.resume_command()
+    if command:
+      lines.append(f"continue it with: {command}")
+    return lines
+
+
+def unfinished(path: str) -> Optional[Unfinished]:
+  """What an unfinished run left in `path`; None where it left no claim and no journal."""
+  fs, root = _filesystem(path.rstrip("/"))
+  claim = None
+  claim_path = posixpath.join(root, constants.CLAIM_FILE)
+  if fs.get_file_info(claim_path).type == pafs.FileType.File:
+    with fs.open_input_stream(claim_path) as f:
+      try:
+        claim = json.loads(f.read())
+      except ValueError:
+        claim = {}
+  rows = {}
+  for table in TABLES:
+    selector = pafs.FileSelector(
+      posixpath.join(root, constants.JOURNAL_DIR, table), allow_not_found=True
+    )
+    parts = [i.path for i in fs.get_file_info(selector) if i.path.endswith(".parquet")]
+    rows[table] = sum(pq.read_metadata(fs.open_input_file(p)).num_rows for p in parts)
+  if claim is None and not any(rows.values()):
+    return None
+  return Unfinished(path.rstrip("/"), claim, rows[TABLES[0]], rows[TABLES[1]])
 
 
 class RunOutput:

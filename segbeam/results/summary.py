@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any, Optional
 
 from segbeam.model import labels as labels_lib
@@ -166,7 +167,17 @@ def _number(value) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-  summary = summarize(output_lib.RunOutput(args.output_dir), args.threshold)
+  try:
+    output = output_lib.RunOutput(args.output_dir)
+  except output_lib.IncompleteOutputError as error:
+    left = output_lib.unfinished(args.output_dir)
+    if left is None:
+      raise
+    # Refused as every reader refuses it, with how far it got and how to go on.
+    print(f"segbeam summary: {error}", file=sys.stderr)
+    print("\n".join(left.lines()))
+    return 2
+  summary = summarize(output, args.threshold)
   print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
   return 0
 

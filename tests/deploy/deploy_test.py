@@ -208,6 +208,9 @@ def test_every_parameter_is_a_segbeam_run_option_whose_regexes_match_its_example
       continue
     option = "--" + parameter["name"].replace("_", "-")
     assert option in options, f"{parameter['name']} is not a segbeam run option"
+    if parameter["name"] == "resume":  # its example, true, excludes overwrite's
+      assert re.fullmatch(parameter["regexes"][0], "false")
+      example = "false"
     argv.append(f"--{parameter['name']}={example}")
   # As the template launcher passes them: every one is taken by segbeam run, none left to Beam.
   run_options, beam_args = options_lib.parse_args(flex_template.template_argv(argv))

@@ -215,7 +215,7 @@ def test_a_failed_run_exits_1_and_its_output_reads_as_incomplete(
     assert cli.main(command) == 2
     assert "did not complete" in capsys.readouterr().err
   code, _, err = _run(capsys, *argv)
-  assert code == 2 and "already holds a run" in err
+  assert code == 2 and "is claimed by run" in err and "--resume" in err
 
 
 # Ctrl-C: a real SIGINT to a real run, sent by the run itself at its third inference batch so
@@ -269,8 +269,8 @@ def test_ctrl_c_mid_run_exits_130_with_one_line_and_no_traceback(tiny_export, tm
   )
   assert run.returncode == 130, run.stderr[-3000:]
   assert run.stderr.strip().splitlines()[-1] == (
-    f"segbeam run: interrupted; {output} holds an unfinished run (no manifest.json): run "
-    "again with --overwrite"
+    f"segbeam run: interrupted; {output} holds an unfinished run (no manifest.json): "
+    f"{commands.RESUME_HINT}"
   )
   assert "Traceback" not in run.stderr and "KeyboardInterrupt" not in run.stderr
   assert run.stdout == ""  # no report of a run that did not finish
@@ -281,7 +281,7 @@ def test_what_an_interruption_message_says_of_the_output(small_run, tmp_path):
   assert commands.interruption_message(small_run) == f"interrupted; {small_run} is as it was"
   unfinished = tmp_path / "unfinished"
   (unfinished / "segments").mkdir(parents=True)
-  assert "holds an unfinished run (no manifest.json): run again with --overwrite" in (
+  assert f"holds an unfinished run (no manifest.json): {commands.RESUME_HINT}" in (
     commands.interruption_message(str(unfinished))
   )
   assert commands.interruption_message(str(tmp_path / "not_yet")) == (

@@ -116,3 +116,9 @@ def test_a_gpu_job_takes_its_handler_unless_one_is_named(argv, handler):
   assert options_lib.parse_args(["--input", "in/*", "--output", "out"])[0].handler == (
     constants.HANDLER_TFX_BSL  # a local run's default stays
   )
+
+
+def test_resume_and_overwrite_exclude_each_other():
+  assert _parse("--resume").resume
+  with pytest.raises(ValueError, match="--resume continues .* --overwrite replaces it"):
+    _parse("--resume", "--overwrite")

@@ -15,6 +15,7 @@ from apache_beam.testing.util import equal_to
 
 from segbeam.pipeline import constants
 from segbeam.pipeline import elements
+from segbeam.pipeline import rows as rows_lib
 from segbeam.pipeline import sinks
 
 SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\.[0-9a-f]{12}\.png$")
@@ -77,6 +78,8 @@ def test_manifest_counts_and_conservation():
     "failed": 2,
     "skipped_existing": 1,
     "masks_written": 3,
+    "resumed": 0,
+    "from_earlier_attempts": 0,
     "holds": True,
     "rule": sinks.CONSERVATION_RULE,
   }
@@ -92,6 +95,7 @@ def test_manifest_counts_and_conservation():
     {"errors_rows": 1, "seen": 5},  # an error row lost from the table
     {"masks_written": 4},  # a mask written twice
     {"masks_written": 3, "mask_files": False},
+    {"resumed": 2, "replayed": 1},  # an earlier attempt's row lost in the resume
   ],
 )  # mask files nobody asked for
 def test_conservation_fails_when_anything_is_lost_or_doubled(changes):
@@ -225,7 +229,9 @@ def test_write_file_replaces_whole_files(tmp_path):
 
 def test_counts_per_bundle_add_up_to_every_element():
   failures = [
-    elements.Failure(f"{i}.jpg", f"/in/{i}.jpg", stage, error_type, "why")
+    rows_lib.failure_row(
+      elements.Failure(f"{i}.jpg", f"/in/{i}.jpg", stage, error_type, "why"), "r"
+    )
     for i, (stage, error_type) in enumerate(
       [("read", "FileTooLarge"), ("validate", "CorruptHeader"), ("validate", "CorruptHeader")]
     )
@@ -239,7 +245,7 @@ def test_counts_per_bundle_add_up_to_every_element():
     failed = (
       pipeline
       | "Failures" >> beam.Create(failures)
-      | "CountFailures" >> beam.ParDo(sinks.CountPerBundle(sinks.failure_count_key))
+      | "CountFailures" >> beam.ParDo(sinks.CountPerBundle(sinks.error_count_key))
     )
     totals = (counted, failed) | beam.Flatten() | beam.CombinePerKey(sum)
     assert_that(
