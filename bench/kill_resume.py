@@ -58,7 +58,8 @@ def main(argv=None) -> int:
   for i in range(args.images):
     pixels = rng.integers(0, 256, (24 + i % 9, 24 + i % 7, 3), np.uint8)
     Image.fromarray(pixels).save(os.path.join(inputs, f"{i:05d}.png"))
-  model = null_model.write_null_export(os.path.join(work, "null-export"))
+  model = os.path.join(work, "null-export")
+  null_model.write_null_export(model)
   output = os.path.join(work, "out")
   segbeam = [sys.executable, "-m", "segbeam", "run"]
   command = [
@@ -76,13 +77,16 @@ def main(argv=None) -> int:
   print(f"{total:,} images, --batch-size {args.batch_size}, kills at {kill_at}")
   for attempt, (when, rows) in enumerate(kill_at):
     argv_now = command if attempt == 0 else [*command, "--resume"]
-    process = subprocess.Popen(argv_now, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(argv_now, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     seen: dict = {}
     before = _journaled_rows(output, seen)
     while _journaled_rows(output, seen) < rows and process.poll() is None:
       time.sleep(0.01)
     process.send_signal(signal.SIGKILL)
     process.wait()
+    if process.returncode not in (0, -signal.SIGKILL):
+      print(process.stderr.read().decode()[-2000:])
+      return 1
     durable, masks = _journaled_rows(output, seen), _masks(output)
     finished = os.path.exists(os.path.join(output, "manifest.json"))
     print(

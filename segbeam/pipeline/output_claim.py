@@ -200,8 +200,8 @@ def _taken_by(output: str) -> str:
 
 
 def take_over(output: str, token: Any, mine: Claim) -> None:
-  """Replaces the claim `read_claim` named by `token` with `mine`. Of several
-  runs taking over the same claim at once, one succeeds; the others get ClaimedError."""
+  """Replaces the claim `read_claim` named by `token` with `mine`. Of several runs taking over
+  the same claim at once, one succeeds; the others get ClaimedError."""
   path = claim_path(output)
   if _on_gcs(path):
     try:
@@ -217,9 +217,12 @@ def take_over(output: str, token: Any, mine: Claim) -> None:
     with open(stale, "rb") as f:
       renamed = hashlib.sha256(f.read()).hexdigest()
     if renamed != token:
-      # Another run's claim came between our read and our rename: give it back.
+      # Another run's claim came between our read and our rename: give it back (unless a
+      # third run claimed the name meanwhile; it holds the folder then).
       try:
         os.link(stale, path)
+      except FileExistsError:
+        pass
       finally:
         os.remove(stale)
       raise ClaimedError(_taken_by(output))

@@ -142,10 +142,17 @@ def test_killed_three_times_then_resumed_ends_as_an_uninterrupted_run(
   assert not os.path.exists(os.path.join(output, constants.CLAIM_FILE))
 
 
-def test_a_resume_redoes_only_what_was_not_durable(inputs, tiny_export, uninterrupted, tmp_path):
-  output = str(tmp_path / "out")
+@pytest.mark.parametrize("where", ["local", "gs"])
+def test_killed_once_the_resume_redoes_only_what_was_not_durable(
+  where, inputs, tiny_export, uninterrupted, tmp_path, request
+):
+  if where == "gs":
+    request.getfixturevalue("gcs_emulator")
+    output = "gs://segbeam-test/crash/out"
+  else:
+    output = str(tmp_path / "out")
   argv = _argv(inputs, output, tiny_export[0])
-  durable = _run_until_killed(argv, output, IMAGES // 2)
+  durable = _run_until_killed(argv, output, (IMAGES + BROKEN) // 2)
   done = _resume(argv)
   assert done.returncode == 0, done.stderr[-3000:]
   manifest = accounting.assert_accounted_for(output, inputs_seen=IMAGES + BROKEN)
@@ -220,18 +227,3 @@ def test_a_kill_while_the_manifest_is_written_leaves_no_manifest(tmp_path):
   assert not (output / constants.MANIFEST_FILE).exists()
   with pytest.raises(output_lib.IncompleteOutputError):
     output_lib.RunOutput(str(output))
-
-
-@pytest.mark.usefixtures("gcs_emulator")
-def test_killed_on_gcs_then_resumed_ends_as_an_uninterrupted_run(
-  inputs, tiny_export, uninterrupted
-):
-  output = "gs://segbeam-test/crash/out"
-  argv = _argv(inputs, output, tiny_export[0])
-  durable = _run_until_killed(argv, output, (IMAGES + BROKEN) // 2)
-  done = _resume(argv)
-  assert done.returncode == 0, done.stderr[-3000:]
-  manifest = accounting.assert_accounted_for(output, inputs_seen=IMAGES + BROKEN)
-  assert manifest["counts"]["from_earlier_attempts"] == durable
-  for table in output_lib.TABLES:
-    assert _table(output, table) == uninterrupted[table], table
