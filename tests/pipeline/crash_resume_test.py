@@ -227,3 +227,34 @@ def test_a_kill_while_the_manifest_is_written_leaves_no_manifest(tmp_path):
   assert not (output / constants.MANIFEST_FILE).exists()
   with pytest.raises(output_lib.IncompleteOutputError):
     output_lib.RunOutput(str(output))
+
+
+def test_the_distributed_graph_resumes_alike(inputs, tiny_export, uninterrupted, tmp_path):
+  """The graph a Dataflow job gets (input reshuffled, replayed rows made one per image by a
+  CoGroupByKey), run here on the FnApiRunner."""
+  from apache_beam.testing.test_pipeline import TestPipeline
+
+  from segbeam.pipeline import job
+  from segbeam.pipeline import options as options_lib
+  from segbeam.pipeline import transforms
+
+  output = str(tmp_path / "out")
+  argv = _argv(inputs, output, tiny_export[0])
+  durable = _run_until_killed(argv, output, (IMAGES + BROKEN) // 3)
+  options, _ = options_lib.parse_args([*argv[argv.index("run") + 1 :], "--resume"])
+  prepared = job.prepare(options)
+  assert len(prepared.attempts) == 2
+  pipeline = TestPipeline()
+  transforms.build_pipeline(
+    pipeline,
+    options,
+    prepared.metadata,
+    prepared.model_dir,
+    distributed=True,
+    attempts=prepared.attempts,
+  )
+  pipeline.run().wait_until_finish()
+  manifest = accounting.assert_accounted_for(output, inputs_seen=IMAGES + BROKEN)
+  assert manifest["counts"]["from_earlier_attempts"] == durable
+  for table in output_lib.TABLES:
+    assert _table(output, table) == uninterrupted[table], table
