@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import uuid
 from typing import NamedTuple, Optional, Sequence
 
 import apache_beam as beam
@@ -119,8 +120,13 @@ def _differences(theirs: dict, mine: dict) -> str:
 def _check_writable(output: str) -> None:
   try:
     if not FileSystems.exists(output):
-      FileSystems.mkdirs(output)
-    probe = FileSystems.join(output, ".segbeam-write-check")
+      try:
+        FileSystems.mkdirs(output)
+      except Exception:  # a run started beside this one may have made it just now
+        if not FileSystems.exists(output):
+          raise
+    # Its own name: two runs started together each write and delete theirs.
+    probe = FileSystems.join(output, f".segbeam-write-check-{uuid.uuid4().hex[:12]}")
     with FileSystems.create(probe) as f:
       f.write(b"ok")
     FileSystems.delete([probe])

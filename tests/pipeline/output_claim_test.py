@@ -67,37 +67,29 @@ def test_of_many_runs_taking_over_one_claim_at_once_one_does(output):
     output_claim.take_over(output, token, _claim("late"))
 
 
-@pytest.mark.usefixtures("gcs_emulator")
-def test_two_launchers_preparing_one_gs_output_at_once_one_is_refused(tiny_export, tmp_path):
-  """What `segbeam submit` does for two Dataflow jobs with one gs:// output."""
+def test_launchers_preparing_one_output_at_once_one_claims_it(output, tiny_export, tmp_path):
+  """What `segbeam run`, and `segbeam submit` for a Dataflow job, do before anything is built:
+  of four started together on one output (local, or gs://), one claims it; the others are
+  refused naming it, not failed on the folder they all create."""
   inputs = tmp_path / "in"
   inputs.mkdir()
   Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(inputs / "a.png")
 
   def prepare(i: int):
-    options, _ = options_lib.parse_args(
-      [
-        "--input",
-        str(inputs / "*.png"),
-        "--output",
-        "gs://segbeam-test/two-jobs/out",
-        "--model",
-        tiny_export[0],
-        "--run-id",
-        f"job{i}",
-      ]
-    )
+    argv = ["--input", str(inputs / "*.png"), "--output", output, "--model", tiny_export[0]]
+    options, _ = options_lib.parse_args([*argv, "--run-id", f"job{i}"])
     try:
       return job.prepare(options).attempts
     except job.InvocationError as error:
       return str(error)
 
-  with concurrent.futures.ThreadPoolExecutor(2) as pool:
-    results = list(pool.map(prepare, range(2)))
-  refused = [r for r in results if isinstance(r, str)]
-  assert len(refused) == 1, results
-  (winner,) = [r for r in results if not isinstance(r, str)]
-  assert f"claimed by run {winner[0]['run_id']}" in refused[0]
+  with concurrent.futures.ThreadPoolExecutor(4) as pool:
+    results = list(pool.map(prepare, range(4)))
+  claimed = [r for r in results if not isinstance(r, str)]
+  assert len(claimed) == 1, results
+  holder = claimed[0][0]["run_id"]
+  for refusal in (r for r in results if isinstance(r, str)):
+    assert f"claimed by run {holder}" in refusal, results
 
 
 def _photos(folder, count: int, colour) -> str:
