@@ -61,7 +61,7 @@ class Unfinished:
     """The claim's command line as `segbeam ...`, with --resume."""
     command = list((self.claim or {}).get("command") or [])
     for i, word in enumerate(command):
-      if word in ("run", "submit", "demo"):
+      if word in ("run", "submit"):  # a demo is run again, not resumed
         args = command[i:]
         return shlex.join(["segbeam", *args, *([] if "--resume" in args else ["--resume"])])
     return None
