@@ -141,14 +141,21 @@ def _claim_output(
   a run (unless --overwrite replaces it, or --resume continues an unfinished one), or another
   run claimed it first. Returns every attempt at this output, this one last."""
   output = options.output
-  mine_print = fingerprint(options, metadata)
-  mine = output_claim.new_claim(options.run_id, options.started, tuple(sys.argv), mine_print)
   try:
     held, token = output_claim.read_claim(output)
   except output_claim.UnreadableClaimError as error:
     if not options.overwrite:
       raise InvocationError(f"{error}; pass --overwrite to replace the run there") from error
     held, token = None, error.token
+  mine_print = fingerprint(options, metadata)
+  # A resumed claim's attempts go on; any other run is the first attempt at its output.
+  mine = output_claim.new_claim(
+    options.run_id,
+    options.started,
+    tuple(sys.argv),
+    mine_print,
+    earlier=held if options.resume else None,
+  )
   previous = [e for e in sinks.entries_present(output) if e != constants.CLAIM_FILE]
   try:
     if options.resume:
@@ -167,9 +174,6 @@ def _claim_output(
         raise InvocationError(f"--resume refused: {output} was started with {differs}")
       if held.holder_running_here():
         raise InvocationError(f"--resume refused: {output} is being written by {held.holder()}")
-      mine = output_claim.new_claim(
-        options.run_id, options.started, tuple(sys.argv), mine_print, earlier=held
-      )
       output_claim.take_over(output, token, mine)
       # Only the journal is durable: what the sinks of a killed attempt left is partial.
       sinks.delete_entries(output, [constants.SEGMENTS_DIR, constants.ERRORS_DIR])

@@ -129,7 +129,8 @@ class ReplayJournal(beam.PTransform):
     return (
       pbegin
       | f"{table}Patterns" >> beam.Create(patterns)
-      | f"{table}Parts" >> beam.FlatMap(_matches)
+      # Each file's metadata as listed: ReadAllFromParquet would match a path again.
+      | f"{table}Parts" >> beam.FlatMap(sources.iter_matches)
       | f"Read{table}" >> parquetio.ReadAllFromParquet()
     )
 
@@ -147,11 +148,6 @@ class ReplayJournal(beam.PTransform):
       | "OnePerImage" >> beam.FlatMap(_one_per_image).with_outputs(SEGMENTS, ERRORS)
     )
     return {SEGMENTS: one[SEGMENTS], ERRORS: one[ERRORS]}
-
-
-def _matches(pattern: str) -> Iterator[str]:
-  for metadata in sources.iter_matches(pattern):
-    yield metadata.path
 
 
 def journaled_ids(replayed: Mapping[str, beam.PCollection]) -> beam.PCollection:

@@ -74,9 +74,9 @@ class Figures:
   ) -> "Figures":
     """The figures of segbeam's counters (`Counter` names -> counts)."""
     failed = sum(counts.get(name, 0) for name in FAILURE_COUNTERS)
-    done = counts.get(SEGMENTED, 0) + counts.get(SKIPPED, 0) + counts.get(RESUMED, 0) + failed
-    total = counts.get(LISTED) or None
     resumed = counts.get(RESUMED, 0)
+    done = counts.get(SEGMENTED, 0) + counts.get(SKIPPED, 0) + resumed + failed
+    total = counts.get(LISTED) or None
     return cls(done, counts.get(SEEN, 0), failed, total, images_per_second, resumed)
 
   def line(self) -> str:
@@ -102,21 +102,25 @@ class Figures:
 
 class Rate:
   """Images per second since images were first done (start-up left out), from successive
-  readings of (time, images done)."""
+  readings of `Figures`: only the images this attempt did, since what an earlier attempt did
+  (`--resume`) is only read past, far faster than images are segmented."""
 
   def __init__(self):
     self._first: Optional[tuple[float, int]] = None
 
-  def update(self, now: float, done: int) -> Optional[float]:
-    """The rate up to this reading; None until two readings with images done apart."""
+  def update(self, now: float, figures: Figures) -> Figures:
+    """`figures` with the rate up to this reading; None until two readings with images done
+    apart."""
+    done = figures.done - figures.resumed
+    rate = None
     if self._first is None:
       if done:
         self._first = (now, done)
-      return None
-    since, done_then = self._first
-    if now <= since or done <= done_then:
-      return None
-    return (done - done_then) / (now - since)
+    else:
+      since, done_then = self._first
+      if now > since and done > done_then:
+        rate = (done - done_then) / (now - since)
+    return dataclasses.replace(figures, images_per_second=rate)
 
 
 def _duration(seconds: float) -> str:
@@ -180,10 +184,7 @@ class Reporter:
     return True
 
   def figures(self) -> Figures:
-    figures = Figures.from_counts(tally())
-    # What an earlier attempt did is only read past, far faster than images are segmented.
-    rate = self._rate.update(self._clock(), figures.done - figures.resumed)
-    return dataclasses.replace(figures, images_per_second=rate)
+    return self._rate.update(self._clock(), Figures.from_counts(tally()))
 
   def _loop(self) -> None:
     while not self._stop.wait(self._every):

@@ -477,9 +477,7 @@ def wait_printing_progress(
       figures = progress.Figures.from_counts(job_counts(result))
     except Exception:  # metrics not there yet, or the service did not answer: next time
       continue
-    # What an earlier attempt did is only read past, far faster than images are segmented.
-    rate_now = rate.update(clock(), figures.done - figures.resumed)
-    figures = dataclasses.replace(figures, images_per_second=rate_now)
+    figures = rate.update(clock(), figures)
     print(f"job {state.lower()}: {figures.line()}", file=stream, flush=True)
 
 
