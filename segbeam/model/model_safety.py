@@ -4,20 +4,22 @@ A SavedModel's graph can hold ops that read or write files, reach the network or
 into Python, and loading it runs some of them (the TF1 loader tfx-bsl uses runs the restore
 op and the init op; `tf.saved_model.load` runs restored resources' initialisers), and
 inference the rest. So before anything loads an export, `check_saved_model` reads
-`saved_model.pb` as a proto (never loads it) and refuses one whose graph holds any of
-`DENIED_OPS`, wherever it is: the top-level graph and every function in its library, reachable
-or not, since which functions run depends on the loader.
+`saved_model.pb` as a proto (never loads it) and allows only what `op_allowlist` allows: every
+node of the top-level graph and of every function in its library, reachable or not (which
+functions run depends on the loader), and every function a node names in an attribute (a name
+that is no function of the library is run by TensorFlow as the op of that name). A call
+node's `config_proto` may only place the call on devices.
 
 Every export also holds its checkpoint functions, with SaveV2, MergeV2Checkpoints and
-RestoreV2 in them, so these ops are allowed inside the saver's own subgraph (`saver_def`)
-alone: the nodes its save tensor and its restore op depend on, and the functions those call.
-The save ops only on the save side, which no loader runs (loading never saves), and only
-where nothing else reaches; RestoreV2 only on the restore side (a checkpoint read into the
-variables, which the TF1 loader runs at every load). A node or function that anything else
-depends on or calls (a signature, the init op, the object graph's functions), or that both
-sides reach, is exempt from nothing. This covers Keras/TF2 exports
-(`__inference__traced_save_*` and `__inference__traced_restore_*`, called from the graph) and
-TF1 savers (`save/SaveV2`, `save/RestoreV2` nodes in the graph itself) alike.
+RestoreV2 in them (`op_allowlist.CHECKPOINT_OPS`). These are allowed in the saver's own steps
+alone (`saver_def`): what its restore op and its save tensor depend on, and the functions those
+call, less everything a loader runs otherwise (the signatures, the init ops and collections,
+the object graph's functions): a signature that reaches the saver gets no exemption. RestoreV2
+only on the restore side, reading from the saver's filename tensor and nothing derived from it,
+which the loader feeds with the export's own `variables/variables`; the save ops only on the
+save side, which no loader runs. This covers Keras/TF2 exports (`__inference__traced_save_*`
+and `__inference__traced_restore_*`, called from the graph) and TF1 savers (`save/SaveV2`,
+`save/RestoreV2` nodes in the graph itself) alike.
 
 `check_export_readable` refuses a damaged export (no `saved_model.pb`, one that does not parse,
 missing or truncated variables) before a run writes anything, where TensorFlow would fail
@@ -34,147 +36,34 @@ from typing import Iterable, Iterator, Optional
 
 import tensorflow as tf
 from google.protobuf import message
+from tensorflow.core.protobuf import config_pb2
 from tensorflow.core.protobuf import saved_model_pb2
+
+from segbeam.model import op_allowlist
 
 SAVED_MODEL_FILE = "saved_model.pb"
 VARIABLES_PREFIX = os.path.join("variables", "variables")
 
-DENIED_OPS = frozenset(
-  {
-    # Files named by a tensor or an attribute: read, written, listed, memory-mapped, or read
-    # as a vocabulary, a checkpoint to remap, a proto descriptor (`descriptor_source`).
-    "ReadFile",
-    "WriteFile",
-    "MatchingFiles",
-    "ImmutableConst",
-    "LoadAndRemapMatrix",
-    "GenerateVocabRemapping",
-    "InitializeTableFromTextFile",
-    "InitializeTableFromTextFileV2",
-    "RecordInput",
-    "DecodeProtoV2",
-    "EncodeProto",
-    "DumpTensor",
-    "CalibrationStatisticsSaver",
-    "FileSystemSetConfiguration",
-    # Checkpoints: write, read, merge (which deletes the merged files). Allowed only in the
-    # saver's own subgraph (module docstring).
-    "Save",
-    "SaveSlices",
-    "SaveV2",
-    "Restore",
-    "RestoreSlice",
-    "RestoreV2",
-    "MergeV2Checkpoints",
-    "DTensorRestoreV2",
-    # TF1 readers: each reads the files it is given.
-    "WholeFileReader",
-    "WholeFileReaderV2",
-    "TextLineReader",
-    "TextLineReaderV2",
-    "TFRecordReader",
-    "TFRecordReaderV2",
-    "FixedLengthRecordReader",
-    "FixedLengthRecordReaderV2",
-    "LMDBReader",
-    # tf.data sources and sinks on files (a cache with a filename is one), and the tf.data
-    # service, which is reached over the network.
-    "TFRecordDataset",
-    "TFRecordDatasetV2",
-    "FixedLengthRecordDataset",
-    "FixedLengthRecordDatasetV2",
-    "TextLineDataset",
-    "CSVDataset",
-    "CSVDatasetV2",
-    "ExperimentalCSVDataset",
-    "LMDBDataset",
-    "ExperimentalLMDBDataset",
-    "SqlDataset",
-    "ExperimentalSqlDataset",
-    "MatchingFilesDataset",
-    "ExperimentalMatchingFilesDataset",
-    "LoadDataset",
-    "SaveDataset",
-    "SaveDatasetV2",
-    "DistributedSave",
-    "SnapshotDataset",
-    "SnapshotDatasetV2",
-    "SnapshotDatasetReader",
-    "SnapshotNestedDatasetReader",
-    "SnapshotChunkDataset",
-    "ListSnapshotChunksDataset",
-    "CacheDataset",
-    "CacheDatasetV2",
-    "DatasetToTFRecord",
-    "ExperimentalDatasetToTFRecord",
-    "DataServiceDataset",
-    "DataServiceDatasetV2",
-    "DataServiceDatasetV3",
-    "DataServiceDatasetV4",
-    "RegisterDataset",
-    "RegisterDatasetV2",
-    # Summaries and debugging: event files, a database, a debugger's file:// or grpc:// URL
-    # (`debug_urls`, `debug_ops_spec`), tf.print to a file:// stream.
-    "SummaryWriter",
-    "CreateSummaryFileWriter",
-    "CreateSummaryDbWriter",
-    "WriteSummary",
-    "WriteScalarSummary",
-    "WriteHistogramSummary",
-    "WriteImageSummary",
-    "WriteAudioSummary",
-    "WriteGraphSummary",
-    "WriteRawProtoSummary",
-    "ImportEvent",
-    "FlushSummaryWriter",
-    "CloseSummaryWriter",
-    "StatsAggregatorSetSummaryWriter",
-    "DebugIdentity",
-    "DebugIdentityV2",
-    "DebugIdentityV3",
-    "DebugNanCount",
-    "DebugNumericSummary",
-    "DebugNumericSummaryV2",
-    "Copy",
-    "CopyHost",
-    "PrintV2",
-    # Python: runs whatever function the loading process has registered under the token.
-    "PyFunc",
-    "PyFuncStateless",
-    "EagerPyFunc",
-    # The network: RPC clients and servers, collectives and send/receive between tasks.
-    "RpcServer",
-    "RpcServerRegister",
-    "RpcServerStart",
-    "RpcClient",
-    "RpcCall",
-    "RpcCheckStatus",
-    "RpcGetValue",
-    "DeleteRpcFutureResource",
-    "CollectiveReduce",
-    "CollectiveReduceV2",
-    "CollectiveReduceV3",
-    "CollectiveGather",
-    "CollectiveGatherV2",
-    "CollectiveBcastSend",
-    "CollectiveBcastSendV2",
-    "CollectiveBcastRecv",
-    "CollectiveBcastRecvV2",
-    "CollectiveAllToAllV2",
-    "CollectiveAllToAllV3",
-    "CollectiveReduceScatterV2",
-    "CollectiveInitializeCommunicator",
-    "CollectiveAssignGroupV2",
-    "Send",
-    "Recv",
-    "_Send",
-    "_Recv",
-    "_HostSend",
-    "_HostRecv",
-  }
-)
 _SAVE_OPS = frozenset({"SaveV2", "MergeV2Checkpoints"})
 _RESTORE_OPS = frozenset({"RestoreV2"})
+# What a call's `config_proto` may set: where it runs and with how many threads. Anything else
+# (a cluster, RPC or coordination service settings, graph rewrites) is refused.
+_CALL_CONFIG_FIELDS = frozenset(
+  {
+    "device_count",
+    "gpu_options",
+    "pluggable_device_options",
+    "allow_soft_placement",
+    "log_device_placement",
+    "intra_op_parallelism_threads",
+    "inter_op_parallelism_threads",
+    "experimental",
+  }
+)
+# Ops through which a string tensor passes unchanged: RestoreV2's prefix may reach the saver's
+# filename through these alone.
+_PASS_THROUGH = frozenset({"Identity", "Snapshot", "StopGradient"})
+_CALLS = frozenset({"PartitionedCall", "StatefulPartitionedCall"})
 
 
 class UnsafeModelError(ValueError):
@@ -187,13 +76,14 @@ class DamagedExportError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Finding:
-  """A denied op and where it is: 'function NAME' or 'node NAME'."""
+  """A refused op, where it is ('function NAME' or 'node NAME'), and why."""
 
   op: str
   where: str
+  why: str = ""
 
   def __str__(self) -> str:
-    return f"{self.op} in {self.where}"
+    return f"{self.op} in {self.where}" + (f" ({self.why})" if self.why else "")
 
 
 def read_saved_model(saved_model_dir: str) -> saved_model_pb2.SavedModel:
@@ -222,14 +112,19 @@ def _node_name(tensor_or_input: str) -> str:
   return tensor_or_input.lstrip("^").split(":")[0]
 
 
-def _called(node, functions: set[str]) -> Iterator[str]:
-  """The library functions a node calls: by its op, or in function-valued attributes."""
-  if node.op in functions:
-    yield node.op
+def _attr_functions(node) -> Iterator[str]:
+  """The function names a node's attributes hold (`f`, `then_branch`, `body`, lists, ...)."""
   for value in node.attr.values():
     if value.HasField("func"):
       yield value.func.name
     yield from (func.name for func in value.list.func)
+
+
+def _called(node, functions: set[str]) -> Iterator[str]:
+  """The library functions a node calls: by its op, or in function-valued attributes."""
+  if node.op in functions:
+    yield node.op
+  yield from (name for name in _attr_functions(node) if name in functions)
 
 
 def _ancestors(roots: Iterable[str], inputs: dict[str, list[str]]) -> set[str]:
@@ -256,51 +151,159 @@ def _function_closure(nodes: Iterable, library: dict, extra: Iterable[str] = ())
   return seen
 
 
-def _meta_graph_findings(meta_graph) -> list[Finding]:
-  graph = meta_graph.graph_def
-  nodes = {node.name: node for node in graph.node}
-  inputs = {name: [_node_name(i) for i in node.input] for name, node in nodes.items()}
-  library = {function.signature.name: function for function in graph.library.function}
-  saver = meta_graph.saver_def
-  save_root = _node_name(saver.save_tensor_name) if saver.save_tensor_name else ""
-  restore_root = _node_name(saver.restore_op_name) if saver.restore_op_name else ""
-  save_nodes = _ancestors([save_root], inputs)
-  restore_nodes = _ancestors([restore_root], inputs)
-  # Whatever anything else depends on, or calls, or the TF2 loader may call (the object
-  # graph's functions), is not the saver's alone.
-  other_nodes = _ancestors([n for n in nodes if n not in save_nodes | restore_nodes], inputs)
-  other_functions = _function_closure(
-    (nodes[n] for n in other_nodes),
-    library,
-    extra=meta_graph.object_graph_def.concrete_functions.keys(),
-  )
-  save_functions = _function_closure((nodes[n] for n in save_nodes), library)
-  restore_functions = _function_closure((nodes[n] for n in restore_nodes), library)
+def _loader_roots(meta_graph) -> tuple[set[str], set[str]]:
+  """(nodes, functions) that loaders run other than through the saver: every signature's
+  inputs and outputs (the init op is one), every node a collection names (main and legacy init
+  ops, table initialisers, ...), the object graph's functions."""
+  nodes = {
+    _node_name(tensor.name)
+    for signature in meta_graph.signature_def.values()
+    for tensors in (signature.inputs, signature.outputs)
+    for tensor in tensors.values()
+  }
+  for collection in meta_graph.collection_def.values():
+    nodes.update(_node_name(name) for name in collection.node_list.value)
+  functions = set(meta_graph.object_graph_def.concrete_functions.keys())
+  for obj in meta_graph.object_graph_def.nodes:
+    if obj.HasField("function"):
+      functions.update(obj.function.concrete_functions)
+    if obj.HasField("bare_concrete_function"):
+      functions.add(obj.bare_concrete_function.concrete_function_name)
+  return nodes, functions
 
-  def the_savers_own(op: str, in_save: bool, in_restore: bool, in_other: bool) -> bool:
-    if in_other:
+
+class _Graph:
+  """One meta graph's nodes and functions, with who reaches whom."""
+
+  def __init__(self, meta_graph):
+    graph = meta_graph.graph_def
+    self.meta_graph = meta_graph
+    self.nodes = {node.name: node for node in graph.node}
+    self.inputs = {name: [_node_name(i) for i in node.input] for name, node in self.nodes.items()}
+    self.library = {function.signature.name: function for function in graph.library.function}
+
+  def reach(self, root_nodes: Iterable[str], root_functions: Iterable[str] = ()):
+    """(nodes, functions) that `root_nodes` depend on, and the functions they and
+    `root_functions` call, transitively."""
+    nodes = _ancestors(root_nodes, self.inputs)
+    return nodes, _function_closure((self.nodes[n] for n in nodes), self.library, root_functions)
+
+  def callers(self, function: str) -> Iterator[tuple[object, Optional[str]]]:
+    """(node, the function it is in or None for the top-level graph) for every node that calls
+    `function`, as its op or in any attribute."""
+    for node in self.nodes.values():
+      if node.op == function or function in _attr_functions(node):
+        yield node, None
+    for name, body in self.library.items():
+      for node in body.node_def:
+        if node.op == function or function in _attr_functions(node):
+          yield node, name
+
+
+def _is_filename(graph: _Graph, ref: str, function: Optional[str], filename: str, depth=0) -> bool:
+  """True when the string tensor `ref` (an input of a node in `function`, or of the top-level
+  graph when None) is the saver's `filename` node's output, passed on unchanged: through
+  identities, and into a called function's argument only by plain calls whose every caller
+  passes the filename."""
+  if depth > 64:
+    return False
+  if ref.startswith("^"):
+    return False
+  if function is None:
+    name = _node_name(ref)
+    if name == filename:
+      return True
+    node = graph.nodes.get(name)
+    if node is None or node.op not in _PASS_THROUGH or not node.input:
       return False
-    if in_restore:  # runs at every load
-      return op in _RESTORE_OPS
-    return in_save and op in _SAVE_OPS
+    return _is_filename(graph, node.input[0], None, filename, depth + 1)
+  body = graph.library[function]
+  arguments = [arg.name for arg in body.signature.input_arg]
+  if ref in arguments:  # an argument: every call must pass the filename
+    index = arguments.index(ref)
+    callers = list(graph.callers(function))
+    for node, caller_function in callers:
+      data = [i for i in node.input if not i.startswith("^")]
+      plain = node.op == function or (node.op in _CALLS and node.attr["f"].func.name == function)
+      if not plain or index >= len(data):
+        return False
+      if not _is_filename(graph, data[index], caller_function, filename, depth + 1):
+        return False
+    return bool(callers)
+  nodes = {node.name: node for node in body.node_def}
+  node = nodes.get(ref.split(":")[0])
+  if node is None or node.op not in _PASS_THROUGH or not node.input:
+    return False
+  return _is_filename(graph, node.input[0], function, filename, depth + 1)
+
+
+def _call_config_finding(node, where: str) -> Optional[Finding]:
+  if "config_proto" not in node.attr or not node.attr["config_proto"].s:
+    return None
+  config = config_pb2.ConfigProto()
+  try:
+    config.ParseFromString(node.attr["config_proto"].s)
+  except message.DecodeError:
+    return Finding(node.op, where, "an unreadable config_proto")
+  fields = {field.name for field, _ in config.ListFields()}
+  if config.HasField("experimental") and config.experimental.ListFields():
+    fields.add("experimental." + config.experimental.ListFields()[0][0].name)
+  odd = sorted(fields - _CALL_CONFIG_FIELDS)
+  return Finding(node.op, where, f"its config_proto sets {', '.join(odd)}") if odd else None
+
+
+def _meta_graph_findings(meta_graph) -> list[Finding]:
+  graph = _Graph(meta_graph)
+  saver = meta_graph.saver_def
+  filename = _node_name(saver.filename_tensor_name) if saver.filename_tensor_name else ""
+  roots, root_functions = _loader_roots(meta_graph)
+  other_nodes, other_functions = graph.reach(roots, root_functions)
+  save_nodes, save_functions = graph.reach([_node_name(saver.save_tensor_name)])
+  restore_nodes, restore_functions = graph.reach([_node_name(saver.restore_op_name)])
+  # What a loader reaches otherwise, or what nothing names, is not the saver's.
+  save_nodes, restore_nodes = save_nodes - other_nodes, restore_nodes - other_nodes
+  save_functions -= other_functions
+  restore_functions -= other_functions
+
+  def the_savers_own(node, where_function: Optional[str], in_save: bool, in_restore: bool):
+    if node.op in _RESTORE_OPS:
+      return (
+        in_restore
+        and bool(filename)
+        and bool(node.input)
+        and _is_filename(graph, node.input[0], where_function, filename)
+      )
+    return node.op in _SAVE_OPS and in_save and not in_restore
+
+  def check(node, where: str, where_function: Optional[str], in_save: bool, in_restore: bool):
+    if node.op not in graph.library:
+      why = op_allowlist.refusal_reason(node.op)
+      if why and not (
+        node.op in op_allowlist.CHECKPOINT_OPS
+        and the_savers_own(node, where_function, in_save, in_restore)
+      ):
+        yield Finding(node.op, where, why)
+    for name in _attr_functions(node):
+      if name not in graph.library:  # TensorFlow runs an op of that name
+        why = op_allowlist.refusal_reason(name) or "named as a function the library lacks"
+        yield Finding(name, where, f"called from {node.op}: {why}")
+    config = _call_config_finding(node, where)
+    if config:
+      yield config
 
   findings = []
-  for name, node in nodes.items():
-    if node.op in DENIED_OPS and not the_savers_own(
-      node.op, name in save_nodes, name in restore_nodes, name in other_nodes
-    ):
-      findings.append(Finding(node.op, f"node {name}"))
-  for name, function in library.items():
+  for name, node in graph.nodes.items():
+    in_save, in_restore = name in save_nodes, name in restore_nodes
+    findings.extend(check(node, f"node {name}", None, in_save, in_restore))
+  for name, function in graph.library.items():
     in_save, in_restore = name in save_functions, name in restore_functions
-    in_other = name in other_functions or not (in_save or in_restore)
     for node in function.node_def:
-      if node.op in DENIED_OPS and not the_savers_own(node.op, in_save, in_restore, in_other):
-        findings.append(Finding(node.op, f"function {name}"))
+      findings.extend(check(node, f"function {name}", name, in_save, in_restore))
   return findings
 
 
 def denied_ops(saved_model_dir: str) -> list[Finding]:
-  """The denied ops in the SavedModel in `saved_model_dir`, each once per place, in graph
+  """The refused ops in the SavedModel in `saved_model_dir`, each once per place, in graph
   order: the top-level graph first, then the function library."""
   findings: list[Finding] = []
   for meta_graph in read_saved_model(saved_model_dir).meta_graphs:
@@ -337,8 +340,8 @@ def check_saved_model(saved_model_dir: str, *, trust: bool = False) -> None:
     shown = ", ".join(map(str, list(first.values())[:3]))
     more = f" and {len(first) - 3} more ops" if len(first) > 3 else ""
     raise UnsafeModelError(
-      f"model refused: its graph holds ops that touch files, the network "
-      f"or processes ({shown}{more}); pass --trust-model if you trust it"
+      f"model refused: its graph holds ops segbeam does not run in a model ({shown}{more}); "
+      "pass --trust-model if you trust it"
     )
   if identity is not None:
     _found_safe.add(identity)

@@ -1,5 +1,6 @@
 """`model_safety`: the op check on real exports (the embedded model, one whose serving function
-writes a file, a TF1 SavedModel, graphs edited to misuse the saver's ops) and the damage check."""
+writes a file, a TF1 SavedModel, graphs edited to misuse the saver's ops, to hold refused ops
+or to call them by name) and the damage check."""
 
 import os
 import re
@@ -33,26 +34,6 @@ def _ops(saved_model):
   }
 
 
-def test_denied_ops_are_tensorflows_own_op_names():
-  from tensorflow.python.framework import op_def_registry
-
-  assert [
-    name for name in sorted(model_safety.DENIED_OPS) if op_def_registry.get(name) is None
-  ] == []
-  assert {
-    "ReadFile",
-    "WriteFile",
-    "PyFunc",
-    "EagerPyFunc",
-    "SaveV2",
-    "RestoreV2",
-    "MergeV2Checkpoints",
-    "TFRecordDataset",
-    "WriteSummary",
-    "RpcCall",
-  } <= (model_safety.DENIED_OPS)
-
-
 def test_the_embedded_default_model_passes_both_checks_quickly():
   model_dir = defaults.default_model_dir()
   saved_model = model_safety.read_saved_model(model_dir)
@@ -74,8 +55,9 @@ def test_an_export_whose_serving_function_writes_a_file_is_refused(writing_expor
     model_safety.check_saved_model(export_dir)
   assert isinstance(refused.value, ValueError)
   assert str(refused.value) == (
-    "model refused: its graph holds ops that touch files, the network or processes "
-    f"(WriteFile in {findings[0].where}); pass --trust-model if you trust it"
+    "model refused: its graph holds ops segbeam does not run in a model "
+    f"(WriteFile in {findings[0].where} (reads, writes or names files)); "
+    "pass --trust-model if you trust it"
   )
   model_safety.check_saved_model(export_dir, trust=True)  # trusted: no refusal
   model_safety.check_export_readable(export_dir)  # and it is whole
@@ -181,6 +163,144 @@ def test_saver_ops_outside_the_saver_are_refused(tmp_path):
   findings = [(f.op, f.where) for f in model_safety.denied_ops(model_dir)]
   assert findings[0] == ("RestoreV2", "node read_some_checkpoint")
   assert findings[1][0] == "SaveV2" and findings[1][1].startswith("function __inference_serve_")
+
+
+def _signature_output_node(meta_graph) -> str:
+  return meta_graph.signature_def["serving_default"].outputs["probabilities"].name.split(":")[0]
+
+
+def test_a_saver_whose_save_tensor_is_the_serving_output_gets_no_exemption(tmp_path):
+  """The saver named as the serving output: SaveV2 would run on every batch."""
+  names = {}
+
+  def save_on_every_batch(meta_graph, functions):
+    nodes = {node.name: node for node in meta_graph.graph_def.node}
+    save_call = meta_graph.saver_def.save_tensor_name.split(":")[0]
+    names["save"], _ = _saver_functions(meta_graph)
+    serving = _signature_output_node(meta_graph)
+    nodes[serving].input.append("^" + save_call)
+    meta_graph.saver_def.save_tensor_name = serving + ":0"
+
+  model_dir = _edited_default_model(tmp_path, save_on_every_batch)
+  findings = [(f.op, f.where) for f in model_safety.denied_ops(model_dir)]
+  assert ("SaveV2", f"function {names['save']}") in findings
+
+
+def _restore_function(meta_graph, functions):
+  return functions[_saver_functions(meta_graph)[1]]
+
+
+@pytest.mark.parametrize("prefix", ["constant", "joined", "argument of another call"])
+def test_a_restore_from_anything_but_the_savers_filename_is_refused(prefix, tmp_path):
+  """RestoreV2 runs at every load: it may read only what the loader feeds the saver's filename
+  with, the export's own variables."""
+  names = {}
+
+  def read_elsewhere(meta_graph, functions):
+    restore = _restore_function(meta_graph, functions)
+    names["restore"] = restore.signature.name
+    original = next(node for node in restore.node_def if node.op == "RestoreV2")
+    if prefix == "constant":
+      where = restore.node_def.add(name="elsewhere", op="Const")
+      where.attr["dtype"].type = 7  # DT_STRING
+      where.attr["value"].tensor.dtype = 7
+      where.attr["value"].tensor.string_val.append(b"/some/other/checkpoint/variables")
+      source = "elsewhere:output:0"
+    elif prefix == "joined":
+      join = restore.node_def.add(name="climb", op="StringJoin")
+      join.input.extend(["file_prefix", "RestoreV2/tensor_names:output:0"])
+      join.attr["N"].i = 2
+      source = "climb:output:0"
+    else:  # the restore function called a second time, from the serving function, with a path
+      call = _serve_function(functions).node_def.add(name="restore_again", op="PartitionedCall")
+      call.attr["f"].func.name = names["restore"]
+      source = "file_prefix"
+    stolen = restore.node_def.add(name="stolen", op="RestoreV2")
+    stolen.input.extend([source, *original.input[1:]])
+    stolen.attr["dtypes"].CopyFrom(original.attr["dtypes"])
+
+  model_dir = _edited_default_model(tmp_path, read_elsewhere)
+  findings = model_safety.denied_ops(model_dir)
+  assert ("RestoreV2", f"function {names['restore']}") in [(f.op, f.where) for f in findings]
+  with pytest.raises(model_safety.UnsafeModelError, match="RestoreV2 in function"):
+    model_safety.check_saved_model(model_dir)
+
+
+@pytest.mark.parametrize(
+  "op, why",
+  [
+    ("DatasetFromGraph", "tf.data"),  # runs a GraphDef held in a string
+    ("Skipgram", "files"),  # reads any text file
+    ("Print", "printing"),  # the old print op
+    ("FixedUnigramCandidateSampler", "files"),  # opens its vocab_file
+    ("XlaCallModule", "a program carried in an attribute"),
+    ("ReadFile", "files"),
+    ("NoSuchOpInAnyTensorFlow", "not reviewed"),
+  ],
+)
+def test_an_op_outside_the_allowlist_is_refused_wherever_it_is(op, why, tmp_path):
+  """In the serving function, in a function nothing calls, in the top-level graph."""
+
+  def add_everywhere(meta_graph, functions):
+    _serve_function(functions).node_def.add(name="in_serving", op=op)
+    unused = meta_graph.graph_def.library.function.add()
+    unused.signature.name = "never_called"
+    unused.node_def.add(name="in_unused", op=op)
+    meta_graph.graph_def.node.add(name="at_top", op=op)
+
+  model_dir = _edited_default_model(tmp_path, add_everywhere)
+  findings = model_safety.denied_ops(model_dir)
+  wheres = [f.where for f in findings if f.op == op]
+  assert wheres[0] == "node at_top"
+  assert wheres[1].startswith("function __inference_serve_") and "function never_called" in wheres
+  assert all(why in f.why for f in findings)
+  with pytest.raises(model_safety.UnsafeModelError, match=f"{op} in node at_top"):
+    model_safety.check_saved_model(model_dir)
+
+
+def test_an_op_called_by_name_as_a_function_is_checked_as_an_op(tmp_path):
+  """A call whose function is no library function runs the op of that name."""
+
+  def call_write_file(meta_graph, functions):
+    call = _serve_function(functions).node_def.add(name="by_name", op="StatefulPartitionedCall")
+    call.attr["f"].func.name = "WriteFile"
+
+  model_dir = _edited_default_model(tmp_path, call_write_file)
+  findings = model_safety.denied_ops(model_dir)
+  assert [(f.op, f.why) for f in findings] == [
+    ("WriteFile", "called from StatefulPartitionedCall: reads, writes or names files")
+  ]
+
+
+def test_a_call_configured_beyond_its_devices_is_refused(tmp_path):
+  from tensorflow.core.protobuf import config_pb2
+
+  def configure(meta_graph, functions):
+    call = next(
+      node for f in functions.values() for node in f.node_def if "config_proto" in node.attr
+    )
+    config = config_pb2.ConfigProto()
+    config.ParseFromString(call.attr["config_proto"].s)
+    config.cluster_def.job.add(name="worker").tasks[0] = "attacker.example:2222"
+    config.experimental.collective_group_leader = "/job:worker/replica:0/task:0"
+    call.attr["config_proto"].s = config.SerializeToString()
+
+  model_dir = _edited_default_model(tmp_path, configure)
+  findings = model_safety.denied_ops(model_dir)
+  assert len(findings) == 1
+  assert (
+    findings[0].why == "its config_proto sets cluster_def, experimental.collective_group_leader"
+  )
+
+
+def test_an_edit_within_the_allowlist_passes(tmp_path):
+  """The check refuses what is outside the list, not any edit."""
+
+  def add_relu(meta_graph, functions):
+    relu = _serve_function(functions).node_def.add(name="extra_relu", op="Relu")
+    relu.input.append("images")
+
+  assert model_safety.denied_ops(_edited_default_model(tmp_path, add_relu)) == []
 
 
 def _tf1_saved_model(export_dir):
