@@ -325,14 +325,35 @@ def _identity(saved_model_dir: str) -> Optional[tuple[str, int, int]]:
   return os.path.realpath(saved_model_dir), stat.st_size, stat.st_mtime_ns
 
 
+def links_outside(saved_model_dir: str) -> list[str]:
+  """The files and folders in the export that are links leading out of it: the loader would
+  restore variables (or read assets) from wherever they point."""
+  root = os.path.realpath(saved_model_dir)
+  found = []
+  for folder, names, files in os.walk(saved_model_dir):
+    for name in names + files:
+      path = os.path.join(folder, name)
+      target = os.path.realpath(path)
+      if os.path.islink(path) and target != root and not target.startswith(root + os.sep):
+        found.append(f"{os.path.relpath(path, saved_model_dir)} -> {target}")
+  return sorted(found)
+
+
 def check_saved_model(saved_model_dir: str, *, trust: bool = False) -> None:
-  """Raises UnsafeModelError when the SavedModel holds denied ops, unless `trust`;
-  DamagedExportError when its `saved_model.pb` is missing or does not parse."""
+  """Raises UnsafeModelError when the SavedModel holds ops the allowlist refuses, or links
+  leading out of its folder, unless `trust`; DamagedExportError when its `saved_model.pb` is
+  missing or does not parse."""
   if trust:
     return
   identity = _identity(saved_model_dir)
   if identity is not None and identity in _found_safe:
     return
+  links = links_outside(saved_model_dir)
+  if links:
+    raise UnsafeModelError(
+      f"model refused: {saved_model_dir} holds links leading out of it ({', '.join(links[:3])})"
+      "; copy the files in, or pass --trust-model if you trust it"
+    )
   first: dict[str, Finding] = {}
   for finding in denied_ops(saved_model_dir):
     first.setdefault(finding.op, finding)  # where each op is first (a function has copies)

@@ -303,6 +303,29 @@ def test_an_edit_within_the_allowlist_passes(tmp_path):
   assert model_safety.denied_ops(_edited_default_model(tmp_path, add_relu)) == []
 
 
+def test_variables_linked_from_outside_the_export_are_refused(harmless_export, tmp_path):
+  """The loader restores variables/ from wherever its links point."""
+  elsewhere = tmp_path / "elsewhere"
+  shutil.copytree(os.path.join(harmless_export, "variables"), elsewhere)
+  export_dir = tmp_path / "export"
+  shutil.copytree(harmless_export, export_dir)
+  shutil.rmtree(export_dir / "variables")
+  (export_dir / "variables").symlink_to(elsewhere)
+  with pytest.raises(model_safety.UnsafeModelError) as refused:
+    model_safety.check_saved_model(str(export_dir))
+  assert str(refused.value) == (
+    f"model refused: {export_dir} holds links leading out of it (variables -> {elsewhere}); "
+    "copy the files in, or pass --trust-model if you trust it"
+  )
+  model_safety.check_saved_model(str(export_dir), trust=True)
+  # A link inside the export, or the export folder itself reached through a link, is fine.
+  inside = tmp_path / "inside"
+  shutil.copytree(harmless_export, inside)
+  (inside / "variables_again").symlink_to(inside / "variables")
+  (tmp_path / "linked_export").symlink_to(inside)
+  model_safety.check_saved_model(str(tmp_path / "linked_export"))
+
+
 def _tf1_saved_model(export_dir):
   import tensorflow as tf
 
