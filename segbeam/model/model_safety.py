@@ -64,6 +64,9 @@ _CALL_CONFIG_FIELDS = frozenset(
 # filename through these alone.
 _PASS_THROUGH = frozenset({"Identity", "Snapshot", "StopGradient"})
 _CALLS = frozenset({"PartitionedCall", "StatefulPartitionedCall"})
+# A constant of these would be decoded into an object (a tf.data dataset, a list, a handle)
+# rather than numbers: no model needs one.
+_OPAQUE_DTYPES = frozenset({20, 21})  # DT_RESOURCE, DT_VARIANT
 
 
 class UnsafeModelError(ValueError):
@@ -113,11 +116,15 @@ def _node_name(tensor_or_input: str) -> str:
 
 
 def _attr_functions(node) -> Iterator[str]:
-  """The function names a node's attributes hold (`f`, `then_branch`, `body`, lists, ...)."""
-  for value in node.attr.values():
-    if value.HasField("func"):
-      yield value.func.name
-    yield from (func.name for func in value.list.func)
+  """The function names a node's attributes hold (`f`, `then_branch`, `body`, lists, ...),
+  and those nested in a named function's own attributes, which fill the placeholders of the
+  function it instantiates."""
+  stack = list(node.attr.values())
+  while stack:
+    value = stack.pop()
+    for func in ([value.func] if value.HasField("func") else []) + list(value.list.func):
+      yield func.name
+      stack.extend(func.attr.values())
 
 
 def _called(node, functions: set[str]) -> Iterator[str]:
@@ -290,6 +297,8 @@ def _meta_graph_findings(meta_graph) -> list[Finding]:
     config = _call_config_finding(node, where)
     if config:
       yield config
+    if node.op == "Const" and node.attr["value"].tensor.dtype in _OPAQUE_DTYPES:
+      yield Finding(node.op, where, "a constant holding a variant or a resource")
 
   findings = []
   for name, node in graph.nodes.items():
@@ -299,6 +308,10 @@ def _meta_graph_findings(meta_graph) -> list[Finding]:
     in_save, in_restore = name in save_functions, name in restore_functions
     for node in function.node_def:
       findings.extend(check(node, f"function {name}", name, in_save, in_restore))
+    for called in _attr_functions(function):  # a function's own attributes may name others
+      if called not in graph.library:
+        why = op_allowlist.refusal_reason(called) or "named as a function the library lacks"
+        findings.append(Finding(called, f"function {name}", f"in its attributes: {why}"))
   return findings
 
 

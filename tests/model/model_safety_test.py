@@ -272,6 +272,38 @@ def test_an_op_called_by_name_as_a_function_is_checked_as_an_op(tmp_path):
   ]
 
 
+def test_an_op_named_through_a_functions_attributes_is_checked_as_an_op(tmp_path):
+  """A function's attribute placeholders are filled from its caller's attributes: an op named
+  there, however deep, is what the inner call runs."""
+
+  def call_through_a_placeholder(meta_graph, functions):
+    trampoline = meta_graph.graph_def.library.function.add()
+    trampoline.signature.name = "trampoline"
+    trampoline.signature.attr.add(name="target", type="func")
+    inner = trampoline.node_def.add(name="inner", op="PartitionedCall")
+    inner.attr["f"].placeholder = "target"
+    call = _serve_function(functions).node_def.add(name="outer", op="PartitionedCall")
+    call.attr["f"].func.name = "trampoline"
+    call.attr["f"].func.attr["target"].func.name = "WriteFile"
+
+  model_dir = _edited_default_model(tmp_path, call_through_a_placeholder)
+  findings = model_safety.denied_ops(model_dir)
+  assert [f.op for f in findings] == ["WriteFile"]
+  assert findings[0].where.startswith("function __inference_serve_")
+
+
+def test_a_constant_holding_a_variant_is_refused(tmp_path):
+  def add_variant(meta_graph, functions):
+    const = _serve_function(functions).node_def.add(name="opaque", op="Const")
+    const.attr["dtype"].type = 21  # DT_VARIANT
+    const.attr["value"].tensor.dtype = 21
+
+  findings = model_safety.denied_ops(_edited_default_model(tmp_path, add_variant))
+  assert [(f.op, f.why) for f in findings] == [
+    ("Const", "a constant holding a variant or a resource")
+  ]
+
+
 def test_a_call_configured_beyond_its_devices_is_refused(tmp_path):
   from tensorflow.core.protobuf import config_pb2
 
