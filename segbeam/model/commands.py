@@ -244,7 +244,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
   from segbeam.model import evaluation  # noqa: PLC0415
   from segbeam.model import export as export_lib  # noqa: PLC0415
 
-  export = export_lib.LoadedExport(args.model or defaults.default_model_dir())
+  # Checked before it is loaded (`loading.loadable`), as `segbeam run` checks it.
+  export = export_lib.LoadedExport(
+    args.model or defaults.default_model_dir(), trust_model=args.trust_model
+  )
   label_map = None
   if args.label_map:
     label_map = labels_lib.parse_label_map(args.label_map, export.metadata.class_names)
@@ -281,6 +284,12 @@ def add_evaluate_parser(subparsers) -> None:
   )
   parser.add_argument("--batch-size", type=int, default=16)
   parser.add_argument("--json", action="store_true")
+  parser.add_argument(
+    "--trust-model",
+    action="store_true",
+    help="load a model whose graph holds ops outside segbeam's allowlist, or links out of "
+    "its folder (as segbeam run's --trust-model)",
+  )
   parser.set_defaults(func=run_evaluate)
 
 
@@ -417,8 +426,8 @@ def add_export_parser(subparsers) -> None:
   parser.add_argument(
     "--trust-model",
     action="store_true",
-    help="export a model whose graph holds ops that touch files, the network "
-    "or processes (recorded in the export)",
+    help="export a model whose graph holds ops outside segbeam's allowlist, or links out of "
+    "its folder (recorded in the export)",
   )
   parser.set_defaults(func=run_export)
 

@@ -34,6 +34,7 @@ from segbeam.model import config as config_lib
 from segbeam.model import contract
 from segbeam.model import export as export_lib
 from segbeam.model import labels as labels_lib
+from segbeam.model import loading
 from segbeam.model import model_safety
 from segbeam.model import preprocessing
 
@@ -136,17 +137,170 @@ def _custom_objects(module_name: Optional[str]) -> dict[str, Any]:
   return objects
 
 
+# What a model file may make `segbeam export` read, checked before Keras reads anything (a
+# 1 MB .keras whose config.json inflated to 1 GiB took 2 GB; Keras' own guard starts at 4 GiB).
+# Real models stay far below: config.json is at most a few MB, and a VGG16 U-Net's weights are
+# ~100 MB with its largest tensor ~10 MB (a VGG16 classifier's largest, 25088x4096, is 400 MB).
+MAX_KERAS_MEMBER_BYTES = 64 << 20  # config.json, metadata.json, assets: any member but weights
+MAX_WEIGHTS_BYTES = 4 << 30  # the weights member of a .keras; all of an HDF5 file's datasets
+MAX_H5_DATASET_BYTES = 1 << 30  # one weight tensor, as Keras reads it into memory
+MAX_KERAS_MEMBERS = 1000  # config, metadata, weights, and a model's few assets
+# Only these are read: each bounded by what it declares. bzip2 or LZMA data can inflate to GBs
+# in one decompression call, and Keras writes neither.
+_READ_COMPRESSIONS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate"}
+_WEIGHTS_SUFFIXES = (".h5", ".npz")
+_READ_CHUNK = 1 << 20
+
+
+def _size(n: int) -> str:
+  if n >= 1 << 30:
+    return f"{n / (1 << 30):.1f} GiB"
+  return f"{n >> 20} MiB" if n >= 1 << 20 else f"{n} bytes"
+
+
+def _over(what: str, size: int, cap: int) -> str:
+  return f"{what} would be {_size(size)} ({size} bytes), over the cap of {_size(cap)}"
+
+
 def _check_keras_archive(path: str) -> None:
+  """Refuses a .keras archive that is damaged, not a model, or holds more than a model does
+  (the caps above): from what its members declare first, then by reading each one, bounded,
+  so a member whose header lies cannot make more either. Weights members (HDF5, .npz) are
+  checked inside too (`_check_h5_file`, `_check_npz`)."""
   try:
     with zipfile.ZipFile(path) as archive:
-      bad = archive.testzip()
-      names = set(archive.namelist())
+      infos = archive.infolist()
+      if len(infos) > MAX_KERAS_MEMBERS:
+        raise ConversionError(
+          f"{path} holds {len(infos)} members, over the cap of {MAX_KERAS_MEMBERS}"
+        )
+      total = 0
+      for info in infos:
+        cap = _member_cap(info.filename)
+        if info.compress_type not in _READ_COMPRESSIONS:
+          raise ConversionError(
+            f"{path}: member {info.filename} is compressed with "
+            f"{_compression_name(info.compress_type)}; segbeam reads only stored or deflated "
+            "members (as Keras writes them)"
+          )
+        if info.file_size > cap:
+          raise ConversionError(f"{path}: " + _over(f"member {info.filename}", info.file_size, cap))
+        total += info.file_size
+      if total > MAX_WEIGHTS_BYTES + MAX_KERAS_MEMBER_BYTES:
+        cap = MAX_WEIGHTS_BYTES + MAX_KERAS_MEMBER_BYTES
+        raise ConversionError(f"{path}: " + _over("its members together", total, cap))
+      names = {info.filename for info in infos}
+      for info in infos:
+        _read_member(path, archive, info)
   except (zipfile.BadZipFile, OSError, EOFError) as error:
-    raise ConversionError(f"{path} is a damaged .keras archive: {error}") from error
-  if bad is not None:
-    raise ConversionError(f"{path} is a damaged .keras archive: member {bad} fails its CRC check")
+    raise ConversionError(f"{path} is a damaged .keras archive: {_one_line(error)}") from error
   if "config.json" not in names:
     raise ConversionError(f"{path} is not a .keras model: the archive has no config.json")
+
+
+def _member_cap(name: str) -> int:
+  return MAX_WEIGHTS_BYTES if name.endswith(_WEIGHTS_SUFFIXES) else MAX_KERAS_MEMBER_BYTES
+
+
+def _compression_name(method: int) -> str:
+  names = {zipfile.ZIP_BZIP2: "bzip2", zipfile.ZIP_LZMA: "LZMA"}
+  return names.get(method, f"method {method}")
+
+
+def _read_member(path: str, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> None:
+  """Reads one member in chunks, never past its declared size or its cap (zipfile itself
+  stops at the declared size and checks the CRC there); a weights member goes to a temporary
+  file whose contents are checked in turn."""
+  cap = min(info.file_size, _member_cap(info.filename))
+  weights = info.filename.endswith(_WEIGHTS_SUFFIXES)
+  with archive.open(info) as member, tempfile.TemporaryFile() as copy:
+    read = 0
+    try:
+      while chunk := member.read(_READ_CHUNK):
+        read += len(chunk)
+        if read > cap:
+          raise ConversionError(
+            f"{path}: member {info.filename} inflates past the {info.file_size} bytes it declares"
+          )
+        if weights:
+          copy.write(chunk)
+    except zipfile.BadZipFile as error:
+      if "CRC" in str(error):
+        raise ConversionError(
+          f"{path} is a damaged .keras archive: member {info.filename} fails its CRC check"
+        ) from error
+      raise
+    if weights:
+      copy.flush()
+      copy.seek(0)
+      where = f"{path}: {info.filename}"
+      (_check_h5_file if info.filename.endswith(".h5") else _check_npz)(copy, where)
+
+
+def _check_npz(fileobj, where: str) -> None:
+  """A .npz of weights is itself a zip: its arrays are capped as an HDF5 file's datasets."""
+  with zipfile.ZipFile(fileobj) as npz:
+    infos = npz.infolist()
+    if len(infos) > MAX_KERAS_MEMBERS * 100:
+      raise ConversionError(f"{where} holds {len(infos)} arrays")
+    total = 0
+    for info in infos:
+      if info.compress_type not in _READ_COMPRESSIONS:
+        raise ConversionError(
+          f"{where}: array {info.filename} is compressed with "
+          f"{_compression_name(info.compress_type)}"
+        )
+      if info.file_size > MAX_H5_DATASET_BYTES:
+        raise ConversionError(
+          f"{where}: " + _over(f"array {info.filename}", info.file_size, MAX_H5_DATASET_BYTES)
+        )
+      total += info.file_size
+    if total > MAX_WEIGHTS_BYTES:
+      raise ConversionError(f"{where}: " + _over("its arrays together", total, MAX_WEIGHTS_BYTES))
+
+
+def _check_h5_file(file, where: str) -> None:
+  """Refuses an HDF5 file (a path or a file object) whose attributes or datasets would take
+  more memory to read than the caps allow; read from their shapes and types, not their data
+  (a compressed, or never-written, dataset is tiny on disk whatever its size)."""
+  import h5py  # noqa: PLC0415  # Keras' own dependency
+
+  total = 0
+  with h5py.File(file, "r") as f:
+    objects = [("", f)]
+    f.visititems(lambda name, obj: objects.append((name, obj)))
+    for name, obj in objects:
+      for attribute in obj.attrs:
+        _check_h5_attribute(where, f"{name}/{attribute}".lstrip("/"), obj.attrs.get_id(attribute))
+      if isinstance(obj, h5py.Dataset):
+        nbytes = int(obj.size or 0) * obj.dtype.itemsize
+        if nbytes > MAX_H5_DATASET_BYTES:
+          raise ConversionError(
+            f"{where}: "
+            + _over(f"dataset {name}", nbytes, MAX_H5_DATASET_BYTES).replace(
+              ", over", " in memory, over"
+            )
+          )
+        total += nbytes
+  if total > MAX_WEIGHTS_BYTES:
+    raise ConversionError(f"{where}: " + _over("its datasets together", total, MAX_WEIGHTS_BYTES))
+
+
+def _check_h5_attribute(where: str, name: str, attribute) -> None:
+  """An attribute (model_config, layer_names, ...) is read whole: its stored size is capped,
+  and a variable-length one must be a single value (one vlen string can be no larger than
+  the file, since attribute data is never compressed; many could each name the same one)."""
+  import h5py  # noqa: PLC0415
+
+  try:
+    size = attribute.get_storage_size()
+  except RuntimeError:  # HDF5 reports an empty attribute's 0 bytes as an error
+    size = 0
+  if size > MAX_KERAS_MEMBER_BYTES:
+    raise ConversionError(f"{where}: " + _over(f"attribute {name}", size, MAX_KERAS_MEMBER_BYTES))
+  vlen = h5py.check_vlen_dtype(attribute.dtype) is not None
+  if vlen and attribute.get_space().get_simple_extent_npoints() > 1 and size > 16 << 10:
+    raise ConversionError(f"{where}: attribute {name} holds {size // 16} variable-length values")
 
 
 def _check_h5(path: str) -> None:
@@ -159,6 +313,7 @@ def _check_h5(path: str) -> None:
           f"{path} holds weights only (no model_config): save the whole model with "
           "model.save('model.h5'), or build the model in Python and save it as .keras"
         )
+    _check_h5_file(path, path)
   except (OSError, KeyError) as error:
     raise ConversionError(f"{path} is a damaged HDF5 file: {_one_line(error)}") from error
 
@@ -337,7 +492,7 @@ def saved_model_source(
   path: str, *, signature: Optional[str] = None, trust_model: bool = False
 ) -> Source:
   """A SavedModel directory's image signature, checked before it is loaded."""
-  model_safety.check_saved_model(path, trust=trust_model)
+  loading.loadable(path, trust_model=trust_model)
   try:
     loaded = tf.saved_model.load(path)
   except Exception as error:  # any unreadable SavedModel

@@ -21,6 +21,7 @@ import segbeam
 from segbeam.model import config as config_lib
 from segbeam.model import contract
 from segbeam.model import labels as labels_lib
+from segbeam.model import loading
 from segbeam.model import preprocessing
 
 
@@ -162,14 +163,24 @@ def read_metadata(export_dir: str) -> contract.ModelMetadata:
   return contract.read_metadata(export_dir, exists=tf.io.gfile.exists, open_file=tf.io.gfile.GFile)
 
 
-class LoadedExport:
-  """An export loaded for inference: `predict(encoded_images)` -> dict of numpy arrays."""
+def load_saved_model(saved_model_dir: str, *, trust_model: bool = False):
+  """`tf.saved_model.load` of the SavedModel, once `loading.loadable` has checked it."""
+  return tf.saved_model.load(loading.loadable(saved_model_dir, trust_model=trust_model))
 
-  def __init__(self, export_dir: str):
+
+class LoadedExport:
+  """An export loaded for inference: `predict(encoded_images)` -> dict of numpy arrays.
+
+  Args:
+    export_dir: a local export.
+    trust_model: load it whatever ops its graph holds (`loading.loadable`).
+  """
+
+  def __init__(self, export_dir: str, *, trust_model: bool = False):
     self.export_dir = export_dir
     self.metadata = read_metadata(export_dir)
     # Keep the loaded object: its signature functions only hold weak references to variables.
-    self._saved_model = tf.saved_model.load(export_dir)
+    self._saved_model = load_saved_model(export_dir, trust_model=trust_model)
     self._serve = self._saved_model.signatures[contract.SIGNATURE_NAME]
 
   @property

@@ -35,7 +35,7 @@ from tfx_bsl.public.proto import model_spec_pb2
 
 from segbeam.model import contract
 from segbeam.model import export as export_lib
-from segbeam.model import model_safety
+from segbeam.model import loading
 from segbeam.pipeline import constants
 from segbeam.pipeline import devices
 from segbeam.pipeline import elements
@@ -66,15 +66,12 @@ def loads_in_this_process() -> int:
 
 def _prepare_load(model_dir: str, *, trust_model: bool = False) -> str:
   """Before a handler loads: GPU memory on demand (several processes may share a GPU), and the
-  local directory to load `model_dir` from, its graph checked again (`model_safety`): a worker
-  may load an export the submitting machine never saw (a dry run's, or one replaced since)."""
+  local directory to load `model_dir` from, checked again (`loading.loadable`): a worker may
+  load an export the submitting machine never saw (a dry run's, or one replaced since). A
+  damaged one is refused here too: TensorFlow's own load would read a saved_model.pbtxt where
+  saved_model.pb is missing, unchecked."""
   devices.enable_memory_growth()
-  local_dir = model_files.local_model_dir(model_dir)
-  try:
-    model_safety.check_saved_model(local_dir, trust=trust_model)
-  except model_safety.DamagedExportError:
-    pass  # the load says so itself, as it always has
-  return local_dir
+  return loading.loadable(model_files.local_model_dir(model_dir), trust_model=trust_model)
 
 
 def _log_load(model_dir: str, local_dir: str) -> None:
@@ -141,7 +138,7 @@ class SavedModelHandler(
 
   def _load(self) -> export_lib.LoadedExport:
     local_dir = self._prepare_load()
-    model = export_lib.LoadedExport(local_dir)
+    model = export_lib.LoadedExport(local_dir, trust_model=self._trust_model)
     _log_load(self._model_dir, local_dir)
     return model
 
@@ -185,7 +182,7 @@ class TfxBslHandler(_ExportHandler, base.ModelHandler[bytes, Any, TfxBslModel]):
     # `segbeam run` while Beam was imported (`sessions`).
     session = sessions.take_early(local_dir)
     if session is None:
-      session, _ = sessions.load_session(local_dir)
+      session, _ = sessions.load_session(local_dir, trust_model=self._trust_model)
     model = TfxBslModel(handler, session)
     _log_load(self._model_dir, local_dir)
     return model

@@ -20,6 +20,7 @@ from apache_beam.io.filesystems import FileSystems
 from segbeam import startup
 from segbeam.model import contract
 from segbeam.model import defaults
+from segbeam.model import loading
 from segbeam.model import model_safety
 from segbeam.pipeline import beam_options
 from segbeam.pipeline import constants
@@ -82,7 +83,7 @@ def _check_model(model_dir: str, *, trust: bool) -> None:
   except Exception as error:  # unreadable in any way
     raise InvocationError(f"model unreadable: {error}") from error
   try:
-    model_safety.check_saved_model(local_dir, trust=trust)
+    loading.loadable(local_dir, trust_model=trust)
     model_safety.check_export_readable(local_dir)
   except ValueError as error:  # UnsafeModelError, DamagedExportError
     raise InvocationError(str(error).replace(local_dir, model_dir.rstrip("/"))) from error

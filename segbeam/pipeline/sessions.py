@@ -22,7 +22,7 @@ from tensorflow.python.util import deprecation
 
 from segbeam.model import contract
 from segbeam.model import defaults
-from segbeam.model import model_safety
+from segbeam.model import loading
 from segbeam.pipeline import constants
 from segbeam.pipeline import devices
 from segbeam.pipeline import options as options_lib
@@ -45,9 +45,11 @@ def session_config(*, on_gpu: bool):
   return config
 
 
-def load_session(local_dir: str):
+def load_session(local_dir: str, *, trust_model: bool = False):
   """The export in `local_dir` loaded as tfx-bsl's handler loads it (the TF1 SavedModel loader,
-  the serving tag), in a session with `session_config`. Returns (session, meta graph)."""
+  the serving tag), in a session with `session_config`, once `loading.loadable` has checked it
+  (unless `trust_model`, its graph too). Returns (session, meta graph)."""
+  local_dir = loading.loadable(local_dir, trust_model=trust_model)
   on_gpu = bool(tf.config.list_physical_devices("GPU"))
   session = tf.compat.v1.Session(graph=tf.compat.v1.Graph(), config=session_config(on_gpu=on_gpu))
   # The TF1 loader is tfx-bsl's, on purpose; its deprecation notice (three lines before
@@ -85,7 +87,7 @@ def load_early(
   local_dir: str, *, signature_name: str, warm_up_size: int, trust_model: bool = False
 ) -> None:
   """Starts loading and warming up the session of the local export `local_dir` on a
-  background thread, for `take_early`. An export whose graph `model_safety` refuses (unless
+  background thread, for `take_early`. An export `loading.loadable` refuses (its graph unless
   `trust_model`) is never loaded: the run refuses it before it would take the session."""
   future: concurrent.futures.Future = concurrent.futures.Future()
   with _early_lock:
@@ -93,9 +95,8 @@ def load_early(
 
   def load() -> None:
     try:
-      model_safety.check_saved_model(local_dir, trust=trust_model)
       devices.enable_memory_growth()  # before anything touches a GPU, as every load does
-      session, meta_graph = load_session(local_dir)
+      session, meta_graph = load_session(local_dir, trust_model=trust_model)
       warm_up(session, meta_graph, signature_name, warm_up_image(warm_up_size))
       future.set_result(session)
     except BaseException as error:  # the handler loads again

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import os
 import typing
 from typing import Any, Optional
 
@@ -21,6 +22,7 @@ import segbeam
 from segbeam.model import contract
 from segbeam.model import defaults
 from segbeam.model import labels as labels_lib
+from segbeam.model import loading
 from segbeam.pipeline import constants
 from segbeam.pipeline import elements
 from segbeam.pipeline import inference
@@ -81,8 +83,8 @@ class SegmentImages(beam.PTransform):
   Args:
     model_dir: a segbeam export (`segbeam train` or `segbeam export`), local or on any Beam file
       system; None for the embedded default model. Its metadata is read here, when the
-      pipeline is built; the workers load it, refusing a graph that reaches outside the model
-      unless `trust_model`.
+      pipeline is built, and a local one checked (`loading.loadable`); the workers load it,
+      checking it again, refusing a graph that reaches outside the model unless `trust_model`.
     batch_size, handler, inference_slices, postprocess_threads, max_pixels, ground_truth,
       label_map, trust_model, require_gpu: as `segbeam run`'s options of the same names
       (`options.RunOptions`; `ground_truth` is its `labels`).
@@ -118,6 +120,9 @@ class SegmentImages(beam.PTransform):
     )
     self.model_dir = model_dir or defaults.default_model_dir()
     self.metadata = metadata or model_files.read_metadata(self.model_dir)
+    if model_files.is_local(self.model_dir) and os.path.isdir(self.model_dir):
+      # Refused now rather than on the workers, whose loads check it again (`inference`).
+      loading.loadable(self.model_dir, trust_model=trust_model)
     self.run_id = run_id or options_lib.new_run_id(datetime.datetime.now(datetime.timezone.utc))
     self.context = rows_lib.RunContext(
       self.metadata.name,

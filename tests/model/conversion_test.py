@@ -582,3 +582,138 @@ def test_model_summary_says_how_an_import_is_served(tmp_path, capsys):
   assert report["parameters"] == "4" and report["trusted"] == "no"
   assert cli.main(["model", "summary", "--model", export_dir]) == 0
   assert re.search(r"^preprocess +torch$", capsys.readouterr().out, re.MULTILINE)
+
+
+# --- A model file's sizes are capped before it is read ------------------------------------------
+
+_MEASURED_EXPORT = """
+import json, resource, sys, time
+import keras, tensorflow  # loaded before the baseline: what the export itself uses is measured
+from segbeam import cli
+from segbeam.model import conversion
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+started = time.monotonic()
+code = cli.main(sys.argv[1:])
+grew = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+print(json.dumps({"code": code, "grew_mib": grew / 1024, "seconds": time.monotonic() - started}))
+"""
+
+
+def _measured_export(source: str, output: str) -> tuple[dict, str]:
+  """`segbeam export` in a fresh process: ({code, grew_mib (its peak memory's growth),
+  seconds}, stderr)."""
+  import subprocess
+  import sys
+
+  run = subprocess.run(
+    [sys.executable, "-c", _MEASURED_EXPORT, "export", source, "--output", output]
+    + ["--preprocess", "unit", "--scores", "logits"],
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert run.returncode == 0, run.stderr[-3000:]
+  return json.loads(run.stdout.strip().splitlines()[-1]), run.stderr
+
+
+def _keras_with_config_bomb(tmp_path, *, lying: bool = False) -> str:
+  """A .keras whose config.json is a real one followed by 1 GiB of spaces (valid JSON: Keras
+  loads it), deflated to a few MB. `lying`: its headers declare the real config's size."""
+  plain = tmp_path / "plain.keras"
+  _tiny_keras_model().save(str(plain))
+  bomb = tmp_path / "bomb.keras"
+  with zipfile.ZipFile(plain) as src, zipfile.ZipFile(bomb, "w") as dst:
+    for info in src.infolist():
+      data = src.read(info)
+      if info.filename != "config.json":
+        dst.writestr(info, data)
+        continue
+      real_size = len(data)
+      member = zipfile.ZipInfo("config.json", info.date_time)
+      member.compress_type = zipfile.ZIP_DEFLATED
+      with dst.open(member, "w") as f:
+        f.write(data)
+        spaces = b" " * (16 << 20)
+        for _ in range((1 << 30) // len(spaces)):
+          f.write(spaces)
+  if lying:  # the local and the central header's uncompressed size: the real config's
+    raw = bytearray(bomb.read_bytes())
+    with zipfile.ZipFile(bomb) as archive:
+      info = archive.getinfo("config.json")
+    central = raw.rindex(b"config.json") - 46  # its central directory record, the last one
+    raw[info.header_offset + 22 : info.header_offset + 26] = real_size.to_bytes(4, "little")
+    raw[central + 24 : central + 28] = real_size.to_bytes(4, "little")
+    bomb.write_bytes(bytes(raw))
+  assert bomb.stat().st_size < 16 << 20
+  return str(bomb)
+
+
+def test_a_keras_config_bomb_is_refused_before_it_is_read(tmp_path):
+  bomb = _keras_with_config_bomb(tmp_path)
+  measured, err = _measured_export(bomb, str(tmp_path / "export"))
+  assert measured["code"] == 2
+  line = err.strip().splitlines()[-1]
+  assert line.startswith(f"segbeam export: {bomb}: member config.json would be 1.0 GiB ")
+  assert "over the cap of 64 MiB" in line
+  assert measured["grew_mib"] < 100 and measured["seconds"] < 10, measured
+  assert not (tmp_path / "export").exists()
+
+
+def test_a_keras_member_whose_header_lies_is_read_no_further_than_it_says(tmp_path):
+  bomb = _keras_with_config_bomb(tmp_path, lying=True)
+  measured, err = _measured_export(bomb, str(tmp_path / "export"))
+  assert measured["code"] == 2
+  assert err.strip().splitlines()[-1] == (
+    f"segbeam export: {bomb} is a damaged .keras archive: member config.json fails its CRC check"
+  )
+  assert measured["grew_mib"] < 100 and measured["seconds"] < 10, measured
+
+
+def test_keras_members_beyond_what_a_model_holds_are_refused(tmp_path, capsys):
+  plain = tmp_path / "plain.keras"
+  _tiny_keras_model().save(str(plain))
+  many, bzip2 = tmp_path / "many.keras", tmp_path / "bzip2.keras"
+  with zipfile.ZipFile(plain) as src:
+    with zipfile.ZipFile(many, "w") as dst:
+      for info in src.infolist():
+        dst.writestr(info, src.read(info))
+      for i in range(1001):
+        dst.writestr(f"assets/{i}", b"")
+    with zipfile.ZipFile(bzip2, "w") as dst:
+      for info in src.infolist():
+        dst.writestr(info.filename, src.read(info), compress_type=zipfile.ZIP_BZIP2)
+  err = _refused(capsys, [str(many), "--preprocess", "unit"], str(tmp_path / "export"))
+  assert err == f"segbeam export: {many} holds 1004 members, over the cap of 1000\n"
+  err = _refused(capsys, [str(bzip2), "--preprocess", "unit"], str(tmp_path / "export"))
+  assert err.startswith(f"segbeam export: {bzip2}: member ") and "compressed with bzip2" in err
+
+
+def _h5_with_dataset_bomb(tmp_path) -> str:
+  """A Keras .h5 whose first weight is a gzip-compressed dataset of 1.25 GiB of zeros (never
+  written: its chunks are the fill value), a few KB on disk."""
+  import h5py
+
+  path = tmp_path / "bomb.h5"
+  _tiny_keras_model().save(str(path))
+  with h5py.File(path, "r+") as f:
+    names = []
+    f["model_weights"].visititems(
+      lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None
+    )
+    group = f["model_weights"]
+    del group[names[0]]
+    group.create_dataset(
+      names[0], shape=(5 << 26,), dtype="float32", chunks=(1 << 20,), compression="gzip"
+    )
+  assert path.stat().st_size < 1 << 20
+  return str(path)
+
+
+def test_an_h5_dataset_bomb_is_refused_before_it_is_read(tmp_path):
+  bomb = _h5_with_dataset_bomb(tmp_path)
+  measured, err = _measured_export(bomb, str(tmp_path / "export"))
+  assert measured["code"] == 2
+  line = err.strip().splitlines()[-1]
+  assert line.startswith(f"segbeam export: {bomb}: dataset model_weights/"), line
+  assert "would be 1.2 GiB (1342177280 bytes) in memory, over the cap of 1.0 GiB" in line
+  assert measured["grew_mib"] < 100 and measured["seconds"] < 10, measured

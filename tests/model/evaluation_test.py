@@ -149,3 +149,32 @@ def test_a_label_map_beyond_the_models_classes_is_refused(tiny_export, pet_folde
     evaluation.evaluate_export(
       export.LoadedExport(tiny_export[0]), data.match_pairs(images, masks), label_map=four
     )
+
+
+def test_segbeam_evaluate_refuses_a_model_whose_graph_writes_files(pet_folder, tmp_path, capsys):
+  """The real command: a model `segbeam run` refuses is refused here too, before it is loaded
+  (exit 2, one line, its file never written); with --trust-model it runs."""
+  import subprocess
+  import sys
+
+  from segbeam import cli
+  from segbeam.model import model_safety
+  from tests import unsafe_exports
+
+  images, masks, _ = pet_folder
+  written = tmp_path / "written.txt"
+  export_dir = unsafe_exports.write_export(str(tmp_path / "export"), writes_to=str(written))
+  argv = ["evaluate", "--model", export_dir, "--images", images, "--masks", masks]
+  segbeam = os.path.join(os.path.dirname(sys.executable), "segbeam")
+  run = subprocess.run([segbeam, *argv], capture_output=True, text=True, timeout=300)
+  with pytest.raises(model_safety.UnsafeModelError) as refused:  # what `segbeam run` says
+    model_safety.check_saved_model(export_dir)
+  assert run.returncode == 2, run.stderr[-3000:]
+  assert run.stderr.strip().splitlines()[-1] == f"segbeam evaluate: {refused.value}"
+  assert "WriteFile" in str(refused.value)
+  assert "Traceback" not in run.stderr and run.stdout == ""
+  assert not written.exists()
+
+  assert cli.main([*argv, "--trust-model", "--json"]) == 0
+  assert json.loads(capsys.readouterr().out)["images"] == 6
+  assert written.read_bytes() == unsafe_exports.WRITTEN  # trusted, so it ran as written

@@ -4,6 +4,7 @@ model file that is not an export gets the command that makes one."""
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -46,11 +47,11 @@ def images(tmp_path):
 
 
 def _refusal(export_dir):
-  where = model_safety.denied_ops(export_dir)[0].where
-  return (
-    "model refused: its graph holds ops that touch files, the network or processes "
-    f"(WriteFile in {where}); pass --trust-model if you trust it"
-  )
+  """What `model_safety` says of the export, as every command says it."""
+  with pytest.raises(model_safety.UnsafeModelError) as refused:
+    model_safety.check_saved_model(export_dir)
+  assert "WriteFile" in str(refused.value)
+  return str(refused.value)
 
 
 def test_segbeam_run_refuses_a_model_whose_graph_writes_files(writing_export, images, tmp_path):
@@ -215,4 +216,131 @@ def test_gs_models_are_checked_in_their_local_copy_by_run_and_submit(
   cloud = ["--project", "my-project-123", "--temp-location", f"{root}/tmp", "--image", "img:1"]
   assert cli.main(["submit", *cloud, *run, "--model", f"{root}/writing"]) == 2
   assert capsys.readouterr().err == f"segbeam submit: {_refusal(export_dir)}\n"
+  assert not written.exists()
+
+
+# --- Only saved_model.pb is checked, so only it may be loaded ------------------------------------
+
+PBTXT = "saved_model.pbtxt"
+
+
+def _graph_files(tmp_path, how):
+  """(export_dir, the file its hostile graph writes when called). TensorFlow's loaders read
+  saved_model.pbtxt where saved_model.pb is missing; `how` is 'pbtxt_only' (the hostile graph
+  as text, no saved_model.pb) or 'pbtxt_beside' (a harmless saved_model.pb of the same
+  variables, the hostile graph as saved_model.pbtxt beside it)."""
+  from google.protobuf import text_format
+
+  written = tmp_path / "written.txt"
+  hostile = unsafe_exports.write_export(str(tmp_path / "hostile"), writes_to=str(written))
+  proto = model_safety.read_saved_model(hostile)
+  if how == "pbtxt_only":
+    export_dir = hostile
+  else:
+    export_dir = unsafe_exports.write_export(str(tmp_path / "harmless"))
+  with open(os.path.join(export_dir, PBTXT), "w") as f:
+    f.write(text_format.MessageToString(proto))
+  if how == "pbtxt_only":
+    os.remove(os.path.join(export_dir, model_safety.SAVED_MODEL_FILE))
+  return export_dir, written
+
+
+def _pbtxt_refusal(export_dir, how):
+  if how == "pbtxt_only":
+    return (
+      f"model damaged: {os.path.join(export_dir, model_safety.SAVED_MODEL_FILE)} is missing "
+      f"(segbeam reads only saved_model.pb, never the {PBTXT} there)"
+    )
+  return (
+    f"model refused: {export_dir} holds {PBTXT} beside saved_model.pb; segbeam checks only "
+    "saved_model.pb, so no loader may be given another graph file: remove it, or pass "
+    "--trust-model if you trust it"
+  )
+
+
+HOW = ["pbtxt_only", "pbtxt_beside"]
+
+
+@pytest.mark.parametrize("how", HOW)
+@pytest.mark.parametrize("name", constants.HANDLERS)
+def test_every_handler_refuses_a_graph_file_it_did_not_check(name, how, tmp_path):
+  export_dir, written = _graph_files(tmp_path, how)
+  handler = inference.create_handler(name, export_dir, max_batch_size=2)
+  with pytest.raises(ValueError) as refused:
+    handler.load_model()
+  assert str(refused.value) == _pbtxt_refusal(export_dir, how)
+  assert not written.exists()
+
+
+@pytest.mark.parametrize("how", HOW)
+def test_segment_images_refuses_a_graph_file_it_did_not_check(how, tmp_path):
+  """The Python API in a real pipeline: refused when the pipeline is built, and by the workers'
+  load should the export change after (here: made hostile once the transform exists)."""
+  import apache_beam as beam
+  from apache_beam.testing.test_pipeline import TestPipeline
+
+  from segbeam.pipeline import elements
+  from segbeam.pipeline import transforms
+
+  export_dir, written = _graph_files(tmp_path, how)
+  with pytest.raises(ValueError) as refused:
+    transforms.SegmentImages(export_dir)
+  assert str(refused.value) == _pbtxt_refusal(export_dir, how)
+
+  image = synthetic.encode(synthetic.pet_scene(20, 30, 0)[0], "PNG")
+  later = tmp_path / "later"
+  shutil.copytree(unsafe_exports.write_export(str(tmp_path / "fine")), later)
+  segment = transforms.SegmentImages(str(later), batch_size=1)
+  shutil.rmtree(later)  # the hostile files replace the checked ones
+  shutil.copytree(export_dir, later)
+  with pytest.raises(Exception, match=re.escape(_pbtxt_refusal(str(later), how))):
+    with TestPipeline() as pipeline:
+      _ = (
+        pipeline
+        | beam.Create([elements.ImageRecord("cat.png", "memory://cat.png", image)])
+        | segment
+      )
+  assert not written.exists()
+
+
+@pytest.mark.parametrize("how", HOW)
+def test_loaded_export_and_the_early_session_refuse_a_graph_file_they_did_not_check(how, tmp_path):
+  from segbeam.model import export as export_lib
+
+  export_dir, written = _graph_files(tmp_path, how)
+  with pytest.raises(ValueError) as refused:
+    export_lib.LoadedExport(export_dir)
+  assert str(refused.value) == _pbtxt_refusal(export_dir, how)
+  with pytest.raises(ValueError, match="model (damaged|refused)"):
+    sessions.load_session(export_dir)
+  sessions.load_early(
+    export_dir, signature_name=contract.SIGNATURE_NAME, warm_up_size=unsafe_exports.INPUT_SIZE
+  )
+  assert sessions.take_early(export_dir) is None
+  assert not written.exists()
+
+
+@pytest.mark.parametrize("trust", [False, True])
+def test_segbeam_run_refuses_a_pbtxt_only_export_as_damaged(trust, tmp_path, images, capsys):
+  export_dir, written = _graph_files(tmp_path, "pbtxt_only")
+  output = tmp_path / "out"
+  argv = ["run", "--input", images, "--output", str(output), "--model", export_dir]
+  assert cli.main([*argv, *(["--trust-model"] if trust else [])]) == 2
+  err = capsys.readouterr().err
+  assert err == f"segbeam run: {_pbtxt_refusal(export_dir, 'pbtxt_only')}\n"
+  assert not output.exists() and not written.exists()
+
+
+def test_tensorflow_reads_saved_model_pb_before_a_pbtxt_beside_it(tmp_path):
+  """Why a trusted export with both still loads only what would have been checked: every
+  loader segbeam uses prefers saved_model.pb (loader_impl.parse_saved_model)."""
+  from segbeam.model import export as export_lib
+
+  export_dir, written = _graph_files(tmp_path, "pbtxt_beside")
+  image = synthetic.encode(synthetic.pet_scene(20, 30, 0)[0], "PNG")
+  for name in constants.HANDLERS:
+    handler = inference.create_handler(name, export_dir, max_batch_size=2, trust_model=True)
+    [(_, result)] = handler.run_inference([("k", image)], handler.load_model())
+    assert int(inference.outputs_as_arrays(result)["width"]) == 20
+  export_lib.LoadedExport(export_dir, trust_model=True).predict([image])
   assert not written.exists()
