@@ -21,8 +21,8 @@ def assert_accounted_for(output: str, *, inputs_seen: Optional[int] = None) -> d
 
   Checked independently of the pipeline's own check, on what a reader of the folder sees:
   - the manifest exists and its conservation check holds;
-  - the rows of segments/ and errors/ plus the skipped inputs equal the inputs seen, and equal
-    the manifest's counts;
+  - the rows of segments/ and errors/ plus the skipped inputs equal the inputs seen (and those
+    gone since an earlier attempt made their rows), and equal the manifest's counts;
   - those folders hold exactly the Parquet files the manifest names: nothing left by a failed
     or retried attempt;
   - no image id is in both tables or twice in one;
@@ -39,7 +39,9 @@ def assert_accounted_for(output: str, *, inputs_seen: Optional[int] = None) -> d
   errors = run.dataset("errors").to_table(columns=["image_id"]).to_pylist()
   assert len(segments) == counts["segmented"] == conservation["segmented"]
   assert len(errors) == counts["failed"] == conservation["failed"]
-  assert len(segments) + len(errors) + skipped == counts["inputs_seen"]
+  # Inputs gone since an earlier attempt made their rows (`--resume`) keep those rows.
+  gone = counts.get("resumed_inputs_gone", 0)
+  assert len(segments) + len(errors) + skipped == counts["inputs_seen"] + gone
   if inputs_seen is not None:
     assert counts["inputs_seen"] == inputs_seen, (counts, inputs_seen)
   for table in (constants.SEGMENTS_DIR, constants.ERRORS_DIR):

@@ -31,6 +31,9 @@ DEFAULT_BATCH_SIZE = 32
 # Concurrent slices of each batch, and postprocessing threads per worker thread (`options`).
 DEFAULT_INFERENCE_SLICES = 2
 DEFAULT_POSTPROCESS_THREADS = 1
+# --segments-files: the most Parquet files the segments table is written as. Beam writes every
+# one of them, empty or not; at 256 MB a file (docs/capacity-plan.md) this is a 2.5 TB table.
+MAX_SEGMENTS_FILES = 10_000
 
 # The output folder's layout.
 SEGMENTS_DIR = "segments"

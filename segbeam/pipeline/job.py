@@ -9,6 +9,7 @@ options). Both check the invocation first (`prepare`): a bad model, input or out
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import sys
 import uuid
@@ -24,6 +25,7 @@ from segbeam.model import loading
 from segbeam.model import model_safety
 from segbeam.pipeline import beam_options
 from segbeam.pipeline import constants
+from segbeam.pipeline import journal
 from segbeam.pipeline import model_files
 from segbeam.pipeline import options as options_lib
 from segbeam.pipeline import output_claim
@@ -175,6 +177,10 @@ def _claim_output(
         raise InvocationError(f"--resume refused: {output} was started with {differs}")
       if held.holder_running_here():
         raise InvocationError(f"--resume refused: {output} is being written by {held.holder()}")
+      try:  # before the claim is taken over: a refused resume changes nothing
+        journal.check_journal(output, held.attempts, (metadata.name, metadata.version))
+      except journal.ForeignJournalError as error:
+        raise InvocationError(f"--resume refused: {error}") from error
       output_claim.take_over(output, token, mine)
       # Only the journal is durable: what the sinks of a killed attempt left is partial.
       sinks.delete_entries(output, [constants.SEGMENTS_DIR, constants.ERRORS_DIR])
@@ -182,6 +188,15 @@ def _claim_output(
     if options.overwrite:
       if held is not None and held.holder_running_here():
         raise InvocationError(f"--overwrite refused: {output} is being written by {held.holder()}")
+      foreign = output_claim.not_written_by_segbeam(output, claimed=token is not None)
+      if foreign:
+        shown = ", ".join(foreign[:5]) + (
+          f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+        )
+        raise InvocationError(
+          f"--overwrite refused: {output} holds what segbeam did not write ({shown}); it "
+          "replaces only a segbeam run's own output: choose another --output"
+        )
       if token is not None:
         output_claim.take_over(output, token, mine)
       else:
@@ -206,7 +221,7 @@ def _claim_output(
 
 def _same_place(a: str, b: str) -> bool:
   if FileSystems.get_scheme(a) is None and FileSystems.get_scheme(b) is None:
-    return os.path.abspath(a) == os.path.abspath(b)
+    return os.path.realpath(a) == os.path.realpath(b)  # a link to a folder is that folder
   return a.rstrip("/") == b.rstrip("/")
 
 
@@ -232,17 +247,57 @@ def _check_skip_existing(
         ) from error
 
 
+def _check_output_apart(options: options_lib.RunOptions) -> None:
+  """Refuses an --output that is the folder the input (or ground-truth) pattern lists: the
+  run's files would sit among the inputs, and no later --overwrite could tell them apart.
+  (An output deeper in a pattern's reach, 'photos/**' and photos/out, is fine: the run's own
+  files are left out of its listing, `sources.OwnFiles`.)"""
+  for flag, pattern, what in (
+    ("--input", options.input, "input"),
+    ("--ground-truth", options.labels, "ground-truth"),
+  ):
+    if pattern and _same_place(sources.pattern_root(pattern) or ".", options.output):
+      raise InvocationError(
+        f"--output {options.output} is the {what} folder ({flag} {pattern}): an output folder "
+        f"holds only what segbeam writes; give the run a folder of its own, such as "
+        f"{FileSystems.join(options.output, 'segbeam')}"
+      )
+
+
+def _bounded_segments_files(options: options_lib.RunOptions) -> options_lib.RunOptions:
+  """`options` with --segments-files lowered to the number of input files where fewer match:
+  Beam writes every one of the N files, empty or not. Counts at most N files, one by one as
+  they are listed, and not the run's own (`sources.OwnFiles`)."""
+  wanted = options.segments_files
+  if wanted <= 1:
+    return options
+  own = sources.OwnFiles(options.output, options.input)
+  try:
+    inputs = itertools.islice(
+      (m for m in sources.iter_matches(options.input) if not own.holds(m.path)), wanted
+    )
+    found = sum(1 for _ in inputs)
+  except Exception as error:  # any failure to list
+    raise InvocationError(f"cannot list input {options.input!r}: {error}") from error
+  if 0 < found < wanted:
+    return dataclasses.replace(options, segments_files=found)
+  return options
+
+
 class Prepared(NamedTuple):
   model_dir: str
   metadata: contract.ModelMetadata
   attempts: list[dict[str, str]]  # at this output, this run's last (`output_claim.Claim`)
+  # The options the run goes with: --segments-files bounded by the inputs (`prepare`).
+  options: Optional[options_lib.RunOptions] = None
 
 
 def prepare(options: options_lib.RunOptions, *, check_paths: bool = True) -> Prepared:
   """Checks the run before anything is built: the model (its metadata, graph and files), the
   label map, --skip-existing, and with `check_paths` that the input and ground truth match
   files and the output folder is writable and free (or resumed, or overwritten), which
-  claims it (`output_claim`). Raises InvocationError.
+  claims it (`output_claim`), and --segments-files is no more than the input files. Raises
+  InvocationError.
 
   Args:
     check_paths: off for a Dataflow dry run, which builds the job offline, where gs:// cannot
@@ -256,15 +311,17 @@ def prepare(options: options_lib.RunOptions, *, check_paths: bool = True) -> Pre
   if check_paths or model_files.is_local(model_dir):
     _check_model(model_dir, trust=options.trust_model)
   _check_skip_existing(options.skip_existing, options.output, check_paths=check_paths)
+  _check_output_apart(options)
   if check_paths:
     _check_input(options.input)
     if options.labels:
       _check_input(options.labels, what="label")
+    options = _bounded_segments_files(options)
     _check_writable(options.output)
     attempts = _claim_output(options, metadata)
   else:
     attempts = [{"run_id": options.run_id, "started": options.started}]
-  return Prepared(model_dir, metadata, attempts)
+  return Prepared(model_dir, metadata, attempts, options)
 
 
 def add_to(
@@ -287,7 +344,7 @@ def add_to(
   prepared = prepare(options, check_paths=check_paths)
   return transforms.build_pipeline(
     pipeline,
-    options,
+    prepared.options,
     prepared.metadata,
     worker_model_dir or prepared.model_dir,
     distributed=distributed,
@@ -308,7 +365,7 @@ def run(options: options_lib.RunOptions, beam_args: Sequence[str] = ()) -> None:
   pipeline = beam.Pipeline(options=pipeline_options)
   transforms.build_pipeline(
     pipeline,
-    options,
+    prepared.options,
     prepared.metadata,
     prepared.model_dir,
     distributed=not in_this_process,

@@ -2,6 +2,8 @@
 
 A label file matches the images whose name (`filename`, else `image_id`) equals its path
 relative to the pattern's root, extensions aside: 'cats/felix.png' labels 'cats/felix.jpg'.
+A label path is only ever one the pattern's own listing gives: a name from input data that
+is not a plain path inside the root ('../x', '/x', 'a\\b') matches no label (`is_inside`).
 Labels are scored after segmentation, against the mask read back from the row's PNG, so
 inference never waits for the label listing. How rows meet their label paths depends on the
 runner:
@@ -37,6 +39,15 @@ LABELS = "labels"
 def label_key(name: str) -> str:
   """Labels match images by name without extension: 'cats/felix.jpg' <-> 'cats/felix.png'."""
   return posixpath.splitext(name)[0]
+
+
+def is_inside(key: str) -> bool:
+  """Whether `key` is a plain relative path below a root, as a listing gives them: no '..' or
+  '.' part, no empty part (absolute, '//'), no backslash (a separator elsewhere) and no NUL.
+  A key comes from input data (a tf.Example's filename) and may be anything."""
+  if not key or "\\" in key or "\0" in key:
+    return False
+  return all(part not in ("", ".", "..") for part in key.split("/"))
 
 
 def row_key(row: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -108,7 +119,10 @@ class LabelFolders:
     self._folders: collections.OrderedDict[str, dict[str, list[str]]] = collections.OrderedDict()
 
   def paths(self, key: str) -> list[str]:
-    """The label files of `key`, sorted."""
+    """The label files of `key`, sorted; none for a key that is not inside the root
+    (`is_inside`): its folder would be listed outside the pattern's own files."""
+    if not is_inside(key):
+      return []
     folder = posixpath.dirname(key)
     listing = self._folders.get(folder)
     if listing is None:
@@ -125,7 +139,8 @@ class LabelFolders:
     listing: dict[str, list[str]] = collections.defaultdict(list)
     for metadata in filesystem.match_files(sources.iter_matches(children), self._pattern):
       key, path = label_entry(metadata, self._root)
-      listing[key].append(path)
+      if posixpath.dirname(key) == folder:  # the one folder's files, as the whole listing has
+        listing[key].append(path)
     return {key: sorted(paths) for key, paths in listing.items()}
 
 

@@ -7,6 +7,7 @@ import dataclasses
 import datetime
 import itertools
 import os
+import re
 import uuid
 from typing import Any, Optional, Sequence
 
@@ -36,7 +37,9 @@ class RunOptions:
     mask_files: also write each mask as DIR/masks/<safe name>.png.
     segments_files: write the segments table as this many Parquet files (its rows shuffled to
       as many writers); 0 for one file per bundle of the writing stage, which is one file on
-      the local runner and as many as Dataflow makes bundles (docs/capacity-plan.md).
+      the local runner and as many as Dataflow makes bundles (docs/capacity-plan.md). At most
+      `constants.MAX_SEGMENTS_FILES`; a run lowers it to its number of input files where fewer
+      match (`job.prepare`): Beam writes every file, empty or not.
     overwrite: replace a previous run's output in the folder instead of refusing.
     resume: continue the unfinished run in the folder (killed, failed or interrupted): what
       its attempts made durable is kept, the rest is done (`journal`); a fresh run where the
@@ -55,12 +58,13 @@ class RunOptions:
       model's own.
     skip_existing: earlier runs' output folders: images they segmented with this model version
       are skipped (see `resume`).
-    trust_model: run a model whose graph holds ops that touch files, the network or processes
-      (`segbeam.model.model_safety`); a damaged export is refused all the same.
+    trust_model: run a model whose graph holds ops outside segbeam's allowlist, or links out of
+      its folder (`segbeam.model.model_safety`); a damaged export is refused all the same.
     require_gpu: fail the model's load where TensorFlow sees no GPU (set by `segbeam submit`
       and the Flex Template: a GPU job must not run on the CPU while its GPUs are billed).
     quiet: print no progress lines while a local run goes.
-    run_id: recorded in every row and the manifest.
+    run_id: recorded in every row and the manifest, and names the run's journal files: a plain
+      name (`check_run_id`).
     started: UTC start time, ISO 8601.
   """
 
@@ -98,11 +102,34 @@ class RunOptions:
     )
     if self.segments_files < 0:
       raise ValueError(f"--segments-files must be 0 or more, got {self.segments_files}")
+    if self.segments_files > constants.MAX_SEGMENTS_FILES:
+      raise ValueError(
+        f"--segments-files must be at most {constants.MAX_SEGMENTS_FILES}, "
+        f"got {self.segments_files}"
+      )
+    if self.run_id:  # empty: not chosen yet (`from_args` always chooses one)
+      check_run_id(self.run_id)
     if self.resume and self.overwrite:
       raise ValueError("--resume continues the run in --output, --overwrite replaces it: pick one")
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
+
+
+# A run id names files (the journal's, `journal`): a plain name, never a path. Positively: a
+# letter or digit first (no '.', '..', hidden or option-like names), then letters, digits and
+# '._-' only (no separator of any file system, no glob character, no control character).
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_run_id(run_id: str) -> str:
+  """Returns `run_id`; raises ValueError where it is not a safe name (`_RUN_ID`)."""
+  if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id):
+    raise ValueError(
+      f"--run-id {run_id!r} is not a plain name: up to 128 ASCII letters, digits, '.', '_' "
+      "and '-', starting with a letter or digit"
+    )
+  return run_id
 
 
 def positions(argv: Sequence[str], flag: str) -> list[int]:
@@ -168,7 +195,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     default=0,
     metavar="N",
     help="write the segments table as N Parquet files (rows shuffled to N writers; default: "
-    "one file per bundle, see docs/capacity-plan.md)",
+    f"one file per bundle, see docs/capacity-plan.md); at most {constants.MAX_SEGMENTS_FILES}, "
+    "and never more than the input files",
   )
   parser.add_argument(
     "--overwrite", action="store_true", help="replace a previous run's output in OUTPUT"
@@ -249,8 +277,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument(
     "--trust-model",
     action="store_true",
-    help="run a model whose graph holds ops that touch files, the network or "
-    "processes (refused otherwise: a model is code); recorded in the manifest",
+    help="run a model whose graph holds ops outside segbeam's allowlist, or links out of its "
+    "folder (refused otherwise: a model is code); recorded in the manifest",
   )
   parser.add_argument(
     "--require-gpu",
@@ -258,7 +286,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     help="fail the model's load where TensorFlow sees no GPU, naming what is "
     "missing (segbeam submit and the Flex Template set it)",
   )
-  parser.add_argument("--run-id", default=None, help="default: time + random suffix")
+  parser.add_argument(
+    "--run-id",
+    default=None,
+    help="a plain name for this run: ASCII letters, digits, '.', '_', '-', starting with a "
+    "letter or digit (default: time + random suffix)",
+  )
 
 
 # The patterns segbeam expands itself; each is given once, as one word.
@@ -330,7 +363,7 @@ def from_args(args: argparse.Namespace) -> RunOptions:
     trust_model=args.trust_model,
     require_gpu=args.require_gpu,
     quiet=args.quiet,
-    run_id=args.run_id or new_run_id(now),
+    run_id=new_run_id(now) if args.run_id is None else check_run_id(args.run_id),
     started=now.isoformat(timespec="seconds"),
   )
 

@@ -28,6 +28,7 @@ from google.api_core import exceptions
 from google.cloud import storage
 
 from segbeam.pipeline import constants
+from segbeam.pipeline import sources
 
 
 class ClaimedError(Exception):
@@ -119,15 +120,17 @@ def claim_path(output: str) -> str:
   return FileSystems.join(output, constants.CLAIM_FILE)
 
 
-def _gcs_blob(path: str):
-  """The google-cloud-storage blob of gs://bucket/name, from a client that honours
-  STORAGE_EMULATOR_HOST as Beam's own does."""
-  bucket, _, name = path[len("gs://") :].partition("/")
+def _gcs_client() -> storage.Client:
+  """A google-cloud-storage client that honours STORAGE_EMULATOR_HOST as Beam's own does."""
   if os.environ.get("STORAGE_EMULATOR_HOST"):
-    client = storage.Client.create_anonymous_client()
-  else:
-    client = storage.Client()
-  return client.bucket(bucket).blob(name)
+    return storage.Client.create_anonymous_client()
+  return storage.Client()
+
+
+def _gcs_blob(path: str):
+  """The google-cloud-storage blob of gs://bucket/name."""
+  bucket, _, name = path[len("gs://") :].partition("/")
+  return _gcs_client().bucket(bucket).blob(name)
 
 
 def _on_gcs(path: str) -> bool:
@@ -228,6 +231,42 @@ def take_over(output: str, token: Any, mine: Claim) -> None:
       raise ClaimedError(_taken_by(output))
     os.remove(stale)
   claim(output, mine)
+
+
+def entries(output: str) -> list[str]:
+  """The names directly in `output`, files and folders alike (a folder's without its '/'),
+  sorted; none where it does not exist."""
+  if _on_gcs(output):
+    bucket, _, name = output[len("gs://") :].partition("/")
+    prefix = name.strip("/") + "/" if name.strip("/") else ""
+    listing = _gcs_client().list_blobs(bucket, prefix=prefix, delimiter="/")
+    names = {blob.name[len(prefix) :] for blob in listing}  # the pages first: then prefixes
+    names |= {folder[len(prefix) :].rstrip("/") for folder in listing.prefixes}
+  elif "://" in output:  # any other object store: every object, cut to its first part
+    names = {
+      metadata.path[len(output.rstrip("/")) + 1 :].split("/", 1)[0]
+      for metadata in FileSystems.match([output.rstrip("/") + "/**"])[0].metadata_list
+    }
+  else:
+    try:
+      names = set(os.listdir(output))
+    except (FileNotFoundError, NotADirectoryError):
+      names = set()
+  return sorted(name for name in names if name)
+
+
+def _segbeams_name(name: str) -> bool:
+  return name in constants.OUTPUT_ENTRIES or name.startswith(sources.OWN_NAME_PREFIXES)
+
+
+def not_written_by_segbeam(output: str, *, claimed: bool) -> list[str]:
+  """What in `output` no segbeam run wrote, which `--overwrite` must not delete: anything but
+  a run's own entries (`constants.OUTPUT_ENTRIES`, its temporary files), and those too where
+  nothing shows a run was there (a claim, `claimed`; a journal; a manifest that is segbeam's,
+  `sources.holds_a_segbeam_run`): a dataset's own masks/ and manifest.json are not a run's."""
+  names = entries(output)
+  a_run = claimed or constants.JOURNAL_DIR in names or sources.holds_a_segbeam_run(output)
+  return [name for name in names if not (a_run and _segbeams_name(name))]
 
 
 def release(output: str) -> None:

@@ -34,10 +34,11 @@ from segbeam.pipeline import output_claim
 _ATOMIC_CREATE_SCHEMES = ("gs", "s3", "azfs")
 PARTIAL_SUFFIX = ".partial"
 CONSERVATION_RULE = (
-  "inputs_seen == segmented + failed + skipped_existing, where segmented and "
-  "failed are the rows the segments and errors Parquet files hold, equal to "
+  "inputs_seen + resumed_inputs_gone == segmented + failed + skipped_existing, where "
+  "segmented and failed are the rows the segments and errors Parquet files hold, equal to "
   "the pipeline's counts; with --mask-files, one mask per segmented image; "
-  "resumed (inputs an earlier attempt did) == from_earlier_attempts (its rows)"
+  "resumed (inputs an earlier attempt did) + resumed_inputs_gone (inputs it did that are "
+  "gone since, their rows kept) == from_earlier_attempts (its rows)"
 )
 _LOG = logging.getLogger(__name__)
 
@@ -110,13 +111,16 @@ def build_manifest(
   mask_files: bool = False,
   resumed: int = 0,
   replayed: int = 0,
+  resumed_gone: int = 0,
 ) -> dict[str, Any]:
   """The manifest of a run. `segmented`, `failed` and `masks_written` are what the pipeline
   counted; `segments_rows` and `errors_rows` what the written tables hold; `resumed`, the
-  inputs set aside as done by an earlier attempt, and `replayed`, the rows of those attempts
-  written to the tables (both 0 for a run in one attempt). The conservation check holds when
-  every input seen is in exactly one table or was skipped, the tables, the counts and the mask
-  files agree, and each input an earlier attempt did has its one row from it."""
+  inputs set aside as done by an earlier attempt, `replayed`, the rows of those attempts
+  written to the tables, and `resumed_gone`, the inputs of such rows that this attempt did not
+  see, gone since (all 0 for a run in one attempt). The conservation check holds when every
+  input seen, and every input gone since an earlier attempt did it, is in exactly one table
+  or was skipped, the tables, the counts and the mask files agree, and each input an earlier
+  attempt did has its one row from it."""
   failed = sum(count for _, count in failures)
   by_stage: dict[str, int] = {}
   for (stage, _), count in failures:
@@ -133,6 +137,7 @@ def build_manifest(
       "failed": failed,
       "skipped_existing": skipped_existing,
       "from_earlier_attempts": replayed,
+      "resumed_inputs_gone": resumed_gone,
       "failed_by_stage": dict(sorted(by_stage.items())),
       "failed_by_reason": [
         {"stage": stage, "error_type": error_type, "count": count}
@@ -146,12 +151,13 @@ def build_manifest(
       "skipped_existing": skipped_existing,
       "masks_written": masks_written,
       "resumed": resumed,
+      "resumed_inputs_gone": resumed_gone,
       "from_earlier_attempts": replayed,
       "holds": (
-        seen == segments_rows + errors_rows + skipped_existing
+        seen + resumed_gone == segments_rows + errors_rows + skipped_existing
         and tables_match_counts
         and masks_match
-        and resumed == replayed
+        and resumed + resumed_gone == replayed
       ),
       "rule": CONSERVATION_RULE,
     },
@@ -176,6 +182,7 @@ COUNT_SEGMENTED = "segmented"  # rows sent to the segments table
 COUNT_SKIPPED = "skipped_existing"  # records skipped as segmented by an earlier run
 COUNT_RESUMED = "resumed"  # inputs set aside as in an earlier attempt's journal (--resume)
 COUNT_REPLAYED = "replayed"  # rows of that journal written to the tables
+COUNT_RESUMED_GONE = "resumed_inputs_gone"  # inputs of those rows not seen by this attempt
 COUNT_MASK_FILES = "mask_files"  # mask files written
 COUNT_FAILED = "failed"  # failures sent to the errors table, by stage and type
 CountKey = tuple[str, str, str]
@@ -259,6 +266,7 @@ class WriteManifest(beam.DoFn):
       mask_files=bool(self._base.get("options", {}).get("mask_files")),
       resumed=count(COUNT_RESUMED),
       replayed=count(COUNT_REPLAYED),
+      resumed_gone=count(COUNT_RESUMED_GONE),
     )
     if not manifest["conservation"]["holds"]:
       # A lost or doubled input is a bug. Fail the job (non-zero exit, a failed Dataflow job)

@@ -155,6 +155,50 @@ class PreviousOutputs:
     return folder if self._checked[folder] else None
 
 
+# Names only a run writes at the top of its output folder, beside `constants.OUTPUT_ENTRIES`:
+# `job`'s write probe, and a claim's temporary and replaced files (`output_claim`).
+OWN_NAME_PREFIXES = (".segbeam-write-check-", constants.CLAIM_FILE + ".")
+
+
+class OwnFiles:
+  """Tells the files of the run writing to `output` (its claim, journal, tables, masks,
+  manifest and temporary files): a glob that reaches into its own output folder
+  (`--input 'photos/**' --output photos/out`) must never read them as inputs, however either
+  path is spelled (a link to the folder, or a link in the pattern's root).
+
+  Args:
+    output: the run's output folder; None for no run (the Python API reading alone).
+    pattern: the pattern whose matches are asked about; its root may reach the output through
+      a link.
+  """
+
+  def __init__(self, output: Optional[str], pattern: Optional[str] = None):
+    self._outputs: set[str] = set()
+    if output is None:
+      return
+    output = output.rstrip("/")
+    if "://" in output:
+      self._outputs.add(output)
+      return
+    real = os.path.realpath(output)
+    self._outputs.update({os.path.abspath(output), real})
+    root = pattern_root(pattern or "") or "."
+    if "://" not in root:  # the output as the listing spells it, below the pattern's root
+      real_root = os.path.realpath(root)
+      if real.startswith(real_root.rstrip("/") + "/"):
+        self._outputs.add(os.path.join(os.path.abspath(root), os.path.relpath(real, real_root)))
+
+  def holds(self, path: str) -> bool:
+    if not self._outputs:
+      return False
+    path = path if "://" in path else os.path.abspath(path)
+    for output in self._outputs:
+      if path.startswith(output + "/"):
+        entry = path[len(output) + 1 :].split("/", 1)[0]
+        return entry in constants.OUTPUT_ENTRIES or entry.startswith(OWN_NAME_PREFIXES)
+    return False
+
+
 def iter_matches(pattern: str) -> Iterator[filesystem.FileMetadata]:
   """The files `pattern` matches, as `FileSystems.match` finds them, but one by one as the
   file system lists them: `FileSystems.match` returns one list, several hundred bytes a file
@@ -183,18 +227,30 @@ class ListFiles(beam.DoFn):
   as they go into the reshuffle that follows the listing, which ends before any is read.
   """
 
-  def __init__(self, input_format: str = constants.FORMAT_AUTO, *, count_first: bool = False):
+  def __init__(
+    self,
+    input_format: str = constants.FORMAT_AUTO,
+    *,
+    count_first: bool = False,
+    output: Optional[str] = None,
+  ):
     self._input_format = input_format
     self._count_first = count_first
+    self._output = output
     self._listed = progress.Counter(progress.LISTED)
 
   def process(self, pattern: str) -> Iterator[filesystem.FileMetadata]:
     if self._count_first:
-      for _ in self._counted(iter_matches(pattern)):
+      for _ in self._counted(self._inputs(pattern)):
         pass
-      yield from iter_matches(pattern)
+      yield from self._inputs(pattern)
     else:
-      yield from self._counted(iter_matches(pattern))
+      yield from self._counted(self._inputs(pattern))
+
+  def _inputs(self, pattern: str) -> Iterator[filesystem.FileMetadata]:
+    """What `pattern` matches but the run's own files (`OwnFiles`)."""
+    own = OwnFiles(self._output, pattern)
+    return (m for m in iter_matches(pattern) if not own.holds(m.path))
 
   def _counted(self, files: Iterator[filesystem.FileMetadata]) -> Iterator[filesystem.FileMetadata]:
     """`files`, each passed on; once through, their number onto `inputs_listed` where all are
@@ -213,6 +269,17 @@ class ListFiles(beam.DoFn):
     if self._input_format == constants.FORMAT_AUTO:
       return bool(_IMAGE_NAME.search(path))
     return self._input_format == constants.FORMAT_IMAGES
+
+
+class ReadMatches(beam.DoFn):
+  """A matched file's metadata -> its `fileio.ReadableFile`, as `fileio.ReadMatches` makes
+  them, but for every file: Beam's takes a name ending in a backslash for a folder and drops
+  it unsaid, where on Linux and on object stores it is a file like any other. (An object
+  store's folder marker, a name ending in '/', is no file: it is left out.)"""
+
+  def process(self, metadata: filesystem.FileMetadata) -> Iterator[fileio.ReadableFile]:
+    if not metadata.path.endswith("/"):
+      yield fileio.ReadableFile(metadata)  # compression by name, as Beam's
 
 
 class ReadFile(beam.DoFn):
@@ -409,6 +476,8 @@ class ReadImages(beam.PTransform):
   `spread_files` reshuffles the matched files before reading, so that a runner with several
   workers spreads them (one shard can hold many images); a runner that reads them all in this
   process has nothing to spread, and skips that shuffle.
+
+  `output`, a run's output folder, is left out of what the pattern matches (`OwnFiles`).
   """
 
   def __init__(
@@ -419,11 +488,13 @@ class ReadImages(beam.PTransform):
     example_keys: options_lib.ExampleKeys = options_lib.ExampleKeys(),
     max_file_bytes: int = constants.DEFAULT_MAX_FILE_BYTES,
     spread_files: bool = True,
+    output: Optional[str] = None,
   ):
     super().__init__()
     self._pattern = pattern
     self._spread_files = spread_files
     self._input_format = input_format
+    self._output = output
     self._read = ReadFile(
       root=pattern_root(pattern),
       input_format=input_format,
@@ -436,12 +507,14 @@ class ReadImages(beam.PTransform):
       pbegin
       | "Pattern" >> beam.Create([self._pattern])
       | "MatchFiles"
-      >> beam.ParDo(ListFiles(self._input_format, count_first=not self._spread_files))
+      >> beam.ParDo(
+        ListFiles(self._input_format, count_first=not self._spread_files, output=self._output)
+      )
     )
     if self._spread_files:
       matched = matched | "Reshuffle" >> beam.Reshuffle()
     return (
       matched
-      | "ReadMatches" >> fileio.ReadMatches()
+      | "ReadMatches" >> beam.ParDo(ReadMatches())
       | "ReadImages" >> beam.ParDo(self._read).with_outputs(elements.FAILURES, main="records")
     )

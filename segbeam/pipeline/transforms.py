@@ -88,7 +88,8 @@ class SegmentImages(beam.PTransform):
     batch_size, handler, inference_slices, postprocess_threads, max_pixels, ground_truth,
       label_map, trust_model, require_gpu: as `segbeam run`'s options of the same names
       (`options.RunOptions`; `ground_truth` is its `labels`).
-    run_id: recorded in every row; a new one by default.
+    run_id: recorded in every row, a plain name (`options.check_run_id`); a new one by
+      default.
     metadata: the export's metadata, when the caller has read it already.
     distributed: whether the runner spreads the work over workers; it decides how label files
       meet the rows (`label_files`).
@@ -123,7 +124,11 @@ class SegmentImages(beam.PTransform):
     if model_files.is_local(self.model_dir) and os.path.isdir(self.model_dir):
       # Refused now rather than on the workers, whose loads check it again (`inference`).
       loading.loadable(self.model_dir, trust_model=trust_model)
-    self.run_id = run_id or options_lib.new_run_id(datetime.datetime.now(datetime.timezone.utc))
+    self.run_id = (
+      options_lib.new_run_id(datetime.datetime.now(datetime.timezone.utc))
+      if run_id is None
+      else options_lib.check_run_id(run_id)  # it names files: the journal's
+    )
     self.context = rows_lib.RunContext(
       self.metadata.name,
       self.metadata.version,
@@ -279,7 +284,8 @@ class WriteOutput(beam.PTransform):
   with --skip-existing, 'skipped', the records an earlier run segmented; and with --resume,
   'resumed', the ids of inputs an earlier attempt's journal holds (`journal`), and
   'replayed_rows' and 'replayed_errors', that journal's rows, written to the tables with the
-  new ones (the segments as OUTPUT/segments/resumed-*.parquet).
+  new ones (the segments as OUTPUT/segments/resumed-*.parquet), and 'resumed_gone', the ids
+  of those rows' inputs this attempt did not read (`journal.GoneInputs`).
 
   Every count comes from one combine summing `sinks.CountKey`s' partial counts per bundle
   (`sinks.CountPerBundle`; Beam expands each combine into a handful of transforms, and each
@@ -338,6 +344,7 @@ class WriteOutput(beam.PTransform):
         (sinks.COUNT_RESUMED, inputs["resumed"]),
         (sinks.COUNT_REPLAYED, replayed_rows),
         (sinks.COUNT_REPLAYED, replayed_errors),
+        (sinks.COUNT_RESUMED_GONE, inputs["resumed_gone"]),
       ]
     error_files = error_rows | "WriteErrors" >> WriteErrorRows(options.output)
     if options.mask_files:
@@ -433,17 +440,22 @@ def build_pipeline(
     example_keys=options.example_keys,
     max_file_bytes=options.max_file_bytes,
     spread_files=distributed,
+    output=options.output,  # its own files are never inputs
   )
   outputs = {"records": read.records, "read_failures": read[elements.FAILURES]}
   to_segment, read_failures = read.records, read[elements.FAILURES]
   segment = SegmentImages.for_run(options, metadata, model_dir, distributed=distributed)
-  earlier = [attempt["run_id"] for attempt in (attempts or [])[:-1]]
+  earlier = list(attempts or [])[:-1]
+  model = (metadata.name, metadata.version)
   if earlier:
     # Before validation: what an earlier attempt did is never decoded again.
     replayed = pipeline | "Replay" >> journal.ReplayJournal(
-      options.output, earlier, distributed=distributed
+      options.output, earlier, model, distributed=distributed
     )
     done_ids = journal.journaled_ids(replayed)
+    outputs["resumed_gone"] = done_ids | "Gone" >> journal.GoneInputs(
+      [read.records, read[elements.FAILURES]]
+    )
     kept = to_segment | "ResumeRecords" >> resume.SkipIds(
       done_ids, journal.RESUMED, progress.RESUMED
     )
@@ -475,7 +487,7 @@ def build_pipeline(
       options.output,
       journal.SEGMENTS,
       schema.segments_schema(metadata.class_names),
-      options.run_id,
+      journal.stamp(options.run_id, options.started, *model),
       every,
     )
   )
@@ -493,7 +505,7 @@ def build_pipeline(
         options.output,
         journal.ERRORS,
         schema.ERRORS_SCHEMA,
-        options.run_id,
+        journal.stamp(options.run_id, options.started, *model),
         every,
         to_row=functools.partial(rows_lib.failure_row, run_id=options.run_id),
       )

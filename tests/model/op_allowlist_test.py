@@ -83,7 +83,9 @@ _OUTSIDE = {
 
 def test_every_op_taking_a_file_or_an_address_is_refused_for_it():
   """So that a refusal says what such an op would do."""
-  names_a_file = re.compile(r"file|(?<!top_)path|(^|_)dir($|_)|director|url|address|graph_def", re.I)
+  names_a_file = re.compile(
+    r"file|(?<!top_)path|(^|_)dir($|_)|director|url|address|graph_def", re.IGNORECASE
+  )
   wrong = {
     name: op_allowlist.refusal_reason(name)
     for name, op in REGISTERED.items()

@@ -2,6 +2,7 @@
 
 import glob
 import os
+import pathlib
 import shutil
 
 import pytest
@@ -318,3 +319,127 @@ def test_ctrl_c_outside_a_run_is_one_line_too(monkeypatch, capsys):
   monkeypatch.setattr(cli, "build_parser", interrupted_parser)
   assert cli.main(["model", "list"]) == 130
   assert capsys.readouterr().err == "segbeam model: interrupted\n"
+
+
+def _tree(folder) -> dict[str, bytes]:
+  return {
+    str(p.relative_to(folder)): p.read_bytes() if p.is_file() else b""
+    for p in sorted(folder.rglob("*"))
+  }
+
+
+@pytest.mark.parametrize("where", ["absolute", "climbing"])
+def test_an_unsafe_run_id_is_refused_and_nothing_is_written_outside_the_output(
+  where, tiny_export, one_image, tmp_path, capsys
+):
+  escape = tmp_path / "escaped"
+  run_id = str(escape / "x") if where == "absolute" else "../../escaped/x"
+  output = tmp_path / "a" / "out"
+  code, out, err = _run(
+    capsys,
+    *("--input", one_image + "/*.png", "--output", str(output), "--model", tiny_export[0]),
+    *("--run-id", run_id),
+  )
+  assert code == 2 and out == "" and len(err.splitlines()) == 1
+  assert err.startswith("segbeam run: --run-id") and "letters, digits" in err
+  assert not escape.exists() and not output.exists()
+
+
+def test_overwrite_refuses_a_dataset_folder_and_deletes_nothing(
+  tiny_export, one_image, tmp_path, capsys
+):
+  """A dataset's own masks/ and manifest.json are not a run's: --overwrite leaves them."""
+  dataset = tmp_path / "dataset"
+  (dataset / "masks").mkdir(parents=True)
+  (dataset / "masks" / "cat.png").write_bytes(b"a trimap")
+  (dataset / "manifest.json").write_text('{"name": "pets", "files": 7}')
+  (dataset / "README").write_text("the pets")
+  before = _tree(dataset)
+  code, out, err = _run(
+    capsys,
+    *("--input", one_image + "/*.png", "--output", str(dataset), "--model", tiny_export[0]),
+    "--overwrite",
+  )
+  assert code == 2 and out == "" and len(err.splitlines()) == 1, err
+  assert "segbeam did not write" in err
+  assert "manifest.json" in err and "masks" in err and "README" in err
+  assert _tree(dataset) == before
+
+
+def test_overwrite_replaces_a_run_but_refuses_files_beside_it(
+  small_run, tiny_export, one_image, tmp_path, capsys
+):
+  output = tmp_path / "out"
+  shutil.copytree(small_run, output)
+  (output / "notes.txt").write_text("mine")
+  argv = ["--input", one_image + "/*.png", "--output", str(output), "--model", tiny_export[0]]
+  before = _tree(output)
+  code, _, err = _run(capsys, *argv, "--overwrite")
+  assert code == 2 and len(err.splitlines()) == 1 and "notes.txt" in err, err
+  assert _tree(output) == before
+  os.remove(output / "notes.txt")
+  code, out, _ = _run(capsys, *argv, "--overwrite")  # an earlier run alone: replaced
+  assert code == 0 and "1 inputs, 1 segmented, 0 failed" in out
+  accounting.assert_accounted_for(str(output), inputs_seen=1)
+
+
+def test_the_input_folder_as_output_is_refused(tiny_export, one_image, capsys):
+  before = _tree(pathlib.Path(one_image))
+  code, out, err = _run(
+    capsys, "--input", one_image + "/*", "--output", one_image, "--model", tiny_export[0]
+  )
+  assert code == 2 and out == "" and len(err.splitlines()) == 1, err
+  assert "--output" in err and "input folder" in err
+  assert _tree(pathlib.Path(one_image)) == before
+
+
+def test_an_output_inside_the_inputs_reach_never_reads_its_own_files(
+  tiny_export, one_image, capsys
+):
+  """--input 'in/**' --output in/out: the run's claim, journal and tables are not inputs."""
+  output = os.path.join(one_image, "out")
+  code, out, err = _run(
+    capsys,
+    *("--input", one_image + "/**", "--output", output, "--model", tiny_export[0]),
+    "--mask-files",
+  )
+  assert code == 0, err
+  assert "1 inputs, 1 segmented, 0 failed" in out
+  accounting.assert_accounted_for(output, inputs_seen=1)
+
+
+def test_segments_files_is_never_more_than_the_inputs(tiny_export, tmp_path, capsys):
+  folder = tmp_path / "in"
+  folder.mkdir()
+  for name in ("a.png", "b.png"):
+    (folder / name).write_bytes(synthetic.encode(synthetic.pet_scene(20, 16, 0)[0], "PNG"))
+  output = tmp_path / "out"
+  argv = ["--input", str(folder / "*.png"), "--output", str(output), "--model", tiny_export[0]]
+  code, _, err = _run(capsys, *argv, "--segments-files", "100000")
+  assert code == 2 and len(err.splitlines()) == 1 and "--segments-files must be at most" in err
+  assert not output.exists()
+  code, out, err = _run(capsys, *argv, "--segments-files", "50")
+  assert code == 0, err
+  manifest = accounting.assert_accounted_for(str(output), inputs_seen=2)
+  assert len(os.listdir(output / "segments")) == len(manifest["files"]["segments"]) == 2
+
+
+@pytest.mark.parametrize("linked", ["output", "input root"])
+def test_a_link_does_not_hide_the_output_in_the_input(
+  linked, tiny_export, one_image, tmp_path, capsys
+):
+  """The input folder reached through a link is still the input folder, and the run's own
+  files under the pattern's reach are still its own, however either path is spelled."""
+  link = tmp_path / "link"
+  link.symlink_to(one_image)
+  if linked == "output":
+    same, deeper, pattern = str(link), str(link / "out"), one_image + "/**"
+  else:
+    same, deeper, pattern = one_image, os.path.join(one_image, "out"), str(link) + "/**"
+  model = ("--model", tiny_export[0])
+  code, _, err = _run(capsys, "--input", pattern.replace("**", "*"), "--output", same, *model)
+  assert code == 2 and "is the input folder" in err
+  code, out, err = _run(capsys, "--input", pattern, "--output", deeper, *model, "--mask-files")
+  assert code == 0, err
+  assert "1 inputs, 1 segmented, 0 failed" in out
+  accounting.assert_accounted_for(deeper, inputs_seen=1)

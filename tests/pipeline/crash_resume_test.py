@@ -9,14 +9,19 @@ command; once on gs:// against the GCS emulator.
 
 from __future__ import annotations
 
+import glob
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
 import time
+import uuid
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -25,6 +30,7 @@ from segbeam.pipeline import constants
 from segbeam.pipeline import sinks
 from segbeam.results import output as output_lib
 from tests import accounting
+from tests import unsafe_exports
 
 IMAGES = 240
 BROKEN = 4
@@ -258,3 +264,100 @@ def test_the_distributed_graph_resumes_alike(inputs, tiny_export, uninterrupted,
   assert manifest["counts"]["from_earlier_attempts"] == durable
   for table in output_lib.TABLES:
     assert _table(output, table) == uninterrupted[table], table
+
+
+def _journal_files(output: str, table: str = constants.SEGMENTS_DIR) -> list[str]:
+  return sorted(glob.glob(os.path.join(output, constants.JOURNAL_DIR, table, "*.parquet")))
+
+
+def _killed_early(argv: list[str], output: str) -> str:
+  """Runs `argv` until its journal holds a few rows, kills it; returns one journal file."""
+  _run_until_killed(argv, output, 8)
+  return _journal_files(output)[0]
+
+
+def test_journal_rows_of_another_model_or_run_are_refused_in_one_line(
+  inputs, tiny_export, uninterrupted, tmp_path
+):
+  """Journal files left in or planted in _journal/ under the name of one of the claim's
+  attempts: of another model, of another run, of an earlier run with the same run id (one an
+  --overwrite replaced), whose rows say so or only whose stamp does. Each refuses the resume in
+  one line naming the file and what differs; nothing of them reaches the tables."""
+  output = str(tmp_path / "out")
+  argv = _argv(inputs, output, tiny_export[0], "--run-id", "nightly")
+  _run_until_killed(argv, output, IMAGES // 4)
+  harmless = unsafe_exports.write_export(str(tmp_path / "harmless"))
+  other_model = _killed_early(
+    _argv(inputs, str(tmp_path / "b"), harmless, "--run-id", "nightly"), str(tmp_path / "b")
+  )
+  earlier_run = _killed_early(
+    _argv(inputs, str(tmp_path / "c"), tiny_export[0], "--run-id", "nightly", pattern="img_00*"),
+    str(tmp_path / "c"),
+  )
+  # One of this output's own journal files with its rows' run id changed: the file's stamp is
+  # this attempt's, its rows are not.
+  own = pq.read_table(_journal_files(output)[0])
+  other_rows = str(tmp_path / "other_rows.parquet")
+  pq.write_table(
+    own.set_column(
+      own.schema.get_field_index("run_id"), "run_id", pa.array(["another-run"] * own.num_rows)
+    ),
+    other_rows,
+  )
+  cases = [
+    (other_model, "'harmless'"),
+    (earlier_run, "another run"),
+    (other_rows, "'another-run'"),
+  ]
+  for source, what in cases:
+    name = f"nightly-{uuid.uuid4().hex}.parquet"
+    planted = os.path.join(output, constants.JOURNAL_DIR, constants.SEGMENTS_DIR, name)
+    shutil.copy(source, planted)
+    refused = _resume(argv)
+    assert refused.returncode == 2, (source, refused.stderr[-3000:])
+    line = refused.stderr.strip().splitlines()[-1]
+    assert "--resume refused" in line and name in line and what in line, line
+    os.remove(planted)
+
+  # Refusals change nothing: without the planted files the same command resumes, and the
+  # tables hold exactly what an uninterrupted run of this model writes.
+  done = _resume(argv)
+  assert done.returncode == 0, done.stderr[-3000:]
+  accounting.assert_accounted_for(output, inputs_seen=IMAGES + BROKEN)
+  for table in output_lib.TABLES:
+    assert _table(output, table) == uninterrupted[table], table
+
+
+def test_an_input_deleted_after_the_kill_keeps_its_row_and_the_resume_finishes(
+  inputs, tiny_export, tmp_path, capsys
+):
+  folder = tmp_path / "inputs"
+  shutil.copytree(inputs, folder)
+  output = str(tmp_path / "out")
+  argv = _argv(str(folder), output, tiny_export[0])
+  _run_until_killed(argv, output, (IMAGES + BROKEN) // 2)
+  journaled = {
+    table: sorted(
+      row["image_id"]
+      for path in _journal_files(output, table)
+      for row in pq.read_table(path, columns=["image_id"]).to_pylist()
+    )
+    for table in output_lib.TABLES
+  }
+  # Two segmented inputs, and a failed one where the journal holds one, deleted since the kill.
+  gone = journaled[constants.SEGMENTS_DIR][:2] + journaled[constants.ERRORS_DIR][:1]
+  for image_id in gone:
+    os.remove(folder / image_id)
+
+  done = _resume(argv)
+  assert done.returncode == 0, done.stderr[-3000:]
+  total = IMAGES + BROKEN
+  manifest = accounting.assert_accounted_for(output, inputs_seen=total - len(gone))
+  counts, conservation = manifest["counts"], manifest["conservation"]
+  assert counts["resumed_inputs_gone"] == conservation["resumed_inputs_gone"] == len(gone)
+  assert counts["segmented"] + counts["failed"] == total
+  # Their rows are kept: each was made while its input existed.
+  kept = {row["image_id"] for t in output_lib.TABLES for row in _table(output, t)}
+  assert set(gone) <= kept
+  assert cli.main(["summary", output]) == 0
+  assert f"images {total - len(gone)} seen" in capsys.readouterr().out

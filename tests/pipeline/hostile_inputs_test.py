@@ -330,3 +330,45 @@ def test_every_hostile_input_ends_as_exactly_one_row_with_a_precise_reason(tiny_
     == os.path.realpath(os.path.join(output, constants.MASKS_DIR))
     for m in masks
   )
+
+
+ODD_NAMES = [
+  "back\\slash.png",
+  "ends in a backslash.png\\",
+  "\\",
+  "new\nline.png",
+  "hash#1.png",
+  "percent%20.png",
+  "question?.png",
+  "star*.png",
+  "[bracket].png",
+  "ünïcødé ☃.png",
+  "-leading-dash.png",
+  " spaces around .png ",
+  "..dots.png",
+  "no extension",
+]
+
+
+@pytest.mark.parametrize("spread_files", [True, False])
+def test_every_matched_file_is_a_row_whatever_its_name(tiny_export, tmp_path, spread_files):
+  """Each file the glob matches ends as a segments row or an error row, under its own name:
+  none is taken for a folder (a name ending in a backslash) or otherwise left out."""
+  inputs = tmp_path / "in"
+  (inputs / "sub\\dir").mkdir(parents=True)
+  png = corpus.encode(_image(corpus.scene(12, 10)), "PNG")
+  for name in ODD_NAMES:
+    (inputs / name).write_bytes(png)
+  (inputs / "sub\\dir" / "inner\\.png").write_bytes(b"not an image")
+  expected = sorted([*ODD_NAMES, "sub\\dir/inner\\.png"])
+  output = str(tmp_path / "out")
+  argv = ["--input", f"{inputs}/**", "--output", output, "--model", tiny_export[0], "--mask-files"]
+  options = options_lib.parse_args(argv)[0]
+  pipeline = TestPipeline()
+  job.add_to(pipeline, options, distributed=spread_files)
+  pipeline.run().wait_until_finish()
+  accounting.assert_accounted_for(output, inputs_seen=len(expected))
+  segments = pq.read_table(glob.glob(f"{output}/segments/*.parquet")).to_pylist()
+  errors = pq.read_table(glob.glob(f"{output}/errors/*.parquet")).to_pylist()
+  assert sorted(row["image_id"] for row in segments + errors) == expected
+  assert [row["image_id"] for row in errors] == ["sub\\dir/inner\\.png"]

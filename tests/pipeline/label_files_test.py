@@ -52,3 +52,68 @@ def test_only_a_few_folders_are_kept_and_any_order_is_still_right(tmp_path):
       for i in range(3):
         assert labels.paths(f"{d:02d}/{i}") == [os.path.join(root, f"{d:02d}", f"{i}.png")]
       assert len(labels._folders) <= 4
+
+
+@pytest.mark.parametrize("pattern", ["**/*.png", "*.png", "**", "*/*.png"])
+def test_a_key_that_climbs_out_of_the_root_matches_nothing(tmp_path, pattern):
+  """Keys come from input data (a tf.Example's filename): only label files of the pattern's
+  own listing may match, never a path joined from a key."""
+  root = str(tmp_path / "labels")
+  _touch(root, "cat.png", "a/cat.png")
+  _touch(str(tmp_path), "secret/cat.png", "labels2/cat.png")
+  labels = label_files.LabelFolders(os.path.join(root, pattern))
+  hostile = [
+    "../secret/cat",
+    "a/../../secret/cat",
+    "../labels2/cat",
+    str(tmp_path / "secret" / "cat"),
+    "..\\secret\\cat",
+    "a\\..\\..\\secret\\cat",
+    "./cat",
+    "a//cat",
+    "a/./cat",
+    "cat\0",
+    "a/../cat",
+  ]
+  for key in hostile:
+    assert labels.paths(key) == [], key
+  assert labels.paths("cat") or labels.paths("a/cat")  # the root's own labels still match
+
+
+def test_a_tf_example_whose_filename_climbs_out_is_scored_as_having_no_label(
+  tiny_export, tmp_path, capsys
+):
+  """A real run: shards whose records name '../secret/cat.jpg' and '/abs/.../cat.jpg', with a
+  label planted at each place; only the record named inside the root gets a score."""
+  import pyarrow.parquet as pq  # noqa: PLC0415
+
+  from segbeam import cli  # noqa: PLC0415
+  from tests import accounting  # noqa: PLC0415
+  from tests import synthetic  # noqa: PLC0415
+  from tests.pipeline import hostile_corpus as corpus  # noqa: PLC0415
+
+  image, trimap = synthetic.pet_scene(24, 20, 0)
+  jpeg, png = synthetic.encode(image, "JPEG"), synthetic.encode(trimap, "PNG")
+  labels, secret = tmp_path / "labels", tmp_path / "secret"
+  (labels / "sub").mkdir(parents=True)
+  secret.mkdir()
+  for folder in (labels / "sub", secret):
+    (folder / "cat.png").write_bytes(png)
+  (labels / "sub" / "cat.png").write_bytes(png)
+  shards = tmp_path / "shards"
+  shards.mkdir()
+  names = ["sub/cat.jpg", "../secret/cat.jpg", "sub/../../secret/cat.jpg", f"{secret}/cat.jpg"]
+  (shards / "train.tfrecord").write_bytes(corpus.shard([corpus.example(n, jpeg) for n in names]))
+  output = tmp_path / "out"
+  code = cli.main(
+    [
+      "run",
+      *("--input", str(shards / "*.tfrecord"), "--output", str(output)),
+      *("--model", tiny_export[0], "--ground-truth", str(labels / "**" / "*.png")),
+    ]
+  )
+  assert code == 0, capsys.readouterr().err
+  accounting.assert_accounted_for(str(output), inputs_seen=len(names))
+  rows = pq.read_table(str(output / "segments")).to_pylist()
+  scored = {row["filename"]: row["gt_pixels"] is not None for row in rows}
+  assert scored == {name: name == "sub/cat.jpg" for name in names}

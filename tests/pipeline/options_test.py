@@ -6,7 +6,9 @@ import re
 import pytest
 
 from segbeam.pipeline import constants
+from segbeam.pipeline import journal
 from segbeam.pipeline import options as options_lib
+from segbeam.pipeline import schema
 
 
 def _parse(*argv):
@@ -122,3 +124,66 @@ def test_resume_and_overwrite_exclude_each_other():
   assert _parse("--resume").resume
   with pytest.raises(ValueError, match="--resume continues .* --overwrite replaces it"):
     _parse("--resume", "--overwrite")
+
+
+@pytest.mark.parametrize(
+  "run_id",
+  [
+    "../escape",
+    "/tmp/abs",
+    "a/b",
+    "a\\b",
+    ".",
+    "..",
+    "-leading-dash",
+    ".hidden",
+    "nul\0byte",
+    "new\nline",
+    "glob*",
+    "x" * 129,
+    "ünïcode",
+  ],
+)
+def test_a_run_id_that_is_not_a_safe_name_is_refused(run_id):
+  with pytest.raises(ValueError, match="--run-id"):
+    _parse(f"--run-id={run_id}")
+  # Every place a run id names a file refuses it too, whoever built the options.
+  with pytest.raises(ValueError, match="--run-id"):
+    journal.parts_pattern("out", journal.SEGMENTS, run_id)
+  with pytest.raises(ValueError, match="--run-id"):
+    journal.JournalRows(
+      "out", journal.ERRORS, schema.ERRORS_SCHEMA, journal.stamp(run_id, "t", "m", "1"), 10
+    )
+
+
+@pytest.mark.parametrize(
+  "run_id", ["20261207T014614Z-1a2b3c", "nightly_2026.12.07", "A", "x" * 128]
+)
+def test_safe_run_ids_and_the_default_pass(run_id):
+  assert _parse("--run-id", run_id).run_id == run_id
+  default = _parse().run_id
+  assert options_lib.check_run_id(default) == default
+
+
+def test_segments_files_is_bounded():
+  assert _parse("--segments-files", str(constants.MAX_SEGMENTS_FILES)).segments_files == (
+    constants.MAX_SEGMENTS_FILES
+  )
+  with pytest.raises(
+    ValueError, match=f"--segments-files must be at most {constants.MAX_SEGMENTS_FILES}"
+  ):
+    _parse("--segments-files", str(constants.MAX_SEGMENTS_FILES + 1))
+  parser = argparse.ArgumentParser()
+  options_lib.add_arguments(parser)
+  assert f"at most {constants.MAX_SEGMENTS_FILES}" in parser.format_help().replace(
+    "\n", " "
+  ).replace("  ", " ")
+
+
+def test_the_python_api_refuses_an_unsafe_run_id(tiny_export):
+  from segbeam.pipeline import transforms  # noqa: PLC0415  # loads TensorFlow
+
+  export_dir, metadata = tiny_export
+  with pytest.raises(ValueError, match="--run-id"):
+    transforms.SegmentImages(export_dir, metadata=metadata, run_id="../../elsewhere")
+  assert transforms.SegmentImages(export_dir, metadata=metadata, run_id="fine-1").run_id == "fine-1"

@@ -148,3 +148,34 @@ def test_a_killed_runs_claim_refuses_a_new_run_until_resume_or_overwrite(
   assert commands.main([*argv, "--resume"]) == 0
   assert "nothing to resume" in capsys.readouterr().err
   assert output_lib.RunOutput(output).manifest["run_id"] == manifest["run_id"]
+
+
+def _write(path: str, data: bytes) -> None:
+  from apache_beam.io.filesystems import FileSystems  # noqa: PLC0415
+
+  if "://" not in path:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+  with FileSystems.create(path) as f:
+    f.write(data)
+
+
+def test_what_overwrite_may_not_delete_is_told_locally_and_on_gs(output):
+  """A dataset's masks/ and manifest.json are no run's; beside a run's claim they are, and
+  anything else never is."""
+  _write(f"{output}/masks/cat.png", b"trimap")
+  _write(f"{output}/manifest.json", b'{"name": "pets"}')
+  _write(f"{output}/README", b"the pets")
+  _write(f"{output}/deep/er/x.jpg", b"x")
+  assert output_claim.entries(output) == ["README", "deep", "manifest.json", "masks"]
+  assert output_claim.not_written_by_segbeam(output, claimed=False) == [
+    "README",
+    "deep",
+    "manifest.json",
+    "masks",
+  ]
+  output_claim.claim(output, _claim("killed"))
+  _write(f"{output}/_journal/segments/killed-0.parquet", b"PAR1")
+  _write(f"{output}/segments/beam-temp-part-1/x.parquet", b"PAR1")
+  assert output_claim.not_written_by_segbeam(output, claimed=True) == ["README", "deep"]
+  assert output_claim.not_written_by_segbeam(output, claimed=False) == ["README", "deep"]
+  assert output_claim.entries(f"{output}/nothing-here") == []

@@ -79,6 +79,7 @@ def test_manifest_counts_and_conservation():
     "skipped_existing": 1,
     "masks_written": 3,
     "resumed": 0,
+    "resumed_inputs_gone": 0,
     "from_earlier_attempts": 0,
     "holds": True,
     "rule": sinks.CONSERVATION_RULE,
@@ -96,10 +97,21 @@ def test_manifest_counts_and_conservation():
     {"masks_written": 4},  # a mask written twice
     {"masks_written": 3, "mask_files": False},
     {"resumed": 2, "replayed": 1},  # an earlier attempt's row lost in the resume
+    # an input gone since the kill whose row was replayed twice
+    {"seen": 5, "resumed_gone": 1, "replayed": 2, "segments_rows": 4, "segmented": 4},
+    {"seen": 5, "resumed_gone": 1},  # an input gone since the kill, its row lost
   ],
 )  # mask files nobody asked for
 def test_conservation_fails_when_anything_is_lost_or_doubled(changes):
   assert not _manifest(**changes)["conservation"]["holds"]
+
+
+def test_an_input_gone_since_the_kill_keeps_its_row_and_conservation_holds():
+  """A resume replays a row whose input is no longer listed: 5 inputs seen, 6 rows."""
+  manifest = _manifest(seen=5, resumed=1, resumed_gone=1, replayed=2)
+  assert manifest["conservation"]["holds"], manifest["conservation"]
+  assert manifest["counts"]["resumed_inputs_gone"] == 1
+  assert manifest["counts"]["from_earlier_attempts"] == 2
 
 
 def test_an_unbalanced_run_fails_and_writes_no_manifest(tmp_path):
