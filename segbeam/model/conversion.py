@@ -19,6 +19,7 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
+import json
 import os
 import re
 import shutil
@@ -33,6 +34,7 @@ import tensorflow as tf
 from segbeam.model import config as config_lib
 from segbeam.model import contract
 from segbeam.model import export as export_lib
+from segbeam.model import keras_config
 from segbeam.model import labels as labels_lib
 from segbeam.model import loading
 from segbeam.model import model_safety
@@ -318,6 +320,24 @@ def _check_h5(path: str) -> None:
     raise ConversionError(f"{path} is a damaged HDF5 file: {_one_line(error)}") from error
 
 
+def _keras_config(path: str, fmt: str) -> Any:
+  """The model config of a .keras or .h5 file whose sizes were checked, parsed."""
+  try:
+    if fmt == FORMAT_KERAS:
+      with zipfile.ZipFile(path) as archive:
+        text = archive.read("config.json")
+    else:
+      import h5py  # noqa: PLC0415  # Keras' own dependency
+
+      with h5py.File(path, "r") as f:
+        text = f.attrs["model_config"]
+    return json.loads(text)
+  except (ValueError, OSError, KeyError, zipfile.BadZipFile) as error:
+    raise ConversionError(
+      f"{path}: its model config is not readable JSON: {_one_line(error)}"
+    ) from error
+
+
 def _one_line(error: BaseException, limit: int = 300) -> str:
   text = " ".join(str(error).split()) or type(error).__name__
   return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -353,6 +373,11 @@ def load_keras(
   if custom_objects_module and not allow_custom_code:
     raise ConversionError("--custom-objects runs the module's code: pass --allow-custom-code too")
   (_check_keras_archive if fmt == FORMAT_KERAS else _check_h5)(path)
+  if not allow_custom_code:  # safe mode alone lets a config call more than layers
+    try:
+      keras_config.check_config(_keras_config(path, fmt), path)
+    except keras_config.KerasConfigError as error:
+      raise ConversionError(str(error)) from error
   custom_objects = _custom_objects(custom_objects_module)
   try:
     return keras.saving.load_model(

@@ -64,6 +64,7 @@ _CALL_CONFIG_FIELDS = frozenset(
 # filename through these alone.
 _PASS_THROUGH = frozenset({"Identity", "Snapshot", "StopGradient"})
 _CALLS = frozenset({"PartitionedCall", "StatefulPartitionedCall"})
+_FILENAME_OPS = frozenset({"Placeholder", "PlaceholderWithDefault", "Const"})
 # A constant of these would be decoded into an object (a tf.data dataset, a list, a handle)
 # rather than numbers: no model needs one.
 _OPAQUE_DTYPES = frozenset({20, 21})  # DT_RESOURCE, DT_VARIANT
@@ -207,21 +208,26 @@ class _Graph:
           yield node, name
 
 
+def _tensor(ref: str) -> str:
+  """A top-level graph's input or tensor name as 'node:index'."""
+  return ref if ":" in ref else ref + ":0"
+
+
 def _is_filename(graph: _Graph, ref: str, function: Optional[str], filename: str, depth=0) -> bool:
   """True when the string tensor `ref` (an input of a node in `function`, or of the top-level
-  graph when None) is the saver's `filename` node's output, passed on unchanged: through
-  identities, and into a called function's argument only by plain calls whose every caller
-  passes the filename."""
+  graph when None) is the saver's `filename` tensor ('node:index'), passed on unchanged:
+  through identities, and into a called function's argument only by plain calls whose every
+  caller passes the filename."""
   if depth > 64:
     return False
   if ref.startswith("^"):
     return False
-  if function is None:
-    name = _node_name(ref)
-    if name == filename:
+  if function is None:  # tensors compared whole: 'x' is 'x:0', and 'x:1' another
+    tensor = _tensor(ref)
+    if tensor == filename:
       return True
-    node = graph.nodes.get(name)
-    if node is None or node.op not in _PASS_THROUGH or not node.input:
+    node = graph.nodes.get(_node_name(ref))
+    if node is None or node.op not in _PASS_THROUGH or not node.input or not tensor.endswith(":0"):
       return False
     return _is_filename(graph, node.input[0], None, filename, depth + 1)
   body = graph.library[function]
@@ -262,7 +268,12 @@ def _call_config_finding(node, where: str) -> Optional[Finding]:
 def _meta_graph_findings(meta_graph) -> list[Finding]:
   graph = _Graph(meta_graph)
   saver = meta_graph.saver_def
-  filename = _node_name(saver.filename_tensor_name) if saver.filename_tensor_name else ""
+  # The tensor the loader feeds with the export's own variables' path: fed, whatever its node
+  # computes, so that node may only be one that reads nothing.
+  filename = _tensor(saver.filename_tensor_name) if saver.filename_tensor_name else ""
+  filename_node = graph.nodes.get(_node_name(filename)) if filename else None
+  if filename_node is None or filename_node.op not in _FILENAME_OPS:
+    filename = ""
   roots, root_functions = _loader_roots(meta_graph)
   other_nodes, other_functions = graph.reach(roots, root_functions)
   save_nodes, save_functions = graph.reach([_node_name(saver.save_tensor_name)])

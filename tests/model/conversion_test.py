@@ -358,6 +358,47 @@ def _refused(capsys, argv: list[str], output: str) -> str:
   return err
 
 
+def _plant_in_config(config_json: str, saved_model: str) -> str:
+  """The config with an operation node that safe mode let call `keras.layers.TFSMLayer` on a
+  path (a SavedModel load nothing checked), as red-teaming found."""
+  config = json.loads(config_json)
+  tfsm = {"module": "keras.layers", "class_name": "function", "config": "TFSMLayer"}
+  config["config"]["layers"].insert(
+    1,
+    {
+      "module": "keras.src.ops.core",
+      "class_name": "Switch",
+      "config": {"name": "sw"},
+      "registered_name": None,
+      "name": "sw",
+      "inbound_nodes": [{"args": [0, [tfsm], saved_model], "kwargs": {}}],
+    },
+  )
+  return json.dumps(config)
+
+
+@pytest.mark.parametrize("fmt", ["keras", "h5"])
+def test_a_config_calling_more_than_layers_is_refused_before_keras_reads_it(fmt, tmp_path, capsys):
+  import h5py
+
+  path = str(tmp_path / f"model.{fmt}")
+  _tiny_keras_model().save(path)
+  planted = str(tmp_path / "unchecked_saved_model")
+  if fmt == "keras":
+    with zipfile.ZipFile(path) as archive:
+      members = {name: archive.read(name) for name in archive.namelist()}
+    members["config.json"] = _plant_in_config(members["config.json"].decode(), planted).encode()
+    with zipfile.ZipFile(path, "w") as archive:
+      for name, data in members.items():
+        archive.writestr(name, data)
+  else:
+    with h5py.File(path, "r+") as f:
+      f.attrs["model_config"] = _plant_in_config(f.attrs["model_config"], planted)
+  err = _refused(capsys, [path, "--preprocess", "none"], str(tmp_path / "export"))
+  assert "its config names 'keras.src.ops.core.Switch' (at /config/layers/1)" in err
+  assert "--allow-custom-code" in err
+
+
 _CUSTOM_LAYERS = """
 import keras
 
@@ -380,7 +421,7 @@ def test_an_unknown_custom_layer_is_refused_and_named(tmp_path, capsys):
     _tiny_keras_model(namespace["Doubling"]()).save(path)
     registered.clear()  # as in a fresh process that never imported the user's module
     err = _refused(capsys, [path, "--preprocess", "none"], str(tmp_path / "export"))
-    assert "'Doubling'" in err and "--custom-objects" in err
+    assert "Doubling'" in err and "--custom-objects" in err
     err = _refused(
       capsys,
       [path, "--preprocess", "none", "--custom-objects", str(module_file)],

@@ -226,6 +226,30 @@ def test_a_restore_from_anything_but_the_savers_filename_is_refused(prefix, tmp_
     model_safety.check_saved_model(model_dir)
 
 
+@pytest.mark.parametrize("fed", ["fn:1", "fn:0"])
+def test_a_restore_from_another_output_of_the_filename_node_is_refused(fed, tmp_path):
+  """The loader feeds the saver's filename tensor, not its node: with the filename one output
+  of a two-output node whose other output is a path elsewhere, RestoreV2 read that path (found
+  by red-teaming the allowlist). A filename node that computes anything is refused too."""
+
+  def read_the_other_output(meta_graph, functions):
+    graph = meta_graph.graph_def
+    elsewhere = graph.node.add(name="elsewhere", op="Const")
+    elsewhere.attr["dtype"].type = 7  # DT_STRING
+    elsewhere.attr["value"].tensor.dtype = 7
+    elsewhere.attr["value"].tensor.string_val.append(b"/some/other/checkpoint/variables")
+    both = graph.node.add(name="fn", op="IdentityN", input=["elsewhere", "saver_filename"])
+    both.attr["T"].list.type.extend([7, 7])
+    for node in graph.node:
+      if node.name == meta_graph.saver_def.restore_op_name:
+        node.input[0] = "fn:0"
+    meta_graph.saver_def.filename_tensor_name = fed
+
+  findings = model_safety.denied_ops(_edited_default_model(tmp_path, read_the_other_output))
+  assert [f.op for f in findings] == ["RestoreV2"]
+  assert findings[0].where.startswith("function __inference__traced_restore_")
+
+
 @pytest.mark.parametrize(
   "op, why",
   [
