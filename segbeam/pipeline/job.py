@@ -97,10 +97,14 @@ class NothingToResumeError(InvocationError):
 
 def fingerprint(options: options_lib.RunOptions, metadata: contract.ModelMetadata) -> dict:
   """What a run's rows depend on, by its option's name: every attempt at one output must
-  agree on it (`--resume`). Batching, threads and the handler change how, not what."""
+  agree on it (`--resume`). Batching, threads and the handler change how, not what. The model
+  by its files too: another export whose segbeam_model.json claims the same name and version
+  has other weights."""
+  model_dir = options.model_dir or defaults.default_model_dir()
   return {
     "--input": options.input,
     "--model": f"{metadata.name} version {metadata.version}",
+    "--model files": model_files.files_digest(model_files.local_model_dir(model_dir)),
     "--ground-truth": options.labels,
     "--label-map": options.label_map,
     "--skip-existing": list(options.skip_existing),

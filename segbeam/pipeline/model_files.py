@@ -9,6 +9,7 @@ local temporary directory, and loads that. Local paths are used where they are.
 from __future__ import annotations
 
 import atexit
+import hashlib
 import io
 import logging
 import os
@@ -148,3 +149,28 @@ def _copy_file(metadata, prefix: str, target: str) -> int:
   ):
     shutil.copyfileobj(src, dst, _COPY_CHUNK_BYTES)
   return metadata.size_in_bytes
+
+
+# (real path, each graph and variables file's size and modification time) -> digest: a launch
+# asks once per export, and a file changed since is read again.
+_DIGESTS: dict[tuple, str] = {}
+
+
+def files_digest(local_dir: str) -> str:
+  """'sha256:...' of the local export's graph and variables (names and bytes): what its
+  inference computes with, whatever its segbeam_model.json says its version is."""
+  paths = [os.path.join(local_dir, "saved_model.pb")]
+  variables = os.path.join(local_dir, "variables")
+  if os.path.isdir(variables):
+    paths += sorted(os.path.join(variables, name) for name in os.listdir(variables))
+  stats = [os.stat(path) for path in paths]
+  key = (os.path.realpath(local_dir), tuple((s.st_size, s.st_mtime_ns) for s in stats))
+  if key not in _DIGESTS:
+    digest = hashlib.sha256()
+    for path in paths:
+      digest.update(os.path.relpath(path, local_dir).encode() + b"\0")
+      with open(path, "rb") as f:
+        while chunk := f.read(_COPY_CHUNK_BYTES):
+          digest.update(chunk)
+    _DIGESTS[key] = "sha256:" + digest.hexdigest()
+  return _DIGESTS[key]

@@ -344,3 +344,46 @@ def test_tensorflow_reads_saved_model_pb_before_a_pbtxt_beside_it(tmp_path):
     assert int(inference.outputs_as_arrays(result)["width"]) == 20
   export_lib.LoadedExport(export_dir, trust_model=True).predict([image])
   assert not written.exists()
+
+
+def test_a_resume_with_another_exports_weights_is_refused_though_its_metadata_matches(
+  tiny_export, tiny_model, tiny_config, tmp_path, capsys
+):
+  """The claim records the model's files, not only the name and version its
+  segbeam_model.json claims: an export with other weights and a copied segbeam_model.json
+  resumed a killed run and mixed two models' rows under one version (red-teamed)."""
+  import dataclasses
+
+  import keras
+
+  from segbeam.model import export as export_lib
+  from segbeam.model import labels
+  from segbeam.pipeline import commands
+  from segbeam.pipeline import job
+  from segbeam.pipeline import options as options_lib
+  from segbeam.pipeline import output_claim
+
+  inputs = tmp_path / "in"
+  inputs.mkdir()
+  (inputs / "a.png").write_bytes(synthetic.encode(synthetic.pet_scene(20, 16, 0)[0], "PNG"))
+  # Other weights, exported as segbeam exports, then given the first export's metadata.
+  other_model = keras.models.clone_model(tiny_model)
+  other_model.set_weights([w + 0.5 for w in tiny_model.get_weights()])
+  other = str(tmp_path / "other")
+  export_lib.export_model(other_model, tiny_config, other, label_map=labels.OXFORD_PET_TRIMAP)
+  shutil.copy(os.path.join(tiny_export[0], contract.METADATA_FILE), other)
+  output = str(tmp_path / "out")
+  argv = ["--input", str(inputs / "*.png"), "--output", output, "--quiet"]
+  options, _ = options_lib.parse_args([*argv, "--model", tiny_export[0], "--run-id", "killed"])
+  _, metadata = job._read_model(tiny_export[0])
+  gone = subprocess.Popen(["true"])
+  gone.wait()
+  killed = output_claim.new_claim(
+    "killed", options.started, ("segbeam", "run"), job.fingerprint(options, metadata)
+  )
+  output_claim.claim(output, dataclasses.replace(killed, pid=gone.pid))
+  assert commands.main([*argv, "--model", other, "--resume"]) == 2
+  line = capsys.readouterr().err.strip().splitlines()[-1]
+  assert "--resume refused" in line and "--model files 'sha256:" in line, line
+  assert commands.main([*argv, "--model", tiny_export[0], "--resume"]) == 0
+  accounting.assert_accounted_for(output, inputs_seen=1)
