@@ -15,12 +15,17 @@ runner:
   (`LabelFolders`): rows come in the order their files were listed, folder after folder, so
   each label folder is listed about once and memory does not grow with the labels' number
   (BENCHMARKS.md, "Scale").
+
+A label is read as an input is: a local path that is not a regular file (a FIFO, a link to a
+device, a dangling link) is never opened, and no more than --max-file-bytes is read; either
+is that row's `gt_error`. Paths in a `gt_error` are `sources.encodable`.
 """
 
 from __future__ import annotations
 
 import collections
 import io
+import os
 import posixpath
 from typing import Any, Iterable, Iterator, Optional
 
@@ -29,8 +34,10 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from PIL import Image
 
+from segbeam.pipeline import constants
 from segbeam.pipeline import rows as rows_lib
 from segbeam.pipeline import sources
+from segbeam.pipeline import tfrecord
 
 ROWS = "rows"
 LABELS = "labels"
@@ -58,17 +65,37 @@ def label_entry(metadata, root: str) -> tuple[str, str]:
   return label_key(sources.relative_id(metadata.path, root)), metadata.path
 
 
-def read_label(paths: list[str]) -> tuple[Optional[bytes], Optional[str]]:
-  """(label bytes, None) from the one label file in `paths`, or (None, why not)."""
+def coded_label_entry(metadata, root: str) -> tuple[str, bytes]:
+  """`label_entry` with the path as bytes: a local name that is not UTF-8 (held as surrogates)
+  cannot go through Beam's string coder, and must still be opened as listed."""
+  key, path = label_entry(metadata, root)
+  return key, os.fsencode(path)
+
+
+def read_label(
+  paths: list[str], max_file_bytes: int = constants.DEFAULT_MAX_FILE_BYTES
+) -> tuple[Optional[bytes], Optional[str]]:
+  """(label bytes, None) from the one label file in `paths`, or (None, why not): also for a
+  path that is not a regular file (never opened) or a file over `max_file_bytes` (read no
+  further)."""
   if len(paths) > 1:  # 'felix.png' and 'felix.jpg' for 'felix.jpg': which one is meant?
     shown = ", ".join(paths[:3]) + (", ..." if len(paths) > 3 else "")
-    return None, f"{len(paths)} label files match this image: {shown}"[:300]
+    return None, sources.encodable(f"{len(paths)} label files match this image: {shown}")[:300]
   (path,) = paths
+  refusal = sources.not_a_regular_file(path)  # a FIFO would block, /dev/zero never end
+  if refusal is not None:
+    return None, sources.encodable(f"cannot read label: {refusal}")[:300]
   try:
     with FileSystems.open(path) as f:
-      return f.read(), None
+      # Bounded whatever the listing said: a .gz label is read decompressed.
+      label = tfrecord.read_up_to(f, max_file_bytes + 1)
   except Exception as error:  # the mask row still counts
-    return None, f"cannot read label {path}: {type(error).__name__}: {error}"[:300]
+    reason = f"cannot read label {path}: {type(error).__name__}: {error}"
+    return None, sources.encodable(reason)[:300]
+  if len(label) > max_file_bytes:
+    reason = f"label over the {max_file_bytes}-byte file limit, read no further: {path}"
+    return None, sources.encodable(reason)[:300]
+  return label, None
 
 
 def _has_ground_truth(row: dict[str, Any]) -> bool:
@@ -77,14 +104,17 @@ def _has_ground_truth(row: dict[str, Any]) -> bool:
 
 
 def score(
-  rows: Iterable[dict[str, Any]], paths: list[str], context: rows_lib.RunContext
+  rows: Iterable[dict[str, Any]],
+  paths: list[str],
+  context: rows_lib.RunContext,
+  max_file_bytes: int = constants.DEFAULT_MAX_FILE_BYTES,
 ) -> Iterator[dict[str, Any]]:
   """Each of `rows` (one label key's), with its ground-truth columns filled from the label
   file in `paths` where there is one and the row was not scored already."""
   label: Optional[bytes] = None
   label_error: Optional[str] = None
   if paths:
-    label, label_error = read_label(paths)
+    label, label_error = read_label(paths, max_file_bytes)
   for row in rows:
     if not paths or _has_ground_truth(row):
       yield row
@@ -94,11 +124,14 @@ def score(
 
 
 def score_joined(
-  element: tuple[str, dict[str, Iterable]], context: rows_lib.RunContext
+  element: tuple[str, dict[str, Iterable]],
+  context: rows_lib.RunContext,
+  max_file_bytes: int = constants.DEFAULT_MAX_FILE_BYTES,
 ) -> Iterator[dict[str, Any]]:
-  """(key, {ROWS: rows, LABELS: label paths}), a CoGroupByKey's -> the rows, scored."""
+  """(key, {ROWS: rows, LABELS: label paths as bytes}), a CoGroupByKey's -> the rows, scored."""
   _, joined = element
-  return score(joined[ROWS], sorted(joined[LABELS]), context)
+  paths = sorted(os.fsdecode(path) for path in joined[LABELS])
+  return score(joined[ROWS], paths, context, max_file_bytes)
 
 
 class LabelFolders:
@@ -150,11 +183,18 @@ class ScoreFromFolders(beam.DoFn):
   Args:
     pattern: the label files' glob.
     context: the run's `rows.RunContext`.
+    max_file_bytes: larger label files are not read (--max-file-bytes).
   """
 
-  def __init__(self, pattern: str, context: rows_lib.RunContext):
+  def __init__(
+    self,
+    pattern: str,
+    context: rows_lib.RunContext,
+    max_file_bytes: int = constants.DEFAULT_MAX_FILE_BYTES,
+  ):
     self._pattern = pattern
     self._context = context
+    self._max_file_bytes = max_file_bytes
 
   def setup(self):
     self._labels = LabelFolders(self._pattern)
@@ -166,10 +206,11 @@ class ScoreFromFolders(beam.DoFn):
     except Exception as error:  # the row still counts; its gt_error says why it has no score
       if not _has_ground_truth(row):
         reason = f"cannot list the label files for {key}: {type(error).__name__}: {error}"
-        row = {**row, **rows_lib.ground_truth_columns(None, None, self._context, reason[:300])}
+        reason = sources.encodable(reason)[:300]
+        row = {**row, **rows_lib.ground_truth_columns(None, None, self._context, reason)}
       yield row
       return
-    yield from score([row], paths, self._context)
+    yield from score([row], paths, self._context, self._max_file_bytes)
 
 
 class JoinLabelFiles(beam.PTransform):
@@ -180,26 +221,37 @@ class JoinLabelFiles(beam.PTransform):
     context: the run's `rows.RunContext`; its label map reads the labels.
     distributed: whether the runner spreads the work over workers (see the module's
       docstring): then a CoGroupByKey, else `ScoreFromFolders`.
+    max_file_bytes: larger label files are not read (--max-file-bytes).
   """
 
-  def __init__(self, pattern: str, context: rows_lib.RunContext, *, distributed: bool = True):
+  def __init__(
+    self,
+    pattern: str,
+    context: rows_lib.RunContext,
+    *,
+    distributed: bool = True,
+    max_file_bytes: int = constants.DEFAULT_MAX_FILE_BYTES,
+  ):
     super().__init__()
     self._pattern = pattern
     self._context = context
     self._distributed = distributed
+    self._max_file_bytes = max_file_bytes
 
   def expand(self, rows):
     if not self._distributed:
-      return rows | "Score" >> beam.ParDo(ScoreFromFolders(self._pattern, self._context))
+      return rows | "Score" >> beam.ParDo(
+        ScoreFromFolders(self._pattern, self._context, self._max_file_bytes)
+      )
     labels = (
       rows.pipeline
       | "LabelsPattern" >> beam.Create([self._pattern])
       | "MatchLabels" >> beam.FlatMap(sources.iter_matches)
-      | "LabelKeys" >> beam.Map(label_entry, sources.pattern_root(self._pattern))
+      | "LabelKeys" >> beam.Map(coded_label_entry, sources.pattern_root(self._pattern))
     )
     keyed = rows | "RowKeys" >> beam.Map(row_key)
     return (
       {ROWS: keyed, LABELS: labels}
       | "ByKey" >> beam.CoGroupByKey()
-      | "Score" >> beam.FlatMap(score_joined, self._context)
+      | "Score" >> beam.FlatMap(score_joined, self._context, self._max_file_bytes)
     )

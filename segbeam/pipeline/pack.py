@@ -11,8 +11,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import os
 import posixpath
 import sys
+import uuid
 from typing import Optional
 
 from apache_beam.io.filesystem import CompressionTypes
@@ -36,8 +38,10 @@ class Packed:
     with_mask: how many of them carry their mask.
     not_images: files of the images folder left out: neither named as an image nor starting
       with an image header (the run would only have made each an error row), or not regular
-      files.
+      files (a dangling link, a link loop, a FIFO).
     masks_without_image: masks whose stem no packed image has.
+
+  Names are `sources.encodable`: bytes that are not UTF-8 backslash-escaped.
   """
 
   shards: list[str]
@@ -48,13 +52,27 @@ class Packed:
 
 
 def _files(folder: str) -> list[str]:
-  """The paths directly in `folder`, sorted."""
-  matched = FileSystems.match([FileSystems.join(folder, "*")])[0].metadata_list
-  return sorted(metadata.path for metadata in matched)
+  """The paths directly in `folder` but its subfolders, sorted: every name, where Beam's `*`
+  matches none with a backslash and its local listing drops links it cannot size (a dangling
+  link, a loop: `_is_image` leaves those out, said)."""
+  if "://" not in folder:
+    if not os.path.isdir(folder):
+      return []
+    with os.scandir(folder) as entries:  # (os.path.isdir: a loop is no folder, and no error)
+      paths = [os.path.join(folder, entry.name) for entry in entries]
+    return sorted(path for path in paths if not os.path.isdir(path))
+  # An object store has no folders: every object below, less those of deeper "folders".
+  pattern = FileSystems.join(folder, "**")
+  prefix = pattern[: -len("**")]
+  matched = FileSystems.match([pattern])[0].metadata_list
+  return sorted(
+    m.path for m in matched if m.path.startswith(prefix) and "/" not in m.path[len(prefix) :]
+  )
 
 
 def _name(path: str) -> str:
-  return posixpath.basename(path.replace("\\", "/"))
+  """The file's name as listed (a backslash is part of a name, on Linux as on object stores)."""
+  return posixpath.basename(path.replace(os.sep, "/"))
 
 
 def _stem(path: str) -> str:
@@ -81,8 +99,10 @@ def _masks_by_stem(folder: str) -> dict[str, str]:
     stem = _stem(path)
     if stem in masks:
       raise ValueError(
-        f"two masks for the images named {stem!r}: {_name(masks[stem])} and "
-        f"{_name(path)} in {folder}; keep one"
+        sources.encodable(
+          f"two masks for the images named {stem!r}: {_name(masks[stem])} and "
+          f"{_name(path)} in {folder}; keep one"
+        )
       )
     masks[stem] = path
   return masks
@@ -94,14 +114,14 @@ def _read(path: str) -> bytes:
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
       return f.read()
   except OSError as error:
-    raise OSError(f"cannot read {path}: {error.strerror or error}") from error
+    raise OSError(sources.encodable(f"cannot read {path}: {error.strerror or error}")) from error
 
 
 def _partial_path(shard: str) -> str:
   """Where a shard is written until every shard is whole: a hidden name that a glob for the
-  shards (PREFIX-*) does not match."""
+  shards (PREFIX-*) does not match, and that no one can have planted a link at beforehand."""
   folder, name = FileSystems.split(shard)
-  return FileSystems.join(folder, f".{name}.partial")
+  return FileSystems.join(folder, f".{name}.{uuid.uuid4().hex}.partial")
 
 
 def make_example(
@@ -112,7 +132,8 @@ def make_example(
 ) -> bytes:
   """A serialized tf.train.Example for one image (and mask). Bytes that are no image, or whose
   header is unreadable, are stored all the same with size 0x0: the run makes each an error row
-  that says what is wrong, as it does for such a file."""
+  that says what is wrong, as it does for such a file. A `filename` listed with bytes that are
+  not UTF-8 is stored with those bytes."""
   import tensorflow as tf  # noqa: PLC0415  # `segbeam --help` lists pack's options without it
 
   image_format = validation.sniff_format(image) or "unknown"
@@ -126,7 +147,7 @@ def make_example(
 
   feature = {
     keys.image: bytes_feature(image),
-    keys.filename: bytes_feature(filename.encode()),
+    keys.filename: bytes_feature(filename.encode("utf-8", "surrogateescape")),
     "image/format": bytes_feature(image_format.encode()),
     "image/height": int_feature(height),
     "image/width": int_feature(width),
@@ -186,9 +207,9 @@ def pack(
     shards=shards,
     images=len(images),
     with_mask=with_mask,
-    not_images=[_name(path) for path in files if path not in packed],
+    not_images=[sources.encodable(_name(path)) for path in files if path not in packed],
     masks_without_image=sorted(
-      _name(path) for stem, path in masks.items() if stem not in image_stems
+      sources.encodable(_name(path)) for stem, path in masks.items() if stem not in image_stems
     ),
   )
 

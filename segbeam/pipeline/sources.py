@@ -12,6 +12,14 @@ every shard is read once and no pass over the whole input has to finish before t
 image is segmented. An id is unique unless an input file is literally named like a record of
 a shard beside it ('train.tfrecord#3' next to 'train.tfrecord').
 
+Ids, sources and messages are text that encodes (UTF-8, as Parquet and Beam's coders need):
+the bytes of a local name that are not UTF-8 are written backslash-escaped (`encodable`:
+b'caf\\xe9.png' is 'caf\\xe9.png'), so that such a file is read and segmented like any other. Its
+id is unique unless a name beside it is literally spelled with that escape.
+
+The listing (`iter_matches`) gives every name a glob matches, a dangling link or a link loop
+too, which Beam's local listing drops unsaid: such a name is refused as not a regular file.
+
 Which files are shards: `is_tfrecord` (by name, or by the first bytes where the name does not
 say). Reads are bounded whatever a file claims: an image file is read up to --max-file-bytes and
 refused beyond, a shard record over that size is skipped unread, and a local path that is not a
@@ -21,6 +29,7 @@ Nothing read from an input names a file to read: filenames from tf.Examples are 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import posixpath
 import re
@@ -30,7 +39,9 @@ from typing import BinaryIO, Callable, Iterator, Optional
 import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.io import filesystem
+from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.localfilesystem import LocalFileSystem
 
 from segbeam.pipeline import constants
 from segbeam.pipeline import elements
@@ -58,8 +69,24 @@ def pattern_root(pattern: str) -> str:
   return fixed[: cut + 1] if cut >= 0 else ""
 
 
+def encodable(text: str) -> str:
+  """`text` as it can be written (UTF-8): a local name's bytes that are not UTF-8, which Python
+  keeps as lone surrogates, become backslash escapes: b'caf\\xe9.png' -> 'caf\\xe9.png'."""
+  try:
+    text.encode("utf-8")
+    return text
+  except UnicodeEncodeError:
+    pass
+  try:
+    raw = text.encode("utf-8", "surrogateescape")
+  except UnicodeEncodeError:  # a surrogate that stands for no byte: escape it as itself
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+  return raw.decode("utf-8", "backslashreplace")
+
+
 def relative_id(path: str, root: str) -> str:
-  path = path.replace(os.sep, "/")
+  """`path` relative to `root` (else its name), as text that encodes (`encodable`)."""
+  path, root = encodable(path).replace(os.sep, "/"), encodable(root)
   if root and path.startswith(root):
     return path[len(root) :]
   return posixpath.basename(path)
@@ -199,10 +226,34 @@ class OwnFiles:
     return False
 
 
+def _local_listing(folder: str) -> Iterator[filesystem.FileMetadata]:
+  """`LocalFileSystem._list(folder)`, but a name whose size cannot be read (a dangling link, a
+  link loop) is listed with size 0 instead of dropped unsaid: it is still a name the pattern
+  matches, and `ReadFile` refuses it (`not_a_regular_file`). A file gone since the walk listed
+  it is left out, as Beam leaves it out."""
+  if not os.path.exists(folder):
+    return
+  try:
+    for dirpath, _, names in os.walk(folder):
+      for name in names:
+        path = os.path.join(dirpath, name)
+        try:
+          yield filesystem.FileMetadata(path, os.path.getsize(path), os.path.getmtime(path))
+        except OSError:
+          try:
+            os.lstat(path)
+          except OSError:  # gone since it was listed
+            continue
+          yield filesystem.FileMetadata(path, 0, 0.0)
+  except Exception as error:  # as Beam's listing raises it
+    raise BeamIOError("List operation failed", {folder: error}) from error
+
+
 def iter_matches(pattern: str) -> Iterator[filesystem.FileMetadata]:
   """The files `pattern` matches, as `FileSystems.match` finds them, but one by one as the
   file system lists them: `FileSystems.match` returns one list, several hundred bytes a file
-  held at once (BENCHMARKS.md, "Scale"), which at millions of files is what grows."""
+  held at once (BENCHMARKS.md, "Scale"), which at millions of files is what grows. Locally,
+  names whose size cannot be read are matched too (`_local_listing`)."""
   glob_char = _GLOB_CHARS.search(pattern)
   if glob_char is None:
     (result,) = FileSystems.match([pattern])
@@ -212,7 +263,8 @@ def iter_matches(pattern: str) -> Iterator[filesystem.FileMetadata]:
   prefix = pattern[: glob_char.start()]
   if fs.has_dirs():
     prefix = fs._url_dirname(prefix)  # the folder FileSystem.match lists, found as it does
-  yield from fs.match_files(fs._list(prefix), pattern)
+  listing = _local_listing(prefix) if isinstance(fs, LocalFileSystem) else fs._list(prefix)
+  yield from fs.match_files(listing, pattern)
 
 
 class ListFiles(beam.DoFn):
@@ -305,7 +357,16 @@ class ReadFile(beam.DoFn):
     self._previous_outputs = PreviousOutputs(self._root)
 
   def process(self, readable: fileio.ReadableFile) -> Iterator:
+    for output in self._outputs(readable):
+      self._seen.inc()
+      if isinstance(output, beam.pvalue.TaggedOutput):
+        self._failed.inc()
+        output = beam.pvalue.TaggedOutput(output.tag, _encodable(output.value))
+      yield output
+
+  def _outputs(self, readable: fileio.ReadableFile) -> Iterator:
     path = readable.metadata.path
+    source = encodable(path)  # the path opened stays as listed
     file_id = relative_id(path, self._root)
     refusal = not_a_regular_file(path)
     previous_output = self._previous_outputs.holding(path)
@@ -315,7 +376,7 @@ class ReadFile(beam.DoFn):
           elements.FAILURES,
           elements.Failure(
             file_id,
-            path,
+            source,
             elements.STAGE_READ,
             "SegbeamOutput",
             f"a file of the segbeam run in {previous_output}, not an input: narrow --input (say, "
@@ -329,7 +390,7 @@ class ReadFile(beam.DoFn):
         beam.pvalue.TaggedOutput(
           elements.FAILURES,
           elements.Failure(
-            file_id, path, elements.STAGE_READ, "NotARegularFile", refusal, filename=file_id
+            file_id, source, elements.STAGE_READ, "NotARegularFile", refusal, filename=file_id
           ),
         )
       ]
@@ -337,14 +398,10 @@ class ReadFile(beam.DoFn):
       outputs = self._read_shard(readable, file_id)
     else:
       outputs = self._read_image(readable, file_id)
-    for output in outputs:
-      self._seen.inc()
-      if isinstance(output, beam.pvalue.TaggedOutput):
-        self._failed.inc()
-      yield output
+    return outputs
 
   def _read_image(self, readable: fileio.ReadableFile, image_id: str):
-    path = readable.metadata.path
+    path = encodable(readable.metadata.path)
     size = readable.metadata.size_in_bytes
     if size > self._max_file_bytes:
       yield beam.pvalue.TaggedOutput(
@@ -389,7 +446,7 @@ class ReadFile(beam.DoFn):
     yield elements.ImageRecord(image_id, path, data, filename=image_id)
 
   def _read_shard(self, readable: fileio.ReadableFile, shard_id: str):
-    path = readable.metadata.path
+    path = encodable(readable.metadata.path)
     try:
       for index, filename, example in iter_shard(
         readable, shard_id, self._keys.filename, self._max_file_bytes
@@ -424,6 +481,17 @@ class ReadFile(beam.DoFn):
         elements.FAILURES,
         elements.Failure.from_exception(shard_id, path, elements.STAGE_READ, error),
       )
+
+
+def _encodable(failure: elements.Failure) -> elements.Failure:
+  """`failure` with its text `encodable`: an error's message may quote a path as listed."""
+  return dataclasses.replace(
+    failure,
+    image_id=encodable(failure.image_id),
+    source=encodable(failure.source),
+    message=encodable(failure.message),
+    filename=None if failure.filename is None else encodable(failure.filename),
+  )
 
 
 def iter_shard(

@@ -469,7 +469,10 @@ def build_pipeline(
     replayed_rows = replayed[journal.SEGMENTS]
     if options.labels:
       replayed_rows = replayed_rows | "ReplayedGroundTruth" >> label_files.JoinLabelFiles(
-        options.labels, segment.context, distributed=distributed
+        options.labels,
+        segment.context,
+        distributed=distributed,
+        max_file_bytes=options.max_file_bytes,
       )
     outputs["replayed_rows"] = replayed_rows
     outputs["replayed_errors"] = replayed[journal.ERRORS]
@@ -493,7 +496,10 @@ def build_pipeline(
   )
   if options.labels:
     rows = rows | "GroundTruth" >> label_files.JoinLabelFiles(
-      options.labels, segment.context, distributed=distributed
+      options.labels,
+      segment.context,
+      distributed=distributed,
+      max_file_bytes=options.max_file_bytes,
     )
   outputs["rows"] = rows
   outputs["failures"] = (

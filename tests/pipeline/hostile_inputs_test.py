@@ -25,6 +25,7 @@ from segbeam.pipeline import job
 from segbeam.pipeline import options as options_lib
 from segbeam.pipeline import sinks
 from tests import accounting
+from tests import synthetic
 from tests.pipeline import hostile_corpus as corpus
 
 HANG_LIMIT_SECONDS = 300
@@ -243,10 +244,12 @@ def _source_file(source: str) -> str:
   return path if sep and index.isdigit() else source
 
 
-def _unblock_if_stuck(fifo: str, stuck: threading.Event, done: threading.Event) -> None:
-  """After HANG_LIMIT_SECONDS, opens the FIFO for writing and closes it, so that a reader stuck
+def _unblock_if_stuck(
+  fifo: str, stuck: threading.Event, done: threading.Event, limit: float = HANG_LIMIT_SECONDS
+) -> None:
+  """After `limit` seconds, opens the FIFO for writing and closes it, so that a reader stuck
   on it gets an empty file and the run ends with a wrong row instead of hanging CI."""
-  if done.wait(HANG_LIMIT_SECONDS):
+  if done.wait(limit):
     return
   stuck.set()
   try:
@@ -372,3 +375,86 @@ def test_every_matched_file_is_a_row_whatever_its_name(tiny_export, tmp_path, sp
   errors = pq.read_table(glob.glob(f"{output}/errors/*.parquet")).to_pylist()
   assert sorted(row["image_id"] for row in segments + errors) == expected
   assert [row["image_id"] for row in errors] == ["sub\\dir/inner\\.png"]
+
+
+def _undecodable(name: bytes) -> str:
+  """A file name holding bytes that are not UTF-8, as Python lists it (surrogate-escaped)."""
+  return os.fsdecode(name)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs and symlinks (POSIX)")
+@pytest.mark.parametrize("spread_files", [True, False])
+def test_hostile_names_links_and_label_files_never_crash_hang_or_vanish(
+  tiny_export, tmp_path, spread_files
+):
+  """One real run with --ground-truth over names that are not UTF-8, dangling and looping
+  links, and label files that are FIFOs, devices, too large, doubled or dangling: every name
+  the glob matches is one row (a fine image under an odd name is segmented under an id that
+  encodes), and every bad label is that row's gt_error, never read."""
+  inputs, labels = tmp_path / "in", tmp_path / "labels"
+  inputs.mkdir()
+  labels.mkdir()
+  image, trimap = synthetic.pet_scene(12, 10, 0)
+  png, label = synthetic.encode(image, "PNG"), synthetic.encode(trimap, "PNG")
+  segmented = ["ok.png", "caf\\xe9.png", "fifo_label.png", "two.png", "big.png", "zero.png"]
+  segmented += ["dangling_label.png"]
+  for name in ["ok.png", "fifo_label.png", "two.png", "big.png", "zero.png", "dangling_label.png"]:
+    (inputs / name).write_bytes(png)
+  (inputs / _undecodable(b"caf\xe9.png")).write_bytes(png)
+  os.symlink(str(tmp_path / "nowhere.png"), inputs / "dangling.png")
+  os.symlink("loop.png", inputs / "loop.png")
+  os.symlink(str(tmp_path / "nowhere.png"), inputs / _undecodable(b"gone\xff.png"))
+  failed = {"dangling.png", "loop.png", "gone\\xff.png"}
+  (labels / "ok.png").write_bytes(label)
+  os.mkfifo(labels / "fifo_label.png")
+  (labels / "two.png").write_bytes(label)
+  (labels / _undecodable(b"two.\xff")).write_bytes(label)
+  (labels / "big.png").write_bytes(label + b"\0" * 5000)  # over --max-file-bytes
+  os.symlink("/dev/zero", labels / "zero.png")
+  os.symlink(str(tmp_path / "nowhere.png"), labels / "dangling_label.png")
+  output = str(tmp_path / "out")
+
+  stuck, done = threading.Event(), threading.Event()
+  threading.Thread(
+    target=_unblock_if_stuck,
+    args=(str(labels / "fifo_label.png"), stuck, done, 60),
+    daemon=True,
+  ).start()
+  argv = ["--input", f"{inputs}/*", "--output", output, "--model", tiny_export[0], "--mask-files"]
+  argv += ["--ground-truth", f"{labels}/*", "--max-file-bytes", "4000"]
+  pipeline = TestPipeline()
+  job.add_to(pipeline, options_lib.parse_args(argv)[0], distributed=spread_files)
+  pipeline.run().wait_until_finish()
+  done.set()
+  assert not stuck.is_set(), "the run hung on the FIFO label"
+
+  accounting.assert_accounted_for(output, inputs_seen=len(segmented) + len(failed))
+  segments = {
+    row["image_id"]: row
+    for row in pq.read_table(glob.glob(f"{output}/segments/*.parquet")).to_pylist()
+  }
+  errors = {
+    row["image_id"]: row
+    for row in pq.read_table(glob.glob(f"{output}/errors/*.parquet")).to_pylist()
+  }
+  assert sorted(segments) == sorted(segmented)
+  assert sorted(errors) == sorted(failed)
+  odd = segments["caf\\xe9.png"]
+  assert (odd["filename"], odd["source"]) == ("caf\\xe9.png", f"{inputs}/caf\\xe9.png")
+  for image_id in failed:
+    row = errors[image_id]
+    assert (row["stage"], row["error_type"]) == ("read", "NotARegularFile"), row
+    assert row["source"].endswith(image_id) and "cannot stat" in row["message"], row
+  assert "\\xff" in errors["gone\\xff.png"]["message"]
+  assert segments["ok.png"]["gt_pixels"] == 120 and segments["ok.png"]["gt_error"] is None
+  gt_errors = {
+    "fifo_label.png": "is not a regular file",
+    "zero.png": "is not a regular file",
+    "dangling_label.png": "cannot stat",
+    "two.png": "2 label files match this image",
+    "big.png": "over the 4000-byte file limit",
+  }
+  for image_id, words in gt_errors.items():
+    row = segments[image_id]
+    assert row["gt_pixels"] is None and words in (row["gt_error"] or ""), (image_id, row)
+  assert "two.\\xff" in segments["two.png"]["gt_error"]

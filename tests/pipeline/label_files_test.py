@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
+import threading
 
 import pytest
 
@@ -117,3 +119,51 @@ def test_a_tf_example_whose_filename_climbs_out_is_scored_as_having_no_label(
   rows = pq.read_table(str(output / "segments")).to_pylist()
   scored = {row["filename"]: row["gt_pixels"] is not None for row in rows}
   assert scored == {name: name == "sub/cat.jpg" for name in names}
+
+
+def _read_label_in_time(paths, *args, seconds: float = 30):
+  """`read_label(paths, *args)`, run where a read that blocks cannot hang the test."""
+  result = []
+  reader = threading.Thread(
+    target=lambda: result.append(label_files.read_label(paths, *args)), daemon=True
+  )
+  reader.start()
+  reader.join(seconds)
+  return result[0] if result else None
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs and symlinks (POSIX)")
+def test_a_label_that_is_not_a_regular_file_is_an_error_never_opened(tmp_path):
+  fifo, dangling, loop = tmp_path / "fifo.png", tmp_path / "dangling.png", tmp_path / "loop.png"
+  os.mkfifo(fifo)
+  os.symlink(str(tmp_path / "nowhere.png"), dangling)
+  os.symlink("loop.png", loop)
+  try:
+    label, error = _read_label_in_time([str(fifo)]) or (None, "blocked on the FIFO")
+  finally:
+    with contextlib.suppress(OSError):  # a reader still blocked on the FIFO: let it go
+      os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+  assert label is None and "is not a regular file (mode prw" in error, error
+  for path in (dangling, loop):
+    label, error = label_files.read_label([str(path)])
+    assert label is None and error.startswith(f"cannot read label: cannot stat {path}"), error
+
+
+def test_a_label_over_the_file_limit_is_an_error_read_no_further(tmp_path):
+  (tmp_path / "big.png").write_bytes(b"x" * 101)
+  (tmp_path / "fits.png").write_bytes(b"x" * 100)
+  label, error = label_files.read_label([str(tmp_path / "big.png")], 100)
+  assert label is None and "over the 100-byte file limit" in error, error
+  assert label_files.read_label([str(tmp_path / "fits.png")], 100) == (b"x" * 100, None)
+
+
+def test_label_errors_quoting_names_that_are_not_utf8_encode(tmp_path):
+  odd = os.fsdecode(str(tmp_path).encode() + b"/a.\xff")
+  with open(odd, "wb") as f:
+    f.write(b"x")
+  _, error = label_files.read_label([str(tmp_path / "a.png"), odd])
+  assert error.encode("utf-8") and "a.\\xff" in error, error
+  os.remove(odd)
+  os.symlink("nowhere", odd)
+  _, error = label_files.read_label([odd])
+  assert error.encode("utf-8") and "a.\\xff" in error, error

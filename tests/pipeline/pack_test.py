@@ -187,3 +187,33 @@ def test_a_file_that_cannot_be_read_half_way_fails_the_pack_in_one_line(tmp_path
     f"segbeam pack: cannot read {images / 'b.jpg'}: Input/output error; no shard was written\n"
   )
   assert sorted(os.listdir(tmp_path)) == ["images"]
+
+
+def test_every_name_in_the_folder_is_packed_or_said_left_out(tmp_path, capsys):
+  """Beam's `*` matches no backslash and its listing drops links it cannot size: a name with a
+  backslash is packed like any other, a name that is not UTF-8 keeps its bytes, and a dangling
+  link or a link loop is said left out."""
+  images = tmp_path / "images"
+  images.mkdir()
+  jpeg = synthetic.encode(synthetic.pet_scene(20, 16, 0)[0], "JPEG")
+  odd = os.fsdecode(b"caf\xe9.jpg")
+  for name in ["plain.jpg", "back\\slash.jpg", "ends in a backslash\\", odd]:
+    (images / name).write_bytes(jpeg)
+  (images / "dangling.jpg").symlink_to(tmp_path / "nowhere.jpg")
+  (images / "loop.jpg").symlink_to("loop.jpg")
+  (images / os.fsdecode(b"gone\xff.jpg")).symlink_to(tmp_path / "nowhere.jpg")
+  prefix = str(tmp_path / "shards" / "pets")
+  assert cli.main(["pack", "--images", str(images), "--output", prefix]) == 0
+  out = capsys.readouterr().out.splitlines()
+  assert out[1] == (
+    f"left out 3 files of {images}, not images by name or first bytes, or not regular files: "
+    "dangling.jpg, gone\\xff.jpg, loop.jpg"
+  )
+  import tensorflow as tf
+
+  with open(f"{prefix}-00000-of-00001.tfrecord", "rb") as f:
+    names = sorted(
+      tf.train.Example.FromString(record).features.feature["image/filename"].bytes_list.value[0]
+      for _, record in tfrecord.read_records(f)
+    )
+  assert names == [b"back\\slash.jpg", b"caf\xe9.jpg", b"ends in a backslash\\", b"plain.jpg"]

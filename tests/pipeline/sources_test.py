@@ -356,3 +356,26 @@ def test_files_are_listed_one_by_one_as_beam_matches_them(tmp_path, pattern):
   assert sorted((m.path, m.size_in_bytes) for m in listed) == sorted(
     (m.path, m.size_in_bytes) for m in expected.metadata_list
   )
+
+
+def test_links_that_cannot_be_sized_are_listed_with_size_zero_not_dropped(tmp_path):
+  """Beam's local listing drops a dangling link or a link loop unsaid; every name a glob
+  matches must be a row, so they are listed (size 0) for `ReadFile` to refuse."""
+  (tmp_path / "ok.jpg").write_bytes(b"xy")
+  (tmp_path / "dangling.jpg").symlink_to(tmp_path / "nowhere.jpg")
+  (tmp_path / "loop.jpg").symlink_to("loop.jpg")
+  (tmp_path / "sub").symlink_to(tmp_path / "sub")  # a folder loop: listed as a name too
+  listed = sorted((m.path, m.size_in_bytes) for m in sources.iter_matches(f"{tmp_path}/*.jpg"))
+  assert listed == [
+    (f"{tmp_path}/dangling.jpg", 0),
+    (f"{tmp_path}/loop.jpg", 0),
+    (f"{tmp_path}/ok.jpg", 2),
+  ]
+  assert sources.not_a_regular_file(f"{tmp_path}/loop.jpg").startswith("cannot stat")
+
+
+def test_names_that_are_not_utf8_make_ids_that_encode():
+  assert sources.relative_id(os.fsdecode(b"/in/sub/caf\xe9.png"), "/in/") == "sub/caf\\xe9.png"
+  assert sources.relative_id(os.fsdecode(b"/in\xff/a.png"), os.fsdecode(b"/in\xff/")) == "a.png"
+  assert sources.encodable("plain ünïcødé\\name") == "plain ünïcødé\\name"
+  assert sources.encodable("\ud800") == "\\ud800"
