@@ -25,6 +25,13 @@ from segbeam.pipeline import options as options_lib
 from segbeam.pipeline import progress
 from segbeam.pipeline import schema
 from segbeam.pipeline import sinks
+from segbeam.results.printable import printable
+
+
+def _say(text: str, file=None) -> None:
+  """Prints one line with its control characters escaped: names and ids in it come from files
+  anyone may write (`printable`)."""
+  print(printable(text), file=file or sys.stdout)
 
 
 def print_report(output: str, examples: int = 5) -> None:
@@ -32,19 +39,19 @@ def print_report(output: str, examples: int = 5) -> None:
   first class (the pet, for the default model) covers most."""
   manifest = sinks.read_manifest(output)
   if manifest is None:
-    print(f"no manifest in {output}: the run did not complete", file=sys.stderr)
+    _say(f"no manifest in {output}: the run did not complete", file=sys.stderr)
     return
   counts = manifest["counts"]
   skipped = counts.get("skipped_existing", 0)
-  print(
+  _say(
     f"segbeam run {manifest['run_id']}: {counts['inputs_seen']} inputs, "
     f"{counts['segmented']} segmented, {counts['failed']} failed"
     + (f", {skipped} skipped (segmented before)" if skipped else "")
   )
   for reason in counts["failed_by_reason"]:
-    print(f"  failed at {reason['stage']}: {reason['error_type']} x{reason['count']}")
+    _say(f"  failed at {reason['stage']}: {reason['error_type']} x{reason['count']}")
   mask_files = ", masks/*.png" if manifest["options"]["mask_files"] else ""
-  print(f"output: {output}/segments/*.parquet, errors/*.parquet{mask_files}, manifest.json")
+  _say(f"output: {output}/segments/*.parquet, errors/*.parquet{mask_files}, manifest.json")
   class_names = manifest["model"]["class_names"]
   suffixes = schema.class_columns(class_names)
   columns = ["image_id", "dominant_class"] + [f"coverage_{s}" for s in suffixes]
@@ -55,12 +62,12 @@ def print_report(output: str, examples: int = 5) -> None:
   if not rows:
     return
   rows.sort(key=lambda row: -row[f"coverage_{suffixes[0]}"])
-  print(f"images with the most {class_names[0]}:")
+  _say(f"images with the most {class_names[0]}:")
   for row in rows[:examples]:
     figures = "  ".join(
       f"{name} {row[f'coverage_{s}']:6.1%}" for name, s in zip(class_names, suffixes)
     )
-    print(f"  {row['image_id']:<28s} {figures}  (dominant: {row['dominant_class']})")
+    _say(f"  {row['image_id']:<28s} {figures}  (dominant: {row['dominant_class']})")
 
 
 def _not_beams_false_resource_warning(record: logging.LogRecord) -> bool:
@@ -104,8 +111,17 @@ RESUME_HINT = "run the same command with --resume to continue it, or --overwrite
 
 
 def _interrupted_exit(output: str) -> int:
-  print(f"segbeam run: {interruption_message(output)}", file=sys.stderr)
+  _say(f"segbeam run: {interruption_message(output)}", file=sys.stderr)
   return startup.INTERRUPTED_EXIT
+
+
+def _printable_record(record: logging.LogRecord) -> bool:
+  # A logged path or message may quote a file name; a traceback keeps its lines.
+  message = record.getMessage()
+  safe = printable(message, keep_newlines=True)
+  if safe != message:
+    record.msg, record.args = safe, None
+  return True
 
 
 def _configure_logging() -> None:
@@ -116,6 +132,7 @@ def _configure_logging() -> None:
   logging.getLogger().addFilter(_not_beams_false_resource_warning)
   for handler in logging.getLogger().handlers:  # records from every logger pass these
     handler.addFilter(_not_an_interrupt)
+    handler.addFilter(_printable_record)
 
 
 def progress_reporter(
@@ -138,17 +155,17 @@ def run(options: options_lib.RunOptions, beam_args: Sequence[str]) -> int:
   try:
     beam_options.check_beam_args(beam_args, beam_options.option_strings(options_lib.run_parser()))
   except ValueError as error:
-    print(f"segbeam run: {error}", file=sys.stderr)
+    _say(f"segbeam run: {error}", file=sys.stderr)
     return 2
   try:
     with progress_reporter(options, beam_args):
       job.run(options, beam_args)
   except job.NothingToResumeError as error:
-    print(f"segbeam run: {error}", file=sys.stderr)
+    _say(f"segbeam run: {error}", file=sys.stderr)
     print_report(options.output)
     return 0
   except job.InvocationError as error:
-    print(f"segbeam run: {error}", file=sys.stderr)
+    _say(f"segbeam run: {error}", file=sys.stderr)
     return 2
   except KeyboardInterrupt:
     return _interrupted_exit(options.output)
@@ -157,7 +174,7 @@ def run(options: options_lib.RunOptions, beam_args: Sequence[str]) -> int:
       return _interrupted_exit(options.output)
     logging.getLogger(__name__).exception("the run failed")
     reason = elements.one_line(error, limit=500)
-    print(
+    _say(
       f"segbeam run: the run failed, no manifest was written in {options.output}: "
       f"{type(error).__name__}: {reason}; once fixed, {RESUME_HINT}",
       file=sys.stderr,
@@ -172,7 +189,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   try:
     options, beam_args = options_lib.parse_args(sys.argv[1:] if argv is None else argv)
   except ValueError as error:
-    print(f"segbeam run: {error}", file=sys.stderr)
+    _say(f"segbeam run: {error}", file=sys.stderr)
     return 2
   return run(options, beam_args)
 
@@ -182,6 +199,6 @@ def demo_main(argv: Optional[Sequence[str]] = None) -> int:
   try:
     run_argv = options_lib.demo_argv(sys.argv[1:] if argv is None else argv)
   except ValueError as error:
-    print(f"segbeam demo: {error}", file=sys.stderr)
+    _say(f"segbeam demo: {error}", file=sys.stderr)
     return 2
   return main(run_argv)

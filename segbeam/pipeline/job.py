@@ -11,11 +11,13 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import os
+import re
 import sys
 import uuid
 from typing import NamedTuple, Optional, Sequence
 
 import apache_beam as beam
+from apache_beam.io.filesystem import FileSystem
 from apache_beam.io.filesystems import FileSystems
 
 from segbeam import startup
@@ -148,6 +150,13 @@ def _claim_output(
   a run (unless --overwrite replaces it, or --resume continues an unfinished one), or another
   run claimed it first. Returns every attempt at this output, this one last."""
   output = options.output
+  linked = output_claim.not_plain_entries(output)
+  if linked:
+    # What a run writes or deletes there would go through it, outside --output.
+    raise InvocationError(
+      f"{FileSystems.join(output, linked[0])} is a link (or other special file), not the "
+      "plain file or folder segbeam writes: remove it, or choose another --output"
+    )
   try:
     held, token = output_claim.read_claim(output)
   except output_claim.UnreadableClaimError as error:
@@ -188,6 +197,7 @@ def _claim_output(
       output_claim.take_over(output, token, mine)
       # Only the journal is durable: what the sinks of a killed attempt left is partial.
       sinks.delete_entries(output, [constants.SEGMENTS_DIR, constants.ERRORS_DIR])
+      sinks.remove_partials(output)  # what a kill mid-write left
       return list(mine.attempts)
     if options.overwrite:
       if held is not None and held.holder_running_here():
@@ -206,6 +216,7 @@ def _claim_output(
       else:
         output_claim.claim(output, mine)
       sinks.delete_entries(output, previous)
+      sinks.remove_partials(output)
       return list(mine.attempts)
     if held is not None:
       raise InvocationError(
@@ -251,20 +262,59 @@ def _check_skip_existing(
         ) from error
 
 
+def _holds_inputs(pattern: str, output: str) -> bool:
+  """Whether `output` already holds files `pattern` matches (read as Beam reads a glob,
+  `FileSystem.translate_pattern`), other than a run's own: then it is an input folder, though
+  the pattern names it only through glob characters ('phot?s/*.png' and photos). A fresh or
+  empty folder in a pattern's reach ('data/**/*.png' and data/out) holds none. Locally both
+  are compared as absolute paths, and with links resolved."""
+  own = sources.OwnFiles(output, pattern)
+  if "://" in output or "://" in pattern:
+    if "://" not in output or "://" not in pattern:
+      return False
+    listed = (m.path for m in sources.iter_matches(output.rstrip("/") + "/*"))
+    patterns = [pattern]
+  else:
+    if not os.path.isdir(output):
+      return False
+    folder = os.path.abspath(output)
+    listed = (os.path.join(folder, name) for name in os.listdir(folder))
+    root = sources.pattern_root(pattern) or "./"
+    rest = pattern[len(root) :]
+    patterns = [
+      os.path.join(os.path.abspath(root), rest),
+      os.path.join(os.path.realpath(root), rest),
+    ]
+  compiled = [re.compile(FileSystem.translate_pattern(p)) for p in patterns]
+  for path in listed:
+    forms = (
+      {path}
+      if "://" in path
+      else {path, os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))}
+    )
+    if not own.holds(path) and any(c.match(f) for c in compiled for f in forms):
+      return True
+  return False
+
+
 def _check_output_apart(options: options_lib.RunOptions) -> None:
-  """Refuses an --output that is the folder the input (or ground-truth) pattern lists: the
-  run's files would sit among the inputs, and no later --overwrite could tell them apart.
-  (An output deeper in a pattern's reach, 'photos/**' and photos/out, is fine: the run's own
-  files are left out of its listing, `sources.OwnFiles`.)"""
+  """Refuses an --output that is a folder the input (or ground-truth) pattern lists: the run's
+  files would sit among the inputs, and no later --overwrite could tell them apart: the
+  pattern's folder before its first glob character, or a folder holding files it matches
+  ('phot?s/*.png' lists photos). (A new output deeper in a pattern's reach, 'photos/**' and
+  photos/out, is fine: the run's own files are left out of its listing, `sources.OwnFiles`.)"""
   for flag, pattern, what in (
     ("--input", options.input, "input"),
     ("--ground-truth", options.labels, "ground-truth"),
   ):
-    if pattern and _same_place(sources.pattern_root(pattern) or ".", options.output):
+    if pattern and (
+      _same_place(sources.pattern_root(pattern) or ".", options.output)
+      or _holds_inputs(pattern, options.output)
+    ):
+      such_as = f"such as {FileSystems.join(options.output, 'segbeam')}"
       raise InvocationError(
         f"--output {options.output} is the {what} folder ({flag} {pattern}): an output folder "
-        f"holds only what segbeam writes; give the run a folder of its own, such as "
-        f"{FileSystems.join(options.output, 'segbeam')}"
+        f"holds only what segbeam writes; give the run a new folder of its own, {such_as}"
       )
 
 

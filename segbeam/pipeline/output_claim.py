@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import socket
+import stat
 import uuid
 from typing import Any, Optional
 
@@ -179,7 +180,9 @@ def claim(output: str, mine: Claim) -> None:
   else:
     os.makedirs(output, exist_ok=True)
     temporary = f"{path}.{uuid.uuid4().hex}.partial"
-    with open(temporary, "wb") as f:
+    # Created only where nothing is: never written through a link planted under the name.
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+    with os.fdopen(os.open(temporary, flags, 0o666), "wb") as f:
       f.write(mine.to_json())
       f.flush()
       os.fsync(f.fileno())
@@ -256,7 +259,37 @@ def entries(output: str) -> list[str]:
 
 
 def _segbeams_name(name: str) -> bool:
-  return name in constants.OUTPUT_ENTRIES or name.startswith(sources.OWN_NAME_PREFIXES)
+  return (
+    name in constants.OUTPUT_ENTRIES
+    or name.startswith(sources.OWN_NAME_PREFIXES)
+    # the manifest's temporary file, left where a run was killed while writing it (`sinks`)
+    or (name.startswith(f".{constants.MANIFEST_FILE}.") and name.endswith(".partial"))
+  )
+
+
+# Folders of a run's journal it writes into (`journal`'s tables), beside its own entries.
+_JOURNAL_TABLES = (constants.SEGMENTS_DIR, constants.ERRORS_DIR)
+
+
+def not_plain_entries(output: str) -> list[str]:
+  """Which of a local `output`'s segbeam entries (`constants.OUTPUT_ENTRIES`, and the
+  journal's table folders) exist as anything but a plain file or folder: a link (to anything,
+  or to nothing), a FIFO, a device. A run writing or deleting there would reach through it, so
+  none may run into such a folder. None on an object store, which has no links."""
+  if "://" in output:
+    return []
+  names = list(constants.OUTPUT_ENTRIES) + [
+    f"{constants.JOURNAL_DIR}/{table}" for table in _JOURNAL_TABLES
+  ]
+  found = []
+  for name in names:
+    try:
+      mode = os.lstat(os.path.join(output, name)).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+      continue
+    if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+      found.append(name)
+  return found
 
 
 def not_written_by_segbeam(output: str, *, claimed: bool) -> list[str]:

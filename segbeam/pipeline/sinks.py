@@ -17,8 +17,12 @@ import datetime
 import hashlib
 import json
 import logging
+import os
 import re
+import shutil
+import stat
 import time
+import uuid
 from typing import Any, Callable, Iterator, Mapping, Optional
 
 import apache_beam as beam
@@ -57,21 +61,54 @@ def mask_file_name(image_id: str) -> str:
 def write_file(path: str, data: bytes, mime_type: str = "application/octet-stream") -> None:
   """Writes `data` to `path` all at once or not at all, replacing what is there.
 
-  Elsewhere than on an object store, it goes to a temporary name beside `path` first, then is
-  renamed over it. The temporary name is fixed ('.<name>.partial'), so an attempt that died
-  mid-write leaves nothing that a retry of the same element does not overwrite and rename.
+  Elsewhere than on an object store, it goes to a temporary name beside `path` first,
+  '.<name>.<random>.partial', then is renamed over it: a rename replaces a link at `path`,
+  never writes through it. The name is unpredictable and, locally, created only where nothing
+  is (no link planted under it is followed). A file left by a process killed mid-write is
+  removed by the next --resume or --overwrite (`remove_partials`), or with the journal.
   """
   if FileSystems.get_scheme(path) in _ATOMIC_CREATE_SCHEMES:
-    target = path
-  else:
-    folder, name = FileSystems.split(path)
-    target = FileSystems.join(folder, f".{name}{PARTIAL_SUFFIX}")
+    with FileSystems.create(
+      path, mime_type=mime_type, compression_type=CompressionTypes.UNCOMPRESSED
+    ) as f:
+      f.write(data)
+    return
+  folder, name = FileSystems.split(path)
+  target = FileSystems.join(folder, f".{name}.{uuid.uuid4().hex}{PARTIAL_SUFFIX}")
+  if FileSystems.get_scheme(path) is None:
+    _write_local(target, data)
+    try:
+      os.replace(target, path)
+    except BaseException:
+      _remove_quietly(target)
+      raise
+    return
   with FileSystems.create(
     target, mime_type=mime_type, compression_type=CompressionTypes.UNCOMPRESSED
   ) as f:
     f.write(data)
-  if target != path:
-    FileSystems.rename([target], [path])
+  FileSystems.rename([target], [path])
+
+
+def _write_local(path: str, data: bytes) -> None:
+  """Creates the new file `path` holding `data`: O_EXCL and O_NOFOLLOW, so a name that exists,
+  a link above all, fails instead of being written through."""
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+  fd = os.open(path, flags, 0o666)
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+  except BaseException:
+    _remove_quietly(path)
+    raise
+
+
+def _remove_quietly(path: str) -> None:
+  try:
+    os.remove(path)
+  except OSError:
+    pass
 
 
 class WriteMaskFile(beam.DoFn):
@@ -311,12 +348,54 @@ def entries_present(output: str, entries=constants.OUTPUT_ENTRIES) -> list[str]:
 
 
 def delete_entries(output: str, entries) -> None:
-  """Deletes `entries` of `output` (files or folders, each with all it holds) where present."""
+  """Deletes `entries` of `output` (files or folders, each with all it holds) where present.
+  Locally a link among them, or in a folder among them, is removed itself: what it points to
+  is never touched."""
+  if not _on_object_store(output) and FileSystems.get_scheme(output) is None:
+    for entry in entries:
+      _delete_local(os.path.join(output, entry))
+    return
   for entry in entries_present(output, entries):
     path = FileSystems.join(output, entry)
     if _on_object_store(path) and not FileSystems.exists(path):
       path = path.rstrip("/") + "/"  # a prefix: every object under it
     FileSystems.delete([path])
+
+
+def _delete_local(path: str) -> None:
+  try:
+    mode = os.lstat(path).st_mode
+  except FileNotFoundError:
+    return
+  if stat.S_ISDIR(mode):
+    shutil.rmtree(path)  # removes the links it holds, never follows them
+  else:
+    os.remove(path)  # a file, or a link itself
+
+
+# `write_file`'s temporary names: '.<name>.<32 hex digits>.partial'.
+_PARTIAL_NAME = re.compile(r"\..+\.[0-9a-f]{32}" + re.escape(PARTIAL_SUFFIX))
+
+
+def is_partial_name(name: str) -> bool:
+  """Whether `name` is one of `write_file`'s temporary names."""
+  return _PARTIAL_NAME.fullmatch(name) is not None
+
+
+def remove_partials(output: str) -> None:
+  """Removes what `write_file` calls killed mid-write left in a local `output`: temporary
+  files beside the manifest and among the masks (a journal goes whole once the run
+  completes). A retry writes under a new temporary name, so nothing else would."""
+  if FileSystems.get_scheme(output) is not None:
+    return  # on an object store an upload is all or nothing: no temporary names
+  for folder in (output, os.path.join(output, constants.MASKS_DIR)):
+    try:
+      names = os.listdir(folder)
+    except (FileNotFoundError, NotADirectoryError):
+      continue
+    for name in names:
+      if is_partial_name(name):
+        _remove_quietly(os.path.join(folder, name))  # a link is removed, not followed
 
 
 def read_manifest(output: str) -> Optional[dict[str, Any]]:

@@ -19,6 +19,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from segbeam.pipeline import constants
+from segbeam.results.printable import printable
 
 TABLES = (constants.SEGMENTS_DIR, constants.ERRORS_DIR)  # the two Parquet tables
 
@@ -58,15 +59,22 @@ class Unfinished:
   errors_rows: int
 
   def resume_command(self) -> Optional[str]:
-    """The claim's command line as `segbeam ...`, with --resume."""
+    """The claim's command line as `segbeam ...`, with --resume and without --trust-model:
+    the claim is a file anyone may write, so the hint never hands over a trust the user did
+    not choose (`trusted_model` says whether it held one)."""
     command = list((self.claim or {}).get("command") or [])
     for i, word in enumerate(command):
       if word in ("run", "submit"):  # a demo is run again, not resumed
-        args = command[i:]
+        args = [str(a) for a in command[i:] if not _trusts_model(a)]
         return shlex.join(["segbeam", *args, *([] if "--resume" in args else ["--resume"])])
     return None
 
+  def trusted_model(self) -> bool:
+    """Whether the claim's command line ran with --trust-model."""
+    return any(_trusts_model(word) for word in (self.claim or {}).get("command") or [])
+
   def lines(self) -> list[str]:
+    """What `segbeam summary` prints of it, every line safe to print (`printable`)."""
     claim = self.claim or {}
     attempts = claim.get("attempts") or []
     durable = self.segments_rows + self.errors_rows
@@ -84,7 +92,16 @@ class Unfinished:
     command = self.resume_command()
     if command:
       lines.append(f"continue it with: {command}")
-    return lines
+      if self.trusted_model():
+        lines.append(
+          "note: the earlier attempt ran with --trust-model (its model's graph not checked); "
+          "add it to the command above only if you trust that --model"
+        )
+    return [printable(line) for line in lines]
+
+
+def _trusts_model(word: object) -> bool:
+  return str(word) == "--trust-model" or str(word).startswith("--trust-model=")
 
 
 def unfinished(path: str) -> Optional[Unfinished]:

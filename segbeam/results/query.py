@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 
 from segbeam.results import examples
 from segbeam.results import output as output_lib
+from segbeam.results.printable import printable
 
 FORMATS = ("table", "csv", "json", "parquet")
 
@@ -70,7 +71,9 @@ def write(table: pa.Table, fmt: str, out: Optional[str], stdout: Optional[TextIO
     sink = out or pa.BufferOutputStream()
     pacsv.write_csv(table, sink)
     if not out:
-      stdout.write(sink.getvalue().to_pybytes().decode())
+      text = sink.getvalue().to_pybytes().decode()
+      # Data for a pipe stays as it is; on a terminal, ids from file names print escaped.
+      stdout.write(printable(text, keep_newlines=True) if stdout.isatty() else text)
     return
   text = (
     format_table(table) + "\n"
@@ -80,8 +83,10 @@ def write(table: pa.Table, fmt: str, out: Optional[str], stdout: Optional[TextIO
   if out:
     with open(out, "w") as f:
       f.write(text)
+  elif fmt == "table":
+    stdout.write(printable(text, keep_newlines=True))  # ids from file names, escaped
   else:
-    stdout.write(text)
+    stdout.write(text)  # JSON escapes every control character itself
 
 
 def run(args: argparse.Namespace) -> int:

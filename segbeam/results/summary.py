@@ -10,6 +10,7 @@ from typing import Any, Optional
 from segbeam.model import labels as labels_lib
 from segbeam.pipeline import schema
 from segbeam.results import output as output_lib
+from segbeam.results.printable import printable
 
 
 def class_statistics(output: output_lib.RunOutput, threshold: float) -> list[dict[str, Any]]:
@@ -159,7 +160,8 @@ def format_summary(summary: dict[str, Any]) -> str:
       lines.append(f"  {truth['unusable_labels']} labels unusable (see gt_error)")
     lines.append("worst images by mean IoU:")
     lines += [f"  {w['image_id']:<32s} {_number(w['mean_iou'])}" for w in truth["worst_images"]]
-  return "\n".join(lines)
+  # Ids, names and the input come from files anyone may write.
+  return "\n".join(printable(line) for line in lines)
 
 
 def _number(value) -> str:
@@ -174,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
     if left is None:
       raise
     # Refused as every reader refuses it, with how far it got and how to go on.
-    print(f"segbeam summary: {error}", file=sys.stderr)
+    print(printable(f"segbeam summary: {error}"), file=sys.stderr)
     print("\n".join(left.lines()))
     return 2
   summary = summarize(output, args.threshold)

@@ -1,8 +1,10 @@
 """`segbeam run` from the command line: exit codes, one-line reasons, the report."""
 
 import glob
+import json
 import os
 import pathlib
+import re
 import shutil
 
 import pytest
@@ -443,3 +445,85 @@ def test_a_link_does_not_hide_the_output_in_the_input(
   assert code == 0, err
   assert "1 inputs, 1 segmented, 0 failed" in out
   accounting.assert_accounted_for(deeper, inputs_seen=1)
+
+
+@pytest.mark.parametrize("folder_part", ["?n", "[i]n", "*", "**"])
+def test_an_output_the_patterns_folder_part_matches_is_refused(
+  folder_part, tiny_export, one_image, tmp_path, capsys
+):
+  """--input 'phot?s/*.png' --output photos: the pattern's folder part, read as Beam reads it,
+  names the output folder itself, though the part before its first glob character does not."""
+  before = _tree(pathlib.Path(one_image))
+  pattern = str(tmp_path / folder_part / "*.png")
+  code, out, err = _run(
+    capsys, "--input", pattern, "--output", one_image, "--model", tiny_export[0]
+  )
+  assert code == 2 and out == "" and len(err.splitlines()) == 1, err
+  assert "--output" in err and "input folder" in err
+  assert _tree(pathlib.Path(one_image)) == before
+
+
+def test_a_new_output_in_a_recursive_patterns_reach_is_not_an_input_folder(
+  tiny_export, one_image, tmp_path, capsys
+):
+  """--input 'data/**/*.png' --output data/out: the folder part matches data/out, but a new
+  folder holds no input; the run's own files there are never read."""
+  data = tmp_path / "data"
+  shutil.copytree(one_image, data / "cats")
+  output = str(data / "out")
+  argv = ["--input", f"{data}/**/*.png", "--output", output, "--model", tiny_export[0]]
+  code, out, err = _run(capsys, *argv, "--mask-files")
+  assert code == 0, err
+  assert "1 inputs, 1 segmented, 0 failed" in out
+  code, out, err = _run(capsys, *argv, "--mask-files", "--overwrite")  # its masks are its own
+  assert code == 0 and "1 inputs, 1 segmented, 0 failed" in out, err
+  accounting.assert_accounted_for(output, inputs_seen=1)
+
+
+CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u202e]")
+
+
+def test_names_are_printed_with_their_control_characters_escaped(tiny_export, tmp_path, capsys):
+  """An image whose name holds terminal escapes and a carriage return: the report shows them
+  escaped, never raw."""
+  folder = tmp_path / "in"
+  folder.mkdir()
+  name = "\x1b]0;pwned\x07cat\r\u202e.png"
+  (folder / name).write_bytes(synthetic.encode(synthetic.pet_scene(30, 20, 0)[0], "PNG"))
+  output = str(tmp_path / "out")
+  code, out, err = _run(
+    capsys, "--input", str(folder / "*.png"), "--output", output, "--model", tiny_export[0]
+  )
+  assert code == 0, err
+  assert "1 inputs, 1 segmented" in out
+  assert r"\x1b]0;pwned\x07cat\r\u202e.png" in out
+  assert not CONTROL.search(out) and not CONTROL.search(err), (out, err)
+  # A query's table prints the ids alike.
+  assert cli.main(["query", output, "SELECT image_id FROM segments"]) == 0
+  shown = capsys.readouterr().out
+  assert r"\x1b]0;pwned" in shown and not CONTROL.search(shown), shown
+
+
+def test_a_refusal_quoting_a_planted_claim_escapes_its_control_characters(
+  tiny_export, one_image, tmp_path, capsys
+):
+  output = tmp_path / "out"
+  output.mkdir()
+  (output / "_claim.json").write_text(
+    json.dumps(
+      {
+        "run_id": "r\x1b[2J\rowned",
+        "started": "\x1b[31mnow",
+        "host": "h\x07",
+        "pid": 1,
+        "command": [],
+        "fingerprint": {},
+        "attempts": [],
+      }
+    )
+  )
+  code, out, err = _run(
+    capsys, "--input", one_image + "/*.png", "--output", str(output), "--model", tiny_export[0]
+  )
+  assert code == 2 and len(err.splitlines()) == 1, err
+  assert r"run r\x1b[2J\rowned" in err and not CONTROL.search(err), err

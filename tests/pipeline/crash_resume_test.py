@@ -212,8 +212,8 @@ def test_summary_of_an_unfinished_folder_says_how_far_it_got_and_how_to_resume(
 
 
 def test_a_kill_while_the_manifest_is_written_leaves_no_manifest(tmp_path):
-  """The manifest goes to '.manifest.json.partial', then is renamed: a process killed while
-  writing it leaves a folder that reads as unfinished."""
+  """The manifest goes to a temporary '.manifest.json.<random>.partial', then is renamed: a
+  process killed while writing it leaves a folder that reads as unfinished."""
   output = tmp_path / "out"
   (output / constants.SEGMENTS_DIR).mkdir(parents=True)
   script = (
@@ -221,9 +221,9 @@ def test_a_kill_while_the_manifest_is_written_leaves_no_manifest(tmp_path):
     "sinks.write_file(sys.argv[1], b'{' + b' ' * (1 << 30) + b'}')"
   )
   process = subprocess.Popen([sys.executable, "-c", script, str(output / constants.MANIFEST_FILE)])
-  partial = output / f".{constants.MANIFEST_FILE}{sinks.PARTIAL_SUFFIX}"
+  pattern = str(output / f".{constants.MANIFEST_FILE}.*{sinks.PARTIAL_SUFFIX}")
   try:
-    while not (partial.exists() and partial.stat().st_size > 0):
+    while not any(os.path.getsize(p) > 0 for p in glob.glob(pattern)):
       assert process.poll() is None
       time.sleep(0.005)
     process.send_signal(signal.SIGKILL)
@@ -361,3 +361,26 @@ def test_an_input_deleted_after_the_kill_keeps_its_row_and_the_resume_finishes(
   assert set(gone) <= kept
   assert cli.main(["summary", output]) == 0
   assert f"images {total - len(gone)} seen" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+  "linked", [constants.MASKS_DIR, f"{constants.JOURNAL_DIR}/{constants.SEGMENTS_DIR}"]
+)
+def test_a_resume_into_a_folder_linked_outside_is_refused_and_writes_nothing_there(
+  linked, inputs, tiny_export, tmp_path
+):
+  """A killed --mask-files run's masks/ (or a journal table folder) replaced by a link to a
+  folder outside --output: the resume is refused in one line naming it, before writing."""
+  output = str(tmp_path / "out")
+  argv = _argv(inputs, output, tiny_export[0], "--mask-files", pattern="img_00*")
+  _run_until_killed(argv, output, 8)
+  outside = tmp_path / "outside"
+  outside.mkdir()
+  shutil.rmtree(os.path.join(output, linked))
+  os.symlink(outside, os.path.join(output, linked))
+  refused = _resume(argv)
+  assert refused.returncode == 2, refused.stderr[-3000:]
+  lines = refused.stderr.strip().splitlines()
+  assert f"{os.path.join(output, linked)} is a link" in lines[-1], lines[-1]
+  assert os.listdir(outside) == []
+  assert os.path.islink(os.path.join(output, linked))

@@ -179,3 +179,41 @@ def test_what_overwrite_may_not_delete_is_told_locally_and_on_gs(output):
   assert output_claim.not_written_by_segbeam(output, claimed=True) == ["README", "deep"]
   assert output_claim.not_written_by_segbeam(output, claimed=False) == ["README", "deep"]
   assert output_claim.entries(f"{output}/nothing-here") == []
+
+
+@pytest.fixture(scope="module")
+def harmless_export(tmp_path_factory):
+  from tests import unsafe_exports  # noqa: PLC0415
+
+  return unsafe_exports.write_export(str(tmp_path_factory.mktemp("harmless") / "export"))
+
+
+@pytest.mark.parametrize(
+  "entry",
+  [constants.MASKS_DIR, f"{constants.JOURNAL_DIR}/{constants.ERRORS_DIR}", "manifest.json"],
+)
+def test_a_link_among_the_outputs_entries_refuses_every_run_in_one_line(
+  entry, harmless_export, tmp_path, capsys
+):
+  """A segbeam entry of --output (or a journal table folder) that is a link, to a folder or
+  file outside or to nothing: a fresh run, --overwrite and --resume are refused naming it, and
+  nothing is written or deleted through it."""
+  from segbeam.pipeline import commands  # noqa: PLC0415
+
+  output = tmp_path / "out"
+  (output / constants.JOURNAL_DIR).mkdir(parents=True)
+  outside = tmp_path / "outside"
+  outside.mkdir()
+  (outside / "keep.txt").write_bytes(b"precious")
+  pattern = _photos(tmp_path / "in", 2, (10, 200, 10))
+  argv = ["--input", pattern, "--output", str(output), "--model", harmless_export, "--quiet"]
+  for target in (outside, outside / "keep.txt", tmp_path / "nothing"):
+    (output / entry).symlink_to(target)
+    for how in ([], ["--overwrite"], ["--resume"]):
+      assert commands.main([*argv, "--mask-files", *how]) == 2, how
+      err = capsys.readouterr().err.strip()
+      assert len(err.splitlines()) == 1 and f"{output / entry} is a link" in err, (how, err)
+      assert sorted(os.listdir(outside)) == ["keep.txt"]
+      assert (outside / "keep.txt").read_bytes() == b"precious"
+      assert (output / entry).is_symlink()
+    os.remove(output / entry)

@@ -187,19 +187,14 @@ def _sums_to(expected: int):
 
 def test_a_retried_bundle_leaves_one_mask_and_one_row_per_image(tmp_path):
   """On Beam's BundleBasedDirectRunner, which retries a failed bundle (the FnApiRunner fails
-  the job instead): masks are rewritten in place, Parquet rows of the failed attempt dropped."""
+  the job instead): masks are rewritten in place, Parquet rows of the failed attempt dropped,
+  and no temporary file is left."""
   output = str(tmp_path / "out")
   rows = [
     {"image_id": image_id, "mask_png": f"mask of {image_id}".encode()}
     for image_id in ("a.jpg", "b/../c.jpg", "d.jpg", "e.jpg")
   ]
   masks_marker, rows_marker = str(tmp_path / "masks_died"), str(tmp_path / "rows_died")
-  # A leftover of an attempt that died mid-write, which the retry must replace.
-  os.makedirs(os.path.join(output, constants.MASKS_DIR))
-  partial = os.path.join(output, constants.MASKS_DIR, f".{sinks.mask_file_name('d.jpg')}.partial")
-  with open(partial, "wb") as f:
-    f.write(b"\x89PNG half")
-
   pipeline = TestPipeline(runner="BundleBasedDirectRunner")
   created = pipeline | beam.Create(rows)
   paths = created | "Masks" >> beam.ParDo(_DiesOnceAfterWriting(output, "d.jpg", masks_marker))
@@ -270,3 +265,57 @@ def test_counts_per_bundle_add_up_to_every_element():
         ]
       ),
     )
+
+
+@pytest.mark.parametrize("planted", [".m.png.partial", "m.png"])
+def test_write_file_never_writes_through_a_planted_link(planted, tmp_path):
+  """A link planted under the temporary name segbeam used to use, or under the final name:
+  the file is written beside it and replaces the link; what it points to stays as it was."""
+  victim = tmp_path / "victim.txt"
+  victim.write_bytes(b"precious")
+  folder = tmp_path / "out"
+  folder.mkdir()
+  (folder / planted).symlink_to(victim)
+  sinks.write_file(str(folder / "m.png"), b"mask")
+  assert victim.read_bytes() == b"precious"
+  assert not (folder / "m.png").is_symlink() and (folder / "m.png").read_bytes() == b"mask"
+
+
+@pytest.mark.parametrize("entry", [constants.MASKS_DIR, constants.JOURNAL_DIR])
+def test_delete_entries_removes_a_link_never_what_it_points_to(entry, tmp_path):
+  outside = tmp_path / "outside"
+  outside.mkdir()
+  (outside / "keep.txt").write_bytes(b"precious")
+  output = tmp_path / "out"
+  output.mkdir()
+  (output / entry).symlink_to(outside)
+  (output / constants.SEGMENTS_DIR).mkdir()
+  (output / constants.SEGMENTS_DIR / "inner").symlink_to(outside)
+  sinks.delete_entries(str(output), [entry, constants.SEGMENTS_DIR])
+  assert os.listdir(output) == []
+  assert (outside / "keep.txt").read_bytes() == b"precious"
+
+
+def test_remove_partials_removes_only_what_write_file_left_killed(tmp_path):
+  """What a process killed inside `write_file` leaves: its temporary files, in the output
+  folder (the manifest's) and in masks/; a resume removes them, and nothing else (a link
+  among them is removed itself, never followed)."""
+  output = tmp_path / "out"
+  masks = output / constants.MASKS_DIR
+  masks.mkdir(parents=True)
+  victim = tmp_path / "victim.txt"
+  victim.write_bytes(b"precious")
+  left = [
+    output / f".{constants.MANIFEST_FILE}.{'a' * 32}{sinks.PARTIAL_SUFFIX}",
+    masks / f".{sinks.mask_file_name('x.png')}.{'b' * 32}{sinks.PARTIAL_SUFFIX}",
+  ]
+  for path in left:
+    path.write_bytes(b"half")
+  (masks / f".m.png.{'c' * 32}{sinks.PARTIAL_SUFFIX}").symlink_to(victim)
+  kept = [output / "notes.partial", masks / sinks.mask_file_name("y.png"), output / "x.png"]
+  for path in kept:
+    path.write_bytes(b"kept")
+  sinks.remove_partials(str(output))
+  assert sorted(os.listdir(output)) == sorted(["masks", "notes.partial", "x.png"])
+  assert os.listdir(masks) == [sinks.mask_file_name("y.png")]
+  assert victim.read_bytes() == b"precious"
