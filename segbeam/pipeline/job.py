@@ -297,19 +297,20 @@ def _holds_inputs(pattern: str, output: str) -> bool:
   return False
 
 
-def _check_output_apart(options: options_lib.RunOptions) -> None:
+def _check_output_apart(options: options_lib.RunOptions, *, check_paths: bool) -> None:
   """Refuses an --output that is a folder the input (or ground-truth) pattern lists: the run's
   files would sit among the inputs, and no later --overwrite could tell them apart: the
-  pattern's folder before its first glob character, or a folder holding files it matches
-  ('phot?s/*.png' lists photos). (A new output deeper in a pattern's reach, 'photos/**' and
-  photos/out, is fine: the run's own files are left out of its listing, `sources.OwnFiles`.)"""
+  pattern's folder before its first glob character, or, with `check_paths` (a dry run lists
+  nothing), a folder holding files it matches ('phot?s/*.png' lists photos). (A new output
+  deeper in a pattern's reach, 'photos/**' and photos/out, is fine: the run's own files are
+  left out of its listing, `sources.OwnFiles`.)"""
   for flag, pattern, what in (
     ("--input", options.input, "input"),
     ("--ground-truth", options.labels, "ground-truth"),
   ):
     if pattern and (
       _same_place(sources.pattern_root(pattern) or ".", options.output)
-      or _holds_inputs(pattern, options.output)
+      or (check_paths and _holds_inputs(pattern, options.output))
     ):
       such_as = f"such as {FileSystems.join(options.output, 'segbeam')}"
       raise InvocationError(
@@ -365,7 +366,7 @@ def prepare(options: options_lib.RunOptions, *, check_paths: bool = True) -> Pre
   if check_paths or model_files.is_local(model_dir):
     _check_model(model_dir, trust=options.trust_model)
   _check_skip_existing(options.skip_existing, options.output, check_paths=check_paths)
-  _check_output_apart(options)
+  _check_output_apart(options, check_paths=check_paths)
   if check_paths:
     _check_input(options.input)
     if options.labels:

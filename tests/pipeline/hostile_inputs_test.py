@@ -259,6 +259,12 @@ def _unblock_if_stuck(
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs and symlinks (POSIX)")
+def _rows(output: str, table: str) -> dict[str, dict]:
+  """A run's rows of `table`, by image id."""
+  rows = pq.read_table(glob.glob(f"{output}/{table}/*.parquet")).to_pylist()
+  return {row["image_id"]: row for row in rows}
+
+
 def test_every_hostile_input_ends_as_exactly_one_row_with_a_precise_reason(tiny_export, tmp_path):
   export_dir, _ = tiny_export
   inputs, outside = tmp_path / "in", tmp_path / "outside"
@@ -287,14 +293,7 @@ def test_every_hostile_input_ends_as_exactly_one_row_with_a_precise_reason(tiny_
 
   # Every input seen is in exactly one row, and the masks are exactly one per segments row.
   manifest = accounting.assert_accounted_for(output, inputs_seen=len(expected))
-  segments = {
-    row["image_id"]: row
-    for row in pq.read_table(glob.glob(f"{output}/segments/*.parquet")).to_pylist()
-  }
-  errors = {
-    row["image_id"]: row
-    for row in pq.read_table(glob.glob(f"{output}/errors/*.parquet")).to_pylist()
-  }
+  segments, errors = _rows(output, "segments"), _rows(output, "errors")
   assert sorted(segments) == sorted(i for i, e in expected.items() if e[0] == "segmented")
   assert sorted(errors) == sorted(i for i, e in expected.items() if e[0] == "failed")
   rows = {**segments, **errors}
@@ -429,14 +428,7 @@ def test_hostile_names_links_and_label_files_never_crash_hang_or_vanish(
   assert not stuck.is_set(), "the run hung on the FIFO label"
 
   accounting.assert_accounted_for(output, inputs_seen=len(segmented) + len(failed))
-  segments = {
-    row["image_id"]: row
-    for row in pq.read_table(glob.glob(f"{output}/segments/*.parquet")).to_pylist()
-  }
-  errors = {
-    row["image_id"]: row
-    for row in pq.read_table(glob.glob(f"{output}/errors/*.parquet")).to_pylist()
-  }
+  segments, errors = _rows(output, "segments"), _rows(output, "errors")
   assert sorted(segments) == sorted(segmented)
   assert sorted(errors) == sorted(failed)
   odd = segments["caf\\xe9.png"]
