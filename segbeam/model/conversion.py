@@ -151,6 +151,7 @@ MAX_KERAS_MEMBERS = 1000  # config, metadata, weights, and a model's few assets
 # in one decompression call, and Keras writes neither.
 _READ_COMPRESSIONS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate"}
 _WEIGHTS_SUFFIXES = (".h5", ".npz")
+_KERAS_CONFIG = "config.json"
 _READ_CHUNK = 1 << 20
 
 
@@ -164,11 +165,11 @@ def _over(what: str, size: int, cap: int) -> str:
   return f"{what} would be {_size(size)} ({size} bytes), over the cap of {_size(cap)}"
 
 
-def _check_keras_archive(path: str) -> None:
+def _check_keras_archive(path: str) -> bytes:
   """Refuses a .keras archive that is damaged, not a model, or holds more than a model does
   (the caps above): from what its members declare first, then by reading each one, bounded,
   so a member whose header lies cannot make more either. Weights members (HDF5, .npz) are
-  checked inside too (`_check_h5_file`, `_check_npz`)."""
+  checked inside too (`_check_h5_file`, `_check_npz`). Returns its config.json, as read."""
   try:
     with zipfile.ZipFile(path) as archive:
       infos = archive.infolist()
@@ -191,13 +192,12 @@ def _check_keras_archive(path: str) -> None:
       if total > MAX_WEIGHTS_BYTES + MAX_KERAS_MEMBER_BYTES:
         cap = MAX_WEIGHTS_BYTES + MAX_KERAS_MEMBER_BYTES
         raise ConversionError(f"{path}: " + _over("its members together", total, cap))
-      names = {info.filename for info in infos}
-      for info in infos:
-        _read_member(path, archive, info)
+      read = {info.filename: _read_member(path, archive, info) for info in infos}
   except (zipfile.BadZipFile, OSError, EOFError) as error:
     raise ConversionError(f"{path} is a damaged .keras archive: {_one_line(error)}") from error
-  if "config.json" not in names:
+  if read.get(_KERAS_CONFIG) is None:
     raise ConversionError(f"{path} is not a .keras model: the archive has no config.json")
+  return read[_KERAS_CONFIG]
 
 
 def _member_cap(name: str) -> int:
@@ -209,12 +209,13 @@ def _compression_name(method: int) -> str:
   return names.get(method, f"method {method}")
 
 
-def _read_member(path: str, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> None:
+def _read_member(path: str, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> Optional[bytes]:
   """Reads one member in chunks, never past its declared size or its cap (zipfile itself
   stops at the declared size and checks the CRC there); a weights member goes to a temporary
-  file whose contents are checked in turn."""
+  file whose contents are checked in turn. Returns config.json's bytes, None for the rest."""
   cap = min(info.file_size, _member_cap(info.filename))
   weights = info.filename.endswith(_WEIGHTS_SUFFIXES)
+  kept = [] if info.filename == _KERAS_CONFIG else None
   with archive.open(info) as member, tempfile.TemporaryFile() as copy:
     read = 0
     try:
@@ -226,6 +227,8 @@ def _read_member(path: str, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> 
           )
         if weights:
           copy.write(chunk)
+        elif kept is not None:
+          kept.append(chunk)
     except zipfile.BadZipFile as error:
       if "CRC" in str(error):
         raise ConversionError(
@@ -237,6 +240,7 @@ def _read_member(path: str, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> 
       copy.seek(0)
       where = f"{path}: {info.filename}"
       (_check_h5_file if info.filename.endswith(".h5") else _check_npz)(copy, where)
+  return None if kept is None else b"".join(kept)
 
 
 def _check_npz(fileobj, where: str) -> None:
@@ -305,7 +309,9 @@ def _check_h5_attribute(where: str, name: str, attribute) -> None:
     raise ConversionError(f"{where}: attribute {name} holds {size // 16} variable-length values")
 
 
-def _check_h5(path: str) -> None:
+def _check_h5(path: str) -> Any:
+  """Refuses an HDF5 file that is damaged, holds weights only, or more than the caps allow
+  (`_check_h5_file`). Returns its model_config, read once the caps held."""
   import h5py  # noqa: PLC0415  # Keras' own dependency
 
   try:
@@ -316,23 +322,17 @@ def _check_h5(path: str) -> None:
           "model.save('model.h5'), or build the model in Python and save it as .keras"
         )
     _check_h5_file(path, path)
+    with h5py.File(path, "r") as f:
+      return f.attrs["model_config"]
   except (OSError, KeyError) as error:
     raise ConversionError(f"{path} is a damaged HDF5 file: {_one_line(error)}") from error
 
 
-def _keras_config(path: str, fmt: str) -> Any:
-  """The model config of a .keras or .h5 file whose sizes were checked, parsed."""
+def _parsed_config(text: Any, path: str) -> Any:
+  """A model file's config (config.json, or an .h5's model_config), parsed."""
   try:
-    if fmt == FORMAT_KERAS:
-      with zipfile.ZipFile(path) as archive:
-        text = archive.read("config.json")
-    else:
-      import h5py  # noqa: PLC0415  # Keras' own dependency
-
-      with h5py.File(path, "r") as f:
-        text = f.attrs["model_config"]
     return json.loads(text)
-  except (ValueError, OSError, KeyError, zipfile.BadZipFile) as error:
+  except ValueError as error:
     raise ConversionError(
       f"{path}: its model config is not readable JSON: {_one_line(error)}"
     ) from error
@@ -372,10 +372,10 @@ def load_keras(
   """A `.keras` or `.h5` model, in Keras' safe mode unless `allow_custom_code`."""
   if custom_objects_module and not allow_custom_code:
     raise ConversionError("--custom-objects runs the module's code: pass --allow-custom-code too")
-  (_check_keras_archive if fmt == FORMAT_KERAS else _check_h5)(path)
+  config = (_check_keras_archive if fmt == FORMAT_KERAS else _check_h5)(path)
   if not allow_custom_code:  # safe mode alone lets a config call more than layers
     try:
-      keras_config.check_config(_keras_config(path, fmt), path)
+      keras_config.check_config(_parsed_config(config, path), path)
     except keras_config.KerasConfigError as error:
       raise ConversionError(str(error)) from error
   custom_objects = _custom_objects(custom_objects_module)

@@ -293,6 +293,14 @@ def _meta_graph_findings(meta_graph) -> list[Finding]:
       )
     return node.op in _SAVE_OPS and in_save and not in_restore
 
+  def ops_named(holder, where: str, how: str) -> Iterator[Finding]:
+    """The functions `holder` (a node, or a function) names in its attributes that the
+    library lacks: TensorFlow runs the op of that name."""
+    for name in _attr_functions(holder):
+      if name not in graph.library:
+        why = op_allowlist.refusal_reason(name) or "named as a function the library lacks"
+        yield Finding(name, where, f"{how}: {why}")
+
   def check(node, where: str, where_function: Optional[str], in_save: bool, in_restore: bool):
     if node.op not in graph.library:
       why = op_allowlist.refusal_reason(node.op)
@@ -301,10 +309,7 @@ def _meta_graph_findings(meta_graph) -> list[Finding]:
         and the_savers_own(node, where_function, in_save, in_restore)
       ):
         yield Finding(node.op, where, why)
-    for name in _attr_functions(node):
-      if name not in graph.library:  # TensorFlow runs an op of that name
-        why = op_allowlist.refusal_reason(name) or "named as a function the library lacks"
-        yield Finding(name, where, f"called from {node.op}: {why}")
+    yield from ops_named(node, where, f"called from {node.op}")
     config = _call_config_finding(node, where)
     if config:
       yield config
@@ -319,10 +324,7 @@ def _meta_graph_findings(meta_graph) -> list[Finding]:
     in_save, in_restore = name in save_functions, name in restore_functions
     for node in function.node_def:
       findings.extend(check(node, f"function {name}", name, in_save, in_restore))
-    for called in _attr_functions(function):  # a function's own attributes may name others
-      if called not in graph.library:
-        why = op_allowlist.refusal_reason(called) or "named as a function the library lacks"
-        findings.append(Finding(called, f"function {name}", f"in its attributes: {why}"))
+    findings.extend(ops_named(function, f"function {name}", "in its attributes"))
   return findings
 
 

@@ -326,11 +326,8 @@ def _bounded_segments_files(options: options_lib.RunOptions) -> options_lib.RunO
   wanted = options.segments_files
   if wanted <= 1:
     return options
-  own = sources.OwnFiles(options.output, options.input)
   try:
-    inputs = itertools.islice(
-      (m for m in sources.iter_matches(options.input) if not own.holds(m.path)), wanted
-    )
+    inputs = itertools.islice(sources.input_matches(options.input, options.output), wanted)
     found = sum(1 for _ in inputs)
   except Exception as error:  # any failure to list
     raise InvocationError(f"cannot list input {options.input!r}: {error}") from error

@@ -80,22 +80,27 @@ def read_label(
   further)."""
   if len(paths) > 1:  # 'felix.png' and 'felix.jpg' for 'felix.jpg': which one is meant?
     shown = ", ".join(paths[:3]) + (", ..." if len(paths) > 3 else "")
-    return None, sources.encodable(f"{len(paths)} label files match this image: {shown}")[:300]
+    return None, _why_not(f"{len(paths)} label files match this image: {shown}")
   (path,) = paths
   refusal = sources.not_a_regular_file(path)  # a FIFO would block, /dev/zero never end
   if refusal is not None:
-    return None, sources.encodable(f"cannot read label: {refusal}")[:300]
+    return None, _why_not(f"cannot read label: {refusal}")
   try:
     with FileSystems.open(path) as f:
       # Bounded whatever the listing said: a .gz label is read decompressed.
       label = tfrecord.read_up_to(f, max_file_bytes + 1)
   except Exception as error:  # the mask row still counts
-    reason = f"cannot read label {path}: {type(error).__name__}: {error}"
-    return None, sources.encodable(reason)[:300]
+    return None, _why_not(f"cannot read label {path}: {type(error).__name__}: {error}")
   if len(label) > max_file_bytes:
-    reason = f"label over the {max_file_bytes}-byte file limit, read no further: {path}"
-    return None, sources.encodable(reason)[:300]
+    return None, _why_not(
+      f"label over the {max_file_bytes}-byte file limit, read no further: {path}"
+    )
   return label, None
+
+
+def _why_not(reason: str) -> str:
+  """A row's `gt_error`: text that encodes (paths may not), at most 300 characters."""
+  return sources.encodable(reason)[:300]
 
 
 def _has_ground_truth(row: dict[str, Any]) -> bool:
@@ -206,8 +211,7 @@ class ScoreFromFolders(beam.DoFn):
     except Exception as error:  # the row still counts; its gt_error says why it has no score
       if not _has_ground_truth(row):
         reason = f"cannot list the label files for {key}: {type(error).__name__}: {error}"
-        reason = sources.encodable(reason)[:300]
-        row = {**row, **rows_lib.ground_truth_columns(None, None, self._context, reason)}
+        row = {**row, **rows_lib.ground_truth_columns(None, None, self._context, _why_not(reason))}
       yield row
       return
     yield from score([row], paths, self._context, self._max_file_bytes)

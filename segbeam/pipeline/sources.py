@@ -267,6 +267,13 @@ def iter_matches(pattern: str) -> Iterator[filesystem.FileMetadata]:
   yield from fs.match_files(listing, pattern)
 
 
+def input_matches(pattern: str, output: Optional[str]) -> Iterator[filesystem.FileMetadata]:
+  """What `pattern` matches (`iter_matches`) but the files of the run writing to `output`
+  (`OwnFiles`)."""
+  own = OwnFiles(output, pattern)
+  return (m for m in iter_matches(pattern) if not own.holds(m.path))
+
+
 class ListFiles(beam.DoFn):
   """A glob -> the metadata of each file it matches, as `fileio.MatchFiles` gives them, but
   one by one as they are listed (`iter_matches`).
@@ -300,9 +307,7 @@ class ListFiles(beam.DoFn):
       yield from self._counted(self._inputs(pattern))
 
   def _inputs(self, pattern: str) -> Iterator[filesystem.FileMetadata]:
-    """What `pattern` matches but the run's own files (`OwnFiles`)."""
-    own = OwnFiles(self._output, pattern)
-    return (m for m in iter_matches(pattern) if not own.holds(m.path))
+    return input_matches(pattern, self._output)
 
   def _counted(self, files: Iterator[filesystem.FileMetadata]) -> Iterator[filesystem.FileMetadata]:
     """`files`, each passed on; once through, their number onto `inputs_listed` where all are

@@ -657,6 +657,16 @@ def _measured_export(source: str, output: str) -> tuple[dict, str]:
   return json.loads(run.stdout.strip().splitlines()[-1]), run.stderr
 
 
+def _refused_in_bounds(bomb: str, tmp_path) -> str:
+  """`segbeam export` of `bomb` in a fresh process: refused (exit 2, no export) with under
+  100 MiB of peak memory growth, in under 10 s. Returns its last line on stderr."""
+  measured, err = _measured_export(bomb, str(tmp_path / "export"))
+  assert measured["code"] == 2
+  assert measured["grew_mib"] < 100 and measured["seconds"] < 10, measured
+  assert not (tmp_path / "export").exists()
+  return err.strip().splitlines()[-1]
+
+
 def _keras_with_config_bomb(tmp_path, *, lying: bool = False) -> str:
   """A .keras whose config.json is a real one followed by 1 GiB of spaces (valid JSON: Keras
   loads it), deflated to a few MB. `lying`: its headers declare the real config's size."""
@@ -691,23 +701,16 @@ def _keras_with_config_bomb(tmp_path, *, lying: bool = False) -> str:
 
 def test_a_keras_config_bomb_is_refused_before_it_is_read(tmp_path):
   bomb = _keras_with_config_bomb(tmp_path)
-  measured, err = _measured_export(bomb, str(tmp_path / "export"))
-  assert measured["code"] == 2
-  line = err.strip().splitlines()[-1]
+  line = _refused_in_bounds(bomb, tmp_path)
   assert line.startswith(f"segbeam export: {bomb}: member config.json would be 1.0 GiB ")
   assert "over the cap of 64 MiB" in line
-  assert measured["grew_mib"] < 100 and measured["seconds"] < 10, measured
-  assert not (tmp_path / "export").exists()
 
 
 def test_a_keras_member_whose_header_lies_is_read_no_further_than_it_says(tmp_path):
   bomb = _keras_with_config_bomb(tmp_path, lying=True)
-  measured, err = _measured_export(bomb, str(tmp_path / "export"))
-  assert measured["code"] == 2
-  assert err.strip().splitlines()[-1] == (
+  assert _refused_in_bounds(bomb, tmp_path) == (
     f"segbeam export: {bomb} is a damaged .keras archive: member config.json fails its CRC check"
   )
-  assert measured["grew_mib"] < 100 and measured["seconds"] < 10, measured
 
 
 def test_keras_members_beyond_what_a_model_holds_are_refused(tmp_path, capsys):
@@ -752,9 +755,6 @@ def _h5_with_dataset_bomb(tmp_path) -> str:
 
 def test_an_h5_dataset_bomb_is_refused_before_it_is_read(tmp_path):
   bomb = _h5_with_dataset_bomb(tmp_path)
-  measured, err = _measured_export(bomb, str(tmp_path / "export"))
-  assert measured["code"] == 2
-  line = err.strip().splitlines()[-1]
+  line = _refused_in_bounds(bomb, tmp_path)
   assert line.startswith(f"segbeam export: {bomb}: dataset model_weights/"), line
   assert "would be 1.2 GiB (1342177280 bytes) in memory, over the cap of 1.0 GiB" in line
-  assert measured["grew_mib"] < 100 and measured["seconds"] < 10, measured
