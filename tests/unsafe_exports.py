@@ -1,20 +1,32 @@
 """Exports written the way segbeam writes them (Keras' ExportArchive, the serving contract of
-`segbeam.model.export`), whose serving function may also write a file when called: what
-`segbeam.model.model_safety` must refuse."""
+`segbeam.model.export`), whose serving function may also write a file when called (what
+`segbeam.model.model_safety` must refuse), or fail inside the model for some images or all (as a
+model with a bug, or a GPU whose libraries cannot start, does)."""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Any, Callable, Optional
 
 INPUT_SIZE = 16
 WRITTEN = b"written by the model"
 
 
-def write_export(export_dir: str, *, writes_to: Optional[str] = None) -> str:
-  """A small export with one 1x1 convolution and the default model's classes; its
-  serving_default also writes WRITTEN to `writes_to` at every call when given. Returns
-  `export_dir`."""
+def write_export(
+  export_dir: str,
+  *,
+  writes_to: Optional[str] = None,
+  fails_when: Optional[Callable[[Any, Any], Any]] = None,
+) -> str:
+  """A small export with one 1x1 convolution and the default model's classes. Returns
+  `export_dir`.
+
+  Args:
+    writes_to: its serving_default also writes WRITTEN to this path at every call.
+    fails_when: (heights, widths) of a batch's decoded images -> a boolean tensor per image;
+      the forward pass then fails (InvalidArgumentError from CheckNumerics, after the decode)
+      for any batch holding an image where it is true.
+  """
   # TensorFlow and Keras only where tests need them
   import keras
   import tensorflow as tf
@@ -41,6 +53,10 @@ def write_export(export_dir: str, *, writes_to: Optional[str] = None) -> str:
       fn_output_signature=(tf.TensorSpec([size, size, 3], tf.float32), tf.int32, tf.int32),
     )
     probabilities = tf.nn.softmax(layer(pixels / 255.0), axis=-1)
+    if fails_when is not None:
+      poison = tf.where(fails_when(heights, widths), float("inf"), 0.0)
+      checked = tf.debugging.check_numerics(poison, "the model's forward pass failed")
+      probabilities = probabilities + tf.reduce_sum(checked) * 0.0
     if writes_to is not None:
       with tf.control_dependencies([tf.io.write_file(writes_to, WRITTEN)]):
         probabilities = tf.identity(probabilities)
@@ -58,7 +74,7 @@ def write_export(export_dir: str, *, writes_to: Optional[str] = None) -> str:
     export_dir,
     dataclasses.replace(
       base,
-      name="writes-files" if writes_to else "harmless",
+      name="writes-files" if writes_to else "fails" if fails_when else "harmless",
       config={**base.config, "input_size": size},
     ),
   )

@@ -90,10 +90,15 @@ def interrupted(error: BaseException) -> bool:
 
 
 def _not_an_interrupt(record: logging.LogRecord) -> bool:
-  # Beam logs the traceback of an exception leaving a DoFn before re-raising it; for Ctrl-C
-  # that is a page of stack frames where one line says what happened.
-  return not (
-    record.exc_info and record.exc_info[1] is not None and interrupted(record.exc_info[1])
+  # Beam logs the traceback of an exception leaving a DoFn before re-raising it; for Ctrl-C,
+  # or a model that fails on every image, that is a page of stack frames where the run's last
+  # line says what happened.
+  error = record.exc_info[1] if record.exc_info else None
+  if error is not None and (interrupted(error) or elements.model_failure_in(error)):
+    return False
+  # A worker process's error comes to the runner's log as text, its traceback inside.
+  return record.levelno < logging.ERROR or not elements.MODEL_FAILURE_LINE.search(
+    record.getMessage()
   )
 
 
@@ -173,6 +178,14 @@ def run(options: options_lib.RunOptions, beam_args: Sequence[str]) -> int:
     if interrupted(error):
       return _interrupted_exit(options.output)
     logging.getLogger(__name__).exception("the run failed")
+    model_failure = elements.model_failure_in(error)
+    if model_failure is not None:  # the model's or the device's: its own last line, no traceback
+      _say(
+        f"segbeam run: the run stopped, no manifest was written in {options.output}: "
+        f"{model_failure}",
+        file=sys.stderr,
+      )
+      return 1
     reason = elements.one_line(error, limit=500)
     _say(
       f"segbeam run: the run failed, no manifest was written in {options.output}: "

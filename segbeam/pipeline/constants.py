@@ -28,6 +28,13 @@ INPUT_FORMATS = (FORMAT_AUTO, FORMAT_IMAGES, FORMAT_TFRECORD)
 DEFAULT_MAX_PIXELS = 50_000_000
 DEFAULT_MAX_FILE_BYTES = 256 << 20
 DEFAULT_BATCH_SIZE = 32
+
+# The breaker (`inference.BreakerLimits`): a worker process stops the run when this many batches
+# in a row fail in the model, every image of them alone too, or when such batches hold more
+# than this share of the first images it infers.
+DEFAULT_BREAKER_BATCHES = 3
+DEFAULT_BREAKER_SHARE = 0.5
+DEFAULT_BREAKER_FIRST_IMAGES = 200
 # Concurrent slices of each batch, and postprocessing threads per worker thread (`options`).
 DEFAULT_INFERENCE_SLICES = 2
 DEFAULT_POSTPROCESS_THREADS = 1

@@ -8,6 +8,7 @@ row. Every input ends as exactly one segments row or one errors row.
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Optional
 
 # Stages named in the errors table.
@@ -91,3 +92,27 @@ class Failure:
     filename: Optional[str] = None,
   ) -> "Failure":
     return cls(image_id, source, stage, type(error).__name__, one_line(error), filename)
+
+
+class ModelFailureError(RuntimeError):
+  """The model fails on every image, not on some: a broken model or device (a GPU whose CUDA
+  or cuDNN cannot start, or out of memory). It stops the run: one error row per image would bill
+  the whole input for nothing and end the job as if it had succeeded."""
+
+
+MODEL_FAILURE_LINE = re.compile(ModelFailureError.__name__ + r": (.+)")
+
+
+def model_failure_in(error: BaseException) -> Optional[str]:
+  """The message of the `ModelFailureError` behind `error`, or None. A runner may re-raise a
+  worker's exception as another type whose text holds the worker's traceback."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    if isinstance(error, ModelFailureError):
+      return one_line(error)
+    match = MODEL_FAILURE_LINE.search(str(error))
+    if match:
+      return " ".join(match.group(1).split())
+    seen.add(id(error))
+    error = error.__cause__ or error.__context__
+  return None

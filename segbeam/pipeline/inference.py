@@ -9,8 +9,13 @@ so elements are (key, bytes) -> (key, inference)):
 Both load the model when Beam asks, on the worker, and read an export on a remote file system
 (gs://) from a local copy made through Beam's FileSystems (`model_files`): TensorFlow's own
 file systems know neither Beam's settings nor a storage emulator.
+Both run a small built-in probe image through the model as they load it: a model or a device
+that fails on every image (a GPU whose CUDA or cuDNN cannot start, say) fails the load with its
+real error, before any image is read for nothing.
 `IsolatingModelHandler` wraps the keyed handler so a batch that fails is retried one element at
-a time: a bad image fails alone, with its error, and never takes its batch down. It can also cut
+a time: a bad image fails alone, with its error, and never takes its batch down; while its
+breaker (`BreakerLimits`) stops the run where whole batches fail, image by image, in the model:
+a failure every image shares is not an image's failure. It can also cut
 each batch into slices inferred at the same time: one TensorFlow call leaves cores idle between
 and inside its ops, and concurrent calls fill them. With `overlap` it returns at once, each
 inference a `PendingInference`, so the bundle thread reads and validates the next batch while
@@ -19,12 +24,14 @@ TensorFlow infers this one; `rows.MakeRows` resolves them.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import dataclasses
 import logging
 import os
 import re
 import threading
+import uuid
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
@@ -36,6 +43,7 @@ from tfx_bsl.public.proto import model_spec_pb2
 from segbeam.model import contract
 from segbeam.model import export as export_lib
 from segbeam.model import loading
+from segbeam.model import preprocessing
 from segbeam.pipeline import constants
 from segbeam.pipeline import devices
 from segbeam.pipeline import elements
@@ -112,11 +120,13 @@ class _ExportHandler(base.ModelHandler):
 
   def load_model(self):
     """Loads the model; first the devices logged once, and a GPU required when the job
-    attached one."""
+    attached one; then runs the probe image through it (`probe`)."""
     devices.describe_once()
     if self._require_gpu:
       devices.require_gpu()
-    return self._load()
+    model = self._load()
+    probe(self, model)
+    return model
 
   def _load(self):
     raise NotImplementedError
@@ -196,6 +206,32 @@ class TfxBslHandler(_ExportHandler, base.ModelHandler[bytes, Any, TfxBslModel]):
     return model.handler.run_inference(batch, model.session, inference_args)
 
 
+PROBE_SIZE = 32
+
+
+def probe_image() -> bytes:
+  """A small PNG every model must segment: a colour gradient, PROBE_SIZE pixels a side."""
+  ramp = np.linspace(0, 255, PROBE_SIZE, dtype=np.uint8)
+  pixels = np.stack(np.broadcast_arrays(ramp[:, None], ramp[None, :], 128), axis=-1)
+  return tf.io.encode_png(pixels.astype(np.uint8)).numpy()
+
+
+def probe(handler: base.ModelHandler, model: Any) -> None:
+  """Runs `probe_image` through `model`; raises `elements.ModelFailureError` with the real
+  error (the driver, CUDA, cuDNN, memory) where it fails: then every image would."""
+  try:
+    outputs = list(handler.run_inference([probe_image()], model))
+  except Exception as error:  # any failure on a good image is the model's or the device's
+    raise elements.ModelFailureError(
+      f"the model fails on a built-in {PROBE_SIZE}x{PROBE_SIZE} probe image at load, so it "
+      f"would fail on every image: {type(error).__name__}: {_shown(elements.one_line(error))}"
+    ) from error
+  if len(outputs) != 1:
+    raise elements.ModelFailureError(
+      f"the model gave {len(outputs)} outputs for the 1 probe image it was given at load"
+    )
+
+
 def _export_handler(
   name: str,
   model_dir: str,
@@ -221,14 +257,17 @@ def create_handler(
   overlap: bool = False,
   trust_model: bool = False,
   require_gpu: bool = False,
+  breaker: Optional[BreakerLimits] = None,
 ) -> base.ModelHandler:
   """The keyed, isolating handler `name` over the export in `model_dir` (see
-  `IsolatingModelHandler` for `slices` and `overlap`; `trust_model`: load it whatever ops its
-  graph holds; `require_gpu`: fail the load where TensorFlow sees no GPU)."""
+  `IsolatingModelHandler` for `slices`, `overlap` and `breaker`; `trust_model`: load it
+  whatever ops its graph holds; `require_gpu`: fail the load where TensorFlow sees no GPU)."""
   handler = _export_handler(
     name, model_dir, max_batch_size=max_batch_size, trust_model=trust_model, require_gpu=require_gpu
   )
-  return IsolatingModelHandler(base.KeyedModelHandler(handler), slices=slices, overlap=overlap)
+  return IsolatingModelHandler(
+    base.KeyedModelHandler(handler), slices=slices, overlap=overlap, breaker=breaker
+  )
 
 
 def outputs_as_arrays(inference: Any) -> dict[str, np.ndarray]:
@@ -241,22 +280,130 @@ def outputs_as_arrays(inference: Any) -> dict[str, np.ndarray]:
 
 
 _GRAPH_NODE = re.compile(r"\s*\[\[.*?\]\]")
-_DECODE_WORDS = ("Decode", "decode", "Jpeg", "JPEG", "image file format")
+# A failing node TensorFlow names whose op decodes ("{{node cond/decode_image/DecodeImage}}").
+_DECODE_NODE = re.compile(r"\{\{node (?:[^}]*/)?(?:Decode\w*|ExtractJpegShape)\}\}")
+# Errors of the device or its resources, never of an image's bytes.
+_DEVICE_ERRORS = frozenset(
+  {"MemoryError", "ResourceExhaustedError", "InternalError", "UnavailableError", "AbortedError"}
+)
 
 
-def _failure_for(error: BaseException) -> InferenceFailure:
-  message = elements.one_line(error)
-  # The serving graph decodes before it infers: on an image that passed validation, an invalid
-  # argument can only come from its decode ops (which also name themselves in the message); the
-  # forward pass on a decoded, resized tensor fails only for resources (memory) or bugs.
-  error_type = type(error).__name__
-  is_decode = error_type == "InvalidArgumentError" or any(w in message for w in _DECODE_WORDS)
+def _shown(message: str) -> str:
   # TensorFlow appends the failing graph node ("[[{{node map/while/.../DecodeJpeg}}]]"): noise
   # in an error row, which should say what is wrong with the image.
-  shown = _GRAPH_NODE.sub("", message).strip() or message
-  return InferenceFailure(
-    elements.STAGE_DECODE if is_decode else elements.STAGE_INFER, error_type, shown
+  return _GRAPH_NODE.sub("", message).strip() or message
+
+
+def _decodes(data: Any) -> bool:
+  """Whether `data` decodes as an image with the decoder of the serving graph."""
+  if not isinstance(data, bytes):
+    return False
+  try:
+    preprocessing.decode_image(tf.constant(data), channels=3)
+    return True
+  except Exception:  # noqa: BLE001  # whatever the decoder raises, it does not decode
+    return False
+
+
+def _failure_for(error: BaseException, data: Any) -> InferenceFailure:
+  """The failure of one image, `data` its encoded bytes: `decode` where a decode op failed or
+  they do not decode (the serving graph decodes first), `infer` where they do and the model
+  fails on them. The error's type does not say: a model's own checks raise InvalidArgumentError
+  as a decode op does."""
+  error_type = type(error).__name__
+  message = elements.one_line(error)
+  is_decode = error_type not in _DEVICE_ERRORS and (
+    bool(_DECODE_NODE.search(message)) or not _decodes(data)
   )
+  return InferenceFailure(
+    elements.STAGE_DECODE if is_decode else elements.STAGE_INFER, error_type, _shown(message)
+  )
+
+
+@dataclasses.dataclass(frozen=True)
+class BreakerLimits:
+  """When a worker process stops the run: a batch "fails whole" where the batch fails and
+  every image of it fails again alone, in the model (it decodes).
+
+  Attributes:
+    batches: that many batches of two images or more in a row fail whole (0: never).
+    share: batches that failed whole hold more than this share of the first `first_images`
+      images the process infers (1 or more: never).
+    first_images: see `share`.
+  """
+
+  batches: int = constants.DEFAULT_BREAKER_BATCHES
+  share: float = constants.DEFAULT_BREAKER_SHARE
+  first_images: int = constants.DEFAULT_BREAKER_FIRST_IMAGES
+
+  def __post_init__(self):
+    if self.batches < 0 or self.first_images < 1 or not 0 <= self.share:
+      raise ValueError(
+        "--breaker-batches must be 0 or more, --breaker-first-images at least 1 and "
+        f"--breaker-share 0 or more; got {self.batches}, {self.first_images}, {self.share}"
+      )
+
+
+class _Breaker:
+  """One process's count of a handler's whole-batch failures (see `BreakerLimits`); shared by
+  the process's threads."""
+
+  def __init__(self, limits: BreakerLimits):
+    self._limits = limits
+    self._lock = threading.Lock()
+    self._inferred = 0
+    self._failed_in_first = 0
+    self._in_a_row = 0
+    self._failed = 0
+    self._tripped: Optional[str] = None
+
+  def record(self, size: int, whole_failure: Optional[InferenceFailure]) -> None:
+    """Counts an isolated call over `size` images, which failed whole with `whole_failure` or
+    not; raises ModelFailureError once the limits are passed (and at every call after)."""
+    limits = self._limits
+    with self._lock:
+      if self._tripped is None:
+        first = max(0, min(size, limits.first_images - self._inferred))
+        self._inferred += size
+        if whole_failure is None:
+          self._in_a_row = 0
+        else:
+          self._failed += size
+          self._failed_in_first += first
+          if size > 1:
+            self._in_a_row += 1
+          if limits.batches and self._in_a_row >= limits.batches:
+            self._tripped = (
+              f"{self._in_a_row} batch{'es' if self._in_a_row > 1 else ''} in a row failed "
+              "in the model, every image of them "
+              f"alone too (--breaker-batches {limits.batches})"
+            )
+          elif self._failed_in_first > limits.share * limits.first_images:
+            self._tripped = (
+              f"{self._failed_in_first} of the first {limits.first_images} images failed in "
+              f"the model, in batches whose every image failed (--breaker-share "
+              f"{limits.share:g})"
+            )
+          if self._tripped is not None:
+            self._tripped = (
+              f"{self._tripped}: {self._failed} images failed with "
+              f"{whole_failure.error_type}: {whole_failure.message}. A failure every image "
+              "shares is the model's or the device's (driver, CUDA, cuDNN, memory), not the "
+              "images'"
+            )
+      if self._tripped is not None:
+        raise elements.ModelFailureError(self._tripped)
+
+
+_breakers_lock = threading.Lock()
+_breakers: dict[str, _Breaker] = {}
+
+
+def _breaker(token: str, limits: BreakerLimits) -> _Breaker:
+  with _breakers_lock:
+    if token not in _breakers:
+      _breakers[token] = _Breaker(limits)
+    return _breakers[token]
 
 
 class PendingInference:
@@ -316,6 +463,19 @@ def slice_bounds(size: int, slices: int) -> list[tuple[int, int]]:
   return list(zip(edges[:-1], edges[1:]))
 
 
+def _whole_failure(results: Sequence[tuple[Any, Any]]) -> Optional[InferenceFailure]:
+  """Where every result is a failure in the model, the most common of them (by error type);
+  else None."""
+  failures = [inference for _, inference in results]
+  if not failures or not all(
+    isinstance(f, InferenceFailure) and f.stage == elements.STAGE_INFER for f in failures
+  ):
+    return None
+  types = collections.Counter(f.error_type for f in failures)
+  most_common = types.most_common(1)[0][0]
+  return next(f for f in failures if f.error_type == most_common)
+
+
 class IsolatingModelHandler(base.ModelHandler):
   """Delegates to `handler`; when a batch raises, runs its elements one by one and returns an
   `InferenceFailure` as the inference of each element that still fails.
@@ -325,15 +485,27 @@ class IsolatingModelHandler(base.ModelHandler):
   With `overlap` the call returns as soon as the slices are handed over, each result's
   inference a `PendingInference`: the caller prepares the next batch while this one is
   inferred (the slice threads take batches in the order they came).
+  The breaker counts each slice's call in this process (`BreakerLimits`, default limits where
+  `breaker` is None) and raises `elements.ModelFailureError` once they are passed.
   """
 
-  def __init__(self, handler: base.ModelHandler, *, slices: int = 1, overlap: bool = False):
+  def __init__(
+    self,
+    handler: base.ModelHandler,
+    *,
+    slices: int = 1,
+    overlap: bool = False,
+    breaker: Optional[BreakerLimits] = None,
+  ):
     super().__init__()
     if slices < 1:
       raise ValueError(f"slices must be at least 1, got {slices}")
     self._handler = handler
     self._slices = slices
     self._overlap = overlap
+    self._breaker_limits = breaker or BreakerLimits()
+    # Names this handler's breaker in each process it is unpickled in: one count per run.
+    self._breaker_token = uuid.uuid4().hex
 
   def load_model(self):
     return self._handler.load_model()
@@ -371,22 +543,27 @@ class IsolatingModelHandler(base.ModelHandler):
   def _run_isolated(
     self, batch: Sequence[tuple[Any, bytes]], model: Any, inference_args: Optional[dict[str, Any]]
   ) -> list:
+    breaker = _breaker(self._breaker_token, self._breaker_limits)
     try:
-      return list(self._handler.run_inference(batch, model, inference_args))
+      results = list(self._handler.run_inference(batch, model, inference_args))
     except Exception as batch_error:  # isolate, then report
       if len(batch) == 1:
-        return [(batch[0][0], _failure_for(batch_error))]
-      _LOG.warning(
-        "a batch of %d failed (%s); retrying its images one by one",
-        len(batch),
-        type(batch_error).__name__,
-      )
-    results = []
-    for element in batch:
-      try:
-        results.extend(self._handler.run_inference([element], model, inference_args))
-      except Exception as error:  # this image alone is bad
-        results.append((element[0], _failure_for(error)))
+        results = [(batch[0][0], _failure_for(batch_error, batch[0][1]))]
+      else:
+        _LOG.warning(
+          "a batch of %d failed (%s); retrying its images one by one",
+          len(batch),
+          type(batch_error).__name__,
+        )
+        results = []
+        for element in batch:
+          try:
+            results.extend(self._handler.run_inference([element], model, inference_args))
+          except Exception as error:  # this image alone is bad
+            results.append((element[0], _failure_for(error, element[1])))
+      breaker.record(len(batch), _whole_failure(results))
+      return results
+    breaker.record(len(batch), None)
     return results
 
   def get_num_bytes(self, batch) -> int:

@@ -62,6 +62,8 @@ class RunOptions:
       its folder (`segbeam.model.model_safety`); a damaged export is refused all the same.
     require_gpu: fail the model's load where TensorFlow sees no GPU (set by `segbeam submit`
       and the Flex Template: a GPU job must not run on the CPU while its GPUs are billed).
+    breaker_batches, breaker_share, breaker_first_images: when a worker process stops the run
+      because the model fails on every image of whole batches (`inference.BreakerLimits`).
     quiet: print no progress lines while a local run goes.
     run_id: recorded in every row and the manifest, and names the run's journal files: a plain
       name (`check_run_id`).
@@ -88,6 +90,9 @@ class RunOptions:
   skip_existing: tuple[str, ...] = ()
   trust_model: bool = False
   require_gpu: bool = False
+  breaker_batches: int = constants.DEFAULT_BREAKER_BATCHES
+  breaker_share: float = constants.DEFAULT_BREAKER_SHARE
+  breaker_first_images: int = constants.DEFAULT_BREAKER_FIRST_IMAGES
   quiet: bool = False
   run_id: str = ""
   started: str = ""
@@ -100,6 +105,11 @@ class RunOptions:
       inference_slices=self.inference_slices,
       postprocess_threads=self.postprocess_threads,
     )
+    check_at_least_one(breaker_first_images=self.breaker_first_images)
+    if self.breaker_batches < 0:
+      raise ValueError(f"--breaker-batches must be 0 or more, got {self.breaker_batches}")
+    if not self.breaker_share >= 0:  # NaN too
+      raise ValueError(f"--breaker-share must be 0 or more, got {self.breaker_share}")
     if self.segments_files < 0:
       raise ValueError(f"--segments-files must be 0 or more, got {self.segments_files}")
     if self.segments_files > constants.MAX_SEGMENTS_FILES:
@@ -287,6 +297,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     "missing (segbeam submit and the Flex Template set it)",
   )
   parser.add_argument(
+    "--breaker-batches",
+    type=int,
+    default=constants.DEFAULT_BREAKER_BATCHES,
+    help="stop the run when this many batches in a row fail in the model, every image of "
+    "them alone too: a broken model or GPU, not bad images (0: never; default %(default)s)",
+  )
+  parser.add_argument(
+    "--breaker-share",
+    type=float,
+    default=constants.DEFAULT_BREAKER_SHARE,
+    help="stop the run when batches that failed that way hold more than this share of the "
+    "first --breaker-first-images images a worker process infers (default %(default)s)",
+  )
+  parser.add_argument(
+    "--breaker-first-images",
+    type=int,
+    default=constants.DEFAULT_BREAKER_FIRST_IMAGES,
+    help="see --breaker-share (default %(default)s)",
+  )
+  parser.add_argument(
     "--run-id",
     default=None,
     help="a plain name for this run: ASCII letters, digits, '.', '_', '-', starting with a "
@@ -362,6 +392,9 @@ def from_args(args: argparse.Namespace) -> RunOptions:
     skip_existing=tuple(path.rstrip("/") for path in args.skip_existing),
     trust_model=args.trust_model,
     require_gpu=args.require_gpu,
+    breaker_batches=args.breaker_batches,
+    breaker_share=args.breaker_share,
+    breaker_first_images=args.breaker_first_images,
     quiet=args.quiet,
     run_id=new_run_id(now) if args.run_id is None else check_run_id(args.run_id),
     started=now.isoformat(timespec="seconds"),

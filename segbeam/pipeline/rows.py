@@ -186,6 +186,8 @@ class MakeRows(beam.DoFn):
     info, inference_result = element
     try:
       inference_result = inference.resolve(inference_result)
+    except elements.ModelFailureError:  # not this image's failure: it stops the run
+      raise
     except Exception as error:  # the slice failed as a whole
       return True, elements.Failure.from_exception(
         info.image_id, info.source, elements.STAGE_INFER, error, info.filename

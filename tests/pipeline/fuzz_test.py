@@ -131,7 +131,7 @@ def check_validation(data: bytes) -> None:
   try:
     height, width = (int(x) for x in graph_decode()(tf.constant(handed_on)))
   except tf.errors.InvalidArgumentError as error:
-    failure = inference._failure_for(error)
+    failure = inference._failure_for(error, handed_on)
     assert failure.stage == elements.STAGE_DECODE
     return
   # The graph decodes exactly the size validation checked against the cap: never more.

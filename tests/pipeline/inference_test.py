@@ -165,9 +165,151 @@ def test_a_failure_names_the_problem_not_the_graph_node():
     "Graph execution error: jpeg::Uncompress failed. Invalid JPEG data. "
     "[[{{node map/while/body/_1/DecodeJpeg}}]] [Op:__inference_serve_9]"
   )
-  failure = inference._failure_for(error)
+  failure = inference._failure_for(error, b"\xff\xd8\xff\xe0 cut short")
   assert failure.stage == "decode" and failure.error_type == "ValueError"
   assert "jpeg::Uncompress failed" in failure.message and "node map" not in failure.message
+
+
+def test_an_image_that_decodes_but_fails_in_the_model_fails_at_infer():
+  """What the model raises does not say where: an invalid argument may come from a decode op
+  or from the model's own checks (CheckNumerics). Whether the bytes decode does."""
+  error = ValueError("Graph execution error: Tensor had Inf values [[{{node CheckNumerics}}]]")
+  photo = synthetic.encode(synthetic.pet_scene(20, 16, 0)[0], "JPEG")
+  assert inference._failure_for(error, photo) == inference.InferenceFailure(
+    elements.STAGE_INFER, "ValueError", "Graph execution error: Tensor had Inf values"
+  )
+  assert inference._failure_for(error, photo[: len(photo) // 2]).stage == elements.STAGE_DECODE
+  # Out of memory is the device's, whatever the bytes.
+  assert inference._failure_for(MemoryError("OOM"), b"not an image").stage == elements.STAGE_INFER
+
+
+PHOTO = synthetic.encode(synthetic.pet_scene(12, 10, 1)[0], "PNG")
+
+
+class BrokenDeviceHandler(base.ModelHandler):
+  """Fails every call holding an image whose key is in `failing` (all keys where None), as a
+  device that cannot run the model does; `calls` counts its calls."""
+
+  def __init__(self, failing=None):
+    super().__init__()
+    self.failing = failing
+    self.calls = 0
+
+  def load_model(self):
+    return "model"
+
+  def run_inference(self, batch, model, inference_args=None):
+    self.calls += 1
+    if any(self.failing is None or data in self.failing for data in batch):
+      raise RuntimeError("cuDNN failed to initialize")
+    return list(batch)
+
+
+def _photos(count: int, start: int = 0):
+  return [(f"k{i}", PHOTO + str(i).encode()) for i in range(start, start + count)]
+
+
+def test_the_breaker_stops_after_batches_in_a_row_that_fail_whole():
+  handler = inference.IsolatingModelHandler(
+    base.KeyedModelHandler(BrokenDeviceHandler()), breaker=inference.BreakerLimits(batches=3)
+  )
+  for start in (0, 4):
+    results = handler.run_inference(_photos(4, start), "model")
+    assert [r.stage for _, r in results] == [elements.STAGE_INFER] * 4
+  with pytest.raises(elements.ModelFailureError) as raised:
+    handler.run_inference(_photos(4, 8), "model")
+  message = str(raised.value)
+  assert "3 batches in a row" in message and "--breaker-batches 3" in message
+  assert "12 images failed with RuntimeError: cuDNN failed to initialize" in message
+  # Every later call of the process's threads stops too, without running the model.
+  with pytest.raises(elements.ModelFailureError):
+    handler.run_inference(_photos(4, 12), "model")
+
+
+def test_the_breaker_stops_on_a_share_of_the_first_images():
+  device = BrokenDeviceHandler(failing={PHOTO + str(i).encode() for i in range(0, 100)})
+  handler = inference.IsolatingModelHandler(
+    base.KeyedModelHandler(device),
+    breaker=inference.BreakerLimits(batches=0, share=0.25, first_images=40),
+  )
+  handler.run_inference(_photos(8, 100), "model")  # fine
+  handler.run_inference(_photos(8, 0), "model")  # failed whole: 8 of the first 40
+  with pytest.raises(elements.ModelFailureError, match="11 of the first 40 images"):
+    handler.run_inference(_photos(3, 8), "model")
+
+
+def test_bad_images_never_trip_the_breaker():
+  """Images that do not decode, a model failing on one image per batch, batches of one, and a
+  good batch between failed ones: none stops the run, every image has its row."""
+  particular = {PHOTO + b"1", PHOTO + b"5", PHOTO + b"9"}
+  handler = inference.IsolatingModelHandler(
+    base.KeyedModelHandler(BrokenDeviceHandler(failing=particular)),
+    breaker=inference.BreakerLimits(batches=2, share=0.1, first_images=1000),
+  )
+  results = []
+  for start in range(0, 12, 4):
+    results += handler.run_inference(_photos(4, start), "model")
+  assert [k for k, r in results if isinstance(r, inference.InferenceFailure)] == ["k1", "k5", "k9"]
+
+  corrupt = inference.IsolatingModelHandler(
+    base.KeyedModelHandler(BrokenDeviceHandler()),
+    breaker=inference.BreakerLimits(batches=2, share=0.1, first_images=1000),
+  )
+  for _ in range(5):  # batches of damaged files that fail at decode
+    results = corrupt.run_inference([("a", b"\xff\xd8 cut"), ("b", b"\x89PNG cut")], "model")
+    assert [r.stage for _, r in results] == [elements.STAGE_DECODE] * 2
+
+  alone = inference.IsolatingModelHandler(
+    base.KeyedModelHandler(BrokenDeviceHandler()),
+    breaker=inference.BreakerLimits(batches=2, share=0.9, first_images=1000),
+  )
+  for i in range(5):  # batches of one count towards the share only
+    assert alone.run_inference(_photos(1, i), "model")[0][1].stage == elements.STAGE_INFER
+
+  between = BrokenDeviceHandler(failing=set())
+  interrupted = inference.IsolatingModelHandler(
+    base.KeyedModelHandler(between),
+    breaker=inference.BreakerLimits(batches=2, share=1, first_images=1000),
+  )
+  for _ in range(3):
+    between.failing = None
+    interrupted.run_inference(_photos(3), "model")
+    between.failing = set()
+    interrupted.run_inference(_photos(3), "model")  # the device works again: a new count
+
+
+def test_each_handler_counts_on_its_own():
+  """Two runs in one process (tests, notebooks) never share a count; a pickled copy of a
+  handler (Beam's threads in one process) shares its own."""
+  limits = inference.BreakerLimits(batches=2)
+  first = inference.IsolatingModelHandler(
+    base.KeyedModelHandler(BrokenDeviceHandler()), breaker=limits
+  )
+  second = inference.IsolatingModelHandler(
+    base.KeyedModelHandler(BrokenDeviceHandler()), breaker=limits
+  )
+  first.run_inference(_photos(2), "model")
+  second.run_inference(_photos(2), "model")
+  copy = pickler.loads(pickler.dumps(first))
+  with pytest.raises(elements.ModelFailureError):
+    copy.run_inference(_photos(2), "model")
+
+
+@pytest.mark.parametrize("name", constants.HANDLERS)
+def test_the_load_runs_the_probe_image(tmp_path, name):
+  import tensorflow as tf  # noqa: PLC0415
+
+  from tests import unsafe_exports  # noqa: PLC0415
+
+  healthy = unsafe_exports.write_export(str(tmp_path / "healthy"))
+  broken = unsafe_exports.write_export(
+    str(tmp_path / "broken"), fails_when=lambda h, w: tf.ones_like(h, tf.bool)
+  )
+  inference.create_handler(name, healthy, max_batch_size=4).load_model()
+  with pytest.raises(elements.ModelFailureError) as raised:
+    inference.create_handler(name, broken, max_batch_size=4).load_model()
+  assert "probe image at load" in str(raised.value)
+  assert "InvalidArgumentError" in str(raised.value) and "Inf values" in str(raised.value)
 
 
 def test_segbeam_turns_onednn_on_unless_told_otherwise():
