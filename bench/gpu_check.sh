@@ -7,16 +7,66 @@
 #   - GPU utilisation sampled by nvidia-smi during each run (mean and peak %).
 # Without an NVIDIA GPU it runs a small CPU fallback of the same steps (how it is tested here).
 #
+# On a GPU it runs TensorFlow's GPU build, as the worker image has it: TensorFlow's `and-cuda`
+# extra, held to deploy/cuda-wheels.txt, in its own virtual environment (GPU_CHECK_VENV,
+# default .venv-gpu, made on first use: CI's .venv has no CUDA libraries, so TensorFlow there
+# would time the CPU). It stops, timing nothing, when that TensorFlow sees no GPU.
+#
 #   bash bench/gpu_check.sh            # from the checkout, with .venv set up
 # Overrides: GPU_CHECK_IMAGES (default 4500 on a GPU, 90 on a CPU), GPU_CHECK_THREADS ("1 2 4"),
-# GPU_CHECK_FORWARD_SECONDS (5 on a GPU, 1 on a CPU), GPU_CHECK_PHOTOS (the sample photos).
+# GPU_CHECK_FORWARD_SECONDS (5 on a GPU, 1 on a CPU), GPU_CHECK_PHOTOS (the sample photos),
+# GPU_CHECK_MODE (gpu or cpu; default: gpu where nvidia-smi lists a GPU), GPU_CHECK_PYTHON (a
+# Python whose TensorFlow has CUDA, instead of GPU_CHECK_VENV's), GPU_CHECK_PIP_ARGS (extra pip
+# arguments for that install, e.g. "--no-index --find-links WHEELS" on a machine offline).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-.venv/bin/python}
+
+HAVE_SMI=no
+if command -v nvidia-smi > /dev/null && nvidia-smi -L > /dev/null 2>&1; then
+  HAVE_SMI=yes
+fi
+MODE=${GPU_CHECK_MODE:-$([ "$HAVE_SMI" = yes ] && echo gpu || echo cpu)}
+
+if [ "$MODE" = gpu ]; then
+  if [ -n "${GPU_CHECK_PYTHON:-}" ]; then
+    PY=$GPU_CHECK_PYTHON
+  else
+    VENV=${GPU_CHECK_VENV:-.venv-gpu}
+    PY=$VENV/bin/python
+    if [ ! -x "$PY" ]; then
+      TF_VERSION=$(python3 -c "import runpy; print(runpy.run_path('segbeam/versions.py')['TENSORFLOW_VERSION'])")
+      echo "gpu_check: installing TensorFlow $TF_VERSION's GPU build in $VENV" >&2
+      python3 -m venv "$VENV"
+      # shellcheck disable=SC2086  # GPU_CHECK_PIP_ARGS is a list of arguments
+      "$VENV/bin/pip" install --quiet ${GPU_CHECK_PIP_ARGS:-} -c constraints.txt \
+        -c deploy/cuda-wheels.txt -e . "tensorflow[and-cuda]==$TF_VERSION" || {
+        rm -rf "$VENV"
+        echo "gpu_check: could not install the GPU build in $VENV (above)" >&2
+        exit 1
+      }
+    fi
+  fi
+  # Whatever nvidia-smi says, the figures are only a GPU's if TensorFlow places work on one.
+  "$PY" - << 'PY' || exit 1
+import sys
+import tensorflow as tf
+if not tf.config.list_physical_devices("GPU"):
+  build = tf.sysconfig.get_build_info()
+  print(
+    f"gpu_check: stopped, nothing timed: TensorFlow {tf.__version__} in {sys.executable} sees "
+    f"no GPU (built with CUDA: {tf.test.is_built_with_cuda()}, CUDA "
+    f"{build.get('cuda_version', '-')}, cuDNN {build.get('cudnn_version', '-')}); its log "
+    "above says which library or driver it could not load",
+    file=sys.stderr,
+  )
+  sys.exit(1)
+PY
+else
+  PY=${PYTHON:-.venv/bin/python}
+fi
 SEGBEAM=$(dirname "$PY")/segbeam
 
-if command -v nvidia-smi > /dev/null && nvidia-smi -L > /dev/null 2>&1; then
-  MODE=gpu
+if [ "$MODE" = gpu ]; then
   IMAGES=${GPU_CHECK_IMAGES:-4500}
   SECONDS_EACH=${GPU_CHECK_FORWARD_SECONDS:-5}
   FORWARD_ARGS=(--batch-sizes 32,64,128,256 --xla off,on --precision float32,mixed)
@@ -32,7 +82,7 @@ WORK=$(mktemp -d /tmp/segbeam-gpu-check-XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
 
 echo "gpu_check: mode $MODE, $IMAGES images, $(nproc) CPUs; $(lscpu | sed -n 's/^Model name: *//p')"
-if [ "$MODE" = gpu ]; then
+if [ "$HAVE_SMI" = yes ]; then
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 fi
 
@@ -62,7 +112,7 @@ for model in default null; do
   model_args=()
   if [ "$model" = null ]; then model_args=(--model "$WORK/null"); fi
   for threads in $THREADS; do
-    if [ "$MODE" = gpu ]; then
+    if [ "$HAVE_SMI" = yes ]; then
       nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -lms 500 \
         > "$WORK/util.txt" &
       SAMPLER=$!
@@ -75,7 +125,7 @@ for model in default null; do
     }
     end=$(date +%s.%N)
     util="-"
-    if [ "$MODE" = gpu ]; then
+    if [ "$HAVE_SMI" = yes ]; then
       kill "$SAMPLER" 2> /dev/null || true
       wait "$SAMPLER" 2> /dev/null || true
       util=$(awk '{s += $1; if ($1 > m) m = $1} END {if (NR) printf "%.0f%% mean, %.0f%% peak", s / NR, m}' "$WORK/util.txt")

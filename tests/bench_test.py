@@ -51,6 +51,38 @@ def test_gpu_check_cpu_fallback_prints_its_table(pet_folder):
     assert "8/8 segmented" in row, row
 
 
+def test_gpu_check_stops_when_tensorflow_sees_no_gpu(pet_folder):
+  """On a GPU machine the check times TensorFlow's GPU build or nothing: here the GPU mode is
+  forced with CI's TensorFlow (GPU_CHECK_PYTHON, so nothing is installed) and no device
+  visible, as on a machine whose driver or CUDA libraries TensorFlow cannot load."""
+  images, _, _ = pet_folder
+  env = dict(
+    os.environ,
+    GPU_CHECK_MODE="gpu",
+    GPU_CHECK_PYTHON=sys.executable,
+    CUDA_VISIBLE_DEVICES="",
+    PATH="/usr/bin:/bin",
+    GPU_CHECK_IMAGES="4",
+    GPU_CHECK_PHOTOS=images,
+  )
+  run = subprocess.run(["bash", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True)
+  assert run.returncode == 1, (run.stdout, run.stderr[-2000:])
+  assert "gpu_check: stopped, nothing timed: TensorFlow " in run.stderr
+  assert "sees no GPU (built with CUDA: " in run.stderr
+  assert not [line for line in run.stdout.splitlines() if line.startswith("| ")]
+
+
+def test_gpu_check_installs_the_gpu_build_in_its_own_venv():
+  """What the GPU mode installs (read, not run: it downloads several GB): TensorFlow's and-cuda
+  extra at the image's version, held to deploy/cuda-wheels.txt, in GPU_CHECK_VENV."""
+  with open(SCRIPT, encoding="utf-8") as f:
+    script = f.read()
+  assert "VENV=${GPU_CHECK_VENV:-.venv-gpu}" in script
+  assert "-c constraints.txt" in script and "-c deploy/cuda-wheels.txt" in script
+  assert '"tensorflow[and-cuda]==$TF_VERSION"' in script
+  assert "TENSORFLOW_VERSION" in script  # segbeam/versions.py's, the image's
+
+
 def test_large_photos_runs_both_sizes(pet_folder, tmp_path):
   images, _, _ = pet_folder
   photos = tmp_path / "photos"

@@ -131,6 +131,10 @@ def launch(argv: Optional[Sequence[str]] = None):
   if str(runner).rsplit(".", 1)[-1].lower() in ("dataflowrunner", "dataflow"):
     beam_args = with_gpu_defaults(beam_args)
     run_options = options_lib.for_gpu_job(run_options, argv)
+    # The launcher runs in the template's image; the workers run the sdk_container_image
+    # parameter, which may name another: refused when its tag names other code.
+    image = PipelineOptions(beam_args).view_as(WorkerOptions).sdk_container_image
+    submit.check_code(image, known_only=True)
   options = PipelineOptions(beam_args)
   pipeline = beam.Pipeline(options=options)
   # In the image the embedded model's path is the same for the launcher and the workers. A

@@ -22,6 +22,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import GoogleCloudOptions
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.runners.dataflow.dataflow_runner import DataflowRuntimeException
 from apache_beam.runners.dataflow.internal import apiclient
 from apache_beam.runners.runner import PipelineResult
 from apache_beam.runners.runner import PipelineState
@@ -31,6 +32,7 @@ from segbeam import versions
 from segbeam.pipeline import beam_options
 from segbeam.pipeline import commands
 from segbeam.pipeline import constants
+from segbeam.pipeline import elements
 from segbeam.pipeline import job
 from segbeam.pipeline import options as options_lib
 from segbeam.pipeline import progress
@@ -71,6 +73,9 @@ DEFAULT_HARNESS_THREADS = {GPU_SHARING_ONE: 4, GPU_SHARING_MPS: 1}
 # Where deploy/Dockerfile links the embedded default model inside the worker image: a path that
 # does not depend on where Python keeps its packages there (tests/deploy checks the link).
 IMAGE_DEFAULT_MODEL_DIR = "/opt/segbeam/default_model"
+# Where deploy/Dockerfile writes the code it installed (versions.code_tag): a submit run inside
+# the image reads it there, since its tag is the image's and not known inside it.
+IMAGE_CODE_FILE = "/opt/segbeam/code_tag"
 
 # A project id, optionally scoped by its organisation's domain ('example.com:my-project').
 _PROJECT_ID = re.compile(r"^(?:[a-z0-9][a-z0-9.-]*[a-z0-9]:)?[a-z][a-z0-9-]{4,28}[a-z0-9]$")
@@ -193,7 +198,6 @@ class DataflowOptions:
       "--runner=DataflowRunner",
       f"--project={self.project}",
       f"--region={self.region}",
-      f"--temp_location={self.temp_location}",
       f"--sdk_container_image={self.image}",
       # The image holds the SDK: nothing to stage (Beam 2.77 also reads it as 'default').
       "--sdk_location=container",
@@ -204,6 +208,9 @@ class DataflowOptions:
       f"--disk_size_gb={self.disk_size_gb}",
       f"--number_of_worker_harness_threads={self.threads_per_process}",
     ]
+    # A Flex Template launch may give none: Dataflow then takes the staging location's.
+    if self.temp_location:
+      args.append(f"--temp_location={self.temp_location}")
     if self.staging_location:
       args.append(f"--staging_location={self.staging_location}")
     if self.dry_run:
@@ -361,6 +368,49 @@ def image_versions() -> dict[str, str]:
   }
 
 
+def _submit_from_the_image(image: str) -> str:
+  """The command that submits from the image itself, whose packages are the workers'."""
+  return (
+    f"docker run --rm --entrypoint segbeam -v ~/.config/gcloud:/root/.config/gcloud {image} "
+    "submit ... (or launch the Flex Template; docs/dataflow.md)"
+  )
+
+
+def _code_in_this_image() -> Optional[str]:
+  """The code the image this runs in was built with (IMAGE_CODE_FILE), or None outside one."""
+  try:
+    with open(IMAGE_CODE_FILE, encoding="utf-8") as f:
+      return f.read().strip()
+  except OSError:
+    return None
+
+
+def check_code(image: str, *, known_only: bool = False) -> None:
+  """Raises ValueError unless the workers' segbeam is this one: `image`'s tag names this code
+  (versions.code_tag: the .py files and the default model, whose metadata the job carries), or,
+  with a tag that names none, this runs inside an image built from this code (a submit from the
+  image, which then trusts `image` to be that image). With `known_only` (the Flex Template's
+  launcher, which runs in the image) only a tag that names other code is refused."""
+  here = versions.code_tag()
+  named = versions.image_code_tag(image)
+  if named == here:
+    return
+  if named is not None:
+    raise ValueError(
+      f"this segbeam ({here}) is not the image's ({named}, as its tag says): the workers would "
+      "unpickle the job with other code, and load another default model than the one whose "
+      f"metadata the job records; submit from the image itself: {_submit_from_the_image(image)}"
+    )
+  if known_only or _code_in_this_image() == here:
+    return
+  raise ValueError(
+    f"--image {image}: its tag does not name the segbeam code it holds, so it cannot be checked "
+    f"against this segbeam ({here}); tag the image built from this checkout :{here} "
+    "(`python3 -m segbeam.versions` prints it; docs/dataflow.md), or submit from the image "
+    f"itself: {_submit_from_the_image(image)}"
+  )
+
+
 def check_versions(image: str) -> None:
   """Raises ValueError when this machine's Python, Beam or TensorFlow differ from the worker
   image's: the job is pickled here and unpickled there, and Dataflow fails it soon after it is
@@ -374,9 +424,8 @@ def check_versions(image: str) -> None:
   if differ:
     raise ValueError(
       f"this machine's versions differ from the worker image's ({'; '.join(differ)}), and a "
-      "job submitted so fails on Dataflow; submit from the image itself: docker run --rm "
-      f"--entrypoint segbeam -v ~/.config/gcloud:/root/.config/gcloud {image} submit ... "
-      "(or launch the Flex Template; docs/dataflow.md)"
+      f"job submitted so fails on Dataflow; submit from the image itself: "
+      f"{_submit_from_the_image(image)}"
     )
 
 
@@ -401,6 +450,8 @@ def _submit(
   _check_cloud_paths(run_options)
   options_lib.check_patterns_given_once(argv)
   beam_options.check_beam_args(beam_args, beam_options.option_strings(parser))
+  # Before anything touches Cloud Storage (the model's metadata, the output's claim).
+  check_code(dataflow.image)
   pipeline = beam.Pipeline(options=PipelineOptions([*beam_args, *dataflow.pipeline_args()]))
   job.add_to(
     pipeline,
@@ -432,6 +483,9 @@ def describe_job(job) -> dict[str, Any]:
     "project": google.project,
     "region": google.region,
     "temp_location": google.temp_location,
+    # Whose credentials the workers read and write with (None: Compute Engine's default
+    # service account); docs/dataflow.md lists the roles it needs.
+    "service_account_email": google.service_account_email,
     "worker_image": pool.worker_harness_container_image,
     "machine_type": pool.machine_type,
     "max_workers": pool.autoscaling_settings.max_num_workers or None,
@@ -481,6 +535,36 @@ def wait_printing_progress(
     print(f"job {state.lower()}: {figures.line()}", file=stream, flush=True)
 
 
+# A Python exception's line in a traceback: 'module.Name: message' (or the name alone).
+_EXCEPTION_LINE = re.compile(
+  r"^(?:[A-Za-z_]\w*\.)*([A-Z]\w*(?:Error|Exception|Exit|Interrupt))(:.*)?$"
+)
+
+
+def job_error_line(error: Optional[str]) -> str:
+  """One line that says why a Dataflow job failed, from the error Beam's DataflowRunner passes
+  on (the job's most telling error message: a worker's traceback where there is one): the
+  breaker's ModelFailureError line, else the traceback's last exception line, else the
+  message's first line."""
+  lines = [line.strip() for line in (error or "").splitlines()]
+  exceptions = [m for m in map(_EXCEPTION_LINE.match, lines) if m]
+  chosen = next((m for m in exceptions if m.group(1) == elements.ModelFailureError.__name__), None)
+  if chosen is None and exceptions:
+    chosen = exceptions[-1]
+  if chosen is not None:
+    return chosen.group(1) + (chosen.group(2) or "")
+  first = next((line for line in lines if line and line != "None"), None)
+  return first or "no error message from Dataflow"
+
+
+def _failure(error: DataflowRuntimeException) -> tuple[str, str]:
+  """(the job's final state, its error line) from Beam's DataflowRuntimeException, whose
+  message is 'Dataflow pipeline failed. State: STATE, Error:' and the error on the lines below."""
+  header, _, body = str(error).partition("\n")
+  state = re.search(r"State: (\w+)", header)
+  return (state.group(1) if state else "FAILED"), job_error_line(body)
+
+
 def console_url(project: str, region: str, job_id: str) -> str:
   return f"https://console.cloud.google.com/dataflow/jobs/{region}/{job_id}?project={project}"
 
@@ -514,6 +598,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       file=sys.stderr,
     )
     return startup.INTERRUPTED_EXIT
+  except DataflowRuntimeException as error:  # Beam raises it for a job that did not succeed
+    state, line = _failure(error)
+    print(
+      f"segbeam submit: Dataflow job {job_id} ended {state}: {line} (its errors: gcloud "
+      f"dataflow logs list {job_id} --region {args.region} --importance error; its page: "
+      f"{console_url(args.project, args.region, job_id)})",
+      file=sys.stderr,
+    )
+    return 1
   print(f"job {job_id} ended: {state}")
   if state != PipelineState.DONE:
     return 1

@@ -263,16 +263,39 @@ def test_cuda_wheels_are_pinned_to_what_tensorflow_was_built_with():
   assert tested and pinned == tested
 
 
-def test_the_image_installs_the_pinned_wheels_from_a_dated_launcher():
+def test_the_image_installs_the_pinned_wheels_and_a_chosen_launcher():
   instructions = dockerfile_instructions(_read(DOCKERFILE))
   runs = [value for name, value in instructions if name == "RUN"]
   assert any(
     "tensorflow[and-cuda]==" in run and "-c /tmp/segbeam/cuda-wheels.txt" in run for run in runs
   )
   assert ("COPY", "deploy/cuda-wheels.txt /tmp/segbeam/cuda-wheels.txt") in instructions
-  assert re.fullmatch(
-    r"\d{8}[_-][Rr][Cc]\d\d", dockerfile_args(instructions)["TEMPLATE_LAUNCHER_TAG"]
-  )
+  # Google's "Flex Templates base images" page recommends `latest`, or a dated tag to pin it;
+  # a build argument, so a build chooses (--build-arg TEMPLATE_LAUNCHER_TAG=20260122_RC00).
+  tag = dockerfile_args(instructions)["TEMPLATE_LAUNCHER_TAG"]
+  assert tag == "latest" or re.fullmatch(r"\d{8}_RC\d\d", tag), tag
+  assert tag != "20230622_RC00"  # the 2023 tag the review found
+  froms = [value for name, value in instructions if name == "FROM"]
+  assert any("-template-launcher-base:${TEMPLATE_LAUNCHER_TAG}" in f for f in froms)
+
+
+def test_the_image_records_the_code_it_installed_and_its_tag_must_name_it():
+  """`segbeam submit` reads the image's code from its tag (versions.image_code_tag): the build
+  refuses to make an image whose tag names other code, and writes the code it installed where
+  a submit inside the image reads it."""
+  text = _read(DOCKERFILE)
+  instructions = dockerfile_instructions(text)
+  args = [value for name, value in instructions if name == "ARG"]
+  assert "SEGBEAM_IMAGE" in args  # declared in the final stage, without a default
+  runs = [value for name, value in instructions if name == "RUN"]
+  (check,) = [run for run in runs if "segbeam.versions --check-image" in run]
+  assert '--check-image "${SEGBEAM_IMAGE}"' in check
+  assert f"> {submit.IMAGE_CODE_FILE}" in check
+  # After the install: it hashes what was installed, not the build context.
+  install = next(i for i, run in enumerate(runs) if "pip install /tmp/segbeam" in run)
+  assert runs.index(check) > install
+  build = _read(os.path.join(ROOT, "deploy", "cloudbuild.yaml"))
+  assert '"--build-arg", "SEGBEAM_IMAGE=${_IMAGE}"' in build
 
 
 # Dependencies: setup.py declares ranges, as a library does; constraints.txt pins the tested set.

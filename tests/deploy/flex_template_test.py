@@ -8,6 +8,7 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions
 from apache_beam.options.pipeline_options import WorkerOptions
 
 from segbeam import cli
+from segbeam import versions
 from segbeam.pipeline import flex_template
 from segbeam.pipeline import options as options_lib
 from segbeam.pipeline import submit
@@ -80,13 +81,14 @@ def test_the_template_makes_the_same_gpu_job_as_segbeam_submit(capsys):
     "temp_location": "gs://my-bucket/tmp",
   }
   run = {"input": "gs://my-bucket/photos/*.jpg", "output": "gs://my-bucket/runs/x"}
+  image = f"img:{versions.code_tag()}"  # submit refuses an image whose tag names no code
   for gpu in ([], ["nvidia-tesla-t4", "mps"]):
     template = [f"--{k}={v}" for k, v in {**cloud, **run}.items()]
     submitted = [
       "submit",
       "--dry-run",
       "--image",
-      "img:1",
+      image,
       "--job_name",
       "same",
       *(f"--{k.replace('_', '-')}={v}" for k, v in {**cloud, **run}.items()),
@@ -95,7 +97,13 @@ def test_the_template_makes_the_same_gpu_job_as_segbeam_submit(capsys):
       template += [f"--gpu_type={gpu[0]}", f"--gpu_sharing={gpu[1]}"]
       submitted += ["--gpu-type", gpu[0], "--gpu-sharing", gpu[1]]
     result = flex_template.launch(
-      [*template, "--sdk_container_image=img:1", "--job_name=same", "--dry_run=True", "--no_auth"]
+      [
+        *template,
+        f"--sdk_container_image={image}",
+        "--job_name=same",
+        "--dry_run=True",
+        "--no_auth",
+      ]
     )
     assert cli.main(submitted) == 0
     template_job = submit.describe_job(result.job)
@@ -127,3 +135,30 @@ def test_what_the_launch_gives_wins_over_the_defaults():
     "install-nvidia-driver;use_nvidia_mps"
   ]
   assert "--machine_type=g2-standard-4" in args
+
+
+def test_a_launch_without_a_temp_location_passes_none_on():
+  """Dataflow's launcher may pass no temp location (the job then takes the staging one's): no
+  option may be completed with the literal 'None'."""
+  args = flex_template.with_gpu_defaults(
+    ["--project=my-project-123", "--region=us-central1", "--sdk_container_image=img"]
+  )
+  assert not [arg for arg in args if arg.startswith("--temp_location")], args
+  assert not [arg for arg in args if arg.endswith("=None")], args
+  assert "--machine_type=g2-standard-4" in args
+
+
+def test_the_launcher_refuses_an_sdk_image_tagged_with_other_code():
+  with pytest.raises(ValueError, match="is not the image's"):
+    flex_template.launch(
+      [
+        "--input=gs://my-bucket/photos/*.jpg",
+        "--output=gs://my-bucket/runs/flex",
+        "--project=my-project-123",
+        "--region=us-central1",
+        "--temp_location=gs://my-bucket/tmp",
+        "--sdk_container_image=w:segbeam-0.2.0-0123456789abcdef",
+        "--dry_run=True",
+        "--no_auth",
+      ]
+    )

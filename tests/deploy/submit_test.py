@@ -12,10 +12,12 @@ from apache_beam.options.pipeline_options import WorkerOptions
 from apache_beam.portability.api import beam_runner_api_pb2
 
 from segbeam import cli
+from segbeam import versions
 from segbeam.pipeline import constants
 from segbeam.pipeline import submit
 
-IMAGE = "us-central1-docker.pkg.dev/my-project-123/segbeam/worker:2026-11-22"
+# Tagged as docs/dataflow.md tags the image: with the code of this checkout.
+IMAGE = f"us-central1-docker.pkg.dev/my-project-123/segbeam/worker:{versions.code_tag()}"
 # Nothing here reaches Google Cloud: the dry run checks no path and contacts no service.
 CLOUD = ["--project", "my-project-123", "--temp-location", "gs://my-bucket/tmp", "--image", IMAGE]
 RUN = ["--input", "gs://my-bucket/photos/**/*.jpg", "--output", "gs://my-bucket/runs/x"]
@@ -263,3 +265,141 @@ def test_a_domain_scoped_project_id_is_accepted(capsys):
   cloud = ["--project", "example.com:my-project", *CLOUD[2:]]
   assert cli.main(["submit", "--dry-run", *cloud, *RUN]) == 0
   assert json.loads(capsys.readouterr().out)["project"] == "example.com:my-project"
+
+
+OTHER_CODE = "segbeam-0.2.0-0123456789abcdef"
+
+
+@pytest.mark.parametrize(
+  "image,words",
+  [
+    # Built from another checkout: its workers would unpickle this one's job.
+    (f"r-docker.pkg.dev/p/segbeam/worker:{OTHER_CODE}", f"is not the image's ({OTHER_CODE}"),
+    (f"worker:2026-11-22-{OTHER_CODE}", f"is not the image's ({OTHER_CODE}"),
+    # Tags that say nothing of the code: nothing to compare, so nothing is submitted.
+    ("r-docker.pkg.dev/p/segbeam/worker:latest", "its tag does not name the segbeam code"),
+    ("worker@sha256:" + "a" * 64, "its tag does not name the segbeam code"),
+  ],
+)
+def test_submit_refuses_an_image_of_other_or_unknown_code(image, words, capsys):
+  cloud = [*CLOUD[:-1], image]
+  assert cli.main(["submit", "--dry-run", *cloud, *RUN]) == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and err.startswith("segbeam submit: "), err
+  assert words in err and versions.code_tag() in err
+  # The way out: submit from the image itself.
+  assert (
+    f"docker run --rm --entrypoint segbeam -v ~/.config/gcloud:/root/.config/gcloud {image} submit"
+    in err
+  )
+
+
+def test_inside_the_image_its_own_code_is_submitted_whatever_its_tag(tmp_path, monkeypatch, capsys):
+  """`docker run ... $IMAGE submit --image $IMAGE ...`: the build wrote the code it installed
+  to IMAGE_CODE_FILE, and it is the code submitting."""
+  marker = tmp_path / "code_tag"
+  monkeypatch.setattr(submit, "IMAGE_CODE_FILE", str(marker))
+  cloud = [*CLOUD[:-1], "r-docker.pkg.dev/p/segbeam/worker:latest"]
+  assert cli.main(["submit", "--dry-run", *cloud, *RUN]) == 2  # not in an image
+  capsys.readouterr()
+  marker.write_text(versions.code_tag() + "\n")
+  assert cli.main(["submit", "--dry-run", *cloud, *RUN]) == 0
+  capsys.readouterr()
+  marker.write_text(OTHER_CODE + "\n")  # an image whose package was changed after the build
+  assert cli.main(["submit", "--dry-run", *cloud, *RUN]) == 2
+  # A tag naming other code is refused inside an image too.
+  marker.write_text(versions.code_tag() + "\n")
+  assert cli.main(["submit", "--dry-run", *CLOUD[:-1], f"w:{OTHER_CODE}", *RUN]) == 2
+
+
+def test_the_dry_run_shows_the_worker_service_account(capsys):
+  account = "segbeam-worker@my-project-123.iam.gserviceaccount.com"
+  assert cli.main(["submit", "--dry-run", *CLOUD, *RUN, "--service_account_email", account]) == 0
+  assert json.loads(capsys.readouterr().out)["service_account_email"] == account
+  assert cli.main(["submit", "--dry-run", *CLOUD, *RUN]) == 0
+  # None: Dataflow's default, the project's Compute Engine default service account.
+  assert json.loads(capsys.readouterr().out)["service_account_email"] is None
+
+
+def _breaker_traceback() -> tuple[str, str]:
+  """(a worker's traceback of the breaker stopping the run, its ModelFailureError line): raised
+  by the real breaker, then re-raised as Beam's SDK harness reports a failed bundle."""
+  import traceback
+
+  from segbeam.pipeline import inference
+
+  breaker = inference._Breaker(inference.BreakerLimits(batches=1))
+  failure = inference.InferenceFailure(
+    "infer", "InternalError", "Failed to call ThenRnnForward: cuDNN launch failure"
+  )
+  try:
+    try:
+      breaker.record(2, failure)
+    except Exception as error:
+      raise RuntimeError("while running 'Segment/RunInference'") from error
+  except Exception as error:
+    text = "".join(traceback.format_exception(error))
+  line = next(x for x in text.splitlines() if "ModelFailureError: " in x)
+  return "Error message from worker: " + text, line[line.index("ModelFailureError: ") :]
+
+
+# What Dataflow reports for a job whose workers failed a work item 4 times, as Beam's
+# DataflowRunner passes it on: its most telling error message, a worker's traceback.
+WORKER_TRACEBACK, MODEL_FAILURE_LINE = _breaker_traceback()
+
+
+class _FailedJob:
+  """A launched job that fails while `--wait` waits, as Beam's DataflowPipelineResult shows it:
+  wait_until_finish raises Beam's DataflowRuntimeException with the job's error."""
+
+  def __init__(self, state, error):
+    self.state, self.error = state, error
+
+  def job_id(self) -> str:
+    return "2026-12-07_01_02_03-456"
+
+  def wait_until_finish(self, duration=None):
+    from apache_beam.runners.dataflow.dataflow_runner import DataflowRuntimeException
+
+    raise DataflowRuntimeException(
+      "Dataflow pipeline failed. State: %s, Error:\n%s" % (self.state, self.error), self
+    )
+
+
+@pytest.mark.parametrize(
+  "state,error,line",
+  [
+    (
+      "FAILED",
+      WORKER_TRACEBACK,
+      MODEL_FAILURE_LINE,
+    ),
+    (
+      "FAILED",
+      "Workflow failed. Causes: S05:Read+Segment failed., The job failed because a work item "
+      "has failed 4 times.\nLook in previous log entries for the cause of each one",
+      "Workflow failed. Causes: S05:Read+Segment failed., The job failed because a work item "
+      "has failed 4 times.",
+    ),
+    (
+      "FAILED",
+      "Traceback (most recent call last):\n  File x\nValueError: bad\n",
+      "ValueError: bad",
+    ),
+    ("CANCELLED", None, "no error message from Dataflow"),
+  ],
+)
+def test_a_job_that_fails_while_waiting_exits_1_with_its_error_in_one_line(
+  state, error, line, monkeypatch, capsys
+):
+  monkeypatch.setattr(
+    submit, "_submit", lambda parser, args, beam_args, argv: _FailedJob(state, error)
+  )
+  assert cli.main(["submit", "--wait", *CLOUD, *RUN]) == 1
+  captured = capsys.readouterr()
+  assert "submitted Dataflow job 2026-12-07_01_02_03-456" in captured.out
+  assert captured.err.count("\n") == 1, captured.err
+  assert captured.err.startswith(
+    f"segbeam submit: Dataflow job 2026-12-07_01_02_03-456 ended {state}: {line}"
+  ), captured.err
+  assert "gcloud dataflow logs list 2026-12-07_01_02_03-456 --region us-central1" in captured.err

@@ -7,6 +7,7 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 
 from segbeam import cli
+from segbeam import versions
 from segbeam.pipeline import beam_options
 from segbeam.pipeline import options as options_lib
 from segbeam.pipeline import submit
@@ -19,7 +20,7 @@ SUBMIT_DRY_RUN = [
   "--temp-location",
   "gs://my-bucket/tmp",
   "--image",
-  "img",
+  f"img:{versions.code_tag()}",  # an image tagged with this code (docs/dataflow.md)
   "--input",
   "gs://my-bucket/in/*",
   "--output",

@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from segbeam import cli
+from segbeam import versions
 from segbeam.model import contract
 from segbeam.model import model_safety
 from segbeam.pipeline import constants
@@ -213,7 +214,8 @@ def test_gs_models_are_checked_in_their_local_copy_by_run_and_submit(
     f"--preprocess {PREPROCESS}\n"
   )
 
-  cloud = ["--project", "my-project-123", "--temp-location", f"{root}/tmp", "--image", "img:1"]
+  image = f"img:{versions.code_tag()}"  # submit refuses an image tagged with no code
+  cloud = ["--project", "my-project-123", "--temp-location", f"{root}/tmp", "--image", image]
   assert cli.main(["submit", *cloud, *run, "--model", f"{root}/writing"]) == 2
   assert capsys.readouterr().err == f"segbeam submit: {_refusal(export_dir)}\n"
   assert not written.exists()
