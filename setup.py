@@ -43,6 +43,9 @@ INSTALL_REQUIRES = [
   # system does not expose (segbeam/pipeline/output_claim.py); Beam 2.77's ranges.
   "google-cloud-storage>=2.18,<4",
   "google-api-core>=2.17,<3",
+  # The storage client's HTTP session, widened for concurrent reads (segbeam/pipeline/sources.py);
+  # google-cloud-storage's own range.
+  "requests>=2.22,<3",
 ]
 
 # Ships real photos (a cat among them) for `segbeam demo`, so none are committed here.

@@ -17,6 +17,13 @@ from its graph (measured), over a fraction (--gpu-efficiency) of the GPU's peak 
 us-central1 on-demand batch list prices as this script records them (PRICES): check them on
 cloud.google.com/dataflow/pricing and pass --prices to update them.
 
+Then what a first job pays besides images, each on its own line: a worker's start-up (the
+image pull and the NVIDIA driver install are estimates, not measurable here; the imports are
+`bench/start_timeline.py`'s), the listing (one thread pages through 1,000 objects a request,
+docs/capacity-plan.md), and the object-store latency: requests per image x latency / reads in
+flight (`bench/object_store_latency.py`), with the --read-concurrency per harness thread that
+keeps a worker at its CPU bound.
+
   python bench/dataflow_cost.py --cpu-ms 6.0 --gil-ms 1.7 --cpu-model-ms 22
 """
 
@@ -87,6 +94,42 @@ def forward_flops(model_dir: str) -> float:
   return float(profile.total_float_ops)
 
 
+def print_first_job(args, prices: dict) -> None:
+  """What a first job pays besides its images, one line each, in USD per GPU worker."""
+  gpu_workers = [w for w in WORKERS if w.gpu and not w.mps][:2]
+  hourly = [w.hourly(prices) for w in gpu_workers]
+  names = " / ".join(f"{w.machine} + {w.gpu}" for w in gpu_workers)
+
+  def usd(seconds: float) -> str:
+    return " / ".join(f"${h * seconds / 3600:.3f}" for h in hourly)
+
+  print(f"\nbesides images, USD per GPU worker ({names}):")
+  for what, seconds in (
+    ("start-up: image pull (estimate)", args.image_pull_s),
+    ("start-up: NVIDIA driver install (estimate)", args.driver_install_s),
+    ("start-up: imports and pipeline, to the first batch (measured)", args.imports_s),
+  ):
+    print(f"- {what}: {seconds:,.0f} s, {usd(seconds)}")
+  listing = args.files / 1000 * args.list_request_s
+  print(
+    f"- listing {args.files:,} loose files: {args.files / 1000:,.0f} requests x "
+    f"{args.list_request_s} s = {listing:,.0f} s of one thread before the first read, "
+    f"{usd(listing)} per worker kept waiting"
+  )
+  in_flight = args.harness_threads * args.read_concurrency
+  read_ms = args.requests_per_image * args.request_ms / in_flight
+  cpu_bound = 4 * 1000 / (args.cpu_ms + args.get_cpu_ms)  # a 4-vCPU GPU worker, loose files
+  needed = cpu_bound * args.requests_per_image * args.request_ms / 1000 / args.harness_threads
+  print(
+    f"- object-store latency: {args.requests_per_image:g} requests per image x "
+    f"{args.request_ms:g} ms / ({args.harness_threads} threads x {args.read_concurrency} reads "
+    f"in flight) = {read_ms:.2f} ms per image, {1000 / read_ms:,.0f} img/s per worker against "
+    f"a 4-vCPU CPU bound of {cpu_bound:,.0f} (loose files: {args.cpu_ms:g} + {args.get_cpu_ms:g} "
+    f"ms CPU per image): --read-concurrency {needed:.1f} per thread keeps "
+    f"up ({'met' if 1000 / read_ms >= cpu_bound else 'NOT met'} at {args.read_concurrency})"
+  )
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--cpu-ms", type=float, required=True, help="pipeline CPU ms per image")
@@ -98,6 +141,20 @@ def main(argv=None) -> int:
   parser.add_argument("--gpu-img-s", type=json.loads, default={}, help='measured: {"L4": 3000}')
   parser.add_argument("--prices", type=json.loads, default={}, help='{"L4": 0.56, ...}')
   parser.add_argument("--model", help="an export; the embedded default when omitted")
+  parser.add_argument("--image-pull-s", type=float, default=160, help="estimate, see BENCHMARKS")
+  parser.add_argument("--driver-install-s", type=float, default=120, help="estimate")
+  parser.add_argument(
+    "--imports-s", type=float, default=7.1, help="start_timeline.py: to 1st slice"
+  )
+  parser.add_argument("--files", type=int, default=1_000_000, help="loose files listed")
+  parser.add_argument("--list-request-s", type=float, default=0.15, help="per 1,000 objects")
+  parser.add_argument("--request-ms", type=float, default=50, help="object-store latency")
+  parser.add_argument("--requests-per-image", type=float, default=1.0, help="measured: 1.0")
+  parser.add_argument(
+    "--get-cpu-ms", type=float, default=1.3, help="CPU ms a loose file's GET adds (measured)"
+  )
+  parser.add_argument("--harness-threads", type=int, default=4)
+  parser.add_argument("--read-concurrency", type=int, default=16, help="per harness thread")
   args = parser.parse_args(argv)
   from segbeam.model import defaults
 
@@ -105,6 +162,7 @@ def main(argv=None) -> int:
   flops = forward_flops(args.model or defaults.default_model_dir())
   print(f"forward pass: {flops / 1e9:.2f} GFLOP per image (counted from the graph)")
   print(f"prices, USD per hour: {prices}")
+  print_first_job(args, prices)
   print(
     "\n| worker | USD/h | img/s: GPU | CPU | GIL | worker | USD per million images |\n"
     "| --- | --- | --- | --- | --- | --- | --- |"

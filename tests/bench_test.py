@@ -1,6 +1,7 @@
 """The bench scripts, each run on a few photos: bench/gpu_check.sh (the script a session lent a
 GPU runs: its syntax, and its CPU fallback end to end), large_photos.py, stage_costs.py,
-compare_runs.py and dataflow_cost.py. Their figures are BENCHMARKS.md's, not asserted here."""
+compare_runs.py, dataflow_cost.py and object_store_latency.py. Their figures are BENCHMARKS.md's,
+not asserted here."""
 
 import io
 import os
@@ -180,6 +181,14 @@ def test_dataflow_cost_prices_each_worker():
   assert mps[4] == "4,000" and mps[5] == "1,600"  # a GIL per vCPU; then 8 vCPUs at 5 ms
   # USD per million = USD per hour / (images per second * 3600) * 1e6
   assert float(t4[6].rstrip(" |")) == pytest.approx(float(t4[1]) / (100 * 3600) * 1e6, rel=0.01)
+  # What a first job pays besides images, a line each; the latency line's arithmetic:
+  # 1 request x 50 ms / (4 threads x 16 in flight) = 0.78 ms an image, against 4 x 1000 / (5 ms
+  # + 1.3 ms a GET costs); 635 img/s x 50 ms / 4 threads = 7.9 in flight per thread.
+  for line in ("image pull (estimate)", "NVIDIA driver install", "imports and pipeline"):
+    assert f"- start-up: {line}" in out, out
+  assert "- listing 1,000,000 loose files: 1,000 requests x 0.15 s = 150 s" in out
+  assert "= 0.78 ms per image, 1,280 img/s per worker against a 4-vCPU CPU bound of 635" in out
+  assert "--read-concurrency 7.9 per thread keeps up (met at 16)" in out
 
 
 def test_scale_prints_each_size_and_layout():
@@ -207,3 +216,32 @@ def test_listing_memory_compares_the_two_listings():
   assert streamed.startswith("sources.iter_matches (streamed): 2,000 files in ")
   per_file = [int(line.split(" bytes per file")[0].rsplit(", ", 1)[1]) for line in (held, streamed)]
   assert per_file[1] < per_file[0]  # what streaming is for
+
+
+def test_object_store_latency_prints_its_table(pet_folder, tmp_path):
+  images, _, _ = pet_folder
+  out = _bench(
+    "object_store_latency.py",
+    "--latencies",
+    "0,20",
+    "--small",
+    "3",
+    "--large",
+    "6",
+    "--sweep",
+    "1,4",
+    "--sweep-latency",
+    "20",
+    "--photos",
+    images,
+  )
+  rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| ")]
+  latencies = [r for r in rows if r[0] in ("| 0", "| 20")]
+  assert [r[0] for r in latencies] == ["| 0", "| 20"], out
+  for row in latencies:
+    assert float(row[8]) == 1.0, row  # one request per loose image: its media alone
+  sweep = [r for r in rows if r[0] in ("| 1", "| 4")]
+  assert [r[0] for r in sweep] == ["| 1", "| 4"], out
+  ways = {r[0][2:]: r for r in rows if r[0].startswith("| Beam's open") or "window" in r[0]}
+  assert len(ways) == 2, out
+  assert [float(r[2].rstrip(" |")) for r in ways.values()] == [3.0, 1.0], out  # before, after

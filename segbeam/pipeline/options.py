@@ -13,6 +13,10 @@ from typing import Any, Optional, Sequence
 
 from segbeam.pipeline import constants
 
+# Image files read at a time per reading thread (`sources.ReadFile`): enough to keep a 4-vCPU
+# GPU worker at its CPU bound at 50 ms per object-store request (docs/capacity-plan.md).
+DEFAULT_READ_CONCURRENCY = 16
+
 
 @dataclasses.dataclass(frozen=True)
 class ExampleKeys:
@@ -34,6 +38,8 @@ class RunOptions:
     batch_size: most images per inference batch; bounds memory per worker.
     max_pixels: images whose header declares more pixels are refused before decoding.
     max_file_bytes: larger files, and larger TFRecord records, are refused before they are read.
+    read_concurrency: image files on an object store (gs://) read at a time per reading thread,
+      to overlap its per-request latency (`sources.ReadFile`); 1 reads one after the other.
     mask_files: also write each mask as DIR/masks/<safe name>.png.
     segments_files: write the segments table as this many Parquet files (its rows shuffled to
       as many writers); 0 for one file per bundle of the writing stage, which is one file on
@@ -76,6 +82,7 @@ class RunOptions:
   batch_size: int = constants.DEFAULT_BATCH_SIZE
   max_pixels: int = constants.DEFAULT_MAX_PIXELS
   max_file_bytes: int = constants.DEFAULT_MAX_FILE_BYTES
+  read_concurrency: int = DEFAULT_READ_CONCURRENCY
   mask_files: bool = False
   segments_files: int = 0
   overwrite: bool = False
@@ -101,6 +108,7 @@ class RunOptions:
     check_at_least_one(
       batch_size=self.batch_size,
       max_file_bytes=self.max_file_bytes,
+      read_concurrency=self.read_concurrency,
       max_pixels=self.max_pixels,
       inference_slices=self.inference_slices,
       postprocess_threads=self.postprocess_threads,
@@ -195,6 +203,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     default=constants.DEFAULT_MAX_FILE_BYTES,
     help="refuse larger files (and larger TFRecord records) before reading "
     "them (default: %(default)s)",
+  )
+  parser.add_argument(
+    "--read-concurrency",
+    type=int,
+    default=DEFAULT_READ_CONCURRENCY,
+    help="image files read at a time per reading thread from an object store (gs://), "
+    "overlapping its latency (default: %(default)s)",
   )
   parser.add_argument(
     "--mask-files", action="store_true", help="also write masks as PNG files under OUTPUT/masks/"
@@ -378,6 +393,7 @@ def from_args(args: argparse.Namespace) -> RunOptions:
     batch_size=args.batch_size,
     max_pixels=args.max_pixels,
     max_file_bytes=args.max_file_bytes,
+    read_concurrency=args.read_concurrency,
     mask_files=args.mask_files,
     segments_files=args.segments_files,
     overwrite=args.overwrite,

@@ -25,6 +25,10 @@ say). Reads are bounded whatever a file claims: an image file is read up to --ma
 refused beyond, a shard record over that size is skipped unread, and a local path that is not a
 regular file (a FIFO, a device such as /dev/zero behind a symlink) is refused without opening it.
 Nothing read from an input names a file to read: filenames from tf.Examples are only data.
+
+Image files on object stores are read --read-concurrency at a time per reading thread
+(`ReadFile`), so that their per-request latency overlaps; a gs:// image is fetched in one
+request, its bytes only, since the listing already gave its path and size (`_fetch_gcs_object`).
 """
 
 from __future__ import annotations
@@ -34,14 +38,18 @@ import os
 import posixpath
 import re
 import stat
+import threading
+from concurrent import futures
 from typing import BinaryIO, Callable, Iterator, Optional
 
 import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.io import filesystem
 from apache_beam.io.filesystem import BeamIOError
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.localfilesystem import LocalFileSystem
+from apache_beam.utils.windowed_value import WindowedValue
 
 from segbeam.pipeline import constants
 from segbeam.pipeline import elements
@@ -339,9 +347,23 @@ class ReadMatches(beam.DoFn):
       yield fileio.ReadableFile(metadata)  # compression by name, as Beam's
 
 
+# The most bytes, as listed, of the image files one reading thread has in flight (a file larger
+# alone is read alone): the default --max-file-bytes, what one read could always hold.
+_IN_FLIGHT_BYTES = constants.DEFAULT_MAX_FILE_BYTES
+
+
 class ReadFile(beam.DoFn):
   """A matched file -> ImageRecord per image (one per image file, one per shard record); what
-  cannot be read becomes a Failure on the FAILURES output."""
+  cannot be read becomes a Failure on the FAILURES output.
+
+  Image files on object stores (gs://, s3://, ...) are read on a pool of `read_concurrency`
+  threads per DoFn instance: at most that many are in flight, and no more than
+  `_IN_FLIGHT_BYTES` of them as listed (each read stops at `max_file_bytes` + 1 bytes whatever
+  the listing said, so memory stays bounded); each one's outputs go on as soon as it is done,
+  the rest when the bundle finishes. Their order is not kept; every read still gives exactly
+  the outputs it gives read alone. Local files (no per-request latency to hide, and a 16 MiB
+  read buffer each), shards and refusals are read on the bundle's thread, as before.
+  """
 
   def __init__(
     self,
@@ -350,26 +372,85 @@ class ReadFile(beam.DoFn):
     input_format: str = constants.FORMAT_AUTO,
     example_keys: options_lib.ExampleKeys = options_lib.ExampleKeys(),
     max_file_bytes: int = constants.DEFAULT_MAX_FILE_BYTES,
+    read_concurrency: int = options_lib.DEFAULT_READ_CONCURRENCY,
   ):
     self._root = root
     self._input_format = input_format
     self._keys = example_keys
     self._max_file_bytes = max_file_bytes
+    self._read_concurrency = max(1, read_concurrency)
     self._seen = progress.Counter(progress.SEEN)
     self._failed = progress.Counter(progress.FAILED_READ)
 
   def setup(self):
     self._previous_outputs = PreviousOutputs(self._root)
+    self._gcs = None  # Beam's GcsIO, made on the first gs:// image and shared by the pool
+    self._gcs_lock = threading.Lock()
+    self._pool = None
+    if self._read_concurrency > 1:
+      self._pool = futures.ThreadPoolExecutor(self._read_concurrency, "segbeam-read")
+    self._pending: dict[futures.Future, tuple] = {}
 
-  def process(self, readable: fileio.ReadableFile) -> Iterator:
-    for output in self._outputs(readable):
+  def start_bundle(self):
+    self._pending = {}  # a failed bundle's reads are abandoned with it
+
+  def process(
+    self,
+    readable: fileio.ReadableFile,
+    timestamp=beam.DoFn.TimestampParam,
+    window=beam.DoFn.WindowParam,
+  ) -> Iterator:
+    outputs, is_image = self._outputs(readable)
+    if self._pool is None or not is_image or not _is_remote(readable.metadata.path):
+      yield from self._counted(outputs)
+      return
+    # Within the window's bytes as listed, so that memory stays about one large file's.
+    size = max(0, readable.metadata.size_in_bytes)
+    while self._pending and self._pending_bytes() + size > _IN_FLIGHT_BYTES:
+      yield from self._completed(wait=True)
+    # Runs the whole read (the generator) on a pool thread; the outputs keep this element's
+    # timestamp and window whenever they go on.
+    self._pending[self._pool.submit(list, outputs)] = (timestamp, window, size)
+    yield from self._completed(wait=len(self._pending) >= self._read_concurrency)
+
+  def finish_bundle(self) -> Iterator:
+    while self._pending:
+      yield from self._completed(wait=True)
+
+  def teardown(self):
+    if getattr(self, "_pool", None) is not None:
+      self._pool.shutdown(wait=False, cancel_futures=True)
+
+  def _completed(self, wait: bool) -> Iterator:
+    """The outputs of every read done; with `wait`, after at least one is."""
+    done = [future for future in self._pending if future.done()]
+    if not done and wait:
+      done, _ = futures.wait(self._pending, return_when=futures.FIRST_COMPLETED)
+    for future in done:
+      timestamp, window, _ = self._pending.pop(future)
+      for output in self._counted(future.result()):
+        if isinstance(output, beam.pvalue.TaggedOutput):
+          yield beam.pvalue.TaggedOutput(
+            output.tag, WindowedValue(output.value, timestamp, [window])
+          )
+        else:
+          yield WindowedValue(output, timestamp, [window])
+
+  def _pending_bytes(self) -> int:
+    return sum(size for _, _, size in self._pending.values())
+
+  def _counted(self, outputs) -> Iterator:
+    """`outputs` counted (on the bundle's thread: Beam's counters are per thread)."""
+    for output in outputs:
       self._seen.inc()
       if isinstance(output, beam.pvalue.TaggedOutput):
         self._failed.inc()
         output = beam.pvalue.TaggedOutput(output.tag, _encodable(output.value))
       yield output
 
-  def _outputs(self, readable: fileio.ReadableFile) -> Iterator:
+  def _outputs(self, readable: fileio.ReadableFile) -> tuple[Iterator, bool]:
+    """The outputs of `readable` (a generator where they need a read), and whether they are an
+    image file's read, the one kind of read that may run on the pool."""
     path = readable.metadata.path
     source = encodable(path)  # the path opened stays as listed
     file_id = relative_id(path, self._root)
@@ -402,8 +483,8 @@ class ReadFile(beam.DoFn):
     elif is_tfrecord(path, self._input_format, open_file=readable.open):
       outputs = self._read_shard(readable, file_id)
     else:
-      outputs = self._read_image(readable, file_id)
-    return outputs
+      return self._read_image(readable, file_id), True
+    return outputs, False
 
   def _read_image(self, readable: fileio.ReadableFile, image_id: str):
     path = encodable(readable.metadata.path)
@@ -422,10 +503,10 @@ class ReadFile(beam.DoFn):
       )
       return
     try:
-      with readable.open() as stream:
-        # The size listed may be wrong (a symlink to a device lists 0; a .gz file is listed
-        # compressed and read decompressed): the read itself stops one byte past the limit.
-        data = tfrecord.read_up_to(stream, self._max_file_bytes + 1)
+      # The size listed may be wrong (a symlink to a device lists 0; a .gz file is listed
+      # compressed and read decompressed; an object replaced since): the read itself stops one
+      # byte past the limit.
+      data = self._fetch(readable, self._max_file_bytes + 1)
     except Exception as error:  # any I/O error is one bad input
       yield beam.pvalue.TaggedOutput(
         elements.FAILURES,
@@ -449,6 +530,30 @@ class ReadFile(beam.DoFn):
       )
       return
     yield elements.ImageRecord(image_id, path, data, filename=image_id)
+
+  def _fetch(self, readable: fileio.ReadableFile, limit: int) -> bytes:
+    """Up to `limit` bytes of an image file. A gs:// object (not decompressed by its name) in
+    one request for its bytes alone; anything else, or an object that request fails for, as
+    Beam opens it: that path's errors are the ones a read has always reported."""
+    path = readable.metadata.path
+    if path.startswith("gs://") and (
+      CompressionTypes.detect_compression_type(path) == CompressionTypes.UNCOMPRESSED
+    ):
+      try:
+        return _fetch_gcs_object(self._gcs_io(path), path, limit)
+      except Exception:  # a 404, a 403, ...: Beam's open below says it as it always has
+        pass
+    with readable.open() as stream:
+      return tfrecord.read_up_to(stream, limit)
+
+  def _gcs_io(self, path: str):
+    # One client for this instance's reads: its connections are kept for the next ones.
+    with self._gcs_lock:
+      if self._gcs is None:
+        gcs = FileSystems.get_filesystem(path)._gcsIO()
+        _widen_connection_pool(gcs.client, self._read_concurrency)
+        self._gcs = gcs
+      return self._gcs
 
   def _read_shard(self, readable: fileio.ReadableFile, shard_id: str):
     path = encodable(readable.metadata.path)
@@ -486,6 +591,48 @@ class ReadFile(beam.DoFn):
         elements.FAILURES,
         elements.Failure.from_exception(shard_id, path, elements.STAGE_READ, error),
       )
+
+
+def _is_remote(path: str) -> bool:
+  """Whether `path` names an object store's object (not a local file, file:// included)."""
+  return "://" in path and not path.startswith("file://")
+
+
+def _fetch_gcs_object(gcs, path: str, limit: int) -> bytes:
+  """The first `limit` bytes of the object at `path`, in one ranged GET of its media: no
+  metadata request first (Beam's `GcsIO.open` reloads the blob's metadata before every read),
+  and raw bytes, as Beam reads them (no decompressive transcoding).
+
+  Args:
+    gcs: Beam's `GcsIO`, for its client and retry policy.
+  """
+  from apache_beam.io.gcp import gcsio  # noqa: PLC0415
+  from google.api_core.exceptions import RequestRangeNotSatisfiable  # noqa: PLC0415  # gs:// only
+
+  bucket, name = gcsio.parse_gcs_path(path)
+  blob = gcs.client.bucket(bucket).blob(name)
+  try:
+    return blob.download_as_bytes(
+      start=0,
+      end=limit - 1,
+      raw_download=True,
+      checksum=None,  # a range: the server's checksum is the whole object's
+      retry=gcs._storage_client_retry,
+    )
+  except RequestRangeNotSatisfiable:  # GCS's answer for a range of an empty object
+    return b""
+
+
+def _widen_connection_pool(client, size: int) -> None:
+  """Lets `client` keep `size` connections per host (requests keeps 10): a read over that
+  would open and close one of its own."""
+  import requests  # noqa: PLC0415
+
+  session = getattr(client, "_http", None)
+  if size > 10 and isinstance(session, requests.Session):
+    adapter = requests.adapters.HTTPAdapter(pool_connections=size, pool_maxsize=size)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
 
 
 def _encodable(failure: elements.Failure) -> elements.Failure:
@@ -551,6 +698,7 @@ class ReadImages(beam.PTransform):
   process has nothing to spread, and skips that shuffle.
 
   `output`, a run's output folder, is left out of what the pattern matches (`OwnFiles`).
+  `read_concurrency` image files are read at a time per reading thread (`ReadFile`).
   """
 
   def __init__(
@@ -562,6 +710,7 @@ class ReadImages(beam.PTransform):
     max_file_bytes: int = constants.DEFAULT_MAX_FILE_BYTES,
     spread_files: bool = True,
     output: Optional[str] = None,
+    read_concurrency: int = options_lib.DEFAULT_READ_CONCURRENCY,
   ):
     super().__init__()
     self._pattern = pattern
@@ -573,6 +722,7 @@ class ReadImages(beam.PTransform):
       input_format=input_format,
       example_keys=example_keys,
       max_file_bytes=max_file_bytes,
+      read_concurrency=read_concurrency,
     )
 
   def expand(self, pbegin):

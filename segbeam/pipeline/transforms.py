@@ -446,6 +446,7 @@ def build_pipeline(
     input_format=options.input_format,
     example_keys=options.example_keys,
     max_file_bytes=options.max_file_bytes,
+    read_concurrency=options.read_concurrency,
     spread_files=distributed,
     output=options.output,  # its own files are never inputs
   )

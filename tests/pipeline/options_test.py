@@ -34,6 +34,7 @@ def test_defaults_from_the_command_line():
     "--batch-size",
     "--max-pixels",
     "--max-file-bytes",
+    "--read-concurrency",
     "--inference-slices",
     "--postprocess-threads",
   ],
