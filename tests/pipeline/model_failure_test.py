@@ -122,16 +122,8 @@ def test_a_model_failing_on_every_photo_stops_the_run_early(
 
 def test_the_share_of_the_first_images_stops_the_run(photos, exports, tmp_path, capsys):
   output = str(tmp_path / "out")
-  code, lines = _run(
-    photos,
-    exports["photos"],
-    output,
-    "--breaker-batches",
-    "0",
-    "--breaker-first-images",
-    "40",
-    capsys=capsys,
-  )
+  only_the_share = ("--breaker-batches", "0", "--breaker-first-images", "40")
+  code, lines = _run(photos, exports["photos"], output, *only_the_share, capsys=capsys)
   assert code == 1
   assert "of the first 40 images failed in the model" in lines[-1], lines[-1]
   assert "--breaker-share 0.5" in lines[-1]
@@ -139,16 +131,8 @@ def test_the_share_of_the_first_images_stops_the_run(photos, exports, tmp_path, 
 
 def test_with_the_breaker_off_every_image_is_an_infer_row(photos, exports, tmp_path, capsys):
   output = str(tmp_path / "out")
-  code, lines = _run(
-    photos,
-    exports["photos"],
-    output,
-    "--breaker-batches",
-    "0",
-    "--breaker-share",
-    "1",
-    capsys=capsys,
-  )
+  breaker_off = ("--breaker-batches", "0", "--breaker-share", "1")
+  code, lines = _run(photos, exports["photos"], output, *breaker_off, capsys=capsys)
   assert code == 0, lines
   manifest = accounting.assert_accounted_for(output, inputs_seen=PHOTOS + 2)
   assert manifest["counts"]["failed"] == PHOTOS + 2
