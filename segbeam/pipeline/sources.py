@@ -358,8 +358,10 @@ class ReadFile(beam.DoFn):
 
   Image files on object stores (gs://, s3://, ...) are read on a pool of `read_concurrency`
   threads per DoFn instance: at most that many are in flight, and no more than
-  `_IN_FLIGHT_BYTES` of them as listed (each read stops at `max_file_bytes` + 1 bytes whatever
-  the listing said, so memory stays bounded); each one's outputs go on as soon as it is done,
+  `_IN_FLIGHT_BYTES` of them as listed. A pooled read stops one byte past its listed size: an
+  object that grew since it was listed is read again, alone, on the bundle's thread, and a
+  compressed one (listed compressed, read decompressed) is read there from the start, so what
+  the pool holds is bounded by the listing. Each one's outputs go on as soon as it is done,
   the rest when the bundle finishes. Their order is not kept; every read still gives exactly
   the outputs it gives read alone. Local files (no per-request latency to hide, and a 16 MiB
   read buffer each), shards and refusals are read on the bundle's thread, as before.
@@ -400,11 +402,14 @@ class ReadFile(beam.DoFn):
     timestamp=beam.DoFn.TimestampParam,
     window=beam.DoFn.WindowParam,
   ) -> Iterator:
-    outputs, is_image = self._outputs(readable)
-    if self._pool is None or not is_image or not _is_remote(readable.metadata.path):
+    outputs, image_id = self._outputs(readable)
+    pooled = self._pool is not None and _poolable(readable.metadata.path)
+    if image_id is not None:
+      outputs = self._read_image(readable, image_id, within_listed_size=pooled)
+    if image_id is None or not pooled:
       yield from self._counted(outputs)
       return
-    # Within the window's bytes as listed, so that memory stays about one large file's.
+    # Within the window's bytes as listed, which bound what pooled reads hold.
     size = max(0, readable.metadata.size_in_bytes)
     while self._pending and self._pending_bytes() + size > _IN_FLIGHT_BYTES:
       yield from self._completed(wait=True)
@@ -428,7 +433,10 @@ class ReadFile(beam.DoFn):
       done, _ = futures.wait(self._pending, return_when=futures.FIRST_COMPLETED)
     for future in done:
       timestamp, window, _ = self._pending.pop(future)
-      for output in self._counted(future.result()):
+      outputs = future.result()
+      if outputs and isinstance(outputs[0], _ReadAgain):  # grown since listed: read it here
+        outputs = self._read_image(outputs[0].readable, outputs[0].image_id)
+      for output in self._counted(outputs):
         if isinstance(output, beam.pvalue.TaggedOutput):
           yield beam.pvalue.TaggedOutput(
             output.tag, WindowedValue(output.value, timestamp, [window])
@@ -448,9 +456,9 @@ class ReadFile(beam.DoFn):
         output = beam.pvalue.TaggedOutput(output.tag, _encodable(output.value))
       yield output
 
-  def _outputs(self, readable: fileio.ReadableFile) -> tuple[Iterator, bool]:
-    """The outputs of `readable` (a generator where they need a read), and whether they are an
-    image file's read, the one kind of read that may run on the pool."""
+  def _outputs(self, readable: fileio.ReadableFile) -> tuple[Iterator, Optional[str]]:
+    """(the outputs of `readable`, a generator where they need a read; None), or, for an image
+    file to read (the one kind of read that may run on the pool), (nothing; its id)."""
     path = readable.metadata.path
     source = encodable(path)  # the path opened stays as listed
     file_id = relative_id(path, self._root)
@@ -483,10 +491,14 @@ class ReadFile(beam.DoFn):
     elif is_tfrecord(path, self._input_format, open_file=readable.open):
       outputs = self._read_shard(readable, file_id)
     else:
-      return self._read_image(readable, file_id), True
-    return outputs, False
+      return iter(()), file_id
+    return outputs, None
 
-  def _read_image(self, readable: fileio.ReadableFile, image_id: str):
+  def _read_image(
+    self, readable: fileio.ReadableFile, image_id: str, *, within_listed_size: bool = False
+  ):
+    """The image file's ImageRecord or Failure. `within_listed_size`: read at most one byte
+    past its listed size, and yield only a `_ReadAgain` where that byte came."""
     path = encodable(readable.metadata.path)
     size = readable.metadata.size_in_bytes
     if size > self._max_file_bytes:
@@ -506,7 +518,10 @@ class ReadFile(beam.DoFn):
       # The size listed may be wrong (a symlink to a device lists 0; a .gz file is listed
       # compressed and read decompressed; an object replaced since): the read itself stops one
       # byte past the limit.
-      data = self._fetch(readable, self._max_file_bytes + 1)
+      limit = self._max_file_bytes + 1
+      if within_listed_size:
+        limit = min(limit, max(0, size) + 1)
+      data = self._fetch(readable, limit)
     except Exception as error:  # any I/O error is one bad input
       yield beam.pvalue.TaggedOutput(
         elements.FAILURES,
@@ -514,6 +529,9 @@ class ReadFile(beam.DoFn):
           image_id, path, elements.STAGE_READ, error, filename=image_id
         ),
       )
+      return
+    if within_listed_size and len(data) > max(0, size):
+      yield _ReadAgain(readable, image_id)
       return
     if len(data) > self._max_file_bytes:
       yield beam.pvalue.TaggedOutput(
@@ -593,9 +611,23 @@ class ReadFile(beam.DoFn):
       )
 
 
-def _is_remote(path: str) -> bool:
-  """Whether `path` names an object store's object (not a local file, file:// included)."""
-  return "://" in path and not path.startswith("file://")
+def _poolable(path: str) -> bool:
+  """Whether `path` is read on `ReadFile`'s pool: an object store's object (not a local file,
+  file:// included; no per-request latency to hide there) that is not decompressed by its name
+  (its listed size is then what a read holds)."""
+  return (
+    "://" in path
+    and not path.startswith("file://")
+    and CompressionTypes.detect_compression_type(path) == CompressionTypes.UNCOMPRESSED
+  )
+
+
+@dataclasses.dataclass(frozen=True)
+class _ReadAgain:
+  """A pooled read's answer for an object that grew since it was listed."""
+
+  readable: fileio.ReadableFile
+  image_id: str
 
 
 def _fetch_gcs_object(gcs, path: str, limit: int) -> bytes:

@@ -118,6 +118,7 @@ def test_read_failures_are_todays_rows_with_reads_overlapped(gcs_emulator, proxy
   bucket = helper.storage_client().bucket(BUCKET)
   bucket.blob("concurrent/failures/big.png").upload_from_string(b"a" * 3000)
   bucket.blob("concurrent/failures/grown.png").upload_from_string(b"g" * 3000)
+  bucket.blob("concurrent/failures/regrown.png").upload_from_string(b"r" * 500)
   bucket.blob("concurrent/failures/empty.png").upload_from_string(b"")
   bucket.blob("concurrent/failures/small.png").upload_from_string(b"s" * 50)
   fifo = tmp_path / "fifo.png"
@@ -126,6 +127,9 @@ def test_read_failures_are_todays_rows_with_reads_overlapped(gcs_emulator, proxy
     filesystem.FileMetadata(f"{ROOT}/failures/gone.png", 10, 0.0),  # deleted after listing
     filesystem.FileMetadata(f"{ROOT}/failures/big.png", 3000, 0.0),  # too large as listed
     filesystem.FileMetadata(f"{ROOT}/failures/grown.png", 10, 0.0),  # grew after listing
+    # Grew after listing, within the limit: a pooled read holds at most its listed size + 1
+    # byte, and the object is read again, whole, on the bundle's thread.
+    filesystem.FileMetadata(f"{ROOT}/failures/regrown.png", 10, 0.0),
     filesystem.FileMetadata(f"{ROOT}/failures/empty.png", 0, 0.0),
     filesystem.FileMetadata(f"{ROOT}/failures/small.png", 50, 0.0),
     filesystem.FileMetadata(str(fifo), 0, 0.0),
@@ -154,7 +158,22 @@ def test_read_failures_are_todays_rows_with_reads_overlapped(gcs_emulator, proxy
     )
     assert_that(
       out.records | beam.Map(lambda r: (r.image_id, r.data)),
-      equal_to([("empty.png", b""), ("small.png", b"s" * 50)]),
+      equal_to([("empty.png", b""), ("regrown.png", b"r" * 500), ("small.png", b"s" * 50)]),
       label="records",
     )
     pipeline.run().wait_until_finish()
+
+
+@pytest.mark.parametrize(
+  "path, pooled",
+  [
+    ("gs://b/photos/cat.jpg", True),
+    ("s3://b/photos/cat.jpg", True),
+    ("gs://b/photos/cat.jpg.gz", False),  # listed compressed, read decompressed
+    ("gs://b/photos/cat.jpg.bz2", False),
+    ("/data/photos/cat.jpg", False),
+    ("file:///data/photos/cat.jpg", False),
+  ],
+)
+def test_only_reads_bounded_by_their_listed_size_go_on_the_pool(path, pooled):
+  assert sources._poolable(path) is pooled
