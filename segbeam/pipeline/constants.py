@@ -29,9 +29,9 @@ DEFAULT_MAX_PIXELS = 50_000_000
 DEFAULT_MAX_FILE_BYTES = 256 << 20
 DEFAULT_BATCH_SIZE = 32
 
-# The breaker (`inference.BreakerLimits`): a worker process stops the run when this many batches
-# in a row fail in the model, every image of them alone too, or when such batches hold more
-# than this share of the first images it infers.
+# The breaker (`inference.BreakerLimits`): a worker process stops the run when this many batches'
+# worth of images in a row fail in the model, each alone too, or more than this share of the
+# first images it infers.
 DEFAULT_BREAKER_BATCHES = 3
 DEFAULT_BREAKER_SHARE = 0.5
 DEFAULT_BREAKER_FIRST_IMAGES = 200

@@ -14,8 +14,8 @@ that fails on every image (a GPU whose CUDA or cuDNN cannot start, say) fails th
 real error, before any image is read for nothing.
 `IsolatingModelHandler` wraps the keyed handler so a batch that fails is retried one element at
 a time: a bad image fails alone, with its error, and never takes its batch down; while its
-breaker (`BreakerLimits`) stops the run where whole batches fail, image by image, in the model:
-a failure every image shares is not an image's failure. It can also cut
+breaker (`BreakerLimits`) stops the run where images fail in the model, each alone too, batch
+after batch: a failure every image shares is not an image's failure. It can also cut
 each batch into slices inferred at the same time: one TensorFlow call leaves cores idle between
 and inside its ops, and concurrent calls fill them. With `overlap` it returns at once, each
 inference a `PendingInference`, so the bundle thread reads and validates the next batch while
@@ -320,14 +320,23 @@ def _failure_for(error: BaseException, data: Any) -> InferenceFailure:
   )
 
 
+# A batch smaller than this counts as this many images towards --breaker-batches: a few images
+# failing in a row are weak evidence against the model, whatever the batch size.
+MIN_BREAKER_BATCH = 8
+
+
 @dataclasses.dataclass(frozen=True)
 class BreakerLimits:
-  """When a worker process stops the run: a batch "fails whole" where the batch fails and
-  every image of it fails again alone, in the model (it decodes).
+  """When a worker process stops the run because the model, not the images, fails.
+
+  An image "fails in the model" where it fails alone too and its bytes decode (an image that
+  does not decode is a `decode` row and counts for nothing). Any image inferred resets the
+  count of images in a row.
 
   Attributes:
-    batches: that many batches of two images or more in a row fail whole (0: never).
-    share: batches that failed whole hold more than this share of the first `first_images`
+    batches: that many batches' worth of images (--batch-size, at least MIN_BREAKER_BATCH)
+      fail in the model in a row (0: never).
+    share: images failing in the model are more than this share of the first `first_images`
       images the process infers (1 or more: never).
     first_images: see `share`.
   """
@@ -345,11 +354,12 @@ class BreakerLimits:
 
 
 class _Breaker:
-  """One process's count of a handler's whole-batch failures (see `BreakerLimits`); shared by
-  the process's threads."""
+  """One process's count of a handler's images failing in the model (see `BreakerLimits`);
+  shared by the process's threads."""
 
-  def __init__(self, limits: BreakerLimits):
+  def __init__(self, limits: BreakerLimits, batch_size: int):
     self._limits = limits
+    self._in_a_row_limit = limits.batches * max(batch_size, MIN_BREAKER_BATCH)
     self._lock = threading.Lock()
     self._inferred = 0
     self._failed_in_first = 0
@@ -357,52 +367,57 @@ class _Breaker:
     self._failed = 0
     self._tripped: Optional[str] = None
 
-  def record(self, size: int, whole_failure: Optional[InferenceFailure]) -> None:
-    """Counts an isolated call over `size` images, which failed whole with `whole_failure` or
-    not; raises ModelFailureError once the limits are passed (and at every call after)."""
+  def record(self, results: Sequence[tuple[Any, Any]]) -> None:
+    """Counts one isolated call's (key, inference or InferenceFailure) results; raises
+    ModelFailureError once the limits are passed (and at every call after)."""
     limits = self._limits
+    failures = [r for _, r in results if isinstance(r, InferenceFailure)]
+    in_model = [f for f in failures if f.stage == elements.STAGE_INFER]
     with self._lock:
       if self._tripped is None:
-        first = max(0, min(size, limits.first_images - self._inferred))
-        self._inferred += size
-        if whole_failure is None:
+        first = max(0, min(len(in_model), limits.first_images - self._inferred))
+        self._inferred += len(results)
+        if len(failures) < len(results):  # an image was inferred: the model runs
           self._in_a_row = 0
-        else:
-          self._failed += size
-          self._failed_in_first += first
-          if size > 1:
-            self._in_a_row += 1
-          if limits.batches and self._in_a_row >= limits.batches:
-            self._tripped = (
-              f"{self._in_a_row} batch{'es' if self._in_a_row > 1 else ''} in a row failed "
-              "in the model, every image of them "
-              f"alone too (--breaker-batches {limits.batches})"
-            )
-          elif self._failed_in_first > limits.share * limits.first_images:
-            self._tripped = (
-              f"{self._failed_in_first} of the first {limits.first_images} images failed in "
-              f"the model, in batches whose every image failed (--breaker-share "
-              f"{limits.share:g})"
-            )
-          if self._tripped is not None:
-            self._tripped = (
-              f"{self._tripped}: {self._failed} images failed with "
-              f"{whole_failure.error_type}: {whole_failure.message}. A failure every image "
-              "shares is the model's or the device's (driver, CUDA, cuDNN, memory), not the "
-              "images'"
-            )
+          in_model = []
+        self._failed += len(in_model)
+        self._failed_in_first += first if in_model else 0
+        self._in_a_row += len(in_model)
+        if limits.batches and self._in_a_row >= self._in_a_row_limit:
+          self._tripped = (
+            f"{self._in_a_row} images in a row failed in the model, each alone too "
+            f"(--breaker-batches {limits.batches}: {self._in_a_row_limit} images)"
+          )
+        elif self._failed_in_first > limits.share * limits.first_images:
+          self._tripped = (
+            f"{self._failed_in_first} of the first {limits.first_images} images failed in the "
+            f"model, each alone too (--breaker-share {limits.share:g})"
+          )
+        if self._tripped is not None:
+          self._tripped = (
+            f"{self._tripped}; {self._failed} images failed so, as this one: "
+            f"{_most_common(in_model)}. A failure every image shares is the model's or the "
+            "device's (driver, CUDA, cuDNN, memory), not the images'"
+          )
       if self._tripped is not None:
         raise elements.ModelFailureError(self._tripped)
+
+
+def _most_common(failures: Sequence[InferenceFailure]) -> str:
+  """'ErrorType: message' of the most common error type among `failures`."""
+  most_common = collections.Counter(f.error_type for f in failures).most_common(1)[0][0]
+  failure = next(f for f in failures if f.error_type == most_common)
+  return f"{failure.error_type}: {failure.message}"
 
 
 _breakers_lock = threading.Lock()
 _breakers: dict[str, _Breaker] = {}
 
 
-def _breaker(token: str, limits: BreakerLimits) -> _Breaker:
+def _breaker(token: str, limits: BreakerLimits, batch_size: int) -> _Breaker:
   with _breakers_lock:
     if token not in _breakers:
-      _breakers[token] = _Breaker(limits)
+      _breakers[token] = _Breaker(limits, batch_size)
     return _breakers[token]
 
 
@@ -461,19 +476,6 @@ def slice_bounds(size: int, slices: int) -> list[tuple[int, int]]:
   slices = max(1, min(slices, size))
   edges = [size * i // slices for i in range(slices + 1)]
   return list(zip(edges[:-1], edges[1:]))
-
-
-def _whole_failure(results: Sequence[tuple[Any, Any]]) -> Optional[InferenceFailure]:
-  """Where every result is a failure in the model, the most common of them (by error type);
-  else None."""
-  failures = [inference for _, inference in results]
-  if not failures or not all(
-    isinstance(f, InferenceFailure) and f.stage == elements.STAGE_INFER for f in failures
-  ):
-    return None
-  types = collections.Counter(f.error_type for f in failures)
-  most_common = types.most_common(1)[0][0]
-  return next(f for f in failures if f.error_type == most_common)
 
 
 class IsolatingModelHandler(base.ModelHandler):
@@ -543,7 +545,8 @@ class IsolatingModelHandler(base.ModelHandler):
   def _run_isolated(
     self, batch: Sequence[tuple[Any, bytes]], model: Any, inference_args: Optional[dict[str, Any]]
   ) -> list:
-    breaker = _breaker(self._breaker_token, self._breaker_limits)
+    batch_size = self._handler.batch_elements_kwargs().get("max_batch_size", len(batch))
+    breaker = _breaker(self._breaker_token, self._breaker_limits, batch_size)
     try:
       results = list(self._handler.run_inference(batch, model, inference_args))
     except Exception as batch_error:  # isolate, then report
@@ -561,9 +564,7 @@ class IsolatingModelHandler(base.ModelHandler):
             results.extend(self._handler.run_inference([element], model, inference_args))
           except Exception as error:  # this image alone is bad
             results.append((element[0], _failure_for(error, element[1])))
-      breaker.record(len(batch), _whole_failure(results))
-      return results
-    breaker.record(len(batch), None)
+    breaker.record(results)
     return results
 
   def get_num_bytes(self, batch) -> int:

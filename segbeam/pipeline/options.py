@@ -69,7 +69,7 @@ class RunOptions:
     require_gpu: fail the model's load where TensorFlow sees no GPU (set by `segbeam submit`
       and the Flex Template: a GPU job must not run on the CPU while its GPUs are billed).
     breaker_batches, breaker_share, breaker_first_images: when a worker process stops the run
-      because the model fails on every image of whole batches (`inference.BreakerLimits`).
+      because the model, not the images, fails (`inference.BreakerLimits`).
     quiet: print no progress lines while a local run goes.
     run_id: recorded in every row and the manifest, and names the run's journal files: a plain
       name (`check_run_id`).
@@ -315,15 +315,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     "--breaker-batches",
     type=int,
     default=constants.DEFAULT_BREAKER_BATCHES,
-    help="stop the run when this many batches in a row fail in the model, every image of "
-    "them alone too: a broken model or GPU, not bad images (0: never; default %(default)s)",
+    help="stop the run when this many batches' worth of images in a row fail in the model, "
+    "each alone too: a broken model or GPU, not bad images (0: never; default %(default)s)",
   )
   parser.add_argument(
     "--breaker-share",
     type=float,
     default=constants.DEFAULT_BREAKER_SHARE,
-    help="stop the run when batches that failed that way hold more than this share of the "
-    "first --breaker-first-images images a worker process infers (default %(default)s)",
+    help="stop the run when more than this share of the first --breaker-first-images images "
+    "a worker process infers fail that way (default %(default)s)",
   )
   parser.add_argument(
     "--breaker-first-images",

@@ -328,13 +328,13 @@ def _breaker_traceback() -> tuple[str, str]:
 
   from segbeam.pipeline import inference
 
-  breaker = inference._Breaker(inference.BreakerLimits(batches=1))
+  breaker = inference._Breaker(inference.BreakerLimits(batches=1), batch_size=8)
   failure = inference.InferenceFailure(
     "infer", "InternalError", "Failed to call ThenRnnForward: cuDNN launch failure"
   )
   try:
     try:
-      breaker.record(2, failure)
+      breaker.record([(f"k{i}", failure) for i in range(8)])
     except Exception as error:
       raise RuntimeError("while running 'Segment/RunInference'") from error
   except Exception as error:

@@ -209,90 +209,89 @@ def _photos(count: int, start: int = 0):
   return [(f"k{i}", PHOTO + str(i).encode()) for i in range(start, start + count)]
 
 
-def test_the_breaker_stops_after_batches_in_a_row_that_fail_whole():
-  handler = inference.IsolatingModelHandler(
-    base.KeyedModelHandler(BrokenDeviceHandler()), breaker=inference.BreakerLimits(batches=3)
+def _isolating(device, **limits):
+  """An isolating handler over `device` with fixed batches of 8 and the breaker's `limits`."""
+  device.batch_elements_kwargs = lambda: {"max_batch_size": 8}
+  return inference.IsolatingModelHandler(
+    base.KeyedModelHandler(device), breaker=inference.BreakerLimits(**limits)
   )
-  for start in (0, 4):
-    results = handler.run_inference(_photos(4, start), "model")
-    assert [r.stage for _, r in results] == [elements.STAGE_INFER] * 4
+
+
+def test_the_breaker_stops_after_batches_worth_of_images_in_a_row():
+  handler = _isolating(BrokenDeviceHandler(), batches=3)
+  for start in (0, 8):
+    results = handler.run_inference(_photos(8, start), "model")
+    assert [r.stage for _, r in results] == [elements.STAGE_INFER] * 8
   with pytest.raises(elements.ModelFailureError) as raised:
-    handler.run_inference(_photos(4, 8), "model")
+    handler.run_inference(_photos(8, 16), "model")
   message = str(raised.value)
-  assert "3 batches in a row" in message and "--breaker-batches 3" in message
-  assert "12 images failed with RuntimeError: cuDNN failed to initialize" in message
+  assert "24 images in a row failed in the model" in message
+  assert "(--breaker-batches 3: 24 images)" in message
+  assert "24 images failed so, as this one: RuntimeError: cuDNN failed to initialize" in message
   # Every later call of the process's threads stops too, without running the model.
   with pytest.raises(elements.ModelFailureError):
-    handler.run_inference(_photos(4, 12), "model")
+    handler.run_inference(_photos(8, 24), "model")
+
+
+@pytest.mark.parametrize("call_size", [1, 2, 8])
+def test_images_failing_one_by_one_or_among_damaged_files_still_count(call_size):
+  """Batches of one (--batch-size 1, slices of one, a runner's small bundles) and damaged files
+  mixed in, which fail at decode, neither hide a model failing on every photo."""
+  handler = _isolating(BrokenDeviceHandler(), batches=3)
+  damaged = [("d1", b"\xff\xd8 cut"), ("d2", b"\x89PNG cut")]
+  calls = 0
+  with pytest.raises(elements.ModelFailureError, match="24 images in a row"):
+    for start in range(0, 100, call_size):
+      calls += 1
+      handler.run_inference(_photos(call_size, start) + damaged[: calls % 3], "model")
+  assert calls == 24 // call_size
 
 
 def test_the_breaker_stops_on_a_share_of_the_first_images():
   device = BrokenDeviceHandler(failing={PHOTO + str(i).encode() for i in range(0, 100)})
-  handler = inference.IsolatingModelHandler(
-    base.KeyedModelHandler(device),
-    breaker=inference.BreakerLimits(batches=0, share=0.25, first_images=40),
-  )
+  handler = _isolating(device, batches=0, share=0.25, first_images=40)
   handler.run_inference(_photos(8, 100), "model")  # fine
-  handler.run_inference(_photos(8, 0), "model")  # failed whole: 8 of the first 40
+  handler.run_inference(_photos(8, 0), "model")  # 8 of the first 40 failed
   with pytest.raises(elements.ModelFailureError, match="11 of the first 40 images"):
     handler.run_inference(_photos(3, 8), "model")
 
 
 def test_bad_images_never_trip_the_breaker():
-  """Images that do not decode, a model failing on one image per batch, batches of one, and a
-  good batch between failed ones: none stops the run, every image has its row."""
+  """Images that do not decode, a model failing on a few images, and an image inferred between
+  failed ones: none stops the run, every image has its row."""
   particular = {PHOTO + b"1", PHOTO + b"5", PHOTO + b"9"}
-  handler = inference.IsolatingModelHandler(
-    base.KeyedModelHandler(BrokenDeviceHandler(failing=particular)),
-    breaker=inference.BreakerLimits(batches=2, share=0.1, first_images=1000),
+  handler = _isolating(
+    BrokenDeviceHandler(failing=particular), batches=1, share=0.01, first_images=1000
   )
   results = []
   for start in range(0, 12, 4):
     results += handler.run_inference(_photos(4, start), "model")
   assert [k for k, r in results if isinstance(r, inference.InferenceFailure)] == ["k1", "k5", "k9"]
 
-  corrupt = inference.IsolatingModelHandler(
-    base.KeyedModelHandler(BrokenDeviceHandler()),
-    breaker=inference.BreakerLimits(batches=2, share=0.1, first_images=1000),
-  )
-  for _ in range(5):  # batches of damaged files that fail at decode
+  corrupt = _isolating(BrokenDeviceHandler(), batches=1, share=0.01, first_images=1000)
+  for _ in range(20):  # batches of damaged files that fail at decode
     results = corrupt.run_inference([("a", b"\xff\xd8 cut"), ("b", b"\x89PNG cut")], "model")
     assert [r.stage for _, r in results] == [elements.STAGE_DECODE] * 2
 
-  alone = inference.IsolatingModelHandler(
-    base.KeyedModelHandler(BrokenDeviceHandler()),
-    breaker=inference.BreakerLimits(batches=2, share=0.9, first_images=1000),
-  )
-  for i in range(5):  # batches of one count towards the share only
-    assert alone.run_inference(_photos(1, i), "model")[0][1].stage == elements.STAGE_INFER
-
   between = BrokenDeviceHandler(failing=set())
-  interrupted = inference.IsolatingModelHandler(
-    base.KeyedModelHandler(between),
-    breaker=inference.BreakerLimits(batches=2, share=1, first_images=1000),
-  )
-  for _ in range(3):
+  interrupted = _isolating(between, batches=2, share=1, first_images=1000)
+  for _ in range(5):
     between.failing = None
-    interrupted.run_inference(_photos(3), "model")
+    interrupted.run_inference(_photos(8), "model")  # 8 fail, 16 would stop
     between.failing = set()
-    interrupted.run_inference(_photos(3), "model")  # the device works again: a new count
+    interrupted.run_inference(_photos(1), "model")  # the model runs again: a new count
 
 
 def test_each_handler_counts_on_its_own():
   """Two runs in one process (tests, notebooks) never share a count; a pickled copy of a
   handler (Beam's threads in one process) shares its own."""
-  limits = inference.BreakerLimits(batches=2)
-  first = inference.IsolatingModelHandler(
-    base.KeyedModelHandler(BrokenDeviceHandler()), breaker=limits
-  )
-  second = inference.IsolatingModelHandler(
-    base.KeyedModelHandler(BrokenDeviceHandler()), breaker=limits
-  )
-  first.run_inference(_photos(2), "model")
-  second.run_inference(_photos(2), "model")
+  first = _isolating(BrokenDeviceHandler(), batches=1)  # stops at 8 images in a row
+  second = _isolating(BrokenDeviceHandler(), batches=1)
+  first.run_inference(_photos(4), "model")
+  second.run_inference(_photos(4), "model")
   copy = pickler.loads(pickler.dumps(first))
-  with pytest.raises(elements.ModelFailureError):
-    copy.run_inference(_photos(2), "model")
+  with pytest.raises(elements.ModelFailureError, match="8 images in a row"):
+    copy.run_inference(_photos(4), "model")
 
 
 @pytest.mark.parametrize("name", constants.HANDLERS)

@@ -114,10 +114,20 @@ def test_a_model_failing_on_every_photo_stops_the_run_early(
   assert not os.path.exists(os.path.join(output, constants.MANIFEST_FILE))
   last = lines[-1]
   assert "no manifest was written" in last and "--breaker-batches 3" in last, last
-  match = re.search(r"(\d+) images failed with InvalidArgumentError: .*Tensor had Inf values", last)
+  match = re.search(r"(\d+) images failed so, as this one: InvalidArgumentError: .*Inf", last)
   assert match, last
-  # Each process stops after three failed batches (slices of one): far from the whole input.
-  assert 0 < int(match.group(1)) <= constants.DEFAULT_BREAKER_BATCHES * BATCH
+  # Each process stops after three batches' worth of images (passed by at most the call that
+  # passes it): far from the whole input.
+  assert 0 < int(match.group(1)) < (constants.DEFAULT_BREAKER_BATCHES + 1) * BATCH
+
+
+def test_batches_of_one_image_stop_the_run_too(photos, exports, tmp_path, capsys):
+  """Batches of one (or a runner's bundles of one) fail image by image: they count in images."""
+  output = str(tmp_path / "out")
+  code, lines = _run(photos, exports["photos"], output, "--batch-size", "1", capsys=capsys)
+  assert code == 1
+  assert "24 images in a row failed in the model" in lines[-1], lines[-1]
+  assert "(--breaker-batches 3: 24 images)" in lines[-1]
 
 
 def test_the_share_of_the_first_images_stops_the_run(photos, exports, tmp_path, capsys):
