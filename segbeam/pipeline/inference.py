@@ -280,8 +280,6 @@ def outputs_as_arrays(inference: Any) -> dict[str, np.ndarray]:
 
 
 _GRAPH_NODE = re.compile(r"\s*\[\[.*?\]\]")
-# A failing node TensorFlow names whose op decodes ("{{node cond/decode_image/DecodeImage}}").
-_DECODE_NODE = re.compile(r"\{\{node (?:[^}]*/)?(?:Decode\w*|ExtractJpegShape)\}\}")
 # Errors of the device or its resources, never of an image's bytes.
 _DEVICE_ERRORS = frozenset(
   {"MemoryError", "ResourceExhaustedError", "InternalError", "UnavailableError", "AbortedError"}
@@ -295,26 +293,31 @@ def _shown(message: str) -> str:
 
 
 def _decodes(data: Any) -> bool:
-  """Whether `data` decodes as an image with the decoder of the serving graph."""
+  """Whether `data` decodes as an image in every way the serving graph may decode it: a JPEG
+  at each DCT scale (`preprocessing.decode_for_size` picks one by the model's input size, and
+  a damaged JPEG can fail at some only), anything else whole."""
   if not isinstance(data, bytes):
     return False
+  encoded = tf.constant(data)
   try:
-    preprocessing.decode_image(tf.constant(data), channels=3)
+    if tf.io.is_jpeg(encoded):
+      for ratio in preprocessing.JPEG_SCALES:
+        tf.io.decode_jpeg(encoded, channels=3, ratio=ratio)
+    else:
+      preprocessing.decode_image(encoded, channels=3)
     return True
   except Exception:  # noqa: BLE001  # whatever the decoder raises, it does not decode
     return False
 
 
 def _failure_for(error: BaseException, data: Any) -> InferenceFailure:
-  """The failure of one image, `data` its encoded bytes: `decode` where a decode op failed or
-  they do not decode (the serving graph decodes first), `infer` where they do and the model
-  fails on them. The error's type does not say: a model's own checks raise InvalidArgumentError
-  as a decode op does."""
+  """The failure of one image, `data` its encoded bytes: `decode` where they do not decode
+  (the serving graph decodes first), `infer` where they do and the model fails on them. Only
+  the bytes say which: a model's own checks raise InvalidArgumentError as a decode op does, and
+  its error messages and node names are the model's to choose."""
   error_type = type(error).__name__
   message = elements.one_line(error)
-  is_decode = error_type not in _DEVICE_ERRORS and (
-    bool(_DECODE_NODE.search(message)) or not _decodes(data)
-  )
+  is_decode = error_type not in _DEVICE_ERRORS and not _decodes(data)
   return InferenceFailure(
     elements.STAGE_DECODE if is_decode else elements.STAGE_INFER, error_type, _shown(message)
   )
@@ -330,14 +333,13 @@ class BreakerLimits:
   """When a worker process stops the run because the model, not the images, fails.
 
   An image "fails in the model" where it fails alone too and its bytes decode (an image that
-  does not decode is a `decode` row and counts for nothing). Any image inferred resets the
-  count of images in a row.
+  does not decode is a `decode` row and counts for nothing).
 
   Attributes:
     batches: that many batches' worth of images (--batch-size, at least MIN_BREAKER_BATCH)
-      fail in the model in a row (0: never).
+      fail in the model in a row, with none inferred between (0: never).
     share: images failing in the model are more than this share of the first `first_images`
-      images the process infers (1 or more: never).
+      images the process infers, whatever was inferred between (1 or more: never).
     first_images: see `share`.
   """
 
@@ -375,14 +377,13 @@ class _Breaker:
     in_model = [f for f in failures if f.stage == elements.STAGE_INFER]
     with self._lock:
       if self._tripped is None:
-        first = max(0, min(len(in_model), limits.first_images - self._inferred))
+        self._failed_in_first += max(0, min(len(in_model), limits.first_images - self._inferred))
         self._inferred += len(results)
-        if len(failures) < len(results):  # an image was inferred: the model runs
-          self._in_a_row = 0
-          in_model = []
         self._failed += len(in_model)
-        self._failed_in_first += first if in_model else 0
-        self._in_a_row += len(in_model)
+        if len(failures) < len(results):  # an image was inferred: not every image fails
+          self._in_a_row = 0
+        else:
+          self._in_a_row += len(in_model)
         if limits.batches and self._in_a_row >= self._in_a_row_limit:
           self._tripped = (
             f"{self._in_a_row} images in a row failed in the model, each alone too "

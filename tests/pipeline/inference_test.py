@@ -181,6 +181,34 @@ def test_an_image_that_decodes_but_fails_in_the_model_fails_at_infer():
   assert inference._failure_for(error, photo[: len(photo) // 2]).stage == elements.STAGE_DECODE
   # Out of memory is the device's, whatever the bytes.
   assert inference._failure_for(MemoryError("OOM"), b"not an image").stage == elements.STAGE_INFER
+  # A model names its own nodes and writes its own messages: they say nothing of the image.
+  named = ValueError("Tensor had Inf values [[{{node head/DecodeJpeg}}]] {{node DecodeJpeg}}")
+  assert inference._failure_for(named, photo).stage == elements.STAGE_INFER
+
+
+def _with_sampling_factors(jpeg: bytes, h: int, v: int) -> bytes:
+  """`jpeg` (baseline) with its first component's sampling factors set to h x v in its header."""
+  data = bytearray(jpeg)
+  frame = data.index(b"\xff\xc0")
+  data[frame + 11] = (h << 4) | v
+  return bytes(data)
+
+
+def test_a_jpeg_the_graph_cannot_decode_at_some_scale_fails_at_decode():
+  """The serving graph decodes a JPEG at a DCT scale its input size picks: bytes any of those
+  decodes refuse are the image's fault, not the model's."""
+  import io  # noqa: PLC0415
+
+  from PIL import Image  # noqa: PLC0415
+
+  rng = np.random.default_rng(0)
+  buffer = io.BytesIO()
+  Image.fromarray((rng.random((64, 64, 3)) * 255).astype(np.uint8)).save(
+    buffer, "JPEG", subsampling=0, quality=90
+  )
+  broken = _with_sampling_factors(buffer.getvalue(), 3, 3)
+  error = ValueError("Graph execution error: Sampling factors too large for interleaved scan")
+  assert inference._failure_for(error, broken).stage == elements.STAGE_DECODE
 
 
 PHOTO = synthetic.encode(synthetic.pet_scene(12, 10, 1)[0], "PNG")
@@ -254,6 +282,18 @@ def test_the_breaker_stops_on_a_share_of_the_first_images():
   handler.run_inference(_photos(8, 0), "model")  # 8 of the first 40 failed
   with pytest.raises(elements.ModelFailureError, match="11 of the first 40 images"):
     handler.run_inference(_photos(3, 8), "model")
+
+
+def test_a_model_failing_on_most_images_stops_on_the_share_though_some_are_inferred():
+  """A device that fails on large images only, or now and then: calls where some image is
+  inferred still count towards the share."""
+  handler = _isolating(
+    BrokenDeviceHandler(failing={PHOTO + str(i).encode() for i in range(200) if i % 8}),
+    batches=3,
+  )
+  with pytest.raises(elements.ModelFailureError, match=r"\d+ of the first 200 images"):
+    for start in range(0, 200, 8):
+      handler.run_inference(_photos(8, start), "model")
 
 
 def test_bad_images_never_trip_the_breaker():

@@ -121,22 +121,22 @@ def test_a_model_failing_on_every_photo_stops_the_run_early(
   assert 0 < int(match.group(1)) < (constants.DEFAULT_BREAKER_BATCHES + 1) * BATCH
 
 
-def test_batches_of_one_image_stop_the_run_too(photos, exports, tmp_path, capsys):
-  """Batches of one (or a runner's bundles of one) fail image by image: they count in images."""
-  output = str(tmp_path / "out")
-  code, lines = _run(photos, exports["photos"], output, "--batch-size", "1", capsys=capsys)
+@pytest.mark.parametrize(
+  "extra, said",
+  [
+    # Batches of one (or a runner's bundles of one) fail image by image: they count in images.
+    (("--batch-size", "1"), ("24 images in a row failed", "(--breaker-batches 3: 24 images)")),
+    (
+      ("--breaker-batches", "0", "--breaker-first-images", "40"),
+      ("of the first 40 images failed in the model", "--breaker-share 0.5"),
+    ),
+  ],
+  ids=["batches of one", "the share of the first images"],
+)
+def test_each_limit_stops_the_run(photos, exports, tmp_path, capsys, extra, said):
+  code, lines = _run(photos, exports["photos"], str(tmp_path / "out"), *extra, capsys=capsys)
   assert code == 1
-  assert "24 images in a row failed in the model" in lines[-1], lines[-1]
-  assert "(--breaker-batches 3: 24 images)" in lines[-1]
-
-
-def test_the_share_of_the_first_images_stops_the_run(photos, exports, tmp_path, capsys):
-  output = str(tmp_path / "out")
-  only_the_share = ("--breaker-batches", "0", "--breaker-first-images", "40")
-  code, lines = _run(photos, exports["photos"], output, *only_the_share, capsys=capsys)
-  assert code == 1
-  assert "of the first 40 images failed in the model" in lines[-1], lines[-1]
-  assert "--breaker-share 0.5" in lines[-1]
+  assert all(words in lines[-1] for words in said), lines[-1]
 
 
 def test_with_the_breaker_off_every_image_is_an_infer_row(photos, exports, tmp_path, capsys):
