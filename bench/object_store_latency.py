@@ -189,9 +189,9 @@ def main(argv=None) -> int:
   parser.add_argument("--repeats", type=int, default=3, help="runs of each size, fastest kept")
   parser.add_argument("--photos", default=throughput.SHARED)
   args = parser.parse_args(argv)
-  from segbeam.pipeline import options as options_lib
+  from segbeam.pipeline import constants
 
-  concurrency = args.read_concurrency or options_lib.DEFAULT_READ_CONCURRENCY
+  concurrency = args.read_concurrency or constants.DEFAULT_READ_CONCURRENCY
   work = tempfile.mkdtemp(prefix="segbeam-latency-")
   model = os.path.join(work, "null-export")
   with contextlib.redirect_stdout(io.StringIO()):

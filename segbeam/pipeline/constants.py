@@ -29,12 +29,16 @@ DEFAULT_MAX_PIXELS = 50_000_000
 DEFAULT_MAX_FILE_BYTES = 256 << 20
 DEFAULT_BATCH_SIZE = 32
 
-# The breaker (`inference.BreakerLimits`): a worker process stops the run when this many batches'
+# The breaker (`options.BreakerLimits`): a worker process stops the run when this many batches'
 # worth of images in a row fail in the model, each alone too, or more than this share of the
 # first images it infers.
 DEFAULT_BREAKER_BATCHES = 3
 DEFAULT_BREAKER_SHARE = 0.5
 DEFAULT_BREAKER_FIRST_IMAGES = 200
+
+# Image files read at a time per reading thread (`sources.ReadFile`): enough to keep a 4-vCPU
+# GPU worker at its CPU bound at 50 ms per object-store request (docs/capacity-plan.md).
+DEFAULT_READ_CONCURRENCY = 16
 # Concurrent slices of each batch, and postprocessing threads per worker thread (`options`).
 DEFAULT_INFERENCE_SLICES = 2
 DEFAULT_POSTPROCESS_THREADS = 1

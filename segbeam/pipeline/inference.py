@@ -14,8 +14,8 @@ that fails on every image (a GPU whose CUDA or cuDNN cannot start, say) fails th
 real error, before any image is read for nothing.
 `IsolatingModelHandler` wraps the keyed handler so a batch that fails is retried one element at
 a time: a bad image fails alone, with its error, and never takes its batch down; while its
-breaker (`BreakerLimits`) stops the run where images fail in the model, each alone too, batch
-after batch: a failure every image shares is not an image's failure. It can also cut
+breaker (`options.BreakerLimits`) stops the run where images fail in the model, each alone
+too, batch after batch: a failure every image shares is not an image's failure. It can also cut
 each batch into slices inferred at the same time: one TensorFlow call leaves cores idle between
 and inside its ops, and concurrent calls fill them. With `overlap` it returns at once, each
 inference a `PendingInference`, so the bundle thread reads and validates the next batch while
@@ -48,6 +48,7 @@ from segbeam.pipeline import constants
 from segbeam.pipeline import devices
 from segbeam.pipeline import elements
 from segbeam.pipeline import model_files
+from segbeam.pipeline import options as options_lib
 from segbeam.pipeline import sessions
 
 _LOG = logging.getLogger(__name__)
@@ -257,7 +258,7 @@ def create_handler(
   overlap: bool = False,
   trust_model: bool = False,
   require_gpu: bool = False,
-  breaker: Optional[BreakerLimits] = None,
+  breaker: Optional[options_lib.BreakerLimits] = None,
 ) -> base.ModelHandler:
   """The keyed, isolating handler `name` over the export in `model_dir` (see
   `IsolatingModelHandler` for `slices`, `overlap` and `breaker`; `trust_model`: load it
@@ -328,38 +329,11 @@ def _failure_for(error: BaseException, data: Any) -> InferenceFailure:
 MIN_BREAKER_BATCH = 8
 
 
-@dataclasses.dataclass(frozen=True)
-class BreakerLimits:
-  """When a worker process stops the run because the model, not the images, fails.
-
-  An image "fails in the model" where it fails alone too and its bytes decode (an image that
-  does not decode is a `decode` row and counts for nothing).
-
-  Attributes:
-    batches: that many batches' worth of images (--batch-size, at least MIN_BREAKER_BATCH)
-      fail in the model in a row, with none inferred between (0: never).
-    share: images failing in the model are more than this share of the first `first_images`
-      images the process infers, whatever was inferred between (1 or more: never).
-    first_images: see `share`.
-  """
-
-  batches: int = constants.DEFAULT_BREAKER_BATCHES
-  share: float = constants.DEFAULT_BREAKER_SHARE
-  first_images: int = constants.DEFAULT_BREAKER_FIRST_IMAGES
-
-  def __post_init__(self):
-    if self.batches < 0 or self.first_images < 1 or not 0 <= self.share:
-      raise ValueError(
-        "--breaker-batches must be 0 or more, --breaker-first-images at least 1 and "
-        f"--breaker-share 0 or more; got {self.batches}, {self.first_images}, {self.share}"
-      )
-
-
 class _Breaker:
-  """One process's count of a handler's images failing in the model (see `BreakerLimits`);
+  """One process's count of a handler's images failing in the model (`options.BreakerLimits`);
   shared by the process's threads."""
 
-  def __init__(self, limits: BreakerLimits, batch_size: int):
+  def __init__(self, limits: options_lib.BreakerLimits, batch_size: int):
     self._limits = limits
     self._in_a_row_limit = limits.batches * max(batch_size, MIN_BREAKER_BATCH)
     self._lock = threading.Lock()
@@ -415,7 +389,7 @@ _breakers_lock = threading.Lock()
 _breakers: dict[str, _Breaker] = {}
 
 
-def _breaker(token: str, limits: BreakerLimits, batch_size: int) -> _Breaker:
+def _breaker(token: str, limits: options_lib.BreakerLimits, batch_size: int) -> _Breaker:
   with _breakers_lock:
     if token not in _breakers:
       _breakers[token] = _Breaker(limits, batch_size)
@@ -488,8 +462,8 @@ class IsolatingModelHandler(base.ModelHandler):
   With `overlap` the call returns as soon as the slices are handed over, each result's
   inference a `PendingInference`: the caller prepares the next batch while this one is
   inferred (the slice threads take batches in the order they came).
-  The breaker counts each slice's call in this process (`BreakerLimits`, default limits where
-  `breaker` is None) and raises `elements.ModelFailureError` once they are passed.
+  The breaker counts each slice's call in this process (`options.BreakerLimits`, its defaults
+  where `breaker` is None) and raises `elements.ModelFailureError` once they are passed.
   """
 
   def __init__(
@@ -498,7 +472,7 @@ class IsolatingModelHandler(base.ModelHandler):
     *,
     slices: int = 1,
     overlap: bool = False,
-    breaker: Optional[BreakerLimits] = None,
+    breaker: Optional[options_lib.BreakerLimits] = None,
   ):
     super().__init__()
     if slices < 1:
@@ -506,7 +480,8 @@ class IsolatingModelHandler(base.ModelHandler):
     self._handler = handler
     self._slices = slices
     self._overlap = overlap
-    self._breaker_limits = breaker or BreakerLimits()
+    self._breaker_limits = breaker or options_lib.BreakerLimits()
+    self._batch_size = handler.batch_elements_kwargs().get("max_batch_size", 1)
     # Names this handler's breaker in each process it is unpickled in: one count per run.
     self._breaker_token = uuid.uuid4().hex
 
@@ -546,8 +521,7 @@ class IsolatingModelHandler(base.ModelHandler):
   def _run_isolated(
     self, batch: Sequence[tuple[Any, bytes]], model: Any, inference_args: Optional[dict[str, Any]]
   ) -> list:
-    batch_size = self._handler.batch_elements_kwargs().get("max_batch_size", len(batch))
-    breaker = _breaker(self._breaker_token, self._breaker_limits, batch_size)
+    breaker = _breaker(self._breaker_token, self._breaker_limits, self._batch_size)
     try:
       results = list(self._handler.run_inference(batch, model, inference_args))
     except Exception as batch_error:  # isolate, then report

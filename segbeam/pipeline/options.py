@@ -13,10 +13,6 @@ from typing import Any, Optional, Sequence
 
 from segbeam.pipeline import constants
 
-# Image files read at a time per reading thread (`sources.ReadFile`): enough to keep a 4-vCPU
-# GPU worker at its CPU bound at 50 ms per object-store request (docs/capacity-plan.md).
-DEFAULT_READ_CONCURRENCY = 16
-
 
 @dataclasses.dataclass(frozen=True)
 class ExampleKeys:
@@ -25,6 +21,33 @@ class ExampleKeys:
   image: str = "image/encoded"
   filename: str = "image/filename"
   label: str = "image/segmentation/class/encoded"
+
+
+@dataclasses.dataclass(frozen=True)
+class BreakerLimits:
+  """When a worker process stops the run because the model, not the images, fails
+  (`inference.IsolatingModelHandler`). An image "fails in the model" where it fails alone too
+  and its bytes decode (an image that does not decode is a `decode` row and counts for nothing).
+
+  Attributes:
+    batches: that many batches' worth of images (--batch-size, at least
+      `inference.MIN_BREAKER_BATCH`) fail in the model in a row, with none inferred between
+      (0: never).
+    share: images failing in the model are more than this share of the first `first_images`
+      images the process infers, whatever was inferred between (1 or more: never).
+    first_images: see `share`.
+  """
+
+  batches: int = constants.DEFAULT_BREAKER_BATCHES
+  share: float = constants.DEFAULT_BREAKER_SHARE
+  first_images: int = constants.DEFAULT_BREAKER_FIRST_IMAGES
+
+  def __post_init__(self):
+    check_at_least_one(breaker_first_images=self.first_images)
+    if self.batches < 0:
+      raise ValueError(f"--breaker-batches must be 0 or more, got {self.batches}")
+    if not self.share >= 0:  # NaN too
+      raise ValueError(f"--breaker-share must be 0 or more, got {self.share}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +92,7 @@ class RunOptions:
     require_gpu: fail the model's load where TensorFlow sees no GPU (set by `segbeam submit`
       and the Flex Template: a GPU job must not run on the CPU while its GPUs are billed).
     breaker_batches, breaker_share, breaker_first_images: when a worker process stops the run
-      because the model, not the images, fails (`inference.BreakerLimits`).
+      because the model, not the images, fails (`BreakerLimits`, as `breaker`).
     quiet: print no progress lines while a local run goes.
     run_id: recorded in every row and the manifest, and names the run's journal files: a plain
       name (`check_run_id`).
@@ -82,7 +105,7 @@ class RunOptions:
   batch_size: int = constants.DEFAULT_BATCH_SIZE
   max_pixels: int = constants.DEFAULT_MAX_PIXELS
   max_file_bytes: int = constants.DEFAULT_MAX_FILE_BYTES
-  read_concurrency: int = DEFAULT_READ_CONCURRENCY
+  read_concurrency: int = constants.DEFAULT_READ_CONCURRENCY
   mask_files: bool = False
   segments_files: int = 0
   overwrite: bool = False
@@ -113,11 +136,7 @@ class RunOptions:
       inference_slices=self.inference_slices,
       postprocess_threads=self.postprocess_threads,
     )
-    check_at_least_one(breaker_first_images=self.breaker_first_images)
-    if self.breaker_batches < 0:
-      raise ValueError(f"--breaker-batches must be 0 or more, got {self.breaker_batches}")
-    if not self.breaker_share >= 0:  # NaN too
-      raise ValueError(f"--breaker-share must be 0 or more, got {self.breaker_share}")
+    _ = self.breaker  # BreakerLimits checks the three breaker options
     if self.segments_files < 0:
       raise ValueError(f"--segments-files must be 0 or more, got {self.segments_files}")
     if self.segments_files > constants.MAX_SEGMENTS_FILES:
@@ -129,6 +148,10 @@ class RunOptions:
       check_run_id(self.run_id)
     if self.resume and self.overwrite:
       raise ValueError("--resume continues the run in --output, --overwrite replaces it: pick one")
+
+  @property
+  def breaker(self) -> BreakerLimits:
+    return BreakerLimits(self.breaker_batches, self.breaker_share, self.breaker_first_images)
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -207,7 +230,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument(
     "--read-concurrency",
     type=int,
-    default=DEFAULT_READ_CONCURRENCY,
+    default=constants.DEFAULT_READ_CONCURRENCY,
     help="image files read at a time per reading thread from an object store (gs://), "
     "overlapping its latency (default: %(default)s)",
   )

@@ -374,7 +374,7 @@ class ReadFile(beam.DoFn):
     input_format: str = constants.FORMAT_AUTO,
     example_keys: options_lib.ExampleKeys = options_lib.ExampleKeys(),
     max_file_bytes: int = constants.DEFAULT_MAX_FILE_BYTES,
-    read_concurrency: int = options_lib.DEFAULT_READ_CONCURRENCY,
+    read_concurrency: int = constants.DEFAULT_READ_CONCURRENCY,
   ):
     self._root = root
     self._input_format = input_format
@@ -742,7 +742,7 @@ class ReadImages(beam.PTransform):
     max_file_bytes: int = constants.DEFAULT_MAX_FILE_BYTES,
     spread_files: bool = True,
     output: Optional[str] = None,
-    read_concurrency: int = options_lib.DEFAULT_READ_CONCURRENCY,
+    read_concurrency: int = constants.DEFAULT_READ_CONCURRENCY,
   ):
     super().__init__()
     self._pattern = pattern

@@ -546,13 +546,13 @@ def job_error_line(error: Optional[str]) -> str:
   on (the job's most telling error message: a worker's traceback where there is one): the
   breaker's ModelFailureError line, else the traceback's last exception line, else the
   message's first line."""
+  model_failure = elements.MODEL_FAILURE_LINE.search(error or "")
+  if model_failure:
+    return f"{elements.ModelFailureError.__name__}: {model_failure.group(1).strip()}"
   lines = [line.strip() for line in (error or "").splitlines()]
   exceptions = [m for m in map(_EXCEPTION_LINE.match, lines) if m]
-  chosen = next((m for m in exceptions if m.group(1) == elements.ModelFailureError.__name__), None)
-  if chosen is None and exceptions:
-    chosen = exceptions[-1]
-  if chosen is not None:
-    return chosen.group(1) + (chosen.group(2) or "")
+  if exceptions:
+    return exceptions[-1].group(1) + (exceptions[-1].group(2) or "")
   first = next((line for line in lines if line and line != "None"), None)
   return first or "no error message from Dataflow"
 

@@ -89,7 +89,7 @@ class SegmentImages(beam.PTransform):
       label_map, trust_model, require_gpu: as `segbeam run`'s options of the same names
       (`options.RunOptions`; `ground_truth` is its `labels`).
     breaker: when the run stops because the model fails on every image
-      (`inference.BreakerLimits`; its defaults where None).
+      (`options.BreakerLimits`; its defaults where None).
     run_id: recorded in every row, a plain name (`options.check_run_id`); a new one by
       default.
     metadata: the export's metadata, when the caller has read it already.
@@ -111,7 +111,7 @@ class SegmentImages(beam.PTransform):
     run_id: Optional[str] = None,
     trust_model: bool = False,
     require_gpu: bool = False,
-    breaker: Optional[inference.BreakerLimits] = None,
+    breaker: Optional[options_lib.BreakerLimits] = None,
     metadata: Optional[contract.ModelMetadata] = None,
     distributed: bool = True,
   ):
@@ -180,9 +180,7 @@ class SegmentImages(beam.PTransform):
       run_id=options.run_id,
       trust_model=options.trust_model,
       require_gpu=options.require_gpu,
-      breaker=inference.BreakerLimits(
-        options.breaker_batches, options.breaker_share, options.breaker_first_images
-      ),
+      breaker=options.breaker,
       metadata=metadata,
       distributed=distributed,
     )

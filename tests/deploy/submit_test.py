@@ -327,8 +327,9 @@ def _breaker_traceback() -> tuple[str, str]:
   import traceback
 
   from segbeam.pipeline import inference
+  from segbeam.pipeline import options as options_lib
 
-  breaker = inference._Breaker(inference.BreakerLimits(batches=1), batch_size=8)
+  breaker = inference._Breaker(options_lib.BreakerLimits(batches=1), batch_size=8)
   failure = inference.InferenceFailure(
     "infer", "InternalError", "Failed to call ThenRnnForward: cuDNN launch failure"
   )

@@ -13,6 +13,7 @@ from apache_beam.ml.inference import base
 from segbeam.pipeline import constants
 from segbeam.pipeline import elements
 from segbeam.pipeline import inference
+from segbeam.pipeline import options as options_lib
 from tests import synthetic
 
 
@@ -241,7 +242,7 @@ def _isolating(device, **limits):
   """An isolating handler over `device` with fixed batches of 8 and the breaker's `limits`."""
   device.batch_elements_kwargs = lambda: {"max_batch_size": 8}
   return inference.IsolatingModelHandler(
-    base.KeyedModelHandler(device), breaker=inference.BreakerLimits(**limits)
+    base.KeyedModelHandler(device), breaker=options_lib.BreakerLimits(**limits)
   )
 
 
