@@ -257,7 +257,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     export, pairs, label_map=label_map, batch_size=args.batch_size
   )
   if args.json:
-    print(json.dumps(result.to_dict(), indent=2))
+    print(json.dumps(result.to_dict(), indent=2, allow_nan=False))
     return 0
   m = result.metrics
   print(

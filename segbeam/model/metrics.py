@@ -11,6 +11,7 @@ unknown; a labelled pixel predicted as such a class is still an error against it
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -30,6 +31,10 @@ def confusion_matrix(
     truth[keep] * num_classes + predicted[keep], minlength=num_classes * num_classes
   )
   return counts.reshape(num_classes, num_classes)
+
+
+def _defined(value: Optional[float]) -> Optional[float]:
+  return None if value is None or math.isnan(value) else value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,10 +113,11 @@ class SegmentationMetrics:
     return float(np.mean(present)) if present else float("nan")
 
   def to_dict(self) -> dict[str, Any]:
+    """JSON-ready: an undefined value (NaN) is None, since JSON has no NaN."""
     return {
-      "pixel_accuracy": self.pixel_accuracy,
-      "mean_iou": self.mean_iou,
-      "per_class_iou": self.per_class_iou,
+      "pixel_accuracy": _defined(self.pixel_accuracy),
+      "mean_iou": _defined(self.mean_iou),
+      "per_class_iou": {name: _defined(iou) for name, iou in self.per_class_iou.items()},
       "pixels": int(self.confusion.sum()),
       "ground_truth_classes": list(self.ground_truth_classes),
     }

@@ -93,6 +93,7 @@ class ModelReport:
         "notes": self.notes,
       },
       indent=2,
+      allow_nan=False,
     )
 
   def format_table(self) -> str:
@@ -278,7 +279,9 @@ class ImportedReport:
   notes: list[str] = dataclasses.field(default_factory=list)
 
   def to_json(self) -> str:
-    return json.dumps({"title": self.title, **self.facts, "notes": self.notes}, indent=2)
+    return json.dumps(
+      {"title": self.title, **self.facts, "notes": self.notes}, indent=2, allow_nan=False
+    )
 
   def format_table(self) -> str:
     width = max(len(key) for key in self.facts)
@@ -308,6 +311,11 @@ def summarize_imported_export(export_dir: str, metadata) -> ImportedReport:
   return ImportedReport(f"{metadata.name} {metadata.version}: imported model", facts)
 
 
+def _number(value) -> str:
+  """A recorded metric; None where it was undefined (metrics.to_dict), NaN in older exports."""
+  return "-" if value is None or math.isnan(value) else f"{value:.4f}"
+
+
 def summarize_export(export_dir: str):
   """Rebuilds the export's recorded architecture (without weights) and checks its parameter
   count against the variables the SavedModel holds; for an export of a user's own model, the
@@ -329,7 +337,7 @@ def summarize_export(export_dir: str):
   if metadata.validation:
     v = metadata.validation
     report.notes.append(
-      f"Validation: pixel accuracy {v.get('pixel_accuracy', float('nan')):.4f}, "
-      f"mean IoU {v.get('mean_iou', float('nan')):.4f}."
+      f"Validation: pixel accuracy {_number(v.get('pixel_accuracy'))}, "
+      f"mean IoU {_number(v.get('mean_iou'))}."
     )
   return report

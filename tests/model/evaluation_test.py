@@ -12,6 +12,7 @@ from segbeam.model import data
 from segbeam.model import evaluation
 from segbeam.model import export
 from segbeam.model import labels
+from segbeam.model import metrics as metrics_lib
 from segbeam.model import postprocess
 
 
@@ -140,6 +141,30 @@ def test_segbeam_evaluate_says_what_the_ground_truth_covers(
   assert cli.main(argv[:-1] + ["1:0,0:3"]) == 2
   err = capsys.readouterr().err.strip()
   assert "within 0..2" in err and len(err.splitlines()) == 1
+
+
+def test_segbeam_evaluate_json_has_null_for_a_class_in_neither_truth_nor_prediction(
+  tiny_export, pet_folder, monkeypatch, capsys
+):
+  """Its IoU is 0/0: printed as null, never as NaN, which is not JSON."""
+  from segbeam import cli
+
+  images, masks, _ = pet_folder
+  names = tiny_export[1].class_names
+  # Whether the untrained model ever masks a class cannot be chosen, so the result is given.
+  truth = np.array([[0, 1], [1, 0]], np.uint8)
+  scored = metrics_lib.SegmentationMetrics.empty(names).add(truth, truth)
+  given = evaluation.EvaluationResult(metrics=scored, images=1, skipped=())
+  monkeypatch.setattr(evaluation, "evaluate_export", lambda *args, **kwargs: given)
+  argv = ["evaluate", "--model", tiny_export[0], "--images", images, "--masks", masks]
+  assert cli.main(argv + ["--json"]) == 0
+
+  def refuse(token):
+    raise ValueError(f"{token} is not JSON")
+
+  result = json.loads(capsys.readouterr().out, parse_constant=refuse)
+  assert result["per_class_iou"] == {names[0]: 1.0, names[1]: 1.0, names[2]: None}
+  assert result["mean_iou"] == 1.0 and result["images"] == 1
 
 
 def test_a_label_map_beyond_the_models_classes_is_refused(tiny_export, pet_folder):

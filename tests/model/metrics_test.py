@@ -40,6 +40,29 @@ def test_absent_class_is_nan_and_left_out_of_the_mean():
   assert result.mean_iou == 1.0
 
 
+def _strict_json(text):
+  """json.loads that refuses NaN and Infinity, which RFC 8259 JSON does not have."""
+
+  def refuse(token):
+    raise ValueError(f"{token} is not JSON")
+
+  return json.loads(text, parse_constant=refuse)
+
+
+def test_to_dict_is_strict_json_with_null_for_undefined_values():
+  # c is in neither truth nor prediction: its IoU is 0/0.
+  result = metrics.SegmentationMetrics.empty(("a", "b", "c")).add(
+    np.array([[0, 1]], np.uint8), np.array([[0, 1]], np.uint8)
+  )
+  as_json = _strict_json(json.dumps(result.to_dict()))
+  assert as_json["per_class_iou"] == {"a": 1.0, "b": 1.0, "c": None}
+  assert as_json["mean_iou"] == 1.0
+  # No pixel counted: no pixel accuracy and no class to average.
+  empty = _strict_json(json.dumps(metrics.SegmentationMetrics.empty(("a", "b")).to_dict()))
+  assert empty["pixel_accuracy"] is None and empty["mean_iou"] is None
+  assert empty["per_class_iou"] == {"a": None, "b": None}
+
+
 def test_shape_mismatch_is_an_error():
   with pytest.raises(ValueError):
     metrics.confusion_matrix(np.zeros((2, 2)), np.zeros((2, 3)), 2)

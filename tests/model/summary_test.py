@@ -68,6 +68,30 @@ def test_summary_of_an_export_matches_its_variables(tiny_export):
   assert report.total == report.keras_total
 
 
+def test_summary_of_an_export_without_a_mean_iou(tiny_export, tmp_path, capsys):
+  """A validation set where no class occurred has no mean IoU: recorded as null, shown as -,
+  and `--json` stays JSON (no NaN)."""
+  import dataclasses
+  import shutil
+
+  from segbeam import cli
+  from segbeam.model import export
+
+  export_dir = str(tmp_path / "export")
+  shutil.copytree(tiny_export[0], export_dir)
+  validation = {"pixel_accuracy": 0.5, "mean_iou": None, "per_class_iou": {"pet": None}}
+  export.write_metadata(export_dir, dataclasses.replace(tiny_export[1], validation=validation))
+  report = summary.summarize_export(export_dir)
+  assert "Validation: pixel accuracy 0.5000, mean IoU -." in report.notes
+
+  def refuse(token):
+    raise ValueError(f"{token} is not JSON")
+
+  assert cli.main(["model", "summary", "--model", export_dir, "--json"]) == 0
+  notes = json.loads(capsys.readouterr().out, parse_constant=refuse)["notes"]
+  assert "Validation: pixel accuracy 0.5000, mean IoU -." in notes
+
+
 def test_summary_of_a_pretrained_config_needs_no_download():
   """ImageNet weights cannot be fetched here; counting parameters does not need them."""
   report = summary.summarize_config(config_lib.preset("mobilenetv2", encoder_weights="imagenet"))
