@@ -40,7 +40,7 @@ INSTALL_REQUIRES = [
   # Tested from 1.5 (setup.py's lower bounds, above).
   "duckdb>=1.5,<3",
   # The output folder's claim on gs:// needs generation preconditions, which Beam's file
-  # system does not expose (segbeam/pipeline/output_claim.py); Beam 2.77's ranges.
+  # system does not expose (segbeam/run/output_claim.py); Beam 2.77's ranges.
   "google-cloud-storage>=2.18,<4",
   "google-api-core>=2.17,<3",
   # The storage client's HTTP session, widened for concurrent reads (segbeam/pipeline/sources.py);
@@ -84,5 +84,5 @@ setuptools.setup(
   include_package_data=False,
   install_requires=INSTALL_REQUIRES,
   extras_require=EXTRAS_REQUIRE,
-  entry_points={"console_scripts": ["segbeam=segbeam.startup:main"]},
+  entry_points={"console_scripts": ["segbeam=segbeam.console:main"]},
 )

@@ -40,9 +40,9 @@ def same_mask(a: bytes, b: bytes) -> bool:
 
 def compare(before: str, after: str) -> list[str]:
   differences = []
-  from segbeam.pipeline import constants
+  from segbeam.pipeline import layout
 
-  for table in (constants.SEGMENTS_DIR, constants.ERRORS_DIR):
+  for table in (layout.SEGMENTS_DIR, layout.ERRORS_DIR):
     old, new = read_rows(before, table), read_rows(after, table)
     if old.keys() != new.keys():
       differences.append(

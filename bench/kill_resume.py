@@ -1,7 +1,7 @@
 """What a kill loses: `segbeam run` killed with SIGKILL three times, then resumed with --resume.
 
 Generated small PNGs, the null model of `bench/null_model.py`, --mask-files. The kill points
-come from a fixed seed, as in tests/pipeline/crash_resume_test.py: early, middle, and once every
+come from a fixed seed, as in tests/run/crash_resume_test.py: early, middle, and once every
 row is in the journal (during the final write). At each kill it counts the rows the journal
 made durable and the mask files written: a mask is written as its row leaves the journal step,
 so masks without a durable row are images the killed attempt finished that the resume does

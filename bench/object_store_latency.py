@@ -17,7 +17,7 @@ start-up out:
 
 Then, at --sweep-latency, loose files at each --read-concurrency of --sweep, and the ways to
 read them timed alone (Beam's open, one media GET, batches, ReadFile's window). Runs are
-in-process (`commands.main`, what `segbeam run` calls): Beam's credential lookup (about 20 s
+in-process (`run_command.main`, what `segbeam run` calls): Beam's credential lookup (about 20 s
 offline) and the imports are paid once, not per run.
 
   python bench/object_store_latency.py [--latencies 0,10,30,100] [--small 60] [--large 960]
@@ -58,7 +58,7 @@ def _upload(folder: str, prefix: str) -> None:
 def _stage(photos: str, counts: list[int], work: str) -> dict:
   """Each count's photos as loose objects and as shards on the emulator: {(kind, count):
   pattern}."""
-  from segbeam.pipeline import pack
+  from segbeam.commands import pack
 
   patterns = {}
   for count in counts:
@@ -93,12 +93,12 @@ def _children_cpu() -> float:
 def _run(pattern: str, output: str, model: str, extra: list[str]) -> tuple[float, float, float]:
   """Wall seconds, this process's CPU seconds (segbeam's) and the emulator's and proxy's, of
   one in-process `segbeam run`."""
-  from segbeam.pipeline import commands
+  from segbeam.commands import run as run_command
 
   args = ["--input", pattern, "--output", output, "--model", model, "--overwrite", "--quiet"]
   start, cpu, rig = time.perf_counter(), time.process_time(), _children_cpu()
   with contextlib.redirect_stdout(io.StringIO()):
-    code = commands.main([*args, *extra])
+    code = run_command.main([*args, *extra])
   if code != 0:
     raise RuntimeError(f"segbeam run over {pattern} exited {code}")
   return time.perf_counter() - start, time.process_time() - cpu, _children_cpu() - rig
@@ -189,7 +189,7 @@ def main(argv=None) -> int:
   parser.add_argument("--repeats", type=int, default=3, help="runs of each size, fastest kept")
   parser.add_argument("--photos", default=throughput.SHARED)
   args = parser.parse_args(argv)
-  from segbeam.pipeline import constants
+  from segbeam import constants
 
   concurrency = args.read_concurrency or constants.DEFAULT_READ_CONCURRENCY
   work = tempfile.mkdtemp(prefix="segbeam-latency-")

@@ -86,7 +86,7 @@ def write_files(folder: str, size: int) -> int:
 def write_shards(folder: str, size: int, per_shard: int) -> int:
   """Shards of `per_shard` examples, each with its image, filename and label; returns the
   shards' bytes."""
-  from segbeam.pipeline import pack
+  from segbeam.commands import pack
   from segbeam.pipeline import tfrecord
 
   images, masks = distinct_images()

@@ -58,7 +58,7 @@ def beam_cost_per_element(elements: int) -> tuple[float, float]:
   sink) on segbeam's local runner, from pipelines of 1 and 11 Maps."""
   import apache_beam as beam
 
-  from segbeam.pipeline import beam_options
+  from segbeam.run import beam_options
 
   def run(maps: int) -> float:
     options = beam_options.pipeline_options([])
@@ -261,7 +261,7 @@ def main(argv=None) -> int:
 
 
 def segbeam_runner() -> str:
-  from segbeam.pipeline import beam_options
+  from segbeam.run import beam_options
 
   return beam_options.DEFAULT_LOCAL_RUNNER
 

@@ -28,7 +28,7 @@ import tempfile
 import time
 
 _CHILD_FLAG = "--as-timed-child"
-_IMPORTS_TIMED = ("tensorflow", "apache_beam", "segbeam.pipeline.commands", "tfx_bsl")
+_IMPORTS_TIMED = ("tensorflow", "apache_beam", "segbeam.commands.run", "tfx_bsl")
 
 
 def timed_child(events_path: str, run_argv: list[str]) -> None:

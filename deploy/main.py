@@ -7,7 +7,7 @@ parameters and Beam's options; segbeam, installed in the image, builds and submi
 import logging
 
 from segbeam import quiet
-from segbeam.pipeline import flex_template
+from segbeam.commands import flex_template
 
 if __name__ == "__main__":
   logging.getLogger().setLevel(logging.INFO)

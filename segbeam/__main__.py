@@ -1,3 +1,3 @@
-from segbeam import startup
+from segbeam import console
 
-startup.main()
+console.main()

@@ -1,115 +1,100 @@
-"""The `segbeam` command: assembles the subcommands of the model and pipeline sides."""
+"""The `segbeam` command line: every command in one registry (`COMMANDS`), each registered by its
+module's `add_parser`, and every error a command raises mapped to one exit status (`exits`).
+
+A command's module is imported only when that command runs (or for the full --help): `segbeam
+run` needs none of the model training, packing or querying code (nor DuckDB), and starts
+loading its model before it imports Beam's pipeline modules (`segbeam.commands.run`).
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
+from segbeam import exits
 from segbeam import quiet
 from segbeam import startup
-from segbeam.pipeline import options as options_lib
-
-# The subcommands' modules are imported when their command runs: `segbeam run` needs none of
-# the model training, packing or querying code (nor DuckDB), and starts loading its model
-# before it imports Beam (`_run_pipeline`).
-
-# Commands that do not need TensorFlow start faster without it.
-_WITHOUT_TENSORFLOW = {"model list", "--help", "-h", "query", "summary", "report"}
 
 
-def build_parser() -> argparse.ArgumentParser:
-  # see the imports above
-  from segbeam.model import commands as model_commands  # noqa: PLC0415
-  from segbeam.pipeline import pack  # noqa: PLC0415
-  from segbeam.results import query as results_query  # noqa: PLC0415
-  from segbeam.results import report as results_report  # noqa: PLC0415
-  from segbeam.results import summary as results_summary  # noqa: PLC0415
+class Command(NamedTuple):
+  """Where a command is registered: `module`'s `add_parser(subparsers)` (a module may register
+  several commands), and whether TensorFlow is imported before it runs (quietly, `quiet`):
+  commands that do not need it start faster without it; `run` and `demo` import it themselves,
+  once their options are parsed."""
 
+  module: str
+  tensorflow: bool = True
+
+
+# Every command. Its parser's defaults say how it runs: `func(args)` returns the exit status;
+# `takes_beam_args` (words it does not know go to Beam, as `args.beam_args`, with its own words
+# as `args.argv`); `own_start_up` (it ends start-up itself, `startup.started`).
+COMMANDS = {
+  "run": Command("segbeam.commands.run", tensorflow=False),
+  "demo": Command("segbeam.commands.run", tensorflow=False),
+  "submit": Command("segbeam.commands.submit"),
+  "model": Command("segbeam.commands.model"),
+  "train": Command("segbeam.commands.model"),
+  "evaluate": Command("segbeam.commands.model"),
+  "export": Command("segbeam.commands.model"),
+  "pack": Command("segbeam.commands.pack"),
+  "query": Command("segbeam.results.query", tensorflow=False),
+  "summary": Command("segbeam.results.summary", tensorflow=False),
+  "report": Command("segbeam.results.report", tensorflow=False),
+}
+# A subcommand that needs no TensorFlow where its command does.
+_WITHOUT_TENSORFLOW = ("model", "list")
+
+
+def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
+  """The command line's parser: `command` registered by its module, the others by name only
+  (for the usage line); every command registered where `command` is none (--help lists them
+  all)."""
   parser = argparse.ArgumentParser(
     prog="segbeam", description="Batch image segmentation with a Keras U-Net on Apache Beam."
   )
   subparsers = parser.add_subparsers(dest="command", required=True)
-  # `run` parses its own arguments and hands the rest to Beam; listed here for --help only.
-  subparsers.add_parser(
-    "run",
-    add_help=False,
-    help="segment images: segbeam run --input GLOB --output DIR [--model DIR] "
-    "[Beam options]; see segbeam run --help",
+  modules = (
+    [COMMANDS[command].module] if command in COMMANDS else [c.module for c in COMMANDS.values()]
   )
-  subparsers.add_parser(
-    "submit",
-    add_help=False,
-    help="segbeam run on Google Cloud Dataflow with GPU workers: --project, "
-    "--temp-location, --image, gs:// --input and --output [--dry-run]; see "
-    "segbeam submit --help",
-  )
-  subparsers.add_parser(
-    "demo",
-    add_help=False,
-    help="segbeam run on sample photos with the default model [--output DIR] [Beam options]",
-  )
-  model_commands.add_parsers(subparsers)
-  pack.add_parser(subparsers)
-  results_query.add_parser(subparsers)
-  results_summary.add_parser(subparsers)
-  results_report.add_parser(subparsers)
+  for name, (module, _) in COMMANDS.items():
+    if name in subparsers.choices:
+      continue
+    if module in modules:
+      importlib.import_module(module).add_parser(subparsers)
+    else:
+      subparsers.add_parser(name, add_help=False)
   return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
+  command = argv[0] if argv and not argv[0].startswith("-") else ""
   try:
     return _run_command(argv)
   except KeyboardInterrupt:  # Ctrl-C outside what a command reports itself: no traceback
-    command = f"segbeam {argv[0]}" if argv and not argv[0].startswith("-") else "segbeam"
-    print(f"{command}: interrupted", file=sys.stderr)
-    return startup.INTERRUPTED_EXIT
+    return exits.stopped(command, "interrupted", exits.INTERRUPTED)
 
 
 def _run_command(argv: list[str]) -> int:
-  if argv and argv[0] in ("run", "demo"):
-    return _run_pipeline(argv[0], argv[1:])
-  if argv and " ".join(argv[:2]) not in _WITHOUT_TENSORFLOW and argv[0] not in _WITHOUT_TENSORFLOW:
+  command = COMMANDS.get(argv[0]) if argv else None
+  if command and command.tensorflow and tuple(argv[:2]) != _WITHOUT_TENSORFLOW:
     quiet.import_tensorflow()
-  startup.started()
-  if argv and argv[0] == "submit":  # like run: options it does not know go to Beam
-    from segbeam.pipeline import submit  # noqa: PLC0415
-
-    return submit.main(argv[1:])
-  parser = build_parser()
-  args = parser.parse_args(argv)
-  from segbeam.results import output as results_output  # noqa: PLC0415
-
+  parser = build_parser(argv[0] if argv else None)
+  args, rest = parser.parse_known_args(argv)
+  # Words for Beam come after the command's name, never before it.
+  if rest and not (getattr(args, "takes_beam_args", False) and argv[0] == args.command):
+    parser.error(f"unrecognized arguments: {' '.join(rest)}")
+  args.argv, args.beam_args = argv[1:], rest
+  if not getattr(args, "own_start_up", False):
+    startup.started()
   try:
     return args.func(args)
-  except (FileNotFoundError, ValueError, results_output.IncompleteOutputError) as error:
-    print(f"segbeam {args.command}: {error}", file=sys.stderr)
-    return 2
-
-
-def _run_pipeline(command: str, argv: list[str]) -> int:
-  """`segbeam run` or `segbeam demo`: the options parsed once, here; then the model's session
-  starts loading on a thread (`sessions.load_early_for`) while Beam is imported and the
-  pipeline built. Start-up ends once the pipeline is built (`job.run`)."""
-  try:
-    if command == "demo":
-      argv = options_lib.demo_argv(argv)
-    options, beam_args = options_lib.parse_args(argv)
-  except ValueError as error:
-    print(f"segbeam {command}: {error}", file=sys.stderr)
-    return 2
-  if command == "demo":
-    print(f"segmenting {options.input} with the embedded default model", flush=True)
-  quiet.import_tensorflow()
-  # imported in this order on purpose (see above)
-  from segbeam.pipeline import sessions  # noqa: PLC0415
-
-  sessions.load_early_for(options)
-  from segbeam.pipeline import commands  # noqa: PLC0415
-
-  return commands.run(options, beam_args)
+  except exits.USAGE_ERRORS as error:
+    return exits.stopped(args.command, error)
 
 
 def entry_point() -> None:

@@ -8,11 +8,10 @@ from typing import Any, Optional
 
 from apache_beam.testing.test_pipeline import TestPipeline
 
-from segbeam.pipeline import constants
-from segbeam.pipeline import job
-from segbeam.pipeline import options as options_lib
-from segbeam.pipeline import sinks
+from segbeam import options as options_lib
+from segbeam.pipeline import layout
 from segbeam.results import output as output_lib
+from segbeam.run import job
 
 
 def assert_accounted_for(output: str, *, inputs_seen: Optional[int] = None) -> dict[str, Any]:
@@ -44,24 +43,24 @@ def assert_accounted_for(output: str, *, inputs_seen: Optional[int] = None) -> d
   assert len(segments) + len(errors) + skipped == counts["inputs_seen"] + gone
   if inputs_seen is not None:
     assert counts["inputs_seen"] == inputs_seen, (counts, inputs_seen)
-  for table in (constants.SEGMENTS_DIR, constants.ERRORS_DIR):
+  for table in (layout.SEGMENTS_DIR, layout.ERRORS_DIR):
     named = sorted(f"{table}/{posixpath.basename(path)}" for path in manifest["files"][table])
     assert run.files(table) == named, (table, run.files(table), named)
   ids = collections.Counter(row["image_id"] for row in segments + errors)
   doubled = [image_id for image_id, count in ids.items() if count > 1]
   assert not doubled, f"image ids in more than one row: {doubled[:10]}"
-  masks = run.files(constants.MASKS_DIR)
+  masks = run.files(layout.MASKS_DIR)
   if manifest["options"].get("mask_files"):
     expected = {
-      f"{constants.MASKS_DIR}/{sinks.mask_file_name(row['image_id'])}": row["mask_png"]
+      f"{layout.MASKS_DIR}/{layout.mask_file_name(row['image_id'])}": row["mask_png"]
       for row in segments
     }
-    assert masks == sorted(expected) and manifest["files"][constants.MASKS_DIR] == len(expected)
+    assert masks == sorted(expected) and manifest["files"][layout.MASKS_DIR] == len(expected)
     for path, mask in expected.items():
       assert run.read_bytes(path) == mask, path
   else:
     assert masks == []
-  assert run.files(constants.JOURNAL_DIR) == []
+  assert run.files(layout.JOURNAL_DIR) == []
   assert output_lib.unfinished(output) is None  # no claim left either
   return manifest
 

@@ -21,7 +21,7 @@ def pytest_configure(config):
   Beam's own default, the DirectRunner, first tries the Prism runner: offline it fails to
   download Prism's binary, falls back and leaves an empty /tmp/beam-temp* folder per pipeline;
   online it would download the binary and run the tests on Prism, an engine segbeam never runs.
-  The runner is named here rather than read from `segbeam.pipeline.beam_options`, whose
+  The runner is named here rather than read from `segbeam.run.beam_options`, whose
   import (Beam's) would add seconds to every pytest start;
   beam_options_test.test_test_pipelines_run_on_segbeams_default_runner ties the two.
   """
@@ -82,8 +82,8 @@ def small_run(tmp_path_factory, tiny_export, pet_folder):
 
   from apache_beam.testing.test_pipeline import TestPipeline
 
-  from segbeam.pipeline import job
-  from segbeam.pipeline import options as options_lib
+  from segbeam import options as options_lib
+  from segbeam.run import job
 
   images, _, _ = pet_folder
   inputs = tmp_path_factory.mktemp("run_inputs")

@@ -6,7 +6,7 @@ import sys
 # Runs in a fresh interpreter: the collector's state is process-wide.
 _SCRIPT = """
 import gc
-from segbeam import cli, startup
+from segbeam import cli, console, startup
 {before}
 def entry_point():
   states = [gc.isenabled()]
@@ -16,7 +16,7 @@ def entry_point():
   states.append(gc.isenabled())
   print(states)
 cli.entry_point = entry_point
-startup.main()
+console.main()
 """
 
 

@@ -1,5 +1,5 @@
-"""The model side of segbeam: U-Net builders, training, evaluation and export.
+"""The model side of segbeam: U-Net builders, training, evaluation, conversion and export, and
+the export's contract with the pipeline (`contract`) and its safety checks.
 
-Nothing here imports `segbeam.pipeline`; the pipeline depends on the export contract defined in
-`segbeam.model.export` and nothing else.
+Nothing here imports `segbeam.pipeline`, `segbeam.run` or `segbeam.commands`.
 """

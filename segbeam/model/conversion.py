@@ -31,6 +31,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import keras
 import tensorflow as tf
 
+from segbeam import messages
 from segbeam.model import config as config_lib
 from segbeam.model import contract
 from segbeam.model import export as export_lib
@@ -128,7 +129,7 @@ def _custom_objects(module_name: Optional[str]) -> dict[str, Any]:
         sys.path.remove(os.getcwd())
   except Exception as error:  # any failure of the user's code
     raise ConversionError(
-      f"cannot import --custom-objects {module_name!r}: {_one_line(error)}"
+      f"cannot import --custom-objects {module_name!r}: {messages.brief(error)}"
     ) from error
   objects = {}
   for name, value in vars(module).items():
@@ -194,7 +195,7 @@ def _check_keras_archive(path: str) -> bytes:
         raise ConversionError(f"{path}: " + _over("its members together", total, cap))
       read = {info.filename: _read_member(path, archive, info) for info in infos}
   except (zipfile.BadZipFile, OSError, EOFError) as error:
-    raise ConversionError(f"{path} is a damaged .keras archive: {_one_line(error)}") from error
+    raise ConversionError(f"{path} is a damaged .keras archive: {messages.brief(error)}") from error
   if read.get(_KERAS_CONFIG) is None:
     raise ConversionError(f"{path} is not a .keras model: the archive has no config.json")
   return read[_KERAS_CONFIG]
@@ -325,7 +326,7 @@ def _check_h5(path: str) -> Any:
     with h5py.File(path, "r") as f:
       return f.attrs["model_config"]
   except (OSError, KeyError) as error:
-    raise ConversionError(f"{path} is a damaged HDF5 file: {_one_line(error)}") from error
+    raise ConversionError(f"{path} is a damaged HDF5 file: {messages.brief(error)}") from error
 
 
 def _parsed_config(text: Any, path: str) -> Any:
@@ -334,13 +335,8 @@ def _parsed_config(text: Any, path: str) -> Any:
     return json.loads(text)
   except ValueError as error:
     raise ConversionError(
-      f"{path}: its model config is not readable JSON: {_one_line(error)}"
+      f"{path}: its model config is not readable JSON: {messages.brief(error)}"
     ) from error
-
-
-def _one_line(error: BaseException, limit: int = 300) -> str:
-  text = " ".join(str(error).split()) or type(error).__name__
-  return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 _UNKNOWN_OBJECT = re.compile(r"(?:Could not locate (?:class|function) |Unknown layer: )'?([\w.]+)")
@@ -384,11 +380,11 @@ def load_keras(
       path, custom_objects=custom_objects or None, compile=False, safe_mode=not allow_custom_code
     )
   except Exception as error:  # Keras raises many kinds
-    message = _one_line(error, limit=2000)
+    message = messages.one_line(error, 2000, "...", named=True)
     refusal = _custom_code_refusal(path, message)
     if refusal:
       raise ConversionError(refusal) from error
-    raise ConversionError(f"{path} could not be loaded: {_one_line(error)}") from error
+    raise ConversionError(f"{path} could not be loaded: {messages.brief(error)}") from error
 
 
 def _keras_activation(model: keras.Model) -> Optional[str]:
@@ -522,7 +518,7 @@ def saved_model_source(
     loaded = tf.saved_model.load(path)
   except Exception as error:  # any unreadable SavedModel
     raise ConversionError(
-      f"{path} could not be loaded as a SavedModel: {_one_line(error)}"
+      f"{path} could not be loaded as a SavedModel: {messages.brief(error)}"
     ) from error
   candidates = _image_signatures(loaded)
   if signature is None and "serving_default" in candidates:

@@ -39,6 +39,7 @@ from google.protobuf import message
 from tensorflow.core.protobuf import config_pb2
 from tensorflow.core.protobuf import saved_model_pb2
 
+from segbeam import messages
 from segbeam.model import op_allowlist
 
 SAVED_MODEL_FILE = "saved_model.pb"
@@ -99,13 +100,15 @@ def read_saved_model(saved_model_dir: str) -> saved_model_pb2.SavedModel:
   except FileNotFoundError:
     raise DamagedExportError(f"model damaged: {path} is missing") from None
   except OSError as error:
-    raise DamagedExportError(f"model damaged: {path} cannot be read: {_one_line(error)}") from error
+    raise DamagedExportError(
+      f"model damaged: {path} cannot be read: {messages.brief(error)}"
+    ) from error
   proto = saved_model_pb2.SavedModel()
   try:
     proto.ParseFromString(data)
   except message.DecodeError as error:
     raise DamagedExportError(
-      f"model damaged: {path} is not a SavedModel: {_one_line(error)}"
+      f"model damaged: {path} is not a SavedModel: {messages.brief(error)}"
     ) from error
   if not proto.meta_graphs:
     raise DamagedExportError(f"model damaged: {path} holds no graph")
@@ -424,7 +427,7 @@ def check_export_readable(export_dir: str) -> None:
     reader = tf.train.load_checkpoint(prefix)
   except Exception as error:  # any unreadable index
     raise DamagedExportError(
-      f"model damaged: {index} cannot be read: {_one_line(error)}"
+      f"model damaged: {index} cannot be read: {messages.brief(error)}"
     ) from error
   for name in sorted(reader.get_variable_to_dtype_map()):
     try:
@@ -432,10 +435,5 @@ def check_export_readable(export_dir: str) -> None:
     except Exception as error:  # truncated, corrupt, ...
       where = data[0] if len(data) == 1 else f"{prefix}.data-*"
       raise DamagedExportError(
-        f"model damaged: {where}: checkpoint entry {name} cannot be read: {_one_line(error)}"
+        f"model damaged: {where}: checkpoint entry {name} cannot be read: {messages.brief(error)}"
       ) from error
-
-
-def _one_line(error: BaseException) -> str:
-  text = " ".join(str(error).split())
-  return text[:300] + ("..." if len(text) > 300 else "")

@@ -16,6 +16,7 @@ from typing import Optional
 
 import keras
 
+from segbeam import messages
 from segbeam.model import config as config_lib
 from segbeam.model import export as export_lib
 from segbeam.model import unet
@@ -311,11 +312,6 @@ def summarize_imported_export(export_dir: str, metadata) -> ImportedReport:
   return ImportedReport(f"{metadata.name} {metadata.version}: imported model", facts)
 
 
-def _number(value) -> str:
-  """A recorded metric; None where it was undefined (metrics.to_dict), NaN in older exports."""
-  return "-" if value is None or math.isnan(value) else f"{value:.4f}"
-
-
 def summarize_export(export_dir: str):
   """Rebuilds the export's recorded architecture (without weights) and checks its parameter
   count against the variables the SavedModel holds; for an export of a user's own model, the
@@ -337,7 +333,7 @@ def summarize_export(export_dir: str):
   if metadata.validation:
     v = metadata.validation
     report.notes.append(
-      f"Validation: pixel accuracy {_number(v.get('pixel_accuracy'))}, "
-      f"mean IoU {_number(v.get('mean_iou'))}."
+      f"Validation: pixel accuracy {messages.number(v.get('pixel_accuracy'))}, "
+      f"mean IoU {messages.number(v.get('mean_iou'))}."
     )
   return report

@@ -1,5 +1,9 @@
-"""The batch pipeline: read -> validate -> infer -> postprocess -> write.
+"""The Beam pipeline's stages and formats: read (`sources`, `tfrecord`) -> validate/decode
+(`validation`) -> infer (`inference`, `sessions`, `devices`) -> postprocess (`rows`,
+`mask_png`, `label_files`) -> write (`sinks`, `schema`), the values between them (`elements`),
+the output folder's layout (`layout`), and the public transforms (`transforms`).
 
-Depends on `segbeam.model` only through the export contract (`segbeam.model.export`) and the
-shared postprocessing (`segbeam.model.postprocess`).
+Uses the model side (`segbeam.model`) for the export contract and its loading and checks,
+preprocessing, postprocessing, labels and metrics; never imports the run (`segbeam.run`) or
+the front ends (`segbeam.commands`).
 """

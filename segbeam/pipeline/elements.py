@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Optional
+import typing
+from typing import Any, Optional
+
+from segbeam import messages
 
 # Stages named in the errors table.
 STAGE_READ = "read"
@@ -17,10 +20,18 @@ STAGE_VALIDATE = "validate"
 STAGE_DECODE = "decode"
 STAGE_INFER = "infer"
 STAGE_POSTPROCESS = "postprocess"
-STAGES = (STAGE_READ, STAGE_VALIDATE, STAGE_DECODE, STAGE_INFER, STAGE_POSTPROCESS)
 
 # The tag of the failures output of every DoFn that can fail an input.
 FAILURES = "failures"
+
+
+class Outputs(typing.NamedTuple):
+  """What each of segbeam's public transforms that can fail returns (`ReadImages`,
+  `SegmentImages`), as Beam's RunInference does `with_exception_handling`: what it made
+  (`rows`: image records, segments rows) and one `Failure` per input that made nothing."""
+
+  rows: Any  # a PCollection
+  failures: Any  # a PCollection of `Failure`s
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,11 +77,6 @@ class ImageInfo:
   filename: Optional[str] = None
 
 
-def one_line(error: BaseException, limit: Optional[int] = 1000) -> str:
-  """An exception's message on one line, whatever it printed, at most `limit` characters."""
-  return " ".join(str(error).split())[:limit]
-
-
 @dataclasses.dataclass(frozen=True)
 class Failure:
   """An input that produced no mask, and why."""
@@ -91,7 +97,7 @@ class Failure:
     error: BaseException,
     filename: Optional[str] = None,
   ) -> "Failure":
-    return cls(image_id, source, stage, type(error).__name__, one_line(error), filename)
+    return cls(image_id, source, stage, type(error).__name__, messages.one_line(error), filename)
 
 
 class ModelFailureError(RuntimeError):
@@ -109,7 +115,7 @@ def model_failure_in(error: BaseException) -> Optional[str]:
   seen = set()
   while error is not None and id(error) not in seen:
     if isinstance(error, ModelFailureError):
-      return one_line(error)
+      return messages.one_line(error)
     match = MODEL_FAILURE_LINE.search(str(error))
     if match:
       return " ".join(match.group(1).split())

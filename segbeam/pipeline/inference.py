@@ -14,7 +14,7 @@ that fails on every image (a GPU whose CUDA or cuDNN cannot start, say) fails th
 real error, before any image is read for nothing.
 `IsolatingModelHandler` wraps the keyed handler so a batch that fails is retried one element at
 a time: a bad image fails alone, with its error, and never takes its batch down; while its
-breaker (`options.BreakerLimits`) stops the run where images fail in the model, each alone
+breaker (`options_lib.BreakerLimits`) stops the run where images fail in the model, each alone
 too, batch after batch: a failure every image shares is not an image's failure. It can also cut
 each batch into slices inferred at the same time: one TensorFlow call leaves cores idle between
 and inside its ops, and concurrent calls fill them. With `overlap` it returns at once, each
@@ -40,15 +40,16 @@ from apache_beam.ml.inference import base
 from tfx_bsl.public.beam import run_inference
 from tfx_bsl.public.proto import model_spec_pb2
 
+from segbeam import constants
+from segbeam import messages
+from segbeam import options as options_lib
 from segbeam.model import contract
 from segbeam.model import export as export_lib
 from segbeam.model import loading
 from segbeam.model import preprocessing
-from segbeam.pipeline import constants
 from segbeam.pipeline import devices
 from segbeam.pipeline import elements
 from segbeam.pipeline import model_files
-from segbeam.pipeline import options as options_lib
 from segbeam.pipeline import sessions
 
 _LOG = logging.getLogger(__name__)
@@ -225,7 +226,7 @@ def probe(handler: base.ModelHandler, model: Any) -> None:
   except Exception as error:  # any failure on a good image is the model's or the device's
     raise elements.ModelFailureError(
       f"the model fails on a built-in {PROBE_SIZE}x{PROBE_SIZE} probe image at load, so it "
-      f"would fail on every image: {type(error).__name__}: {_shown(elements.one_line(error))}"
+      f"would fail on every image: {type(error).__name__}: {_shown(messages.one_line(error))}"
     ) from error
   if len(outputs) != 1:
     raise elements.ModelFailureError(
@@ -317,7 +318,7 @@ def _failure_for(error: BaseException, data: Any) -> InferenceFailure:
   the bytes say which: a model's own checks raise InvalidArgumentError as a decode op does, and
   its error messages and node names are the model's to choose."""
   error_type = type(error).__name__
-  message = elements.one_line(error)
+  message = messages.one_line(error)
   is_decode = error_type not in _DEVICE_ERRORS and not _decodes(data)
   return InferenceFailure(
     elements.STAGE_DECODE if is_decode else elements.STAGE_INFER, error_type, _shown(message)
@@ -330,7 +331,7 @@ MIN_BREAKER_BATCH = 8
 
 
 class _Breaker:
-  """One process's count of a handler's images failing in the model (`options.BreakerLimits`);
+  """One process's count of a handler's images failing in the model (`options_lib.BreakerLimits`);
   shared by the process's threads."""
 
   def __init__(self, limits: options_lib.BreakerLimits, batch_size: int):
@@ -462,7 +463,7 @@ class IsolatingModelHandler(base.ModelHandler):
   With `overlap` the call returns as soon as the slices are handed over, each result's
   inference a `PendingInference`: the caller prepares the next batch while this one is
   inferred (the slice threads take batches in the order they came).
-  The breaker counts each slice's call in this process (`options.BreakerLimits`, its defaults
+  The breaker counts each slice's call in this process (`options_lib.BreakerLimits`, its defaults
   where `breaker` is None) and raises `elements.ModelFailureError` once they are passed.
   """
 

@@ -34,7 +34,7 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from PIL import Image
 
-from segbeam.pipeline import constants
+from segbeam import constants
 from segbeam.pipeline import rows as rows_lib
 from segbeam.pipeline import sources
 from segbeam.pipeline import tfrecord

@@ -17,7 +17,7 @@ from typing import Callable, Mapping, Optional, TextIO
 
 import apache_beam as beam
 
-from segbeam.pipeline import constants
+from segbeam import constants
 
 LISTED = "inputs_listed"  # set at once where the listing knows the total: image files
 SEEN = "inputs_seen"

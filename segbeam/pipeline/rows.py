@@ -12,6 +12,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.utils.windowed_value import WindowedValue
 
+from segbeam import messages
 from segbeam.model import contract
 from segbeam.model import data as data_lib
 from segbeam.model import labels as labels_lib
@@ -66,7 +67,7 @@ def ground_truth_columns(
   try:
     truth = data_lib.read_mask(label, context.label_map)
   except Exception as error:  # an unusable label, not image
-    columns["gt_error"] = f"{type(error).__name__}: {elements.one_line(error, limit=300)}"
+    columns["gt_error"] = f"{type(error).__name__}: {messages.one_line(error, limit=300)}"
     return columns
   if truth.shape != mask.shape:
     columns["gt_error"] = (

@@ -20,12 +20,11 @@ import tensorflow as tf
 from PIL import Image
 from tensorflow.python.util import deprecation
 
+from segbeam import constants
 from segbeam.model import contract
 from segbeam.model import defaults
 from segbeam.model import loading
-from segbeam.pipeline import constants
 from segbeam.pipeline import devices
-from segbeam.pipeline import options as options_lib
 
 _LOG = logging.getLogger(__name__)
 
@@ -126,8 +125,9 @@ def drop_early() -> None:
     _early.clear()
 
 
-def load_early_for(options: options_lib.RunOptions) -> bool:
-  """Starts `load_early` for a run with these options when they name the tfx-bsl handler and
+def load_early_for(options: Any) -> bool:
+  """Starts `load_early` for a run with these options (`segbeam.options.RunOptions`, or
+  anything with its `model_dir`, `handler` and `trust_model`) when they name the tfx-bsl handler and
   a local export (the embedded default model when no --model); returns whether it did. A
   session the run does not take (its runner's workers are other processes) is dropped."""
   model_dir = options.model_dir or defaults.DEFAULT_MODEL_DIR

@@ -51,11 +51,11 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.localfilesystem import LocalFileSystem
 from apache_beam.utils.windowed_value import WindowedValue
 
-from segbeam.pipeline import constants
+from segbeam import constants
+from segbeam import options as options_lib
 from segbeam.pipeline import elements
-from segbeam.pipeline import options as options_lib
+from segbeam.pipeline import layout
 from segbeam.pipeline import progress
-from segbeam.pipeline import sinks
 from segbeam.pipeline import tfrecord
 
 _TFRECORD_NAME = re.compile(r"\.(tfrecords?|tfr)(\.gz)?($|-\d+-of-\d+$)|\.tfrecord", re.I)
@@ -147,14 +147,14 @@ def _bytes_feature(example, key: str) -> Optional[bytes]:
   return feature.bytes_list.value[0]
 
 
-_OUTPUT_FOLDERS = frozenset({constants.SEGMENTS_DIR, constants.ERRORS_DIR, constants.MASKS_DIR})
+_OUTPUT_FOLDERS = frozenset({layout.SEGMENTS_DIR, layout.ERRORS_DIR, layout.MASKS_DIR})
 
 
 def output_folder_candidate(path: str) -> Optional[str]:
   """The folder X that would hold `path` as part of a segbeam run's output: X/manifest.json,
   X/masks/<file>, X/segments/<file> or X/errors/<file>; None for any other path."""
   parts = path.replace(os.sep, "/").split("/")
-  if len(parts) > 1 and parts[-1] == constants.MANIFEST_FILE:
+  if len(parts) > 1 and parts[-1] == layout.MANIFEST_FILE:
     return "/".join(parts[:-1])
   if len(parts) > 2 and parts[-2] in _OUTPUT_FOLDERS:
     return "/".join(parts[:-2])
@@ -165,7 +165,7 @@ def holds_a_segbeam_run(folder: str) -> bool:
   """Whether `folder` holds a completed segbeam run: a manifest.json that is segbeam's (a
   dataset's own manifest.json is not)."""
   try:
-    manifest = sinks.read_manifest(folder)
+    manifest = layout.read_manifest(folder)
   except Exception:  # unreadable or not JSON: not segbeam's
     return False
   return isinstance(manifest, dict) and {"run_id", "counts", "conservation"} <= manifest.keys()
@@ -188,11 +188,6 @@ class PreviousOutputs:
     if folder not in self._checked:
       self._checked[folder] = holds_a_segbeam_run(folder)
     return folder if self._checked[folder] else None
-
-
-# Names only a run writes at the top of its output folder, beside `constants.OUTPUT_ENTRIES`:
-# `job`'s write probe, and a claim's temporary and replaced files (`output_claim`).
-OWN_NAME_PREFIXES = (".segbeam-write-check-", constants.CLAIM_FILE + ".")
 
 
 class OwnFiles:
@@ -230,7 +225,7 @@ class OwnFiles:
     for output in self._outputs:
       if path.startswith(output + "/"):
         entry = path[len(output) + 1 :].split("/", 1)[0]
-        return entry in constants.OUTPUT_ENTRIES or entry.startswith(OWN_NAME_PREFIXES)
+        return layout.is_run_entry(entry)
     return False
 
 
@@ -720,7 +715,8 @@ def iter_shard(
 
 
 class ReadImages(beam.PTransform):
-  """Pattern -> (records, failures). Matches the files itself.
+  """Pattern -> `elements.Outputs`: image records (`elements.ImageRecord`) and failures.
+  Matches the files itself.
 
   Every file is read once, and each image goes on as soon as it is read: its id is its place
   in the input (see the module's docstring), so no pass over the whole input comes first.
@@ -768,8 +764,9 @@ class ReadImages(beam.PTransform):
     )
     if self._spread_files:
       matched = matched | "Reshuffle" >> beam.Reshuffle()
-    return (
+    read = (
       matched
       | "ReadMatches" >> beam.ParDo(ReadMatches())
       | "ReadImages" >> beam.ParDo(self._read).with_outputs(elements.FAILURES, main="records")
     )
+    return elements.Outputs(read.records, read[elements.FAILURES])

@@ -1,52 +1,43 @@
 """segbeam's Beam transforms: the public API for use inside a Beam pipeline of your own.
 
 read (`ReadImages`) -> validate, infer, postprocess (`SegmentImages`) -> write (`WriteSegments`,
-`WriteErrors`, or `WriteOutput` for a whole run's output folder with its manifest).
-`build_pipeline` composes them into the pipeline `segbeam run` runs. docs/python-api.md shows
-them in a user's pipeline.
+`WriteErrors`). `segbeam.run.build.build_pipeline` composes them, with the run's own steps,
+into the pipeline `segbeam run` runs. docs/python-api.md shows them in a user's pipeline.
 """
 
 from __future__ import annotations
 
 import datetime
-import functools
+import inspect
 import os
 import typing
-from typing import Any, Optional
+from typing import Optional
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import RunInference
 
-import segbeam
+from segbeam import constants
+from segbeam import options as options_lib
 from segbeam.model import contract
 from segbeam.model import defaults
 from segbeam.model import labels as labels_lib
 from segbeam.model import loading
-from segbeam.pipeline import constants
 from segbeam.pipeline import elements
 from segbeam.pipeline import inference
-from segbeam.pipeline import journal
 from segbeam.pipeline import label_files
+from segbeam.pipeline import layout
 from segbeam.pipeline import model_files
-from segbeam.pipeline import options as options_lib
-from segbeam.pipeline import progress
-from segbeam.pipeline import resume
 from segbeam.pipeline import rows as rows_lib
 from segbeam.pipeline import schema
-from segbeam.pipeline import sinks
-from segbeam.pipeline import sources
 from segbeam.pipeline import validation
 from segbeam.pipeline.sources import ReadImages
 
 __all__ = [
   "ReadImages",
-  "Segmented",
   "SegmentImages",
   "WriteSegments",
   "WriteErrors",
-  "WriteOutput",
-  "build_pipeline",
 ]
 
 SEGMENTS_ROW_GROUP_BYTES = 8 << 20
@@ -66,16 +57,9 @@ def label_map_for(
   return parsed
 
 
-class Segmented(typing.NamedTuple):
-  """What `SegmentImages` returns: one segments row (a dict, `schema.segments_schema`) or one
-  `elements.Failure` per input record."""
-
-  rows: beam.PCollection
-  failures: beam.PCollection
-
-
 class SegmentImages(beam.PTransform):
-  """`elements.ImageRecord`s -> `Segmented`: validate, infer in batches, postprocess.
+  """`elements.ImageRecord`s -> `elements.Outputs`: segments rows (dicts,
+  `schema.segments_schema`) and failures. Validates, infers in batches, postprocesses.
 
   Every record ends as exactly one row or one failure; a bad image fails alone, with its stage
   and reason, and never takes its batch down.
@@ -85,12 +69,12 @@ class SegmentImages(beam.PTransform):
       system; None for the embedded default model. Its metadata is read here, when the
       pipeline is built, and a local one checked (`loading.loadable`); the workers load it,
       checking it again, refusing a graph that reaches outside the model unless `trust_model`.
-    batch_size, handler, inference_slices, postprocess_threads, max_pixels, ground_truth,
-      label_map, trust_model, require_gpu: as `segbeam run`'s options of the same names
-      (`options.RunOptions`; `ground_truth` is its `labels`).
+    batch_size, handler, inference_slices, postprocess_threads, max_pixels, max_file_bytes,
+      ground_truth, label_map, trust_model, require_gpu: as `segbeam run`'s options of the
+      same names (`segbeam.options.OPTIONS`, which checks them).
     breaker: when the run stops because the model fails on every image
-      (`options.BreakerLimits`; its defaults where None).
-    run_id: recorded in every row, a plain name (`options.check_run_id`); a new one by
+      (`options_lib.BreakerLimits`; its defaults where None).
+    run_id: recorded in every row, a plain name (`options_lib.check_run_id`); a new one by
       default.
     metadata: the export's metadata, when the caller has read it already.
     distributed: whether the runner spreads the work over workers; it decides how label files
@@ -106,6 +90,7 @@ class SegmentImages(beam.PTransform):
     inference_slices: int = constants.DEFAULT_INFERENCE_SLICES,
     postprocess_threads: int = constants.DEFAULT_POSTPROCESS_THREADS,
     max_pixels: int = constants.DEFAULT_MAX_PIXELS,
+    max_file_bytes: int = constants.DEFAULT_MAX_FILE_BYTES,
     ground_truth: Optional[str] = None,
     label_map: Optional[str] = None,
     run_id: Optional[str] = None,
@@ -115,13 +100,9 @@ class SegmentImages(beam.PTransform):
     metadata: Optional[contract.ModelMetadata] = None,
     distributed: bool = True,
   ):
+    # Each keyword that is a run option, checked as the run checks it (`options.OPTIONS`).
+    options_lib.check(**{k: v for k, v in locals().items() if k in options_lib.BY_NAME})
     super().__init__()
-    options_lib.check_at_least_one(
-      batch_size=batch_size,
-      max_pixels=max_pixels,
-      inference_slices=inference_slices,
-      postprocess_threads=postprocess_threads,
-    )
     self.model_dir = model_dir or defaults.default_model_dir()
     self.metadata = metadata or model_files.read_metadata(self.model_dir)
     if model_files.is_local(self.model_dir) and os.path.isdir(self.model_dir):
@@ -156,7 +137,11 @@ class SegmentImages(beam.PTransform):
     self._postprocess_threads = postprocess_threads
     self._batch_size = batch_size
     self._ground_truth = ground_truth
+    self._max_file_bytes = max_file_bytes
     self._distributed = distributed
+
+  # Keywords `for_run` does not take from a run's options.
+  _NOT_FROM_RUN = ("self", "model_dir", "ground_truth", "metadata", "distributed")
 
   @classmethod
   def for_run(
@@ -167,25 +152,27 @@ class SegmentImages(beam.PTransform):
     *,
     distributed: bool = True,
   ) -> "SegmentImages":
-    """The transform `segbeam run` applies, from its options: without its label files, which
-    `build_pipeline` joins to the rows once they are in the journal."""
-    return cls(
-      model_dir,
-      batch_size=options.batch_size,
-      handler=options.handler,
-      inference_slices=options.inference_slices,
-      postprocess_threads=options.postprocess_threads,
-      max_pixels=options.max_pixels,
-      label_map=options.label_map,
-      run_id=options.run_id,
-      trust_model=options.trust_model,
-      require_gpu=options.require_gpu,
-      breaker=options.breaker,
-      metadata=metadata,
-      distributed=distributed,
+    """The transform `segbeam run` applies: each of its keywords that names a run option (or
+    `RunOptions.breaker`) from `options`. Without ground truth: the run joins it to the rows
+    once they are in its journal (`join_ground_truth`)."""
+    taken = {
+      name: getattr(options, name)
+      for name in inspect.signature(cls.__init__).parameters
+      if name not in cls._NOT_FROM_RUN
+    }
+    return cls(model_dir, **taken, metadata=metadata, distributed=distributed)
+
+  def join_ground_truth(self, ground_truth: str) -> label_files.JoinLabelFiles:
+    """Rows -> the same rows with their ground-truth counts, from the label files the glob
+    `ground_truth` matches: the one join of rows and labels, here or in `segbeam run`."""
+    return label_files.JoinLabelFiles(
+      ground_truth,
+      self.context,
+      distributed=self._distributed,
+      max_file_bytes=self._max_file_bytes,
     )
 
-  def expand(self, image_records) -> Segmented:
+  def expand(self, image_records) -> elements.Outputs:
     validated = image_records | "Validate" >> beam.ParDo(
       validation.ValidateImage(max_pixels=self._max_pixels)
     ).with_outputs(elements.FAILURES, main="images")
@@ -200,14 +187,12 @@ class SegmentImages(beam.PTransform):
     ).with_outputs(elements.FAILURES, main="rows")
     rows = segmented.rows
     if self._ground_truth:
-      rows = rows | "GroundTruth" >> label_files.JoinLabelFiles(
-        self._ground_truth, self.context, distributed=self._distributed
-      )
+      rows = rows | "GroundTruth" >> self.join_ground_truth(self._ground_truth)
     failures = (
       validated[elements.FAILURES],
       segmented[elements.FAILURES],
     ) | "Failures" >> beam.Flatten()
-    return Segmented(rows, failures)
+    return elements.Outputs(rows, failures)
 
 
 class WriteSegments(beam.PTransform):
@@ -226,7 +211,7 @@ class WriteSegments(beam.PTransform):
     output: str,
     class_names: typing.Sequence[str],
     num_files: int = 0,
-    prefix: str = "part",
+    prefix: str = layout.PARTS_PREFIX,
   ):
     super().__init__()
     self._output = output
@@ -236,7 +221,7 @@ class WriteSegments(beam.PTransform):
 
   def expand(self, rows):
     return rows | "WriteParquet" >> beam.io.WriteToParquet(
-      FileSystems.join(self._output, constants.SEGMENTS_DIR, self._prefix),
+      FileSystems.join(self._output, layout.SEGMENTS_DIR, self._prefix),
       schema.segments_schema(self._class_names),
       codec="zstd",
       # Beam buffers a whole row group in memory before writing it; its 64 MB default showed
@@ -274,253 +259,8 @@ class WriteErrorRows(beam.PTransform):
 
   def expand(self, error_rows):
     return error_rows | "WriteParquet" >> beam.io.WriteToParquet(
-      FileSystems.join(self._output, constants.ERRORS_DIR, "part"),
+      FileSystems.join(self._output, layout.ERRORS_DIR, layout.PARTS_PREFIX),
       schema.ERRORS_SCHEMA,
       codec="zstd",
       file_name_suffix=".parquet",
     )
-
-
-class WriteOutput(beam.PTransform):
-  """A dict of the run's PCollections -> the output folder; returns the manifest PCollection.
-
-  Keys: 'records' and 'read_failures', what the reader made of every input (counted as the
-  inputs seen); 'rows', the segments rows; 'failures', every failure, the reader's included;
-  with --skip-existing, 'skipped', the records an earlier run segmented; and with --resume,
-  'resumed', the ids of inputs an earlier attempt's journal holds (`journal`), and
-  'replayed_rows' and 'replayed_errors', that journal's rows, written to the tables with the
-  new ones (the segments as OUTPUT/segments/resumed-*.parquet), and 'resumed_gone', the ids
-  of those rows' inputs this attempt did not read (`journal.GoneInputs`).
-
-  Every count comes from one combine summing `sinks.CountKey`s' partial counts per bundle
-  (`sinks.CountPerBundle`; Beam expands each combine into a handful of transforms, and each
-  transform costs start-up time). The manifest is written last, once both Parquet sinks have
-  finalized, their files' rows are counted and every count is in; it checks that they add up
-  (`sinks.build_manifest`), then the journal and the claim on the folder are removed.
-
-  Args:
-    options, metadata, model_dir: the run's.
-    attempts: every attempt at this output, this one last, as {run_id, started}; None for a
-      run that is the only one.
-  """
-
-  def __init__(
-    self,
-    options: options_lib.RunOptions,
-    metadata: contract.ModelMetadata,
-    model_dir: str,
-    attempts: Optional[typing.Sequence[dict[str, str]]] = None,
-  ):
-    super().__init__()
-    self._options = options
-    self._metadata = metadata
-    self._model_dir = model_dir
-    self._attempts = list(attempts or [{"run_id": options.run_id, "started": options.started}])
-
-  def expand(self, inputs):
-    rows, failures = inputs["rows"], inputs["failures"]
-    options, metadata = self._options, self._metadata
-    pipeline = rows.pipeline
-    segment_files = [
-      rows
-      | "WriteSegments"
-      >> WriteSegments(options.output, metadata.class_names, options.segments_files)
-    ]
-    error_rows = failures | "ErrorRows" >> beam.Map(rows_lib.failure_row, options.run_id)
-    counted = [
-      (sinks.COUNT_RECORDS, inputs["records"]),
-      (sinks.COUNT_READ_FAILURES, inputs["read_failures"]),
-      (sinks.COUNT_SEGMENTED, rows),
-    ]
-    if "skipped" in inputs:
-      counted.append((sinks.COUNT_SKIPPED, inputs["skipped"]))
-    all_rows = [rows]
-    if "replayed_rows" in inputs:
-      replayed_rows, replayed_errors = inputs["replayed_rows"], inputs["replayed_errors"]
-      segment_files.append(
-        replayed_rows
-        | "WriteResumedSegments"
-        >> WriteSegments(options.output, metadata.class_names, prefix="resumed")
-      )
-      error_rows = (error_rows, replayed_errors) | "AllErrorRows" >> beam.Flatten()
-      all_rows.append(replayed_rows)
-      counted += [
-        (sinks.COUNT_SEGMENTED, replayed_rows),
-        (sinks.COUNT_RESUMED, inputs["resumed"]),
-        (sinks.COUNT_REPLAYED, replayed_rows),
-        (sinks.COUNT_REPLAYED, replayed_errors),
-        (sinks.COUNT_RESUMED_GONE, inputs["resumed_gone"]),
-      ]
-    error_files = error_rows | "WriteErrors" >> WriteErrorRows(options.output)
-    if options.mask_files:
-      for i, some_rows in enumerate(all_rows):
-        counted.append(
-          (
-            sinks.COUNT_MASK_FILES,
-            some_rows
-            | f"WriteMaskFiles{'_resumed' * i}" >> beam.ParDo(sinks.WriteMaskFile(options.output)),
-          )
-        )
-    partial_counts = [
-      pcoll
-      | f"Count_{what}_{i}"
-      >> beam.ParDo(sinks.CountPerBundle(functools.partial(sinks.count_key, what=what)))
-      for i, (what, pcoll) in enumerate(counted)
-    ]
-    partial_counts.append(
-      error_rows | "Count_failed" >> beam.ParDo(sinks.CountPerBundle(sinks.error_count_key))
-    )
-    counts = partial_counts | "AllCounts" >> beam.Flatten() | "Count" >> beam.CombinePerKey(sum)
-    if len(segment_files) > 1:
-      segment_files = [segment_files | "AllSegmentFiles" >> beam.Flatten()]
-    return (
-      pipeline
-      | "ManifestTrigger" >> beam.Create([None])
-      | "WriteManifest"
-      >> beam.ParDo(
-        sinks.WriteManifest(options.output, self._manifest_base()),
-        beam.pvalue.AsList(counts),
-        beam.pvalue.AsList(segment_files[0]),
-        beam.pvalue.AsList(error_files),
-      )
-    )
-
-  def _manifest_base(self) -> dict[str, Any]:
-    options, metadata = self._options, self._metadata
-    label_map = label_map_for(options.label_map, metadata)
-    return {
-      "run_id": options.run_id,
-      "started": options.started,
-      "input": options.input,
-      "output": options.output,
-      "segbeam_version": segbeam.__version__,
-      "attempts": self._attempts,
-      "model": {
-        "name": metadata.name,
-        "version": metadata.version,
-        "path": self._model_dir,
-        "architecture": metadata.architecture,
-        "class_names": list(metadata.class_names),
-      },
-      "options": {
-        k: v
-        for k, v in options.to_dict().items()
-        if k not in ("input", "output", "run_id", "started")
-      },
-      # What labels, where there are any, are scored on: the classes the label map covers.
-      "ground_truth": {
-        "classes": [
-          metadata.class_names[c]
-          for c in label_map.covered_classes
-          if c < len(metadata.class_names)
-        ],
-        "mapping": label_map.to_dict()["mapping"],
-      },
-    }
-
-
-def build_pipeline(
-  pipeline: beam.Pipeline,
-  options: options_lib.RunOptions,
-  metadata: contract.ModelMetadata,
-  model_dir: str,
-  *,
-  distributed: bool = True,
-  attempts: Optional[typing.Sequence[dict[str, str]]] = None,
-) -> beam.PCollection:
-  """Adds `segbeam run`'s whole run to `pipeline`: read -> [resume, skip existing] ->
-  validate/decode -> infer -> postprocess -> journal -> [ground truth] -> write. Returns the
-  PCollection holding the manifest.
-
-  Args:
-    distributed: whether the runner spreads the work over workers; then the input files are
-      reshuffled over them (`ReadImages`) and label files join the rows through a shuffle
-      (`label_files`). In one process neither pays: there a shuffle only costs memory.
-    attempts: every attempt at this output, this one last (the claim's, `output_claim`):
-      the earlier ones' journals are resumed (`journal`).
-  """
-  read = pipeline | "Read" >> ReadImages(
-    options.input,
-    input_format=options.input_format,
-    example_keys=options.example_keys,
-    max_file_bytes=options.max_file_bytes,
-    read_concurrency=options.read_concurrency,
-    spread_files=distributed,
-    output=options.output,  # its own files are never inputs
-  )
-  outputs = {"records": read.records, "read_failures": read[elements.FAILURES]}
-  to_segment, read_failures = read.records, read[elements.FAILURES]
-  segment = SegmentImages.for_run(options, metadata, model_dir, distributed=distributed)
-  earlier = list(attempts or [])[:-1]
-  model = (metadata.name, metadata.version)
-  if earlier:
-    # Before validation: what an earlier attempt did is never decoded again.
-    replayed = pipeline | "Replay" >> journal.ReplayJournal(
-      options.output, earlier, model, distributed=distributed
-    )
-    done_ids = journal.journaled_ids(replayed)
-    outputs["resumed_gone"] = done_ids | "Gone" >> journal.GoneInputs(
-      [read.records, read[elements.FAILURES]]
-    )
-    kept = to_segment | "ResumeRecords" >> resume.SkipIds(
-      done_ids, journal.RESUMED, progress.RESUMED
-    )
-    kept_failures = read_failures | "ResumeFailures" >> resume.SkipIds(
-      done_ids, journal.RESUMED, progress.RESUMED
-    )
-    to_segment, read_failures = kept.kept, kept_failures.kept
-    outputs["resumed"] = (kept[journal.RESUMED], kept_failures[journal.RESUMED]) | (
-      "Resumed" >> beam.Flatten()
-    )
-    replayed_rows = replayed[journal.SEGMENTS]
-    if options.labels:
-      replayed_rows = replayed_rows | "ReplayedGroundTruth" >> label_files.JoinLabelFiles(
-        options.labels,
-        segment.context,
-        distributed=distributed,
-        max_file_bytes=options.max_file_bytes,
-      )
-    outputs["replayed_rows"] = replayed_rows
-    outputs["replayed_errors"] = replayed[journal.ERRORS]
-  if options.skip_existing:
-    # Before validation: an image segmented before is never decoded again.
-    kept = to_segment | "SkipExisting" >> resume.SkipExisting(
-      options.skip_existing, metadata.version, sources.pattern_root(options.input)
-    )
-    to_segment, outputs["skipped"] = kept.kept, kept[resume.SKIPPED]
-  segmented = to_segment | "Segment" >> segment
-  # A few batches at a time: with the batches in flight, what a kill may lose.
-  every = 2 * options.batch_size
-  rows = segmented.rows | "JournalRows" >> beam.ParDo(
-    journal.JournalRows(
-      options.output,
-      journal.SEGMENTS,
-      schema.segments_schema(metadata.class_names),
-      journal.stamp(options.run_id, options.started, *model),
-      every,
-    )
-  )
-  if options.labels:
-    rows = rows | "GroundTruth" >> label_files.JoinLabelFiles(
-      options.labels,
-      segment.context,
-      distributed=distributed,
-      max_file_bytes=options.max_file_bytes,
-    )
-  outputs["rows"] = rows
-  outputs["failures"] = (
-    (read_failures, segmented.failures)
-    | "AllFailures" >> beam.Flatten()
-    | "JournalFailures"
-    >> beam.ParDo(
-      journal.JournalRows(
-        options.output,
-        journal.ERRORS,
-        schema.ERRORS_SCHEMA,
-        journal.stamp(options.run_id, options.started, *model),
-        every,
-        to_row=functools.partial(rows_lib.failure_row, run_id=options.run_id),
-      )
-    )
-  )
-  return outputs | "Write" >> WriteOutput(options, metadata, model_dir, attempts)

@@ -27,7 +27,8 @@ from PIL import Image
 from PIL import JpegImagePlugin
 from PIL import PngImagePlugin
 
-from segbeam.pipeline import constants
+from segbeam import constants
+from segbeam import messages
 from segbeam.pipeline import elements
 from segbeam.pipeline import progress
 from segbeam.pipeline import tfrecord
@@ -169,7 +170,7 @@ def decode_upright_png(data: bytes, image_format: str, orientation: int) -> tupl
 
 def _explain(what: str, error: BaseException) -> str:
   """'<what>: <exception type>: <its message on one line>', at most 1,000 characters."""
-  reason = elements.one_line(error, limit=None) or "no message"
+  reason = messages.one_line(error, limit=None) or "no message"
   return f"{what}: {type(error).__name__}: {reason}"[:1000]
 
 

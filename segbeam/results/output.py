@@ -18,14 +18,15 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from segbeam.pipeline import constants
-from segbeam.results.printable import printable
+from segbeam import exits
+from segbeam.messages import printable
+from segbeam.pipeline import layout
 
-TABLES = (constants.SEGMENTS_DIR, constants.ERRORS_DIR)  # the two Parquet tables
+TABLES = layout.TABLES
 
 
-class IncompleteOutputError(Exception):
-  """The folder holds no completed run."""
+class IncompleteOutputError(exits.InvocationError):
+  """The folder holds no completed run: a bad invocation of a command that reads one."""
 
 
 class OutputNotFoundError(IncompleteOutputError, FileNotFoundError):
@@ -79,7 +80,7 @@ class Unfinished:
     attempts = claim.get("attempts") or []
     durable = self.segments_rows + self.errors_rows
     lines = [
-      f"{self.path} holds an unfinished run (no {constants.MANIFEST_FILE}): "
+      f"{self.path} holds an unfinished run (no {layout.MANIFEST_FILE}): "
       + (
         f"run {claim.get('run_id')}, started {claim.get('started')} on {claim.get('host')}, "
         f"attempt {len(attempts)}"
@@ -108,7 +109,7 @@ def unfinished(path: str) -> Optional[Unfinished]:
   """What an unfinished run left in `path`; None where it left no claim and no journal."""
   fs, root = _filesystem(path.rstrip("/"))
   claim = None
-  claim_path = posixpath.join(root, constants.CLAIM_FILE)
+  claim_path = posixpath.join(root, layout.CLAIM_FILE)
   if fs.get_file_info(claim_path).type == pafs.FileType.File:
     with fs.open_input_stream(claim_path) as f:
       try:
@@ -118,7 +119,7 @@ def unfinished(path: str) -> Optional[Unfinished]:
   rows = {}
   for table in TABLES:
     selector = pafs.FileSelector(
-      posixpath.join(root, constants.JOURNAL_DIR, table), allow_not_found=True
+      posixpath.join(root, layout.JOURNAL_DIR, table), allow_not_found=True
     )
     parts = [i.path for i in fs.get_file_info(selector) if i.path.endswith(".parquet")]
     rows[table] = sum(pq.read_metadata(fs.open_input_file(p)).num_rows for p in parts)
@@ -133,7 +134,7 @@ class RunOutput:
   def __init__(self, path: str):
     self.path = path.rstrip("/")
     self._fs, self._root = _filesystem(self.path)
-    manifest_path = posixpath.join(self._root, constants.MANIFEST_FILE)
+    manifest_path = posixpath.join(self._root, layout.MANIFEST_FILE)
     if self._fs.get_file_info(manifest_path).type == pafs.FileType.NotFound:
       self._refuse_without_manifest(path)
     with self._fs.open_input_stream(manifest_path) as f:
@@ -148,7 +149,7 @@ class RunOutput:
     if folder == pafs.FileType.File:
       raise IncompleteOutputError(f"{path} is a file, not a run's output folder")
     raise IncompleteOutputError(
-      f"{path} has no {constants.MANIFEST_FILE}: the run did not complete (still running, "
+      f"{path} has no {layout.MANIFEST_FILE}: the run did not complete (still running, "
       "killed, or failed), so its tables would be partial"
     )
 

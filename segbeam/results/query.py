@@ -12,9 +12,9 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from segbeam.messages import printable
 from segbeam.results import examples
 from segbeam.results import output as output_lib
-from segbeam.results.printable import printable
 
 FORMATS = ("table", "csv", "json", "parquet")
 

@@ -18,9 +18,9 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from PIL import Image
 
+from segbeam import constants
+from segbeam import options as options_lib
 from segbeam.model import labels as labels_lib
-from segbeam.pipeline import constants
-from segbeam.pipeline import options as options_lib
 from segbeam.pipeline import schema
 from segbeam.pipeline import sources
 from segbeam.pipeline import tfrecord

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any, Optional
 
+from segbeam import exits
+from segbeam import messages
+from segbeam.messages import printable
 from segbeam.model import labels as labels_lib
 from segbeam.pipeline import schema
 from segbeam.results import output as output_lib
-from segbeam.results.printable import printable
 
 
 def class_statistics(output: output_lib.RunOutput, threshold: float) -> list[dict[str, Any]]:
@@ -148,24 +149,23 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines += [
       "",
       f"against ground truth ({truth['images']} images, original resolution)",
-      f"pixel accuracy {_number(truth['pixel_accuracy'])}   mean IoU {_number(truth['mean_iou'])}",
+      f"pixel accuracy {messages.number(truth['pixel_accuracy'])}   "
+      f"mean IoU {messages.number(truth['mean_iou'])}",
       labels_lib.coverage_line(truth["per_class_iou"], truth["ground_truth_classes"]),
     ]
     lines += [
-      f"  IoU {name:<16s} {_number(iou)}"
+      f"  IoU {name:<16s} {messages.number(iou)}"
       + ("" if name in truth["ground_truth_classes"] else "  (no ground truth)")
       for name, iou in truth["per_class_iou"].items()
     ]
     if truth["unusable_labels"]:
       lines.append(f"  {truth['unusable_labels']} labels unusable (see gt_error)")
     lines.append("worst images by mean IoU:")
-    lines += [f"  {w['image_id']:<32s} {_number(w['mean_iou'])}" for w in truth["worst_images"]]
+    lines += [
+      f"  {w['image_id']:<32s} {messages.number(w['mean_iou'])}" for w in truth["worst_images"]
+    ]
   # Ids, names and the input come from files anyone may write.
   return "\n".join(printable(line) for line in lines)
-
-
-def _number(value) -> str:
-  return "-" if value is None else f"{value:.4f}"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -176,9 +176,9 @@ def run(args: argparse.Namespace) -> int:
     if left is None:
       raise
     # Refused as every reader refuses it, with how far it got and how to go on.
-    print(printable(f"segbeam summary: {error}"), file=sys.stderr)
+    exits.stopped("summary", error)
     print("\n".join(left.lines()))
-    return 2
+    return exits.USAGE
   summary = summarize(output, args.threshold)
   print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
   return 0

@@ -62,7 +62,7 @@ def _write(path, data=b"x = 1\n"):
 @pytest.mark.parametrize(
   "change",
   [
-    _append("pipeline/submit.py"),
+    _append("commands/submit.py"),
     _append("__init__.py"),
     _write("pipeline/new_module.py"),
     # What the workers load without --model, and whose metadata submit reads.
@@ -78,7 +78,7 @@ def test_what_an_install_holds_changes_the_digest(package_copy, change):
 @pytest.mark.parametrize(
   "change",
   [
-    _write("pipeline/__pycache__/submit.cpython-311.pyc", b"\0\0"),
+    _write("commands/__pycache__/submit.cpython-311.pyc", b"\0\0"),
     _write("pipeline/notes.txt", b"not installed"),
     # A folder without __init__.py is no package: setup.py's find_packages leaves it out.
     _write("scratch_dir/tool.py"),

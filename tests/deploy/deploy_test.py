@@ -18,10 +18,10 @@ from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
+from segbeam import options as options_lib
 from segbeam import versions
-from segbeam.pipeline import flex_template
-from segbeam.pipeline import options as options_lib
-from segbeam.pipeline import submit
+from segbeam.commands import flex_template
+from segbeam.commands import submit
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SETUP_PY = os.path.join(ROOT, "setup.py")
@@ -546,8 +546,8 @@ def test_dockerignore_lets_in_every_file_the_image_copies():
     assert os.path.exists(os.path.join(ROOT, source)), source
     assert not dockerignore_excludes(patterns, source), f"{source} is left out of the context"
   assert dockerignore_excludes(patterns, "tests/deploy/deploy_test.py")
-  assert dockerignore_excludes(patterns, "segbeam/pipeline/__pycache__/submit.cpython-311.pyc")
-  assert not dockerignore_excludes(patterns, "segbeam/pipeline/submit.py")
+  assert dockerignore_excludes(patterns, "segbeam/commands/__pycache__/submit.cpython-311.pyc")
+  assert not dockerignore_excludes(patterns, "segbeam/commands/submit.py")
   assert dockerignore_excludes([p for p in patterns if p != "!deploy/main.py"], "deploy/main.py")
 
 

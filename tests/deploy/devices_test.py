@@ -5,9 +5,9 @@ import sys
 
 import pytest
 
+from segbeam import constants
+from segbeam.commands import run as run_command
 from segbeam.model import defaults
-from segbeam.pipeline import commands
-from segbeam.pipeline import constants
 from segbeam.pipeline import devices
 from segbeam.pipeline import inference
 
@@ -99,7 +99,7 @@ def test_a_run_that_requires_a_gpu_fails_without_one_and_writes_no_manifest(tmp_
   Image.new("RGB", (40, 30), (90, 120, 30)).save(tmp_path / "a.png")
   output = tmp_path / "out"
   assert (
-    commands.main(["--input", str(tmp_path / "*.png"), "--output", str(output), "--require-gpu"])
+    run_command.main(["--input", str(tmp_path / "*.png"), "--output", str(output), "--require-gpu"])
     == 1
   )
   err = capsys.readouterr().err

@@ -2,16 +2,17 @@
 builds the Dataflow job (dry run here) without waiting for it."""
 
 import json
+import os
 
 import pytest
 from apache_beam.options.pipeline_options import GoogleCloudOptions
 from apache_beam.options.pipeline_options import WorkerOptions
 
 from segbeam import cli
+from segbeam import options as options_lib
 from segbeam import versions
-from segbeam.pipeline import flex_template
-from segbeam.pipeline import options as options_lib
-from segbeam.pipeline import submit
+from segbeam.commands import flex_template
+from segbeam.commands import submit
 
 
 def test_parameters_become_run_options_and_beam_options_pass():
@@ -162,3 +163,17 @@ def test_the_launcher_refuses_an_sdk_image_tagged_with_other_code():
         "--no_auth",
       ]
     )
+
+
+def test_metadata_json_is_made_from_the_option_table():
+  """deploy/metadata.json is what `flex_template.metadata` makes of `options.OPTIONS`: an
+  option added to the table reaches the template by regenerating it."""
+  path = os.path.join(os.path.dirname(__file__), "..", "..", "deploy", "metadata.json")
+  with open(path, encoding="utf-8") as f:
+    committed = f.read()
+  assert committed == flex_template.metadata_json(), (
+    "deploy/metadata.json is stale: python -m segbeam.commands.flex_template > deploy/metadata.json"
+  )
+  names = [p["name"] for p in json.loads(committed)["parameters"]]
+  carried = [o.option_string[2:].replace("-", "_") for o in options_lib.OPTIONS if o.flex]
+  assert names == carried + list(flex_template.GPU_PARAMETERS)

@@ -12,9 +12,10 @@ from apache_beam.options.pipeline_options import WorkerOptions
 from apache_beam.portability.api import beam_runner_api_pb2
 
 from segbeam import cli
+from segbeam import constants
+from segbeam import options as options_lib
 from segbeam import versions
-from segbeam.pipeline import constants
-from segbeam.pipeline import submit
+from segbeam.commands import submit
 
 # Tagged as docs/dataflow.md tags the image: with the code of this checkout.
 IMAGE = f"us-central1-docker.pkg.dev/my-project-123/segbeam/worker:{versions.code_tag()}"
@@ -327,7 +328,6 @@ def _breaker_traceback() -> tuple[str, str]:
   import traceback
 
   from segbeam.pipeline import inference
-  from segbeam.pipeline import options as options_lib
 
   breaker = inference._Breaker(options_lib.BreakerLimits(batches=1), batch_size=8)
   failure = inference.InferenceFailure(

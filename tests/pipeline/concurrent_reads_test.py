@@ -14,9 +14,9 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that
 from apache_beam.testing.util import equal_to
 
-from segbeam.pipeline import commands
+from segbeam.commands import pack
+from segbeam.commands import run as run_command
 from segbeam.pipeline import elements
-from segbeam.pipeline import pack
 from segbeam.pipeline import sources
 from segbeam.results import output as output_lib
 from tests import accounting
@@ -66,7 +66,7 @@ def _rows_by_filename(output: str) -> dict:
 
 def _run(pattern: str, output: str, model: str, *extra: str) -> None:
   args = ["--input", pattern, "--output", output, "--model", model, *extra]
-  assert commands.main(args) == 0
+  assert run_command.main(args) == 0
 
 
 def test_loose_files_give_the_rows_of_shards_with_their_reads_overlapped(

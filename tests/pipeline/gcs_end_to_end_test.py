@@ -20,12 +20,11 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that
 from apache_beam.testing.util import equal_to
 
-from segbeam.pipeline import commands
-from segbeam.pipeline import constants
-from segbeam.pipeline import elements
+from segbeam import constants
+from segbeam.commands import pack
+from segbeam.commands import run as run_command
 from segbeam.pipeline import inference
 from segbeam.pipeline import model_files
-from segbeam.pipeline import pack
 from segbeam.pipeline import sources
 from segbeam.pipeline import tfrecord
 from segbeam.results import output as output_lib
@@ -57,7 +56,7 @@ def gcs_inputs(gcs_emulator, tiny_export, tmp_path_factory):
 def test_segbeam_run_reads_and_writes_gs(gcs_inputs, tiny_export, capsys):
   images, model = gcs_inputs
   output = f"{ROOT}/out"
-  assert commands.main(["--input", f"{images}/*.png", "--output", output, "--model", model]) == 0
+  assert run_command.main(["--input", f"{images}/*.png", "--output", output, "--model", model]) == 0
   assert "5 inputs, 4 segmented, 1 failed" in capsys.readouterr().out
   accounting.assert_accounted_for(output, inputs_seen=5)
 
@@ -79,7 +78,9 @@ def test_segbeam_run_reads_and_writes_gs(gcs_inputs, tiny_export, capsys):
 
 def test_a_gs_folder_named_without_a_glob_is_a_bad_invocation(gcs_inputs, capsys):
   images, model = gcs_inputs
-  assert commands.main(["--input", images, "--output", f"{ROOT}/folder-out", "--model", model]) == 2
+  assert (
+    run_command.main(["--input", images, "--output", f"{ROOT}/folder-out", "--model", model]) == 2
+  )
   assert f"input '{images}' is a folder: give a glob" in capsys.readouterr().err
 
 
@@ -95,13 +96,13 @@ def test_a_gs_shard_named_without_extension_is_read_as_a_shard(tmp_path):
   pipeline = TestPipeline()
   out = pipeline | sources.ReadImages(f"{ROOT}/shards/*")
   assert_that(
-    out.records | beam.Map(lambda r: (r.image_id, r.filename, r.data == image)),
+    out.rows | beam.Map(lambda r: (r.image_id, r.filename, r.data == image)),
     equal_to(
       [("train-00000-of-00001#0", "a.png", True), ("train-00000-of-00001#1", "b.png", True)]
     ),
     label="records",
   )
-  assert_that(out[elements.FAILURES], equal_to([]), label="no failures")
+  assert_that(out.failures, equal_to([]), label="no failures")
   pipeline.run().wait_until_finish()
 
 
@@ -121,7 +122,7 @@ def test_pack_reads_and_writes_gs_and_leaves_only_whole_shards(gcs_inputs):
   pipeline = TestPipeline()
   out = pipeline | sources.ReadImages(f"{ROOT}/packed/pets-*")
   assert_that(
-    out.records | beam.Map(lambda r: r.filename),
+    out.rows | beam.Map(lambda r: r.filename),
     equal_to(["notes.png"] + [f"pet_{i}.png" for i in range(len(SIZES))]),
     label="records",
   )

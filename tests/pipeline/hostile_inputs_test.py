@@ -20,10 +20,9 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from PIL import Image
 
-from segbeam.pipeline import constants
-from segbeam.pipeline import job
-from segbeam.pipeline import options as options_lib
-from segbeam.pipeline import sinks
+from segbeam import options as options_lib
+from segbeam.pipeline import layout
+from segbeam.run import job
 from tests import accounting
 from tests import synthetic
 from tests.pipeline import hostile_corpus as corpus
@@ -325,11 +324,11 @@ def test_every_hostile_input_ends_as_exactly_one_row_with_a_precise_reason(tiny_
   sources = {_source_file(row["source"]) for row in [*segments.values(), *errors.values()]}
   assert sources <= named, sources - named
   assert _snapshot(str(tmp_path), output) == before
-  masks = os.listdir(os.path.join(output, constants.MASKS_DIR))
-  assert sorted(masks) == sorted(sinks.mask_file_name(i) for i in segments)
+  masks = os.listdir(os.path.join(output, layout.MASKS_DIR))
+  assert sorted(masks) == sorted(layout.mask_file_name(i) for i in segments)
   assert all(
-    os.path.dirname(os.path.realpath(os.path.join(output, constants.MASKS_DIR, m)))
-    == os.path.realpath(os.path.join(output, constants.MASKS_DIR))
+    os.path.dirname(os.path.realpath(os.path.join(output, layout.MASKS_DIR, m)))
+    == os.path.realpath(os.path.join(output, layout.MASKS_DIR))
     for m in masks
   )
 

@@ -10,10 +10,10 @@ import pytest
 from apache_beam.internal import pickler
 from apache_beam.ml.inference import base
 
-from segbeam.pipeline import constants
+from segbeam import constants
+from segbeam import options as options_lib
 from segbeam.pipeline import elements
 from segbeam.pipeline import inference
-from segbeam.pipeline import options as options_lib
 from tests import synthetic
 
 

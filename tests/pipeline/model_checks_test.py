@@ -12,10 +12,10 @@ import sys
 import pytest
 
 from segbeam import cli
+from segbeam import constants
 from segbeam import versions
 from segbeam.model import contract
 from segbeam.model import model_safety
-from segbeam.pipeline import constants
 from segbeam.pipeline import inference
 from segbeam.pipeline import sessions
 from tests import accounting
@@ -358,12 +358,12 @@ def test_a_resume_with_another_exports_weights_is_refused_though_its_metadata_ma
 
   import keras
 
+  from segbeam import options as options_lib
+  from segbeam.commands import run as run_command
   from segbeam.model import export as export_lib
   from segbeam.model import labels
-  from segbeam.pipeline import commands
-  from segbeam.pipeline import job
-  from segbeam.pipeline import options as options_lib
-  from segbeam.pipeline import output_claim
+  from segbeam.run import job
+  from segbeam.run import output_claim
 
   inputs = tmp_path / "in"
   inputs.mkdir()
@@ -384,8 +384,8 @@ def test_a_resume_with_another_exports_weights_is_refused_though_its_metadata_ma
     "killed", options.started, ("segbeam", "run"), job.fingerprint(options, metadata)
   )
   output_claim.claim(output, dataclasses.replace(killed, pid=gone.pid))
-  assert commands.main([*argv, "--model", other, "--resume"]) == 2
+  assert run_command.main([*argv, "--model", other, "--resume"]) == 2
   line = capsys.readouterr().err.strip().splitlines()[-1]
   assert "--resume refused" in line and "--model files 'sha256:" in line, line
-  assert commands.main([*argv, "--model", tiny_export[0], "--resume"]) == 0
+  assert run_command.main([*argv, "--model", tiny_export[0], "--resume"]) == 0
   accounting.assert_accounted_for(output, inputs_seen=1)

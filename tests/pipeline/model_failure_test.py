@@ -17,8 +17,9 @@ import re
 import pyarrow.parquet as pq
 import pytest
 
-from segbeam.pipeline import commands
-from segbeam.pipeline import constants
+from segbeam import constants
+from segbeam.commands import run as run_command
+from segbeam.pipeline import layout
 from tests import accounting
 from tests import synthetic
 from tests import unsafe_exports
@@ -82,7 +83,7 @@ def _run(photos, export, output, *beam_args, capsys):
     "--quiet",
     *beam_args,
   ]
-  code = commands.main(argv)
+  code = run_command.main(argv)
   return code, capsys.readouterr().err.strip().splitlines()
 
 
@@ -98,7 +99,7 @@ def test_a_model_failing_on_every_image_fails_at_load(photos, exports, tmp_path,
   output = str(tmp_path / "out")
   code, lines = _run(photos, exports["always"], output, *beam_args, capsys=capsys)
   assert code == 1
-  assert not os.path.exists(os.path.join(output, constants.MANIFEST_FILE))
+  assert not os.path.exists(os.path.join(output, layout.MANIFEST_FILE))
   assert "no manifest was written" in lines[-1]
   assert "fails on a built-in 32x32 probe image at load" in lines[-1]
   assert "InvalidArgumentError" in lines[-1] and "Tensor had Inf values" in lines[-1]
@@ -111,7 +112,7 @@ def test_a_model_failing_on_every_photo_stops_the_run_early(
   output = str(tmp_path / "out")
   code, lines = _run(photos, exports["photos"], output, *beam_args, capsys=capsys)
   assert code == 1
-  assert not os.path.exists(os.path.join(output, constants.MANIFEST_FILE))
+  assert not os.path.exists(os.path.join(output, layout.MANIFEST_FILE))
   last = lines[-1]
   assert "no manifest was written" in last and "--breaker-batches 3" in last, last
   match = re.search(r"(\d+) images failed so, as this one: InvalidArgumentError: .*Inf", last)
@@ -176,5 +177,5 @@ def test_a_model_failing_on_three_images_completes_with_three_infer_rows(
     "damaged_a.jpg",
     "damaged_b.jpg",
   ]
-  with open(os.path.join(output, constants.MANIFEST_FILE)) as f:
+  with open(os.path.join(output, layout.MANIFEST_FILE)) as f:
     assert json.load(f)["counts"]["failed"] == 5

@@ -21,12 +21,12 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.metrics.metric import MetricsFilter
 
-from segbeam.pipeline import beam_options
-from segbeam.pipeline import constants
+from segbeam import constants
+from segbeam import options as options_lib
 from segbeam.pipeline import inference
-from segbeam.pipeline import job
-from segbeam.pipeline import options as options_lib
-from segbeam.pipeline import sinks
+from segbeam.pipeline import layout
+from segbeam.run import beam_options
+from segbeam.run import job
 from tests import accounting
 from tests import synthetic
 
@@ -160,7 +160,7 @@ def test_run_on_portable_runner_with_external_workers(
   assert result.wait_until_finish() == beam.runners.runner.PipelineState.DONE
 
   accounting.assert_accounted_for(output, inputs_seen=6)
-  manifest = sinks.read_manifest(output)
+  manifest = layout.read_manifest(output)
   counts = manifest["counts"]
   assert (counts["inputs_seen"], counts["segmented"], counts["failed"]) == (6, 5, 1)
   assert counts["failed_by_stage"] == {"validate": 1}

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from segbeam.pipeline import commands
-from segbeam.pipeline import options as options_lib
+from segbeam import options as options_lib
+from segbeam.commands import run as run_command
 from segbeam.pipeline import progress
 from segbeam.pipeline import sources
 from tests import synthetic
@@ -80,7 +80,7 @@ def test_a_local_run_prints_its_progress_as_it_goes(tiny_export, tmp_path, monke
   monkeypatch.setattr(progress.Reporter, "LOG_EVERY", 0.2)
   argv = ["--input", str(tmp_path / "in" / "*.jpg"), "--model", tiny_export[0]]
   options, beam_args = options_lib.parse_args([*argv, "--output", str(tmp_path / "out")])
-  assert commands.run(options, beam_args) == 0
+  assert run_command.run(options, beam_args) == 0
   lines = [
     line for line in capsys.readouterr().err.splitlines() if re.match(r"[\d,]+ of \d+ images", line)
   ]
@@ -93,7 +93,7 @@ def test_a_local_run_prints_its_progress_as_it_goes(tiny_export, tmp_path, monke
   options, beam_args = options_lib.parse_args(
     [*argv, "--output", str(tmp_path / "quiet"), "--quiet"]
   )
-  assert commands.run(options, beam_args) == 0
+  assert run_command.run(options, beam_args) == 0
   assert not re.search(r"images \(\d+%\)", capsys.readouterr().err)
 
 

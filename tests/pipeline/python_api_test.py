@@ -74,7 +74,7 @@ def test_a_file_pattern_in(tiny_export, tmp_path):
   (folder / "b.jpg").write_bytes(b"\xff\xd8\xff\xe0 cut short")
   with TestPipeline() as pipeline:
     read = pipeline | segbeam_transforms.ReadImages(str(folder / "*"))
-    segmented = read.records | segbeam_transforms.SegmentImages(export_dir)
+    segmented = read.rows | segbeam_transforms.SegmentImages(export_dir)
     assert_that(
       segmented.rows | beam.Map(lambda row: row["image_id"]), equal_to(["a.png"]), label="Rows"
     )

@@ -13,7 +13,7 @@ import shutil
 
 import pytest
 
-from segbeam.pipeline import commands
+from segbeam.commands import run as run_command
 from tests import accounting
 
 # runner -> (Beam options, runs)
@@ -52,6 +52,6 @@ def test_every_local_runner_gives_the_same_accounted_output(runner, inputs, tmp_
   for attempt in range(runs):
     output = str(tmp_path / f"out{attempt}")
     argv = ["--input", os.path.join(inputs, "*"), "--output", output, *beam_args]
-    assert commands.main(argv) == 0, capsys.readouterr().err
+    assert run_command.main(argv) == 0, capsys.readouterr().err
     manifest = accounting.assert_accounted_for(output, inputs_seen=7)
     assert (manifest["counts"]["segmented"], manifest["counts"]["failed"]) == (6, 1)

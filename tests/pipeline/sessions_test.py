@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from segbeam import constants
+from segbeam import options as options_lib
 from segbeam.model import contract
 from segbeam.model import defaults
-from segbeam.pipeline import constants
 from segbeam.pipeline import inference
-from segbeam.pipeline import options as options_lib
 from segbeam.pipeline import sessions
 from tests import synthetic
 
@@ -92,7 +92,7 @@ def test_the_early_load_starts_before_beam_is_imported(tiny_export):
   export_dir, _ = tiny_export
   code = (
     "import sys; from segbeam import quiet; quiet.import_tensorflow(); "
-    "from segbeam.pipeline import options, sessions; "
+    "from segbeam import options; from segbeam.pipeline import sessions; "
     "started = sessions.load_early_for(options.parse_args(['--input', 'x/*', '--output', "
     f"'out', '--model', {export_dir!r}])[0]); "
     "print(started, 'apache_beam' in sys.modules); "

@@ -13,10 +13,11 @@ from apache_beam.testing.util import BeamAssertException
 from apache_beam.testing.util import assert_that
 from apache_beam.testing.util import equal_to
 
-from segbeam.pipeline import constants
 from segbeam.pipeline import elements
+from segbeam.pipeline import layout
 from segbeam.pipeline import rows as rows_lib
 from segbeam.pipeline import sinks
+from segbeam.run import manifest as manifest_lib
 
 SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\.[0-9a-f]{12}\.png$")
 
@@ -39,7 +40,7 @@ SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\.[0-9a-f]{12}\.png$")
   ],
 )
 def test_mask_file_names_never_leave_the_folder(image_id, tmp_path):
-  name = sinks.mask_file_name(image_id)
+  name = layout.mask_file_name(image_id)
   assert SAFE.match(name), name
   assert len(name) <= 120
   target = os.path.realpath(tmp_path / name)
@@ -47,8 +48,8 @@ def test_mask_file_names_never_leave_the_folder(image_id, tmp_path):
 
 
 def test_similar_ids_get_different_names():
-  assert sinks.mask_file_name("a/b.jpg") != sinks.mask_file_name("a_b.jpg")
-  assert sinks.mask_file_name("a/b.jpg") == sinks.mask_file_name("a/b.jpg")
+  assert layout.mask_file_name("a/b.jpg") != layout.mask_file_name("a_b.jpg")
+  assert layout.mask_file_name("a/b.jpg") == layout.mask_file_name("a/b.jpg")
 
 
 def _manifest(**changes):
@@ -65,7 +66,7 @@ def _manifest(**changes):
     mask_files=True,
   )
   counts.update(changes)
-  return sinks.build_manifest({"run_id": "r"}, **counts)
+  return manifest_lib.build_manifest({"run_id": "r"}, **counts)
 
 
 def test_manifest_counts_and_conservation():
@@ -82,7 +83,7 @@ def test_manifest_counts_and_conservation():
     "resumed_inputs_gone": 0,
     "from_earlier_attempts": 0,
     "holds": True,
-    "rule": sinks.CONSERVATION_RULE,
+    "rule": manifest_lib.CONSERVATION_RULE,
   }
   assert manifest["files"] == {"segments": ["s1", "s2"], "errors": ["e"], "masks": 3}
 
@@ -119,10 +120,10 @@ def test_an_unbalanced_run_fails_and_writes_no_manifest(tmp_path):
   # 5 inputs seen, 3 segmented and 1 failed: one input is missing from both tables.
   counts = pipeline | "Counts" >> beam.Create(
     [
-      ((sinks.COUNT_RECORDS, "", ""), 4),
-      ((sinks.COUNT_READ_FAILURES, "", ""), 1),
-      ((sinks.COUNT_SEGMENTED, "", ""), 3),
-      ((sinks.COUNT_FAILED, "validate", "EmptyImage"), 1),
+      ((manifest_lib.COUNT_RECORDS, "", ""), 4),
+      ((manifest_lib.COUNT_READ_FAILURES, "", ""), 1),
+      ((manifest_lib.COUNT_SEGMENTED, "", ""), 3),
+      ((manifest_lib.COUNT_FAILED, "validate", "EmptyImage"), 1),
     ]
   )
   # The tables as written: 2 + 1 segments rows, 1 error row; the manifest reads their footers.
@@ -138,7 +139,7 @@ def test_an_unbalanced_run_fails_and_writes_no_manifest(tmp_path):
     pipeline
     | beam.Create([None])
     | beam.ParDo(
-      sinks.WriteManifest(str(tmp_path), {"options": {"mask_files": False}}),
+      manifest_lib.WriteManifest(str(tmp_path), {"options": {"mask_files": False}}),
       beam.pvalue.AsList(counts),
       beam.pvalue.AsList(files["segments"]),
       beam.pvalue.AsList(files["errors"]),
@@ -146,7 +147,7 @@ def test_an_unbalanced_run_fails_and_writes_no_manifest(tmp_path):
   )
   with pytest.raises(Exception, match="inputs not accounted for"):
     pipeline.run().wait_until_finish()
-  assert not os.path.exists(tmp_path / constants.MANIFEST_FILE)
+  assert not os.path.exists(tmp_path / layout.MANIFEST_FILE)
 
 
 class _DiesOnceAfterWriting(sinks.WriteMaskFile):
@@ -202,26 +203,28 @@ def test_a_retried_bundle_leaves_one_mask_and_one_row_per_image(tmp_path):
     created
     | "DiesOnce" >> beam.ParDo(_DiesOnce("b/../c.jpg", rows_marker))
     | beam.io.WriteToParquet(
-      os.path.join(output, constants.SEGMENTS_DIR, "part"),
+      os.path.join(output, layout.SEGMENTS_DIR, "part"),
       pa.schema([("image_id", pa.string()), ("mask_png", pa.binary())]),
       file_name_suffix=".parquet",
     )
   )
-  masks_dir = os.path.join(output, constants.MASKS_DIR)
+  masks_dir = os.path.join(output, layout.MASKS_DIR)
   assert_that(
     paths,
-    equal_to([os.path.join(masks_dir, sinks.mask_file_name(r["image_id"])) for r in rows]),
+    equal_to([os.path.join(masks_dir, layout.mask_file_name(r["image_id"])) for r in rows]),
     label="OnePathPerImage",
   )
-  assert_that(table | beam.Map(sinks.parquet_rows), _sums_to(len(rows)), label="OneRowPerImage")
+  assert_that(
+    table | beam.Map(manifest_lib.parquet_rows), _sums_to(len(rows)), label="OneRowPerImage"
+  )
   pipeline.run().wait_until_finish()
 
   assert os.path.exists(masks_marker) and os.path.exists(rows_marker)  # both did die once
-  assert sorted(os.listdir(masks_dir)) == sorted(sinks.mask_file_name(r["image_id"]) for r in rows)
+  assert sorted(os.listdir(masks_dir)) == sorted(layout.mask_file_name(r["image_id"]) for r in rows)
   for row in rows:
-    with open(os.path.join(masks_dir, sinks.mask_file_name(row["image_id"])), "rb") as f:
+    with open(os.path.join(masks_dir, layout.mask_file_name(row["image_id"])), "rb") as f:
       assert f.read() == row["mask_png"]
-  table_rows = pq.read_table(os.path.join(output, constants.SEGMENTS_DIR)).to_pylist()
+  table_rows = pq.read_table(os.path.join(output, layout.SEGMENTS_DIR)).to_pylist()
   assert sorted(r["image_id"] for r in table_rows) == sorted(r["image_id"] for r in rows)
 
 
@@ -247,21 +250,23 @@ def test_counts_per_bundle_add_up_to_every_element():
     # Several bundles: a reshuffle splits the elements, and each bundle emits its own partials.
     values = pipeline | "Values" >> beam.Create(range(1000)) | beam.Reshuffle()
     counted = values | "CountValues" >> beam.ParDo(
-      sinks.CountPerBundle(functools.partial(sinks.count_key, what=sinks.COUNT_RECORDS))
+      manifest_lib.CountPerBundle(
+        functools.partial(manifest_lib.count_key, what=manifest_lib.COUNT_RECORDS)
+      )
     )
     failed = (
       pipeline
       | "Failures" >> beam.Create(failures)
-      | "CountFailures" >> beam.ParDo(sinks.CountPerBundle(sinks.error_count_key))
+      | "CountFailures" >> beam.ParDo(manifest_lib.CountPerBundle(manifest_lib.error_count_key))
     )
     totals = (counted, failed) | beam.Flatten() | beam.CombinePerKey(sum)
     assert_that(
       totals,
       equal_to(
         [
-          ((sinks.COUNT_RECORDS, "", ""), 1000),
-          ((sinks.COUNT_FAILED, "read", "FileTooLarge"), 1),
-          ((sinks.COUNT_FAILED, "validate", "CorruptHeader"), 2),
+          ((manifest_lib.COUNT_RECORDS, "", ""), 1000),
+          ((manifest_lib.COUNT_FAILED, "read", "FileTooLarge"), 1),
+          ((manifest_lib.COUNT_FAILED, "validate", "CorruptHeader"), 2),
         ]
       ),
     )
@@ -281,7 +286,7 @@ def test_write_file_never_writes_through_a_planted_link(planted, tmp_path):
   assert not (folder / "m.png").is_symlink() and (folder / "m.png").read_bytes() == b"mask"
 
 
-@pytest.mark.parametrize("entry", [constants.MASKS_DIR, constants.JOURNAL_DIR])
+@pytest.mark.parametrize("entry", [layout.MASKS_DIR, layout.JOURNAL_DIR])
 def test_delete_entries_removes_a_link_never_what_it_points_to(entry, tmp_path):
   outside = tmp_path / "outside"
   outside.mkdir()
@@ -289,9 +294,9 @@ def test_delete_entries_removes_a_link_never_what_it_points_to(entry, tmp_path):
   output = tmp_path / "out"
   output.mkdir()
   (output / entry).symlink_to(outside)
-  (output / constants.SEGMENTS_DIR).mkdir()
-  (output / constants.SEGMENTS_DIR / "inner").symlink_to(outside)
-  sinks.delete_entries(str(output), [entry, constants.SEGMENTS_DIR])
+  (output / layout.SEGMENTS_DIR).mkdir()
+  (output / layout.SEGMENTS_DIR / "inner").symlink_to(outside)
+  layout.delete_entries(str(output), [entry, layout.SEGMENTS_DIR])
   assert os.listdir(output) == []
   assert (outside / "keep.txt").read_bytes() == b"precious"
 
@@ -301,21 +306,21 @@ def test_remove_partials_removes_only_what_write_file_left_killed(tmp_path):
   folder (the manifest's) and in masks/; a resume removes them, and nothing else (a link
   among them is removed itself, never followed)."""
   output = tmp_path / "out"
-  masks = output / constants.MASKS_DIR
+  masks = output / layout.MASKS_DIR
   masks.mkdir(parents=True)
   victim = tmp_path / "victim.txt"
   victim.write_bytes(b"precious")
   left = [
-    output / f".{constants.MANIFEST_FILE}.{'a' * 32}{sinks.PARTIAL_SUFFIX}",
-    masks / f".{sinks.mask_file_name('x.png')}.{'b' * 32}{sinks.PARTIAL_SUFFIX}",
+    output / f".{layout.MANIFEST_FILE}.{'a' * 32}{layout.PARTIAL_SUFFIX}",
+    masks / f".{layout.mask_file_name('x.png')}.{'b' * 32}{layout.PARTIAL_SUFFIX}",
   ]
   for path in left:
     path.write_bytes(b"half")
-  (masks / f".m.png.{'c' * 32}{sinks.PARTIAL_SUFFIX}").symlink_to(victim)
-  kept = [output / "notes.partial", masks / sinks.mask_file_name("y.png"), output / "x.png"]
+  (masks / f".m.png.{'c' * 32}{layout.PARTIAL_SUFFIX}").symlink_to(victim)
+  kept = [output / "notes.partial", masks / layout.mask_file_name("y.png"), output / "x.png"]
   for path in kept:
     path.write_bytes(b"kept")
-  sinks.remove_partials(str(output))
+  layout.remove_partials(str(output))
   assert sorted(os.listdir(output)) == sorted(["masks", "notes.partial", "x.png"])
-  assert os.listdir(masks) == [sinks.mask_file_name("y.png")]
+  assert os.listdir(masks) == [layout.mask_file_name("y.png")]
   assert victim.read_bytes() == b"precious"

@@ -10,9 +10,8 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that
 from apache_beam.testing.util import equal_to
 
-from segbeam.pipeline import constants
-from segbeam.pipeline import elements
-from segbeam.pipeline import pack
+from segbeam import constants
+from segbeam.commands import pack
 from segbeam.pipeline import sources
 from segbeam.pipeline import tfrecord
 from tests import synthetic
@@ -91,12 +90,12 @@ def test_image_files_get_ids_relative_to_the_pattern_root(tmp_path):
   (tmp_path / "huge.jpg").write_bytes(JPEG + b"\0" * 5000)
   p, out = _read(str(tmp_path) + "/**", max_file_bytes=4000)
   assert_that(
-    out.records | beam.Map(lambda r: (r.image_id, r.data == JPEG)),
+    out.rows | beam.Map(lambda r: (r.image_id, r.data == JPEG)),
     equal_to([("cats/felix.jpg", True), ("dog.jpg", True)]),
     label="records",
   )
   assert_that(
-    out[elements.FAILURES] | beam.Map(lambda f: (f.image_id, f.error_type)),
+    out.failures | beam.Map(lambda f: (f.image_id, f.error_type)),
     equal_to([("huge.jpg", "FileTooLarge")]),
     label="failures",
   )
@@ -139,7 +138,7 @@ def test_tfrecord_ids_labels_and_bad_records(tmp_path, spread_files):
   p, out = _read(str(tmp_path / "*.tfrecord"), spread_files=spread_files)
   # Ids are places; filenames, repeated or missing, are only carried along.
   assert_that(
-    out.records | beam.Map(lambda r: (r.image_id, r.filename, r.label == MASK, r.source[-2:])),
+    out.rows | beam.Map(lambda r: (r.image_id, r.filename, r.label == MASK, r.source[-2:])),
     equal_to(
       [
         ("a.tfrecord#0", "x.jpg", True, "#0"),
@@ -152,7 +151,7 @@ def test_tfrecord_ids_labels_and_bad_records(tmp_path, spread_files):
     label="records",
   )
   assert_that(
-    out[elements.FAILURES] | beam.Map(lambda f: (f.image_id, f.filename, f.error_type)),
+    out.failures | beam.Map(lambda f: (f.image_id, f.filename, f.error_type)),
     equal_to(
       [
         ("a.tfrecord#3", None, "NotAnExample"),
@@ -180,7 +179,7 @@ def test_a_record_named_like_an_image_file_keeps_its_place_as_id(tmp_path, sprea
   )
   p, out = _read(str(tmp_path) + "/**", spread_files=spread_files)
   assert_that(
-    out.records | beam.Map(lambda r: (r.image_id, r.filename)),
+    out.rows | beam.Map(lambda r: (r.image_id, r.filename)),
     equal_to(
       [
         ("pet.jpg", "pet.jpg"),
@@ -208,7 +207,7 @@ def test_files_whose_names_do_not_say_are_read_by_what_they_hold(tmp_path, sprea
   (tmp_path / "shard.jpg").write_bytes(tfrecord.encode_record(pack.make_example("z.jpg", JPEG)))
   p, out = _read(str(tmp_path / "*"), spread_files=spread_files)
   assert_that(
-    out.records | beam.Map(lambda r: (r.image_id, r.data == JPEG)),
+    out.rows | beam.Map(lambda r: (r.image_id, r.data == JPEG)),
     equal_to(
       [
         ("train-00000-of-00002#0", True),
@@ -234,7 +233,7 @@ def test_pack_writes_shards_the_reader_reads(tmp_path, pet_folder):
   ]
   p, out = _read(prefix + "-*")
   assert_that(
-    out.records | beam.Map(lambda r: (r.filename, r.label is not None)),
+    out.rows | beam.Map(lambda r: (r.filename, r.label is not None)),
     equal_to([(n + ".jpg", True) for n in names]),
   )
   p.run().wait_until_finish()
@@ -259,13 +258,13 @@ def test_reads_stop_at_the_size_limit_whatever_size_a_file_is_listed_at(tmp_path
   )
   p, out = _read(str(tmp_path / "*"), max_file_bytes=100_000)
   assert_that(
-    out.records | beam.Map(lambda r: (r.image_id, r.data == JPEG)),
+    out.rows | beam.Map(lambda r: (r.image_id, r.data == JPEG)),
     equal_to([("small.jpg.gz", True), ("s.tfrecord#1", True)]),
     label="records",
   )
   limit_named = ("more than 100000 bytes read", "over the 100000-byte limit")
   assert_that(
-    out[elements.FAILURES]
+    out.failures
     | beam.Map(
       lambda f: (f.image_id, f.error_type, any(words in f.message for words in limit_named))
     ),
@@ -311,12 +310,12 @@ def test_a_previous_runs_files_under_the_glob_are_error_rows_not_photos(small_ru
   assert "run1/manifest.json" in run_files and len(run_files) >= 4
   p, out = _read(str(photos) + "/**")
   assert_that(
-    out.records | beam.Map(lambda r: r.image_id),
+    out.rows | beam.Map(lambda r: r.image_id),
     equal_to(["cat.jpg", "manifest.json", "masks/cat.png"]),
     label="records",
   )
   assert_that(
-    out[elements.FAILURES]
+    out.failures
     | beam.Map(lambda f: (f.image_id, f.stage, f.error_type, str(photos / "run1") in f.message)),
     equal_to([(name, "read", "SegbeamOutput", True) for name in run_files]),
     label="failures",
@@ -332,11 +331,11 @@ def test_a_glob_rooted_inside_a_previous_output_asks_for_its_files(small_run, tm
   (tmp_path / "run1" / "masks" / "cat.jpg.0123456789ab.png").write_bytes(JPEG)
   p, out = _read(str(tmp_path / "run1" / "masks") + "/*.png")
   assert_that(
-    out.records | beam.Map(lambda r: r.image_id),
+    out.rows | beam.Map(lambda r: r.image_id),
     equal_to(["cat.jpg.0123456789ab.png"]),
     label="records",
   )
-  assert_that(out[elements.FAILURES], equal_to([]), label="no failures")
+  assert_that(out.failures, equal_to([]), label="no failures")
   p.run().wait_until_finish()
 
 

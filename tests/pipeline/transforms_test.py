@@ -18,11 +18,11 @@ from apache_beam.testing.util import assert_that
 from apache_beam.testing.util import equal_to
 from PIL import Image
 
+from segbeam import options as options_lib
+from segbeam.commands import pack
 from segbeam.pipeline import inference
-from segbeam.pipeline import job
-from segbeam.pipeline import options as options_lib
-from segbeam.pipeline import pack
 from segbeam.pipeline import schema
+from segbeam.run import job
 from tests import accounting
 from tests import synthetic
 

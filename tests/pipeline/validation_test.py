@@ -9,7 +9,7 @@ from apache_beam.testing.util import assert_that
 from apache_beam.testing.util import equal_to
 from PIL import Image
 
-from segbeam.pipeline import constants
+from segbeam import constants
 from segbeam.pipeline import elements
 from segbeam.pipeline import tfrecord
 from segbeam.pipeline import validation

@@ -13,16 +13,17 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from PIL import Image
 
 from segbeam import cli
+from segbeam import exits
+from segbeam import options as options_lib
+from segbeam.commands import pack
 from segbeam.model import data
 from segbeam.model import evaluation
 from segbeam.model import export
 from segbeam.model import labels
-from segbeam.pipeline import job
-from segbeam.pipeline import options as options_lib
-from segbeam.pipeline import pack
 from segbeam.results import output as output_lib
 from segbeam.results import report
 from segbeam.results import summary
+from segbeam.run import job
 from tests import accounting
 
 
@@ -220,7 +221,7 @@ def test_a_label_map_beyond_the_models_classes_is_a_bad_invocation(
 ):
   images, masks, _ = pet_folder
   output = tmp_path / "out"
-  with pytest.raises(job.InvocationError, match=r"classes \[0, 3\] must be within 0..2"):
+  with pytest.raises(exits.InvocationError, match=r"classes \[0, 3\] must be within 0..2"):
     job.add_to(
       TestPipeline(),
       options_lib.parse_args(

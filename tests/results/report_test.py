@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from segbeam import cli
-from segbeam.pipeline import pack
+from segbeam.commands import pack
 from segbeam.pipeline import tfrecord
 from segbeam.results import output as output_lib
 from segbeam.results import report

@@ -5,7 +5,7 @@ import json
 import re
 
 from segbeam import cli
-from segbeam.pipeline import constants
+from segbeam.pipeline import layout
 from segbeam.results import output as output_lib
 
 CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u202e]")
@@ -13,7 +13,7 @@ CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u202e]")
 
 def _plant(output, command) -> None:
   output.mkdir()
-  (output / constants.CLAIM_FILE).write_text(
+  (output / layout.CLAIM_FILE).write_text(
     json.dumps(
       {
         "run_id": "r\x1b[2J\x1b[H",

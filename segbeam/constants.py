@@ -1,7 +1,7 @@
 """Names and defaults shared across the pipeline's modules and its command line.
 
-Imports nothing, so the run options (`options`) and the results readers can use them without
-loading Beam or TensorFlow.
+Imports nothing, so the run options (`segbeam.options`) and the results readers can use them
+without loading Beam or TensorFlow. The output folder's names are `pipeline.layout`'s.
 """
 
 # Beam metrics namespace of every counter segbeam reports.
@@ -29,9 +29,9 @@ DEFAULT_MAX_PIXELS = 50_000_000
 DEFAULT_MAX_FILE_BYTES = 256 << 20
 DEFAULT_BATCH_SIZE = 32
 
-# The breaker (`options.BreakerLimits`): a worker process stops the run when this many batches'
-# worth of images in a row fail in the model, each alone too, or more than this share of the
-# first images it infers.
+# The breaker (`segbeam.options.BreakerLimits`): a worker process stops the run when this many
+# batches' worth of images in a row fail in the model, each alone too, or more than this share
+# of the first images it infers.
 DEFAULT_BREAKER_BATCHES = 3
 DEFAULT_BREAKER_SHARE = 0.5
 DEFAULT_BREAKER_FIRST_IMAGES = 200
@@ -39,20 +39,9 @@ DEFAULT_BREAKER_FIRST_IMAGES = 200
 # Image files read at a time per reading thread (`sources.ReadFile`): enough to keep a 4-vCPU
 # GPU worker at its CPU bound at 50 ms per object-store request (docs/capacity-plan.md).
 DEFAULT_READ_CONCURRENCY = 16
-# Concurrent slices of each batch, and postprocessing threads per worker thread (`options`).
+# Concurrent slices of each batch, and postprocessing threads per worker thread (`segbeam.options`).
 DEFAULT_INFERENCE_SLICES = 2
 DEFAULT_POSTPROCESS_THREADS = 1
 # --segments-files: the most Parquet files the segments table is written as. Beam writes every
 # one of them, empty or not; at 256 MB a file (docs/capacity-plan.md) this is a 2.5 TB table.
 MAX_SEGMENTS_FILES = 10_000
-
-# The output folder's layout.
-SEGMENTS_DIR = "segments"
-ERRORS_DIR = "errors"
-MASKS_DIR = "masks"
-MANIFEST_FILE = "manifest.json"
-# While a run goes: its claim on the folder (`output_claim`), and the rows made durable so far
-# (`journal`), both removed once the manifest is written.
-CLAIM_FILE = "_claim.json"
-JOURNAL_DIR = "_journal"
-OUTPUT_ENTRIES = (SEGMENTS_DIR, ERRORS_DIR, MASKS_DIR, MANIFEST_FILE, CLAIM_FILE, JOURNAL_DIR)

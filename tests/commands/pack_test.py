@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from segbeam import cli
-from segbeam.pipeline import pack
+from segbeam.commands import pack
 from segbeam.pipeline import tfrecord
 from tests import accounting
 from tests import synthetic

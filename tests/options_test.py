@@ -1,14 +1,16 @@
 """segbeam's run options: parsed from the command line, checked before a pipeline is built."""
 
 import argparse
+import dataclasses
 import re
 
 import pytest
 
-from segbeam.pipeline import constants
-from segbeam.pipeline import journal
-from segbeam.pipeline import options as options_lib
+from segbeam import constants
+from segbeam import options as options_lib
+from segbeam.commands import submit
 from segbeam.pipeline import schema
+from segbeam.run import journal
 
 
 def _parse(*argv):
@@ -114,7 +116,7 @@ def test_a_local_pattern_without_a_folder_is_matched_in_the_current_one(pattern,
 )
 def test_a_gpu_job_takes_its_handler_unless_one_is_named(argv, handler):
   options, _ = options_lib.parse_args(["--input", "in/*", "--output", "out", *argv])
-  gpu_job = options_lib.for_gpu_job(options, argv)
+  gpu_job = submit.for_gpu_job(options, argv)
   assert gpu_job.handler == handler and gpu_job.require_gpu
   assert options_lib.parse_args(["--input", "in/*", "--output", "out"])[0].handler == (
     constants.HANDLER_TFX_BSL  # a local run's default stays
@@ -188,3 +190,41 @@ def test_the_python_api_refuses_an_unsafe_run_id(tiny_export):
   with pytest.raises(ValueError, match="--run-id"):
     transforms.SegmentImages(export_dir, metadata=metadata, run_id="../../elsewhere")
   assert transforms.SegmentImages(export_dir, metadata=metadata, run_id="fine-1").run_id == "fine-1"
+
+
+def test_argparse_the_dataclass_and_the_fingerprint_follow_the_table():
+  parser = argparse.ArgumentParser()
+  options_lib.add_arguments(parser)
+  by_dest = {action.dest: action for action in parser._actions if action.option_strings}
+  fields = [field.name for field in dataclasses.fields(options_lib.RunOptions)]
+  assert fields == [option.name for option in options_lib.OPTIONS]
+  for option in options_lib.OPTIONS:
+    if not option.on_command_line:  # set by the run itself
+      assert option.name not in by_dest
+      continue
+    action = by_dest[option.name]
+    assert action.option_strings == [option.option_string]
+    assert action.help == option.help and action.required == option.required
+  options = _parse()
+  for option in options_lib.OPTIONS:
+    if not option.required and option.name not in ("run_id", "started"):
+      assert getattr(options, option.name) == option.default, option.name
+  flags = [option.option_string for option in options_lib.OPTIONS if option.changes_rows]
+  keys = ["--image-key", "--filename-key", "--label-key"]
+  expected = [flag for flag in flags if flag not in keys[1:]]
+  expected[expected.index(keys[0])] = "--*-key"  # recorded together, as segbeam always has
+  assert list(options_lib.fingerprint_values(options)) == expected
+  assert options_lib.fingerprint_values(options)["--*-key"] == list(
+    dataclasses.astuple(options.example_keys)
+  )
+
+
+@pytest.mark.parametrize(
+  "option", [o for o in options_lib.OPTIONS if o.check], ids=lambda o: o.name
+)
+def test_each_check_of_the_table_runs_from_the_command_line_and_the_python_api(option):
+  bad = "-1" if option.name not in ("run_id",) else "../x"
+  with pytest.raises(ValueError, match=re.escape(option.option_string)):
+    _parse(option.option_string, bad)
+  with pytest.raises(ValueError, match=re.escape(option.option_string)):
+    options_lib.check(**{option.name: option.type(bad)})

@@ -1,73 +1,71 @@
 """The `segbeam run` and `segbeam demo` commands: a run's options in, a report or one line out.
 
-Parsing is `options.parse_args`, done once by the console script (`segbeam.cli`) before Beam
-is imported; this module checks Beam's options, runs the job (`job.run`), and reports: the
-counts and a few rows after a run, one line for a bad invocation (exit 2) or a failed run
-(exit 1), and what Ctrl-C left in the output folder (exit 130).
+The options are parsed once (`segbeam.cli`); then the model's session starts loading on a
+thread (`sessions.load_early_for`) while Beam is imported and the pipeline built, so this module
+imports Beam's and the run's modules only where a command runs, after that. It checks Beam's
+options, runs the job (`job.run`), and reports: the counts and a few rows after a run, one line
+for a bad invocation (exit 2) or a failed run (exit 1), and what Ctrl-C left in the output
+folder (exit 130).
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import logging
+import os
 import sys
 from typing import Optional, Sequence
 
-import pyarrow.parquet as pq
-from apache_beam.io.filesystems import FileSystems
-
-from segbeam import startup
-from segbeam.pipeline import beam_options
-from segbeam.pipeline import constants
+from segbeam import exits
+from segbeam import messages
+from segbeam import options as options_lib
+from segbeam import quiet
+from segbeam.messages import printable
 from segbeam.pipeline import elements
-from segbeam.pipeline import job
-from segbeam.pipeline import options as options_lib
-from segbeam.pipeline import progress
-from segbeam.pipeline import schema
-from segbeam.pipeline import sinks
-from segbeam.results.printable import printable
-
-
-def _say(text: str, file=None) -> None:
-  """Prints one line with its control characters escaped: names and ids in it come from files
-  anyone may write (`printable`)."""
-  print(printable(text), file=file or sys.stdout)
 
 
 def print_report(output: str, examples: int = 5) -> None:
   """Where the output is, the counts, and the coverage figures of the images where the model's
   first class (the pet, for the default model) covers most."""
-  manifest = sinks.read_manifest(output)
+  import pyarrow.parquet as pq  # noqa: PLC0415  # see the module's docstring
+  from apache_beam.io.filesystems import FileSystems  # noqa: PLC0415
+
+  from segbeam.pipeline import layout  # noqa: PLC0415
+  from segbeam.pipeline import schema  # noqa: PLC0415
+
+  manifest = layout.read_manifest(output)
   if manifest is None:
-    _say(f"no manifest in {output}: the run did not complete", file=sys.stderr)
+    exits.say(f"no manifest in {output}: the run did not complete", file=sys.stderr)
     return
   counts = manifest["counts"]
   skipped = counts.get("skipped_existing", 0)
-  _say(
+  exits.say(
     f"segbeam run {manifest['run_id']}: {counts['inputs_seen']} inputs, "
     f"{counts['segmented']} segmented, {counts['failed']} failed"
     + (f", {skipped} skipped (segmented before)" if skipped else "")
   )
   for reason in counts["failed_by_reason"]:
-    _say(f"  failed at {reason['stage']}: {reason['error_type']} x{reason['count']}")
-  mask_files = ", masks/*.png" if manifest["options"]["mask_files"] else ""
-  _say(f"output: {output}/segments/*.parquet, errors/*.parquet{mask_files}, manifest.json")
+    exits.say(f"  failed at {reason['stage']}: {reason['error_type']} x{reason['count']}")
+  tables = ", ".join(f"{table}/*.parquet" for table in layout.TABLES)
+  masks = f", {layout.MASKS_DIR}/*.png" if manifest["options"]["mask_files"] else ""
+  exits.say(f"output: {output}/{tables}{masks}, {layout.MANIFEST_FILE}")
   class_names = manifest["model"]["class_names"]
   suffixes = schema.class_columns(class_names)
   columns = ["image_id", "dominant_class"] + [f"coverage_{s}" for s in suffixes]
   rows = []
-  for path in manifest["files"][constants.SEGMENTS_DIR]:
+  for path in manifest["files"][layout.SEGMENTS_DIR]:
     with FileSystems.open(path) as f:
       rows.extend(pq.read_table(f, columns=columns).to_pylist())
   if not rows:
     return
   rows.sort(key=lambda row: -row[f"coverage_{suffixes[0]}"])
-  _say(f"images with the most {class_names[0]}:")
+  exits.say(f"images with the most {class_names[0]}:")
   for row in rows[:examples]:
     figures = "  ".join(
       f"{name} {row[f'coverage_{s}']:6.1%}" for name, s in zip(class_names, suffixes)
     )
-    _say(f"  {row['image_id']:<28s} {figures}  (dominant: {row['dominant_class']})")
+    exits.say(f"  {row['image_id']:<28s} {figures}  (dominant: {row['dominant_class']})")
 
 
 def _not_beams_false_resource_warning(record: logging.LogRecord) -> bool:
@@ -104,11 +102,14 @@ def _not_an_interrupt(record: logging.LogRecord) -> bool:
 
 def interruption_message(output: str) -> str:
   """What Ctrl-C left in `output`: as it was, an unfinished run, or nothing."""
-  written = sinks.entries_present(output)
-  if constants.MANIFEST_FILE in written:  # before this run prepared the folder: it is untouched
+  from segbeam.pipeline import layout  # noqa: PLC0415  # see the module's docstring
+
+  written = layout.entries_present(output)
+  if layout.MANIFEST_FILE in written:  # before this run prepared the folder: it is untouched
     return f"interrupted; {output} is as it was"
   if written:
-    return f"interrupted; {output} holds an unfinished run (no manifest.json): {RESUME_HINT}"
+    unfinished = f"an unfinished run (no {layout.MANIFEST_FILE})"
+    return f"interrupted; {output} holds {unfinished}: {RESUME_HINT}"
   return "interrupted before anything was written"
 
 
@@ -116,8 +117,7 @@ RESUME_HINT = "run the same command with --resume to continue it, or --overwrite
 
 
 def _interrupted_exit(output: str) -> int:
-  _say(f"segbeam run: {interruption_message(output)}", file=sys.stderr)
-  return startup.INTERRUPTED_EXIT
+  return exits.stopped("run", interruption_message(output), exits.INTERRUPTED)
 
 
 def _printable_record(record: logging.LogRecord) -> bool:
@@ -145,6 +145,9 @@ def progress_reporter(
 ) -> contextlib.AbstractContextManager:
   """Progress lines on stderr while the run goes, where the runner runs it in this process
   and not --quiet; else nothing (Dataflow's workers count in the job's counters)."""
+  from segbeam.pipeline import progress  # noqa: PLC0415  # see the module's docstring
+  from segbeam.run import beam_options  # noqa: PLC0415
+
   if options.quiet or not beam_options.runs_in_this_process(
     beam_options.pipeline_options(beam_args)
   ):
@@ -156,22 +159,23 @@ def progress_reporter(
 
 def run(options: options_lib.RunOptions, beam_args: Sequence[str]) -> int:
   """`segbeam run` with its options parsed: checks Beam's, runs, reports; the exit status."""
+  from segbeam.run import beam_options  # noqa: PLC0415  # see the module's docstring
+  from segbeam.run import job  # noqa: PLC0415
+
   _configure_logging()
   try:
     beam_options.check_beam_args(beam_args, beam_options.option_strings(options_lib.run_parser()))
   except ValueError as error:
-    _say(f"segbeam run: {error}", file=sys.stderr)
-    return 2
+    return exits.stopped("run", error)
   try:
     with progress_reporter(options, beam_args):
       job.run(options, beam_args)
   except job.NothingToResumeError as error:
-    _say(f"segbeam run: {error}", file=sys.stderr)
+    exits.stopped("run", error, exits.OK)
     print_report(options.output)
-    return 0
-  except job.InvocationError as error:
-    _say(f"segbeam run: {error}", file=sys.stderr)
-    return 2
+    return exits.OK
+  except exits.InvocationError as error:
+    return exits.stopped("run", error)
   except KeyboardInterrupt:
     return _interrupted_exit(options.output)
   except Exception as error:  # the job failed: say so, exit 1
@@ -180,21 +184,20 @@ def run(options: options_lib.RunOptions, beam_args: Sequence[str]) -> int:
     logging.getLogger(__name__).exception("the run failed")
     model_failure = elements.model_failure_in(error)
     if model_failure is not None:  # the model's or the device's: its own last line, no traceback
-      _say(
-        f"segbeam run: the run stopped, no manifest was written in {options.output}: "
-        f"{model_failure}",
-        file=sys.stderr,
+      return exits.stopped(
+        "run",
+        f"the run stopped, no manifest was written in {options.output}: {model_failure}",
+        exits.FAILED,
       )
-      return 1
-    reason = elements.one_line(error, limit=500)
-    _say(
-      f"segbeam run: the run failed, no manifest was written in {options.output}: "
+    reason = messages.one_line(error, limit=500)
+    return exits.stopped(
+      "run",
+      f"the run failed, no manifest was written in {options.output}: "
       f"{type(error).__name__}: {reason}; once fixed, {RESUME_HINT}",
-      file=sys.stderr,
+      exits.FAILED,
     )
-    return 1
   print_report(options.output)
-  return 0
+  return exits.OK
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -202,16 +205,81 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   try:
     options, beam_args = options_lib.parse_args(sys.argv[1:] if argv is None else argv)
   except ValueError as error:
-    _say(f"segbeam run: {error}", file=sys.stderr)
-    return 2
+    return exits.stopped("run", error)
   return run(options, beam_args)
 
 
-def demo_main(argv: Optional[Sequence[str]] = None) -> int:
-  """`segbeam demo ARGS`: the main job on the embedded default model and sample photos."""
+def _start(options: options_lib.RunOptions, beam_args: Sequence[str]) -> int:
+  """`run`, with the model's session loading on a thread while Beam is imported (see the
+  module's docstring)."""
+  quiet.import_tensorflow()
+  from segbeam.pipeline import sessions  # noqa: PLC0415  # imported in this order on purpose
+
+  sessions.load_early_for(options)
+  return run(options, beam_args)
+
+
+def _run_command(args: argparse.Namespace) -> int:
+  options, beam_args = options_lib.parse_args(args.argv)
+  return _start(options, beam_args)
+
+
+def _demo_command(args: argparse.Namespace) -> int:
+  options, beam_args = options_lib.parse_args(demo_argv(args.argv))
+  print(f"segmenting {options.input} with the embedded default model", flush=True)
+  return _start(options, beam_args)
+
+
+def add_parser(subparsers) -> None:
+  """Registers `segbeam run` and `segbeam demo`. Each parses its own words (`options.parse_args`,
+  `demo_argv`), --help among them: a pattern the shell expanded is named before any
+  other error, and what they do not know goes to Beam."""
+  run_parser = subparsers.add_parser(
+    "run",
+    add_help=False,
+    help="segment images: segbeam run --input GLOB --output DIR [--model DIR] [Beam options]; "
+    "see segbeam run --help",
+  )
+  run_parser.set_defaults(func=_run_command, takes_beam_args=True, own_start_up=True)
+  demo_parser = subparsers.add_parser(
+    "demo",
+    add_help=False,
+    help="segbeam run on sample photos with the default model [--output DIR] [Beam options]",
+  )
+  demo_parser.set_defaults(func=_demo_command, takes_beam_args=True, own_start_up=True)
+
+
+DEMO_OUTPUT = "runs/demo"
+
+
+def demo_parser() -> argparse.ArgumentParser:
+  return argparse.ArgumentParser(
+    prog="segbeam demo",
+    allow_abbrev=False,
+    usage="segbeam demo [--output DIR] [segbeam run options] [Beam options]",
+    description="segbeam run on the sample photos scikit-image ships (a cat among them) with "
+    f"the embedded default model, into --output (default: {DEMO_OUTPUT}, replaced if it holds "
+    "an earlier demo). Takes segbeam run's other options (see segbeam run --help) and Beam's.",
+  )
+
+
+def demo_argv(argv: Sequence[str]) -> list[str]:
+  """`segbeam demo`'s arguments as `segbeam run`'s: the sample photos as --input, --overwrite,
+  and --output when not given. Raises ValueError without scikit-image; --help prints the
+  demo's own usage and exits."""
+  argv = list(argv)
+  demo_parser().parse_known_args([a for a in argv if a in ("-h", "--help")])
   try:
-    run_argv = options_lib.demo_argv(sys.argv[1:] if argv is None else argv)
-  except ValueError as error:
-    _say(f"segbeam demo: {error}", file=sys.stderr)
-    return 2
-  return main(run_argv)
+    import skimage  # noqa: PLC0415  # only the demo's extra has it
+  except ImportError as error:
+    raise ValueError(
+      "the demo reads scikit-image's sample photos: pip install 'segbeam[demo]'"
+    ) from error
+  pattern = os.path.join(os.path.dirname(skimage.__file__), "data", "*.[pj][pn]g")
+  return [
+    "--input",
+    pattern,
+    "--overwrite",
+    *argv,
+    *([] if options_lib.given(argv, "--output") else ["--output", DEMO_OUTPUT]),
+  ]

@@ -22,9 +22,8 @@ import apache_beam as beam
 from apache_beam.io import parquetio
 from apache_beam.io.filesystems import FileSystems
 
-from segbeam.pipeline import constants
+from segbeam.pipeline import layout
 from segbeam.pipeline import progress
-from segbeam.pipeline import sinks
 from segbeam.pipeline import sources
 
 SKIPPED = "skipped"
@@ -37,14 +36,14 @@ class NotACompletedRunError(Exception):
 def segment_files(output: str) -> list[str]:
   """The segments files of the completed run in `output`: the ones its manifest names, looked
   up in `output` itself, so that a run folder that was moved or copied still works."""
-  manifest = sinks.read_manifest(output)
+  manifest = layout.read_manifest(output)
   if manifest is None:
     raise NotACompletedRunError(
-      f"--skip-existing {output}: no {constants.MANIFEST_FILE} there, so it holds no completed run"
+      f"--skip-existing {output}: no {layout.MANIFEST_FILE} there, so it holds no completed run"
     )
   return [
-    FileSystems.join(output, constants.SEGMENTS_DIR, posixpath.basename(path))
-    for path in manifest["files"][constants.SEGMENTS_DIR]
+    FileSystems.join(output, layout.SEGMENTS_DIR, posixpath.basename(path))
+    for path in manifest["files"][layout.SEGMENTS_DIR]
   ]
 
 

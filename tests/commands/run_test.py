@@ -10,7 +10,7 @@ import shutil
 import pytest
 
 from segbeam import cli
-from segbeam.pipeline import commands
+from segbeam.commands import run as run_command
 from tests import accounting
 from tests import synthetic
 
@@ -273,7 +273,7 @@ def test_ctrl_c_mid_run_exits_130_with_one_line_and_no_traceback(tiny_export, tm
   assert run.returncode == 130, run.stderr[-3000:]
   assert run.stderr.strip().splitlines()[-1] == (
     f"segbeam run: interrupted; {output} holds an unfinished run (no manifest.json): "
-    f"{commands.RESUME_HINT}"
+    f"{run_command.RESUME_HINT}"
   )
   assert "Traceback" not in run.stderr and "KeyboardInterrupt" not in run.stderr
   assert run.stdout == ""  # no report of a run that did not finish
@@ -281,13 +281,13 @@ def test_ctrl_c_mid_run_exits_130_with_one_line_and_no_traceback(tiny_export, tm
 
 
 def test_what_an_interruption_message_says_of_the_output(small_run, tmp_path):
-  assert commands.interruption_message(small_run) == f"interrupted; {small_run} is as it was"
+  assert run_command.interruption_message(small_run) == f"interrupted; {small_run} is as it was"
   unfinished = tmp_path / "unfinished"
   (unfinished / "segments").mkdir(parents=True)
-  assert f"holds an unfinished run (no manifest.json): {commands.RESUME_HINT}" in (
-    commands.interruption_message(str(unfinished))
+  assert f"holds an unfinished run (no manifest.json): {run_command.RESUME_HINT}" in (
+    run_command.interruption_message(str(unfinished))
   )
-  assert commands.interruption_message(str(tmp_path / "not_yet")) == (
+  assert run_command.interruption_message(str(tmp_path / "not_yet")) == (
     "interrupted before anything was written"
   )
 
@@ -305,17 +305,17 @@ def test_an_interrupt_is_told_from_a_failure_through_beams_re_raise():
   beam_wrapped = raised_while_handling(
     KeyboardInterrupt(), RuntimeError("KeyboardInterrupt [while running 'x']")
   )
-  assert commands.interrupted(beam_wrapped)
-  assert commands.interrupted(KeyboardInterrupt())
-  assert not commands.interrupted(raised_while_handling(ValueError("bad"), RuntimeError("x")))
+  assert run_command.interrupted(beam_wrapped)
+  assert run_command.interrupted(KeyboardInterrupt())
+  assert not run_command.interrupted(raised_while_handling(ValueError("bad"), RuntimeError("x")))
   looped = RuntimeError("loop")
   looped.__context__ = RuntimeError("back")
   looped.__context__.__context__ = looped
-  assert not commands.interrupted(looped)
+  assert not run_command.interrupted(looped)
 
 
 def test_ctrl_c_outside_a_run_is_one_line_too(monkeypatch, capsys):
-  def interrupted_parser():
+  def interrupted_parser(*unused):
     raise KeyboardInterrupt
 
   monkeypatch.setattr(cli, "build_parser", interrupted_parser)

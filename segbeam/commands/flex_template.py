@@ -10,8 +10,10 @@ Parameter names cannot hold dashes, so `batch_size` stands for `--batch-size`, a
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import DebugOptions
@@ -20,10 +22,10 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.options.pipeline_options import TestOptions
 from apache_beam.options.pipeline_options import WorkerOptions
 
-from segbeam.pipeline import beam_options
-from segbeam.pipeline import job
-from segbeam.pipeline import options as options_lib
-from segbeam.pipeline import submit
+from segbeam import options as options_lib
+from segbeam.commands import submit
+from segbeam.run import beam_options
+from segbeam.run import job
 
 _TRUE = ("true", "1", "yes")
 _FALSE = ("false", "0", "no", "")
@@ -69,7 +71,61 @@ def _gpu_parser() -> argparse.ArgumentParser:
 
 
 # The template's parameters that are neither segbeam run's options nor Beam's.
-GPU_PARAMETERS = ("gpu_type", "gpu_sharing")
+_GPU_FLEX = {
+  "gpu_type": options_lib.Flex(
+    "GPU type",
+    "The GPU of each worker, one per worker: nvidia-l4 (on g2-standard-4 unless machine_type "
+    "says otherwise) or nvidia-tesla-t4 (on n1-standard-4). The accelerator service option, "
+    "machine type, experiments, a 50 GB disk, at most 4 workers and 4 harness threads per "
+    "process are set as segbeam submit sets them, unless given at launch (default nvidia-l4). "
+    "Example: nvidia-l4",
+    "^(nvidia-l4|nvidia-tesla-t4)$",
+  ),
+  "gpu_sharing": options_lib.Flex(
+    "GPU sharing",
+    "one-process: one SDK process owns the GPU (default); mps: one process per vCPU sharing it "
+    "through NVIDIA MPS. Example: one-process",
+    "^(one-process|mps)$",
+  ),
+}
+GPU_PARAMETERS = tuple(_GPU_FLEX)
+METADATA_NAME = "segbeam: image segmentation with a U-Net"
+METADATA_DESCRIPTION = (
+  "Segments images with a Keras U-Net (RunInference on GPU workers) and writes per image the "
+  "mask and class coverage as Parquet, errors as Parquet and a manifest. Pass "
+  "sdk_container_image (this image) at launch; the GPU job's options (gpu_type, disk, workers) "
+  "default as segbeam submit's, see docs/dataflow.md."
+)
+
+
+def _parameter(name: str, flex: options_lib.Flex, optional: bool) -> dict[str, Any]:
+  return {
+    "name": name,
+    "label": flex.label,
+    "helpText": flex.help,
+    "isOptional": optional,
+    "regexes": [flex.regex],
+  }
+
+
+def metadata() -> dict[str, Any]:
+  """deploy/metadata.json: the run options the template takes (`options.OPTIONS`, those with a
+  `Flex`), then its GPU parameters. Written by `python -m segbeam.commands.flex_template`."""
+  parameters = [
+    _parameter(
+      option.option_string[2:].replace("-", "_"),
+      dataclasses.replace(option.flex, help=option.flex.help.format(default=option.default)),
+      not option.required,
+    )
+    for option in options_lib.OPTIONS
+    if option.flex is not None
+  ]
+  parameters += [_parameter(name, flex, True) for name, flex in _GPU_FLEX.items()]
+  return {"name": METADATA_NAME, "description": METADATA_DESCRIPTION, "parameters": parameters}
+
+
+def metadata_json() -> str:
+  return json.dumps(metadata(), indent=2, ensure_ascii=False) + "\n"
 
 
 def _option_name(arg: str) -> str:
@@ -130,7 +186,7 @@ def launch(argv: Optional[Sequence[str]] = None):
     beam_args.append(f"--runner={runner}")
   if str(runner).rsplit(".", 1)[-1].lower() in ("dataflowrunner", "dataflow"):
     beam_args = with_gpu_defaults(beam_args)
-    run_options = options_lib.for_gpu_job(run_options, argv)
+    run_options = submit.for_gpu_job(run_options, argv)
     # The launcher runs in the template's image; the workers run the sdk_container_image
     # parameter, which may name another: refused when its tag names other code.
     image = PipelineOptions(beam_args).view_as(WorkerOptions).sdk_container_image
@@ -141,3 +197,7 @@ def launch(argv: Optional[Sequence[str]] = None):
   # dry run (Beam's --dry_run) builds offline, where gs:// paths cannot be checked.
   job.add_to(pipeline, run_options, check_paths=not options.view_as(TestOptions).dry_run)
   return pipeline.run()
+
+
+if __name__ == "__main__":  # writes deploy/metadata.json's text
+  sys.stdout.write(metadata_json())

@@ -3,7 +3,7 @@
 `run` is `segbeam run` (a new pipeline, run here to completion); `add_to` builds the same run
 into a pipeline the caller runs (`segbeam submit` and the Flex Template, with Dataflow's
 options). Both check the invocation first (`prepare`): a bad model, input or output is one
-`InvocationError`, before anything is written.
+`exits.InvocationError`, before anything is written.
 """
 
 from __future__ import annotations
@@ -20,26 +20,23 @@ import apache_beam as beam
 from apache_beam.io.filesystem import FileSystem
 from apache_beam.io.filesystems import FileSystems
 
+from segbeam import exits
+from segbeam import options as options_lib
 from segbeam import startup
 from segbeam.model import contract
 from segbeam.model import defaults
 from segbeam.model import loading
 from segbeam.model import model_safety
-from segbeam.pipeline import beam_options
-from segbeam.pipeline import constants
-from segbeam.pipeline import journal
+from segbeam.pipeline import layout
 from segbeam.pipeline import model_files
-from segbeam.pipeline import options as options_lib
-from segbeam.pipeline import output_claim
-from segbeam.pipeline import resume
 from segbeam.pipeline import sessions
-from segbeam.pipeline import sinks
 from segbeam.pipeline import sources
 from segbeam.pipeline import transforms
-
-
-class InvocationError(Exception):
-  """A bad invocation: reported as one line, exit code 2, nothing run."""
+from segbeam.run import beam_options
+from segbeam.run import build
+from segbeam.run import journal
+from segbeam.run import output_claim
+from segbeam.run import resume
 
 
 def _matches_anything(pattern: str, what: str) -> bool:
@@ -49,7 +46,7 @@ def _matches_anything(pattern: str, what: str) -> bool:
     # again anyway.
     return bool(FileSystems.match([pattern], limits=[1])[0].metadata_list)
   except Exception as error:  # any failure to list
-    raise InvocationError(f"cannot list {what} {pattern!r}: {error}") from error
+    raise exits.InvocationError(f"cannot list {what} {pattern!r}: {error}") from error
 
 
 def _check_input(pattern: str, what: str = "input") -> None:
@@ -58,7 +55,7 @@ def _check_input(pattern: str, what: str = "input") -> None:
   # a dataset folder often holds labels or notes beside the images.
   # ('folder/', with its slash, Beam itself lists as the folder's files.)
   plain_name = not sources.has_glob(pattern) and not pattern.endswith("/")
-  names_a_folder = InvocationError(
+  names_a_folder = exits.InvocationError(
     f"{what} {pattern!r} is a folder: give a glob of the files to read, such as "
     f"{pattern + '/*'!r} or {pattern + '/**'!r}"
   )
@@ -67,7 +64,7 @@ def _check_input(pattern: str, what: str = "input") -> None:
   if not _matches_anything(pattern, what):
     if plain_name and _matches_anything(pattern + "/*", what):  # an object-store prefix
       raise names_a_folder
-    raise InvocationError(f"no {what} matched {pattern!r}")
+    raise exits.InvocationError(f"no {what} matched {pattern!r}")
 
 
 def _read_model(model_dir: Optional[str]) -> tuple[str, contract.ModelMetadata]:
@@ -75,7 +72,7 @@ def _read_model(model_dir: Optional[str]) -> tuple[str, contract.ModelMetadata]:
     model_dir = model_dir or defaults.default_model_dir()
     return model_dir, model_files.read_metadata(model_dir)
   except Exception as error:  # unreadable in any way
-    raise InvocationError(f"model unreadable: {error}") from error
+    raise exits.InvocationError(f"model unreadable: {error}") from error
 
 
 def _check_model(model_dir: str, *, trust: bool) -> None:
@@ -85,15 +82,15 @@ def _check_model(model_dir: str, *, trust: bool) -> None:
   try:
     local_dir = model_files.local_model_dir(model_dir)
   except Exception as error:  # unreadable in any way
-    raise InvocationError(f"model unreadable: {error}") from error
+    raise exits.InvocationError(f"model unreadable: {error}") from error
   try:
     loading.loadable(local_dir, trust_model=trust)
     model_safety.check_export_readable(local_dir)
   except ValueError as error:  # UnsafeModelError, DamagedExportError
-    raise InvocationError(str(error).replace(local_dir, model_dir.rstrip("/"))) from error
+    raise exits.InvocationError(str(error).replace(local_dir, model_dir.rstrip("/"))) from error
 
 
-class NothingToResumeError(InvocationError):
+class NothingToResumeError(exits.InvocationError):
   """--resume, and the output folder holds a completed run."""
 
 
@@ -104,17 +101,9 @@ def fingerprint(options: options_lib.RunOptions, metadata: contract.ModelMetadat
   has other weights."""
   model_dir = options.model_dir or defaults.default_model_dir()
   return {
-    "--input": options.input,
+    **options_lib.fingerprint_values(options),
     "--model": f"{metadata.name} version {metadata.version}",
     "--model files": model_files.files_digest(model_files.local_model_dir(model_dir)),
-    "--ground-truth": options.labels,
-    "--label-map": options.label_map,
-    "--skip-existing": list(options.skip_existing),
-    "--input-format": options.input_format,
-    "--*-key": list(dataclasses.astuple(options.example_keys)),
-    "--max-pixels": options.max_pixels,
-    "--max-file-bytes": options.max_file_bytes,
-    "--mask-files": options.mask_files,
   }
 
 
@@ -135,12 +124,12 @@ def _check_writable(output: str) -> None:
         if not FileSystems.exists(output):
           raise
     # Its own name: two runs started together each write and delete theirs.
-    probe = FileSystems.join(output, f".segbeam-write-check-{uuid.uuid4().hex[:12]}")
+    probe = FileSystems.join(output, f"{layout.WRITE_CHECK_PREFIX}{uuid.uuid4().hex[:12]}")
     with FileSystems.create(probe) as f:
       f.write(b"ok")
     FileSystems.delete([probe])
   except Exception as error:  # any reason it is not writable
-    raise InvocationError(f"output not writable: {output}: {error}") from error
+    raise exits.InvocationError(f"output not writable: {output}: {error}") from error
 
 
 def _claim_output(
@@ -153,7 +142,7 @@ def _claim_output(
   linked = output_claim.not_plain_entries(output)
   if linked:
     # What a run writes or deletes there would go through it, outside --output.
-    raise InvocationError(
+    raise exits.InvocationError(
       f"{FileSystems.join(output, linked[0])} is a link (or other special file), not the "
       "plain file or folder segbeam writes: remove it, or choose another --output"
     )
@@ -161,7 +150,7 @@ def _claim_output(
     held, token = output_claim.read_claim(output)
   except output_claim.UnreadableClaimError as error:
     if not options.overwrite:
-      raise InvocationError(f"{error}; pass --overwrite to replace the run there") from error
+      raise exits.InvocationError(f"{error}; pass --overwrite to replace the run there") from error
     held, token = None, error.token
   mine_print = fingerprint(options, metadata)
   # A resumed claim's attempts go on; any other run is the first attempt at its output.
@@ -172,14 +161,14 @@ def _claim_output(
     mine_print,
     earlier=held if options.resume else None,
   )
-  previous = [e for e in sinks.entries_present(output) if e != constants.CLAIM_FILE]
+  previous = [e for e in layout.entries_present(output) if e != layout.CLAIM_FILE]
   try:
     if options.resume:
-      if constants.MANIFEST_FILE in previous:
+      if layout.MANIFEST_FILE in previous:
         raise NothingToResumeError(f"{output} holds a completed run: nothing to resume")
       if held is None:
         if previous:
-          raise InvocationError(
+          raise exits.InvocationError(
             f"--resume: {output} holds an unfinished run without a claim (written by an older "
             "segbeam), which cannot be resumed; pass --overwrite to replace it"
           )
@@ -187,27 +176,31 @@ def _claim_output(
         return list(mine.attempts)
       differs = _differences(held.fingerprint, mine_print)
       if differs:
-        raise InvocationError(f"--resume refused: {output} was started with {differs}")
+        raise exits.InvocationError(f"--resume refused: {output} was started with {differs}")
       if held.holder_running_here():
-        raise InvocationError(f"--resume refused: {output} is being written by {held.holder()}")
+        raise exits.InvocationError(
+          f"--resume refused: {output} is being written by {held.holder()}"
+        )
       try:  # before the claim is taken over: a refused resume changes nothing
         journal.check_journal(output, held.attempts, (metadata.name, metadata.version))
       except journal.ForeignJournalError as error:
-        raise InvocationError(f"--resume refused: {error}") from error
+        raise exits.InvocationError(f"--resume refused: {error}") from error
       output_claim.take_over(output, token, mine)
       # Only the journal is durable: what the sinks of a killed attempt left is partial.
-      sinks.delete_entries(output, [constants.SEGMENTS_DIR, constants.ERRORS_DIR])
-      sinks.remove_partials(output)  # what a kill mid-write left
+      layout.delete_entries(output, [layout.SEGMENTS_DIR, layout.ERRORS_DIR])
+      layout.remove_partials(output)  # what a kill mid-write left
       return list(mine.attempts)
     if options.overwrite:
       if held is not None and held.holder_running_here():
-        raise InvocationError(f"--overwrite refused: {output} is being written by {held.holder()}")
+        raise exits.InvocationError(
+          f"--overwrite refused: {output} is being written by {held.holder()}"
+        )
       foreign = output_claim.not_written_by_segbeam(output, claimed=token is not None)
       if foreign:
         shown = ", ".join(foreign[:5]) + (
           f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
         )
-        raise InvocationError(
+        raise exits.InvocationError(
           f"--overwrite refused: {output} holds what segbeam did not write ({shown}); it "
           "replaces only a segbeam run's own output: choose another --output"
         )
@@ -215,23 +208,23 @@ def _claim_output(
         output_claim.take_over(output, token, mine)
       else:
         output_claim.claim(output, mine)
-      sinks.delete_entries(output, previous)
-      sinks.remove_partials(output)
+      layout.delete_entries(output, previous)
+      layout.remove_partials(output)
       return list(mine.attempts)
     if held is not None:
-      raise InvocationError(
+      raise exits.InvocationError(
         f"{output} is claimed by {held.holder()}: if that run stopped, run again with --resume "
         "to continue it or --overwrite to replace it"
       )
     if previous:
-      raise InvocationError(
+      raise exits.InvocationError(
         f"{output} already holds a run ({', '.join(previous)}); pass "
         "--overwrite to replace it or choose another --output"
       )
     output_claim.claim(output, mine)
     return list(mine.attempts)
   except output_claim.ClaimedError as error:  # another run came first
-    raise InvocationError(str(error)) from error
+    raise exits.InvocationError(str(error)) from error
 
 
 def _same_place(a: str, b: str) -> bool:
@@ -247,7 +240,7 @@ def _check_skip_existing(
   --overwrite would delete before it is read)."""
   for previous in previous_outputs:
     if _same_place(previous, output):
-      raise InvocationError(
+      raise exits.InvocationError(
         f"--skip-existing {previous} is the --output folder itself; write "
         "the resumed run to a new --output"
       )
@@ -255,9 +248,9 @@ def _check_skip_existing(
       try:
         resume.segment_files(previous)
       except resume.NotACompletedRunError as error:
-        raise InvocationError(str(error)) from error
+        raise exits.InvocationError(str(error)) from error
       except Exception as error:  # unreadable in any way
-        raise InvocationError(
+        raise exits.InvocationError(
           f"--skip-existing {previous}: cannot read its manifest: {error}"
         ) from error
 
@@ -306,14 +299,14 @@ def _check_output_apart(options: options_lib.RunOptions, *, check_paths: bool) -
   left out of its listing, `sources.OwnFiles`.)"""
   for flag, pattern, what in (
     ("--input", options.input, "input"),
-    ("--ground-truth", options.labels, "ground-truth"),
+    ("--ground-truth", options.ground_truth, "ground-truth"),
   ):
     if pattern and (
       _same_place(sources.pattern_root(pattern) or ".", options.output)
       or (check_paths and _holds_inputs(pattern, options.output))
     ):
       such_as = f"such as {FileSystems.join(options.output, 'segbeam')}"
-      raise InvocationError(
+      raise exits.InvocationError(
         f"--output {options.output} is the {what} folder ({flag} {pattern}): an output folder "
         f"holds only what segbeam writes; give the run a new folder of its own, {such_as}"
       )
@@ -330,7 +323,7 @@ def _bounded_segments_files(options: options_lib.RunOptions) -> options_lib.RunO
     inputs = itertools.islice(sources.input_matches(options.input, options.output), wanted)
     found = sum(1 for _ in inputs)
   except Exception as error:  # any failure to list
-    raise InvocationError(f"cannot list input {options.input!r}: {error}") from error
+    raise exits.InvocationError(f"cannot list input {options.input!r}: {error}") from error
   if 0 < found < wanted:
     return dataclasses.replace(options, segments_files=found)
   return options
@@ -341,7 +334,7 @@ class Prepared(NamedTuple):
   metadata: contract.ModelMetadata
   attempts: list[dict[str, str]]  # at this output, this run's last (`output_claim.Claim`)
   # The options the run goes with: --segments-files bounded by the inputs (`prepare`).
-  options: Optional[options_lib.RunOptions] = None
+  options: options_lib.RunOptions
 
 
 def prepare(options: options_lib.RunOptions, *, check_paths: bool = True) -> Prepared:
@@ -349,7 +342,7 @@ def prepare(options: options_lib.RunOptions, *, check_paths: bool = True) -> Pre
   label map, --skip-existing, and with `check_paths` that the input and ground truth match
   files and the output folder is writable and free (or resumed, or overwritten), which
   claims it (`output_claim`), and --segments-files is no more than the input files. Raises
-  InvocationError.
+  exits.InvocationError.
 
   Args:
     check_paths: off for a Dataflow dry run, which builds the job offline, where gs:// cannot
@@ -359,15 +352,15 @@ def prepare(options: options_lib.RunOptions, *, check_paths: bool = True) -> Pre
   try:
     transforms.label_map_for(options.label_map, metadata)  # a bad --label-map fails here
   except ValueError as error:
-    raise InvocationError(str(error)) from error
+    raise exits.InvocationError(str(error)) from error
   if check_paths or model_files.is_local(model_dir):
     _check_model(model_dir, trust=options.trust_model)
   _check_skip_existing(options.skip_existing, options.output, check_paths=check_paths)
   _check_output_apart(options, check_paths=check_paths)
   if check_paths:
     _check_input(options.input)
-    if options.labels:
-      _check_input(options.labels, what="label")
+    if options.ground_truth:
+      _check_input(options.ground_truth, what="label")
     options = _bounded_segments_files(options)
     _check_writable(options.output)
     attempts = _claim_output(options, metadata)
@@ -394,7 +387,7 @@ def add_to(
     distributed: whether the runner spreads the work over workers (`build_pipeline`).
   """
   prepared = prepare(options, check_paths=check_paths)
-  return transforms.build_pipeline(
+  return build.build_pipeline(
     pipeline,
     prepared.options,
     prepared.metadata,
@@ -415,7 +408,7 @@ def run(options: options_lib.RunOptions, beam_args: Sequence[str] = ()) -> None:
   if not in_this_process:
     sessions.drop_early()  # loaded for nothing: the workers are other processes
   pipeline = beam.Pipeline(options=pipeline_options)
-  transforms.build_pipeline(
+  build.build_pipeline(
     pipeline,
     prepared.options,
     prepared.metadata,

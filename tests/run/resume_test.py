@@ -12,10 +12,10 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline
 
 from segbeam import cli
-from segbeam.pipeline import constants
-from segbeam.pipeline import job
-from segbeam.pipeline import options as options_lib
-from segbeam.pipeline import pack
+from segbeam import options as options_lib
+from segbeam.commands import pack
+from segbeam.pipeline import layout
+from segbeam.run import job
 from tests import accounting
 from tests import synthetic
 
@@ -36,7 +36,7 @@ def _run(argv):
 
 def _segmented_ids(output):
   return sorted(
-    pq.read_table(os.path.join(output, constants.SEGMENTS_DIR), columns=["image_id"])
+    pq.read_table(os.path.join(output, layout.SEGMENTS_DIR), columns=["image_id"])
     .column("image_id")
     .to_pylist()
   )
@@ -123,7 +123,7 @@ def test_an_output_of_the_filename_ids_skips_the_same_records(tiny_export, pet_f
   manifest, _ = _run([*common, "--output", old])
   assert _counts(manifest) == (len(names), len(names), 0, 0)
   # Rewrite the output as 0.1.0 wrote it: filenames as ids, no filename column.
-  (path,) = glob.glob(os.path.join(old, constants.SEGMENTS_DIR, "*.parquet"))
+  (path,) = glob.glob(os.path.join(old, layout.SEGMENTS_DIR, "*.parquet"))
   table = pq.read_table(path)
   ids = table.column("filename")
   table = table.drop_columns(["filename"]).set_column(0, "image_id", ids)
@@ -142,7 +142,7 @@ def test_skip_existing_must_name_another_completed_run(
   case, words, tiny_export, inputs, tmp_path, capsys
 ):
   killed = tmp_path / "killed"
-  (killed / constants.SEGMENTS_DIR).mkdir(parents=True)  # a run killed before its manifest
+  (killed / layout.SEGMENTS_DIR).mkdir(parents=True)  # a run killed before its manifest
   output = tmp_path / "out"
   previous = killed if case == "no_manifest" else output
   code = cli.main(
@@ -161,4 +161,4 @@ def test_skip_existing_must_name_another_completed_run(
   )
   err = capsys.readouterr().err.strip()
   assert code == 2 and words in err and len(err.splitlines()) == 1
-  assert not output.exists() or not (output / constants.MANIFEST_FILE).exists()
+  assert not output.exists() or not (output / layout.MANIFEST_FILE).exists()

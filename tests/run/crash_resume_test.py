@@ -26,9 +26,9 @@ import pytest
 from PIL import Image
 
 from segbeam import cli
-from segbeam.pipeline import constants
-from segbeam.pipeline import sinks
+from segbeam.pipeline import layout
 from segbeam.results import output as output_lib
+from segbeam.run import build
 from tests import accounting
 from tests import unsafe_exports
 
@@ -129,7 +129,7 @@ def test_killed_three_times_then_resumed_ends_as_an_uninterrupted_run(
   for attempt, rows in enumerate(kill_at):
     command = argv if attempt == 0 else [*argv, "--resume"]
     journaled.append(_run_until_killed(command, output, rows))
-    assert not os.path.exists(os.path.join(output, constants.MANIFEST_FILE))
+    assert not os.path.exists(os.path.join(output, layout.MANIFEST_FILE))
     with pytest.raises(output_lib.IncompleteOutputError):
       output_lib.RunOutput(output)
   assert journaled == sorted(journaled) and journaled[-1] == total, journaled
@@ -144,8 +144,8 @@ def test_killed_three_times_then_resumed_ends_as_an_uninterrupted_run(
   assert manifest["conservation"]["resumed"] == total
   for table in output_lib.TABLES:
     assert _table(output, table) == uninterrupted[table], table
-  assert not os.path.exists(os.path.join(output, constants.JOURNAL_DIR))
-  assert not os.path.exists(os.path.join(output, constants.CLAIM_FILE))
+  assert not os.path.exists(os.path.join(output, layout.JOURNAL_DIR))
+  assert not os.path.exists(os.path.join(output, layout.CLAIM_FILE))
 
 
 @pytest.mark.parametrize("where", ["local", "gs"])
@@ -215,13 +215,13 @@ def test_a_kill_while_the_manifest_is_written_leaves_no_manifest(tmp_path):
   """The manifest goes to a temporary '.manifest.json.<random>.partial', then is renamed: a
   process killed while writing it leaves a folder that reads as unfinished."""
   output = tmp_path / "out"
-  (output / constants.SEGMENTS_DIR).mkdir(parents=True)
+  (output / layout.SEGMENTS_DIR).mkdir(parents=True)
   script = (
     "import sys; from segbeam.pipeline import sinks; "
     "sinks.write_file(sys.argv[1], b'{' + b' ' * (1 << 30) + b'}')"
   )
-  process = subprocess.Popen([sys.executable, "-c", script, str(output / constants.MANIFEST_FILE)])
-  pattern = str(output / f".{constants.MANIFEST_FILE}.*{sinks.PARTIAL_SUFFIX}")
+  process = subprocess.Popen([sys.executable, "-c", script, str(output / layout.MANIFEST_FILE)])
+  pattern = str(output / f".{layout.MANIFEST_FILE}.*{layout.PARTIAL_SUFFIX}")
   try:
     while not any(os.path.getsize(p) > 0 for p in glob.glob(pattern)):
       assert process.poll() is None
@@ -230,7 +230,7 @@ def test_a_kill_while_the_manifest_is_written_leaves_no_manifest(tmp_path):
   finally:
     process.kill()
     process.wait()
-  assert not (output / constants.MANIFEST_FILE).exists()
+  assert not (output / layout.MANIFEST_FILE).exists()
   with pytest.raises(output_lib.IncompleteOutputError):
     output_lib.RunOutput(str(output))
 
@@ -240,9 +240,8 @@ def test_the_distributed_graph_resumes_alike(inputs, tiny_export, uninterrupted,
   CoGroupByKey), run here on the FnApiRunner."""
   from apache_beam.testing.test_pipeline import TestPipeline
 
-  from segbeam.pipeline import job
-  from segbeam.pipeline import options as options_lib
-  from segbeam.pipeline import transforms
+  from segbeam import options as options_lib
+  from segbeam.run import job
 
   output = str(tmp_path / "out")
   argv = _argv(inputs, output, tiny_export[0])
@@ -251,7 +250,7 @@ def test_the_distributed_graph_resumes_alike(inputs, tiny_export, uninterrupted,
   prepared = job.prepare(options)
   assert len(prepared.attempts) == 2
   pipeline = TestPipeline()
-  transforms.build_pipeline(
+  build.build_pipeline(
     pipeline,
     options,
     prepared.metadata,
@@ -266,8 +265,8 @@ def test_the_distributed_graph_resumes_alike(inputs, tiny_export, uninterrupted,
     assert _table(output, table) == uninterrupted[table], table
 
 
-def _journal_files(output: str, table: str = constants.SEGMENTS_DIR) -> list[str]:
-  return sorted(glob.glob(os.path.join(output, constants.JOURNAL_DIR, table, "*.parquet")))
+def _journal_files(output: str, table: str = layout.SEGMENTS_DIR) -> list[str]:
+  return sorted(glob.glob(os.path.join(output, layout.JOURNAL_DIR, table, "*.parquet")))
 
 
 def _killed_early(argv: list[str], output: str) -> str:
@@ -311,7 +310,7 @@ def test_journal_rows_of_another_model_or_run_are_refused_in_one_line(
   ]
   for source, what in cases:
     name = f"nightly-{uuid.uuid4().hex}.parquet"
-    planted = os.path.join(output, constants.JOURNAL_DIR, constants.SEGMENTS_DIR, name)
+    planted = os.path.join(output, layout.JOURNAL_DIR, layout.SEGMENTS_DIR, name)
     shutil.copy(source, planted)
     refused = _resume(argv)
     assert refused.returncode == 2, (source, refused.stderr[-3000:])
@@ -345,7 +344,7 @@ def test_an_input_deleted_after_the_kill_keeps_its_row_and_the_resume_finishes(
     for table in output_lib.TABLES
   }
   # Two segmented inputs, and a failed one where the journal holds one, deleted since the kill.
-  gone = journaled[constants.SEGMENTS_DIR][:2] + journaled[constants.ERRORS_DIR][:1]
+  gone = journaled[layout.SEGMENTS_DIR][:2] + journaled[layout.ERRORS_DIR][:1]
   for image_id in gone:
     os.remove(folder / image_id)
 
@@ -364,7 +363,7 @@ def test_an_input_deleted_after_the_kill_keeps_its_row_and_the_resume_finishes(
 
 
 @pytest.mark.parametrize(
-  "linked", [constants.MASKS_DIR, f"{constants.JOURNAL_DIR}/{constants.SEGMENTS_DIR}"]
+  "linked", [layout.MASKS_DIR, f"{layout.JOURNAL_DIR}/{layout.SEGMENTS_DIR}"]
 )
 def test_a_resume_into_a_folder_linked_outside_is_refused_and_writes_nothing_there(
   linked, inputs, tiny_export, tmp_path

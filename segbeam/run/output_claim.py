@@ -28,7 +28,7 @@ from apache_beam.io.filesystems import FileSystems
 from google.api_core import exceptions
 from google.cloud import storage
 
-from segbeam.pipeline import constants
+from segbeam.pipeline import layout
 from segbeam.pipeline import sources
 
 
@@ -118,7 +118,7 @@ def new_claim(
 
 
 def claim_path(output: str) -> str:
-  return FileSystems.join(output, constants.CLAIM_FILE)
+  return FileSystems.join(output, layout.CLAIM_FILE)
 
 
 def _gcs_client() -> storage.Client:
@@ -260,27 +260,20 @@ def entries(output: str) -> list[str]:
 
 def _segbeams_name(name: str) -> bool:
   return (
-    name in constants.OUTPUT_ENTRIES
-    or name.startswith(sources.OWN_NAME_PREFIXES)
+    layout.is_run_entry(name)
     # the manifest's temporary file, left where a run was killed while writing it (`sinks`)
-    or (name.startswith(f".{constants.MANIFEST_FILE}.") and name.endswith(".partial"))
+    or (name.startswith(f".{layout.MANIFEST_FILE}.") and name.endswith(layout.PARTIAL_SUFFIX))
   )
 
 
-# Folders of a run's journal it writes into (`journal`'s tables), beside its own entries.
-_JOURNAL_TABLES = (constants.SEGMENTS_DIR, constants.ERRORS_DIR)
-
-
 def not_plain_entries(output: str) -> list[str]:
-  """Which of a local `output`'s segbeam entries (`constants.OUTPUT_ENTRIES`, and the
+  """Which of a local `output`'s segbeam entries (`layout.OUTPUT_ENTRIES`, and the
   journal's table folders) exist as anything but a plain file or folder: a link (to anything,
   or to nothing), a FIFO, a device. A run writing or deleting there would reach through it, so
   none may run into such a folder. None on an object store, which has no links."""
   if "://" in output:
     return []
-  names = list(constants.OUTPUT_ENTRIES) + [
-    f"{constants.JOURNAL_DIR}/{table}" for table in _JOURNAL_TABLES
-  ]
+  names = list(layout.OUTPUT_ENTRIES) + [f"{layout.JOURNAL_DIR}/{table}" for table in layout.TABLES]
   found = []
   for name in names:
     try:
@@ -294,11 +287,11 @@ def not_plain_entries(output: str) -> list[str]:
 
 def not_written_by_segbeam(output: str, *, claimed: bool) -> list[str]:
   """What in `output` no segbeam run wrote, which `--overwrite` must not delete: anything but
-  a run's own entries (`constants.OUTPUT_ENTRIES`, its temporary files), and those too where
+  a run's own entries (`layout.OUTPUT_ENTRIES`, its temporary files), and those too where
   nothing shows a run was there (a claim, `claimed`; a journal; a manifest that is segbeam's,
   `sources.holds_a_segbeam_run`): a dataset's own masks/ and manifest.json are not a run's."""
   names = entries(output)
-  a_run = claimed or constants.JOURNAL_DIR in names or sources.holds_a_segbeam_run(output)
+  a_run = claimed or layout.JOURNAL_DIR in names or sources.holds_a_segbeam_run(output)
   return [name for name in names if not (a_run and _segbeams_name(name))]
 
 

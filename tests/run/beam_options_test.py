@@ -7,10 +7,10 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 
 from segbeam import cli
+from segbeam import options as options_lib
 from segbeam import versions
-from segbeam.pipeline import beam_options
-from segbeam.pipeline import options as options_lib
-from segbeam.pipeline import submit
+from segbeam.commands import submit
+from segbeam.run import beam_options
 
 # A whole `segbeam submit` command line, built offline (--dry-run).
 SUBMIT_DRY_RUN = [
@@ -83,7 +83,7 @@ def test_no_option_is_taken_by_its_prefix(parser):
       else []
     )
   )
-  assert rest == ["--label", "team=a", "--mask-file"] and args.labels is None
+  assert rest == ["--label", "team=a", "--mask-file"] and args.ground_truth is None
 
 
 def test_beam_options_pass_and_unknown_ones_are_refused():
@@ -99,7 +99,7 @@ def test_beam_options_pass_and_unknown_ones_are_refused():
       "--direct_num_workers=2",
     ]
   )
-  assert options.labels is None
+  assert options.ground_truth is None
   assert beam_args == ["--label", "team=a", '--labels={"cost": "b"}', "--direct_num_workers=2"]
   with pytest.raises(ValueError, match=r"unknown option --mask-file: .*did you mean --mask-files"):
     _parse(["--input", "x/*", "--output", "y", "--mask-file"])

@@ -40,13 +40,13 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from segbeam.pipeline import constants
-from segbeam.pipeline import options as options_lib
+from segbeam import options as options_lib
+from segbeam.pipeline import layout
 from segbeam.pipeline import sinks
 from segbeam.pipeline import sources
 
-SEGMENTS = constants.SEGMENTS_DIR
-ERRORS = constants.ERRORS_DIR
+SEGMENTS = layout.SEGMENTS_DIR
+ERRORS = layout.ERRORS_DIR
 RESUMED = "resumed"
 # The Parquet key-value metadata of a journal file naming what wrote it (`stamp`).
 STAMP_KEY = b"segbeam.journal"
@@ -70,7 +70,7 @@ def stamp(run_id: str, started: str, model_name: str, model_version: str) -> dic
 
 
 def journal_dir(output: str) -> str:
-  return FileSystems.join(output, constants.JOURNAL_DIR)
+  return FileSystems.join(output, layout.JOURNAL_DIR)
 
 
 def parts_pattern(output: str, table: str, run_id: str) -> str:

@@ -1,6 +1,6 @@
 """Beam's side of the command line: the words `segbeam run` leaves to Beam, checked and parsed.
 
-segbeam's own options are `options`; everything else is a Beam pipeline option, which passes
+segbeam's own options are `segbeam.options`; everything else is a Beam pipeline option, which passes
 through untouched, except one neither knows: Beam would drop it with a warning, and the run
 go on without what was asked.
 """

@@ -14,11 +14,11 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that
 from apache_beam.testing.util import equal_to
 
-from segbeam.pipeline import constants
 from segbeam.pipeline import elements
-from segbeam.pipeline import journal
+from segbeam.pipeline import layout
 from segbeam.pipeline import rows as rows_lib
 from segbeam.pipeline import schema
+from segbeam.run import journal
 
 
 def _error_row(image_id: str, run_id: str = "r1", stage: str = "decode") -> dict:
@@ -47,7 +47,7 @@ def test_rows_pass_at_once_and_land_in_files_of_every_rows(tmp_path):
       )
     )
     assert_that(passed, equal_to(failures))
-  files = glob.glob(os.path.join(output, constants.JOURNAL_DIR, journal.ERRORS, "run-a-*.parquet"))
+  files = glob.glob(os.path.join(output, layout.JOURNAL_DIR, journal.ERRORS, "run-a-*.parquet"))
   sizes = sorted(pq.read_metadata(f).num_rows for f in files)
   assert sum(sizes) == 7 and max(sizes) <= 3 and sizes.count(3) >= 1, sizes
   rows = pa.concat_tables(pq.read_table(f) for f in files).to_pylist()
@@ -57,7 +57,7 @@ def test_rows_pass_at_once_and_land_in_files_of_every_rows(tmp_path):
   stamps = {pq.read_metadata(f).metadata[journal.STAMP_KEY] for f in files}
   assert [json.loads(s) for s in stamps] == [journal.stamp("run-a", "t0", "tiny", "v1")]
   # Nothing half-written is left beside them.
-  assert not glob.glob(os.path.join(output, constants.JOURNAL_DIR, "*", ".*"))
+  assert not glob.glob(os.path.join(output, layout.JOURNAL_DIR, "*", ".*"))
 
 
 MODEL = ("tiny", "v1")
@@ -70,7 +70,7 @@ def _write_part(output: str, table: str, name: str, rows: list[dict], table_sche
   run_id, _, letter = name.removesuffix(".parquet").rpartition("-")
   attempt = ATTEMPTS.get(run_id, {"run_id": run_id, "started": "another time"})
   stamp = journal.stamp(run_id, attempt["started"], *MODEL)
-  folder = os.path.join(output, constants.JOURNAL_DIR, table)
+  folder = os.path.join(output, layout.JOURNAL_DIR, table)
   os.makedirs(folder, exist_ok=True)
   path = os.path.join(folder, f"{run_id}-{letter * 32}.parquet")
   table_schema = table_schema.with_metadata({journal.STAMP_KEY: json.dumps(stamp)})
@@ -152,7 +152,7 @@ def test_only_files_of_the_attempts_with_their_rows_are_replayed_others_refuse(t
     ids = journal.journaled_ids(replayed) | "Ids" >> beam.Map(lambda kv: kv[0])
     assert_that(ids, equal_to(["a", "b", "c"]))
 
-  folder = os.path.join(output, constants.JOURNAL_DIR, journal.SEGMENTS)
+  folder = os.path.join(output, layout.JOURNAL_DIR, journal.SEGMENTS)
   other_model = {**_segments_row("d", "r1"), "model_version": "v2"}
   cases = [
     ([other_model], "r1-d.parquet", "model_version 'v2' (this run: 'v1')"),

@@ -13,14 +13,14 @@ import contextlib
 import dataclasses
 import os
 import posixpath
-import sys
 import uuid
 from typing import Optional
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from segbeam.pipeline import options as options_lib
+from segbeam import exits
+from segbeam import options as options_lib
 from segbeam.pipeline import sources
 from segbeam.pipeline import tfrecord
 from segbeam.pipeline import validation
@@ -241,8 +241,7 @@ def run_pack(args: argparse.Namespace) -> int:
   except (FileNotFoundError, ValueError):
     raise  # a bad invocation: the command prints it, exit 2
   except OSError as error:  # a file that cannot be read half way, a shard that cannot be written
-    print(f"segbeam pack: {error}; no shard was written", file=sys.stderr)
-    return 1
+    return exits.stopped("pack", f"{error}; no shard was written", exits.FAILED)
   masked = f" ({packed.with_mask} with a mask)" if args.masks else ""
   last = f" ... {_name(packed.shards[-1])}" if len(packed.shards) > 1 else ""
   print(

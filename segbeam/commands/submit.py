@@ -27,15 +27,14 @@ from apache_beam.runners.dataflow.internal import apiclient
 from apache_beam.runners.runner import PipelineResult
 from apache_beam.runners.runner import PipelineState
 
-from segbeam import startup
+from segbeam import constants
+from segbeam import exits
+from segbeam import options as options_lib
 from segbeam import versions
-from segbeam.pipeline import beam_options
-from segbeam.pipeline import commands
-from segbeam.pipeline import constants
+from segbeam.commands import run as run_command
 from segbeam.pipeline import elements
-from segbeam.pipeline import job
-from segbeam.pipeline import options as options_lib
 from segbeam.pipeline import progress
+from segbeam.run import beam_options
 
 GPU_L4 = "nvidia-l4"
 GPU_T4 = "nvidia-tesla-t4"
@@ -306,16 +305,33 @@ def add_dataflow_arguments(parser: argparse.ArgumentParser) -> None:
   )
 
 
-def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(
-    prog="segbeam submit",
-    allow_abbrev=False,
-    description="Run `segbeam run` on Google Cloud Dataflow with GPU workers. Options not "
-    "listed here are Beam pipeline options (--job_name, --num_workers, --network, ...); "
-    "the ones segbeam submit sets itself win.",
-  )
+DESCRIPTION = (
+  "Run `segbeam run` on Google Cloud Dataflow with GPU workers. Options not listed here are "
+  "Beam pipeline options (--job_name, --num_workers, --network, ...); the ones segbeam submit "
+  "sets itself win."
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+  """`segbeam submit`'s arguments: Dataflow's, then `segbeam run`'s."""
   add_dataflow_arguments(parser.add_argument_group("Dataflow"))
   options_lib.add_arguments(parser.add_argument_group("segbeam run"))
+
+
+def for_gpu_job(options: options_lib.RunOptions, argv: Sequence[str]) -> options_lib.RunOptions:
+  """A run on GPU workers (`segbeam submit`, the Flex Template): a GPU required, and
+  `constants.GPU_JOB_HANDLER` unless `argv` names a handler."""
+  handler = (
+    options.handler if options_lib.given(argv, "--inference-handler") else constants.GPU_JOB_HANDLER
+  )
+  return dataclasses.replace(options, require_gpu=True, handler=handler)
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+    prog="segbeam submit", allow_abbrev=False, description=DESCRIPTION
+  )
+  add_arguments(parser)
   return parser
 
 
@@ -343,7 +359,7 @@ def _check_cloud_paths(run_options: options_lib.RunOptions) -> None:
   for flag, path in (
     ("--input", run_options.input),
     ("--output", run_options.output),
-    ("--ground-truth", run_options.labels),
+    ("--ground-truth", run_options.ground_truth),
     ("--model", run_options.model_dir),
   ):
     if path is not None and not _is_gcs(path):
@@ -444,9 +460,12 @@ def _submit(
   argv: Sequence[str],
 ) -> PipelineResult:
   """`submit` with its command line parsed by `parser` into `args` and Beam's `beam_args`."""
+  # Loads TensorFlow: not imported with the module, which `segbeam --help` imports.
+  from segbeam.run import job  # noqa: PLC0415
+
   dataflow = dataflow_options_from_args(args)
   check_versions(dataflow.image)
-  run_options = options_lib.for_gpu_job(options_lib.from_args(args), argv)
+  run_options = for_gpu_job(options_lib.from_args(args), argv)
   _check_cloud_paths(run_options)
   options_lib.check_patterns_given_once(argv)
   beam_options.check_beam_args(beam_args, beam_options.option_strings(parser))
@@ -569,15 +588,33 @@ def console_url(project: str, region: str, job_id: str) -> str:
   return f"https://console.cloud.google.com/dataflow/jobs/{region}/{job_id}?project={project}"
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-  argv = list(sys.argv[1:] if argv is None else argv)
-  parser = build_parser()
+def _command(args: argparse.Namespace) -> int:
+  return _submit_and_report(build_parser(), args, args.beam_args, args.argv)
+
+
+def add_parser(subparsers) -> None:
+  """Registers `segbeam submit`; options it does not know go to Beam."""
+  parser = subparsers.add_parser(
+    "submit",
+    allow_abbrev=False,
+    help="segbeam run on Google Cloud Dataflow with GPU workers: --project, --temp-location, "
+    "--image, gs:// --input and --output [--dry-run]; see segbeam submit --help",
+    description=DESCRIPTION,
+  )
+  add_arguments(parser)
+  parser.set_defaults(func=_command, takes_beam_args=True)
+
+
+def _submit_and_report(
+  parser: argparse.ArgumentParser,
+  args: argparse.Namespace,
+  beam_args: list[str],
+  argv: Sequence[str],
+) -> int:
   try:
-    args, beam_args = parser.parse_known_args(argv)
     result = _submit(parser, args, beam_args, argv)
-  except (job.InvocationError, ValueError) as error:
-    print(f"segbeam submit: {error}", file=sys.stderr)
-    return 2
+  except (exits.InvocationError, ValueError) as error:
+    return exits.stopped("submit", error)
   if args.dry_run:
     print(json.dumps(describe_job(result.job), indent=2))
     return 0
@@ -592,23 +629,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   try:
     state = wait_printing_progress(result)
   except KeyboardInterrupt:  # Ctrl-C stops the waiting, not the job: say how to stop that
-    print(
-      f"segbeam submit: stopped waiting; job {job_id} is still running on Dataflow (stop "
-      f"it with: gcloud dataflow jobs cancel {job_id} --region {args.region})",
-      file=sys.stderr,
+    return exits.stopped(
+      "submit",
+      f"stopped waiting; job {job_id} is still running on Dataflow (stop it with: gcloud "
+      f"dataflow jobs cancel {job_id} --region {args.region})",
+      exits.INTERRUPTED,
     )
-    return startup.INTERRUPTED_EXIT
   except DataflowRuntimeException as error:  # Beam raises it for a job that did not succeed
     state, line = _failure(error)
-    print(
-      f"segbeam submit: Dataflow job {job_id} ended {state}: {line} (its errors: gcloud "
-      f"dataflow logs list {job_id} --region {args.region} --importance error; its page: "
+    return exits.stopped(
+      "submit",
+      f"Dataflow job {job_id} ended {state}: {line} (its errors: gcloud dataflow logs list "
+      f"{job_id} --region {args.region} --importance error; its page: "
       f"{console_url(args.project, args.region, job_id)})",
-      file=sys.stderr,
+      exits.FAILED,
     )
-    return 1
   print(f"job {job_id} ended: {state}")
   if state != PipelineState.DONE:
-    return 1
-  commands.print_report(args.output.rstrip("/"))
+    return exits.FAILED
+  run_command.print_report(args.output.rstrip("/"))
   return 0

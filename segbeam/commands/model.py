@@ -1,7 +1,7 @@
 """The model-side subcommands: `model list`, `model summary`, `train`, `evaluate`, `export`.
 
-Each `add_*_parser` registers a subcommand on the CLI's subparsers and binds the function that
-runs it; `segbeam.cli` only assembles them.
+`add_parser` registers them on the CLI's subparsers (`segbeam.cli.COMMANDS`), each bound to the
+function that runs it.
 """
 
 from __future__ import annotations
@@ -432,7 +432,8 @@ def add_export_parser(subparsers) -> None:
   parser.set_defaults(func=run_export)
 
 
-def add_parsers(subparsers) -> None:
+def add_parser(subparsers) -> None:
+  """Registers `segbeam model`, `train`, `evaluate` and `export`."""
   add_model_parser(subparsers)
   add_train_parser(subparsers)
   add_evaluate_parser(subparsers)

@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segbeam.pipeline import constants
-from segbeam.pipeline import job
-from segbeam.pipeline import options as options_lib
-from segbeam.pipeline import output_claim
+from segbeam import exits
+from segbeam import options as options_lib
+from segbeam.pipeline import layout
 from segbeam.results import output as output_lib
+from segbeam.run import job
+from segbeam.run import output_claim
 from tests import accounting
 
 SEGBEAM = [sys.executable, "-m", "segbeam"]
@@ -80,7 +81,7 @@ def test_launchers_preparing_one_output_at_once_one_claims_it(output, tiny_expor
     options, _ = options_lib.parse_args([*argv, "--run-id", f"job{i}"])
     try:
       return job.prepare(options).attempts
-    except job.InvocationError as error:
+    except exits.InvocationError as error:
       return str(error)
 
   with concurrent.futures.ThreadPoolExecutor(4) as pool:
@@ -127,7 +128,7 @@ def test_two_runs_started_together_into_one_folder_one_is_refused_nothing_lost(
 def test_a_killed_runs_claim_refuses_a_new_run_until_resume_or_overwrite(
   tiny_export, tmp_path, capsys
 ):
-  from segbeam.pipeline import commands
+  from segbeam.commands import run as run_command
 
   output = str(tmp_path / "out")
   pattern = _photos(tmp_path / "in", 5, (10, 200, 10))
@@ -136,16 +137,16 @@ def test_a_killed_runs_claim_refuses_a_new_run_until_resume_or_overwrite(
   gone.wait()
   # What a killed run leaves, before any row: its process is no more.
   output_claim.claim(output, dataclasses.replace(_claim("killed-run"), pid=gone.pid))
-  assert commands.main(argv) == 2
+  assert run_command.main(argv) == 2
   line = capsys.readouterr().err.strip().splitlines()[-1]
   assert "claimed by run killed-run" in line and "no longer running" in line
   assert "--resume" in line and "--overwrite" in line
-  assert commands.main([*argv, "--overwrite"]) == 0
+  assert run_command.main([*argv, "--overwrite"]) == 0
   manifest = accounting.assert_accounted_for(output, inputs_seen=5)
   assert [a["run_id"] for a in manifest["attempts"]] == [manifest["run_id"]]
-  assert not os.path.exists(os.path.join(output, constants.CLAIM_FILE))
+  assert not os.path.exists(os.path.join(output, layout.CLAIM_FILE))
   # --resume of a completed run: nothing to do, the report again.
-  assert commands.main([*argv, "--resume"]) == 0
+  assert run_command.main([*argv, "--resume"]) == 0
   assert "nothing to resume" in capsys.readouterr().err
   assert output_lib.RunOutput(output).manifest["run_id"] == manifest["run_id"]
 
@@ -190,7 +191,7 @@ def harmless_export(tmp_path_factory):
 
 @pytest.mark.parametrize(
   "entry",
-  [constants.MASKS_DIR, f"{constants.JOURNAL_DIR}/{constants.ERRORS_DIR}", "manifest.json"],
+  [layout.MASKS_DIR, f"{layout.JOURNAL_DIR}/{layout.ERRORS_DIR}", "manifest.json"],
 )
 def test_a_link_among_the_outputs_entries_refuses_every_run_in_one_line(
   entry, harmless_export, tmp_path, capsys
@@ -198,10 +199,10 @@ def test_a_link_among_the_outputs_entries_refuses_every_run_in_one_line(
   """A segbeam entry of --output (or a journal table folder) that is a link, to a folder or
   file outside or to nothing: a fresh run, --overwrite and --resume are refused naming it, and
   nothing is written or deleted through it."""
-  from segbeam.pipeline import commands  # noqa: PLC0415
+  from segbeam.commands import run as run_command  # noqa: PLC0415
 
   output = tmp_path / "out"
-  (output / constants.JOURNAL_DIR).mkdir(parents=True)
+  (output / layout.JOURNAL_DIR).mkdir(parents=True)
   outside = tmp_path / "outside"
   outside.mkdir()
   (outside / "keep.txt").write_bytes(b"precious")
@@ -210,7 +211,7 @@ def test_a_link_among_the_outputs_entries_refuses_every_run_in_one_line(
   for target in (outside, outside / "keep.txt", tmp_path / "nothing"):
     (output / entry).symlink_to(target)
     for how in ([], ["--overwrite"], ["--resume"]):
-      assert commands.main([*argv, "--mask-files", *how]) == 2, how
+      assert run_command.main([*argv, "--mask-files", *how]) == 2, how
       err = capsys.readouterr().err.strip()
       assert len(err.splitlines()) == 1 and f"{output / entry} is a link" in err, (how, err)
       assert sorted(os.listdir(outside)) == ["keep.txt"]
