@@ -33,12 +33,10 @@ _FALSE = ("false", "0", "no", "")
 
 def run_options() -> dict[str, bool]:
   """`segbeam run`'s option strings (`--batch-size`, ...), each with whether it is a flag."""
-  parser = argparse.ArgumentParser(add_help=False)
-  options_lib.add_arguments(parser)
   return {
-    option: action.nargs == 0
-    for action in parser._actions  # argparse's list
-    for option in action.option_strings
+    option.option_string: option.type is bool
+    for option in options_lib.OPTIONS
+    if option.on_command_line
   }
 
 

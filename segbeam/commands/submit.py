@@ -589,32 +589,8 @@ def console_url(project: str, region: str, job_id: str) -> str:
 
 
 def _command(args: argparse.Namespace) -> int:
-  return _submit_and_report(build_parser(), args, args.beam_args, args.argv)
-
-
-def add_parser(subparsers) -> None:
-  """Registers `segbeam submit`; options it does not know go to Beam."""
-  parser = subparsers.add_parser(
-    "submit",
-    allow_abbrev=False,
-    help="segbeam run on Google Cloud Dataflow with GPU workers: --project, --temp-location, "
-    "--image, gs:// --input and --output [--dry-run]; see segbeam submit --help",
-    description=DESCRIPTION,
-  )
-  add_arguments(parser)
-  parser.set_defaults(func=_command, takes_beam_args=True)
-
-
-def _submit_and_report(
-  parser: argparse.ArgumentParser,
-  args: argparse.Namespace,
-  beam_args: list[str],
-  argv: Sequence[str],
-) -> int:
-  try:
-    result = _submit(parser, args, beam_args, argv)
-  except (exits.InvocationError, ValueError) as error:
-    return exits.stopped("submit", error)
+  """`segbeam submit` as `segbeam.cli` parsed it; a bad invocation raises, for the cli to say."""
+  result = _submit(build_parser(), args, args.beam_args, args.argv)
   if args.dry_run:
     print(json.dumps(describe_job(result.job), indent=2))
     return 0
@@ -649,3 +625,16 @@ def _submit_and_report(
     return exits.FAILED
   run_command.print_report(args.output.rstrip("/"))
   return 0
+
+
+def add_parser(subparsers) -> None:
+  """Registers `segbeam submit`; options it does not know go to Beam."""
+  parser = subparsers.add_parser(
+    "submit",
+    allow_abbrev=False,
+    help="segbeam run on Google Cloud Dataflow with GPU workers: --project, --temp-location, "
+    "--image, gs:// --input and --output [--dry-run]; see segbeam submit --help",
+    description=DESCRIPTION,
+  )
+  add_arguments(parser)
+  parser.set_defaults(func=_command, takes_beam_args=True)
