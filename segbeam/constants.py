@@ -29,6 +29,14 @@ DEFAULT_MAX_PIXELS = 50_000_000
 DEFAULT_MAX_FILE_BYTES = 256 << 20
 DEFAULT_BATCH_SIZE = 32
 
+# Tiled inference (`segbeam run --tile`, `segbeam.pipeline.tiled`): its own pixel cap, since an
+# image is decoded whole at full resolution there; how tiles' predictions are put together.
+DEFAULT_MAX_TILED_PIXELS = 200_000_000
+TILE_AUTO = "auto"
+BLEND_CENTRE = "centre"
+BLEND_GAUSSIAN = "gaussian"
+TILE_BLENDS = (BLEND_CENTRE, BLEND_GAUSSIAN)
+
 # The breaker (`segbeam.options.BreakerLimits`): a worker process stops the run when this many
 # batches' worth of images in a row fail in the model, each alone too, or more than this share
 # of the first images it infers.

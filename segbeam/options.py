@@ -151,6 +151,28 @@ def _segments_files_check(value: int, flag: str) -> None:
     raise ValueError(f"{flag} must be at most {constants.MAX_SEGMENTS_FILES}, got {value}")
 
 
+def _optional(check: Callable[[Any, str], None]) -> Callable[[Any, str], None]:
+  """`check`, where a value is given (None: the default the run works out)."""
+
+  def optional(value, flag):
+    if value is not None:
+      check(value, flag)
+
+  return optional
+
+
+def _tile_check(value: Optional[str], flag: str) -> None:
+  if value is None or value == constants.TILE_AUTO:
+    return
+  if not (isinstance(value, str) and value.isascii() and value.isdigit() and int(value) >= 1):
+    raise ValueError(f"{flag} must be a size in pixels or {constants.TILE_AUTO!r}, got {value!r}")
+
+
+def _scale_check(value: float, flag: str) -> None:
+  if not 0 < value <= 1:  # NaN too
+    raise ValueError(f"{flag} must be more than 0 and at most 1, got {value}")
+
+
 def _run_id_check(value: str, flag: str) -> None:
   if value:  # empty: not chosen yet (`from_args` always chooses one)
     check_run_id(value)
@@ -234,6 +256,85 @@ OPTIONS: tuple[Option, ...] = (
       "Pixel cap",
       "Images whose header declares more pixels are refused before decoding (default {default}). "
       "Example: 50000000",
+      "^[1-9][0-9]*$",
+    ),
+  ),
+  Option(
+    "tile",
+    None,
+    "segment images larger than SIZE pixels a side in overlapping SIZE x SIZE tiles at full "
+    "resolution (times --scale), stitched into one mask; 'auto': the model's input size. "
+    "Images that fit one tile are segmented whole, as without it",
+    metavar="SIZE|auto",
+    check=_tile_check,
+    changes_rows=True,
+    flex=Flex(
+      "Tile size",
+      "Segment large images in overlapping tiles of this many pixels at full resolution (or "
+      "'auto': the model's input size), stitched into one mask (default: whole images resized "
+      "to the model's input). Example: auto",
+      "^(auto|[1-9][0-9]{0,4})$",
+    ),
+  ),
+  Option(
+    "tile_overlap",
+    None,
+    "pixels each tile overlaps its neighbours by (default: a quarter of the tile)",
+    type=int,
+    metavar="PIXELS",
+    check=_optional(at_least(0)),
+    changes_rows=True,
+    flex=Flex(
+      "Tile overlap",
+      "Pixels each tile overlaps its neighbours by (default: a quarter of the tile). Example: 32",
+      "^[0-9]{1,5}$",
+    ),
+  ),
+  Option(
+    "tile_blend",
+    constants.BLEND_CENTRE,
+    "how overlapping tiles are put together: centre (each pixel from the tile whose centre "
+    "region holds it) or gaussian (probabilities averaged, weighted towards tile centres; an "
+    "image's tile probabilities are held until it is stitched: about 80 KB a tile of 128) "
+    "(default: %(default)s)",
+    choices=constants.TILE_BLENDS,
+    changes_rows=True,
+    flex=Flex(
+      "Tile blending",
+      "centre or gaussian: how overlapping tiles are put together (default {default}). "
+      "Example: gaussian",
+      "^(centre|gaussian)$",
+    ),
+  ),
+  Option(
+    "scale",
+    1.0,
+    "with --tile: segment at this fraction of each image's native resolution, 0 < F <= 1; the "
+    "mask is enlarged back (nearest neighbour) (default: %(default)s)",
+    type=float,
+    metavar="F",
+    check=_scale_check,
+    changes_rows=True,
+    flex=Flex(
+      "Scale",
+      "With a tile size: segment at this fraction of native resolution, more than 0 and at most 1 "
+      "(default {default}). Example: 0.5",
+      "^(0?\\.[0-9]+|1(\\.0*)?)$",
+    ),
+  ),
+  Option(
+    "max_tiled_pixels",
+    constants.DEFAULT_MAX_TILED_PIXELS,
+    "with --tile: the pixel cap instead of --max-pixels, since a tiled image is decoded whole at "
+    "full resolution (about 5 bytes a pixel at the peak: docs/tiling.md) "
+    "(default: %(default)s)",
+    type=int,
+    check=at_least(1),
+    changes_rows=True,
+    flex=Flex(
+      "Tiled pixel cap",
+      "With a tile size: images whose header declares more pixels are refused before decoding "
+      "(default {default}). Example: 100000000",
       "^[1-9][0-9]*$",
     ),
   ),
@@ -555,6 +656,24 @@ def _check(self) -> None:
     _check_value(option, getattr(self, option.name))
   if self.resume and self.overwrite:
     raise ValueError("--resume continues the run in --output, --overwrite replaces it: pick one")
+  if self.tile is None:
+    for name, default in (
+      ("scale", 1.0),
+      ("tile_overlap", None),
+      ("tile_blend", constants.BLEND_CENTRE),
+    ):
+      if getattr(self, name) != default:
+        raise ValueError(f"{BY_NAME[name].option_string} is for tiles: it needs --tile")
+  elif self.tile != constants.TILE_AUTO and self.tile_overlap is not None:
+    check_overlap(int(self.tile), self.tile_overlap)
+
+
+def check_overlap(tile: int, overlap: int) -> None:
+  """Raises ValueError where `overlap` leaves tiles no stride (`--tile-overlap`)."""
+  if overlap >= tile:
+    raise ValueError(
+      f"--tile-overlap {overlap} must be smaller than the tile ({tile}): tiles would not advance"
+    )
 
 
 def _breaker(self) -> BreakerLimits:

@@ -1,7 +1,7 @@
 """The bench scripts, each run on a few photos: bench/gpu_check.sh (the script a session lent a
 GPU runs: its syntax, and its CPU fallback end to end), large_photos.py, stage_costs.py,
-compare_runs.py, dataflow_cost.py and object_store_latency.py. Their figures are BENCHMARKS.md's,
-not asserted here."""
+compare_runs.py, dataflow_cost.py, object_store_latency.py and tiling.py. Their figures are
+BENCHMARKS.md's, not asserted here."""
 
 import io
 import os
@@ -96,6 +96,25 @@ def test_large_photos_runs_both_sizes(pet_folder, tmp_path):
     (row,) = [r for r in out.splitlines() if r.startswith(f"default, {size} ")]
     assert "3/3 segmented, 0 failed" in row, row
   assert "default model, large / original: CPU per image" in out
+
+
+def test_tiling_prints_its_tables(pet_folder):
+  images, _, _ = pet_folder
+  out = _bench("tiling.py", "--quick", "--photos", images)
+  assert out.startswith("machine: "), out
+  rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| ")]
+  variants = [r[1] for r in rows if r[0] == "| null"]  # --quick: the null model's runs
+  assert variants == [
+    "whole, one model input per image",
+    "tiled, --tile-blend centre",
+    "tiled, --tile-blend gaussian",
+  ], out
+  assert "- null model, tiled (centre) / whole: CPU per model input " in out
+  memory = [r[0] for r in rows if "start-up floor" in r[0] or "640x640 JPEG" in r[0]]
+  assert len(memory) == 3, out  # the floor, then the large image centre and gaussian
+  for blend in ("centre", "gaussian"):
+    assert f"- 0.41 MP, {blend}: peak " in out
+  assert "- pieces, mean of 8 tiles of the 0.41 MP image (default model): centre " in out
 
 
 def test_stage_costs_prints_every_stage(pet_folder):

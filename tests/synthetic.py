@@ -28,6 +28,24 @@ def pet_scene(width: int, height: int, seed: int) -> tuple[np.ndarray, np.ndarra
   return image, trimap
 
 
+def texture_scene(size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """A gray RGB image with discs of a fine checkerboard (2-pixel squares of 0 and 255, the same
+  mean as the gray), and its trimap: the discs can be told from the gray at full resolution
+  only; shrunk 4 times they are gray too."""
+  rng = np.random.default_rng(seed)
+  yy, xx = np.mgrid[0:size, 0:size]
+  checker = ((yy // 2 + xx // 2) % 2 * 255).astype(np.uint8)
+  image = np.full((size, size), 127, np.uint8)
+  trimap = np.full((size, size), BACKGROUND, np.uint8)
+  for _ in range(6):
+    cy, cx, r = rng.uniform(0, size), rng.uniform(0, size), rng.uniform(20, 60)
+    distance = np.hypot(yy - cy, xx - cx)
+    trimap[(distance <= r + 2) & (trimap == BACKGROUND)] = BORDER
+    trimap[distance <= r - 2] = PET
+    image[distance <= r] = checker[distance <= r]
+  return np.repeat(image[..., None], 3, axis=-1), trimap
+
+
 def encode(array: np.ndarray, fmt: str, mode: str | None = None) -> bytes:
   buffer = io.BytesIO()
   image = Image.fromarray(array)

@@ -151,6 +151,30 @@ def run_train(args: argparse.Namespace) -> int:
   from segbeam.model import data as data_lib  # noqa: PLC0415
   from segbeam.model import training  # noqa: PLC0415
 
+  # Checked before anything is read, each naming its flag (TrainingConfig checks them again).
+  if args.crop is not None and (args.crop <= 0 or args.crop % config_lib.BOTTLENECK_STRIDE):
+    raise ValueError(
+      f"--crop must be a positive multiple of {config_lib.BOTTLENECK_STRIDE} (the U-Net's "
+      f"downsampling), got {args.crop}"
+    )
+  if args.scale is not None and args.crop is None:
+    raise ValueError("--scale sets the scale of --crop's crops: give --crop SIZE too")
+  scale = 1.0 if args.scale is None else args.scale
+  if not 0.0 < scale <= 1.0:
+    raise ValueError(
+      f"--scale must be more than 0 and at most 1 (a fraction of native resolution), got {scale}"
+    )
+  # A crop-trained model's input is its crop. A different --input-size is refused rather than
+  # overridden: whoever gave it expects a model of that size, and would get another silently.
+  if args.crop is not None and args.input_size not in (None, args.crop):
+    raise ValueError(
+      f"--input-size {args.input_size} conflicts with --crop {args.crop}: a model trained on "
+      "crops takes its crop size as input; leave --input-size out"
+    )
+  if args.crop is not None:
+    args.input_size = args.crop
+  elif args.input_size is None:
+    args.input_size = config_lib.UNetConfig.input_size
   label_map = _label_map(args)
   config = _config_from_args(args, label_map.num_classes)
   names = data_lib.read_names(args.names) if args.names else None
@@ -174,6 +198,8 @@ def run_train(args: argparse.Namespace) -> int:
     learning_rate=args.learning_rate,
     augment=not args.no_augment,
     seed=args.seed,
+    crop=args.crop,
+    scale=scale,
   )
   provenance = {
     "command": "segbeam " + shlex.join(sys.argv[1:]),
@@ -229,6 +255,24 @@ def add_train_parser(subparsers) -> None:
   parser.add_argument("--learning-rate", type=float, default=training_defaults.learning_rate)
   parser.add_argument("--no-augment", action="store_true")
   parser.add_argument("--seed", type=int, default=training_defaults.seed)
+  parser.add_argument(
+    "--crop",
+    type=int,
+    default=None,
+    metavar="SIZE",
+    help="train on random SIZE x SIZE crops at native resolution instead of whole images "
+    "resized, for `segbeam run --tile`; SIZE (a multiple of 32) is the model's input size",
+  )
+  parser.add_argument(
+    "--scale",
+    type=float,
+    default=None,
+    metavar="F",
+    help="with --crop: resize images by F (0 < F <= 1) before cropping, the scale the model "
+    "is to be run at (default: 1, native resolution)",
+  )
+  # None tells a given --input-size from the default, which --crop replaces (run_train).
+  parser.set_defaults(input_size=None)
   parser.add_argument("--name", default="segbeam-unet", help="model name recorded in outputs")
   parser.add_argument(
     "--output", required=True, help="folder for best.keras, history.csv and export/"

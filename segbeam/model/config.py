@@ -164,12 +164,18 @@ class TrainingConfig:
     epochs: passes over the training pairs.
     batch_size: pairs per step.
     learning_rate: Adam's initial rate, decayed along a cosine to 1% of it at the last step.
-    augment: random flips, zoom-crops and brightness changes on the training pairs.
+    augment: random flips, zoom-crops and brightness changes on the training pairs (with
+      `crop`, flips and brightness only: a zoom would change the scale the model learns).
     seed: seeds weight initialisation, shuffling and augmentation.
     batchnorm_momentum: momentum of every BatchNorm's moving statistics while training, or None
       to keep the architecture's (Keras' MobileNetV2 uses 0.999). 0.9 lets the statistics of a
       randomly initialised encoder keep up within a short run; with the slow default they lag
       for ~1000 steps and validation in inference mode looks untrained.
+    crop: None to train on whole images resized to the input size; N to train on random N x N
+      crops at native resolution (times `scale`) instead, for models run tiled (`segbeam run
+      --tile`). N is then the model's input size, a multiple of 32.
+    scale: with `crop`, the factor (0 < scale <= 1) images are resized by before cropping: the
+      scale the model is to be run at.
   """
 
   epochs: int = 60
@@ -178,6 +184,21 @@ class TrainingConfig:
   augment: bool = True
   seed: int = 0
   batchnorm_momentum: Optional[float] = 0.9
+  crop: Optional[int] = None
+  scale: float = 1.0
+
+  def __post_init__(self):
+    if self.crop is not None and (
+      isinstance(self.crop, bool) or self.crop <= 0 or self.crop % BOTTLENECK_STRIDE
+    ):
+      raise ValueError(
+        f"crop must be a positive multiple of {BOTTLENECK_STRIDE} (the U-Net's downsampling), "
+        f"got {self.crop}"
+      )
+    if not 0.0 < self.scale <= 1.0:
+      raise ValueError(f"scale must be in (0, 1], got {self.scale}")
+    if self.scale != 1.0 and self.crop is None:
+      raise ValueError("scale applies to crops only: give crop too")
 
 
 # The named presets. Only the architecture is fixed here; sizes, classes and weights are options.
@@ -275,6 +296,9 @@ class ServingConfig:
       'sigmoid' (independent scores; one channel becomes background, foreground).
     threshold: foreground threshold of a single sigmoid channel; other outputs take the argmax.
     model_channels: the model's output channels (1 for a single sigmoid channel).
+    tile_multiple: 0 where the `predict_pixels` signature takes only input_height x
+      input_width pixels; N where it takes any height and width that are multiples of N (a
+      fully convolutional model: tiles of any such size, `segbeam run --tile`).
   """
 
   input_height: int
@@ -286,6 +310,7 @@ class ServingConfig:
   output: str = OUTPUT_LOGITS
   threshold: float = 0.5
   model_channels: Optional[int] = None
+  tile_multiple: int = 0
 
   def __post_init__(self):
     if self.input_height <= 0 or self.input_width <= 0:
@@ -309,6 +334,14 @@ class ServingConfig:
       raise ValueError(f"threshold must be between 0 and 1, got {self.threshold}")
     if self.num_classes < 2:
       raise ValueError(f"a segmentation needs at least 2 classes, got {self.num_classes}")
+    if self.tile_multiple < 0:
+      raise ValueError(f"tile_multiple must be 0 or more, got {self.tile_multiple}")
+
+  def takes_tile(self, size: int) -> bool:
+    """Whether the `predict_pixels` signature takes tiles of `size` x `size` pixels."""
+    if self.tile_multiple:
+      return size > 0 and size % self.tile_multiple == 0
+    return size == self.input_height == self.input_width
 
   @property
   def binary_sigmoid(self) -> bool:

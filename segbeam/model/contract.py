@@ -18,8 +18,10 @@ and does decoding, resizing to the model's input size and normalisation in the g
 The pipeline resizes the probabilities to (height, width) and takes the argmax, or a single
 sigmoid's threshold (`segbeam.model.postprocess.class_mask`). A second signature,
 `predict_pixels`, takes already decoded and resized float32 pixels [B, height, width, channels]
-in 0..255 and returns the probabilities: the forward pass alone, for callers with arrays and for
-benchmarks. Beside the SavedModel, `segbeam_model.json` holds the `ModelMetadata`.
+in 0..255 and returns the probabilities: the forward pass alone, for callers with arrays, for
+benchmarks and for tiles (`segbeam run --tile`); where `ServingConfig.tile_multiple` is set
+it takes any height and width that are multiples of it. Beside the SavedModel,
+`segbeam_model.json` holds the `ModelMetadata`.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ loader reads (it cannot read a `tf.saved_model.save` of a `tf.Module` wrapping a
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -60,15 +61,15 @@ def serving_function(probabilities: ProbabilitiesFn, serving: config_lib.Serving
 
 
 def pixels_function(probabilities: ProbabilitiesFn, serving: config_lib.ServingConfig):
-  """The forward pass alone: decoded, resized pixels in 0..255 in, probabilities out."""
+  """The forward pass alone: decoded, resized pixels in 0..255 in, probabilities out; pixels
+  of any height and width where `serving.tile_multiple` says the model takes them."""
+  height, width = (
+    (None, None) if serving.tile_multiple else (serving.input_height, serving.input_width)
+  )
 
   @tf.function(
     input_signature=[
-      tf.TensorSpec(
-        [None, serving.input_height, serving.input_width, serving.channels],
-        tf.float32,
-        name="pixels",
-      )
+      tf.TensorSpec([None, height, width, serving.channels], tf.float32, name="pixels")
     ]
   )
   def predict_pixels(pixels):
@@ -117,7 +118,11 @@ def export_model(
   def probabilities(pixels):
     return tf.nn.softmax(tf.cast(model(pixels, training=False), tf.float32), axis=-1)
 
-  serving = contract.unet_serving_config(config)
+  # segbeam's U-Nets are fully convolutional (each encoder's stride is 32): their pixels
+  # signature takes tiles of any multiple of it (`segbeam run --tile`).
+  serving = dataclasses.replace(
+    contract.unet_serving_config(config), tile_multiple=config_lib.BOTTLENECK_STRIDE
+  )
   write_archive(export_dir, probabilities, serving)
   metadata = contract.ModelMetadata(
     name=name,
@@ -186,6 +191,18 @@ class LoadedExport:
   @property
   def saved_model(self):
     return self._saved_model
+
+  def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
+    """float32 [B, height, width, channels] pixels in 0..255 -> probabilities [B, height,
+    width, classes]: the export's `predict_pixels` signature."""
+    forward = self._saved_model.signatures[contract.PIXELS_SIGNATURE_NAME]
+    return forward(pixels=tf.constant(pixels, tf.float32))[contract.OUTPUT_PROBABILITIES].numpy()
+
+  def pixels_shape(self) -> list:
+    """[batch, height, width, channels] the `predict_pixels` signature takes, None where any."""
+    forward = self._saved_model.signatures[contract.PIXELS_SIGNATURE_NAME]
+    ((_, spec),) = forward.structured_input_signature[1].items()
+    return spec.shape.as_list()
 
   def predict(self, encoded_images: Sequence[bytes]) -> dict[str, np.ndarray]:
     outputs = self._serve(

@@ -11,6 +11,7 @@ import time
 from typing import Any, Optional, Sequence
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from segbeam.model import config as config_lib
@@ -20,6 +21,7 @@ from segbeam.model import evaluation
 from segbeam.model import export as export_lib
 from segbeam.model import labels as labels_lib
 from segbeam.model import layers
+from segbeam.model import metrics as metrics_lib
 from segbeam.model import unet
 
 CHECKPOINT_FILE = "best.keras"
@@ -77,6 +79,22 @@ def set_batchnorm_momentum(model: keras.Model, momentum: float) -> None:
       layer.momentum = momentum
 
 
+def evaluate_crops(
+  model: keras.Model, dataset: tf.data.Dataset, class_names: Sequence[str]
+) -> tuple[metrics_lib.SegmentationMetrics, int]:
+  """The model's metrics over a dataset of (images, masks, pixel weights) batches, as
+  `data.make_crop_dataset` gives them, and how many crops they cover. Pixels of weight 0
+  (ignored by the label map, or padding) are left out, as in training."""
+  result = metrics_lib.SegmentationMetrics.empty(class_names)
+  crops = 0
+  for images, masks, weights in dataset:
+    predicted = np.argmax(model.predict_on_batch(images), axis=-1)
+    truth = np.where(weights.numpy() > 0, masks.numpy(), labels_lib.IGNORE_INDEX)
+    result = result.add(truth, predicted)
+    crops += int(images.shape[0])
+  return result, crops
+
+
 def train(
   model_config: config_lib.UNetConfig,
   label_map: labels_lib.LabelMap,
@@ -89,7 +107,8 @@ def train(
   provenance: Optional[dict[str, Any]] = None,
 ) -> TrainingResult:
   """Trains, keeps the checkpoint with the best validation mean IoU, exports it to
-  `output_dir/export` and records its validation metrics at original resolution there."""
+  `output_dir/export` and records its validation metrics there: at original resolution, or
+  with `training_config.crop`, on the validation crops (`data.make_crop_dataset`)."""
   if label_map.num_classes != model_config.num_classes:
     raise ValueError(
       f"label map has {label_map.num_classes} classes, model config {model_config.num_classes}"
@@ -102,21 +121,45 @@ def train(
       f"{', '.join(label_map.uncovered_class_names)} (classes "
       f"{list(label_map.class_names)}); map them, or leave them out of --class-names"
     )
+  crop = training_config.crop
+  if crop is not None and crop != model_config.input_size:
+    raise ValueError(
+      f"training on {crop}x{crop} crops needs a model of input size {crop}, "
+      f"not {model_config.input_size}"
+    )
   keras.utils.set_random_seed(training_config.seed)
   tf.io.gfile.makedirs(output_dir)
   loader_options = dict(
-    channels=model_config.channels, input_size=model_config.input_size, label_map=label_map
+    channels=model_config.channels,
+    input_size=model_config.input_size,
+    label_map=label_map,
+    full_resolution=crop is not None,
   )
   train_loader = data_lib.PairLoader(train_pairs, **loader_options)
   val_loader = data_lib.PairLoader(val_pairs, **loader_options)
-  common = dict(
-    input_size=model_config.input_size,
-    channels=model_config.channels,
-    batch_size=training_config.batch_size,
-    seed=training_config.seed,
-  )
-  train_data = data_lib.make_dataset(train_loader, training=training_config.augment, **common)
-  val_data = data_lib.make_dataset(val_loader, training=False, **common)
+  if crop is None:
+    common = dict(
+      input_size=model_config.input_size,
+      channels=model_config.channels,
+      batch_size=training_config.batch_size,
+      seed=training_config.seed,
+    )
+    train_data = data_lib.make_dataset(train_loader, training=training_config.augment, **common)
+    val_data = data_lib.make_dataset(val_loader, training=False, **common)
+  else:
+    common = dict(
+      crop=crop,
+      scale=training_config.scale,
+      channels=model_config.channels,
+      batch_size=training_config.batch_size,
+      seed=training_config.seed,
+    )
+    # Random crops even without augmentation: one fixed window per image would leave the rest
+    # of it unseen.
+    train_data = data_lib.make_crop_dataset(
+      train_loader, training=True, augment=training_config.augment, **common
+    )
+    val_data = data_lib.make_crop_dataset(val_loader, training=False, **common)
 
   model = unet.build_unet(model_config)
   if training_config.batchnorm_momentum is not None:
@@ -152,15 +195,24 @@ def train(
   metadata = export_lib.export_model(
     best, model_config, export_dir, label_map=label_map, name=name, training=training_record
   )
-  result = evaluation.evaluate_export(export_lib.LoadedExport(export_dir), val_pairs)
-  metadata = dataclasses.replace(
-    metadata,
-    validation={
+  if crop is None:
+    result = evaluation.evaluate_export(export_lib.LoadedExport(export_dir), val_pairs)
+    validation = {
       **result.metrics.to_dict(),
       "images": result.images,
       "resolution": "original image size",
-    },
-  )
+    }
+  else:
+    # Whole images resized to the input would be another scale than the one the model learnt
+    # and is to be run at (tiled): the validation crops say how it does at that scale.
+    crop_metrics, crops = evaluate_crops(best, val_data, label_map.class_names)
+    validation = {
+      **crop_metrics.to_dict(),
+      "images": len(val_pairs) - len(val_loader.skipped),
+      "crops": crops,
+      "resolution": f"{crop}x{crop} crops at scale {training_config.scale}",
+    }
+  metadata = dataclasses.replace(metadata, validation=validation)
   export_lib.write_metadata(export_dir, metadata)
   print(
     json.dumps({"export": export_dir, "validation": metadata.validation}, indent=2),

@@ -164,6 +164,51 @@ class SavedModelHandler(
     return [{name: value[i] for name, value in outputs.items()} for i in range(len(batch))]
 
 
+class TileHandler(
+  _ExportHandler, base.ModelHandler[np.ndarray, np.ndarray, export_lib.LoadedExport]
+):
+  """Runs the export's `predict_pixels` signature on a batch of tiles (uint8 [tile, tile,
+  channels], `segbeam.pipeline.tiled`); each inference is the tile's probabilities [tile,
+  tile, classes].
+
+  Args:
+    tile: the tiles' side, checked against the signature as the model loads.
+    channels: the model's input channels.
+  """
+
+  def __init__(self, model_dir: str, *, tile: int, channels: int, **kwargs):
+    super().__init__(model_dir, **kwargs)
+    self._tile = tile
+    self._channels = channels
+
+  def _load(self) -> export_lib.LoadedExport:
+    local_dir = self._prepare_load()
+    model = export_lib.LoadedExport(local_dir, trust_model=self._trust_model)
+    _, height, width, _ = model.pixels_shape()
+    if height not in (None, self._tile) or width not in (None, self._tile):
+      # The metadata said otherwise when the pipeline was built: the export was replaced.
+      raise elements.ModelFailureError(
+        f"the model's {contract.PIXELS_SIGNATURE_NAME} signature takes {height}x{width} "
+        f"pixels, not tiles of {self._tile}x{self._tile}"
+      )
+    _log_load(self._model_dir, local_dir)
+    return model
+
+  def probe_element(self) -> np.ndarray:
+    return np.full((self._tile, self._tile, self._channels), 128, np.uint8)
+
+  def run_inference(
+    self,
+    batch: Sequence[np.ndarray],
+    model: export_lib.LoadedExport,
+    inference_args: Optional[dict[str, Any]] = None,
+  ):
+    return list(model.predict_pixels(np.stack(batch).astype(np.float32)))
+
+  def get_num_bytes(self, batch: Sequence[np.ndarray]) -> int:
+    return sum(tile.nbytes for tile in batch)
+
+
 @dataclasses.dataclass(frozen=True)
 class TfxBslModel:
   """A loaded tfx-bsl handler and its session (a class: Beam shares models by weak reference)."""
@@ -219,14 +264,16 @@ def probe_image() -> bytes:
 
 
 def probe(handler: base.ModelHandler, model: Any) -> None:
-  """Runs `probe_image` through `model`; raises `elements.ModelFailureError` with the real
-  error (the driver, CUDA, cuDNN, memory) where it fails: then every image would."""
+  """Runs `probe_image` (or the handler's own `probe_element`) through `model`; raises
+  `elements.ModelFailureError` with the real error (the driver, CUDA, cuDNN, memory) where it
+  fails: then every image would."""
+  element = handler.probe_element() if hasattr(handler, "probe_element") else probe_image()
   try:
-    outputs = list(handler.run_inference([probe_image()], model))
+    outputs = list(handler.run_inference([element], model))
   except Exception as error:  # any failure on a good image is the model's or the device's
     raise elements.ModelFailureError(
-      f"the model fails on a built-in {PROBE_SIZE}x{PROBE_SIZE} probe image at load, so it "
-      f"would fail on every image: {type(error).__name__}: {_shown(messages.one_line(error))}"
+      f"the model fails on a built-in probe image at load, so it would fail on every image: "
+      f"{type(error).__name__}: {_shown(messages.one_line(error))}"
     ) from error
   if len(outputs) != 1:
     raise elements.ModelFailureError(
@@ -260,13 +307,17 @@ def create_handler(
   trust_model: bool = False,
   require_gpu: bool = False,
   breaker: Optional[options_lib.BreakerLimits] = None,
+  tile: Optional[tuple[int, int]] = None,
 ) -> base.ModelHandler:
   """The keyed, isolating handler `name` over the export in `model_dir` (see
   `IsolatingModelHandler` for `slices`, `overlap` and `breaker`; `trust_model`: load it
-  whatever ops its graph holds; `require_gpu`: fail the load where TensorFlow sees no GPU)."""
-  handler = _export_handler(
-    name, model_dir, max_batch_size=max_batch_size, trust_model=trust_model, require_gpu=require_gpu
-  )
+  whatever ops its graph holds; `require_gpu`: fail the load where TensorFlow sees no GPU);
+  with `tile` (side, channels), a `TileHandler` whatever `name` says."""
+  options = dict(max_batch_size=max_batch_size, trust_model=trust_model, require_gpu=require_gpu)
+  if tile is None:
+    handler = _export_handler(name, model_dir, **options)
+  else:
+    handler = TileHandler(model_dir, tile=tile[0], channels=tile[1], **options)
   return IsolatingModelHandler(
     base.KeyedModelHandler(handler), slices=slices, overlap=overlap, breaker=breaker
   )
@@ -319,7 +370,8 @@ def _failure_for(error: BaseException, data: Any) -> InferenceFailure:
   its error messages and node names are the model's to choose."""
   error_type = type(error).__name__
   message = messages.one_line(error)
-  is_decode = error_type not in _DEVICE_ERRORS and not _decodes(data)
+  # A tile (an array) was decoded before it was cut.
+  is_decode = error_type not in _DEVICE_ERRORS and isinstance(data, bytes) and not _decodes(data)
   return InferenceFailure(
     elements.STAGE_DECODE if is_decode else elements.STAGE_INFER, error_type, _shown(message)
   )

@@ -28,6 +28,9 @@ FAILED_READ = "failed_read"
 FAILED_VALIDATE = "failed_validate"
 FAILED = "failed"  # at inference or postprocessing
 FAILURE_COUNTERS = (FAILED_READ, FAILED_VALIDATE, FAILED)
+# Tiled images (`tiled`): one large image may take minutes, its tiles show it going.
+TILES_CUT = "tiles_cut"
+TILES_INFERRED = "tiles_inferred"
 
 _LOCK = threading.Lock()
 _TALLY: dict[str, int] = {}
@@ -67,6 +70,8 @@ class Figures:
   total: Optional[int]  # None where not known up front (TFRecord shards)
   images_per_second: Optional[float]  # since the first image was done: start-up left out
   resumed: int = 0  # of `done`, those an earlier attempt did (`--resume`)
+  tiles_cut: int = 0  # of large images, with --tile
+  tiles_inferred: int = 0
 
   @classmethod
   def from_counts(
@@ -77,7 +82,16 @@ class Figures:
     resumed = counts.get(RESUMED, 0)
     done = counts.get(SEGMENTED, 0) + counts.get(SKIPPED, 0) + resumed + failed
     total = counts.get(LISTED) or None
-    return cls(done, counts.get(SEEN, 0), failed, total, images_per_second, resumed)
+    return cls(
+      done,
+      counts.get(SEEN, 0),
+      failed,
+      total,
+      images_per_second,
+      resumed,
+      counts.get(TILES_CUT, 0),
+      counts.get(TILES_INFERRED, 0),
+    )
 
   def line(self) -> str:
     """One log-friendly line: '1,200 of 4,500 images (27%), 3 failed, 85.1 img/s, about 39 s
@@ -91,6 +105,8 @@ class Figures:
         "they are read)"
       ]
     parts.append(f"{self.failed:,} failed")
+    if self.tiles_cut:
+      parts.append(f"{self.tiles_inferred:,} of {self.tiles_cut:,} tiles inferred")
     if self.resumed:
       parts.append(f"{self.resumed:,} done before (resumed)")
     if self.images_per_second:

@@ -95,11 +95,27 @@ def segments_row(
   context: RunContext,
   label: Optional[bytes] = None,
 ) -> dict[str, Any]:
-  height = int(outputs[contract.OUTPUT_HEIGHT])
-  width = int(outputs[contract.OUTPUT_WIDTH])
+  """The row of an image segmented whole: its mask from the model's outputs (probabilities
+  at the model's input size, resized to the image's)."""
   mask, confidence = postprocess.class_mask(
-    outputs[contract.OUTPUT_PROBABILITIES], height, width, threshold=context.mask_threshold
+    outputs[contract.OUTPUT_PROBABILITIES],
+    int(outputs[contract.OUTPUT_HEIGHT]),
+    int(outputs[contract.OUTPUT_WIDTH]),
+    threshold=context.mask_threshold,
   )
+  return mask_row(info, mask, confidence, context, label)
+
+
+def mask_row(
+  info: elements.ImageInfo,
+  mask: np.ndarray,
+  confidence: float,
+  context: RunContext,
+  label: Optional[bytes] = None,
+) -> dict[str, Any]:
+  """The row of an image whose mask (uint8 [height, width] class indices at the image's size)
+  and mean confidence are known."""
+  height, width = mask.shape
   pixels = postprocess.class_pixel_counts(mask, len(context.class_names))
   total = height * width
   row = {

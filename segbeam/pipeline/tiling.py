@@ -1,5 +1,6 @@
 """Overlap-tile geometry and stitching: a large image cut into model-sized tiles, and the tiles'
-predictions put back together into one full-resolution mask (issue 34; `--tile` is to come).
+predictions put back together into one full-resolution mask (`segbeam run --tile`, whose
+Beam side is `segbeam.pipeline.tiled`).
 
 The U-Net paper's overlap-tile strategy: tiles overlap, so that the pixels a tile's prediction
 is kept for are away from its inner edges, where the network sees less context. Two ways to put
@@ -9,7 +10,9 @@ the predictions together:
   memory is the mask's, one byte a pixel.
 - `GaussianStitcher`: each pixel takes the average of the probabilities of every tile over it,
   weighted by a Gaussian centred on each tile (sigma 1/8 of the tile, as MONAI and nnU-Net
-  do): smoother across tile edges, at 4 bytes per pixel and class plus 4 for the weights.
+  do): smoother across tile edges, at the cost of carrying each tile's probabilities (two bytes
+  a class and pixel) to the stitching, and summing a band of rows of them there.
+Each tile's contribution travels as a compressed `Piece`, made where the tile was inferred.
 
 A tile plan covers images smaller than a tile along an axis by padding them to one tile there
 (`TilePlan.padded_height`, `padded_width`); what a tile predicts for padding is never kept.
@@ -18,19 +21,21 @@ A tile plan covers images smaller than a tile along an axis by padding them to o
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator
+import zlib
+from typing import Iterator, Optional
 
 import numpy as np
 
 
-def starts(length: int, tile: int, stride: int) -> list[int]:
-  """Tile origins along one axis of `length` pixels: every `stride` pixels, the last one flush
-  with the end (so no tile reaches past it); one tile at 0 where the axis is no longer than a
-  tile."""
+def starts(length: int, tile: int, stride: int, flush: bool = True) -> list[int]:
+  """Tile origins along one axis of `length` pixels: every `stride` pixels until a tile reaches
+  the end; with `flush` the last one moved back flush with the end (so no tile reaches past
+  it), without it every origin a multiple of `stride` (the last tile may reach past the end,
+  into padding). One tile at 0 where the axis is no longer than a tile."""
   if length <= tile:
     return [0]
   origins = list(range(0, length - tile, stride))
-  origins.append(length - tile)
+  origins.append(length - tile if flush else origins[-1] + stride)
   return origins
 
 
@@ -62,6 +67,13 @@ class TilePlan:
   """How an image of `height` x `width` pixels is cut into square tiles of `tile` pixels, each
   overlapping its neighbours by at least `overlap` pixels.
 
+  With `align`, every tile's origin is a multiple of it: a network that downsamples by N
+  gives the same prediction for a pixel seen from two origins only where they differ by a
+  multiple of N (32 for a U-Net's five halvings), so aligned tiles agree with the network run
+  on the whole image. The stride is then rounded down to a multiple of `align` (more overlap,
+  never less), and the last tiles may reach past the image into padding instead of being
+  moved back flush with its end.
+
   Raises ValueError for a plan no model can run: a tile under 1 pixel, or not a multiple of
   `multiple_of` (a U-Net's input must divide by 2 for each downsampling: 32 for five), an
   overlap that is negative or not smaller than the tile, an image without pixels.
@@ -72,6 +84,7 @@ class TilePlan:
   tile: int
   overlap: int
   multiple_of: int = 1
+  align: int = 1
 
   def __post_init__(self):
     if self.tile < 1 or self.tile % self.multiple_of:
@@ -88,21 +101,30 @@ class TilePlan:
       raise ValueError(f"an image of {self.height}x{self.width} pixels has none to tile")
 
   @property
+  def aligned(self) -> bool:
+    return self.align > 1 and (self.tile - self.overlap) >= self.align
+
+  @property
   def stride(self) -> int:
-    return self.tile - self.overlap
+    stride = self.tile - self.overlap
+    return stride // self.align * self.align if self.aligned else stride
+
+  def _starts(self, length: int) -> list[int]:
+    return starts(length, self.tile, self.stride, flush=not self.aligned)
 
   @property
   def padded_height(self) -> int:
-    return max(self.height, self.tile)
+    """The height the tiles cover: the image's, or more where they reach past it."""
+    return self._starts(self.height)[-1] + self.tile
 
   @property
   def padded_width(self) -> int:
-    return max(self.width, self.tile)
+    return self._starts(self.width)[-1] + self.tile
 
   def tiles(self) -> Iterator[Tile]:
     """Every tile, row by row; their kept regions cover each pixel of the image exactly once."""
-    rows = starts(self.padded_height, self.tile, self.stride)
-    columns = starts(self.padded_width, self.tile, self.stride)
+    rows = self._starts(self.height)
+    columns = self._starts(self.width)
     kept_rows = _kept(rows, self.tile, self.height)
     kept_columns = _kept(columns, self.tile, self.width)
     for top, (keep_top, keep_bottom) in zip(rows, kept_rows):
@@ -110,9 +132,7 @@ class TilePlan:
         yield Tile(top, left, keep_top, keep_bottom, keep_left, keep_right)
 
   def count(self) -> int:
-    return len(starts(self.padded_height, self.tile, self.stride)) * len(
-      starts(self.padded_width, self.tile, self.stride)
-    )
+    return len(self._starts(self.height)) * len(self._starts(self.width))
 
   def cut(self, image: np.ndarray, tile: Tile) -> np.ndarray:
     """`tile`'s pixels of `image` [height, width, ...], padding past the image's edges by
@@ -124,20 +144,80 @@ class TilePlan:
     return window
 
 
+@dataclasses.dataclass(frozen=True)
+class Piece:
+  """What one tile's prediction contributes to its image's mask, small enough to travel
+  between workers: a stitcher's `piece`, handed to the same kind of stitcher's `add_piece`.
+
+  Attributes:
+    tile: the tile it comes from.
+    shape: the shape of `data`'s uint8 array.
+    data: that array, zlib-compressed: the kept region's uint8 classes (`CentreStitcher`), or
+      the probabilities of the tile's part inside the image as uint16 steps of 1/65535
+      (`GaussianStitcher`: steps of 1/255 would decide the class of pixels whose two best
+      classes are that close).
+    dtype: the array's type.
+    confidence_sum: the sum of the winning probability over the kept region (`CentreStitcher`).
+  """
+
+  tile: Tile
+  shape: tuple[int, ...]
+  data: bytes
+  confidence_sum: float = 0.0
+  dtype: str = "uint8"
+
+  def array(self) -> np.ndarray:
+    return np.frombuffer(zlib.decompress(self.data), self.dtype).reshape(self.shape)
+
+
+def _packed(array: np.ndarray) -> bytes:
+  # Level 1: class maps shrink tens of times at a fraction of the tile's inference time.
+  return zlib.compress(np.ascontiguousarray(array).tobytes(), 1)
+
+
+def _classes(
+  probabilities: np.ndarray, threshold: Optional[float]
+) -> tuple[np.ndarray, np.ndarray]:
+  """(uint8 classes, the winning probability) per pixel: the argmax, or for a single sigmoid
+  served as two classes, class 1 above `threshold` (as `postprocess.class_mask`)."""
+  if threshold is not None:
+    foreground = probabilities[..., 1]
+    chosen = foreground > threshold
+    return chosen.astype(np.uint8), np.where(chosen, foreground, 1 - foreground)
+  return np.argmax(probabilities, axis=-1).astype(np.uint8), np.max(probabilities, axis=-1)
+
+
 class CentreStitcher:
-  """Puts tiles' predictions together by keeping each tile's centre region (`Tile.keep_*`)."""
+  """Puts tiles' predictions together by keeping each tile's centre region (`Tile.keep_*`), in
+  any order. Its memory is the mask's.
 
-  def __init__(self, plan: TilePlan):
+  Args:
+    threshold: a single sigmoid's foreground threshold, where the mask is not the argmax.
+  """
+
+  def __init__(self, plan: TilePlan, threshold: Optional[float] = None):
     self._plan = plan
+    self._threshold = threshold
     self.mask = np.zeros((plan.height, plan.width), np.uint8)
+    self.confidence_sum = 0.0
 
-  def add(self, tile: Tile, probabilities: np.ndarray) -> None:
-    """`probabilities` [tile, tile, classes]: `tile`'s prediction."""
+  @staticmethod
+  def piece(
+    plan: TilePlan, tile: Tile, probabilities: np.ndarray, threshold: Optional[float] = None
+  ) -> Piece:
+    """`probabilities` [tile, tile, classes], `tile`'s prediction, as its `Piece`."""
     rows = slice(tile.keep_top - tile.top, tile.keep_bottom - tile.top)
     columns = slice(tile.keep_left - tile.left, tile.keep_right - tile.left)
-    self.mask[tile.keep_top : tile.keep_bottom, tile.keep_left : tile.keep_right] = np.argmax(
-      probabilities[rows, columns], axis=-1
-    )
+    classes, winning = _classes(probabilities[rows, columns], threshold)
+    return Piece(tile, classes.shape, _packed(classes), float(winning.sum(dtype=np.float64)))
+
+  def add(self, tile: Tile, probabilities: np.ndarray) -> None:
+    self.add_piece(self.piece(self._plan, tile, probabilities, self._threshold))
+
+  def add_piece(self, piece: Piece) -> None:
+    tile = piece.tile
+    self.mask[tile.keep_top : tile.keep_bottom, tile.keep_left : tile.keep_right] = piece.array()
+    self.confidence_sum += piece.confidence_sum
 
   def finish(self) -> np.ndarray:
     return self.mask
@@ -154,29 +234,76 @@ def gaussian_weights(size: int, sigma_scale: float = 0.125) -> np.ndarray:
 
 class GaussianStitcher:
   """Puts tiles' predictions together by averaging every tile's probabilities at each pixel,
-  weighted by `gaussian_weights`."""
+  weighted by `gaussian_weights`.
 
-  def __init__(self, plan: TilePlan, num_classes: int, sigma_scale: float = 0.125):
+  Tiles come row by row (`TilePlan.tiles`' order; `add_piece` refuses others), so that only
+  one band of rows, a tile high, is being summed at a time: rows above the current tile row
+  are final and go into the mask. Its memory is the mask's and the band's (tile x width x
+  (classes + 1) floats), not the image's probabilities.
+  """
+
+  LEVELS = 65535  # a piece's probabilities are uint16 steps of 1/LEVELS
+
+  def __init__(
+    self,
+    plan: TilePlan,
+    num_classes: int,
+    sigma_scale: float = 0.125,
+    threshold: Optional[float] = None,
+  ):
     self._plan = plan
+    self._threshold = threshold
     self._weights = gaussian_weights(plan.tile, sigma_scale)
-    self._sum = np.zeros((plan.height, plan.width, num_classes), np.float32)
-    self._total = np.zeros((plan.height, plan.width), np.float32)
+    band = min(plan.tile, plan.height)
+    self._sum = np.zeros((band, plan.width, num_classes), np.float32)
+    self._total = np.zeros((band, plan.width), np.float32)
+    self._band_top = 0  # the image row of the band's first row
+    self.mask = np.zeros((plan.height, plan.width), np.uint8)
+    self.confidence_sum = 0.0
+
+  @staticmethod
+  def piece(plan: TilePlan, tile: Tile, probabilities: np.ndarray, threshold=None) -> Piece:
+    """`probabilities` [tile, tile, classes], `tile`'s prediction, as its `Piece`: the part
+    inside the image, in steps of 1/LEVELS."""
+    bottom = min(tile.top + plan.tile, plan.height) - tile.top
+    right = min(tile.left + plan.tile, plan.width) - tile.left
+    levels = np.rint(probabilities[:bottom, :right] * GaussianStitcher.LEVELS).astype(np.uint16)
+    return Piece(tile, levels.shape, _packed(levels), dtype="uint16")
 
   def add(self, tile: Tile, probabilities: np.ndarray) -> None:
-    """`probabilities` [tile, tile, classes]: `tile`'s prediction; what lies in padding is
-    dropped."""
-    bottom = min(tile.top + self._plan.tile, self._plan.height)
-    right = min(tile.left + self._plan.tile, self._plan.width)
-    rows, columns = slice(0, bottom - tile.top), slice(0, right - tile.left)
-    weights = self._weights[rows, columns]
-    self._sum[tile.top : bottom, tile.left : right] += (
-      probabilities[rows, columns] * weights[..., np.newaxis]
-    )
-    self._total[tile.top : bottom, tile.left : right] += weights
+    self.add_piece(self.piece(self._plan, tile, probabilities))
 
-  def probabilities(self) -> np.ndarray:
-    """The blended probabilities [height, width, classes]."""
-    return self._sum / self._total[..., np.newaxis]
+  def add_piece(self, piece: Piece) -> None:
+    tile = piece.tile
+    if tile.top < self._band_top:
+      raise ValueError(f"tile at row {tile.top} came after the rows from {self._band_top}")
+    self._finish_rows(tile.top)
+    probabilities = piece.array().astype(np.float32) / self.LEVELS
+    height, width = probabilities.shape[:2]
+    weights = self._weights[:height, :width]
+    rows = slice(tile.top - self._band_top, tile.top - self._band_top + height)
+    columns = slice(tile.left, tile.left + width)
+    self._sum[rows, columns] += probabilities * weights[..., np.newaxis]
+    self._total[rows, columns] += weights
+
+  def _finish_rows(self, until: int) -> None:
+    """Rows from the band's top to `until` (no later tile reaches them) into the mask; the
+    band moves down to start at `until`."""
+    done = min(until, self._plan.height) - self._band_top
+    if done <= 0:
+      return
+    if done > len(self._total) or not self._total[:done].all():  # a tile went missing
+      raise ValueError(f"no tile came for some of rows {self._band_top} to {until}")
+    blended = self._sum[:done] / self._total[:done, :, np.newaxis]
+    classes, winning = _classes(blended, self._threshold)
+    self.mask[self._band_top : self._band_top + done] = classes
+    self.confidence_sum += float(winning.sum(dtype=np.float64))
+    kept = len(self._total) - done  # rows of the band the next tiles still add to
+    for array in (self._sum, self._total):
+      array[:kept] = array[done:].copy()
+      array[kept:] = 0
+    self._band_top += done
 
   def finish(self) -> np.ndarray:
-    return np.argmax(self._sum, axis=-1).astype(np.uint8)
+    self._finish_rows(self._plan.height)
+    return self.mask

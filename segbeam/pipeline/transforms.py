@@ -30,6 +30,7 @@ from segbeam.pipeline import layout
 from segbeam.pipeline import model_files
 from segbeam.pipeline import rows as rows_lib
 from segbeam.pipeline import schema
+from segbeam.pipeline import tiled
 from segbeam.pipeline import validation
 from segbeam.pipeline.sources import ReadImages
 
@@ -72,6 +73,11 @@ class SegmentImages(beam.PTransform):
     batch_size, handler, inference_slices, postprocess_threads, max_pixels, max_file_bytes,
       ground_truth, label_map, trust_model, require_gpu: as `segbeam run`'s options of the
       same names (`segbeam.options.OPTIONS`, which checks them).
+    tile, tile_overlap, tile_blend, scale, max_tiled_pixels: tiled inference, as `segbeam
+      run`'s --tile and its options: with `tile` ('auto' or a size as a string), images
+      larger than a tile are segmented at full resolution (times `scale`) in overlapping
+      tiles (`segbeam.pipeline.tiled`), the others whole; `max_tiled_pixels` is then the
+      pixel cap.
     breaker: when the run stops because the model fails on every image
       (`options_lib.BreakerLimits`; its defaults where None).
     run_id: recorded in every row, a plain name (`options_lib.check_run_id`); a new one by
@@ -90,6 +96,11 @@ class SegmentImages(beam.PTransform):
     inference_slices: int = constants.DEFAULT_INFERENCE_SLICES,
     postprocess_threads: int = constants.DEFAULT_POSTPROCESS_THREADS,
     max_pixels: int = constants.DEFAULT_MAX_PIXELS,
+    tile: Optional[str] = None,
+    tile_overlap: Optional[int] = None,
+    tile_blend: str = constants.BLEND_CENTRE,
+    scale: float = 1.0,
+    max_tiled_pixels: int = constants.DEFAULT_MAX_TILED_PIXELS,
     max_file_bytes: int = constants.DEFAULT_MAX_FILE_BYTES,
     ground_truth: Optional[str] = None,
     label_map: Optional[str] = None,
@@ -129,6 +140,21 @@ class SegmentImages(beam.PTransform):
       # MakeRows resolves the pending inferences on its background threads and keeps at
       # most two batches of them.
       overlap=True,
+      trust_model=trust_model,
+      require_gpu=require_gpu,
+      breaker=breaker,
+    )
+    self._tiles = None
+    if tile is not None:
+      self._tiles = tiled.TileSettings.resolve(
+        tile, tile_overlap, tile_blend, scale, self.metadata.serving_config
+      )
+      max_pixels = max_tiled_pixels
+    elif (tile_overlap, tile_blend, scale) != (None, constants.BLEND_CENTRE, 1.0):
+      raise ValueError("tile_overlap, tile_blend and scale are for tiles: they need tile")
+    self._handler_options = dict(
+      batch_size=batch_size,
+      inference_slices=inference_slices,
       trust_model=trust_model,
       require_gpu=require_gpu,
       breaker=breaker,
@@ -176,7 +202,22 @@ class SegmentImages(beam.PTransform):
     validated = image_records | "Validate" >> beam.ParDo(
       validation.ValidateImage(max_pixels=self._max_pixels)
     ).with_outputs(elements.FAILURES, main="images")
-    predictions = validated.images | "RunInference" >> RunInference(self._handler)
+    images = validated.images
+    tiled_outputs = None
+    if self._tiles is not None:
+      split = images | "SplitBySize" >> beam.ParDo(tiled.SplitBySize(self._tiles)).with_outputs(
+        tiled.SplitBySize.TILED, main="whole"
+      )
+      images = split.whole
+      tiled_outputs = split[tiled.SplitBySize.TILED] | "Tiled" >> tiled.SegmentTiled(
+        self.model_dir,
+        self._tiles,
+        self.context,
+        len(self.metadata.class_names),
+        distributed=self._distributed,
+        **self._handler_options,
+      )
+    predictions = images | "RunInference" >> RunInference(self._handler)
     segmented = predictions | "Segment" >> beam.ParDo(
       rows_lib.MakeRows(
         self.context,
@@ -186,12 +227,13 @@ class SegmentImages(beam.PTransform):
       )
     ).with_outputs(elements.FAILURES, main="rows")
     rows = segmented.rows
+    failures = [validated[elements.FAILURES], segmented[elements.FAILURES]]
+    if tiled_outputs is not None:
+      rows = (rows, tiled_outputs.rows) | "WholeAndTiled" >> beam.Flatten()
+      failures.append(tiled_outputs.failures)
     if self._ground_truth:
       rows = rows | "GroundTruth" >> self.join_ground_truth(self._ground_truth)
-    failures = (
-      validated[elements.FAILURES],
-      segmented[elements.FAILURES],
-    ) | "Failures" >> beam.Flatten()
+    failures = tuple(failures) | "Failures" >> beam.Flatten()
     return elements.Outputs(rows, failures)
 
 

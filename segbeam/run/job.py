@@ -31,6 +31,7 @@ from segbeam.pipeline import layout
 from segbeam.pipeline import model_files
 from segbeam.pipeline import sessions
 from segbeam.pipeline import sources
+from segbeam.pipeline import tiled
 from segbeam.pipeline import transforms
 from segbeam.run import beam_options
 from segbeam.run import build
@@ -339,8 +340,8 @@ class Prepared(NamedTuple):
 
 def prepare(options: options_lib.RunOptions, *, check_paths: bool = True) -> Prepared:
   """Checks the run before anything is built: the model (its metadata, graph and files), the
-  label map, --skip-existing, and with `check_paths` that the input and ground truth match
-  files and the output folder is writable and free (or resumed, or overwritten), which
+  label map, the tiles, --skip-existing, and with `check_paths` that the input and ground truth
+  match files and the output folder is writable and free (or resumed, or overwritten), which
   claims it (`output_claim`), and --segments-files is no more than the input files. Raises
   exits.InvocationError.
 
@@ -351,6 +352,14 @@ def prepare(options: options_lib.RunOptions, *, check_paths: bool = True) -> Pre
   model_dir, metadata = _read_model(options.model_dir)
   try:
     transforms.label_map_for(options.label_map, metadata)  # a bad --label-map fails here
+    if options.tile is not None:  # and tiles the model cannot take
+      tiled.TileSettings.resolve(
+        options.tile,
+        options.tile_overlap,
+        options.tile_blend,
+        options.scale,
+        metadata.serving_config,
+      )
   except ValueError as error:
     raise exits.InvocationError(str(error)) from error
   if check_paths or model_files.is_local(model_dir):

@@ -527,3 +527,50 @@ def test_a_refusal_quoting_a_planted_claim_escapes_its_control_characters(
   )
   assert code == 2 and len(err.splitlines()) == 1, err
   assert r"run r\x1b[2J\rowned" in err and not CONTROL.search(err), err
+
+
+def test_a_tiled_run_accounts_for_every_image(tiny_export, one_image, tmp_path, capsys):
+  folder = pathlib.Path(one_image)
+  large = synthetic.encode(synthetic.pet_scene(200, 150, 1)[0], "PNG")
+  (folder / "large.png").write_bytes(large)
+  (folder / "cut.png").write_bytes(large[: len(large) // 2])  # its pixels cut short
+  output = str(tmp_path / "out")
+  code, out, _ = _run(
+    capsys,
+    "--input",
+    one_image + "/*.png",
+    "--output",
+    output,
+    "--model",
+    tiny_export[0],
+    "--tile",
+    "64",
+    "--tile-blend",
+    "gaussian",
+  )
+  assert code == 0 and "3 inputs, 2 segmented, 1 failed" in out
+  accounting.assert_accounted_for(output, inputs_seen=3)
+  with open(os.path.join(output, "manifest.json")) as f:
+    manifest = json.load(f)
+  assert manifest["options"]["tile"] == "64" and manifest["options"]["tile_blend"] == "gaussian"
+
+
+@pytest.mark.parametrize(
+  "extra, words",
+  [
+    (["--tile", "48"], "--tile 48: the model takes tiles of any multiple of 32"),
+    (["--tile", "auto", "--tile-overlap", "32"], "--tile-overlap 32 must be smaller than the tile"),
+    (["--scale", "0.5"], "--scale is for tiles: it needs --tile"),
+    (["--tile", "64", "--tile-overlap", "-1"], "--tile-overlap must be 0 or more"),
+  ],
+)
+def test_tiles_no_model_can_take_exit_2_before_the_output_is_claimed(
+  extra, words, tiny_export, one_image, tmp_path, capsys
+):
+  output = str(tmp_path / "out")
+  code, _, err = _run(
+    capsys, "--input", one_image + "/*.png", "--output", output, "--model", tiny_export[0], *extra
+  )
+  assert code == 2
+  assert err.startswith("segbeam run:") and words in err and len(err.splitlines()) == 1
+  assert not os.path.exists(output)

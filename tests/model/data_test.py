@@ -121,3 +121,136 @@ def test_a_dataset_of_no_usable_pair_is_refused(tmp_path, pet_folder):
   )
   with pytest.raises(ValueError, match="none of the 1 pairs could be used .broken: "):
     data.make_dataset(loader, input_size=32, channels=3, batch_size=4, training=True)
+
+
+# --- Crops at native resolution (`segbeam train --crop`) --------------------------------------
+
+
+def _coordinate_pair(folder, width, height, step=1):
+  """A PNG whose red and green values are each pixel's column and row (divided by `step`, to
+  fit a byte), and a mask whose raw values (1 or 3, never 2) follow 8 x 8 blocks of the same
+  coordinates: wherever a crop comes from, its mask must equal `_expected_mask` of its pixels."""
+  yy, xx = np.mgrid[0:height, 0:width]
+  image = np.stack([xx // step, yy // step, np.full_like(xx, 7)], -1).astype(np.uint8)
+  raw = np.where(((xx // step) // 8 + (yy // step) // 8) % 2, 3, 1).astype(np.uint8)
+  name = f"coords_{width}x{height}"
+  image_path, mask_path = folder / f"{name}.png", folder / f"{name}_mask.png"
+  image_path.write_bytes(synthetic.encode(image, "PNG"))
+  mask_path.write_bytes(synthetic.encode(raw, "PNG"))
+  return data.ImageMaskPair(name, str(image_path), str(mask_path))
+
+
+def _expected_mask(x, y):
+  """Classes of the oxford-pet-trimap map for `_coordinate_pair`'s raw values 1 and 3."""
+  return np.where((x // 8 + y // 8) % 2, 2, 0)
+
+
+def _crop_dataset(pairs, *, crop, scale=1.0, training, batch_size=1):
+  loader = data.PairLoader(
+    pairs,
+    channels=3,
+    input_size=crop,
+    label_map=labels.OXFORD_PET_TRIMAP,
+    full_resolution=True,
+  )
+  return data.make_crop_dataset(
+    loader,
+    crop=crop,
+    scale=scale,
+    channels=3,
+    batch_size=batch_size,
+    training=training,
+    augment=False,  # Colour jitter would blur the coordinates.
+  )
+
+
+def _crops(dataset):
+  """(image, mask, weight) numpy arrays of every crop, in order."""
+  return [
+    (i.numpy(), m.numpy(), w.numpy())
+    for images, masks, weights in dataset
+    for i, m, w in zip(images, masks, weights)
+  ]
+
+
+def _check_window(image, mask, weight, size, side):
+  """`image` is a `size` x `size` window of a coordinate image `side` pixels square, `mask`
+  its mask, from the same window; returns the window's origin (column, row)."""
+  assert image.shape == (size, size, 3) and mask.shape == (size, size)
+  x, y = image[..., 0].astype(int), image[..., 1].astype(int)
+  np.testing.assert_array_equal(image[..., 0], x)  # whole values: no blending
+  origin = x[0, 0], y[0, 0]
+  np.testing.assert_array_equal(x, np.broadcast_to(origin[0] + np.arange(size), (size, size)))
+  np.testing.assert_array_equal(y, np.broadcast_to(origin[1] + np.arange(size)[:, None], x.shape))
+  assert 0 <= min(origin) and max(origin) + size <= side
+  np.testing.assert_array_equal(mask, _expected_mask(x, y))
+  assert (weight == 1.0).all()
+  return origin
+
+
+def test_training_crops_are_the_same_window_of_image_and_mask_and_change_each_epoch(tmp_path):
+  pair = _coordinate_pair(tmp_path, 200, 200)
+  dataset = _crop_dataset([pair], crop=64, training=True)
+  assert int(dataset.cardinality()) == 1  # one crop per image per epoch
+  origins = []
+  for _ in range(4):
+    ((image, mask, weight),) = _crops(dataset)
+    origins.append(_check_window(image, mask, weight, 64, 200))
+  assert len(set(origins)) > 1, origins
+
+
+def test_crops_at_a_scale_come_from_the_scaled_image_with_masks_never_interpolated(tmp_path):
+  # 512 x 512 at scale 0.5 is 256 x 256: coordinates x // 2 become exactly x in the crops.
+  pair = _coordinate_pair(tmp_path, 512, 512, step=2)
+  for training in (True, False):
+    crops = _crops(_crop_dataset([pair], crop=64, scale=0.5, training=training))
+    assert len(crops) == (1 if training else 16)  # validation: the 4 x 4 grid of 256 x 256
+    for image, mask, weight in crops:
+      _check_window(image, mask, weight, 64, 256)
+      # Raw values 1 and 3 are classes 0 and 2; bilinear would have made some 1s between them.
+      assert set(np.unique(mask)) <= {0, 2}
+
+
+@pytest.mark.parametrize("scale", [0.5, 0.3])
+def test_a_scaled_mask_keeps_only_its_own_values(tmp_path, scale):
+  """Columns alternate between raw values 1 and 3 (classes 0 and 2): any blending, bilinear
+  or antialiased, would put class 1 between them."""
+  image = np.zeros((128, 128, 3), np.uint8)
+  raw = np.where(np.arange(128) % 2, 3, 1).astype(np.uint8)[None, :].repeat(128, 0)
+  (tmp_path / "stripes.png").write_bytes(synthetic.encode(image, "PNG"))
+  (tmp_path / "stripes_mask.png").write_bytes(synthetic.encode(raw, "PNG"))
+  pair = data.ImageMaskPair(
+    "stripes", str(tmp_path / "stripes.png"), str(tmp_path / "stripes_mask.png")
+  )
+  for training in (True, False):
+    for _, mask, weight in _crops(_crop_dataset([pair], crop=32, scale=scale, training=training)):
+      assert set(np.unique(mask[weight > 0])) <= {0, 2}
+
+
+def test_images_smaller_than_the_crop_are_padded_with_ignored_pixels(tmp_path):
+  pair = _coordinate_pair(tmp_path, 40, 50)
+  for training in (True, False):
+    ((image, mask, weight),) = _crops(_crop_dataset([pair], crop=64, training=training))
+    assert image.shape == (64, 64, 3)
+    np.testing.assert_array_equal(weight[:50, :40], 1.0)
+    assert weight.sum() == 40 * 50  # padding weighs nothing
+    yy, xx = np.mgrid[0:50, 0:40]
+    np.testing.assert_array_equal(mask[:50, :40], _expected_mask(xx, yy))
+    # The image repeats its last row and column, as tiles are padded at run time.
+    np.testing.assert_array_equal(image[50:, :40], np.broadcast_to(image[49, :40], (14, 40, 3)))
+    np.testing.assert_array_equal(image[:, 40:], np.broadcast_to(image[:, 39:40], (64, 24, 3)))
+
+
+def test_validation_crops_are_a_centred_grid_identical_each_pass(tmp_path):
+  pairs = [_coordinate_pair(tmp_path, 160, 160), _coordinate_pair(tmp_path, 200, 130)]
+  dataset = _crop_dataset(pairs, crop=64, training=False, batch_size=4)
+  assert int(dataset.cardinality()) == 3  # 2 x 2 + 3 x 2 crops, 4 a batch
+  first, second = _crops(dataset), _crops(dataset)
+  assert len(first) == 10
+  for (image, mask, weight), again in zip(first, second):
+    for array, same in zip((image, mask, weight), again):
+      np.testing.assert_array_equal(array, same)
+  origins = [_check_window(image, mask, weight, 64, 200) for image, mask, weight in first]
+  # Centred: 160 leaves 16 a side, 200 leaves 4, 130 leaves 1.
+  assert origins[:4] == [(16, 16), (80, 16), (16, 80), (80, 80)]
+  assert origins[4:] == [(4, 1), (68, 1), (132, 1), (4, 65), (68, 65), (132, 65)]

@@ -142,3 +142,31 @@ def test_metadata_json_round_trip():
   )
   assert contract.ModelMetadata.from_json(metadata.to_json()) == metadata
   assert dataclasses.replace(metadata, name="n") != metadata
+
+
+def test_pixels_signature_takes_tiles_of_any_multiple_of_32(tiny_export, tiny_model):
+  """segbeam's U-Nets are fully convolutional: their pixels signature takes any multiple of the
+  encoder's stride (`segbeam run --tile`), and gives what the Keras model gives at that size."""
+  export_dir, metadata = tiny_export
+  serving = metadata.serving_config
+  assert serving.tile_multiple == 32
+  assert serving.takes_tile(64) and serving.takes_tile(96) and not serving.takes_tile(48)
+  forward = tf.saved_model.load(export_dir).signatures[contract.PIXELS_SIGNATURE_NAME]
+  pixels = tf.random.uniform([2, 64, 96, 3], 0, 255, seed=1)
+  # Keras checks an eager call's shape against the model's input; a traced one of unknown
+  # size passes, as the export's does.
+  flexible = tf.function(
+    lambda p: tiny_model(p, training=False), input_signature=[tf.TensorSpec([None] * 4)]
+  )
+  expected = tf.nn.softmax(flexible(pixels), axis=-1).numpy()
+  got = forward(pixels=pixels)[contract.OUTPUT_PROBABILITIES].numpy()
+  assert got.shape == (2, 64, 96, 3)
+  np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_a_model_without_tile_multiple_takes_only_its_input_size(tiny_config):
+  """Exports written before tiles (and the embedded default) are served at their input size
+  only: their metadata's serving config, or the one `unet_serving_config` gives them."""
+  serving = contract.unet_serving_config(dataclasses.replace(tiny_config, input_size=128))
+  assert serving.tile_multiple == 0
+  assert serving.takes_tile(128) and not serving.takes_tile(64) and not serving.takes_tile(256)

@@ -122,3 +122,83 @@ def test_segbeam_train_with_a_partial_label_map_is_a_bad_invocation(pet_folder, 
   assert len(err.splitlines()) == 1 and err.startswith("segbeam train:")
   assert "no raw value maps to border" in err
   assert not output.exists()
+
+
+def _train_args(images, masks, output, *extra):
+  return ["train", "--images", images, "--masks", masks, "--output", str(output), *extra]
+
+
+def test_segbeam_train_on_crops_exports_a_model_of_the_crop_size(tmp_path, capsys):
+  from segbeam import cli
+  from tests import synthetic
+
+  images, masks, names = synthetic.write_dataset(str(tmp_path / "data"), [(160, 160)] * 4)
+  (tmp_path / "train.txt").write_text("\n".join(names[:2]))
+  (tmp_path / "val.txt").write_text("\n".join(names[2:]))
+  output = tmp_path / "run"
+  extra = ["--crop", "64", "--scale", "0.5", "--epochs", "1", "--batch-size", "2"]
+  extra += ["--names", str(tmp_path / "train.txt"), "--val-names", str(tmp_path / "val.txt")]
+  assert cli.main(_train_args(images, masks, output, *extra)) == 0
+  capsys.readouterr()
+  metadata = contract.read_metadata(str(output / "export"))
+  assert metadata.config["input_size"] == 64
+  assert metadata.serving["input_height"] == metadata.serving["input_width"] == 64
+  assert metadata.training["crop"] == 64 and metadata.training["scale"] == 0.5
+  validation = metadata.validation
+  # 160 x 160 at scale 0.5 is 80 x 80: one 64 x 64 crop per validation image.
+  assert validation["resolution"] == "64x64 crops at scale 0.5"
+  assert validation["images"] == 2 and validation["crops"] == 2
+  assert validation["pixels"] == 2 * 64 * 64
+  assert 0.0 <= validation["pixel_accuracy"] <= 1.0
+  assert set(validation["per_class_iou"]) == {"pet", "background", "border"}
+
+
+@pytest.mark.parametrize(
+  "flags,message",
+  [
+    (["--crop", "100"], "--crop must be a positive multiple of 32"),
+    (["--crop", "0"], "--crop must be a positive multiple of 32"),
+    (["--crop", "64", "--scale", "0"], "--scale must be more than 0 and at most 1"),
+    (["--crop", "64", "--scale", "1.5"], "--scale must be more than 0 and at most 1"),
+    (["--scale", "0.5"], "give --crop SIZE too"),
+    (["--crop", "64", "--input-size", "128"], "--input-size 128 conflicts with --crop 64"),
+  ],
+)
+def test_segbeam_train_refuses_bad_crop_options(pet_folder, tmp_path, capsys, flags, message):
+  from segbeam import cli
+
+  images, masks, _ = pet_folder
+  output = tmp_path / "run"
+  assert cli.main(_train_args(images, masks, output, *flags)) == 2
+  err = capsys.readouterr().err.strip()
+  assert len(err.splitlines()) == 1 and err.startswith("segbeam train:")
+  assert message in err
+  assert not output.exists()
+
+
+@pytest.mark.parametrize(
+  "changes,message",
+  [
+    (dict(crop=48), "crop must be a positive multiple of 32"),
+    (dict(crop=64, scale=1.5), "scale must be in"),
+    (dict(scale=0.5), "scale applies to crops only"),
+  ],
+)
+def test_training_config_checks_crop_and_scale(changes, message):
+  with pytest.raises(ValueError, match=message):
+    config_lib.TrainingConfig(**changes)
+
+
+def test_training_on_crops_needs_a_model_of_the_crop_size(pet_folder, tmp_path):
+  images, masks, _ = pet_folder
+  pairs = data.match_pairs(images, masks)
+  with pytest.raises(ValueError, match="needs a model of input size 64, not 32"):
+    training.train(
+      config_lib.preset("mobilenetv2", input_size=32),
+      labels.OXFORD_PET_TRIMAP,
+      pairs[:4],
+      pairs[4:],
+      str(tmp_path / "run"),
+      training_config=config_lib.TrainingConfig(crop=64),
+    )
+  assert not (tmp_path / "run").exists()

@@ -264,7 +264,11 @@ def _rows(output: str, table: str) -> dict[str, dict]:
   return {row["image_id"]: row for row in rows}
 
 
-def test_every_hostile_input_ends_as_exactly_one_row_with_a_precise_reason(tiny_export, tmp_path):
+# Tiled, the images larger than 32 pixels are decoded whole, cut and stitched instead.
+@pytest.mark.parametrize("tiles", [[], ["--tile", "32"]], ids=["whole", "tiled"])
+def test_every_hostile_input_ends_as_exactly_one_row_with_a_precise_reason(
+  tiny_export, tmp_path, tiles
+):
   export_dir, _ = tiny_export
   inputs, outside = tmp_path / "in", tmp_path / "outside"
   inputs.mkdir()
@@ -283,7 +287,7 @@ def test_every_hostile_input_ends_as_exactly_one_row_with_a_precise_reason(tiny_
   job.add_to(
     pipeline,
     options_lib.parse_args(
-      ["--input", f"{inputs}/*", "--output", output, "--model", export_dir, "--mask-files"]
+      ["--input", f"{inputs}/*", "--output", output, "--model", export_dir, "--mask-files"] + tiles
     )[0],
   )
   pipeline.run().wait_until_finish()

@@ -36,6 +36,11 @@ from tests import synthetic
       None,
       "603 images done of 700 read so far (the total is counted as they are read), 3 failed",
     ),
+    (
+      {"inputs_listed": 1, "inputs_seen": 1, "tiles_cut": 10_816, "tiles_inferred": 4_100},
+      None,
+      "0 of 1 images (0%), 0 failed, 4,100 of 10,816 tiles inferred",
+    ),
   ],
 )
 def test_the_progress_line(counts, rate, line):

@@ -24,8 +24,11 @@ SAMPLE = "../shared/data/oxford-pets-sample/images"
     (200, 200, 64, 63),  # the most overlap there is
   ],
 )
-def test_the_kept_regions_cover_every_pixel_once_inside_their_tiles(height, width, tile, overlap):
-  plan = tiling.TilePlan(height, width, tile, overlap)
+@pytest.mark.parametrize("align", [1, 32])
+def test_the_kept_regions_cover_every_pixel_once_inside_their_tiles(
+  height, width, tile, overlap, align
+):
+  plan = tiling.TilePlan(height, width, tile, overlap, align=align)
   covered = np.zeros((height, width), np.int32)
   tiles = list(plan.tiles())
   assert len(tiles) == plan.count()
@@ -122,17 +125,96 @@ def test_gaussian_weights_peak_in_the_middle_and_never_reach_zero():
   assert np.array_equal(weights, weights.T) and np.array_equal(weights, weights[::-1, ::-1])
 
 
-def test_the_blended_probabilities_are_probabilities():
+def _blended_whole(plan, predictions, num_classes):
+  """The Gaussian blend computed over the whole image at once: what the banded stitcher must
+  give (on probabilities in the steps its pieces carry them in)."""
+  weights = tiling.gaussian_weights(plan.tile)
+  total = np.zeros((plan.padded_height, plan.padded_width, num_classes + 1), np.float64)
+  for t, probabilities in predictions:
+    levels = (
+      np.rint(probabilities * tiling.GaussianStitcher.LEVELS) / tiling.GaussianStitcher.LEVELS
+    )
+    window = total[t.top : t.top + plan.tile, t.left : t.left + plan.tile]
+    window[..., :-1] += levels * weights[..., None]
+    window[..., -1] += weights
+  total = total[: plan.height, : plan.width]
+  return total[..., :-1] / total[..., -1:]
+
+
+@pytest.mark.parametrize("height, width", [(150, 170), (40, 300), (64, 64), (1, 500)])
+def test_the_banded_gaussian_blend_equals_the_whole_image_blend(height, width):
   rng = np.random.default_rng(0)
-  plan = tiling.TilePlan(150, 170, 64, 24)
-  stitch = tiling.GaussianStitcher(plan, 4)
+  plan = tiling.TilePlan(height, width, 64, 24)
+  predictions = []
   for t in plan.tiles():
     scores = rng.random((64, 64, 4), np.float32)
-    stitch.add(t, scores / scores.sum(axis=-1, keepdims=True))
-  blended = stitch.probabilities()
-  assert blended.shape == (150, 170, 4)
-  assert np.allclose(blended.sum(axis=-1), 1.0, atol=1e-5)
-  assert np.array_equal(stitch.finish(), np.argmax(blended, axis=-1))
+    predictions.append((t, scores / scores.sum(axis=-1, keepdims=True)))
+  stitch = tiling.GaussianStitcher(plan, 4)
+  for t, probabilities in predictions:
+    stitch.add(t, probabilities)
+  mask = stitch.finish()
+  blended = _blended_whole(plan, predictions, 4)
+  assert np.allclose(blended.sum(axis=-1), 1.0, atol=1e-4)
+  expected = np.argmax(blended, axis=-1)
+  assert mask.shape == (height, width)
+  assert np.mean(mask == expected) >= 0.999  # float32 sums vs float64: near-ties only
+  assert stitch.confidence_sum == pytest.approx(blended.max(axis=-1).sum(), rel=1e-4)
+
+
+def test_the_gaussian_stitcher_refuses_tiles_out_of_row_order():
+  plan = tiling.TilePlan(200, 200, 64, 16)
+  tiles = list(plan.tiles())
+  stitch = tiling.GaussianStitcher(plan, 2)
+  probabilities = np.full((64, 64, 2), 0.5, np.float32)
+  for t in tiles[:5]:  # the first tile row, and the first tile of the second
+    stitch.add(t, probabilities)
+  with pytest.raises(ValueError, match="came after"):
+    stitch.add(tiles[1], probabilities)
+  stitch = tiling.GaussianStitcher(plan, 2)
+  with pytest.raises(ValueError, match="no tile came for some of rows 0 to 136"):
+    stitch.add(tiles[-1], probabilities)  # the rows before it were never covered
+
+
+def test_pieces_are_small_and_give_back_what_went_in():
+  plan = tiling.TilePlan(300, 300, 128, 32)
+  t = next(iter(plan.tiles()))
+  probabilities = np.zeros((128, 128, 3), np.float32)
+  probabilities[..., 1] = 1.0
+  probabilities[40:80, 40:80] = [0.7, 0.1, 0.2]
+  piece = tiling.CentreStitcher.piece(plan, t, probabilities)
+  kept = (t.keep_bottom - t.keep_top, t.keep_right - t.keep_left)
+  assert piece.shape == kept and len(piece.data) < kept[0] * kept[1] // 20
+  expected = np.argmax(probabilities[: kept[0], : kept[1]], axis=-1)
+  assert np.array_equal(piece.array(), expected)
+  assert piece.confidence_sum == pytest.approx(
+    np.max(probabilities[: kept[0], : kept[1]], axis=-1).sum()
+  )
+
+
+def test_a_single_sigmoid_threshold_decides_the_class_in_both_stitchers():
+  plan = tiling.TilePlan(100, 100, 64, 16)
+  foreground = np.full((64, 64), 0.4, np.float32)
+  probabilities = np.stack([1 - foreground, foreground], axis=-1)
+  for make in (
+    lambda: tiling.CentreStitcher(plan, threshold=0.3),
+    lambda: tiling.GaussianStitcher(plan, 2, threshold=0.3),
+  ):
+    stitch = make()
+    for t in plan.tiles():
+      stitch.add(t, probabilities)
+    assert (stitch.finish() == 1).all()  # 0.4 > 0.3, though the argmax says background
+    assert stitch.confidence_sum == pytest.approx(0.4 * 100 * 100, rel=1e-2)
+
+
+def test_aligned_origins_are_multiples_of_the_alignment_and_overlap_at_least_as_asked():
+  plan = tiling.TilePlan(500, 375, 128, 40, align=32)
+  assert plan.stride == 64  # 88 rounded down: overlap 64, not less than 40
+  tiles = list(plan.tiles())
+  assert all(t.top % 32 == 0 and t.left % 32 == 0 for t in tiles)
+  assert plan.padded_height >= 500 and plan.padded_width >= 375
+  assert max(t.top for t in tiles) + 128 == plan.padded_height
+  # A stride that cannot be aligned is left as it is.
+  assert tiling.TilePlan(500, 500, 128, 120, align=32).stride == 8
 
 
 def test_origins_step_by_the_stride_and_end_flush():

@@ -105,10 +105,10 @@ def test_beam_options_pass_and_unknown_ones_are_refused():
     _parse(["--input", "x/*", "--output", "y", "--mask-file"])
   with pytest.raises(
     ValueError,
-    match=r"^unknown option --tile: neither segbeam's nor a Beam "
+    match=r"^unknown option --sharpen: neither segbeam's nor a Beam "
     r"pipeline option$",
   ):
-    _parse(["--input", "x/*", "--output", "y", "--tile", "auto"])
+    _parse(["--input", "x/*", "--output", "y", "--sharpen", "auto"])
   with pytest.raises(ValueError, match=r"unexpected argument 'extra'"):
     _parse(["--input", "x/*", "--output", "y", "extra"])
 
@@ -124,7 +124,14 @@ def test_a_ground_truth_glob_given_as_labels_is_refused():
 
 @pytest.mark.parametrize("command", ["run", "submit"])
 def test_unknown_options_exit_2_in_one_line(command, tmp_path, capsys):
-  argv = ["--input", str(tmp_path / "*.jpg"), "--output", str(tmp_path / "out"), "--tile", "auto"]
+  argv = [
+    "--input",
+    str(tmp_path / "*.jpg"),
+    "--output",
+    str(tmp_path / "out"),
+    "--sharpen",
+    "auto",
+  ]
   if command == "submit":
     argv = [*SUBMIT_DRY_RUN, "--gpu-typ", "nvidia-l4"]
   assert cli.main([command, *argv]) == 2
