@@ -4,7 +4,8 @@
 #     (bench/forward_variants.py);
 #   - `segbeam run` end to end on the sample photos with the default model and the null model
 #     (bench/null_model.py), --postprocess-threads 1, 2 and 4;
-#   - GPU utilisation sampled by nvidia-smi during each run (mean and peak %).
+#   - GPU utilisation sampled by nvidia-smi during each run (mean and peak %);
+#   - `segbeam run --tile auto` on one mosaic of the photos (tiled inference, issue 34): tiles/s.
 # Without an NVIDIA GPU it runs a small CPU fallback of the same steps (how it is tested here).
 #
 # On a GPU it runs TensorFlow's GPU build, as the worker image has it: TensorFlow's `and-cuda`
@@ -68,11 +69,13 @@ SEGBEAM=$(dirname "$PY")/segbeam
 
 if [ "$MODE" = gpu ]; then
   IMAGES=${GPU_CHECK_IMAGES:-4500}
+  MOSAIC=${GPU_CHECK_MOSAIC:-4096}
   SECONDS_EACH=${GPU_CHECK_FORWARD_SECONDS:-5}
   FORWARD_ARGS=(--batch-sizes 32,64,128,256 --xla off,on --precision float32,mixed)
 else
   MODE=cpu
   IMAGES=${GPU_CHECK_IMAGES:-90}
+  MOSAIC=${GPU_CHECK_MOSAIC:-512}
   SECONDS_EACH=${GPU_CHECK_FORWARD_SECONDS:-1}
   FORWARD_ARGS=(--batch-sizes 32 --xla off --precision float32)
 fi
@@ -135,8 +138,30 @@ for model in default null; do
   done
 done
 
-# 4. One table.
-"$PY" - "$WORK/forward.txt" "$RUNS" "$IMAGES" << 'PY'
+# 4. Tiled: one square mosaic of the photos, MOSAIC pixels a side, --tile auto (the default
+# model's 128, overlap 32).
+mkdir "$WORK/mosaic"
+"$PY" - "$PHOTOS" "$MOSAIC" "$WORK/mosaic/mosaic.png" << 'PY'
+import glob, os, sys
+from PIL import Image
+photos, size, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+mosaic, names = Image.new("RGB", (size, size)), sorted(glob.glob(os.path.join(photos, "*")))
+for i, (top, left) in enumerate((t, l) for t in range(0, size, 256) for l in range(0, size, 256)):
+  mosaic.paste(Image.open(names[i % len(names)]).convert("RGB").resize((256, 256)), (left, top))
+mosaic.save(path)
+PY
+start=$(date +%s.%N)
+"$SEGBEAM" run --input "$WORK/mosaic/*" --output "$WORK/out-tiled" --tile auto \
+  > "$WORK/run.log" 2>&1 || {
+  tail -5 "$WORK/run.log" >&2
+  exit 1
+}
+end=$(date +%s.%N)
+segmented=$(sed -n 's/.* \([0-9]*\) segmented.*/\1/p' "$WORK/run.log" | head -1)
+echo "$MOSAIC $start $end ${segmented:-0}" > "$WORK/tiled.txt"
+
+# 5. One table.
+"$PY" - "$WORK/forward.txt" "$RUNS" "$IMAGES" "$WORK/tiled.txt" << 'PY'
 import json, sys
 forward_path, runs_path, images = sys.argv[1], sys.argv[2], int(sys.argv[3])
 print("\n| what | setting | img/s | notes |\n| --- | --- | --- | --- |")
@@ -153,4 +178,10 @@ for line in open(runs_path):
     notes += "; GPU " + " ".join(util)
   print(f"| segbeam run, {model} model | --postprocess-threads {threads} | "
         f"{images / seconds:.0f} | {notes} |")
+size, start, end, segmented = open(sys.argv[4]).read().split()
+side = (int(size) - 32 + 95) // 96 if int(size) > 128 else 1  # tiles a side: stride 96
+seconds = float(end) - float(start)
+print(f"| segbeam run, default model, tiled | --tile auto, {size}x{size}, {side * side} tiles | "
+      f"{side * side / seconds:.0f} tiles/s | {segmented}/1 segmented, {seconds:.1f} s with "
+      "start-up |")
 PY

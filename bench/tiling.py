@@ -110,7 +110,7 @@ def make_inputs(args_dict: dict, work: str) -> dict:
 
   from segbeam.model import contract
   from segbeam.model import defaults
-  from segbeam.pipeline import tiled
+  from segbeam.pipeline import tiled_inference as tiled
 
   args = argparse.Namespace(**args_dict)
   serving = contract.read_metadata(defaults.default_model_dir()).serving_config
@@ -203,14 +203,15 @@ def piece_sizes(image_path: str, sample: int, batch_size: int) -> dict:
 
   from segbeam.model import defaults
   from segbeam.model import export
-  from segbeam.pipeline import tiled
+  from segbeam.model import preprocessing
+  from segbeam.pipeline import tiled_inference as tiled
   from segbeam.pipeline import tiling
 
   model = export.LoadedExport(defaults.default_model_dir())
   serving = model.metadata.serving_config
   settings = tiled.TileSettings.resolve("auto", None, "centre", 1.0, serving)
   with open(image_path, "rb") as f:
-    pixels = tiled.decode_pixels(f.read(), settings.channels)
+    pixels = preprocessing.decode_image(f.read(), settings.channels).numpy()
   plan = settings.plan(*pixels.shape[:2])
   tiles = list(plan.tiles())
   chosen = [tiles[i * len(tiles) // sample] for i in range(min(sample, len(tiles)))]

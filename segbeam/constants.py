@@ -31,7 +31,7 @@ DEFAULT_BATCH_SIZE = 32
 
 # Tiled inference (`segbeam run --tile`, `segbeam.pipeline.tiled`): its own pixel cap, since an
 # image is decoded whole at full resolution there; how tiles' predictions are put together.
-DEFAULT_MAX_TILED_PIXELS = 200_000_000
+DEFAULT_MAX_TILED_PIXELS = 100_000_000
 TILE_AUTO = "auto"
 BLEND_CENTRE = "centre"
 BLEND_GAUSSIAN = "gaussian"

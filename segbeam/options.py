@@ -16,7 +16,7 @@ import itertools
 import os
 import re
 import uuid
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from segbeam import constants
 
@@ -164,6 +164,8 @@ def _optional(check: Callable[[Any, str], None]) -> Callable[[Any, str], None]:
 def _tile_check(value: Optional[str], flag: str) -> None:
   if value is None or value == constants.TILE_AUTO:
     return
+  if isinstance(value, int) and not isinstance(value, bool):  # from Python, not the command line
+    value = str(value)
   if not (isinstance(value, str) and value.isascii() and value.isdigit() and int(value) >= 1):
     raise ValueError(f"{flag} must be a size in pixels or {constants.TILE_AUTO!r}, got {value!r}")
 
@@ -248,7 +250,8 @@ OPTIONS: tuple[Option, ...] = (
   Option(
     "max_pixels",
     constants.DEFAULT_MAX_PIXELS,
-    "refuse images declaring more pixels, before decoding (default: %(default)s)",
+    "refuse images declaring more pixels, before decoding (default: %(default)s; with --tile, "
+    "--max-tiled-pixels instead)",
     type=int,
     check=at_least(1),
     changes_rows=True,
@@ -262,9 +265,9 @@ OPTIONS: tuple[Option, ...] = (
   Option(
     "tile",
     None,
-    "segment images larger than SIZE pixels a side in overlapping SIZE x SIZE tiles at full "
-    "resolution (times --scale), stitched into one mask; 'auto': the model's input size. "
-    "Images that fit one tile are segmented whole, as without it",
+    "segment images at full resolution (times --scale) in overlapping SIZE x SIZE tiles, "
+    "stitched into one mask; 'auto': the model's input size. Images no larger than the "
+    "model's input, at --scale 1, are segmented whole, as without it",
     metavar="SIZE|auto",
     check=_tile_check,
     changes_rows=True,
@@ -656,16 +659,35 @@ def _check(self) -> None:
     _check_value(option, getattr(self, option.name))
   if self.resume and self.overwrite:
     raise ValueError("--resume continues the run in --output, --overwrite replaces it: pick one")
-  if self.tile is None:
-    for name, default in (
-      ("scale", 1.0),
-      ("tile_overlap", None),
-      ("tile_blend", constants.BLEND_CENTRE),
-    ):
-      if getattr(self, name) != default:
+  check_tiles(**{name: getattr(self, name) for name in _TILE_OPTIONS})
+
+
+# The options of tiled inference, which all but `tile` itself need.
+_TILE_OPTIONS = ("tile", "tile_overlap", "tile_blend", "scale", "max_tiled_pixels")
+
+
+def check_tiles(**values: Any) -> None:
+  """Raises ValueError where the options of tiled inference (`_TILE_OPTIONS`, by name; those
+  not given at their defaults) do not go together: one given without --tile, an overlap not
+  smaller than a numeric tile."""
+  values = {name: values.get(name, BY_NAME[name].default) for name in _TILE_OPTIONS}
+  tile = values["tile"]
+  if tile is None:
+    for name in _TILE_OPTIONS[1:]:
+      if values[name] != BY_NAME[name].default:
         raise ValueError(f"{BY_NAME[name].option_string} is for tiles: it needs --tile")
-  elif self.tile != constants.TILE_AUTO and self.tile_overlap is not None:
-    check_overlap(int(self.tile), self.tile_overlap)
+  elif tile != constants.TILE_AUTO and values["tile_overlap"] is not None:
+    check_overlap(int(tile), values["tile_overlap"])
+
+
+def mask_settings(values: Mapping[str, Any]) -> dict[str, Any]:
+  """How a run makes each mask besides its model, by flag, from its options (a manifest's, by
+  field name; a missing one at its default, as runs before tiles recorded none): runs that
+  differ here make different masks of the same image with the same model."""
+  return {
+    BY_NAME[name].option_string: values.get(name, BY_NAME[name].default)
+    for name in _TILE_OPTIONS[:-1]  # not the pixel cap: it decides which images fail
+  }
 
 
 def check_overlap(tile: int, overlap: int) -> None:

@@ -50,6 +50,8 @@ def test_gpu_check_cpu_fallback_prints_its_table(pet_folder):
   for model in ("default", "null"):
     (row,) = [r for r in rows if r.startswith(f"| segbeam run, {model} model |")]
     assert "8/8 segmented" in row, row
+  (tiled,) = [r for r in rows if r.startswith("| segbeam run, default model, tiled |")]
+  assert "--tile auto, 512x512, 25 tiles" in tiled and "1/1 segmented" in tiled, tiled
 
 
 def test_gpu_check_stops_when_tensorflow_sees_no_gpu(pet_folder):

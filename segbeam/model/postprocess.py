@@ -37,6 +37,15 @@ def class_mask(
   return _shrunk_class_mask(probabilities, height, width)
 
 
+def enlarged_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
+  """A uint8 class mask at `height` x `width`, resized with nearest neighbour: classes are
+  never interpolated (a mask segmented at a fraction of an image's size, `segbeam run
+  --scale`)."""
+  if mask.shape == (height, width):
+    return mask
+  return np.asarray(Image.fromarray(mask).resize((width, height), Image.Resampling.NEAREST))
+
+
 def class_pixel_counts(mask: np.ndarray, num_classes: int) -> np.ndarray:
   """Pixels of each class in a uint8 mask, as int64 [num_classes]."""
   if num_classes <= 16:

@@ -28,11 +28,12 @@ import collections
 import concurrent.futures
 import dataclasses
 import logging
+import operator
 import os
 import re
 import threading
 import uuid
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -135,6 +136,10 @@ class _ExportHandler(base.ModelHandler):
 
   def get_num_bytes(self, batch: Sequence[bytes]) -> int:
     return sum(len(data) for data in batch)
+
+  def probe_element(self) -> Any:
+    """What `probe` runs through the model as it loads: an element every image's model takes."""
+    return probe_image()
 
   def batch_elements_kwargs(self) -> Mapping[str, Any]:
     return self._batch
@@ -263,17 +268,16 @@ def probe_image() -> bytes:
   return tf.io.encode_png(pixels.astype(np.uint8)).numpy()
 
 
-def probe(handler: base.ModelHandler, model: Any) -> None:
-  """Runs `probe_image` (or the handler's own `probe_element`) through `model`; raises
+def probe(handler: _ExportHandler, model: Any) -> None:
+  """Runs the handler's `probe_element` through `model`; raises
   `elements.ModelFailureError` with the real error (the driver, CUDA, cuDNN, memory) where it
   fails: then every image would."""
-  element = handler.probe_element() if hasattr(handler, "probe_element") else probe_image()
   try:
-    outputs = list(handler.run_inference([element], model))
+    outputs = list(handler.run_inference([handler.probe_element()], model))
   except Exception as error:  # any failure on a good image is the model's or the device's
     raise elements.ModelFailureError(
       f"the model fails on a built-in probe image at load, so it would fail on every image: "
-      f"{type(error).__name__}: {_shown(messages.one_line(error))}"
+      f"{type(error).__name__}: {shown(messages.one_line(error))}"
     ) from error
   if len(outputs) != 1:
     raise elements.ModelFailureError(
@@ -312,14 +316,20 @@ def create_handler(
   """The keyed, isolating handler `name` over the export in `model_dir` (see
   `IsolatingModelHandler` for `slices`, `overlap` and `breaker`; `trust_model`: load it
   whatever ops its graph holds; `require_gpu`: fail the load where TensorFlow sees no GPU);
-  with `tile` (side, channels), a `TileHandler` whatever `name` says."""
+  with `tile` (side, channels), a `TileHandler` whatever `name` says, over keys whose `image`
+  says the image of their tile (the breaker counts images, not tiles)."""
   options = dict(max_batch_size=max_batch_size, trust_model=trust_model, require_gpu=require_gpu)
   if tile is None:
-    handler = _export_handler(name, model_dir, **options)
+    handler, image_of = _export_handler(name, model_dir, **options), None
   else:
     handler = TileHandler(model_dir, tile=tile[0], channels=tile[1], **options)
+    image_of = operator.attrgetter("image")
   return IsolatingModelHandler(
-    base.KeyedModelHandler(handler), slices=slices, overlap=overlap, breaker=breaker
+    base.KeyedModelHandler(handler),
+    slices=slices,
+    overlap=overlap,
+    breaker=breaker,
+    image_of=image_of,
   )
 
 
@@ -332,16 +342,19 @@ def outputs_as_arrays(inference: Any) -> dict[str, np.ndarray]:
   return {name: tf.make_ndarray(proto)[0] for name, proto in outputs.items()}
 
 
-_GRAPH_NODE = re.compile(r"\s*\[\[.*?\]\]")
+# TensorFlow's names of the failing graph node ("[[{{node map/while/.../DecodeJpeg}}]]"), the
+# function and device of an eager op ("{{function_node __wrapped__DecodeImage_device_/job:...}}")
+# and the op ("[Op:DecodeImage]"): noise in an error row, and different on every worker.
+_GRAPH_NODE = re.compile(r"\s*(\[\[.*?\]\]|\{\{function_node [^}]*\}\}|\[Op:\w+\])")
 # Errors of the device or its resources, never of an image's bytes.
 _DEVICE_ERRORS = frozenset(
   {"MemoryError", "ResourceExhaustedError", "InternalError", "UnavailableError", "AbortedError"}
 )
 
 
-def _shown(message: str) -> str:
-  # TensorFlow appends the failing graph node ("[[{{node map/while/.../DecodeJpeg}}]]"): noise
-  # in an error row, which should say what is wrong with the image.
+def shown(message: str) -> str:
+  """A TensorFlow error's message as an error row shows it: without its graph node, function,
+  device or op names (`_GRAPH_NODE`), which say nothing about the image."""
   return _GRAPH_NODE.sub("", message).strip() or message
 
 
@@ -373,7 +386,7 @@ def _failure_for(error: BaseException, data: Any) -> InferenceFailure:
   # A tile (an array) was decoded before it was cut.
   is_decode = error_type not in _DEVICE_ERRORS and isinstance(data, bytes) and not _decodes(data)
   return InferenceFailure(
-    elements.STAGE_DECODE if is_decode else elements.STAGE_INFER, error_type, _shown(message)
+    elements.STAGE_DECODE if is_decode else elements.STAGE_INFER, error_type, shown(message)
   )
 
 
@@ -386,24 +399,39 @@ class _Breaker:
   """One process's count of a handler's images failing in the model (`options_lib.BreakerLimits`);
   shared by the process's threads."""
 
+  # Images of tiles already counted as failed, most recent last (`record`'s `image_of`).
+  FAILED_IMAGES_KEPT = 4096
+
   def __init__(self, limits: options_lib.BreakerLimits, batch_size: int):
     self._limits = limits
     self._in_a_row_limit = limits.batches * max(batch_size, MIN_BREAKER_BATCH)
     self._lock = threading.Lock()
+    self._failed_images: collections.OrderedDict = collections.OrderedDict()
     self._inferred = 0
     self._failed_in_first = 0
     self._in_a_row = 0
     self._failed = 0
     self._tripped: Optional[str] = None
 
-  def record(self, results: Sequence[tuple[Any, Any]]) -> None:
+  def record(
+    self, results: Sequence[tuple[Any, Any]], image_of: Optional[Callable[[Any], Any]] = None
+  ) -> None:
     """Counts one isolated call's (key, inference or InferenceFailure) results; raises
-    ModelFailureError once the limits are passed (and at every call after)."""
+    ModelFailureError once the limits are passed (and at every call after).
+
+    Args:
+      image_of: for keys that are tiles, the image a key's tile belongs to: then each image
+        counts once, failed where a tile of it failed, and an image already counted as failed
+        is not counted again (its tiles span calls): one image's many tiles are not many
+        images' evidence against the model.
+    """
     limits = self._limits
-    failures = [r for _, r in results if isinstance(r, InferenceFailure)]
-    in_model = [f for f in failures if f.stage == elements.STAGE_INFER]
     with self._lock:
-      if self._tripped is None:
+      if image_of is not None:
+        results = self._per_image(results, image_of)
+      failures = [r for _, r in results if isinstance(r, InferenceFailure)]
+      in_model = [f for f in failures if f.stage == elements.STAGE_INFER]
+      if self._tripped is None and results:
         self._failed_in_first += max(0, min(len(in_model), limits.first_images - self._inferred))
         self._inferred += len(results)
         self._failed += len(in_model)
@@ -429,6 +457,28 @@ class _Breaker:
           )
       if self._tripped is not None:
         raise elements.ModelFailureError(self._tripped)
+
+  def _per_image(self, results, image_of) -> list[tuple[Any, Any]]:
+    """One result per image among tiles' `results`: its first failure, else its first result;
+    images counted as failed before left out. Called under the lock."""
+    by_image: dict[Any, tuple[Any, Any]] = {}
+    for key, result in results:
+      image = image_of(key)
+      if image not in by_image or (
+        isinstance(result, InferenceFailure)
+        and not isinstance(by_image[image][1], InferenceFailure)
+      ):
+        by_image[image] = (key, result)
+    kept = []
+    for image, (key, result) in by_image.items():
+      if image in self._failed_images:
+        continue
+      if isinstance(result, InferenceFailure):
+        self._failed_images[image] = None
+        if len(self._failed_images) > self.FAILED_IMAGES_KEPT:
+          self._failed_images.popitem(last=False)
+      kept.append((key, result))
+    return kept
 
 
 def _most_common(failures: Sequence[InferenceFailure]) -> str:
@@ -516,7 +566,8 @@ class IsolatingModelHandler(base.ModelHandler):
   inference a `PendingInference`: the caller prepares the next batch while this one is
   inferred (the slice threads take batches in the order they came).
   The breaker counts each slice's call in this process (`options_lib.BreakerLimits`, its defaults
-  where `breaker` is None) and raises `elements.ModelFailureError` once they are passed.
+  where `breaker` is None) and raises `elements.ModelFailureError` once they are passed; with
+  `image_of` (key -> the image of its tile), it counts images, not tiles (`_Breaker.record`).
   """
 
   def __init__(
@@ -526,6 +577,7 @@ class IsolatingModelHandler(base.ModelHandler):
     slices: int = 1,
     overlap: bool = False,
     breaker: Optional[options_lib.BreakerLimits] = None,
+    image_of: Optional[Callable[[Any], Any]] = None,
   ):
     super().__init__()
     if slices < 1:
@@ -534,6 +586,7 @@ class IsolatingModelHandler(base.ModelHandler):
     self._slices = slices
     self._overlap = overlap
     self._breaker_limits = breaker or options_lib.BreakerLimits()
+    self._image_of = image_of
     self._batch_size = handler.batch_elements_kwargs().get("max_batch_size", 1)
     # Names this handler's breaker in each process it is unpickled in: one count per run.
     self._breaker_token = uuid.uuid4().hex
@@ -592,7 +645,7 @@ class IsolatingModelHandler(base.ModelHandler):
             results.extend(self._handler.run_inference([element], model, inference_args))
           except Exception as error:  # this image alone is bad
             results.append((element[0], _failure_for(error, element[1])))
-    breaker.record(results)
+    breaker.record(results, self._image_of)
     return results
 
   def get_num_bytes(self, batch) -> int:

@@ -151,7 +151,7 @@ class Piece:
 
   Attributes:
     tile: the tile it comes from.
-    shape: the shape of `data`'s uint8 array.
+    shape: the shape of `data`'s array.
     data: that array, zlib-compressed: the kept region's uint8 classes (`CentreStitcher`), or
       the probabilities of the tile's part inside the image as uint16 steps of 1/65535
       (`GaussianStitcher`: steps of 1/255 would decide the class of pixels whose two best
@@ -195,7 +195,10 @@ class CentreStitcher:
     threshold: a single sigmoid's foreground threshold, where the mask is not the argmax.
   """
 
-  def __init__(self, plan: TilePlan, threshold: Optional[float] = None):
+  def __init__(
+    self, plan: TilePlan, num_classes: Optional[int] = None, threshold: Optional[float] = None
+  ):
+    del num_classes  # what `GaussianStitcher` needs; classes are written as they come here
     self._plan = plan
     self._threshold = threshold
     self.mask = np.zeros((plan.height, plan.width), np.uint8)

@@ -30,7 +30,7 @@ from segbeam.pipeline import layout
 from segbeam.pipeline import model_files
 from segbeam.pipeline import rows as rows_lib
 from segbeam.pipeline import schema
-from segbeam.pipeline import tiled
+from segbeam.pipeline import tiled_inference
 from segbeam.pipeline import validation
 from segbeam.pipeline.sources import ReadImages
 
@@ -74,10 +74,10 @@ class SegmentImages(beam.PTransform):
       ground_truth, label_map, trust_model, require_gpu: as `segbeam run`'s options of the
       same names (`segbeam.options.OPTIONS`, which checks them).
     tile, tile_overlap, tile_blend, scale, max_tiled_pixels: tiled inference, as `segbeam
-      run`'s --tile and its options: with `tile` ('auto' or a size as a string), images
-      larger than a tile are segmented at full resolution (times `scale`) in overlapping
-      tiles (`segbeam.pipeline.tiled`), the others whole; `max_tiled_pixels` is then the
-      pixel cap.
+      run`'s --tile and its options: with `tile` ('auto' or a size), images are segmented at
+      `scale` times their full resolution in overlapping tiles
+      (`segbeam.pipeline.tiled_inference`), but those the model takes whole at scale 1;
+      `max_tiled_pixels` is then the pixel cap.
     breaker: when the run stops because the model fails on every image
       (`options_lib.BreakerLimits`; its defaults where None).
     run_id: recorded in every row, a plain name (`options_lib.check_run_id`); a new one by
@@ -132,33 +132,38 @@ class SegmentImages(beam.PTransform):
       label_map_for(label_map, self.metadata),
       mask_threshold=self.metadata.mask_threshold,
     )
-    self._handler = inference.create_handler(
-      handler,
-      self.model_dir,
+    handler_options = dict(
       max_batch_size=batch_size,
       slices=inference_slices,
-      # MakeRows resolves the pending inferences on its background threads and keeps at
-      # most two batches of them.
-      overlap=True,
       trust_model=trust_model,
       require_gpu=require_gpu,
       breaker=breaker,
     )
-    self._tiles = None
+    # MakeRows resolves the pending inferences on its background threads and keeps at most
+    # two batches of them.
+    self._handler = inference.create_handler(
+      handler, self.model_dir, overlap=True, **handler_options
+    )
+    options_lib.check_tiles(
+      tile=tile,
+      tile_overlap=tile_overlap,
+      tile_blend=tile_blend,
+      scale=scale,
+      max_tiled_pixels=max_tiled_pixels,
+    )
+    self._tiles = self._tile_handler = None
     if tile is not None:
-      self._tiles = tiled.TileSettings.resolve(
+      self._tiles = tiled_inference.TileSettings.resolve(
         tile, tile_overlap, tile_blend, scale, self.metadata.serving_config
       )
+      # The tiles' own handler: the export's pixels signature, the breaker counting images.
+      self._tile_handler = inference.create_handler(
+        constants.HANDLER_SAVED_MODEL,
+        self.model_dir,
+        tile=(self._tiles.size, self._tiles.channels),
+        **handler_options,
+      )
       max_pixels = max_tiled_pixels
-    elif (tile_overlap, tile_blend, scale) != (None, constants.BLEND_CENTRE, 1.0):
-      raise ValueError("tile_overlap, tile_blend and scale are for tiles: they need tile")
-    self._handler_options = dict(
-      batch_size=batch_size,
-      inference_slices=inference_slices,
-      trust_model=trust_model,
-      require_gpu=require_gpu,
-      breaker=breaker,
-    )
     self._max_pixels = max_pixels
     self._postprocess_threads = postprocess_threads
     self._batch_size = batch_size
@@ -205,17 +210,18 @@ class SegmentImages(beam.PTransform):
     images = validated.images
     tiled_outputs = None
     if self._tiles is not None:
-      split = images | "SplitBySize" >> beam.ParDo(tiled.SplitBySize(self._tiles)).with_outputs(
-        tiled.SplitBySize.TILED, main="whole"
-      )
+      split = images | "SplitBySize" >> beam.ParDo(
+        tiled_inference.SplitBySize(self._tiles)
+      ).with_outputs(tiled_inference.SplitBySize.TILED, main="whole")
       images = split.whole
-      tiled_outputs = split[tiled.SplitBySize.TILED] | "Tiled" >> tiled.SegmentTiled(
-        self.model_dir,
-        self._tiles,
-        self.context,
-        len(self.metadata.class_names),
-        distributed=self._distributed,
-        **self._handler_options,
+      tiled_outputs = split[tiled_inference.SplitBySize.TILED] | "Tiled" >> (
+        tiled_inference.SegmentTiled(
+          self._tile_handler,
+          self._tiles,
+          self.context,
+          len(self.metadata.class_names),
+          distributed=self._distributed,
+        )
       )
     predictions = images | "RunInference" >> RunInference(self._handler)
     segmented = predictions | "Segment" >> beam.ParDo(

@@ -14,7 +14,7 @@ import os
 import re
 import sys
 import uuid
-from typing import NamedTuple, Optional, Sequence
+from typing import Any, NamedTuple, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystem import FileSystem
@@ -31,7 +31,7 @@ from segbeam.pipeline import layout
 from segbeam.pipeline import model_files
 from segbeam.pipeline import sessions
 from segbeam.pipeline import sources
-from segbeam.pipeline import tiled
+from segbeam.pipeline import tiled_inference
 from segbeam.pipeline import transforms
 from segbeam.run import beam_options
 from segbeam.run import build
@@ -116,6 +116,19 @@ def _differences(theirs: dict, mine: dict) -> str:
   )
 
 
+def _completed_differently(
+  output: str, options: options_lib.RunOptions, metadata: contract.ModelMetadata
+) -> str:
+  """How the completed run in `output` made its masks otherwise than `options` would, by its
+  manifest (its claim is gone): the model's version and `options_lib.mask_settings`."""
+  manifest = layout.read_manifest(output) or {}
+  theirs = options_lib.mask_settings(manifest.get("options", {}))
+  theirs["the model"] = manifest.get("model", {}).get("version")
+  mine = options_lib.mask_settings(dataclasses.asdict(options))
+  mine["the model"] = metadata.version
+  return _differences(theirs, mine)
+
+
 def _check_writable(output: str) -> None:
   try:
     if not FileSystems.exists(output):
@@ -166,6 +179,11 @@ def _claim_output(
   try:
     if options.resume:
       if layout.MANIFEST_FILE in previous:
+        differs = _completed_differently(output, options, metadata)
+        if differs:  # nothing to resume, and not what this command would have made either
+          raise exits.InvocationError(
+            f"--resume refused: {output} holds a completed run, made with {differs}"
+          )
         raise NothingToResumeError(f"{output} holds a completed run: nothing to resume")
       if held is None:
         if previous:
@@ -235,10 +253,15 @@ def _same_place(a: str, b: str) -> bool:
 
 
 def _check_skip_existing(
-  previous_outputs: Sequence[str], output: str, *, check_paths: bool
+  previous_outputs: Sequence[str],
+  output: str,
+  *,
+  check_paths: bool,
+  mask_settings: Optional[dict[str, Any]] = None,
 ) -> None:
   """Each --skip-existing folder must hold a completed run, and must not be --output (which
-  --overwrite would delete before it is read)."""
+  --overwrite would delete before it is read); with `mask_settings` (`options.mask_settings`
+  of this run), its run must have made masks the same way (tiles, scale)."""
   for previous in previous_outputs:
     if _same_place(previous, output):
       raise exits.InvocationError(
@@ -254,6 +277,14 @@ def _check_skip_existing(
         raise exits.InvocationError(
           f"--skip-existing {previous}: cannot read its manifest: {error}"
         ) from error
+      if mask_settings is not None:
+        theirs = options_lib.mask_settings(layout.read_manifest(previous).get("options", {}))
+        differs = _differences(theirs, mask_settings)
+        if differs:
+          raise exits.InvocationError(
+            f"--skip-existing {previous}: its masks were made with {differs}: they are not "
+            "this run's masks"
+          )
 
 
 def _holds_inputs(pattern: str, output: str) -> bool:
@@ -353,7 +384,7 @@ def prepare(options: options_lib.RunOptions, *, check_paths: bool = True) -> Pre
   try:
     transforms.label_map_for(options.label_map, metadata)  # a bad --label-map fails here
     if options.tile is not None:  # and tiles the model cannot take
-      tiled.TileSettings.resolve(
+      tiled_inference.TileSettings.resolve(
         options.tile,
         options.tile_overlap,
         options.tile_blend,
@@ -364,7 +395,12 @@ def prepare(options: options_lib.RunOptions, *, check_paths: bool = True) -> Pre
     raise exits.InvocationError(str(error)) from error
   if check_paths or model_files.is_local(model_dir):
     _check_model(model_dir, trust=options.trust_model)
-  _check_skip_existing(options.skip_existing, options.output, check_paths=check_paths)
+  _check_skip_existing(
+    options.skip_existing,
+    options.output,
+    check_paths=check_paths,
+    mask_settings=options_lib.mask_settings(dataclasses.asdict(options)),
+  )
   _check_output_apart(options, check_paths=check_paths)
   if check_paths:
     _check_input(options.input)

@@ -574,3 +574,23 @@ def test_tiles_no_model_can_take_exit_2_before_the_output_is_claimed(
   assert code == 2
   assert err.startswith("segbeam run:") and words in err and len(err.splitlines()) == 1
   assert not os.path.exists(output)
+
+
+def test_an_earlier_run_that_made_masks_another_way_is_neither_skipped_nor_resumed(
+  tiny_export, one_image, tmp_path, capsys
+):
+  """--skip-existing of a run without tiles in a tiled run would keep its resized masks; a
+  completed run resumed with other tiles would report what this command did not make."""
+  base = ["--input", one_image + "/*.png", "--model", tiny_export[0]]
+  earlier = str(tmp_path / "earlier")
+  assert _run(capsys, *base, "--output", earlier)[0] == 0
+  code, _, err = _run(
+    capsys, *base, "--output", str(tmp_path / "new"), "--tile", "auto", "--skip-existing", earlier
+  )
+  assert code == 2 and len(err.splitlines()) == 1
+  assert "its masks were made with --tile None (this run: 'auto')" in err
+  code, _, err = _run(capsys, *base, "--output", earlier, "--resume", "--tile", "auto")
+  assert code == 2 and len(err.splitlines()) == 1
+  assert f"--resume refused: {earlier} holds a completed run, made with --tile None" in err
+  code, out, _ = _run(capsys, *base, "--output", earlier, "--resume")
+  assert code == 0 and "nothing to resume" in out + _

@@ -1,5 +1,7 @@
 """Model handlers: a fake to pin the isolation logic, the real export for both handlers."""
 
+import collections
+import operator
 import os
 import subprocess
 import sys
@@ -434,3 +436,31 @@ def test_a_pending_inference_pickles_as_its_result():
   [(_, pending)] = handler.run_inference([("a", b"7")], "model")
   assert pickler.loads(pickler.dumps(pending)) == b"77"
   assert inference.resolve(b"already there") == b"already there"
+
+
+def _tiles(image: str, count: int, start: int = 0):
+  """`count` tiles of `image`, as (key, bytes): the key's `image` names the tile's image."""
+  key = collections.namedtuple("Key", "image index")
+  return [(key(image, i), PHOTO + f"{image}{i}".encode()) for i in range(start, start + count)]
+
+
+def _isolating_tiles(device, **limits):
+  device.batch_elements_kwargs = lambda: {"max_batch_size": 8}
+  return inference.IsolatingModelHandler(
+    base.KeyedModelHandler(device),
+    breaker=options_lib.BreakerLimits(**limits),
+    image_of=operator.attrgetter("image"),
+  )
+
+
+def test_the_breaker_counts_tiles_by_their_image():
+  """One image whose every tile fails is one failed image, however many calls its tiles span;
+  tiles of many images each failing still stop the run."""
+  handler = _isolating_tiles(BrokenDeviceHandler(), batches=3)
+  for start in range(0, 200, 8):  # 200 tiles of one image, all failing
+    results = handler.run_inference(_tiles("big", 8, start), "model")
+    assert all(isinstance(r, inference.InferenceFailure) for _, r in results)
+  handler = _isolating_tiles(BrokenDeviceHandler(), batches=3)
+  with pytest.raises(elements.ModelFailureError, match="24 images in a row failed"):
+    for image in range(100):  # 100 images of 2 tiles, all failing
+      handler.run_inference(_tiles(f"i{image}", 2), "model")

@@ -18,8 +18,9 @@ from PIL import Image
 from segbeam.model import config as config_lib
 from segbeam.model import export as export_lib
 from segbeam.model import labels
+from segbeam.model import preprocessing
 from segbeam.pipeline import elements
-from segbeam.pipeline import tiled
+from segbeam.pipeline import tiled_inference as tiled
 from segbeam.pipeline import tiling
 from segbeam.pipeline import transforms
 from tests import synthetic
@@ -57,17 +58,34 @@ def _png(width: int, height: int, seed: int) -> bytes:
   return synthetic.encode(synthetic.pet_scene(width, height, seed)[0], "PNG")
 
 
-def test_images_that_fit_one_tile_get_todays_masks(tiny_export, tmp_path):
+def test_images_the_model_takes_whole_get_todays_masks(tiny_export, tmp_path):
+  """With `tile="auto"` (the 32-pixel input of the tiny model), an image no larger than a tile
+  is segmented as without tiles; a larger one is tiled, at its full size."""
   export_dir, _ = tiny_export
-  small = [_record(f"s{i}.png", _png(w, h, i)) for i, (w, h) in enumerate([(40, 30), (64, 64)])]
+  small = [_record(f"s{i}.png", _png(w, h, i)) for i, (w, h) in enumerate([(30, 20), (32, 32)])]
   large = _record("large.png", _png(150, 90, 7))
   today, _ = _segment(tmp_path, small, export_dir, "whole")
-  rows, failures = _segment(tmp_path, [*small, large], export_dir, "tiled", tile="64")
+  rows, failures = _segment(tmp_path, [*small, large], export_dir, "tiled", tile="auto")
   assert not failures and sorted(rows) == ["large.png", "s0.png", "s1.png"]
   for name, row in today.items():
     assert rows[name] == row
   assert _mask(rows["large.png"]).shape == (90, 150)
   assert rows["large.png"]["width"] == 150 and rows["large.png"]["height"] == 90
+
+
+def test_every_other_image_is_segmented_at_the_runs_scale(tiny_export, tmp_path):
+  """An image larger than the model's input but within one tile, and with --scale any image,
+  is one tile at the run's scale (padded), not resized to the model's input: a run segments
+  every image at one scale."""
+  settings = tiled.TileSettings.resolve("64", None, "centre", 1.0, tiny_export[1].serving_config)
+  assert settings.whole(32, 32) and not settings.whole(33, 32) and not settings.whole(64, 64)
+  scaled = tiled.TileSettings.resolve("64", None, "centre", 0.5, tiny_export[1].serving_config)
+  assert not scaled.whole(20, 20)
+  record = _record("mid.png", _png(60, 50, 3))
+  today, _ = _segment(tmp_path, [record], tiny_export[0], "whole")
+  rows, failures = _segment(tmp_path, [record], tiny_export[0], "tiled", tile=64)
+  assert not failures and _mask(rows["mid.png"]).shape == (50, 60)
+  assert rows["mid.png"]["mask_png"] != today["mid.png"]["mask_png"]
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +141,7 @@ def test_a_fully_convolutional_network_tiled_agrees_with_it_on_the_whole_photo(
   assert not failures
   settings = tiled.TileSettings(64, 32, blend)
   for record in records:
-    pixels = tiled.decode_pixels(record.data, 3)
+    pixels = preprocessing.decode_image(record.data, 3).numpy()
     plan = settings.plan(*pixels.shape[:2])
     assert plan.count() > 20  # tiled, not whole
     expected = _whole_image_mask(local_network_export, pixels, plan)
@@ -131,9 +149,10 @@ def test_a_fully_convolutional_network_tiled_agrees_with_it_on_the_whole_photo(
     assert agreement >= 0.999, (record.image_id, agreement)
 
 
-def test_an_image_one_pixel_high_gets_a_mask_of_its_size(tiny_export, tmp_path):
+@pytest.mark.parametrize("shape", [(1, 50_000), (50_000, 1)], ids=["1x50000", "50000x1"])
+def test_an_image_one_pixel_thin_gets_a_mask_of_its_size(tiny_export, tmp_path, shape):
   strip = np.tile(np.arange(256, dtype=np.uint8), 200)[:50_000]
-  pixels = np.stack([strip, strip[::-1], np.full_like(strip, 90)], axis=-1)[None]
+  pixels = np.stack([strip, strip[::-1], np.full_like(strip, 90)], axis=-1).reshape(*shape, 3)
   buffer = io.BytesIO()
   Image.fromarray(pixels).save(buffer, format="PNG")
   rows, failures = _segment(
@@ -141,8 +160,8 @@ def test_an_image_one_pixel_high_gets_a_mask_of_its_size(tiny_export, tmp_path):
   )
   assert not failures
   row = rows["strip.png"]
-  assert (row["width"], row["height"]) == (50_000, 1)
-  assert _mask(row).shape == (1, 50_000)
+  assert (row["height"], row["width"]) == shape
+  assert _mask(row).shape == shape
   assert sum(row[f"pixels_{c}"] for c in ("pet", "background", "border")) == 50_000
 
 
@@ -187,7 +206,7 @@ def test_a_failed_tile_fails_its_image_with_where_it_was():
   settings = tiled.TileSettings(64, 16)
   plan = settings.plan(100, 200)
   tiles = list(plan.tiles())
-  keys = [tiled.TileKey("a.png#1", 100, 200, t, i, len(tiles)) for i, t in enumerate(tiles)]
+  keys = [tiled.TileKey("a.png#1", 100, 200, t, i) for i, t in enumerate(tiles)]
   from segbeam.pipeline import inference
 
   failure = inference.InferenceFailure(elements.STAGE_INFER, "InvalidArgumentError", "NaN seen")
@@ -227,7 +246,8 @@ def _context():
     (dict(tile="auto", tile_overlap=40), "--tile-overlap 40 must be smaller than the tile"),
     (dict(tile="64", scale=0), "--scale must be more than 0 and at most 1"),
     (dict(tile="64", scale=1.5), "--scale must be more than 0 and at most 1"),
-    (dict(scale=0.5), "they need tile"),
+    (dict(scale=0.5), "--scale is for tiles: it needs --tile"),
+    (dict(max_tiled_pixels=10), "--max-tiled-pixels is for tiles: it needs --tile"),
     (dict(tile="64", tile_blend="median"), "--tile-blend must be one of centre, gaussian"),
   ],
 )
@@ -372,3 +392,60 @@ def test_tiles_spread_over_workers_give_the_same_rows(tiny_export, tmp_path):
   (path,) = glob.glob(os.path.join(output, "segments", "*.parquet"))
   spread = {row["image_id"]: row for row in pq.read_table(path).to_pylist()}
   assert spread == local
+
+
+def _export_failing_on_blue_tiles(export_dir: str) -> str:
+  """An export whose forward pass fails (CheckNumerics) on a batch holding a tile of pure
+  blue, as a model fails on an image it cannot take; tiles of any multiple of 32."""
+  import dataclasses
+
+  import tensorflow as tf
+
+  from segbeam.model import contract
+
+  keras.utils.set_random_seed(5)
+  layer = keras.layers.Conv2D(3, 1)
+  layer.build((None, None, None, 3))
+
+  def probabilities(pixels):
+    blue = tf.reduce_min(pixels[..., 2] - pixels[..., 0], axis=[1, 2]) > 200
+    poison = tf.where(blue, float("inf"), 0.0)
+    checked = tf.debugging.check_numerics(poison, "the model's forward pass failed")
+    return tf.nn.softmax(layer(pixels / 255.0), axis=-1) + tf.reduce_sum(checked) * 0.0
+
+  config = config_lib.preset("mobilenetv2", input_size=32, num_classes=3)
+  serving = dataclasses.replace(contract.unet_serving_config(config), tile_multiple=32)
+  export_lib.write_archive(export_dir, probabilities, serving, track=[layer])
+  export_lib.write_metadata(
+    export_dir,
+    contract.ModelMetadata(
+      name="fails-on-blue",
+      version="sha256:0000000000000001",
+      config=contract.as_json(config.to_dict()),
+      label_map=contract.as_json(labels.OXFORD_PET_TRIMAP.to_dict()),
+      serving=contract.as_json(serving.to_dict()),
+    ),
+  )
+  return export_dir
+
+
+def test_one_image_whose_every_tile_fails_is_one_error_row_not_a_stopped_run(tmp_path):
+  """Its 289 tiles fail in the model, more than the breaker's 24 images in a row at batch 8:
+  they are one image's failure, counted once, and the run goes on."""
+  export_dir = _export_failing_on_blue_tiles(str(tmp_path / "export"))
+  blue = np.zeros((400, 400, 3), np.uint8)
+  blue[..., 2] = 255
+  records = [_record("blue.png", _encoded(blue, "PNG"))]
+  records += [_record(f"fine{i}.png", _png(150, 90, i)) for i in range(5)]
+  rows, failures = _segment(tmp_path, records, export_dir, tile="auto", batch_size=8)
+  assert sorted(rows) == [f"fine{i}.png" for i in range(5)]
+  failed = failures["blue.png"]
+  assert failed["stage"] == elements.STAGE_INFER
+  assert "289 of its 289 tiles failed" in failed["message"]
+  assert "the model's forward pass failed" in failed["message"]
+
+
+def test_tile_settings_from_python_are_checked_as_the_command_lines(tiny_export):
+  with pytest.raises(ValueError, match="--tile-overlap must be a whole number of pixels"):
+    transforms.SegmentImages(tiny_export[0], tile="64", tile_overlap=2.5)
+  assert transforms.SegmentImages(tiny_export[0], tile=64)._tiles.size == 64

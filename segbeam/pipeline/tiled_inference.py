@@ -5,8 +5,9 @@ overlapping tiles, stitched back into one mask per image.
 its tiles) -> [Reshuffle, where the runner spreads work: tiles of one image go to many
 workers] -> RunInference (`inference.TileHandler`: the export's `predict_pixels`, tiles of
 every image batched together) -> `ReducePieces` (each tile's prediction made a small
-`tiling.Piece` where it was inferred) -> grouped by image id with its plan -> `StitchImages`
-(the mask at full resolution, then the usual row, `rows.mask_row`).
+`tiling.Piece` where it was inferred) -> grouped by image with its plan -> `StitchImages`
+(the mask at full resolution, then the usual row, `rows.mask_row`). `SplitBySize` first sends
+the images the model takes whole, as without tiles, the other way.
 
 What is held per image is its compressed pieces and one mask being assembled (a band of
 probabilities more for Gaussian blending); what is held per worker for inference is a batch of
@@ -17,11 +18,10 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any, Iterable, Iterator, Optional, Union
 
 import apache_beam as beam
 import numpy as np
-import tensorflow as tf
 from apache_beam.ml.inference.base import RunInference
 from PIL import Image
 
@@ -29,6 +29,8 @@ from segbeam import constants
 from segbeam import messages
 from segbeam import options as options_lib
 from segbeam.model import config as config_lib
+from segbeam.model import postprocess
+from segbeam.model import preprocessing
 from segbeam.pipeline import elements
 from segbeam.pipeline import inference
 from segbeam.pipeline import progress
@@ -48,6 +50,8 @@ class TileSettings:
     blend: `constants.BLEND_CENTRE` or `constants.BLEND_GAUSSIAN` (`tiling`'s stitchers).
     scale: the fraction of native resolution the image is segmented at.
     channels: the model's input channels.
+    input_height, input_width: the model's input size: an image no larger, at scale 1, is
+      segmented whole (`whole`); 0 for none.
   """
 
   size: int
@@ -55,25 +59,33 @@ class TileSettings:
   blend: str = constants.BLEND_CENTRE
   scale: float = 1.0
   channels: int = 3
+  input_height: int = 0
+  input_width: int = 0
 
   @classmethod
   def resolve(
     cls,
-    tile: str,
+    tile: Union[str, int],
     overlap: Optional[int],
     blend: str,
     scale: float,
     serving: config_lib.ServingConfig,
   ) -> "TileSettings":
-    """`--tile`, `--tile-overlap`, `--tile-blend` and `--scale` for a model served as
-    `serving`; raises ValueError for tiles the model cannot take."""
+    """`--tile` ('auto', or a size, as a string or an int), `--tile-overlap`, `--tile-blend`
+    and `--scale` for a model served as `serving`; raises ValueError for tiles the model cannot
+    take."""
+    tile = str(tile) if isinstance(tile, int) and not isinstance(tile, bool) else tile
     options_lib.check(tile=tile, tile_overlap=overlap, tile_blend=blend, scale=scale)
+    if overlap is not None and (isinstance(overlap, bool) or not isinstance(overlap, int)):
+      raise ValueError(f"--tile-overlap must be a whole number of pixels, got {overlap!r}")
+    if isinstance(scale, bool):
+      raise ValueError(f"--scale must be a number, got {scale!r}")
+    if not serving.tile_multiple and serving.input_height != serving.input_width:
+      raise ValueError(
+        f"--tile: the model takes {serving.input_width}x{serving.input_height} pixels only, and "
+        "tiles are square: it cannot be tiled"
+      )
     if tile == constants.TILE_AUTO:
-      if serving.input_height != serving.input_width:
-        raise ValueError(
-          f"--tile auto: the model's input is {serving.input_width}x{serving.input_height}, "
-          "and tiles are square; give --tile SIZE"
-        )
       size = serving.input_height
     else:
       size = int(tile)
@@ -87,17 +99,26 @@ class TileSettings:
       raise ValueError(f"--tile {size}: the model takes tiles of {takes}")
     overlap = size // 4 if overlap is None else overlap
     options_lib.check_overlap(size, overlap)
-    return cls(size, overlap, blend, scale, serving.channels)
+    return cls(
+      size,
+      overlap,
+      blend,
+      scale,
+      serving.channels,
+      serving.input_height,
+      serving.input_width,
+    )
 
   def scaled(self, width: int, height: int) -> tuple[int, int]:
     """(width, height) of an image of `width` x `height` at `scale`; at least 1 pixel."""
     return max(1, round(width * self.scale)), max(1, round(height * self.scale))
 
-  def fits(self, width: int, height: int) -> bool:
-    """Whether the image fits one tile once scaled: then it is segmented whole, as without
-    tiles."""
-    scaled_width, scaled_height = self.scaled(width, height)
-    return scaled_width <= self.size and scaled_height <= self.size
+  def whole(self, width: int, height: int) -> bool:
+    """Whether an image is segmented whole, resized to the model's input as without tiles: at
+    scale 1, one no larger than that input (it fits one tile of `--tile auto`, and gets the
+    mask it gets without tiles). Every other image is segmented at `scale` in tiles, one tile
+    for an image that fits one, so that a run segments every image at one scale."""
+    return self.scale == 1.0 and width <= self.input_width and height <= self.input_height
 
   @property
   def align(self) -> int:
@@ -127,12 +148,14 @@ class ImagePlan:
 
 @dataclasses.dataclass(frozen=True)
 class TileKey:
-  """A tile's inference key: its image, the image's size as segmented, and its place.
+  """A tile's inference key.
 
   Attributes:
     image: the key its image's pieces are grouped by: its id and a token of its own, since
       a pipeline of a user's may hand on two records of the same id.
-    index, count: the tile's place among its image's `count` tiles, row by row.
+    height, width: the image's size as segmented (after the scale).
+    tile: the tile's place in the image.
+    index: its number among the image's tiles, row by row from 0.
   """
 
   image: str
@@ -140,7 +163,6 @@ class TileKey:
   width: int
   tile: tiling.Tile
   index: int
-  count: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,13 +171,6 @@ class TileFailure:
 
   key: TileKey
   failure: inference.InferenceFailure
-
-
-def decode_pixels(data: bytes, channels: int) -> np.ndarray:
-  """The image's pixels, uint8 [height, width, channels], decoded as the serving graph decodes
-  (16-bit PNGs brought to 8 bits as it does); validation has turned what it must upright."""
-  decoded = tf.io.decode_image(data, channels=channels, expand_animations=False)
-  return decoded.numpy()
 
 
 def scale_pixels(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -169,8 +184,8 @@ def scale_pixels(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 class SplitBySize(beam.DoFn):
-  """(ImageInfo, bytes) -> the same, on the main output where the image fits one tile (it is
-  segmented whole, as without tiles), on TILED where it does not."""
+  """(ImageInfo, bytes) -> the same, on the main output where the image is segmented whole, as
+  without tiles (`TileSettings.whole`), on TILED where it is tiled."""
 
   TILED = "tiled"
 
@@ -179,7 +194,7 @@ class SplitBySize(beam.DoFn):
 
   def process(self, element: tuple[elements.ImageInfo, bytes]) -> Iterator:
     info, _ = element
-    if self._settings.fits(info.width, info.height):
+    if self._settings.whole(info.width, info.height):
       yield element
     else:
       yield beam.pvalue.TaggedOutput(self.TILED, element)
@@ -198,44 +213,46 @@ class CutTiles(beam.DoFn):
     info, data = element
     settings = self._settings
     try:
-      pixels = decode_pixels(data, settings.channels)
+      # As the serving graph decodes (and training does); validation has turned upright what
+      # had to be.
+      pixels = preprocessing.decode_image(data, settings.channels).numpy()
     except Exception as error:  # undecodable bytes: this image's failure
-      self._failed.inc()
-      yield beam.pvalue.TaggedOutput(
-        elements.FAILURES,
-        elements.Failure.from_exception(
-          info.image_id, info.source, elements.STAGE_DECODE, error, info.filename
-        ),
-      )
+      yield self._failure(info, type(error).__name__, inference.shown(messages.one_line(error)))
       return
     if pixels.shape[:2] != (info.height, info.width):
-      self._failed.inc()
-      yield beam.pvalue.TaggedOutput(
-        elements.FAILURES,
-        elements.Failure(
-          info.image_id,
-          info.source,
-          elements.STAGE_DECODE,
-          "SizeMismatch",
-          f"decoded {pixels.shape[1]}x{pixels.shape[0]}, the header declares "
-          f"{info.width}x{info.height}",
-          info.filename,
-        ),
+      yield self._failure(
+        info,
+        "SizeMismatch",
+        f"decoded {pixels.shape[1]}x{pixels.shape[0]}, the header declares "
+        f"{info.width}x{info.height}",
       )
       return
     width, height = settings.scaled(info.width, info.height)
-    pixels = scale_pixels(pixels, width, height)
-    plan = settings.plan(height, width)
-    count = plan.count()
-    self._tiles.inc(count)
+    try:  # all that can fail before the image's first tile goes: then it is one error row
+      pixels = scale_pixels(pixels, width, height)
+      plan = settings.plan(height, width)
+      count = plan.count()
+    except Exception as error:  # an image no tile plan fits
+      yield self._failure(info, type(error).__name__, messages.one_line(error))
+      return
+    self._tiles.inc(count)  # again where Beam retries the bundle: progress only
     image = f"{info.image_id}#{uuid.uuid4().hex}"
     yield beam.pvalue.TaggedOutput(PLANS, (image, ImagePlan(info, height, width, count)))
     for index, tile in enumerate(plan.tiles()):
       # A copy: a view would keep the whole image alive for as long as the tile is.
       yield (
-        TileKey(image, height, width, tile, index, count),
+        TileKey(image, height, width, tile, index),
         np.array(plan.cut(pixels, tile)),
       )
+
+  def _failure(self, info: elements.ImageInfo, error_type: str, message: str):
+    self._failed.inc()
+    return beam.pvalue.TaggedOutput(
+      elements.FAILURES,
+      elements.Failure(
+        info.image_id, info.source, elements.STAGE_DECODE, error_type, message, info.filename
+      ),
+    )
 
 
 class ReducePieces(beam.DoFn):
@@ -258,26 +275,26 @@ class ReducePieces(beam.DoFn):
       result = inference.InferenceFailure(
         elements.STAGE_INFER, type(error).__name__, messages.one_line(error)
       )
-    if isinstance(result, inference.InferenceFailure):
-      yield key.image, TileFailure(key, result)
-      return
-    plan = self._settings.plan(key.height, key.width)
-    stitcher = _STITCHERS[self._settings.blend]
-    yield key.image, stitcher.piece(plan, key.tile, np.asarray(result), self._threshold)
+    if not isinstance(result, inference.InferenceFailure):
+      try:
+        plan = self._settings.plan(key.height, key.width)
+        piece = _STITCHERS[self._settings.blend].piece(
+          plan, key.tile, np.asarray(result), self._threshold
+        )
+      except Exception as error:  # an output no piece can be made of: this image's failure
+        result = inference.InferenceFailure(
+          elements.STAGE_POSTPROCESS, type(error).__name__, messages.one_line(error)
+        )
+      else:
+        yield key.image, piece
+        return
+    yield key.image, TileFailure(key, result)
 
 
 _STITCHERS = {
   constants.BLEND_CENTRE: tiling.CentreStitcher,
   constants.BLEND_GAUSSIAN: tiling.GaussianStitcher,
 }
-
-
-def _native_size(mask: np.ndarray, width: int, height: int) -> np.ndarray:
-  """The mask at the image's own size: enlarged with nearest neighbour (classes are never
-  interpolated)."""
-  if mask.shape == (height, width):
-    return mask
-  return np.asarray(Image.fromarray(mask).resize((width, height), Image.Resampling.NEAREST))
 
 
 class StitchImages(beam.DoFn):
@@ -309,14 +326,13 @@ class StitchImages(beam.DoFn):
     info = plan.info
     try:
       if failed:
-        yield self._failure(info, self._tile_failure(failed, plan))
+        yield self._failure(self._tile_failure(failed, plan))
         return
       if len(pieces) != plan.tiles:
         raise RuntimeError(f"{len(pieces)} of its {plan.tiles} tiles came back")
       row = self._row(plan, pieces)
     except Exception as error:  # one image's stitching: its error row
       yield self._failure(
-        info,
         elements.Failure.from_exception(
           info.image_id, info.source, elements.STAGE_POSTPROCESS, error, info.filename
         ),
@@ -326,84 +342,68 @@ class StitchImages(beam.DoFn):
     yield row
 
   def _row(self, plan: ImagePlan, pieces: list[tiling.Piece]) -> dict[str, Any]:
-    geometry = self._settings.plan(plan.height, plan.width)
-    threshold = self._context.mask_threshold
-    if self._settings.blend == constants.BLEND_GAUSSIAN:
-      stitcher = tiling.GaussianStitcher(geometry, self._num_classes, threshold=threshold)
-    else:
-      stitcher = tiling.CentreStitcher(geometry, threshold=threshold)
+    stitcher = _STITCHERS[self._settings.blend](
+      self._settings.plan(plan.height, plan.width),
+      num_classes=self._num_classes,
+      threshold=self._context.mask_threshold,
+    )
     for piece in sorted(pieces, key=lambda p: (p.tile.top, p.tile.left)):
       stitcher.add_piece(piece)
     mask = stitcher.finish()
     confidence = stitcher.confidence_sum / mask.size
     info = plan.info
-    mask = _native_size(mask, info.width, info.height)
+    mask = postprocess.enlarged_mask(mask, info.height, info.width)
     return rows_lib.mask_row(info, mask, confidence, self._context, info.label)
 
   def _tile_failure(self, failed: list[TileFailure], plan: ImagePlan) -> elements.Failure:
-    first = min(failed, key=lambda f: f.key.index).key
-    failure = min(failed, key=lambda f: f.key.index).failure
-    info, tile, size = plan.info, first.tile, self._settings.size
+    first = min(failed, key=lambda f: f.key.index)
+    key, failure = first.key, first.failure
+    info, tile, size = plan.info, key.tile, self._settings.size
     return elements.Failure(
       info.image_id,
       info.source,
       failure.stage,
       failure.error_type,
-      f"{len(failed)} of its {plan.tiles} tiles failed; tile {first.index + 1}, columns "
+      f"{len(failed)} of its {plan.tiles} tiles failed; tile {key.index + 1}, columns "
       f"{tile.left}-{tile.left + size} and rows {tile.top}-{tile.top + size} of the image at "
       f"{plan.width}x{plan.height}: {failure.message}",
       info.filename,
     )
 
-  def _failure(self, info: elements.ImageInfo, failure: elements.Failure):
+  def _failure(self, failure: elements.Failure):
     self._failed.inc()
     return beam.pvalue.TaggedOutput(elements.FAILURES, failure)
 
 
 class SegmentTiled(beam.PTransform):
-  """(ImageInfo, bytes) of images larger than a tile -> `elements.Outputs`: segments rows and
-  failures (see the module docstring).
+  """(ImageInfo, bytes) of images to tile -> `elements.Outputs`: segments rows and failures
+  (see the module docstring).
 
   Args:
-    model_dir: the export, as `SegmentImages` takes it.
+    handler: the keyed, isolating handler of tiles (`inference.create_handler` with `tile`).
     settings: the tiling, resolved against the model (`TileSettings.resolve`).
     context: what every row records.
     num_classes: the model's classes.
     distributed: whether the runner spreads work over workers: then the tiles are reshuffled,
       so that one large image's tiles are inferred on many; a local runner would only hold
       them all in memory for it.
-    batch_size, inference_slices, trust_model, require_gpu, breaker: as `SegmentImages`'.
   """
 
   def __init__(
     self,
-    model_dir: str,
+    handler: inference.IsolatingModelHandler,
     settings: TileSettings,
     context: rows_lib.RunContext,
     num_classes: int,
     *,
     distributed: bool = True,
-    batch_size: int = constants.DEFAULT_BATCH_SIZE,
-    inference_slices: int = constants.DEFAULT_INFERENCE_SLICES,
-    trust_model: bool = False,
-    require_gpu: bool = False,
-    breaker: Optional[options_lib.BreakerLimits] = None,
   ):
     super().__init__()
+    self._handler = handler
     self._settings = settings
     self._context = context
     self._num_classes = num_classes
     self._distributed = distributed
-    self._handler = inference.create_handler(
-      constants.HANDLER_SAVED_MODEL,
-      model_dir,
-      max_batch_size=batch_size,
-      slices=inference_slices,
-      trust_model=trust_model,
-      require_gpu=require_gpu,
-      breaker=breaker,
-      tile=(settings.size, settings.channels),
-    )
 
   def expand(self, images) -> elements.Outputs:
     cut = images | "CutTiles" >> beam.ParDo(CutTiles(self._settings)).with_outputs(
