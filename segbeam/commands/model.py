@@ -151,19 +151,16 @@ def run_train(args: argparse.Namespace) -> int:
   from segbeam.model import data as data_lib  # noqa: PLC0415
   from segbeam.model import training  # noqa: PLC0415
 
-  # Checked before anything is read, each naming its flag (TrainingConfig checks them again).
-  if args.crop is not None and (args.crop <= 0 or args.crop % config_lib.BOTTLENECK_STRIDE):
-    raise ValueError(
-      f"--crop must be a positive multiple of {config_lib.BOTTLENECK_STRIDE} (the U-Net's "
-      f"downsampling), got {args.crop}"
-    )
-  if args.scale is not None and args.crop is None:
-    raise ValueError("--scale sets the scale of --crop's crops: give --crop SIZE too")
-  scale = 1.0 if args.scale is None else args.scale
-  if not 0.0 < scale <= 1.0:
-    raise ValueError(
-      f"--scale must be more than 0 and at most 1 (a fraction of native resolution), got {scale}"
-    )
+  # Checked before anything is read.
+  training_config = config_lib.TrainingConfig(
+    epochs=args.epochs,
+    batch_size=args.batch_size,
+    learning_rate=args.learning_rate,
+    augment=not args.no_augment,
+    seed=args.seed,
+    crop=args.crop,
+    scale=1.0 if args.scale is None else args.scale,
+  )
   # A crop-trained model's input is its crop. A different --input-size is refused rather than
   # overridden: whoever gave it expects a model of that size, and would get another silently.
   if args.crop is not None and args.input_size not in (None, args.crop):
@@ -191,15 +188,6 @@ def run_train(args: argparse.Namespace) -> int:
   print(
     f"training {config.architecture} on {len(train_pairs)} pairs, validating on {len(val_pairs)}",
     flush=True,
-  )
-  training_config = config_lib.TrainingConfig(
-    epochs=args.epochs,
-    batch_size=args.batch_size,
-    learning_rate=args.learning_rate,
-    augment=not args.no_augment,
-    seed=args.seed,
-    crop=args.crop,
-    scale=scale,
   )
   provenance = {
     "command": "segbeam " + shlex.join(sys.argv[1:]),

@@ -188,17 +188,21 @@ class TrainingConfig:
   scale: float = 1.0
 
   def __post_init__(self):
+    # Named as `segbeam train`'s flags, which are these fields.
     if self.crop is not None and (
       isinstance(self.crop, bool) or self.crop <= 0 or self.crop % BOTTLENECK_STRIDE
     ):
       raise ValueError(
-        f"crop must be a positive multiple of {BOTTLENECK_STRIDE} (the U-Net's downsampling), "
-        f"got {self.crop}"
+        f"--crop must be a positive multiple of {BOTTLENECK_STRIDE} (the U-Net's "
+        f"downsampling), got {self.crop}"
       )
-    if not 0.0 < self.scale <= 1.0:
-      raise ValueError(f"scale must be in (0, 1], got {self.scale}")
     if self.scale != 1.0 and self.crop is None:
-      raise ValueError("scale applies to crops only: give crop too")
+      raise ValueError("--scale sets the scale of --crop's crops: give --crop SIZE too")
+    if not 0.0 < self.scale <= 1.0:  # NaN too
+      raise ValueError(
+        f"--scale must be more than 0 and at most 1 (a fraction of native resolution), got "
+        f"{self.scale}"
+      )
 
 
 # The named presets. Only the architecture is fixed here; sizes, classes and weights are options.

@@ -535,18 +535,9 @@ def test_a_tiled_run_accounts_for_every_image(tiny_export, one_image, tmp_path, 
   (folder / "large.png").write_bytes(large)
   (folder / "cut.png").write_bytes(large[: len(large) // 2])  # its pixels cut short
   output = str(tmp_path / "out")
+  tiles = ["--tile", "64", "--tile-blend", "gaussian"]
   code, out, _ = _run(
-    capsys,
-    "--input",
-    one_image + "/*.png",
-    "--output",
-    output,
-    "--model",
-    tiny_export[0],
-    "--tile",
-    "64",
-    "--tile-blend",
-    "gaussian",
+    capsys, "--input", f"{one_image}/*.png", "--output", output, "--model", tiny_export[0], *tiles
   )
   assert code == 0 and "3 inputs, 2 segmented, 1 failed" in out
   accounting.assert_accounted_for(output, inputs_seen=3)

@@ -179,9 +179,9 @@ def test_segbeam_train_refuses_bad_crop_options(pet_folder, tmp_path, capsys, fl
 @pytest.mark.parametrize(
   "changes,message",
   [
-    (dict(crop=48), "crop must be a positive multiple of 32"),
-    (dict(crop=64, scale=1.5), "scale must be in"),
-    (dict(scale=0.5), "scale applies to crops only"),
+    (dict(crop=48), "--crop must be a positive multiple of 32"),
+    (dict(crop=64, scale=1.5), "--scale must be more than 0 and at most 1"),
+    (dict(scale=0.5), "give --crop SIZE too"),
   ],
 )
 def test_training_config_checks_crop_and_scale(changes, message):
