@@ -65,6 +65,11 @@ EXTRAS_REQUIRE = {
     TF_KERAS_REQUIRE,
     # tests/deploy/deploy_test.py reads requirements and versions with it.
     "packaging>=24",
+    # The formats' own writers, for tests of the Parquet and WebDataset readers
+    # (tests/pipeline/shard_formats_test.py): Hugging Face datasets' Image feature and
+    # webdataset's TarWriter, as users write their shards.
+    "datasets>=5.2,<6",
+    "webdataset>=1.0,<2",
     # The linter and formatter .ci/run checks the tree with (ruff.toml).
     "ruff>=0.17,<0.18",
     *DEMO_REQUIRE,

@@ -21,7 +21,17 @@ GPU_JOB_HANDLER = HANDLER_SAVED_MODEL
 FORMAT_AUTO = "auto"
 FORMAT_IMAGES = "images"
 FORMAT_TFRECORD = "tfrecord"
-INPUT_FORMATS = (FORMAT_AUTO, FORMAT_IMAGES, FORMAT_TFRECORD)
+FORMAT_PARQUET = "parquet"
+FORMAT_WEBDATASET = "webdataset"
+INPUT_FORMATS = (FORMAT_AUTO, FORMAT_IMAGES, FORMAT_TFRECORD, FORMAT_PARQUET, FORMAT_WEBDATASET)
+
+# WebDataset samples (--image-key, --label-key where the tf.Example defaults stand): the image
+# member's extensions, the first present taken, as WebDataset's "jpg;png" keys are; the
+# extensions segbeam decodes, and those it refuses with a reason (webp, tiff) rather than as a
+# sample with no image. The ground truth: a `seg.png` member (or `seg.` another format's
+# extension), as `segbeam pack` writes it.
+WEBDATASET_IMAGE_KEYS = ("jpg", "jpeg", "png", "gif", "bmp", "webp", "tif", "tiff")
+WEBDATASET_LABEL_KEYS = ("seg.png", "seg.gif", "seg.bmp", "seg.jpg", "seg.jpeg")
 
 # Input limits: images declaring more pixels, and larger files or TFRecord records, are
 # refused before they are decoded or read.

@@ -30,6 +30,48 @@ class ExampleKeys:
   label: str = "image/segmentation/class/encoded"
 
 
+def _alternatives(keys: str) -> tuple[str, ...]:
+  """WebDataset's "jpg;png" as ('jpg', 'png'): extensions lower-cased, as it reads them."""
+  return tuple(key.strip().lower() for key in keys.split(";") if key.strip())
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleKeys:
+  """A WebDataset sample's members: the extensions of its image, the first present taken (as
+  WebDataset's `to_tuple("jpg;png")`), and of its ground-truth mask (none: no ground truth)."""
+
+  image: tuple[str, ...] = constants.WEBDATASET_IMAGE_KEYS
+  label: tuple[str, ...] = constants.WEBDATASET_LABEL_KEYS
+
+  @classmethod
+  def from_flags(cls, image_key: str, label_key: str) -> "SampleKeys":
+    """--image-key and --label-key as a sample's extensions; where a flag keeps its tf.Example
+    default, the WebDataset default."""
+    defaults = ExampleKeys()
+    return cls(
+      cls.image if image_key == defaults.image else _alternatives(image_key),
+      cls.label if label_key == defaults.label else _alternatives(label_key),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class ParquetColumns:
+  """Which columns of a Parquet input hold what; None: found by the reader
+  (`segbeam.pipeline.parquet_images.choose_columns`).
+
+  Attributes:
+    image: the encoded image: binary, or a struct with a binary `bytes` field (Hugging Face's
+      Image feature).
+    label: the encoded ground-truth mask, in the same types; by default a column named
+      'label' of those types, else none.
+    id: the image's id within its file; by default its row number.
+  """
+
+  image: Optional[str] = None
+  label: Optional[str] = None
+  id: Optional[str] = None
+
+
 @dataclasses.dataclass(frozen=True)
 class BreakerLimits:
   """When a worker process stops the run because the model, not the images, fails
@@ -198,14 +240,15 @@ OPTIONS: tuple[Option, ...] = (
   Option(
     "input",
     None,
-    "glob of images or TFRecord shards, local or gs://",
+    "glob of images, or of TFRecord, Parquet or WebDataset shards, local or gs://",
     required=True,
     changes_rows=True,
     normalize=in_a_folder,
     flex=Flex(
-      "Input images or TFRecord shards",
-      "Glob of image files (JPEG, PNG, GIF, BMP) or TFRecord shards of tf.train.Example on Cloud "
-      "Storage. Example: gs://my-bucket/photos/**/*.jpg",
+      "Input images or shards",
+      "Glob of image files (JPEG, PNG, GIF, BMP), or of TFRecord shards of tf.train.Example, "
+      "Parquet files with an image column or WebDataset tars, on Cloud Storage. Example: "
+      "gs://my-bucket/photos/**/*.jpg",
       "^gs:\\/\\/[^\\n\\r]+$",
     ),
   ),
@@ -432,26 +475,28 @@ OPTIONS: tuple[Option, ...] = (
   Option(
     "input_format",
     constants.FORMAT_AUTO,
-    "auto (default): .tfrecord/.tfr names are shards, image extensions images, any other "
-    "file by its first bytes",
+    "auto (default): .tfrecord/.tfr names are TFRecord shards, .parquet Parquet, .tar/.tar.gz "
+    "WebDataset shards, image extensions images, any other file by its first bytes",
     choices=constants.INPUT_FORMATS,
     changes_rows=True,
     flex=Flex(
       "Input format",
-      "auto (TFRecord by file name, images otherwise), images or tfrecord (default {default}). "
-      "Example: tfrecord",
-      "^(auto|images|tfrecord)$",
+      "auto (by file name, else by first bytes), images, tfrecord, parquet or webdataset "
+      "(default {default}). Example: tfrecord",
+      "^(auto|images|tfrecord|parquet|webdataset)$",
     ),
   ),
   Option(
     "image_key",
     _KEYS.image,
-    "tf.Example image feature",
+    "tf.Example image feature; in WebDataset shards the image member's extensions, the first "
+    f"present taken (default there: {';'.join(constants.WEBDATASET_IMAGE_KEYS)})",
     changes_rows=True,
     flex=Flex(
-      "tf.Example image key",
-      "Feature holding the encoded image in TFRecord inputs (default {default}). Example: "
-      "image/encoded",
+      "Image key",
+      "Feature holding the encoded image in TFRecord inputs (default {default}); in WebDataset "
+      "shards the image member's extensions, separated by ';' (default "
+      f"{';'.join(constants.WEBDATASET_IMAGE_KEYS)}). Example: jpg;png",
       "^[^\\n\\r]+$",
     ),
   ),
@@ -469,12 +514,55 @@ OPTIONS: tuple[Option, ...] = (
   Option(
     "label_key",
     _KEYS.label,
-    "tf.Example feature holding a ground-truth label image (optional)",
+    "tf.Example feature holding a ground-truth label image (optional); in WebDataset shards "
+    f"the mask member's extension (default there: {';'.join(constants.WEBDATASET_LABEL_KEYS)})",
     changes_rows=True,
     flex=Flex(
-      "tf.Example label key",
+      "Label key",
       "Feature holding the encoded ground-truth label image (default "
-      "image/segmentation/class/encoded). Example: image/segmentation/class/encoded",
+      "image/segmentation/class/encoded); in WebDataset shards the mask member's extension "
+      f"(default {';'.join(constants.WEBDATASET_LABEL_KEYS)}). Example: seg.png",
+      "^[^\\n\\r]+$",
+    ),
+  ),
+  Option(
+    "image_column",
+    None,
+    "Parquet inputs: the column of encoded images, binary or a struct with a bytes field "
+    "(Hugging Face's Image); default: the one such column (or the one named image)",
+    changes_rows=True,
+    metavar="COLUMN",
+    flex=Flex(
+      "Parquet image column",
+      "Column of encoded images in Parquet inputs: binary, or a struct with a bytes field as "
+      "Hugging Face writes images. Default: the only such column. Example: image",
+      "^[^\\n\\r]+$",
+    ),
+  ),
+  Option(
+    "label_column",
+    None,
+    "Parquet inputs: the column of ground-truth label images (default: a column named label, "
+    "where it holds images)",
+    changes_rows=True,
+    metavar="COLUMN",
+    flex=Flex(
+      "Parquet label column",
+      "Column of encoded ground-truth label images in Parquet inputs. Default: a column named "
+      "label of image type. Example: annotation",
+      "^[^\\n\\r]+$",
+    ),
+  ),
+  Option(
+    "id_column",
+    None,
+    "Parquet inputs: the column naming each image; ids are FILE#VALUE (default: FILE#ROW)",
+    changes_rows=True,
+    metavar="COLUMN",
+    flex=Flex(
+      "Parquet id column",
+      "Column whose value names each image in Parquet inputs (ids are FILE#VALUE; default "
+      "FILE#ROW, the row number). Example: image_id",
       "^[^\\n\\r]+$",
     ),
   ),
@@ -708,6 +796,16 @@ def _example_keys(self) -> ExampleKeys:
   return ExampleKeys(self.image_key, self.filename_key, self.label_key)
 
 
+def _sample_keys(self) -> SampleKeys:
+  """The member extensions of WebDataset inputs."""
+  return SampleKeys.from_flags(self.image_key, self.label_key)
+
+
+def _parquet_columns(self) -> ParquetColumns:
+  """The columns of Parquet inputs."""
+  return ParquetColumns(self.image_column, self.label_column, self.id_column)
+
+
 # The tf.Example keys: three options, recorded as one value (`example_keys`) in the manifest and
 # in the claim's fingerprint, as segbeam has always recorded them: a run an earlier segbeam left
 # unfinished must still compare equal when resumed.
@@ -742,6 +840,8 @@ RunOptions = dataclasses.make_dataclass(
     "__post_init__": _check,
     "breaker": property(_breaker),
     "example_keys": property(_example_keys),
+    "sample_keys": property(_sample_keys),
+    "parquet_columns": property(_parquet_columns),
     "to_dict": _to_dict,
     "__doc__": "One `segbeam run`: a field per entry of `OPTIONS`, checked by its entry.\n\n"
     "Attributes:\n"

@@ -266,3 +266,46 @@ def test_object_store_latency_prints_its_table(pet_folder, tmp_path):
   ways = {r[0][2:]: r for r in rows if r[0].startswith("| Beam's open") or "window" in r[0]}
   assert len(ways) == 2, out
   assert [float(r[2].rstrip(" |")) for r in ways.values()] == [3.0, 1.0], out  # before, after
+
+
+def test_input_formats_prints_a_row_per_format_and_place(pet_folder):
+  images, _, _ = pet_folder
+  out = _bench(
+    "input_formats.py",
+    "--small",
+    "3",
+    "--large",
+    "6",
+    "--per-shard",
+    "4",
+    "--repeats",
+    "1",
+    "--photos",
+    images,
+  )
+  assert out.startswith("machine: "), out
+  rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| ")][2:]
+  assert [(r[0][2:], r[1]) for r in rows] == [
+    (name, place)
+    for place in ("local", "gcs")
+    for name in ("files", "tfrecord", "parquet", "webdataset")
+  ], out
+  for row in rows:
+    assert row[2] == ("1 per image" if row[0] == "| files" else "2"), row  # 6 images, 4 a shard
+    assert row[8] == "6/6 segmented, 0 errors |", row
+    # Every input byte read at least once: by the run (local) or through the proxy (gcs).
+    assert float(row[6]) >= (1.0 if row[1] == "gcs" else 0.9), row
+  for row in rows[4:]:
+    assert float(row[7]) >= (1.0 if row[0] == "| files" else 2 / 6), row  # an object each
+  assert "at most 4 images per shard" in out.splitlines()[0], out
+
+
+def test_input_formats_refuses_an_unknown_format():
+  run = subprocess.run(
+    [sys.executable, os.path.join(ROOT, "bench", "input_formats.py"), "--formats", "csv"],
+    capture_output=True,
+    text=True,
+  )
+  assert (
+    run.returncode == 2 and "not one of files, tfrecord, parquet, webdataset: csv" in run.stderr
+  )

@@ -1,13 +1,17 @@
-"""Reading image shards: image files by glob, or TFRecord files of tf.train.Example.
+"""Reading image shards: image files by glob, TFRecord files of tf.train.Example, Parquet files
+with an image column (`parquet_images`) or WebDataset tar shards (`webdataset_tars`).
 
 Files are matched and opened through Beam's FileSystems (local paths, gs://, ...). Each image
 gets a stable, unique id from its place in the input, known without reading anything else:
 - an image file: its path relative to the pattern's root (the folder before the first glob
   character), e.g. 'cats/felix.jpg' for '/data/**/*.jpg';
 - a tf.Example: '<shard id>#<record index>', the shard id being the shard's path relative to
-  the root ('train-00003-of-00100#417').
+  the root ('train-00003-of-00100#417');
+- a Parquet row: '<file id>#<row index>', or '<file id>#<value>' of the --id-column;
+- a WebDataset sample: '<shard id>#<key>' ('shard-000001.tar#cats/0001').
 An image's own name goes in `filename`: an image file's id, a tf.Example's `image/filename`
-feature (None without one). Filenames may repeat (datasets do repeat them); ids do not, so
+feature, a Hugging Face image's `path` (else the --id-column's value), a WebDataset image
+member's name (None without one). Filenames may repeat (datasets do repeat them); ids do not, so
 every shard is read once and no pass over the whole input has to finish before the first
 image is segmented. An id is unique unless an input file is literally named like a record of
 a shard beside it ('train.tfrecord#3' next to 'train.tfrecord').
@@ -20,11 +24,12 @@ id is unique unless a name beside it is literally spelled with that escape.
 The listing (`iter_matches`) gives every name a glob matches, a dangling link or a link loop
 too, which Beam's local listing drops unsaid: such a name is refused as not a regular file.
 
-Which files are shards: `is_tfrecord` (by name, or by the first bytes where the name does not
-say). Reads are bounded whatever a file claims: an image file is read up to --max-file-bytes and
-refused beyond, a shard record over that size is skipped unread, and a local path that is not a
-regular file (a FIFO, a device such as /dev/zero behind a symlink) is refused without opening it.
-Nothing read from an input names a file to read: filenames from tf.Examples are only data.
+Which files are shards, and of which format: `input_kind` (by name, or by the first bytes where
+the name does not say). Reads are bounded whatever a file claims: an image file is read up to
+--max-file-bytes and refused beyond, as is a Parquet image or a tar member; a shard record over
+that size is skipped unread, and a local path that is not a regular file (a FIFO, a device such
+as /dev/zero behind a symlink) is refused without opening it. Nothing read from an input names a
+file to read: filenames from tf.Examples, Hugging Face paths and tar member names are only data.
 
 Image files on object stores are read --read-concurrency at a time per reading thread
 (`ReadFile`), so that their per-request latency overlaps; a gs:// image is fetched in one
@@ -33,12 +38,15 @@ request, its bytes only, since the listing already gave its path and size (`_fet
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import os
 import posixpath
 import re
 import stat
 import threading
+import zlib
 from concurrent import futures
 from typing import BinaryIO, Callable, Iterator, Optional
 
@@ -55,10 +63,14 @@ from segbeam import constants
 from segbeam import options as options_lib
 from segbeam.pipeline import elements
 from segbeam.pipeline import layout
+from segbeam.pipeline import parquet_images
 from segbeam.pipeline import progress
 from segbeam.pipeline import tfrecord
+from segbeam.pipeline import webdataset_tars
 
 _TFRECORD_NAME = re.compile(r"\.(tfrecords?|tfr)(\.gz)?($|-\d+-of-\d+$)|\.tfrecord", re.I)
+_PARQUET_NAME = re.compile(r"\.(parquet|parq|pq)$", re.I)
+_TAR_NAME = re.compile(r"\.(tar|tar\.gz|tgz)$", re.I)
 # Names routed to the image reader without opening them: the supported formats' extensions and
 # those of formats refused with a clear reason (validation.UNSUPPORTED and HEIF/AVIF).
 _IMAGE_NAME = re.compile(r"\.(jpe?g|jfif|png|gif|bmp|dib|tiff?|webp|jp2|j2k|heic|heif|avif)$", re.I)
@@ -100,30 +112,70 @@ def relative_id(path: str, root: str) -> str:
   return posixpath.basename(path)
 
 
+def kind_by_name(path: str, input_format: str) -> Optional[str]:
+  """How `path` is read (a `constants.FORMAT_*` other than auto) as far as --input-format and
+  its name say; None where only its first bytes can tell (`input_kind`)."""
+  if input_format != constants.FORMAT_AUTO:
+    return input_format
+  name = posixpath.basename(path)
+  for pattern, kind in (
+    (_TFRECORD_NAME, constants.FORMAT_TFRECORD),
+    (_PARQUET_NAME, constants.FORMAT_PARQUET),
+    (_TAR_NAME, constants.FORMAT_WEBDATASET),
+    (_IMAGE_NAME, constants.FORMAT_IMAGES),
+  ):
+    if pattern.search(name):
+      return kind
+  return None
+
+
+def _kind_by_bytes(head: bytes) -> str:
+  """How a file starting with `head` (its first 512 bytes, or fewer) is read."""
+  if tfrecord.starts_with_a_record(io.BytesIO(head)):  # a record length and its checksum
+    return constants.FORMAT_TFRECORD
+  if head.startswith(b"PAR1"):
+    return constants.FORMAT_PARQUET
+  if head[257:262] == b"ustar":  # a POSIX or GNU tar header's magic
+    return constants.FORMAT_WEBDATASET
+  if head.startswith(b"\x1f\x8b"):  # gzip, not decompressed by its name: a .tgz under another
+    inner = b""
+    with contextlib.suppress(zlib.error):  # 512 bytes of the stream decompress as far as they go
+      inner = zlib.decompressobj(zlib.MAX_WBITS | 16).decompress(head, webdataset_tars.BLOCK)
+    if inner[257:262] == b"ustar":
+      return constants.FORMAT_WEBDATASET
+  return constants.FORMAT_IMAGES
+
+
+def input_kind(
+  path: str, input_format: str, *, open_file: Optional[Callable[[], BinaryIO]] = None
+) -> str:
+  """How `path` is read: `constants.FORMAT_IMAGES`, `_TFRECORD`, `_PARQUET` or `_WEBDATASET`.
+
+  With --input-format auto, a name that says which it is decides ('.tfrecord', '.tfr',
+  '.parquet', '.tar', '.tar.gz', ... or an image extension; an image's format is still read
+  from its bytes), so that the common case opens nothing extra. Any other name (TensorFlow's
+  usual 'train-00000-of-01024', say) is decided by the file's first bytes, read through
+  `open_file`: a TFRecord shard begins with a record length and its checksum, Parquet with
+  'PAR1', a tar with its first header. Without `open_file`, or when it fails, such a file is
+  an image (its real read then reports what is wrong with it).
+  """
+  kind = kind_by_name(path, input_format)
+  if kind is not None:
+    return kind
+  if open_file is None:
+    return constants.FORMAT_IMAGES
+  try:
+    with open_file() as stream:
+      return _kind_by_bytes(tfrecord.read_up_to(stream, webdataset_tars.BLOCK))
+  except Exception:  # unreadable: the image read says why
+    return constants.FORMAT_IMAGES
+
+
 def is_tfrecord(
   path: str, input_format: str, *, open_file: Optional[Callable[[], BinaryIO]] = None
 ) -> bool:
-  """Whether `path` is read as a TFRecord shard rather than as an image file.
-
-  With --input-format auto, a name that says which it is decides ('.tfrecord', '.tfr', ... or an
-  image extension; an image's format is still read from its bytes), so that the common case
-  opens nothing extra. Any other name (TensorFlow's usual 'train-00000-of-01024', say) is
-  decided by the file's first bytes, read through `open_file`: a shard begins with a record
-  length and its checksum. Without `open_file`, or when it fails, such a file is an image (its
-  real read then reports what is wrong with it).
-  """
-  if input_format != constants.FORMAT_AUTO:
-    return input_format == constants.FORMAT_TFRECORD
-  name = posixpath.basename(path)
-  if _TFRECORD_NAME.search(name):
-    return True
-  if _IMAGE_NAME.search(name) or open_file is None:
-    return False
-  try:
-    with open_file() as stream:
-      return tfrecord.starts_with_a_record(stream)
-  except Exception:  # unreadable: the image read says why
-    return False
+  """Whether `path` is read as a TFRecord shard (`input_kind`)."""
+  return input_kind(path, input_format, open_file=open_file) == constants.FORMAT_TFRECORD
 
 
 def not_a_regular_file(path: str) -> Optional[str]:
@@ -281,9 +333,11 @@ class ListFiles(beam.DoFn):
   """A glob -> the metadata of each file it matches, as `fileio.MatchFiles` gives them, but
   one by one as they are listed (`iter_matches`).
 
-  Where every match is an image file by its name (or by --input-format images), their number
-  goes on the `inputs_listed` counter: the run's total, for its progress. A match that is, or
-  may be, a TFRecord shard leaves it unset (a shard's images are counted as they are read).
+  Where every match is an image file or a Parquet file by its name (or by --input-format), the
+  images they hold go on the `inputs_listed` counter (one a file; a Parquet file's rows, as its
+  footer says): the run's total, for its progress. A match that is, or may be, a TFRecord or
+  tar shard leaves it unset (their images are counted as they are read), as does a Parquet
+  footer that cannot be read.
   With `count_first` the listing is walked twice, to count before the first file goes on (in
   one process, where each file is read as soon as it is listed); without, files are counted
   as they go into the reshuffle that follows the listing, which ends before any is read.
@@ -295,10 +349,12 @@ class ListFiles(beam.DoFn):
     *,
     count_first: bool = False,
     output: Optional[str] = None,
+    parquet_columns: options_lib.ParquetColumns = options_lib.ParquetColumns(),
   ):
     self._input_format = input_format
     self._count_first = count_first
     self._output = output
+    self._columns = parquet_columns
     self._listed = progress.Counter(progress.LISTED)
 
   def process(self, pattern: str) -> Iterator[filesystem.FileMetadata]:
@@ -313,22 +369,41 @@ class ListFiles(beam.DoFn):
     return input_matches(pattern, self._output)
 
   def _counted(self, files: Iterator[filesystem.FileMetadata]) -> Iterator[filesystem.FileMetadata]:
-    """`files`, each passed on; once through, their number onto `inputs_listed` where all are
-    images."""
-    images: Optional[int] = 0
-    for metadata in files:
-      if images is not None and self._is_image(metadata.path):
-        images += 1
-      else:
-        images = None
-      yield metadata
-    if images is not None:
-      self._listed.inc(images)
+    """`files`, each passed on as it is listed; once through, the images they hold onto
+    `inputs_listed` where all are image or Parquet files. Parquet footers are read
+    `_FOOTER_READS` at a time beside the listing, so that their requests' latency overlaps."""
+    images, known = 0, True
+    footers: list[futures.Future] = []
+    with futures.ThreadPoolExecutor(_FOOTER_READS, "segbeam-footer") as pool:
+      for metadata in files:
+        if known:
+          kind = kind_by_name(metadata.path, self._input_format)
+          if kind == constants.FORMAT_IMAGES:
+            images += 1
+          elif kind == constants.FORMAT_PARQUET and not_a_regular_file(metadata.path) is None:
+            footers.append(pool.submit(_footer_rows, metadata.path, self._columns))
+          else:
+            known = False
+            pool.shutdown(wait=False, cancel_futures=True)
+        yield metadata
+      rows = [future.result() for future in footers] if known else [None]
+    if None not in rows:
+      self._listed.inc(images + sum(rows))
 
-  def _is_image(self, path: str) -> bool:
-    if self._input_format == constants.FORMAT_AUTO:
-      return bool(_IMAGE_NAME.search(path))
-    return self._input_format == constants.FORMAT_IMAGES
+
+# Parquet footers read at a time while listing (`ListFiles`): a request each on object stores.
+_FOOTER_READS = 16
+
+
+def _footer_rows(path: str, columns: options_lib.ParquetColumns) -> Optional[int]:
+  """The inputs the Parquet file at `path` makes, as its footer says: a row each, or one where
+  `columns` find no image column in it (its one error row); None where it cannot be read (its
+  read then says why)."""
+  try:
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as stream:
+      return parquet_images.row_count(stream, columns)
+  except Exception:  # not Parquet after all
+    return None
 
 
 class ReadMatches(beam.DoFn):
@@ -348,8 +423,8 @@ _IN_FLIGHT_BYTES = constants.DEFAULT_MAX_FILE_BYTES
 
 
 class ReadFile(beam.DoFn):
-  """A matched file -> ImageRecord per image (one per image file, one per shard record); what
-  cannot be read becomes a Failure on the FAILURES output.
+  """A matched file -> ImageRecord per image (one per image file, one per shard record, Parquet
+  row or WebDataset sample); what cannot be read becomes a Failure on the FAILURES output.
 
   Image files on object stores (gs://, s3://, ...) are read on a pool of `read_concurrency`
   threads per DoFn instance: at most that many are in flight, and no more than
@@ -368,12 +443,16 @@ class ReadFile(beam.DoFn):
     root: str,
     input_format: str = constants.FORMAT_AUTO,
     example_keys: options_lib.ExampleKeys = options_lib.ExampleKeys(),
+    sample_keys: options_lib.SampleKeys = options_lib.SampleKeys(),
+    parquet_columns: options_lib.ParquetColumns = options_lib.ParquetColumns(),
     max_file_bytes: int = constants.DEFAULT_MAX_FILE_BYTES,
     read_concurrency: int = constants.DEFAULT_READ_CONCURRENCY,
   ):
     self._root = root
     self._input_format = input_format
     self._keys = example_keys
+    self._sample_keys = sample_keys
+    self._columns = parquet_columns
     self._max_file_bytes = max_file_bytes
     self._read_concurrency = max(1, read_concurrency)
     self._seen = progress.Counter(progress.SEEN)
@@ -483,10 +562,16 @@ class ReadFile(beam.DoFn):
           ),
         )
       ]
-    elif is_tfrecord(path, self._input_format, open_file=readable.open):
-      outputs = self._read_shard(readable, file_id)
     else:
-      return iter(()), file_id
+      kind = input_kind(path, self._input_format, open_file=readable.open)
+      if kind == constants.FORMAT_IMAGES:
+        return iter(()), file_id
+      read = {
+        constants.FORMAT_TFRECORD: self._read_shard,
+        constants.FORMAT_PARQUET: self._read_parquet,
+        constants.FORMAT_WEBDATASET: self._read_tar,
+      }[kind]
+      outputs = read(readable, file_id)
     return outputs, None
 
   def _read_image(
@@ -604,6 +689,212 @@ class ReadFile(beam.DoFn):
         elements.FAILURES,
         elements.Failure.from_exception(shard_id, path, elements.STAGE_READ, error),
       )
+
+  def _read_parquet(self, readable: fileio.ReadableFile, file_id: str):
+    """A Parquet file's rows: an ImageRecord each, or a Failure naming the file and row."""
+    path = encodable(readable.metadata.path)
+    by_value = self._columns.id is not None
+    ids_seen: set[str] = set()
+
+    def failure(image_id, source, error_type, message, filename=None):
+      return beam.pvalue.TaggedOutput(
+        elements.FAILURES,
+        elements.Failure(
+          image_id, source, elements.STAGE_READ, error_type, message, filename=filename
+        ),
+      )
+
+    try:
+      with readable.open(compression_type=CompressionTypes.UNCOMPRESSED) as stream:
+        for row in parquet_images.iter_rows(stream, self._columns):
+          if isinstance(row, parquet_images.Unread):
+            rows = f"{row.first}" if row.first == row.last else f"{row.first}-{row.last}"
+            yield failure(
+              f"{file_id}#{'rows ' if by_value else ''}{rows}",
+              f"{path}#{row.first}",
+              "UnreadableRows",
+              f"rows {row.first} to {row.last} of the file: {row.reason}",
+            )
+            continue
+          source, image_id = f"{path}#{row.index}", f"{file_id}#{row.index}"
+          filename = row.path
+          if by_value:
+            value = _id_text(row.id)
+            image_id = f"{file_id}#row {row.index}"  # where its value cannot name it
+            if value is None:
+              yield failure(
+                image_id,
+                source,
+                "MissingId",
+                f"row {row.index}: its {self._columns.id!r} (--id-column) is null",
+                filename,
+              )
+              continue
+            if value in ids_seen:
+              yield failure(
+                image_id,
+                source,
+                "DuplicateId",
+                f"row {row.index}: its {self._columns.id!r} (--id-column) {value!r} names an "
+                "earlier row of the file too",
+                filename or value,
+              )
+              continue
+            ids_seen.add(value)
+            image_id, filename = f"{file_id}#{value}", filename or value
+          if row.image is None:
+            yield failure(
+              image_id, source, "MissingImage", f"row {row.index}: {row.missing}", filename
+            )
+          elif len(row.image) > self._max_file_bytes or len(row.label or b"") > (
+            self._max_file_bytes
+          ):
+            what = "image" if len(row.image) > self._max_file_bytes else "label"
+            size = len(row.image if what == "image" else row.label)
+            yield failure(
+              image_id,
+              source,
+              "FileTooLarge",
+              f"row {row.index}: its {what}'s {size} bytes are over the "
+              f"{self._max_file_bytes}-byte file limit",
+              filename,
+            )
+          else:
+            yield elements.ImageRecord(
+              encodable(image_id),
+              source,
+              row.image,
+              label=row.label,
+              filename=None if filename is None else encodable(filename),
+            )
+    except parquet_images.ColumnsError as error:
+      yield failure(file_id, path, "NoImageColumn", str(error), file_id)
+    except Exception as error:  # not Parquet, or unreadable
+      yield beam.pvalue.TaggedOutput(
+        elements.FAILURES,
+        elements.Failure.from_exception(
+          file_id, path, elements.STAGE_READ, error, filename=file_id
+        ),
+      )
+
+  def _read_tar(self, readable: fileio.ReadableFile, shard_id: str):
+    """A WebDataset shard's samples: an ImageRecord each, or a Failure naming the sample or the
+    bytes that could not be read."""
+    path = encodable(readable.metadata.path)
+    keys = self._sample_keys
+    keys_seen: set[str] = set()
+
+    def failure(where, error_type, message, filename=None):
+      return beam.pvalue.TaggedOutput(
+        elements.FAILURES,
+        elements.Failure(
+          encodable(f"{shard_id}#{where}"),
+          encodable(f"{path}#{where}"),
+          elements.STAGE_READ,
+          error_type,
+          encodable(message),
+          filename=None if filename is None else encodable(filename),
+        ),
+      )
+
+    try:
+      with readable.open() as stream:
+        samples = webdataset_tars.iter_samples(
+          stream, frozenset(keys.image + keys.label), self._max_file_bytes
+        )
+        for item in samples:
+          if isinstance(item, webdataset_tars.Damage):
+            where = f"@{item.offset}" if item.offset >= 0 else "@end"
+            yield failure(where, "TruncatedShard" if item.fatal else "DamagedShard", item.reason)
+            continue
+          if isinstance(item, webdataset_tars.Stray):
+            name = item.member.name
+            yield failure(
+              name,
+              "NotASampleMember",
+              f"member {name!r} has no extension, so it is in no WebDataset sample (KEY.EXTENSION)",
+              name,
+            )
+            continue
+          yield self._sample_output(item, keys, keys_seen, failure, shard_id, path)
+    except Exception as error:  # unreadable shard
+      yield beam.pvalue.TaggedOutput(
+        elements.FAILURES,
+        elements.Failure.from_exception(shard_id, path, elements.STAGE_READ, error),
+      )
+
+  def _sample_output(
+    self,
+    sample: webdataset_tars.Sample,
+    keys: options_lib.SampleKeys,
+    keys_seen: set[str],
+    failure: Callable[..., beam.pvalue.TaggedOutput],
+    shard_id: str,
+    path: str,
+  ):
+    """A sample's ImageRecord, or the Failure saying why it has no usable image."""
+    key = sample.key
+    image_key = next((k for k in keys.image if k in sample.members), None)
+    image = sample.members.get(image_key)
+    filename = image.name if image is not None else None
+    if key in keys_seen:  # WebDataset would make two samples of one key: ids must not repeat
+      return failure(
+        f"{key}@{sample.offset}",
+        "DuplicateKey",
+        f"a second sample with key {key!r} (at byte {sample.offset}); keys must be unique in "
+        "a shard",
+        filename,
+      )
+    keys_seen.add(key)
+    if sample.cut is not None:
+      return failure(key, "TruncatedShard", sample.cut, filename)
+    if sample.repeated is not None:
+      return failure(
+        key, "RepeatedMember", f"two members {sample.repeated!r} in one sample", filename
+      )
+    if image is None:
+      has = ", ".join(sorted(sample.members)) or "nothing"
+      return failure(
+        key,
+        "MissingImage",
+        f"sample {key!r} has no member {';'.join(keys.image)} (--image-key); it has {has}",
+      )
+    label_key = next((k for k in keys.label if k in sample.members), None)
+    label = sample.members.get(label_key)
+    for member, what in ((image, "image"), (label, "label")):
+      if member is None:
+        continue
+      if not member.regular:
+        return failure(
+          key,
+          "NotAFile",
+          f"its {what} member {member.name!r} is a link or special file, never followed",
+          filename,
+        )
+      if member.too_large:
+        return failure(
+          key,
+          "FileTooLarge",
+          f"its {what} member {member.name!r} is {member.size} bytes, over the "
+          f"{self._max_file_bytes}-byte file limit",
+          filename,
+        )
+    return elements.ImageRecord(
+      encodable(f"{shard_id}#{key}"),
+      encodable(f"{path}#{key}"),
+      image.data,
+      label=None if label is None else label.data,
+      filename=encodable(filename),
+    )
+
+
+def _id_text(value) -> Optional[str]:
+  """An --id-column value as an id's text; None for a null."""
+  if value is None:
+    return None
+  if isinstance(value, bytes):
+    return value.decode("utf-8", "backslashreplace")
+  return str(value)
 
 
 def _poolable(path: str) -> bool:
@@ -727,6 +1018,8 @@ class ReadImages(beam.PTransform):
 
   `output`, a run's output folder, is left out of what the pattern matches (`OwnFiles`).
   `read_concurrency` image files are read at a time per reading thread (`ReadFile`).
+  `example_keys`, `sample_keys` and `parquet_columns` say where a tf.Example, a WebDataset
+  sample and a Parquet row hold the image and its ground truth.
   """
 
   def __init__(
@@ -735,6 +1028,8 @@ class ReadImages(beam.PTransform):
     *,
     input_format: str = constants.FORMAT_AUTO,
     example_keys: options_lib.ExampleKeys = options_lib.ExampleKeys(),
+    sample_keys: options_lib.SampleKeys = options_lib.SampleKeys(),
+    parquet_columns: options_lib.ParquetColumns = options_lib.ParquetColumns(),
     max_file_bytes: int = constants.DEFAULT_MAX_FILE_BYTES,
     spread_files: bool = True,
     output: Optional[str] = None,
@@ -745,10 +1040,13 @@ class ReadImages(beam.PTransform):
     self._spread_files = spread_files
     self._input_format = input_format
     self._output = output
+    self._columns = parquet_columns
     self._read = ReadFile(
       root=pattern_root(pattern),
       input_format=input_format,
       example_keys=example_keys,
+      sample_keys=sample_keys,
+      parquet_columns=parquet_columns,
       max_file_bytes=max_file_bytes,
       read_concurrency=read_concurrency,
     )
@@ -759,7 +1057,12 @@ class ReadImages(beam.PTransform):
       | "Pattern" >> beam.Create([self._pattern])
       | "MatchFiles"
       >> beam.ParDo(
-        ListFiles(self._input_format, count_first=not self._spread_files, output=self._output)
+        ListFiles(
+          self._input_format,
+          count_first=not self._spread_files,
+          output=self._output,
+          parquet_columns=self._columns,
+        )
       )
     )
     if self._spread_files:

@@ -12,19 +12,22 @@ import argparse
 import base64
 import html
 import io
-from typing import Any, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from PIL import Image
 
 from segbeam import constants
 from segbeam import options as options_lib
 from segbeam.model import labels as labels_lib
+from segbeam.pipeline import parquet_images
 from segbeam.pipeline import schema
 from segbeam.pipeline import sources
 from segbeam.pipeline import tfrecord
 from segbeam.pipeline import validation
+from segbeam.pipeline import webdataset_tars
 from segbeam.results import examples
 from segbeam.results import output as output_lib
 from segbeam.results import summary as summary_lib
@@ -54,22 +57,56 @@ height:12px;margin:0 4px 0 12px;vertical-align:middle}.charts{display:flex;flex-
 """
 
 
-def read_source(source: str, image_key: str = options_lib.ExampleKeys().image) -> bytes:
-  """The encoded image behind a row's `source`: a file, or '<shard>#<record index>'."""
-  path, sep, index = source.rpartition("#")
-  if (
-    sep
-    and index.isdigit()
-    and sources.is_tfrecord(path, constants.FORMAT_AUTO, open_file=lambda: FileSystems.open(path))
-  ):
+def read_source(source: str, run_options: Optional[Mapping[str, Any]] = None) -> bytes:
+  """The encoded image behind a row's `source`: a file, '<shard>#<record index>',
+  '<Parquet file>#<row>' or '<tar shard>#<sample key>'.
+
+  Args:
+    run_options: the run's options as its manifest records them: which tf.Example feature,
+      Parquet column or WebDataset member holds the image. The defaults without.
+  """
+  run_options = run_options or {}
+  path, sep, where = source.rpartition("#")
+  kind = (
+    sources.input_kind(
+      path,
+      run_options.get("input_format") or constants.FORMAT_AUTO,
+      open_file=lambda: FileSystems.open(path),
+    )
+    if sep
+    else constants.FORMAT_IMAGES
+  )
+  keys = run_options.get("example_keys") or {}
+  image_key = keys.get("image") or options_lib.ExampleKeys().image
+  if kind == constants.FORMAT_TFRECORD and where.isdigit():
     import tensorflow as tf  # noqa: PLC0415  # results stay light
 
     with FileSystems.open(path) as stream:
       for position, record in tfrecord.read_records(stream):
-        if position == int(index) and isinstance(record, bytes):
+        if position == int(where) and isinstance(record, bytes):
           example = tf.train.Example.FromString(record)
           return example.features.feature[image_key].bytes_list.value[0]
-    raise FileNotFoundError(f"record {index} not readable in {path}")
+    raise FileNotFoundError(f"record {where} not readable in {path}")
+  if kind == constants.FORMAT_PARQUET and where.isdigit():
+    columns = options_lib.ParquetColumns(
+      run_options.get("image_column"), run_options.get("label_column")
+    )
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as stream:
+      for row in parquet_images.iter_rows(stream, columns, first_row=int(where)):
+        if getattr(row, "index", None) == int(where) and row.image is not None:
+          return row.image
+        break
+    raise FileNotFoundError(f"row {where} not readable in {path}")
+  if kind == constants.FORMAT_WEBDATASET:
+    extensions = options_lib.SampleKeys.from_flags(image_key, options_lib.ExampleKeys().label).image
+    with FileSystems.open(path) as stream:
+      for item in webdataset_tars.iter_samples(stream, frozenset(extensions), 1 << 31):
+        if isinstance(item, webdataset_tars.Sample) and item.key == where:
+          for extension in extensions:
+            member = item.members.get(extension)
+            if member is not None and member.data is not None:
+              return member.data
+    raise FileNotFoundError(f"sample {where} not readable in {path}")
   with FileSystems.open(source) as f:
     return f.read()
 
@@ -128,10 +165,10 @@ def _table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
   return f"<table><tr>{head}</tr>{''.join(body)}</table>"
 
 
-def _card(row: dict[str, Any], caption: str) -> str:
+def _card(row: dict[str, Any], caption: str, run_options: Mapping[str, Any]) -> str:
   try:
     src = overlay(
-      read_source(row["source"]), row["mask_png"], row.get("exif_orientation") or 1
+      read_source(row["source"], run_options), row["mask_png"], row.get("exif_orientation") or 1
     )  # absent from runs before the column
     picture = f'<img src="{src}" alt="{html.escape(row["image_id"])} with its mask">'
   except Exception as error:  # a missing source, not a crash
@@ -157,6 +194,7 @@ def _sample_rows(con, count: int) -> list[dict[str, Any]]:
 
 def build_report(output: output_lib.RunOutput, samples: int = 12) -> str:
   summary = summary_lib.summarize(output)
+  run_options = output.manifest.get("options") or {}
   names = output.class_names
   suffixes = schema.class_columns(names)
   con = output.connect()
@@ -199,7 +237,11 @@ def build_report(output: output_lib.RunOutput, samples: int = 12) -> str:
 
   parts.append(f'<h2>Sample images</h2><p class="legend">mask colours:{legend}</p>')
   cards = [
-    _card(row, f"dominant {row['dominant_class']}, confidence {row['mean_confidence']:.2f}")
+    _card(
+      row,
+      f"dominant {row['dominant_class']}, confidence {row['mean_confidence']:.2f}",
+      run_options,
+    )
     for row in _sample_rows(con, samples)
   ]
   parts.append(f'<div class="gallery">{"".join(cards)}</div>')
@@ -235,7 +277,7 @@ def build_report(output: output_lib.RunOutput, samples: int = 12) -> str:
       by_id = {r["image_id"]: r for r in rows}
       ious = {w["image_id"]: w["mean_iou"] for w in truth["worst_images"]}
       cards = [
-        _card(by_id[i], f"mean IoU {ious[i]:.3f}" if ious[i] is not None else "")
+        _card(by_id[i], f"mean IoU {ious[i]:.3f}" if ious[i] is not None else "", run_options)
         for i in worst_ids
         if i in by_id
       ]

@@ -48,6 +48,8 @@ def build_pipeline(
     options.input,
     input_format=options.input_format,
     example_keys=options.example_keys,
+    sample_keys=options.sample_keys,
+    parquet_columns=options.parquet_columns,
     max_file_bytes=options.max_file_bytes,
     read_concurrency=options.read_concurrency,
     spread_files=distributed,

@@ -22,6 +22,7 @@ import apache_beam as beam
 from apache_beam.io import parquetio
 from apache_beam.io.filesystems import FileSystems
 
+from segbeam import constants
 from segbeam.pipeline import layout
 from segbeam.pipeline import progress
 from segbeam.pipeline import sources
@@ -59,7 +60,12 @@ def _id_keys(row: Mapping[str, Any], root: str) -> Iterator[tuple[str, None]]:
   were places, the id its source gives relative to this run's `root`."""
   yield row["image_id"], None
   match = _RECORD_SOURCE.match(row["source"] or "")
-  if match:
+  # Parquet and tar rows were always places: a Parquet row's number is no id where an
+  # --id-column names the rows.
+  if match and sources.kind_by_name(match[1], constants.FORMAT_AUTO) not in (
+    constants.FORMAT_PARQUET,
+    constants.FORMAT_WEBDATASET,
+  ):
     place = f"{sources.relative_id(match[1], root)}#{match[2]}"
     if place != row["image_id"]:
       yield place, None

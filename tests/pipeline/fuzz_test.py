@@ -1,5 +1,5 @@
 """Property-based fuzzing of what touches untrusted bytes first: validation and the serving
-graph's decode, the TFRecord framing, and tf.Example parsing.
+graph's decode, the TFRecord framing, tf.Example parsing, and the tar and Parquet readers.
 
 Any exception other than a recorded Failure (or, in the graph, the InvalidArgumentError the
 pipeline records as a decode error) is a bug. Inputs are arbitrary bytes and valid images and
@@ -28,6 +28,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from segbeam import options as options_lib
 from segbeam.pipeline import elements
 from segbeam.pipeline import sources
 from segbeam.pipeline import tfrecord
@@ -280,3 +281,122 @@ def test_reading_any_shard_bytes_gives_records_or_failures(data, step):
       assert item.image_id == f"fuzz.tfrecord#{index}"
     else:
       assert type(item).__name__ == "Example"
+
+
+def _tar_shard() -> bytes:
+  """A WebDataset shard as `tarfile` writes one with pax headers (long names): three samples,
+  one with a mask, one in a subfolder over the fuzz limit, one with no image."""
+  import tarfile
+
+  buffer = io.BytesIO()
+  with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+    for name, data in (
+      ("a.jpg", b"\xff\xd8\xff" + b"a" * 300),
+      ("a.seg.png", b"\x89PNG" + b"m" * 40),
+      ("dir/" + "b" * 120 + ".png", b"\x89PNG" + b"b" * 700),
+      ("c.json", b"{}"),
+    ):
+      info = tarfile.TarInfo(name)
+      info.size = len(data)
+      tar.addfile(info, io.BytesIO(data))
+  return buffer.getvalue()
+
+
+def _parquet_file() -> bytes:
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+
+  image = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+  table = pa.table(
+    {
+      "image": pa.array(
+        [{"bytes": b"\xff\xd8\xff" + bytes([i]) * 200, "path": f"{i}.jpg"} for i in range(6)]
+        + [None],
+        image,
+      ),
+      "name": [f"n{i}" for i in range(7)],
+    }
+  )
+  buffer = io.BytesIO()
+  pq.write_table(table, buffer, row_group_size=3)
+  return buffer.getvalue()
+
+
+_SHARD_READ_ERRORS = {
+  "MissingImage",
+  "FileTooLarge",
+  "NotAFile",
+  "DuplicateKey",
+  "RepeatedMember",
+  "TruncatedShard",
+  "DamagedShard",
+  "NotASampleMember",
+  "UnreadableRows",
+  "NoImageColumn",
+  "MissingId",
+  "DuplicateId",
+}
+
+
+def _read_with(kind: str, data: bytes, step: int, **options) -> list:
+  """What `ReadFile` makes of `data` as a shard of `kind` ('webdataset' or 'parquet'), read in
+  reads of at most `step` bytes (Parquet needs a seekable file: whole reads). An object
+  store's path: no local file is looked at."""
+  name = {"webdataset": "fuzz.tar", "parquet": "fuzz.parquet"}[kind]
+  root = "gs://fuzz/shards/"
+  read = sources.ReadFile(root=root, input_format=kind, max_file_bytes=500, **options)
+  read.setup()
+
+  def open_file(compression_type=None):
+    del compression_type
+    return ShortReads(data, step) if kind == "webdataset" else io.BytesIO(data)
+
+  readable = types.SimpleNamespace(
+    metadata=types.SimpleNamespace(path=f"{root}{name}", size_in_bytes=len(data)),
+    open=open_file,
+  )
+  outputs, _ = read._outputs(readable)
+  return list(read._counted(outputs))
+
+
+def _check_shard_outputs(outputs: list, shard: str) -> None:
+  """Each output an ImageRecord or a read Failure of a known kind; no id twice."""
+  ids = []
+  for output in outputs:
+    if isinstance(output, beam_tagged()):
+      failure = output.value
+      assert failure.stage == elements.STAGE_READ
+      assert failure.error_type in _SHARD_READ_ERRORS or failure.image_id == shard, failure
+      assert failure.error_type != "NotARegularFile"
+      ids.append(failure.image_id)
+    else:
+      assert isinstance(output, elements.ImageRecord) and isinstance(output.data, bytes)
+      assert output.image_id.startswith(shard + "#")
+      ids.append(output.image_id)
+  assert len(ids) == len(set(ids)), ids
+
+
+def beam_tagged():
+  import apache_beam as beam
+
+  return beam.pvalue.TaggedOutput
+
+
+@FUZZ
+@given(
+  data=st.one_of(st.binary(max_size=2048), st.deferred(lambda: mutated((_tar_shard(),)))),
+  step=st.integers(1, 700),
+)
+def test_reading_any_tar_bytes_gives_samples_or_failures(data, step):
+  """Arbitrary and mutated tar shards: never an exception, each output a sample's record or a
+  read failure, ids unique."""
+  _check_shard_outputs(_read_with("webdataset", data, step), "fuzz.tar")
+
+
+@FUZZ
+@given(data=st.one_of(st.binary(max_size=2048), st.deferred(lambda: mutated((_parquet_file(),)))))
+def test_reading_any_parquet_bytes_gives_rows_or_failures(data):
+  """Arbitrary and mutated Parquet files, with and without an id column: never an exception,
+  each output a row's record or a read failure, ids unique."""
+  for columns in (options_lib.ParquetColumns(), options_lib.ParquetColumns(id="name")):
+    _check_shard_outputs(_read_with("parquet", data, 1, parquet_columns=columns), "fuzz.parquet")

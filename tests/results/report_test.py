@@ -14,6 +14,7 @@ from segbeam.pipeline import tfrecord
 from segbeam.results import output as output_lib
 from segbeam.results import report
 from tests import accounting
+from tests import synthetic
 
 
 class _Collector(html.parser.HTMLParser):
@@ -121,3 +122,32 @@ def test_overlay_turns_the_photo_upright_like_the_run_did():
   upright = red_of(report.overlay(photo.getvalue(), mask.getvalue(), exif_orientation=6))
   unturned = red_of(report.overlay(photo.getvalue(), mask.getvalue()))  # sizes disagree
   assert upright > unturned + 100  # the photo shows through only when turned to the mask
+
+
+@pytest.mark.parametrize("shard_format", ["parquet", "webdataset"])
+def test_read_source_of_a_parquet_row_and_a_tar_sample(tmp_path, shard_format):
+  """The report shows the image behind a Parquet row or a WebDataset sample, as `pack` wrote
+  them (row groups skipped by their footer counts)."""
+  images = tmp_path / "images"
+  images.mkdir()
+  photos = {}
+  for i in range(3):
+    photos[f"p{i}"] = synthetic.encode(synthetic.pet_scene(20 + i, 16, i)[0], "PNG")
+    (images / f"p{i}.png").write_bytes(photos[f"p{i}"])
+  (shard,) = pack.pack(str(images), str(tmp_path / "s"), shard_format=shard_format).shards
+  where = {"parquet": "2", "webdataset": "p2"}[shard_format]
+  assert report.read_source(f"{shard}#{where}") == photos["p2"]
+  with pytest.raises(FileNotFoundError):
+    report.read_source(f"{shard}#{ {'parquet': '9', 'webdataset': 'p9'}[shard_format] }")
+
+
+def test_read_source_takes_the_runs_image_column(tmp_path):
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+
+  path = str(tmp_path / "two.parquet")
+  pq.write_table(pa.table({"thumb": [b"small"], "full": [b"large"]}), path)
+  options = {"image_column": "full"}
+  assert report.read_source(f"{path}#0", options) == b"large"
+  with pytest.raises(Exception, match="--image-column"):
+    report.read_source(f"{path}#0")  # two image columns: the run had to say which
