@@ -475,8 +475,9 @@ OPTIONS: tuple[Option, ...] = (
   Option(
     "input_format",
     constants.FORMAT_AUTO,
-    "auto (default): .tfrecord/.tfr names are TFRecord shards, .parquet Parquet, .tar/.tar.gz "
-    "WebDataset shards, image extensions images, any other file by its first bytes",
+    "auto (default): .tfrecord/.tfr names are TFRecord shards, .parquet/.parq/.pq Parquet, "
+    ".tar/.tar.gz/.tgz WebDataset shards, image extensions images, any other file by its first "
+    "bytes",
     choices=constants.INPUT_FORMATS,
     changes_rows=True,
     flex=Flex(
@@ -515,12 +516,12 @@ OPTIONS: tuple[Option, ...] = (
     "label_key",
     _KEYS.label,
     "tf.Example feature holding a ground-truth label image (optional); in WebDataset shards "
-    f"the mask member's extension (default there: {';'.join(constants.WEBDATASET_LABEL_KEYS)})",
+    f"the mask member's extensions (default there: {';'.join(constants.WEBDATASET_LABEL_KEYS)})",
     changes_rows=True,
     flex=Flex(
       "Label key",
       "Feature holding the encoded ground-truth label image (default "
-      "image/segmentation/class/encoded); in WebDataset shards the mask member's extension "
+      "image/segmentation/class/encoded); in WebDataset shards the mask member's extensions "
       f"(default {';'.join(constants.WEBDATASET_LABEL_KEYS)}). Example: seg.png",
       "^[^\\n\\r]+$",
     ),
@@ -535,7 +536,8 @@ OPTIONS: tuple[Option, ...] = (
     flex=Flex(
       "Parquet image column",
       "Column of encoded images in Parquet inputs: binary, or a struct with a bytes field as "
-      "Hugging Face writes images. Default: the only such column. Example: image",
+      "Hugging Face writes images. Default: the only such column, or the one named image. "
+      "Example: image",
       "^[^\\n\\r]+$",
     ),
   ),

@@ -38,7 +38,8 @@ from segbeam.pipeline import validation
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 # --format -> the shards' extension.
 FORMATS = {"tfrecord": "tfrecord", "parquet": "parquet", "webdataset": "tar"}
-# Hugging Face's row-group size for image datasets: a reader holds a row group at a time.
+# Images a row group holds at most (segbeam's choice, as `datasets` chose for image datasets
+# before it cut row groups by bytes alone): a reader holds a row group at a time.
 PARQUET_ROW_GROUP = 100
 # A row group is also cut at these many bytes of images (`datasets`' MAX_ROW_GROUP_SIZE), and
 # all shards together hold at most PARQUET_BUFFER_BYTES (and an image each) until written:
@@ -426,7 +427,7 @@ def add_parser(subparsers) -> None:
     choices=list(FORMATS),
     default="tfrecord",
     help="tfrecord: tf.Examples; parquet: Hugging Face Image columns image (and label); "
-    "webdataset: tar samples KEY.jpg (and KEY.seg.png) (default: %(default)s)",
+    "webdataset: tar samples KEY.<ext> (and KEY.seg.<ext>) (default: %(default)s)",
   )
   parser.set_defaults(func=run_pack)
 

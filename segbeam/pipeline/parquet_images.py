@@ -65,7 +65,12 @@ class Columns:
 
 
 class ColumnsError(ValueError):
-  """The file has no column the options name, or no single image column."""
+  """The file has no column the options name (`error_type` MissingColumn), or no single image
+  column (NoImageColumn)."""
+
+  def __init__(self, message: str, error_type: str = "MissingColumn"):
+    super().__init__(message)
+    self.error_type = error_type
 
 
 def _describe(schema: pa.Schema) -> str:
@@ -87,14 +92,18 @@ def choose_columns(schema: pa.Schema, wanted: options_lib.ParquetColumns) -> Col
       raise ColumnsError(f"two columns named {name!r} ({flag})")
     return schema.field(name)
 
+  def images_in(name: str, what: str, flag: str) -> str:
+    column_type = field(name, what, flag).type
+    if not is_image_like(column_type):
+      raise ColumnsError(
+        f"column {name!r} ({flag}) holds {column_type}, not encoded images (binary, or a "
+        "struct with a bytes field)"
+      )
+    return name
+
   label = None
   if wanted.label is not None:
-    if not is_image_like(field(wanted.label, "label", "--label-column").type):
-      raise ColumnsError(
-        f"column {wanted.label!r} (--label-column) holds {schema.field(wanted.label).type}, "
-        "not encoded images (binary, or a struct with a bytes field)"
-      )
-    label = wanted.label
+    label = images_in(wanted.label, "label", "--label-column")
   elif (
     names.count(_LABEL_NAME) == 1
     and is_image_like(schema.field(_LABEL_NAME).type)
@@ -102,12 +111,7 @@ def choose_columns(schema: pa.Schema, wanted: options_lib.ParquetColumns) -> Col
   ):
     label = _LABEL_NAME
   if wanted.image is not None:
-    if not is_image_like(field(wanted.image, "image", "--image-column").type):
-      raise ColumnsError(
-        f"column {wanted.image!r} (--image-column) holds {schema.field(wanted.image).type}, "
-        "not encoded images (binary, or a struct with a bytes field)"
-      )
-    image = wanted.image
+    image = images_in(wanted.image, "image", "--image-column")
   else:
     candidates = [f.name for f in schema if is_image_like(f.type) and f.name != label]
     if len(candidates) == 1:
@@ -115,14 +119,17 @@ def choose_columns(schema: pa.Schema, wanted: options_lib.ParquetColumns) -> Col
     elif candidates.count(_IMAGE_NAME) == 1:
       image = _IMAGE_NAME
     elif not candidates:
+      taken = f"; {label!r} is taken as the labels (--image-column {label} for images)"
       raise ColumnsError(
-        f"no column of encoded images (binary, or a struct with a bytes field); it has "
-        f"{_describe(schema)}"
+        f"no column of encoded images (binary, or a struct with a bytes field)"
+        f"{taken if label else ''}; it has {_describe(schema)}",
+        "NoImageColumn",
       )
     else:
       raise ColumnsError(
         f"{len(candidates)} columns could hold the images ({', '.join(candidates)[:300]}): "
-        "say which with --image-column"
+        "say which with --image-column",
+        "NoImageColumn",
       )
   id_column = None
   if wanted.id is not None:
@@ -245,4 +252,6 @@ def row_count(
     choose_columns(parquet.schema_arrow, columns_wanted)
   except ColumnsError:
     return 1
-  return parquet.metadata.num_rows
+  metadata = parquet.metadata
+  # As `iter_rows` reads them: a row group's negative count (a damaged footer) is no rows.
+  return sum(max(0, metadata.row_group(i).num_rows) for i in range(metadata.num_row_groups))

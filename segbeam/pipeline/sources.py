@@ -26,10 +26,11 @@ too, which Beam's local listing drops unsaid: such a name is refused as not a re
 
 Which files are shards, and of which format: `input_kind` (by name, or by the first bytes where
 the name does not say). Reads are bounded whatever a file claims: an image file is read up to
---max-file-bytes and refused beyond, as is a Parquet image or a tar member; a shard record over
-that size is skipped unread, and a local path that is not a regular file (a FIFO, a device such
-as /dev/zero behind a symlink) is refused without opening it. Nothing read from an input names a
-file to read: filenames from tf.Examples, Hugging Face paths and tar member names are only data.
+--max-file-bytes and refused beyond; a shard record or tar member over that size is skipped
+unread, a Parquet image over it refused once decoded (a page at a time), and a local path that
+is not a regular file (a FIFO, a device such as /dev/zero behind a symlink) is refused without
+opening it. Nothing read from an input names a file to read: filenames from tf.Examples,
+Hugging Face paths and tar member names are only data.
 
 Image files on object stores are read --read-concurrency at a time per reading thread
 (`ReadFile`), so that their per-request latency overlaps; a gs:// image is fetched in one
@@ -169,13 +170,6 @@ def input_kind(
       return _kind_by_bytes(tfrecord.read_up_to(stream, webdataset_tars.BLOCK))
   except Exception:  # unreadable: the image read says why
     return constants.FORMAT_IMAGES
-
-
-def is_tfrecord(
-  path: str, input_format: str, *, open_file: Optional[Callable[[], BinaryIO]] = None
-) -> bool:
-  """Whether `path` is read as a TFRecord shard (`input_kind`)."""
-  return input_kind(path, input_format, open_file=open_file) == constants.FORMAT_TFRECORD
 
 
 def not_a_regular_file(path: str) -> Optional[str]:
@@ -358,27 +352,31 @@ class ListFiles(beam.DoFn):
     self._listed = progress.Counter(progress.LISTED)
 
   def process(self, pattern: str) -> Iterator[filesystem.FileMetadata]:
+    previous_outputs = PreviousOutputs(pattern_root(pattern))
     if self._count_first:
-      for _ in self._counted(self._inputs(pattern)):
+      for _ in self._counted(self._inputs(pattern), previous_outputs):
         pass
       yield from self._inputs(pattern)
     else:
-      yield from self._counted(self._inputs(pattern))
+      yield from self._counted(self._inputs(pattern), previous_outputs)
 
   def _inputs(self, pattern: str) -> Iterator[filesystem.FileMetadata]:
     return input_matches(pattern, self._output)
 
-  def _counted(self, files: Iterator[filesystem.FileMetadata]) -> Iterator[filesystem.FileMetadata]:
+  def _counted(
+    self, files: Iterator[filesystem.FileMetadata], previous_outputs: PreviousOutputs
+  ) -> Iterator[filesystem.FileMetadata]:
     """`files`, each passed on as it is listed; once through, the images they hold onto
     `inputs_listed` where all are image or Parquet files. Parquet footers are read
-    `_FOOTER_READS` at a time beside the listing, so that their requests' latency overlaps."""
+    `_FOOTER_READS` at a time beside the listing, so that their requests' latency overlaps; a
+    file of an earlier run's output (`previous_outputs`) is one input, its error row."""
     images, known = 0, True
     footers: list[futures.Future] = []
     with futures.ThreadPoolExecutor(_FOOTER_READS, "segbeam-footer") as pool:
       for metadata in files:
         if known:
           kind = kind_by_name(metadata.path, self._input_format)
-          if kind == constants.FORMAT_IMAGES:
+          if kind == constants.FORMAT_IMAGES or previous_outputs.holding(metadata.path):
             images += 1
           elif kind == constants.FORMAT_PARQUET and not_a_regular_file(metadata.path) is None:
             footers.append(pool.submit(_footer_rows, metadata.path, self._columns))
@@ -393,6 +391,9 @@ class ListFiles(beam.DoFn):
 
 # Parquet footers read at a time while listing (`ListFiles`): a request each on object stores.
 _FOOTER_READS = 16
+# The most rows of an unreadable Parquet range told as an error row each; a footer claiming
+# more for one row group holds no images (their row groups hold thousands at the most).
+_MOST_UNREAD_ROWS = 100_000
 
 
 def _footer_rows(path: str, columns: options_lib.ParquetColumns) -> Optional[int]:
@@ -708,13 +709,7 @@ class ReadFile(beam.DoFn):
       with readable.open(compression_type=CompressionTypes.UNCOMPRESSED) as stream:
         for row in parquet_images.iter_rows(stream, self._columns):
           if isinstance(row, parquet_images.Unread):
-            rows = f"{row.first}" if row.first == row.last else f"{row.first}-{row.last}"
-            yield failure(
-              f"{file_id}#{'rows ' if by_value else ''}{rows}",
-              f"{path}#{row.first}",
-              "UnreadableRows",
-              f"rows {row.first} to {row.last} of the file: {row.reason}",
-            )
+            yield from self._unread_rows(row, file_id, path, failure, by_value)
             continue
           source, image_id = f"{path}#{row.index}", f"{file_id}#{row.index}"
           filename = row.path
@@ -768,7 +763,7 @@ class ReadFile(beam.DoFn):
               filename=None if filename is None else encodable(filename),
             )
     except parquet_images.ColumnsError as error:
-      yield failure(file_id, path, "NoImageColumn", str(error), file_id)
+      yield failure(file_id, path, error.error_type, str(error), file_id)
     except Exception as error:  # not Parquet, or unreadable
       yield beam.pvalue.TaggedOutput(
         elements.FAILURES,
@@ -776,6 +771,19 @@ class ReadFile(beam.DoFn):
           file_id, path, elements.STAGE_READ, error, filename=file_id
         ),
       )
+
+  @staticmethod
+  def _unread_rows(row: parquet_images.Unread, file_id: str, path: str, failure, by_value: bool):
+    """An error row for each row of an unreadable range: each is an input the footer counts;
+    a range longer than `_MOST_UNREAD_ROWS` (a footer no image file has) is one row."""
+    message = f"rows {row.first} to {row.last} of the file: {row.reason}"
+    if row.last - row.first >= _MOST_UNREAD_ROWS:
+      where = f"{'rows ' if by_value else ''}{row.first}-{row.last}"
+      yield failure(f"{file_id}#{where}", f"{path}#{row.first}", "UnreadableRows", message)
+      return
+    for index in range(row.first, row.last + 1):
+      where = f"{'row ' if by_value else ''}{index}"
+      yield failure(f"{file_id}#{where}", f"{path}#{index}", "UnreadableRows", message)
 
   def _read_tar(self, readable: fileio.ReadableFile, shard_id: str):
     """A WebDataset shard's samples: an ImageRecord each, or a Failure naming the sample or the
@@ -785,11 +793,12 @@ class ReadFile(beam.DoFn):
     keys_seen: set[str] = set()
 
     def failure(where, error_type, message, filename=None):
+      """A Failure of the sample (or bytes) `where` names; None: of the whole shard."""
       return beam.pvalue.TaggedOutput(
         elements.FAILURES,
         elements.Failure(
-          encodable(f"{shard_id}#{where}"),
-          encodable(f"{path}#{where}"),
+          encodable(shard_id if where is None else f"{shard_id}#{where}"),
+          encodable(path if where is None else f"{path}#{where}"),
           elements.STAGE_READ,
           error_type,
           encodable(message),
@@ -804,13 +813,17 @@ class ReadFile(beam.DoFn):
         )
         for item in samples:
           if isinstance(item, webdataset_tars.Damage):
+            if item.not_a_tar:
+              yield failure(None, "NotATar", item.reason, shard_id)
+              continue
             where = f"@{item.offset}" if item.offset >= 0 else "@end"
-            yield failure(where, "TruncatedShard" if item.fatal else "DamagedShard", item.reason)
+            error_type = "TruncatedShard" if item.fatal else "DamagedShard"
+            yield failure(where, error_type, item.reason)
             continue
           if isinstance(item, webdataset_tars.Stray):
             name = item.member.name
             yield failure(
-              name,
+              f"@{item.member.offset}",  # a key may be spelled like it: ids must not repeat
               "NotASampleMember",
               f"member {name!r} has no extension, so it is in no WebDataset sample (KEY.EXTENSION)",
               name,
@@ -847,7 +860,8 @@ class ReadFile(beam.DoFn):
       )
     keys_seen.add(key)
     if sample.cut is not None:
-      return failure(key, "TruncatedShard", sample.cut, filename)
+      error_type = "DamagedShard" if sample.damaged else "TruncatedShard"
+      return failure(key, error_type, sample.cut, filename)
     if sample.repeated is not None:
       return failure(
         key, "RepeatedMember", f"two members {sample.repeated!r} in one sample", filename

@@ -83,14 +83,14 @@ class Member:
 @dataclasses.dataclass(frozen=True)
 class Damage:
   """Where the shard could not be read. `fatal`: nothing after it could be (a truncation); else
-  the reader found the next header `skipped` bytes on."""
+  the reader found the next header past it. `not_a_tar`: no header anywhere in the file."""
 
   offset: int
   reason: str
   fatal: bool
-  skipped: int = 0
   # The member the shard ends inside or after (the end marker not read): its sample is cut.
   member: Optional[str] = None
+  not_a_tar: bool = False
 
 
 def _header(block: bytes) -> Optional[tarfile.TarInfo]:
@@ -217,6 +217,13 @@ def _data_size(info: tarfile.TarInfo, pax: dict[str, str]) -> Optional[int]:
   return size if size >= 0 else None
 
 
+def _cut_in_header(offset: int, last: Optional[str]) -> Damage:
+  """The shard ends inside the header at `offset`: `last`'s sample may be cut."""
+  return Damage(
+    offset, f"the shard ends inside the header at byte {offset}", fatal=True, member=last
+  )
+
+
 def _members(
   stream: BinaryIO, wanted: Callable[[str], bool], max_member_bytes: int
 ) -> Iterator[Union[Member, Damage]]:
@@ -233,11 +240,11 @@ def _members(
     block = tfrecord.read_up_to(stream, BLOCK)
     if len(block) < BLOCK:
       if offset == 0:  # tarfile refuses such a shard ('empty file') too
-        yield Damage(0, f"the shard is {len(block)} bytes, no tar (512-byte blocks)", fatal=True)
-      elif block.strip(b"\0"):
         yield Damage(
-          offset, f"the shard ends inside the header at byte {offset}", fatal=True, member=last
+          0, f"the file is {len(block)} bytes, no tar (512-byte blocks)", True, not_a_tar=True
         )
+      elif block.strip(b"\0"):
+        yield _cut_in_header(offset, last)
       elif not block and not ended:
         yield Damage(
           offset,
@@ -261,18 +268,18 @@ def _members(
         offset += BLOCK
         block = tfrecord.read_up_to(stream, BLOCK)
         if len(block) < BLOCK:
-          yield Damage(
-            start,
-            f"a damaged tar header at byte {start}, and no member after it",
-            fatal=True,
-          )
+          if start == 0:
+            yield Damage(0, "no tar header anywhere in the file", True, not_a_tar=True)
+          else:
+            yield Damage(
+              start, f"a damaged tar header at byte {start}, and no member after it", True
+            )
           return
         info = _header(block) if block != _ZERO_BLOCK else None
       yield Damage(
         start,
         f"a damaged tar header at byte {start}: {offset - start} bytes skipped to the next member",
         fatal=False,
-        skipped=offset - start,
       )
       long_name, pax, last, discard = None, {}, None, False
       size = info.size
@@ -296,19 +303,13 @@ def _members(
           f"a {size}-byte extended header at byte {header_offset}, over the "
           f"{_MAX_HEADER_DATA}-byte limit: skipped, and the member it names",
           fatal=False,
-          skipped=read + BLOCK,
         )
         long_name, pax, last, discard = None, {}, None, True
         continue
       data = tfrecord.read_up_to(stream, padded)
       offset += len(data)
       if len(data) < size:
-        yield Damage(
-          header_offset,
-          f"the shard ends inside the header at byte {header_offset}",
-          fatal=True,
-          member=last,
-        )
+        yield _cut_in_header(header_offset, last)
         return
       data = data[:size]
       if info.type == tarfile.GNUTYPE_LONGNAME:
@@ -324,12 +325,7 @@ def _members(
         extension = tfrecord.read_up_to(stream, BLOCK)
         offset += len(extension)
         if len(extension) < BLOCK:
-          yield Damage(
-            header_offset,
-            f"the shard ends inside the header at byte {header_offset}",
-            fatal=True,
-            member=last,
-          )
+          yield _cut_in_header(header_offset, last)
           return
         if not extension[504]:
           break
@@ -376,7 +372,8 @@ class Sample:
     offset: of its first member's header.
     repeated: the name of a member whose extension the sample already had (WebDataset refuses
       such a sample); None.
-    cut: why the sample is incomplete (the shard ends inside it); None.
+    cut: why the sample may be incomplete (the shard ends inside it, or damage fell in it);
+      None.
   """
 
   key: str
@@ -384,6 +381,7 @@ class Sample:
   offset: int
   repeated: Optional[str] = None
   cut: Optional[str] = None
+  damaged: bool = False  # `cut` by damage the shard went on after, rather than by its end
 
 
 @dataclasses.dataclass(frozen=True)
@@ -398,9 +396,10 @@ def iter_samples(
 ) -> Iterator[Union[Sample, Stray, Damage]]:
   """The shard's samples, in order, with its stray members and its damage.
 
-  A sample is closed by a member of another key, by damage (what the damaged bytes held is
-  lost with them) or by the shard's end; one the shard ends inside, or after without tar's end
-  marker, is `cut`, and that fatal damage is told by it alone.
+  A sample is closed by a member of another key or by the shard's end; one the shard ends
+  inside, or after without tar's end marker, is `cut`, and that fatal damage is told by it
+  alone. Damage the shard goes on after is told, and where the member after it has the key of
+  the sample before, that sample is `cut` too (a member of it may be what was lost).
 
   Args:
     wanted_extensions: the extensions whose data is read (the image's and the label's).
@@ -410,25 +409,34 @@ def iter_samples(
     return split_name(name)[1] in wanted_extensions and not is_meta(name)
 
   current: Optional[Sample] = None
+  damaged: Optional[str] = None  # the damage `current` was open at, until a member follows
   for item in iter_members(stream, wanted, max_member_bytes):
     if isinstance(item, Damage):
       key = None if item.member is None else split_name(item.member)[0]
       if current is not None and key is not None and key == current.key:
         yield dataclasses.replace(current, cut=item.reason)
         return
-      if current is not None:
-        yield current
-      current = None
-      if key is not None and not is_meta(item.member):  # the sample it starts is cut
-        yield Sample(key, {}, item.offset, cut=item.reason)
-      else:
-        yield item
       if item.fatal:
+        if current is not None:
+          yield dataclasses.replace(current, cut=damaged, damaged=True) if damaged else current
+        if key is not None and not is_meta(item.member):  # the sample it starts is cut
+          yield Sample(key, {}, item.offset, cut=item.reason)
+        else:
+          yield item
         return
+      yield item
+      if current is not None and damaged is None:
+        damaged = item.reason
       continue
     if is_meta(item.name):
       continue
     key, extension = split_name(item.name)
+    if damaged is not None and current is not None:
+      # The damage fell inside `current` where this member is of its key: it may have lost a
+      # member (its mask, say); else it ended there.
+      if key == current.key:
+        current = dataclasses.replace(current, cut=damaged, damaged=True)
+      damaged = None
     if key is None:
       if current is not None:
         yield current
@@ -446,4 +454,4 @@ def iter_samples(
     else:
       current.members[extension] = item
   if current is not None:
-    yield current
+    yield dataclasses.replace(current, cut=damaged, damaged=True) if damaged else current

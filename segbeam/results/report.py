@@ -100,7 +100,8 @@ def read_source(source: str, run_options: Optional[Mapping[str, Any]] = None) ->
   if kind == constants.FORMAT_WEBDATASET:
     extensions = options_lib.SampleKeys.from_flags(image_key, options_lib.ExampleKeys().label).image
     with FileSystems.open(path) as stream:
-      for item in webdataset_tars.iter_samples(stream, frozenset(extensions), 1 << 31):
+      limit = run_options.get("max_file_bytes") or constants.DEFAULT_MAX_FILE_BYTES
+      for item in webdataset_tars.iter_samples(stream, frozenset(extensions), limit):
         if isinstance(item, webdataset_tars.Sample) and item.key == where:
           for extension in extensions:
             member = item.members.get(extension)

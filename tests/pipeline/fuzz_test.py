@@ -333,6 +333,8 @@ _SHARD_READ_ERRORS = {
   "NotASampleMember",
   "UnreadableRows",
   "NoImageColumn",
+  "MissingColumn",
+  "NotATar",
   "MissingId",
   "DuplicateId",
 }

@@ -10,13 +10,11 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import tarfile
-import time
 
 import datasets
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import webdataset
@@ -28,6 +26,8 @@ from segbeam.results import output as output_lib
 from tests import accounting
 from tests import gcs_emulator as helper
 from tests import synthetic
+from tests.pipeline import hostile_corpus
+from tests.run import crash_resume_test
 
 PHOTOS = (
   "Abyssinian_1",
@@ -378,11 +378,6 @@ def test_ids_are_stable_so_a_later_run_skips_every_row_and_sample(
   assert (counts["segmented"], counts["failed"], counts["skipped_existing"]) == (0, 0, 16)
 
 
-def _journaled_rows(output: str) -> int:
-  left = output_lib.unfinished(output)
-  return left.segments_rows + left.errors_rows if left else 0
-
-
 def test_a_killed_run_resumes_keeping_its_rows(tiny_export, tmp_path):
   """A real `segbeam run` process over a Parquet file and a WebDataset shard, SIGKILLed once
   some rows are durable; `--resume` keeps them (their ids are the same) and does the rest."""
@@ -401,18 +396,9 @@ def test_a_killed_run_resumes_keeping_its_rows(tiny_export, tmp_path):
   output = str(tmp_path / "out")
   argv = [sys.executable, "-m", "segbeam", "run", "--input", f"{folder}/many.*"]
   argv += ["--output", output, "--model", tiny_export[0], "--batch-size", "8", "--quiet"]
-  process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-  try:
-    while _journaled_rows(output) < count // 2:
-      assert process.poll() is None, process.stderr.read().decode()[-3000:]
-      time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-  finally:
-    process.kill()
-    process.wait()
-  durable = _journaled_rows(output)
+  durable = crash_resume_test._run_until_killed(argv, output, count // 2)
   assert durable < 2 * count, "the run ended before it was killed"
-  done = subprocess.run([*argv, "--resume"], capture_output=True, text=True, timeout=300)
+  done = crash_resume_test._resume(argv)
   assert done.returncode == 0, done.stderr[-3000:]
   manifest = accounting.assert_accounted_for(output, inputs_seen=2 * count)
   assert manifest["counts"]["from_earlier_attempts"] == durable
@@ -445,3 +431,66 @@ def test_parquet_and_webdataset_shards_on_gs(
     **_comparable(format_runs["webdataset"], "image_id"),
   }
   assert _comparable(output, "image_id") == local
+
+
+def test_an_image_inside_a_shard_meets_the_same_checks_as_a_file(tiny_export, tmp_path, capsys):
+  """The pixel cap, damaged pixels and disguised bytes, inside a Parquet row and a tar member:
+  the same error rows, at the same stages, as the same bytes in files; the shard's other
+  images are segmented."""
+  good, _ = _scene(40, 30, 1)
+  hostile = {
+    "bomb": hostile_corpus.png_bomb(),
+    "cut": good[: len(good) // 2],
+    "text": b"Dear diary, not a photo",
+  }
+  folder = tmp_path / "in"
+  folder.mkdir()
+  names = ["good", *hostile]
+  data = [good, *hostile.values()]
+  for name, value in zip(names, data):
+    (folder / f"{name}.png").write_bytes(value)
+  _write_hf_parquet(
+    str(folder / "all.parquet"), {"image": [_hf_image(d, f"{n}.png") for n, d in zip(names, data)]}
+  )
+  (folder / "all.tar").write_bytes(_tar([{"__key__": n, "png": d} for n, d in zip(names, data)]))
+  outcomes = {}
+  for kind, pattern in (("files", "*.png"), ("parquet", "all.parquet"), ("tar", "all.tar")):
+    output = str(tmp_path / kind)
+    code, text = _run(
+      capsys, "--input", f"{folder}/{pattern}", "--output", output, "--model", tiny_export[0]
+    )
+    assert code == 0, text
+    accounting.assert_accounted_for(output, inputs_seen=len(names))
+    assert [row["filename"] for row in _rows(output)] == ["good.png"]
+    outcomes[kind] = {
+      row["filename"]: (row["stage"], row["error_type"]) for row in _rows(output, "errors")
+    }
+  assert outcomes["files"]["bomb.png"] == ("validate", "PixelCapExceeded")
+  assert set(outcomes["files"]) == {"bomb.png", "cut.png", "text.png"}
+  assert outcomes["parquet"] == outcomes["tar"] == outcomes["files"]
+
+
+def test_a_damaged_row_group_costs_its_rows_one_error_row_each(tiny_export, tmp_path, capsys):
+  """A page of the second of three row groups damaged (its checksum fails): its three rows are
+  three error rows naming file and row, the other six are segmented, and the progress total
+  from the footer is what the run saw."""
+  scenes = [_scene(30 + i, 20, i)[0] for i in range(9)]
+  path = tmp_path / "in" / "damaged.parquet"
+  path.parent.mkdir()
+  table = pa.table({"image": scenes})
+  pq.write_table(table, str(path), row_group_size=3, write_page_checksum=True, use_dictionary=False)
+  column = pq.ParquetFile(str(path)).metadata.row_group(1).column(0)
+  data = bytearray(path.read_bytes())
+  data[column.data_page_offset + column.total_compressed_size - 100] ^= 0xFF  # in an image
+  path.write_bytes(bytes(data))
+  output = str(tmp_path / "out")
+  code, text = _run(capsys, "--input", str(path), "--output", output, "--model", tiny_export[0])
+  assert code == 0, text
+  accounting.assert_accounted_for(output, inputs_seen=9)
+  assert progress.tally()[progress.LISTED] == 9
+  assert sorted(_by_id(output)) == [f"damaged.parquet#{i}" for i in (0, 1, 2, 6, 7, 8)]
+  errors = _by_id(output, "errors")
+  assert sorted(errors) == [f"damaged.parquet#{i}" for i in (3, 4, 5)]
+  for row in errors.values():
+    assert (row["stage"], row["error_type"]) == ("read", "UnreadableRows")
+    assert "rows 3 to 5 of the file: row group 1" in row["message"]

@@ -34,47 +34,86 @@ def test_pattern_root(pattern, root):
   assert sources.pattern_root(pattern) == root
 
 
+TFR, PQ, WDS, IMG = (
+  constants.FORMAT_TFRECORD,
+  constants.FORMAT_PARQUET,
+  constants.FORMAT_WEBDATASET,
+  constants.FORMAT_IMAGES,
+)
+
+
 @pytest.mark.parametrize(
   "name,expected",
   [
-    ("train.tfrecord", True),
-    ("a.tfrecords", True),
-    ("x-00001-of-00010.tfrecord", True),
-    ("train.tfrecord-00001-of-00004", True),
-    ("a.tfr", True),
-    ("cat.jpg", False),
-    ("tfrecord_cat.png", False),
+    ("train.tfrecord", TFR),
+    ("a.tfrecords", TFR),
+    ("x-00001-of-00010.tfrecord", TFR),
+    ("train.tfrecord-00001-of-00004", TFR),
+    ("a.tfr", TFR),
+    ("train-00000-of-00008.parquet", PQ),
+    ("a.PQ", PQ),
+    ("shard-000001.tar", WDS),
+    ("shard.tar.gz", WDS),
+    ("shard.tgz", WDS),
+    ("cat.jpg", IMG),
+    ("tfrecord_cat.png", IMG),
+    ("parquet.jpeg", IMG),
   ],
 )
-def test_tfrecord_detection_by_name(name, expected):
+def test_format_detection_by_name(name, expected):
   def never_opened():
     raise AssertionError("a name that says what the file is decides without opening it")
 
-  assert (
-    sources.is_tfrecord(f"/d/{name}", constants.FORMAT_AUTO, open_file=never_opened) is expected
-  )
-  assert sources.is_tfrecord(f"/d/{name}", constants.FORMAT_TFRECORD)
-  assert not sources.is_tfrecord(f"/d/{name}", constants.FORMAT_IMAGES)
+  assert sources.input_kind(f"/d/{name}", constants.FORMAT_AUTO, open_file=never_opened) == expected
+  for given in (TFR, PQ, WDS, IMG):  # --input-format decides alone
+    assert sources.input_kind(f"/d/{name}", given, open_file=never_opened) == given
+
+
+def _tar_bytes(compress: bool = False) -> bytes:
+  import gzip
+  import tarfile
+
+  stream = io.BytesIO()
+  with tarfile.open(fileobj=stream, mode="w") as tar:
+    info = tarfile.TarInfo("k.jpg")
+    info.size = len(JPEG)
+    tar.addfile(info, io.BytesIO(JPEG))
+  return gzip.compress(stream.getvalue()) if compress else stream.getvalue()
+
+
+def _parquet_bytes() -> bytes:
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+
+  stream = io.BytesIO()
+  pq.write_table(pa.table({"image": [JPEG]}), stream)
+  return stream.getvalue()
 
 
 @pytest.mark.parametrize(
-  "contents,expected", [(tfrecord.encode_record(b"x"), True), (JPEG, False), (b"", False)]
+  "contents,expected",
+  [
+    (tfrecord.encode_record(b"x"), TFR),
+    (_parquet_bytes(), PQ),
+    (_tar_bytes(), WDS),
+    (_tar_bytes(compress=True), WDS),
+    (JPEG, IMG),
+    (b"\x1f\x8b" + b"not gzip", IMG),
+    (b"", IMG),
+  ],
 )
 def test_a_name_that_does_not_say_is_decided_by_the_first_bytes(contents, expected):
-  assert (
-    sources.is_tfrecord(
-      "/d/train-00000-of-01024", constants.FORMAT_AUTO, open_file=lambda: io.BytesIO(contents)
-    )
-    is expected
-  )
-  assert not sources.is_tfrecord("/d/train-00000-of-01024", constants.FORMAT_AUTO)
+  name = "/d/train-00000-of-01024"
+  opened = sources.input_kind(name, constants.FORMAT_AUTO, open_file=lambda: io.BytesIO(contents))
+  assert opened == expected
+  assert sources.input_kind(name, constants.FORMAT_AUTO) == IMG  # nothing to open it with
 
 
 def test_a_file_that_cannot_be_opened_to_tell_is_read_as_an_image():
   def unreadable():
     raise OSError("permission denied")
 
-  assert not sources.is_tfrecord("/d/data-1", constants.FORMAT_AUTO, open_file=unreadable)
+  assert sources.input_kind("/d/data-1", constants.FORMAT_AUTO, open_file=unreadable) == IMG
 
 
 def _read(pattern, **kwargs):
@@ -378,3 +417,43 @@ def test_names_that_are_not_utf8_make_ids_that_encode():
   assert sources.relative_id(os.fsdecode(b"/in\xff/a.png"), os.fsdecode(b"/in\xff/")) == "a.png"
   assert sources.encodable("plain ünïcødé\\name") == "plain ünïcødé\\name"
   assert sources.encodable("\ud800") == "\\ud800"
+
+
+def test_a_tar_shards_rows_never_share_an_id(tmp_path):
+  """A member with no extension is told by its place, not its name: 'README' next to a sample
+  keyed 'README' (from README.txt); a key seen twice is told by where it came again."""
+  import tarfile
+
+  stream = io.BytesIO()
+  with tarfile.open(fileobj=stream, mode="w") as tar:
+    for name, data in (
+      ("README", b"notes"),
+      ("README.txt", b"more notes"),
+      ("k.jpg", JPEG),
+      ("other.jpg", JPEG),
+      ("k.jpg", JPEG),
+    ):
+      info = tarfile.TarInfo(name)
+      info.size = len(data)
+      tar.addfile(info, io.BytesIO(data))
+  (tmp_path / "s.tar").write_bytes(stream.getvalue())
+  with tarfile.open(tmp_path / "s.tar") as tar:
+    again = tar.getmembers()[-1].offset  # the second k.jpg's header
+  p, out = _read(str(tmp_path / "*.tar"))
+  assert_that(
+    out.rows | beam.Map(lambda r: (r.image_id, r.filename, r.data == JPEG)),
+    equal_to([("s.tar#k", "k.jpg", True), ("s.tar#other", "other.jpg", True)]),
+    label="records",
+  )
+  assert_that(
+    out.failures | beam.Map(lambda f: (f.image_id, f.error_type)),
+    equal_to(
+      [
+        ("s.tar#@0", "NotASampleMember"),
+        ("s.tar#README", "MissingImage"),
+        (f"s.tar#k@{again}", "DuplicateKey"),
+      ]
+    ),
+    label="failures",
+  )
+  p.run()

@@ -313,7 +313,13 @@ def test_members_not_wanted_or_over_the_limit_are_skipped_unread():
 def test_a_shard_shorter_than_a_header_is_damage(data, size):
   (damage,) = _items(data)
   assert isinstance(damage, wt.Damage) and damage.fatal and damage.offset == 0
-  assert f"the shard is {size} bytes" in damage.reason
+  assert damage.not_a_tar and f"the file is {size} bytes" in damage.reason
+
+
+@pytest.mark.parametrize("data", [b"\xff\xd8\xff" + b"j" * 5000, b"Dear diary. " * 100])
+def test_a_file_with_no_tar_header_anywhere_is_not_a_tar(data):
+  (damage,) = _items(data)
+  assert damage.fatal and damage.not_a_tar and "no tar header" in damage.reason
 
 
 @pytest.mark.parametrize("blocks", [1, 2, 20])
@@ -572,3 +578,40 @@ def test_a_tar_or_gzipped_tar_without_a_telling_name_is_sniffed_as_webdataset(ta
       "/d/train-00000-of-00004", constants.FORMAT_AUTO, open_file=lambda d=other: io.BytesIO(d)
     )
     assert kind == constants.FORMAT_IMAGES
+
+
+def _damaged(member: bytes) -> bytes:
+  """`member` with its header's checksum broken."""
+  return member[:148] + b"99999\0 " + member[155:]
+
+
+def test_damage_inside_a_sample_cuts_it_and_the_next_sample_is_whole():
+  """k0's mask header is damaged: k0 may have lost its mask, so it is cut (damaged), not
+  segmented without ground truth nor told again as a second k0; k1 is read whole."""
+  shard = (
+    _member("k0.jpg", b"A")
+    + _damaged(_member("k0.seg.png", b"M"))
+    + _member("k0.json", b"{}")
+    + _member("k1.jpg", b"B")
+    + bytes(2 * wt.BLOCK)
+  )
+  items = _items(shard)
+  damage, cut = _problems(items)
+  assert isinstance(damage, wt.Damage) and not damage.fatal and damage.offset == 2 * wt.BLOCK
+  assert cut.key == "k0" and cut.damaged and cut.cut == damage.reason
+  assert _complete(items) == [("k1", {"jpg": b"B"})]
+
+
+def test_damage_between_samples_costs_only_what_it_held():
+  """The damaged header is k1's image's: k0 is whole, k1 has no image (its row says so)."""
+  shard = (
+    _member("k0.jpg", b"A")
+    + _damaged(_member("k1.jpg", b"B"))
+    + _member("k1.seg.png", b"M")
+    + bytes(2 * wt.BLOCK)
+  )
+  items = _items(shard)
+  # The damage is told when found; k0 once the member after it shows k0 had ended.
+  assert [type(item).__name__ for item in items] == ["Damage", "Sample", "Sample"]
+  assert _complete(items)[0] == ("k0", {"jpg": b"A"})
+  assert items[2].key == "k1" and "jpg" not in items[2].members and items[2].cut is None
