@@ -73,15 +73,27 @@ def match_pairs(
   return [ImageMaskPair(s, images[s], masks[s]) for s in stems]
 
 
-def read_mask(data: bytes, label_map: labels_lib.LabelMap) -> np.ndarray:
+class MaskSizeError(ValueError):
+  """A mask whose header says another size than its image's."""
+
+
+def read_mask(
+  data: bytes, label_map: labels_lib.LabelMap, size: Optional[tuple[int, int]] = None
+) -> np.ndarray:
   """Encoded mask -> uint8 [H, W] class indices (IGNORE_INDEX where unmapped).
 
   Read with PIL because palette PNG masks must keep their palette indices; TensorFlow's decoder
   would expand them to colours.
+
+  Args:
+    size: the image's (width, height): a mask whose header says otherwise raises
+      MaskSizeError before it is decoded (a small PNG may declare a huge one).
   """
   with Image.open(io.BytesIO(data)) as mask:
     if mask.mode not in ("L", "P", "I", "I;16", "1"):
       raise ValueError(f"mask has mode {mask.mode}; expected one channel of class values")
+    if size is not None and mask.size != tuple(size):
+      raise MaskSizeError(f"label is {mask.size[0]}x{mask.size[1]}, image {size[0]}x{size[1]}")
     raw = np.asarray(mask)
   return label_map.apply(raw)
 

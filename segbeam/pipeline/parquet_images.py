@@ -113,7 +113,9 @@ def choose_columns(schema: pa.Schema, wanted: options_lib.ParquetColumns) -> Col
   if wanted.image is not None:
     image = images_in(wanted.image, "image", "--image-column")
   else:
-    candidates = [f.name for f in schema if is_image_like(f.type) and f.name != label]
+    candidates = [
+      f.name for f in schema if is_image_like(f.type) and f.name not in (label, wanted.id)
+    ]
     if len(candidates) == 1:
       image = candidates[0]
     elif candidates.count(_IMAGE_NAME) == 1:

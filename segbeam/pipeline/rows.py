@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import re
 import time
 from typing import Any, Iterator, Optional
 
@@ -45,6 +46,9 @@ class RunContext:
     return schema.class_columns(self.class_names)
 
 
+_STREAM_REPR = re.compile(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
+
+
 def ground_truth_columns(
   mask: np.ndarray, label: Optional[bytes], context: RunContext, label_error: Optional[str] = None
 ) -> dict[str, Any]:
@@ -65,9 +69,14 @@ def ground_truth_columns(
   if label is None or context.label_map is None:
     return columns
   try:
-    truth = data_lib.read_mask(label, context.label_map)
+    truth = data_lib.read_mask(label, context.label_map, size=(mask.shape[1], mask.shape[0]))
+  except data_lib.MaskSizeError as error:  # told by its header, never decoded
+    columns["gt_error"] = str(error)
+    return columns
   except Exception as error:  # an unusable label, not image
-    columns["gt_error"] = f"{type(error).__name__}: {messages.one_line(error, limit=300)}"
+    # PIL names the stream it read (`<_io.BytesIO object at 0x...>`): not the same twice.
+    message = _STREAM_REPR.sub("the label", messages.one_line(error, limit=300))
+    columns["gt_error"] = f"{type(error).__name__}: {message}"
     return columns
   if truth.shape != mask.shape:
     columns["gt_error"] = (

@@ -695,7 +695,19 @@ class ReadFile(beam.DoFn):
     """A Parquet file's rows: an ImageRecord each, or a Failure naming the file and row."""
     path = encodable(readable.metadata.path)
     by_value = self._columns.id is not None
-    ids_seen: set[str] = set()
+    # With --id-column, what follows '#' in the ids the file's rows took, values and places
+    # alike: a value may be spelled like a place ('row 3'), and no id may repeat.
+    taken: set[str] = set()
+
+    def place(index: int) -> str:
+      """The id of a row that no value names, `FILE#row N` (never one taken)."""
+      if not by_value:
+        return f"{file_id}#{index}"
+      where = f"row {index}"
+      while where in taken:
+        where += "~"
+      taken.add(where)
+      return f"{file_id}#{where}"
 
     def failure(image_id, source, error_type, message, filename=None):
       return beam.pvalue.TaggedOutput(
@@ -709,25 +721,24 @@ class ReadFile(beam.DoFn):
       with readable.open(compression_type=CompressionTypes.UNCOMPRESSED) as stream:
         for row in parquet_images.iter_rows(stream, self._columns):
           if isinstance(row, parquet_images.Unread):
-            yield from self._unread_rows(row, file_id, path, failure, by_value)
+            yield from self._unread_rows(row, path, failure, place)
             continue
           source, image_id = f"{path}#{row.index}", f"{file_id}#{row.index}"
           filename = row.path
           if by_value:
             value = _id_text(row.id)
-            image_id = f"{file_id}#row {row.index}"  # where its value cannot name it
             if value is None:
               yield failure(
-                image_id,
+                place(row.index),
                 source,
                 "MissingId",
                 f"row {row.index}: its {self._columns.id!r} (--id-column) is null",
                 filename,
               )
               continue
-            if value in ids_seen:
+            if value in taken:
               yield failure(
-                image_id,
+                place(row.index),
                 source,
                 "DuplicateId",
                 f"row {row.index}: its {self._columns.id!r} (--id-column) {value!r} names an "
@@ -735,7 +746,7 @@ class ReadFile(beam.DoFn):
                 filename or value,
               )
               continue
-            ids_seen.add(value)
+            taken.add(value)
             image_id, filename = f"{file_id}#{value}", filename or value
           if row.image is None:
             yield failure(
@@ -773,17 +784,16 @@ class ReadFile(beam.DoFn):
       )
 
   @staticmethod
-  def _unread_rows(row: parquet_images.Unread, file_id: str, path: str, failure, by_value: bool):
-    """An error row for each row of an unreadable range: each is an input the footer counts;
-    a range longer than `_MOST_UNREAD_ROWS` (a footer no image file has) is one row."""
+  def _unread_rows(
+    row: parquet_images.Unread, path: str, failure, place: Callable[[int], str]
+  ) -> Iterator[beam.pvalue.TaggedOutput]:
+    """An error row for each row of an unreadable range, under its `place`: each is an input
+    the footer counts; a range longer than `_MOST_UNREAD_ROWS` (a footer no image file has)
+    is one row, under its first row's place."""
     message = f"rows {row.first} to {row.last} of the file: {row.reason}"
-    if row.last - row.first >= _MOST_UNREAD_ROWS:
-      where = f"{'rows ' if by_value else ''}{row.first}-{row.last}"
-      yield failure(f"{file_id}#{where}", f"{path}#{row.first}", "UnreadableRows", message)
-      return
-    for index in range(row.first, row.last + 1):
-      where = f"{'row ' if by_value else ''}{index}"
-      yield failure(f"{file_id}#{where}", f"{path}#{index}", "UnreadableRows", message)
+    last = row.last if row.last - row.first < _MOST_UNREAD_ROWS else row.first
+    for index in range(row.first, last + 1):
+      yield failure(place(index), f"{path}#{index}", "UnreadableRows", message)
 
   def _read_tar(self, readable: fileio.ReadableFile, shard_id: str):
     """A WebDataset shard's samples: an ImageRecord each, or a Failure naming the sample or the
@@ -816,14 +826,15 @@ class ReadFile(beam.DoFn):
             if item.not_a_tar:
               yield failure(None, "NotATar", item.reason, shard_id)
               continue
-            where = f"@{item.offset}" if item.offset >= 0 else "@end"
+            # A key's last part has no dot: '@N.damage' is no sample's id.
+            where = f"@{item.offset}.damage" if item.offset >= 0 else "@end.damage"
             error_type = "TruncatedShard" if item.fatal else "DamagedShard"
             yield failure(where, error_type, item.reason)
             continue
           if isinstance(item, webdataset_tars.Stray):
             name = item.member.name
             yield failure(
-              f"@{item.member.offset}",  # a key may be spelled like it: ids must not repeat
+              f"@{item.member.offset}.member",  # as a damage's: no sample's id
               "NotASampleMember",
               f"member {name!r} has no extension, so it is in no WebDataset sample (KEY.EXTENSION)",
               name,
@@ -852,10 +863,10 @@ class ReadFile(beam.DoFn):
     filename = image.name if image is not None else None
     if key in keys_seen:  # WebDataset would make two samples of one key: ids must not repeat
       return failure(
-        f"{key}@{sample.offset}",
+        f"{key}@{sample.offset}.again",  # as a damage's: no sample's id
         "DuplicateKey",
-        f"a second sample with key {key!r} (at byte {sample.offset}); keys must be unique in "
-        "a shard",
+        f"a second sample with key {key!r} (at byte {sample.offset}): a sample's members must "
+        "be adjacent in the tar (`tar --sort=name`, or webdataset's TarWriter) and keys unique",
         filename,
       )
     keys_seen.add(key)

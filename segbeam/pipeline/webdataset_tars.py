@@ -243,7 +243,7 @@ def _members(
         yield Damage(
           0, f"the file is {len(block)} bytes, no tar (512-byte blocks)", True, not_a_tar=True
         )
-      elif block.strip(b"\0"):
+      elif block.strip(b"\0") and not ended:  # bytes after the end marker are no member
         yield _cut_in_header(offset, last)
       elif not block and not ended:
         yield Damage(
@@ -319,6 +319,8 @@ def _members(
       continue
     sparse = info.type == tarfile.GNUTYPE_SPARSE or any(k.startswith("GNU.sparse.") for k in pax)
     name = pax.get("GNU.sparse.name") or pax.get("path") or long_name or info.name
+    while name.startswith("./"):  # `tar -C DIR .` names every member so: keys without it
+      name = name[2:]
     long_name, pax = None, {}
     if info.type == tarfile.GNUTYPE_SPARSE and block[482]:  # more of its map in blocks of its own
       while True:
@@ -398,8 +400,8 @@ def iter_samples(
 
   A sample is closed by a member of another key or by the shard's end; one the shard ends
   inside, or after without tar's end marker, is `cut`, and that fatal damage is told by it
-  alone. Damage the shard goes on after is told, and where the member after it has the key of
-  the sample before, that sample is `cut` too (a member of it may be what was lost).
+  alone. Damage the shard goes on after is told, and the samples on either side of it are
+  `cut` (`damaged`) too: either may have lost a member in the damaged bytes.
 
   Args:
     wanted_extensions: the extensions whose data is read (the image's and the label's).
@@ -409,7 +411,7 @@ def iter_samples(
     return split_name(name)[1] in wanted_extensions and not is_meta(name)
 
   current: Optional[Sample] = None
-  damaged: Optional[str] = None  # the damage `current` was open at, until a member follows
+  after_damage: Optional[str] = None  # damage just skipped: the next sample may have lost to it
   for item in iter_members(stream, wanted, max_member_bytes):
     if isinstance(item, Damage):
       key = None if item.member is None else split_name(item.member)[0]
@@ -418,25 +420,22 @@ def iter_samples(
         return
       if item.fatal:
         if current is not None:
-          yield dataclasses.replace(current, cut=damaged, damaged=True) if damaged else current
+          yield current
         if key is not None and not is_meta(item.member):  # the sample it starts is cut
           yield Sample(key, {}, item.offset, cut=item.reason)
         else:
           yield item
         return
       yield item
-      if current is not None and damaged is None:
-        damaged = item.reason
+      # Which sample the damaged bytes held members of is unknown: the ones on either side of
+      # them may each have lost one (a mask, say), so neither is taken as whole.
+      if current is not None:
+        current = dataclasses.replace(current, cut=item.reason, damaged=True)
+      after_damage = item.reason
       continue
     if is_meta(item.name):
       continue
     key, extension = split_name(item.name)
-    if damaged is not None and current is not None:
-      # The damage fell inside `current` where this member is of its key: it may have lost a
-      # member (its mask, say); else it ended there.
-      if key == current.key:
-        current = dataclasses.replace(current, cut=damaged, damaged=True)
-      damaged = None
     if key is None:
       if current is not None:
         yield current
@@ -448,10 +447,13 @@ def iter_samples(
       current = None
     if current is None:
       current = Sample(key, {extension: item}, item.offset)
+      if after_damage is not None:
+        current = dataclasses.replace(current, cut=after_damage, damaged=True)
     elif extension in current.members:
       if current.repeated is None:
         current = dataclasses.replace(current, repeated=item.name)
     else:
       current.members[extension] = item
+    after_damage = None
   if current is not None:
-    yield dataclasses.replace(current, cut=damaged, damaged=True) if damaged else current
+    yield current

@@ -57,6 +57,19 @@ height:12px;margin:0 4px 0 12px;vertical-align:middle}.charts{display:flex;flex-
 """
 
 
+def _split_source(source: str) -> tuple[str, Optional[str]]:
+  """(shard path, what follows its '#': a record, row or sample key) of a row's `source`, or
+  (the file, None). Paths and keys may both hold '#': the shard is the shortest prefix that
+  exists; a source that exists whole is a file."""
+  if "#" not in source or FileSystems.exists(source):
+    return source, None
+  for index, char in enumerate(source):
+    if char == "#" and FileSystems.exists(source[:index]):
+      return source[:index], source[index + 1 :]
+  path, _, where = source.rpartition("#")
+  return path, where
+
+
 def read_source(source: str, run_options: Optional[Mapping[str, Any]] = None) -> bytes:
   """The encoded image behind a row's `source`: a file, '<shard>#<record index>',
   '<Parquet file>#<row>' or '<tar shard>#<sample key>'.
@@ -66,14 +79,14 @@ def read_source(source: str, run_options: Optional[Mapping[str, Any]] = None) ->
       Parquet column or WebDataset member holds the image. The defaults without.
   """
   run_options = run_options or {}
-  path, sep, where = source.rpartition("#")
+  path, where = _split_source(source)
   kind = (
     sources.input_kind(
       path,
       run_options.get("input_format") or constants.FORMAT_AUTO,
       open_file=lambda: FileSystems.open(path),
     )
-    if sep
+    if where is not None
     else constants.FORMAT_IMAGES
   )
   keys = run_options.get("example_keys") or {}

@@ -22,7 +22,6 @@ import apache_beam as beam
 from apache_beam.io import parquetio
 from apache_beam.io.filesystems import FileSystems
 
-from segbeam import constants
 from segbeam.pipeline import layout
 from segbeam.pipeline import progress
 from segbeam.pipeline import sources
@@ -60,12 +59,9 @@ def _id_keys(row: Mapping[str, Any], root: str) -> Iterator[tuple[str, None]]:
   were places, the id its source gives relative to this run's `root`."""
   yield row["image_id"], None
   match = _RECORD_SOURCE.match(row["source"] or "")
-  # Parquet and tar rows were always places: a Parquet row's number is no id where an
-  # --id-column names the rows.
-  if match and sources.kind_by_name(match[1], constants.FORMAT_AUTO) not in (
-    constants.FORMAT_PARQUET,
-    constants.FORMAT_WEBDATASET,
-  ):
+  # Those earlier ids were filenames, without '#'; every place has one (a Parquet row's
+  # number is no id where an --id-column names the rows).
+  if match and "#" not in row["image_id"]:
     place = f"{sources.relative_id(match[1], root)}#{match[2]}"
     if place != row["image_id"]:
       yield place, None

@@ -254,3 +254,13 @@ def test_validation_crops_are_a_centred_grid_identical_each_pass(tmp_path):
   # Centred: 160 leaves 16 a side, 200 leaves 4, 130 leaves 1.
   assert origins[:4] == [(16, 16), (80, 16), (16, 80), (80, 80)]
   assert origins[4:] == [(4, 1), (68, 1), (132, 1), (4, 65), (68, 65), (132, 65)]
+
+
+def test_a_mask_whose_header_says_another_size_is_refused_before_decoding():
+  """A few hundred bytes declaring 13,000 x 13,000, under PIL's own bomb limit (a label inside
+  a shard, say): refused from its header, never decoded."""
+  from tests.pipeline import hostile_corpus
+
+  bomb = hostile_corpus.png_bomb(13_000, 13_000)
+  with pytest.raises(data.MaskSizeError, match="label is 13000x13000, image 8x8"):
+    data.read_mask(bomb, labels.OXFORD_PET_TRIMAP, size=(8, 8))

@@ -421,7 +421,8 @@ def test_names_that_are_not_utf8_make_ids_that_encode():
 
 def test_a_tar_shards_rows_never_share_an_id(tmp_path):
   """A member with no extension is told by its place, not its name: 'README' next to a sample
-  keyed 'README' (from README.txt); a key seen twice is told by where it came again."""
+  keyed 'README' (from README.txt); a key seen twice is told by where it came again; and no
+  key can spell those ids ('@0.member' has a dot in its last part, a key never has)."""
   import tarfile
 
   stream = io.BytesIO()
@@ -432,26 +433,33 @@ def test_a_tar_shards_rows_never_share_an_id(tmp_path):
       ("k.jpg", JPEG),
       ("other.jpg", JPEG),
       ("k.jpg", JPEG),
+      ("@0.jpg", JPEG),  # a key spelled like a place
     ):
       info = tarfile.TarInfo(name)
       info.size = len(data)
       tar.addfile(info, io.BytesIO(data))
   (tmp_path / "s.tar").write_bytes(stream.getvalue())
   with tarfile.open(tmp_path / "s.tar") as tar:
-    again = tar.getmembers()[-1].offset  # the second k.jpg's header
+    again = tar.getmembers()[-2].offset  # the second k.jpg's header
   p, out = _read(str(tmp_path / "*.tar"))
   assert_that(
     out.rows | beam.Map(lambda r: (r.image_id, r.filename, r.data == JPEG)),
-    equal_to([("s.tar#k", "k.jpg", True), ("s.tar#other", "other.jpg", True)]),
+    equal_to(
+      [
+        ("s.tar#k", "k.jpg", True),
+        ("s.tar#other", "other.jpg", True),
+        ("s.tar#@0", "@0.jpg", True),
+      ]
+    ),
     label="records",
   )
   assert_that(
     out.failures | beam.Map(lambda f: (f.image_id, f.error_type)),
     equal_to(
       [
-        ("s.tar#@0", "NotASampleMember"),
+        ("s.tar#@0.member", "NotASampleMember"),
         ("s.tar#README", "MissingImage"),
-        (f"s.tar#k@{again}", "DuplicateKey"),
+        (f"s.tar#k@{again}.again", "DuplicateKey"),
       ]
     ),
     label="failures",

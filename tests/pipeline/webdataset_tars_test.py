@@ -362,24 +362,34 @@ def test_a_header_claiming_an_enormous_size_cuts_only_its_sample(size):
 def test_a_negative_size_is_a_damaged_header():
   negative = bytearray(_raw_header("k1.jpg", 0))
   negative[124:136] = b"\xff" * 12  # base-256 minus one
-  shard = _member("k0.jpg", b"A") + _with_checksum(bytes(negative)) + _member("k2.jpg", b"C")
+  shard = (
+    _member("a.jpg", b"0")
+    + _member("k0.jpg", b"A")
+    + _with_checksum(bytes(negative))
+    + _member("k2.jpg", b"C")
+    + _member("z.jpg", b"9")
+  )
   items = _items(shard + END)
-  assert _complete(items) == [("k0", {"jpg": b"A"}), ("k2", {"jpg": b"C"})]
-  (damage,) = _problems(items)
-  assert not damage.fatal and damage.offset == wt.BLOCK * 2
+  # The samples on either side of the damage may have lost a member to it: cut, not whole.
+  assert _complete(items) == [("a", {"jpg": b"0"}), ("z", {"jpg": b"9"})]
+  damage, *cut = _problems(items)
+  assert not damage.fatal and damage.offset == wt.BLOCK * 4
+  assert [(c.key, c.damaged) for c in cut] == [("k0", True), ("k2", True)]
 
 
 @pytest.mark.parametrize("size", [b"-3", b"lots", b"1e3"])
 def test_a_pax_size_that_is_no_size_is_damage(size):
   shard = (
-    _member("k0.jpg", b"A")
+    _member("a.jpg", b"0")
+    + _member("k0.jpg", b"A")
     + _pax(size=size)
     + _member("k1.jpg", b"B" * 600)
     + _member("k2.jpg", b"C")
+    + _member("z.jpg", b"9")
     + END
   )
   items = _items(shard)
-  assert ("k0", {"jpg": b"A"}) in _complete(items) and ("k2", {"jpg": b"C"}) in _complete(items)
+  assert ("a", {"jpg": b"0"}) in _complete(items) and ("z", {"jpg": b"9"}) in _complete(items)
   assert all(key != "k1" for key, _ in _complete(items))
   assert any(isinstance(i, wt.Damage) and not i.fatal for i in items)
 
@@ -402,20 +412,24 @@ def test_a_pax_size_sizes_its_member_not_the_next_extended_header():
   assert _complete(items) == _webdataset(shard)
 
 
-def test_an_extended_header_over_the_limit_costs_only_its_member():
+def test_an_extended_header_over_the_limit_costs_its_member_and_its_neighbours():
   shard = (
-    _member("k0.jpg", b"A")
+    _member("a.jpg", b"0")
+    + _member("k0.jpg", b"A")
     + _pax(SCHILY_xattr_user_big=b"x" * (2 << 20))  # a big extended attribute, as bsdtar writes
     + _member("k1.jpg", b"B")
     + _member("k2.jpg", b"C")
+    + _member("z.jpg", b"9")
     + END
   )
   items = _items(shard)
-  assert _complete(items) == [("k0", {"jpg": b"A"}), ("k2", {"jpg": b"C"})]
-  (damage,) = _problems(items)
+  assert _complete(items) == [("a", {"jpg": b"0"}), ("z", {"jpg": b"9"})]
+  damage, *cut = _problems(items)
   assert not damage.fatal and "extended header" in damage.reason
-  (cut,) = _items(shard[: 1 << 20])  # inside it: k0 may have had more members
-  assert cut.key == "k0" and "the shard ends inside the" in cut.cut
+  assert [c.key for c in cut] == ["k0", "k2"]  # whose member the skipped one was is unknown
+  *whole, cut = _items(shard[: 1 << 20])  # inside it: k0 may have had more members
+  assert [w.key for w in whole] == ["a"] and cut.key == "k0"
+  assert "the shard ends inside the" in cut.cut
 
 
 def _gnu_tar() -> Optional[str]:
@@ -497,7 +511,7 @@ def test_a_shard_cut_at_any_byte_gives_the_samples_before_the_cut_and_tells_it(t
 
 
 @pytest.mark.parametrize("tar_format", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
-def test_a_damaged_byte_in_any_header_costs_only_its_member(tar_format):
+def test_a_damaged_byte_in_any_header_costs_at_most_its_sample_and_their_neighbours(tar_format):
   shard = _tar(LOOP_ENTRIES, tar_format)
   whole = _complete(_items(shard))
   blocks = []  # (offset, the key of the member it describes) of header blocks and their data
@@ -508,7 +522,8 @@ def test_a_damaged_byte_in_any_header_costs_only_its_member(tar_format):
   assert len(blocks) > len(LOOP_ENTRIES) + 1  # the long name's extended header and its data
   for offset, key in blocks:
     is_header = _header_reads(shard[offset : offset + wt.BLOCK])
-    others = [sample for sample in whole if sample[0] != key]
+    hit = [k for k, _ in whole].index(key)
+    others = [sample for i, sample in enumerate(whole) if abs(i - hit) > 1]
     for position in range(wt.BLOCK):
       damaged = bytearray(shard)
       damaged[offset + position] ^= 0x5A
@@ -602,8 +617,9 @@ def test_damage_inside_a_sample_cuts_it_and_the_next_sample_is_whole():
   assert _complete(items) == [("k1", {"jpg": b"B"})]
 
 
-def test_damage_between_samples_costs_only_what_it_held():
-  """The damaged header is k1's image's: k0 is whole, k1 has no image (its row says so)."""
+def test_damage_between_samples_cuts_both_neighbours():
+  """The damaged header is k1's image's, which nothing after it can tell: k0 (it may have had
+  one more member) and k1 (it may have lost its first) are both cut, not taken as whole."""
   shard = (
     _member("k0.jpg", b"A")
     + _damaged(_member("k1.jpg", b"B"))
@@ -611,7 +627,7 @@ def test_damage_between_samples_costs_only_what_it_held():
     + bytes(2 * wt.BLOCK)
   )
   items = _items(shard)
-  # The damage is told when found; k0 once the member after it shows k0 had ended.
-  assert [type(item).__name__ for item in items] == ["Damage", "Sample", "Sample"]
-  assert _complete(items)[0] == ("k0", {"jpg": b"A"})
-  assert items[2].key == "k1" and "jpg" not in items[2].members and items[2].cut is None
+  damage, k0, k1 = items
+  assert isinstance(damage, wt.Damage) and not damage.fatal
+  assert (k0.key, k0.damaged, k0.cut) == ("k0", True, damage.reason)
+  assert (k1.key, k1.damaged) == ("k1", True) and "jpg" not in k1.members

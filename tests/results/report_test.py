@@ -151,3 +151,16 @@ def test_read_source_takes_the_runs_image_column(tmp_path):
   assert report.read_source(f"{path}#0", options) == b"large"
   with pytest.raises(Exception, match="--image-column"):
     report.read_source(f"{path}#0")  # two image columns: the run had to say which
+
+
+def test_read_source_of_a_sample_whose_key_holds_a_hash(tmp_path):
+  import tarfile
+
+  shard = tmp_path / "with#hash.tar"
+  with tarfile.open(shard, "w") as tar:
+    for name, data in (("a#b.jpg", b"first"), ("c.jpg", b"second")):
+      info = tarfile.TarInfo(name)
+      info.size = len(data)
+      tar.addfile(info, io.BytesIO(data))
+  assert report.read_source(f"{shard}#a#b") == b"first"
+  assert report.read_source(f"{shard}#c") == b"second"
