@@ -142,6 +142,9 @@ class LatencyProxy:
             # An object's mediaLink names the emulator: its bytes must come through here too,
             # as a real bucket's come from the same front.
             data = data.replace(proxy._upstream_url, proxy.url.encode())
+          # Recorded before it is answered: a client that asks for the records as soon as its
+          # answer came finds it there (recorded after, the last could be missing).
+          proxy._record(Request(self.command, self.path, start, time.monotonic(), answer.status))
           self.send_response(answer.status, answer.reason)
           for key, value in answer.getheaders():
             if key.lower() not in _HOP_BY_HOP and key.lower() != "content-length":
@@ -153,7 +156,6 @@ class LatencyProxy:
           self.wfile.flush()
         finally:
           upstream.close()
-        proxy._record(Request(self.command, self.path, start, time.monotonic(), answer.status))
 
       do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _forward
 

@@ -317,9 +317,10 @@ def test_webdataset_samples_their_ids_and_the_samples_that_have_no_usable_image(
   member = _member(cut, "cut7.jpg")
   (folder / "c.tar").write_bytes(cut[: member.offset_data + member.size // 2])
   # The header naming the middle sample's image damaged (the one before its data; TarWriter
-  # writes a pax header before it): the sample is lost, what follows is still read.
-  damaged = bytearray(_tar([{"__key__": f"d{i}", "jpg": jpgs[i][0]} for i in range(3)]))
-  header = _member(bytes(damaged), "d1.jpg").offset_data - tarfile.BLOCKSIZE
+  # writes a pax header before it): the sample is lost, and its neighbours (either could have
+  # lost a member to the damaged bytes) are error rows; what follows is still read.
+  damaged = bytearray(_tar([{"__key__": f"d{i}", "jpg": jpgs[i][0]} for i in range(5)]))
+  header = _member(bytes(damaged), "d2.jpg").offset_data - tarfile.BLOCKSIZE
   damaged[header : header + 64] = b"\xff" * 64
   (folder / "d.tar").write_bytes(bytes(damaged))
   before = _snapshot(str(tmp_path), str(output))
@@ -331,7 +332,7 @@ def test_webdataset_samples_their_ids_and_the_samples_that_have_no_usable_image(
   )
   assert code == 0, text
   # Every sample is a row, the masks are in output/masks only, nothing is written elsewhere.
-  accounting.assert_accounted_for(str(output), inputs_seen=7 + 1 + 2 + 3)
+  accounting.assert_accounted_for(str(output), inputs_seen=7 + 1 + 2 + 5)
   assert _snapshot(str(tmp_path), str(output)) == before
   segments, errors = _by_id(str(output)), _by_id(str(output), "errors")
   assert {i: (r["filename"], r["width"], r["gt_pixels"] is None) for i, r in segments.items()} == {
@@ -342,7 +343,7 @@ def test_webdataset_samples_their_ids_and_the_samples_that_have_no_usable_image(
     "b.tar.gz#gz": ("gz.jpg", 35, True),
     "c.tar#cut6": ("cut6.jpg", 36, False),
     "d.tar#d0": ("d0.jpg", 30, True),
-    "d.tar#d2": ("d2.jpg", 32, True),
+    "d.tar#d4": ("d4.jpg", 34, True),
   }
   labelled = [row for row in segments.values() if row["gt_pixels"] is not None]
   assert all(row["gt_pixels"] > 0 and row["gt_error"] is None for row in labelled)
@@ -350,7 +351,9 @@ def test_webdataset_samples_their_ids_and_the_samples_that_have_no_usable_image(
     "a.tar#no_image": ("MissingImage", "has no member png;jpg (--image-key); it has seg.png, txt"),
     "a.tar#large": ("FileTooLarge", f"'large.jpg' is {len(large)} bytes"),
     "c.tar#cut7": ("TruncatedShard", "the shard ends inside member cut7.jpg"),
-    f"d.tar#@{header}": ("DamagedShard", f"a damaged tar header at byte {header}"),
+    f"d.tar#@{header}.damage": ("DamagedShard", f"a damaged tar header at byte {header}"),
+    "d.tar#d1": ("DamagedShard", f"a damaged tar header at byte {header}"),
+    "d.tar#d3": ("DamagedShard", f"a damaged tar header at byte {header}"),
   }
   assert {i: r["error_type"] for i, r in errors.items()} == {
     i: error_type for i, (error_type, _) in expected.items()
