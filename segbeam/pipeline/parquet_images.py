@@ -9,7 +9,8 @@ dictionary page, makes that page the bound).
 
 Each row is one input: its image, or a reason it has none (a null, a struct holding only a
 path: a path read from an input is data, never opened). A row group that cannot be read costs
-its rows from there on, one error row naming them; the next row group is still read. Pages
+its rows from there on (`Unread`: the run makes an error row of each); the next row group is
+still read. Pages
 are checked against their checksums where the writer wrote them (a damaged page is otherwise
 read as it is, and its image fails to decode).
 """
