@@ -73,7 +73,7 @@ def starts_with_a_record(stream: BinaryIO) -> bool:
   return len(header) == 12 and _length_checksum_holds(header)
 
 
-def _skip(stream: BinaryIO, count: int) -> int:
+def skip(stream: BinaryIO, count: int) -> int:
   """Skips `count` bytes without keeping them; returns how many were there."""
   skipped = 0
   while skipped < count:
@@ -116,7 +116,7 @@ def read_records(
       yield index, RecordError(index, f"record {index} claims {length} bytes", fatal=True)
       return
     if length > max_record_bytes:
-      if _skip(stream, length + 4) < length + 4:
+      if skip(stream, length + 4) < length + 4:
         yield index, RecordError(index, f"shard truncated inside record {index}", fatal=True)
         return
       yield (

@@ -122,17 +122,6 @@ def _pax_fields(data: bytes) -> dict[str, str]:
   return fields
 
 
-def _skip(stream: BinaryIO, count: int) -> int:
-  """Reads past `count` bytes without keeping them; how many were there."""
-  skipped = 0
-  while skipped < count:
-    chunk = stream.read(min(count - skipped, 1 << 20))
-    if not chunk:
-      break
-    skipped += len(chunk)
-  return skipped
-
-
 def _maybe_gunzip(stream: BinaryIO) -> BinaryIO:
   """The stream decompressed where it starts as gzip; else as it was (from its start)."""
   head = tfrecord.read_up_to(stream, 2)
@@ -288,7 +277,7 @@ def _members(
     padded = size + (-size) % BLOCK
     if info.type in _EXTENDED_TYPES:
       if size > _MAX_HEADER_DATA:  # no real name is this long: skipped with its member
-        read = _skip(stream, padded)
+        read = tfrecord.skip(stream, padded)
         offset += read
         if read < size:
           yield Damage(
@@ -343,9 +332,9 @@ def _members(
       data = tfrecord.read_up_to(stream, size)
       read = len(data)
       if read == size:
-        read += _skip(stream, padded - size)
+        read += tfrecord.skip(stream, padded - size)
     else:
-      read = _skip(stream, padded)
+      read = tfrecord.skip(stream, padded)
     offset += read
     if read < size:
       yield Damage(
